@@ -1,0 +1,32 @@
+"""Shared fixtures: a real llama.cpp server (SmolLM2-135M) and the Ollama wire fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from caelum_mcp.embedded import EmbeddedServer, embedded_status
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OLLAMA_FIXTURES = FIXTURES / "ollama"
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    """One real llama.cpp server for the whole session, in a child process on loopback."""
+    ok, detail = embedded_status()
+    if not ok:
+        pytest.fail(f"the embedded model is required for the tests: {detail}")
+    log = tmp_path_factory.mktemp("llama") / "llama.log"
+    server = EmbeddedServer(log_path=log, n_parallel=2)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_url(llama_server: EmbeddedServer) -> str:
+    assert llama_server.url
+    return llama_server.url
