@@ -1,0 +1,3 @@
+from caelum_mcp.cli import main
+
+main()

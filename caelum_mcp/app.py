@@ -1,0 +1,178 @@
+"""The long-lived objects of a running server, built from the config and closed in one place.
+
+:func:`open_app` is an async context manager that owns the HTTP client, the backends, the pool
+(and its background health checks), the embedded model, the Claude backend, the ledger and the
+router. The MCP server's lifespan enters it; the CLI's ``doctor`` and ``status`` reuse it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx2
+
+from caelum_mcp.backends.anthropic import AnthropicBackend
+from caelum_mcp.backends.base import BACKENDS, Backend
+from caelum_mcp.backends.ollama import OllamaBackend
+from caelum_mcp.backends.openai import OpenAIBackend
+from caelum_mcp.config import DEFAULT_OLLAMA_URL, Config, HostConfig
+from caelum_mcp.embedded import EMBEDDED_MODEL_NAME, EmbeddedServer, EmbeddedUnavailableError
+from caelum_mcp.ledger import Ledger
+from caelum_mcp.pool import CircuitBreaker, Host, Pool
+from caelum_mcp.router import Router
+from caelum_mcp.types import Tier
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AppState", "open_app"]
+_ = (OllamaBackend, OpenAIBackend)  # imported for their @register_backend side effect
+
+
+@dataclass
+class AppState:
+    config: Config
+    http: httpx2.AsyncClient
+    pool: Pool
+    ledger: Ledger
+    router: Router
+    claude: Backend | None
+    embedded: EmbeddedServer | None = None
+    embedded_note: str = ""
+    started_at: float = field(default_factory=time.time)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def make_http_client(config: Config) -> httpx2.AsyncClient:
+    timeout = httpx2.Timeout(config.pool.request_timeout_s, connect=config.pool.connect_timeout_s)
+    limits = httpx2.Limits(max_connections=256, max_keepalive_connections=64)
+    return httpx2.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
+
+
+def make_host(config: Config, hc: HostConfig, http: httpx2.AsyncClient, environ: dict[str, str]) -> Host:
+    cls = BACKENDS[hc.kind]
+    kwargs: dict[str, Any] = {"name": hc.name, "api_key": hc.api_key(environ)}
+    if hc.kind == "ollama" and hc.keep_alive is not None:
+        kwargs["keep_alive"] = hc.keep_alive
+    backend = cls(hc.url, http, **kwargs)
+    return Host(
+        name=hc.name,
+        backend=backend,
+        max_concurrency=hc.max_concurrency,
+        enabled=hc.enabled,
+        allowed_models=hc.models,
+        tier_overrides=dict(hc.tiers),
+        breaker=CircuitBreaker(config.pool.breaker_failures, config.pool.breaker_cooldown_s),
+    )
+
+
+def build_pool(config: Config, http: httpx2.AsyncClient, environ: dict[str, str]) -> Pool:
+    hosts = [make_host(config, hc, http, environ) for hc in config.hosts]
+    if not config.hosts:
+        # No hosts configured: a local Ollama at the default address, used if it answers.
+        default = HostConfig(name="ollama", kind="ollama", url=DEFAULT_OLLAMA_URL)
+        hosts.append(make_host(config, default, http, environ))
+    return Pool(
+        hosts,
+        max_attempts=config.pool.max_attempts,
+        ewma_alpha=config.pool.ewma_alpha,
+        request_timeout_s=config.pool.request_timeout_s,
+        tier_overrides=dict(config.tiers),
+    )
+
+
+def make_claude(config: Config, http: httpx2.AsyncClient) -> Backend | None:
+    claude = config.claude
+    if not claude.configured or claude.api_key is None:
+        return None
+    return AnthropicBackend(
+        claude.base_url or "",
+        http,
+        name="claude",
+        api_key=claude.api_key.get_secret_value(),
+        max_retries=claude.max_retries,
+        timeout_s=claude.timeout_s,
+    )
+
+
+async def start_embedded(state: AppState) -> None:
+    """Start the embedded model and add it to the pool as a micro-tier host."""
+    config = state.config
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    server = EmbeddedServer(log_path=config.data_dir / "embedded.log")
+    try:
+        url = await server.astart()
+    except EmbeddedUnavailableError as exc:
+        state.embedded_note = str(exc)
+        log.warning("%s", exc)
+        return
+    backend = OpenAIBackend(url, state.http, name="embedded")
+    host = Host(
+        name="embedded",
+        backend=backend,
+        max_concurrency=1,
+        embedded=True,
+        breaker=CircuitBreaker(config.pool.breaker_failures, config.pool.breaker_cooldown_s),
+    )
+    state.pool.add_host(host)
+    await state.pool.refresh_host(host)
+    # llama.cpp names its model after the GGUF path; give it a readable name and a fixed tier.
+    if host.models:
+        (info,) = list(host.models.values())[:1]
+        host.models = {EMBEDDED_MODEL_NAME: info.model_copy(update={"name": EMBEDDED_MODEL_NAME})}
+        host.tier_overrides[EMBEDDED_MODEL_NAME] = Tier.MICRO
+    state.embedded = server
+    state.embedded_note = f"running at {url}"
+    log.info("embedded model %s serving at %s", EMBEDDED_MODEL_NAME, url)
+
+
+def _has_healthy_chat_host(pool: Pool) -> bool:
+    return any(
+        any(Tier.EMBEDDING not in h.tiers_of(m, pool.tier_overrides) for m in h.models) for h in pool.healthy_hosts()
+    )
+
+
+@asynccontextmanager
+async def open_app(
+    config: Config, *, environ: dict[str, str] | None = None, health_loop: bool = True
+) -> AsyncIterator[AppState]:
+    """Build everything the server needs; close all of it on exit, whatever happened."""
+    import os
+
+    env = dict(os.environ if environ is None else environ)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    http = make_http_client(config)
+    pool = build_pool(config, http, env)
+    ledger = Ledger(config.data_dir / "ledger.sqlite3")
+    claude = make_claude(config, http)
+    router = Router(pool, ledger, config, claude=claude)
+    state = AppState(config=config, http=http, pool=pool, ledger=ledger, router=router, claude=claude)
+    try:
+        await pool.refresh_all()
+        if config.embedded == "on" or (config.embedded == "auto" and not _has_healthy_chat_host(pool)):
+            await start_embedded(state)
+        elif config.embedded == "off":
+            state.embedded_note = "off by configuration"
+        else:
+            state.embedded_note = "not needed: another local host is healthy"
+        async with anyio.create_task_group() as tg:
+            if health_loop:
+                tg.start_soon(pool.run_health_checks, config.pool.health_interval_s)
+            try:
+                yield state
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await pool.aclose()
+            if claude is not None:
+                await claude.aclose()
+            if state.embedded is not None:
+                await state.embedded.astop()
+            ledger.close()
+            await http.aclose()

@@ -1,0 +1,265 @@
+"""The ``caelum-mcp`` command: serve, doctor, status, call.
+
+Logs go to stderr; on stdio, stdout belongs to the MCP protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from caelum_mcp import __version__
+from caelum_mcp.config import Config, load_config
+from caelum_mcp.errors import CaelumError
+
+log = logging.getLogger("caelum_mcp")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="caelum-mcp", description="Local-first LLM MCP server with a Claude fallback.")
+    p.add_argument("--version", action="version", version=f"caelum-mcp {__version__}")
+    p.add_argument("--config", help="TOML config file (default: $CAELUM_CONFIG, ./caelum.toml, ~/.config/caelum/)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the MCP server")
+    s.add_argument("--transport", choices=["stdio", "http", "sse"], default=None)
+    s.add_argument("--host", default=None, help="bind address for http/sse (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="port for http/sse (default 8765)")
+
+    d = sub.add_parser("doctor", help="check hosts, models, Claude and the embedded model")
+    d.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    st = sub.add_parser("status", help="pool and ledger summary")
+    st.add_argument("--url", help="read the status of a running HTTP server (e.g. http://127.0.0.1:8765/mcp)")
+    st.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("call", help="call a tool through a real MCP client session")
+    c.add_argument("tool", help="tool name, e.g. delegate_task (or 'list' to list the tools)")
+    c.add_argument("args", nargs="*", help="key=value arguments; values are read as JSON when they parse")
+    c.add_argument("--url", help="a running server's streamable HTTP URL (default: start one over stdio)")
+    return p
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx2", "httpcore2", "mcp", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        overrides: dict[str, Any] = {}
+        if args.command == "serve":
+            for key in ("transport", "host", "port"):
+                if getattr(args, key) is not None:
+                    overrides[f"server.{key}"] = getattr(args, key)
+        config = load_config(args.config, overrides=overrides)
+        _setup_logging(args.log_level or config.log_level)
+        code = {"serve": _serve, "doctor": _doctor, "status": _status, "call": _call}[args.command](config, args)
+    except CaelumError as exc:
+        print(f"caelum-mcp: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        code = 130
+    raise SystemExit(code)
+
+
+# serve ----------------------------------------------------------------------------------------
+
+
+def connection_help(config: Config, url: str) -> str:
+    exe = shutil.which("caelum-mcp") or f"{sys.executable} -m caelum_mcp"
+    desktop = {"mcpServers": {"caelum": {"command": exe.split()[0], "args": [*exe.split()[1:], "serve"]}}}
+    return "\n".join(
+        [
+            f"caelum-mcp {__version__} serving MCP at {url}",
+            f"  Claude Code:    claude mcp add --transport http caelum {url}",
+            f"  Claude Desktop: add to claude_desktop_config.json: {json.dumps(desktop)}",
+            f"  MCP Inspector:  npx @modelcontextprotocol/inspector --cli {url} --method tools/list",
+            f"  config: {config.source}; data: {config.data_dir}",
+        ]
+    )
+
+
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    from caelum_mcp.server import create_server, http_app
+
+    transport = config.server.transport
+    if transport == "stdio":
+        server, _ = create_server(config)
+        anyio.run(server.run_stdio_async)
+        return 0
+    import uvicorn
+
+    host, port = config.server.host, config.server.port
+    token = os.environ.get(config.server.bearer_token_env) if config.server.bearer_token_env else None
+    app = http_app(config, host=host, port=port, token=token)
+    shown = f"[{host}]" if ":" in host else host
+    path = "/mcp" if transport == "http" else "/sse"
+    print(connection_help(config, f"http://{shown}:{port}{path}"), file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")
+    return 0
+
+
+# doctor ---------------------------------------------------------------------------------------
+
+
+def _doctor(config: Config, args: argparse.Namespace) -> int:
+    from caelum_mcp.app import open_app
+    from caelum_mcp.embedded import embedded_status
+    from caelum_mcp.status import build_status
+
+    async def run() -> int:
+        async with open_app(config, health_loop=False) as state:
+            report = build_status(state)
+            can_serve = any(h.healthy and h.models for h in report.hosts)
+            if args.json:
+                print(json.dumps({"can_serve": can_serve, **report.model_dump(mode="json")}, indent=2))
+                return 0 if can_serve else 1
+            ok, detail = embedded_status()
+            print(f"config: {report.config_source}")
+            print(f"data dir: {config.data_dir}")
+            for h in report.hosts:
+                mark = "OK  " if h.healthy else "FAIL"
+                print(f"[{mark}] host {h.name} ({h.kind}) {h.url} version={h.version or '-'} breaker={h.breaker}")
+                if h.last_error:
+                    print(f"       error: {h.last_error}")
+                for m in h.models:
+                    size = f"{m.parameters_b:.2f}B" if m.parameters_b else "?"
+                    print(f"       model {m.name} {size} tiers={','.join(m.tiers)}{' loaded' if m.loaded else ''}")
+            claude = report.claude
+            print(
+                f"[{'OK  ' if claude.configured else 'INFO'}] Claude: "
+                + (
+                    f"configured, model {claude.model}"
+                    if claude.configured
+                    else "not configured (set ANTHROPIC_API_KEY)"
+                )
+                + ("" if claude.enabled else " (disabled)")
+            )
+            print(f"[{'OK  ' if ok else 'INFO'}] embedded model: {'available' if ok else 'unavailable'} ({detail})")
+            print(f"       {report.embedded}")
+            print(f"tiers available: {', '.join(report.tiers_available) or 'none'}")
+            print(
+                "can serve: "
+                + (
+                    "yes"
+                    if can_serve
+                    else "NO: no healthy host with a model; start Ollama or enable the embedded model"
+                )
+            )
+            return 0 if can_serve else 1
+
+    return anyio.run(run)
+
+
+# status ---------------------------------------------------------------------------------------
+
+
+def _status(config: Config, args: argparse.Namespace) -> int:
+    if args.url:
+        from mcp import Client
+
+        async def remote() -> str:
+            async with Client(args.url) as client:
+                res = await client.read_resource("caelum://status")
+                return "".join(getattr(c, "text", "") for c in res.contents)
+
+        text = anyio.run(remote)
+        print(text)
+        return 0
+    from caelum_mcp.ledger import Ledger
+
+    ledger_path = config.data_dir / "ledger.sqlite3"
+    if not ledger_path.exists():
+        print(f"no ledger yet at {ledger_path}: no LLM call has been made with this data dir")
+        return 0
+    with Ledger(ledger_path) as ledger:
+        summary = ledger.summary()
+    if args.json:
+        print(summary.model_dump_json(indent=2))
+        return 0
+    print(f"ledger: {ledger_path}")
+    print(
+        f"calls: {summary.calls} (local {summary.local_calls}, Claude {summary.claude_calls}, "
+        f"failed {summary.failed_calls}); local share {summary.local_share:.0%}"
+    )
+    print(f"tokens: local {summary.local_tokens}, Claude {summary.claude_tokens}")
+    print(
+        f"Claude cost ${summary.claude_cost_usd:.4f} (today ${summary.claude_spend_today_usd:.4f}); "
+        f"saved by running locally ${summary.savings_usd:.4f}"
+    )
+    for m in summary.by_model:
+        print(
+            f"  {m.model} ({m.provider}): {m.calls} calls, {m.input_tokens}+{m.output_tokens} tokens, ${m.cost_usd:.4f}"
+        )
+    return 0
+
+
+# call -----------------------------------------------------------------------------------------
+
+
+def parse_tool_args(pairs: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise CaelumError(f"argument {pair!r} is not key=value (e.g. prompt='Say hi' tier=micro)")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _call(config: Config, args: argparse.Namespace) -> int:
+    from mcp import Client, StdioServerParameters
+
+    tool_args = parse_tool_args(args.args)
+    config_path = os.path.abspath(config.source) if config.source != "defaults" else None
+
+    async def progress(progress: float, total: float | None, message: str | None) -> None:
+        of = f"/{total:g}" if total else ""
+        print(f"... {progress:g}{of} {message or ''}", file=sys.stderr, flush=True)
+
+    async def run() -> int:
+        if args.url:
+            target: Any = args.url
+        else:
+            env = {k: v for k, v in os.environ.items() if k.startswith(("CAELUM_", "ANTHROPIC_", "OLLAMA_"))}
+            env.update({"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "")})
+            if config_path:
+                env["CAELUM_CONFIG"] = config_path
+            target = StdioServerParameters(command=sys.executable, args=["-m", "caelum_mcp", "serve"], env=env)
+        async with Client(target) as client:
+            if args.tool == "list":
+                tools = await client.list_tools()
+                for t in tools.tools:
+                    print(f"{t.name}: {t.description}")
+                return 0
+            result = await client.call_tool(args.tool, tool_args, progress_callback=progress)
+        if result.is_error:
+            text = " ".join(getattr(c, "text", "") for c in result.content)
+            print(f"error: {text}", file=sys.stderr)
+            return 1
+        if result.structured_content is not None:
+            print(json.dumps(result.structured_content, indent=2))
+        else:
+            print("\n".join(getattr(c, "text", "") for c in result.content))
+        return 0
+
+    return anyio.run(run)

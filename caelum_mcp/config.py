@@ -1,0 +1,364 @@
+"""Configuration: one TOML file plus environment overrides, validated with pydantic.
+
+Where the file comes from, first found wins: ``--config PATH``, ``$CAELUM_CONFIG``, ``./caelum.toml``,
+``~/.config/caelum/caelum.toml``. No file at all is fine: Ollama at ``$OLLAMA_HOST`` (or
+``http://127.0.0.1:11434``) if it answers, else the embedded model; Claude if ``ANTHROPIC_API_KEY``
+is set.
+
+Environment overrides: ``CAELUM_<KEY>`` for top-level keys and ``CAELUM_<SECTION>__<KEY>`` for
+nested ones (``CAELUM_ROUTER__CONFIDENCE_THRESHOLD=0.8``, ``CAELUM_CLAUDE__DAILY_BUDGET_USD=2``);
+values are read as JSON when they parse, else as strings. ``ANTHROPIC_API_KEY`` and ``OLLAMA_HOST``
+keep their usual meaning.
+
+Every validation failure becomes one :class:`ConfigError` that names the key, the bad value and
+what to write instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from caelum_mcp.errors import ConfigError
+from caelum_mcp.ledger import ModelPrice
+from caelum_mcp.types import Tier
+
+DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class HostConfig(Section):
+    name: str = Field(description="a short unique name, e.g. 'gpu-1'")
+    kind: Literal["ollama", "openai"] = Field(
+        default="ollama", description="'ollama' (native API) or 'openai' (llama.cpp, vLLM, LM Studio)"
+    )
+    url: str = Field(description="the server root, e.g. 'http://127.0.0.1:11434'")
+    max_concurrency: int = Field(
+        default=1, ge=1, le=256, description="requests in flight at once (Ollama: OLLAMA_NUM_PARALLEL)"
+    )
+    enabled: bool = True
+    api_key_env: str | None = Field(
+        default=None, description="name of the environment variable holding this host's API key"
+    )
+    keep_alive: str | int | None = Field(default=None, description="Ollama keep_alive, e.g. '10m' or -1")
+    models: tuple[str, ...] = Field(
+        default=(), description="serve only these models (default: every model the host lists)"
+    )
+    tiers: dict[str, Tier] = Field(default_factory=dict, description="model name -> tier, for this host only")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as 'http://127.0.0.1:11434'")
+        return value.rstrip("/")
+
+    def api_key(self, environ: Mapping[str, str]) -> str | None:
+        return environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class PoolConfig(Section):
+    health_interval_s: float = Field(default=60.0, gt=0, description="seconds between background health checks")
+    request_timeout_s: float = Field(default=300.0, gt=0, description="seconds one model call may take")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=20, description="hosts tried for one request before failing")
+    breaker_failures: int = Field(default=3, ge=1, description="consecutive failures that open a host's breaker")
+    breaker_cooldown_s: float = Field(default=30.0, gt=0, description="seconds before a half-open probe")
+    ewma_alpha: float = Field(default=0.3, gt=0, le=1, description="weight of the newest latency sample")
+
+
+class RouterConfig(Section):
+    confidence_threshold: float = Field(
+        default=0.75, ge=0, le=1, description="a number between 0 and 1 (answers below it escalate)"
+    )
+    escalate_local: bool = Field(default=True, description="try a larger local tier before Claude")
+    default_tier: Tier = Field(default=Tier.SMALL, description="one of micro, small, full, large, code")
+    max_tokens: int = Field(default=1024, ge=16, le=32768)
+    temperature: float = Field(default=0.2, ge=0, le=2)
+
+
+class ClaudeConfig(Section):
+    enabled: bool = Field(default=True, description="true or false: allow escalation to Claude at all")
+    model: str = Field(default="claude-sonnet-4-5", description="the Claude model used for escalation")
+    api_key: SecretStr | None = Field(default=None, description="normally taken from ANTHROPIC_API_KEY")
+    base_url: str | None = Field(default=None, description="override the Anthropic API URL (tests, proxies)")
+    daily_budget_usd: float | None = Field(
+        default=5.0, ge=0, description="a dollar amount per UTC day, or remove the key for no cap"
+    )
+    max_retries: int = Field(default=2, ge=0, le=10)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_tokens: int = Field(default=2048, ge=16)
+
+    @property
+    def configured(self) -> bool:
+        return self.enabled and self.api_key is not None and bool(self.api_key.get_secret_value())
+
+
+class ServerConfig(Section):
+    transport: Literal["stdio", "http", "sse"] = "stdio"
+    host: str = Field(default="127.0.0.1", description="bind address; loopback unless a bearer token is set")
+    port: int = Field(default=8765, ge=0, le=65535)
+    bearer_token_env: str | None = Field(
+        default=None, description="environment variable holding the bearer token HTTP clients must send"
+    )
+
+
+# Prices in USD per million tokens, from Anthropic's public price list. Override or extend them
+# under [prices."<model>"]; costs are always computed from the table in force.
+DEFAULT_PRICES: dict[str, ModelPrice] = {
+    "claude-opus-4-5": ModelPrice(input=5.0, output=25.0, cache_read=0.5, cache_write=6.25),
+    "claude-opus-4-1": ModelPrice(input=15.0, output=75.0, cache_read=1.5, cache_write=18.75),
+    "claude-sonnet-4-5": ModelPrice(input=3.0, output=15.0, cache_read=0.3, cache_write=3.75),
+    "claude-sonnet-4": ModelPrice(input=3.0, output=15.0, cache_read=0.3, cache_write=3.75),
+    "claude-haiku-4-5": ModelPrice(input=1.0, output=5.0, cache_read=0.1, cache_write=1.25),
+    "claude-3-5-haiku": ModelPrice(input=0.8, output=4.0, cache_read=0.08, cache_write=1.0),
+}
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "caelum"
+
+
+class Config(Section):
+    data_dir: Path = Field(default_factory=default_data_dir, description="where the ledger and caches live")
+    embedded: Literal["auto", "on", "off"] = Field(
+        default="auto", description="'auto' (only if no other local host is healthy), 'on' or 'off'"
+    )
+    allowed_roots: tuple[Path, ...] = Field(
+        default=(), description="folders tools may read (default: the server's working directory)"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    hosts: tuple[HostConfig, ...] = ()
+    tiers: dict[str, Tier] = Field(default_factory=dict, description="model name -> tier, for every host")
+    pool: PoolConfig = PoolConfig()
+    router: RouterConfig = RouterConfig()
+    claude: ClaudeConfig = ClaudeConfig()
+    server: ServerConfig = ServerConfig()
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    source: str = Field(default="defaults", exclude=True, description="where this config came from")
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        names = [h.name for h in self.hosts]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"host names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    def price_for(self, model: str) -> ModelPrice | None:
+        """The price of a Claude model; dated ids (claude-sonnet-4-5-20250929) match their family."""
+        table = {**DEFAULT_PRICES, **self.prices}
+        if model in table:
+            return table[model]
+        best = max((k for k in table if model.startswith(k)), key=len, default=None)
+        return table[best] if best else None
+
+    def resolved_roots(self) -> tuple[Path, ...]:
+        roots = self.allowed_roots or (Path.cwd(),)
+        return tuple(Path(os.path.expanduser(r)).resolve() for r in roots)
+
+
+def find_config_file(explicit: str | Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The config file to read, by the documented precedence; an explicit path must exist."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; check the --config path")
+        return path
+    env = environ.get("CAELUM_CONFIG")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"CAELUM_CONFIG points to {path}, which does not exist")
+        return path
+    for candidate in (Path("caelum.toml"), Path.home() / ".config" / "caelum" / "caelum.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read, merge and validate the configuration (file < environment < ``overrides``)."""
+    env = os.environ if environ is None else environ
+    file = find_config_file(path, env)
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if file is not None:
+        source = str(file)
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}. Fix the syntax at that line.") from exc
+        except OSError as exc:
+            raise ConfigError(f"{file}: cannot read: {exc}") from exc
+    _apply_env(data, env)
+    for key, value in (overrides or {}).items():
+        _set_path(data, key.split("."), value)
+    try:
+        config = Config.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source, data)) from exc
+    if not config.hosts and "OLLAMA_HOST" in env:
+        default_host = HostConfig(name="ollama", kind="ollama", url=normalize_ollama_host(env["OLLAMA_HOST"]))
+        config = config.model_copy(update={"hosts": (default_host,)})
+    _check_bind(config, env)
+    return config
+
+
+def normalize_ollama_host(value: str) -> str:
+    """``OLLAMA_HOST`` as Ollama reads it: scheme optional, port 11434 when missing."""
+    value = value.strip()
+    had_scheme = "://" in value
+    parts = urlsplit(value if had_scheme else "http://" + value)
+    host = parts.hostname or "127.0.0.1"
+    if host == "0.0.0.0":  # noqa: S104 - the bind-all address means "this machine" to a client
+        host = "127.0.0.1"
+    port = parts.port or (11434 if not had_scheme else 443 if parts.scheme == "https" else 80)
+    shown = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{shown}:{port}{parts.path.rstrip('/')}"
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, raw in env.items():
+        if not name.startswith("CAELUM_") or name == "CAELUM_CONFIG":
+            continue
+        keys = [k.lower() for k in name[len("CAELUM_") :].split("__")]
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        _set_path(data, keys, value)
+    if env.get("ANTHROPIC_API_KEY"):
+        claude = data.setdefault("claude", {})
+        if isinstance(claude, dict):
+            claude.setdefault("api_key", env["ANTHROPIC_API_KEY"])
+
+
+def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def _check_bind(config: Config, env: Mapping[str, str]) -> None:
+    host = config.server.host
+    if _is_loopback(host):
+        return
+    token_env = config.server.bearer_token_env
+    if not token_env or not env.get(token_env):
+        raise ConfigError(
+            f"server.host = {host!r} is not a loopback address: binding there requires a bearer token. "
+            "Set server.bearer_token_env to the name of an environment variable holding a long random "
+            "token (and export it), or bind 127.0.0.1."
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def describe_validation_error(exc: ValidationError, source: str, data: Mapping[str, Any]) -> str:
+    """One readable message per problem: the key, the bad value, what is expected."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"] if p != "source"]
+        key = _dotted(loc, data)
+        if err["type"] == "extra_forbidden":
+            parent = _lookup_model_fields(loc[:-1])
+            hint = difflib.get_close_matches(loc[-1], parent, n=1)
+            fix = f"did you mean `{hint[0]}`?" if hint else f"known keys here: {', '.join(sorted(parent))}"
+            lines.append(f"unknown key `{key}`: {fix}")
+            continue
+        value = err.get("input")
+        shown = "***" if "api_key" in key else json.dumps(value, default=str)[:80]
+        expected = _field_description(loc)
+        fix = f" Expected: {expected}." if expected else ""
+        lines.append(f"`{key}` = {shown}: {err['msg']}.{fix}")
+    return f"{source}: invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _dotted(loc: list[str], data: Mapping[str, Any]) -> str:
+    out: list[str] = []
+    node: Any = data
+    for part in loc:
+        if part.isdigit() and isinstance(node, list):
+            item = node[int(part)] if int(part) < len(node) else {}
+            name = item.get("name") if isinstance(item, dict) else None
+            out[-1] = f"{out[-1]}[{part}]" + (f"(name={name!r})" if name else "")
+            node = item
+            continue
+        out.append(part)
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return ".".join(out)
+
+
+def _resolve_model(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        inner = getattr(ann, "__args__", None)
+        candidates = [ann, *(inner or ())]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+def _lookup_model_fields(loc: list[str]) -> list[str]:
+    model = _resolve_model(loc)
+    return list(model.model_fields) if model else []
+
+
+def _field_description(loc: list[str]) -> str | None:
+    names = [p for p in loc if not p.isdigit()]
+    if not names:
+        return None
+    model = _resolve_model(names[:-1])
+    if model is None:
+        return None
+    field = model.model_fields.get(names[-1])
+    return field.description if field else None
