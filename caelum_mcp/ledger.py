@@ -1,0 +1,495 @@
+"""The cost ledger: every LLM call as one row in SQLite, and the figures built from those rows.
+
+What a row holds is figures only (path, host, model, tokens, latency, confidence, cost); prompts and
+answers are never stored. Claude cost is real usage tokens x the per-model price table; for calls
+served locally the ledger also keeps the *counterfactual* cost: what the configured Claude model
+would have charged for the same tokens. Savings are the sum of those counterfactual costs.
+
+Durability: the database runs in WAL mode with ``synchronous=FULL`` and every ``record`` is its own
+committed transaction, so an entry survives the process being killed right after ``record``
+returns (and a power cut). WAL also lets another process (``caelum-mcp status``) read while the
+server writes. One connection per ``Ledger``, shared by the event loop and worker threads behind a
+lock; writes are a single short INSERT, cheap enough to run on the event loop.
+
+A file at ``path`` that is not a SQLite database, or is damaged, raises
+:class:`~caelum_mcp.errors.ConfigError` naming the file and what to do, never a raw sqlite3 error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, get_args
+
+from pydantic import Field
+
+from caelum_mcp.errors import BudgetExceededError, ConfigError
+from caelum_mcp.types import Frozen, Usage
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_BUSY_TIMEOUT_MS = 5000
+_MAX_ERROR_CHARS = 300  # error text is a hint for the operator, not a place for model output
+
+ExecutionPath = Literal["local", "claude", "local_low_confidence", "failed"]
+Outcome = Literal["local", "claude", "failed"]
+LOCAL_PATHS: frozenset[str] = frozenset({"local", "local_low_confidence"})
+
+
+class ModelPrice(Frozen):
+    """Price of one model in USD per million tokens."""
+
+    input: float = Field(ge=0, allow_inf_nan=False)
+    output: float = Field(ge=0, allow_inf_nan=False)
+    cache_read: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    cache_write: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+
+def _dec(value: float) -> Decimal:
+    # Through repr so that a price written as 0.3 is priced as 0.3, not as its binary neighbour.
+    return Decimal(repr(value))
+
+
+def cost_usd(usage: Usage, price: ModelPrice) -> float:
+    """What ``usage`` costs at ``price``, in USD (the float nearest the exact decimal result)."""
+    total = (
+        usage.input_tokens * _dec(price.input)
+        + usage.output_tokens * _dec(price.output)
+        + usage.cache_read_tokens * _dec(price.cache_read)
+        + usage.cache_write_tokens * _dec(price.cache_write)
+    )
+    return float(total / 1_000_000)
+
+
+def price_for(model: str, prices: Mapping[str, ModelPrice]) -> ModelPrice | None:
+    """The price of ``model``: an exact key, else the longest key that prefixes it.
+
+    Anthropic returns dated ids (``claude-sonnet-4-5-20250929``) while configs name the alias
+    (``claude-sonnet-4-5``); the prefix match lets one table entry price both.
+    """
+    if model in prices:
+        return prices[model]
+    best = max((k for k in prices if k and model.startswith(k)), key=len, default=None)
+    return prices[best] if best is not None else None
+
+
+class LedgerEntry(Frozen):
+    """One LLM call (or one task that failed to get an answer), figures only."""
+
+    ts: float = Field(description="Unix seconds, UTC.")
+    task: str
+    path: ExecutionPath
+    provider: str = Field(description='Backend kind: "ollama", "openai", "anthropic" or "".')
+    host: str
+    model: str
+    tier: str | None
+    attempts: int = Field(ge=0)
+    confidence: float | None = Field(ge=0, le=1)
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    cache_read_tokens: int = Field(default=0, ge=0)
+    cache_write_tokens: int = Field(default=0, ge=0)
+    latency_ms: float = Field(ge=0)
+    cost_usd: float = Field(ge=0, description="Real money spent (Claude calls); 0 for local calls.")
+    counterfactual_cost_usd: float = Field(
+        ge=0, description="What the configured Claude model would have cost for these tokens."
+    )
+    ok: bool = True
+    error: str | None = None
+
+    @property
+    def outcome(self) -> Outcome:
+        """How the call counts in the figures: failed when its path says so or ``ok`` is false."""
+        if self.path == "failed" or not self.ok:
+            return "failed"
+        return "claude" if self.path == "claude" else "local"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+
+class ModelUsage(Frozen):
+    model: str
+    provider: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    counterfactual_cost_usd: float
+    mean_latency_ms: float
+
+
+class HostUsage(Frozen):
+    host: str
+    calls: int
+    failures: int
+    mean_latency_ms: float
+
+
+class LedgerSummary(Frozen):
+    """Figures over the ledger (since ``since`` when given).
+
+    A call counts as failed when its path is ``failed`` or ``ok`` is false; local and Claude
+    counts are of the calls that did not fail, so ``calls = local + claude + failed``. Local means
+    served by a local host, confident or not (``low_confidence_calls`` says how many were not).
+    """
+
+    calls: int
+    local_calls: int
+    low_confidence_calls: int
+    claude_calls: int
+    failed_calls: int
+    local_share: float = Field(description="local / (local + claude); 0 when there were none.")
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    local_tokens: int
+    claude_tokens: int
+    claude_cost_usd: float = Field(description="Real money spent, every call counted.")
+    savings_usd: float = Field(description="Counterfactual Claude cost of the calls served locally.")
+    claude_spend_today_usd: float
+    by_model: list[ModelUsage]
+    by_host: list[HostUsage]
+    since: float | None
+
+
+_SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS calls (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    task TEXT NOT NULL,
+    path TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    host TEXT NOT NULL,
+    model TEXT NOT NULL,
+    tier TEXT,
+    attempts INTEGER NOT NULL,
+    confidence REAL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_read_tokens INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    latency_ms REAL NOT NULL,
+    cost_usd REAL NOT NULL,
+    counterfactual_cost_usd REAL NOT NULL,
+    ok INTEGER NOT NULL,
+    error TEXT,
+    outcome TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts);
+"""
+
+# version -> statements that bring a database from version-1 to version. Version 1 is the base.
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+
+# The row's columns, in LedgerEntry's field order (checked at import: a field added to the model
+# must be added here and to a migration).
+_COLUMNS = (
+    "ts", "task", "path", "provider", "host", "model", "tier", "attempts", "confidence",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "latency_ms",
+    "cost_usd", "counterfactual_cost_usd", "ok", "error",
+)  # fmt: skip
+assert _COLUMNS == tuple(LedgerEntry.model_fields)
+assert LOCAL_PATHS | {"claude", "failed"} == set(get_args(ExecutionPath))
+
+_INSERT = """
+    INSERT INTO calls (ts, task, path, provider, host, model, tier, attempts, confidence,
+                       input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+                       latency_ms, cost_usd, counterfactual_cost_usd, ok, error, outcome)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+
+_SELECT_RECENT = """
+    SELECT ts, task, path, provider, host, model, tier, attempts, confidence,
+           input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+           latency_ms, cost_usd, counterfactual_cost_usd, ok, error
+    FROM calls ORDER BY ts DESC, id DESC LIMIT ?"""
+
+_SPEND_BETWEEN = "SELECT total(cost_usd) FROM calls WHERE ts >= ? AND ts < ?"
+
+# ``outcome`` ('local' | 'claude' | 'failed') is derived from path and ok when a row is written, so
+# that every figure below is a plain filter on one column.
+_TOTALS = """
+    SELECT count(*),
+           coalesce(sum(outcome = 'local'), 0),
+           coalesce(sum(outcome = 'local' AND path = 'local_low_confidence'), 0),
+           coalesce(sum(outcome = 'claude'), 0),
+           coalesce(sum(outcome = 'failed'), 0),
+           coalesce(sum(input_tokens), 0),
+           coalesce(sum(output_tokens), 0),
+           coalesce(sum(cache_read_tokens), 0),
+           coalesce(sum(cache_write_tokens), 0),
+           coalesce(sum(CASE WHEN outcome = 'local' THEN total_tokens END), 0),
+           coalesce(sum(CASE WHEN outcome = 'claude' THEN total_tokens END), 0),
+           total(cost_usd),
+           total(CASE WHEN outcome = 'local' THEN counterfactual_cost_usd END)
+    FROM (SELECT *, input_tokens + output_tokens + cache_read_tokens + cache_write_tokens AS total_tokens
+          FROM calls WHERE ts >= ?)"""
+
+_BY_MODEL = """
+    SELECT model, provider, count(*), sum(input_tokens), sum(output_tokens), total(cost_usd),
+           total(counterfactual_cost_usd), avg(latency_ms)
+    FROM calls WHERE ts >= ? AND model != ''
+    GROUP BY model, provider ORDER BY count(*) DESC, model, provider"""
+
+_BY_HOST = """
+    SELECT host, count(*), sum(outcome = 'failed'), avg(latency_ms)
+    FROM calls WHERE ts >= ? AND host != ''
+    GROUP BY host ORDER BY count(*) DESC, host"""
+
+
+def utc_day_bounds(now: float) -> tuple[float, float]:
+    """Start and end (unix seconds) of the UTC calendar day containing ``now``."""
+    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day.timestamp(), (day + timedelta(days=1)).timestamp()
+
+
+class Ledger:
+    """The persistent record of LLM calls. Thread-safe; usable as a context manager."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path).expanduser()
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the folder for the cost ledger {self.path}: {exc}; "
+                "point the ledger path at a writable location"
+            ) from exc
+        if self.path.is_dir():
+            raise ConfigError(
+                f"the cost ledger path {self.path} is a folder; point the ledger path at a file "
+                "(it is created when missing)"
+            )
+        with self._translate_errors():
+            # isolation_level=None: autocommit, so each INSERT commits on return; transactions
+            # that need more than one statement are opened explicitly.
+            conn = sqlite3.connect(
+                self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+            try:
+                self._setup(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        # The first statement that reads the file: a non-SQLite file fails here.
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.warning("cost ledger %s runs in %s mode, not WAL; concurrent readers may block", self.path, mode)
+        conn.execute("PRAGMA synchronous = FULL")
+        # IMMEDIATE: two processes opening a fresh file at once must not both create the schema.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            current = int(row[0]) if row and row[0] is not None else 0
+            if current > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"the cost ledger {self.path} has schema version {current}, written by a newer "
+                    f"caelum-mcp (this one knows up to {SCHEMA_VERSION}); upgrade caelum-mcp or "
+                    "point the ledger path at another file"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            if current < SCHEMA_VERSION:
+                conn.execute("DELETE FROM schema_version")
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if "locked" in text or "busy" in text:
+                fix = "another process holds a write lock on it for too long; stop it or retry"
+            else:
+                fix = "check that the file and its folder are readable and writable and the disk has space"
+            raise ConfigError(f"cost ledger {self.path}: {text}; {fix}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"cost ledger {self.path} is not a usable SQLite database ({exc}); move the file "
+                "aside (e.g. rename it to .bak) and a fresh ledger will be created, or point the "
+                "ledger path at another file"
+            ) from exc
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._conn is None:
+                raise RuntimeError(f"cost ledger {self.path} is closed")
+            with self._translate_errors():
+                yield self._conn
+
+    def record(self, entry: LedgerEntry) -> int:
+        """Append ``entry``; committed (durably) before this returns. Returns the row id."""
+        error = entry.error[:_MAX_ERROR_CHARS] if entry.error else entry.error
+        values = [getattr(entry, name) for name in _COLUMNS]
+        values[_COLUMNS.index("error")] = error
+        values[_COLUMNS.index("ok")] = int(entry.ok)
+        values.append(entry.outcome)
+        with self._connection() as conn:
+            cursor = conn.execute(_INSERT, values)
+        rowid = cursor.lastrowid
+        assert rowid is not None
+        return rowid
+
+    def claude_spend_today(self, now: float | None = None) -> float:
+        """Real money spent on the UTC calendar day containing ``now`` (default: the present)."""
+        start, end = utc_day_bounds(time.time() if now is None else now)
+        with self._connection() as conn:
+            return float(conn.execute(_SPEND_BETWEEN, (start, end)).fetchone()[0])
+
+    def summary(self, since: float | None = None, *, now: float | None = None) -> LedgerSummary:
+        """Figures over every call with ``ts >= since`` (all calls when ``since`` is None)."""
+        # -inf rather than a second set of queries without the filter.
+        params = (since if since is not None else -math.inf,)
+        start, end = utc_day_bounds(time.time() if now is None else now)
+        with self._connection() as conn:
+            # One read transaction: every figure comes from the same snapshot of the file.
+            conn.execute("BEGIN")
+            try:
+                t = conn.execute(_TOTALS, params).fetchone()
+                models = conn.execute(_BY_MODEL, params).fetchall()
+                hosts = conn.execute(_BY_HOST, params).fetchall()
+                today = conn.execute(_SPEND_BETWEEN, (start, end)).fetchone()[0]
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        local, claude = int(t[1]), int(t[3])
+        return LedgerSummary(
+            calls=t[0],
+            local_calls=local,
+            low_confidence_calls=t[2],
+            claude_calls=claude,
+            failed_calls=t[4],
+            local_share=local / (local + claude) if local + claude else 0.0,
+            input_tokens=t[5],
+            output_tokens=t[6],
+            cache_read_tokens=t[7],
+            cache_write_tokens=t[8],
+            local_tokens=t[9],
+            claude_tokens=t[10],
+            claude_cost_usd=t[11],
+            savings_usd=t[12],
+            claude_spend_today_usd=today,
+            by_model=[
+                ModelUsage(
+                    model=m[0],
+                    provider=m[1],
+                    calls=m[2],
+                    input_tokens=m[3],
+                    output_tokens=m[4],
+                    cost_usd=m[5],
+                    counterfactual_cost_usd=m[6],
+                    mean_latency_ms=m[7],
+                )
+                for m in models
+            ],
+            by_host=[HostUsage(host=h[0], calls=h[1], failures=h[2], mean_latency_ms=h[3]) for h in hosts],
+            since=since,
+        )
+
+    def recent(self, limit: int = 20) -> list[LedgerEntry]:
+        """The last ``limit`` entries, newest first."""
+        with self._connection() as conn:
+            rows = conn.execute(_SELECT_RECENT, (max(0, limit),)).fetchall()
+        return [LedgerEntry.model_validate(dict(zip(_COLUMNS, row, strict=True))) for row in rows]
+
+    def close(self) -> None:
+        """Close the connection; calling it again does nothing."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _money(value: float) -> str:
+    # Cents when that is exact enough to read; finer when a sub-cent figure would round away.
+    if math.isclose(value, round(value, 2), abs_tol=1e-9):
+        return f"${value:,.2f}"
+    return f"${value:,.4f}"
+
+
+class BudgetGuard:
+    """Decides whether a Claude call may happen under the daily (UTC) budget.
+
+    ``daily_budget_usd=None`` means unlimited; ``0`` means Claude is never called.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        daily_budget_usd: float | None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if daily_budget_usd is not None and (daily_budget_usd < 0 or math.isnan(daily_budget_usd)):
+            raise ConfigError(
+                f"[claude].daily_budget_usd = {daily_budget_usd} is invalid; use a number >= 0, "
+                "or leave it out for no limit"
+            )
+        self.ledger = ledger
+        self.daily_budget_usd = daily_budget_usd
+        self._clock = clock
+
+    def remaining_today(self) -> float | None:
+        """USD left today (never below 0); None when there is no budget."""
+        if self.daily_budget_usd is None:
+            return None
+        spent = self.ledger.claude_spend_today(self._clock())
+        return max(0.0, self.daily_budget_usd - spent)
+
+    def check(self, estimated_cost_usd: float = 0.0) -> str | None:
+        """None when a Claude call costing about ``estimated_cost_usd`` is allowed; else why not."""
+        budget = self.daily_budget_usd
+        if budget is None:
+            return None
+        spent = self.ledger.claude_spend_today(self._clock())
+        advice = "raise [claude].daily_budget_usd or wait until 00:00 UTC"
+        if spent >= budget:
+            return f"daily Claude budget of {_money(budget)} reached: {_money(spent)} spent today (UTC); {advice}"
+        if spent + max(0.0, estimated_cost_usd) > budget:
+            return (
+                f"daily Claude budget of {_money(budget)} would be exceeded: {_money(spent)} spent "
+                f"today (UTC) + about {_money(estimated_cost_usd)} for this call; {advice}"
+            )
+        return None
+
+    def enforce(self, estimated_cost_usd: float = 0.0) -> None:
+        """Raise :class:`BudgetExceededError` with the reason when :meth:`check` refuses."""
+        reason = self.check(estimated_cost_usd)
+        if reason is not None:
+            raise BudgetExceededError(reason)
