@@ -95,6 +95,7 @@ def make_claude(config: Config, http: httpx2.AsyncClient) -> Backend | None:
         http,
         name="claude",
         api_key=claude.api_key.get_secret_value(),
+        model=claude.model,
         max_retries=claude.max_retries,
         timeout_s=claude.timeout_s,
     )

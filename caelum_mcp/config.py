@@ -37,7 +37,7 @@ from pydantic import (
 )
 
 from caelum_mcp.errors import ConfigError
-from caelum_mcp.ledger import ModelPrice
+from caelum_mcp.ledger import ModelPrice, price_for
 from caelum_mcp.types import Tier
 
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
@@ -170,11 +170,7 @@ class Config(Section):
 
     def price_for(self, model: str) -> ModelPrice | None:
         """The price of a Claude model; dated ids (claude-sonnet-4-5-20250929) match their family."""
-        table = {**DEFAULT_PRICES, **self.prices}
-        if model in table:
-            return table[model]
-        best = max((k for k in table if model.startswith(k)), key=len, default=None)
-        return table[best] if best else None
+        return price_for(model, {**DEFAULT_PRICES, **self.prices})
 
     def resolved_roots(self) -> tuple[Path, ...]:
         roots = self.allowed_roots or (Path.cwd(),)

