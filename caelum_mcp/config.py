@@ -33,7 +33,6 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from caelum_mcp.errors import ConfigError
@@ -101,7 +100,7 @@ class RouterConfig(Section):
 
 class ClaudeConfig(Section):
     enabled: bool = Field(default=True, description="true or false: allow escalation to Claude at all")
-    model: str = Field(default="claude-sonnet-4-5", description="the Claude model used for escalation")
+    model: str = Field(default="claude-sonnet-5-5", description="the Claude model used for escalation")
     api_key: SecretStr | None = Field(default=None, description="normally taken from ANTHROPIC_API_KEY")
     base_url: str | None = Field(default=None, description="override the Anthropic API URL (tests, proxies)")
     daily_budget_usd: float | None = Field(
@@ -125,15 +124,24 @@ class ServerConfig(Section):
     )
 
 
-# Prices in USD per million tokens, from Anthropic's public price list. Override or extend them
-# under [prices."<model>"]; costs are always computed from the table in force.
+# Prices in USD per million tokens (input, output, cache hits, 5-minute cache writes), from Anthropic's
+# public pricing page as of 2026-11. Haiku 5.5 is the rate for prompts up to 100k tokens. Override or
+# extend under [prices."<model>"]; costs are always computed from the table in force.
 DEFAULT_PRICES: dict[str, ModelPrice] = {
-    "claude-opus-4-5": ModelPrice(input=5.0, output=25.0, cache_read=0.5, cache_write=6.25),
-    "claude-opus-4-1": ModelPrice(input=15.0, output=75.0, cache_read=1.5, cache_write=18.75),
-    "claude-sonnet-4-5": ModelPrice(input=3.0, output=15.0, cache_read=0.3, cache_write=3.75),
-    "claude-sonnet-4": ModelPrice(input=3.0, output=15.0, cache_read=0.3, cache_write=3.75),
-    "claude-haiku-4-5": ModelPrice(input=1.0, output=5.0, cache_read=0.1, cache_write=1.25),
-    "claude-3-5-haiku": ModelPrice(input=0.8, output=4.0, cache_read=0.08, cache_write=1.0),
+    "claude-sonnet-5-5": ModelPrice(input=2.0, output=10.0, cache_read=0.10, cache_write=2.50),
+    "claude-sonnet-5": ModelPrice(input=2.0, output=10.0, cache_read=0.20, cache_write=2.50),
+    "claude-sonnet-4-6": ModelPrice(input=3.0, output=15.0, cache_read=0.30, cache_write=3.75),
+    "claude-sonnet-4-5": ModelPrice(input=3.0, output=15.0, cache_read=0.30, cache_write=3.75),
+    "claude-sonnet-4": ModelPrice(input=3.0, output=15.0, cache_read=0.30, cache_write=3.75),
+    "claude-opus-5-5": ModelPrice(input=4.0, output=20.0, cache_read=0.20, cache_write=5.0),
+    "claude-opus-5": ModelPrice(input=5.0, output=25.0, cache_read=0.50, cache_write=6.25),
+    "claude-opus-4-8": ModelPrice(input=5.0, output=25.0, cache_read=0.50, cache_write=6.25),
+    "claude-opus-4-7": ModelPrice(input=5.0, output=25.0, cache_read=0.50, cache_write=6.25),
+    "claude-opus-4-6": ModelPrice(input=5.0, output=25.0, cache_read=0.50, cache_write=6.25),
+    "claude-opus-4-5": ModelPrice(input=5.0, output=25.0, cache_read=0.50, cache_write=6.25),
+    "claude-opus-4-1": ModelPrice(input=15.0, output=75.0, cache_read=1.50, cache_write=18.75),
+    "claude-haiku-5-5": ModelPrice(input=0.10, output=0.50, cache_read=0.01, cache_write=0.125),
+    "claude-haiku-4-5": ModelPrice(input=1.0, output=5.0, cache_read=0.10, cache_write=1.25),
 }
 
 
@@ -160,13 +168,15 @@ class Config(Section):
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     source: str = Field(default="defaults", exclude=True, description="where this config came from")
 
-    @model_validator(mode="after")
-    def _check(self) -> Config:
-        names = [h.name for h in self.hosts]
+    @field_validator("hosts")
+    @classmethod
+    def _unique_names(cls, hosts: tuple[HostConfig, ...]) -> tuple[HostConfig, ...]:
+        # A field validator (not a model validator) so the error names `hosts`, not the whole file.
+        names = [h.name for h in hosts]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"host names must be unique; repeated: {', '.join(dupes)}")
-        return self
+            raise ValueError(f"host names must be unique; repeated: {', '.join(dupes)}; rename one of them")
+        return hosts
 
     def price_for(self, model: str) -> ModelPrice | None:
         """The price of a Claude model; dated ids (claude-sonnet-4-5-20250929) match their family."""
@@ -243,8 +253,12 @@ def normalize_ollama_host(value: str) -> str:
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    # Variables the config names as holding secrets (server.bearer_token_env, hosts' api_key_env)
+    # may well be called CAELUM_...: they are values, not settings, and must not be read as keys.
+    secret_names = set(_secret_env_names(data))
+    secret_names.add(env.get("CAELUM_SERVER__BEARER_TOKEN_ENV", ""))
     for name, raw in env.items():
-        if not name.startswith("CAELUM_") or name == "CAELUM_CONFIG":
+        if not name.startswith("CAELUM_") or name == "CAELUM_CONFIG" or name in secret_names:
             continue
         keys = [k.lower() for k in name[len("CAELUM_") :].split("__")]
         try:
@@ -256,6 +270,15 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         claude = data.setdefault("claude", {})
         if isinstance(claude, dict):
             claude.setdefault("api_key", env["ANTHROPIC_API_KEY"])
+
+
+def _secret_env_names(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        names = [v for k, v in node.items() if k.endswith("_env") and isinstance(v, str)]
+        return names + [n for v in node.values() for n in _secret_env_names(v)]
+    if isinstance(node, list):
+        return [n for v in node for n in _secret_env_names(v)]
+    return []
 
 
 def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
@@ -304,10 +327,17 @@ def describe_validation_error(exc: ValidationError, source: str, data: Mapping[s
             lines.append(f"unknown key `{key}`: {fix}")
             continue
         value = err.get("input")
-        shown = "***" if "api_key" in key else json.dumps(value, default=str)[:80]
+        msg = err["msg"].removeprefix("Value error, ")
         expected = _field_description(loc)
         fix = f" Expected: {expected}." if expected else ""
-        lines.append(f"`{key}` = {shown}: {err['msg']}.{fix}")
+        if isinstance(value, dict | list):
+            # A whole section or list: showing it could show a secret, and the message names the key.
+            lines.append(f"`{key}`: {msg}.{fix}")
+            continue
+        shown = "***" if "api_key" in key else json.dumps(value, default=str)[:80]
+        lines.append(f"`{key}` = {shown}: {msg}.{fix}")
+    if len(lines) == 1:
+        return f"{source}: invalid configuration: {lines[0]}"
     return f"{source}: invalid configuration:\n  " + "\n  ".join(lines)
 
 

@@ -107,7 +107,7 @@ class EmbeddedServer:
                 "--parallel",
                 str(self.n_parallel),
             ]
-            log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+            log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
             try:
                 proc = subprocess.Popen(  # noqa: S603 - fixed argument list, no shell
                     cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log

@@ -311,13 +311,16 @@ class Pool:
             )
         return min(candidates, key=self._rank)
 
-    def _rank(self, sel: Selection) -> tuple[float, float, int, str]:
+    def _rank(self, sel: Selection) -> tuple[int, float, float, int, str]:
         host = sel.host
         info = host.models.get(sel.model)
         ewma = host.latency_ewma_ms if host.latency_ewma_ms is not None else 0.0
+        # A host whose cooldown is over gets the one probe request first, so a recovered host
+        # rejoins at once instead of waiting for the next background health check.
+        probe = 0 if host.breaker.state is not BreakerState.CLOSED else 1
         # a model already loaded on the host avoids a swap that would stall its other requests
         loaded = 0 if info and info.loaded else 1
-        return (host.load, ewma, loaded, host.name)
+        return (probe, host.load, ewma, loaded, host.name)
 
     def describe_models(self) -> str:
         parts = []

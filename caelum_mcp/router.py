@@ -44,10 +44,10 @@ log = logging.getLogger(__name__)
 FinalPath = Literal["local", "claude", "local_low_confidence"]
 ProgressFn = Callable[[str], Awaitable[None]]
 
+# No minimum/maximum: grammar-constrained decoders do not enforce them, and a model that answers
+# "confidence": 90 has still answered; the value is normalised in ``_self_reported``.
 CONFIDENCE_FIELD = {
     "type": "number",
-    "minimum": 0,
-    "maximum": 1,
     "description": "how sure you are that this answer is correct, from 0 to 1",
 }
 TEXT_SCHEMA: dict[str, Any] = {
@@ -393,11 +393,10 @@ class Router:
             except Exception as exc:  # a broken check must not lose the answer
                 log.exception("grounding check of %s failed", task.name)
                 grounding = GroundingResult(score=0.0, problems=(f"grounding check failed: {exc}",))
-        self_reported = output.get("confidence") if output else None
         return score(
             valid=error is None,
             repaired=repaired,
-            self_reported=self_reported if isinstance(self_reported, int | float) else None,
+            self_reported=_self_reported(output),
             token_probability=mean_token_probability(response.logprobs),
             grounding=grounding.score if grounding else None,
             grounding_problems=grounding.problems if grounding else (),
@@ -487,6 +486,16 @@ class Router:
             counterfactual_cost_usd=round(tally.counterfactual, 6),
         )
         return RoutedResult(output=cand.output, text=cand.text, execution=execution)
+
+
+def _self_reported(output: dict[str, Any] | None) -> float | None:
+    """The model's own confidence, read as a fraction (90 and 0.9 both mean 0.9)."""
+    value = output.get("confidence") if output else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if 1 < value <= 100:
+        value = value / 100
+    return min(1.0, max(0.0, float(value)))
 
 
 def _parse(text: str, schema: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:

@@ -1,0 +1,366 @@
+"""Ollama's native API (``/api/chat``, ``/api/tags``, ``/api/ps``, ``/api/embed``, ``/api/version``).
+
+Wire facts this module relies on (Ollama v0.32/v0.33, see ``notes/ollama-api.md``):
+
+- ``/api/chat`` streams by default, so ``"stream": false`` is always sent for :meth:`chat`.
+- Thinking models think when ``think`` is left out; we send ``think: false`` unless asked, so a
+  plain request never pays for hidden reasoning tokens.
+- An error before the first streamed byte arrives as a real HTTP status; after output has started
+  it arrives as one more ndjson line ``{"error": ...}`` with status 200.
+- Durations are nanoseconds; token counts are ``prompt_eval_count`` / ``eval_count``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import httpx2
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from caelum_mcp.backends.base import Backend, error_message, register_backend, translate_transport_errors
+from caelum_mcp.errors import (
+    BackendError,
+    HostOverloadedError,
+    HostUnavailableError,
+    MalformedResponseError,
+    StreamInterruptedError,
+    error_for_status,
+)
+from caelum_mcp.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbedRequest,
+    EmbedResponse,
+    HealthReport,
+    ModelInfo,
+    StreamChunk,
+    TokenLogprob,
+    Usage,
+    parse_parameter_size,
+    size_from_model_name,
+)
+
+# Ollama answers 499 "request canceled" only for a request still queued for its scheduler when the
+# caller (in practice a proxy that timed out) gave up: the host was saturated, so treat it as busy.
+_STATUS_REQUEST_CANCELED = 499
+
+
+class _Wire(BaseModel):
+    # Ollama adds fields between releases; unknown ones must not break parsing.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+_W = TypeVar("_W", bound=_Wire)
+
+
+class _WireMessage(_Wire):
+    role: str = "assistant"
+    content: str = ""
+    thinking: str | None = None
+
+
+class _WireLogprob(_Wire):
+    token: str
+    logprob: float
+
+
+class _WireChat(_Wire):
+    model: str = ""
+    message: _WireMessage | None = None
+    done: bool = False
+    done_reason: str | None = None
+    prompt_eval_count: int = 0
+    eval_count: int = 0
+    logprobs: list[_WireLogprob] | None = None
+    error: str | None = None
+
+
+class _WireDetails(_Wire):
+    family: str | None = None
+    families: list[str] | None = None
+    parameter_size: str | None = None
+    quantization_level: str | None = None
+    context_length: int | None = None
+
+
+class _WireModel(_Wire):
+    name: str = ""
+    model: str = ""
+    size: int | None = None
+    details: _WireDetails = _WireDetails()
+    capabilities: list[str] | None = None
+
+
+class _WireModelList(_Wire):
+    models: list[_WireModel]
+
+
+class _WireVersion(_Wire):
+    version: str
+
+
+class _WireEmbed(_Wire):
+    model: str = ""
+    embeddings: list[list[float]]
+    prompt_eval_count: int = 0
+
+
+@register_backend
+class OllamaBackend(Backend):
+    """A host speaking Ollama's native HTTP API.
+
+    ``keep_alive`` (Go duration string or seconds) is sent with requests that do not set their
+    own, so a pool can keep its models resident longer than Ollama's 5-minute default.
+    """
+
+    kind = "ollama"
+
+    def __init__(
+        self,
+        base_url: str,
+        client: httpx2.AsyncClient,
+        *,
+        name: str = "",
+        api_key: str | None = None,
+        keep_alive: str | int | None = None,
+    ) -> None:
+        super().__init__(base_url, client, name=name, api_key=api_key)
+        self.keep_alive = keep_alive
+
+    # requests ------------------------------------------------------------------------------
+
+    def chat_payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        """The ``/api/chat`` body for ``request`` (public so tests and tools can inspect it)."""
+        payload: dict[str, Any] = {
+            "model": request.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "stream": stream,
+            "think": bool(request.think),
+        }
+        if request.json_schema is not None:
+            payload["format"] = request.json_schema
+        keep_alive = request.keep_alive if request.keep_alive is not None else self.keep_alive
+        if keep_alive is not None:
+            payload["keep_alive"] = keep_alive
+        options: dict[str, Any] = {}
+        if request.temperature is not None:
+            options["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            options["num_predict"] = request.max_tokens
+        if request.stop:
+            options["stop"] = list(request.stop)
+        if options:
+            payload["options"] = options
+        if request.logprobs:
+            payload["logprobs"] = True
+        return payload
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        payload = self.chat_payload(request, stream=False)
+        with self._wire_errors():
+            response = await self.client.post(self._url("/api/chat"), json=payload, headers=self.headers())
+        self.raise_for_status(response)
+        wire = self._validate(_WireChat, self.parse_json(response), response.status_code)
+        if wire.error is not None:
+            raise error_for_status(500, wire.error, host=self.name)
+        if wire.message is None:
+            raise MalformedResponseError("chat reply has no 'message'", host=self.name)
+        return ChatResponse(
+            model=wire.model or request.model,
+            content=wire.message.content,
+            thinking=wire.message.thinking or None,
+            finish_reason=wire.done_reason,
+            usage=Usage(input_tokens=wire.prompt_eval_count, output_tokens=wire.eval_count),
+            logprobs=_logprobs(wire.logprobs),
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        """Stream ``/api/chat``; failures after the first yielded chunk are StreamInterruptedError.
+
+        Before anything is yielded every failure keeps its own class (503 stays
+        HostOverloadedError), so the pool may still send the request to another host.
+        """
+        payload = self.chat_payload(request, stream=True)
+        content: list[str] = []
+        thinking: list[str] = []
+        logprobs: list[_WireLogprob] = []
+        yielded = False
+        try:
+            with self._wire_errors():
+                async with self.client.stream(
+                    "POST", self._url("/api/chat"), json=payload, headers=self.headers()
+                ) as response:
+                    if response.status_code >= 400:
+                        self.raise_for_status(response, await response.aread())
+                    async for line in response.aiter_lines():
+                        if not line.strip():
+                            continue
+                        wire = self._validate(_WireChat, _json_line(line, self.name), response.status_code)
+                        if wire.error is not None:
+                            # An in-stream error has no status of its own; Ollama's non-streaming
+                            # path reports the same failures as 500.
+                            raise error_for_status(500, wire.error, host=self.name)
+                        piece = wire.message or _WireMessage()
+                        content.append(piece.content)
+                        thinking.append(piece.thinking or "")
+                        logprobs.extend(wire.logprobs or ())
+                        if wire.done:
+                            final = ChatResponse(
+                                model=wire.model or request.model,
+                                content="".join(content),
+                                thinking="".join(thinking) or None,
+                                finish_reason=wire.done_reason,
+                                usage=Usage(input_tokens=wire.prompt_eval_count, output_tokens=wire.eval_count),
+                                logprobs=_logprobs(logprobs),
+                            )
+                            yielded = True
+                            yield StreamChunk(
+                                content=piece.content,
+                                thinking=piece.thinking or "",
+                                done=True,
+                                response=final,
+                            )
+                            return
+                        if piece.content or piece.thinking:
+                            yielded = True
+                            yield StreamChunk(content=piece.content, thinking=piece.thinking or "")
+            raise MalformedResponseError("chat stream ended without a final 'done' chunk", host=self.name)
+        except BackendError as exc:
+            if yielded and not isinstance(exc, StreamInterruptedError):
+                raise StreamInterruptedError(
+                    f"stream failed after output was sent: {exc.detail}", host=self.name, status=exc.status
+                ) from exc
+            raise
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Installed models (``/api/tags``), with ``loaded`` set from ``/api/ps`` when it answers."""
+        tags = await self._get_models("/api/tags")
+        try:
+            running = await self._get_models("/api/ps")
+        except BackendError:
+            # /api/ps only refines the list; a host that lists its models is still usable.
+            running = []
+        loaded = {label for m in running for label in (m.name, m.model) if label}
+        return [_model_info(m, loaded=bool({m.name, m.model} & loaded)) for m in tags]
+
+    async def health(self) -> HealthReport:
+        started = time.perf_counter()
+        try:
+            with self._wire_errors():
+                response = await self.client.get(self._url("/api/version"), headers=self.headers())
+            self.raise_for_status(response)
+            wire = self._validate(_WireVersion, self.parse_json(response), response.status_code)
+        except BackendError as exc:
+            return HealthReport(ok=False, detail=str(exc))
+        except (httpx2.HTTPError, httpx2.InvalidURL) as exc:
+            # Outside the transport errors (redirect loops, a bad base URL): still only "unhealthy".
+            return HealthReport(ok=False, detail=f"{self.name}: {type(exc).__name__}: {exc}")
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        return HealthReport(ok=True, version=wire.version, latency_ms=latency_ms)
+
+    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+        payload: dict[str, Any] = {"model": request.model, "input": list(request.inputs)}
+        if request.dimensions is not None:
+            payload["dimensions"] = request.dimensions
+        if self.keep_alive is not None:
+            payload["keep_alive"] = self.keep_alive
+        with self._wire_errors():
+            response = await self.client.post(self._url("/api/embed"), json=payload, headers=self.headers())
+        self.raise_for_status(response)
+        wire = self._validate(_WireEmbed, self.parse_json(response), response.status_code)
+        if len(wire.embeddings) != len(request.inputs):
+            raise MalformedResponseError(
+                f"asked for {len(request.inputs)} embeddings, got {len(wire.embeddings)}", host=self.name
+            )
+        return EmbedResponse(
+            model=wire.model or request.model,
+            embeddings=tuple(tuple(vector) for vector in wire.embeddings),
+            usage=Usage(input_tokens=wire.prompt_eval_count),
+        )
+
+    # helpers -------------------------------------------------------------------------------
+
+    def raise_for_status(self, response: httpx2.Response, body: bytes | None = None) -> None:
+        """The shared status table, plus two Ollama specifics (499, and gin's plain-text 404)."""
+        status = response.status_code
+        if status < 400:
+            return
+        raw = body if body is not None else response.content
+        text = raw.decode("utf-8", "replace")
+        if status == _STATUS_REQUEST_CANCELED:
+            raise HostOverloadedError(error_message(text), host=self.name, status=status)
+        if status == 404 and not text.lstrip().startswith("{"):
+            # Ollama's own 404s are JSON ("model 'x' not found"); a text/plain "404 page not found"
+            # means this URL is not an Ollama API at all (wrong base URL or server kind).
+            raise HostUnavailableError(
+                f"no Ollama API at {response.request.url.path}: {text.strip()[:200]}",
+                host=self.name,
+                status=status,
+            )
+        super().raise_for_status(response, raw)
+
+    def _url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    @contextmanager
+    def _wire_errors(self) -> Iterator[None]:
+        """translate_transport_errors, plus a body httpx2 could not decode (bad gzip etc.)."""
+        try:
+            with translate_transport_errors(self.name):
+                yield
+        except httpx2.DecodingError as exc:
+            raise MalformedResponseError(f"undecodable response body: {exc}", host=self.name) from exc
+
+    async def _get_models(self, path: str) -> list[_WireModel]:
+        with self._wire_errors():
+            response = await self.client.get(self._url(path), headers=self.headers())
+        self.raise_for_status(response)
+        return self._validate(_WireModelList, self.parse_json(response), response.status_code).models
+
+    def _validate(self, model: type[_W], data: Any, status: int) -> _W:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            shown = json.dumps(data)[:200] if not isinstance(data, str) else data[:200]
+            raise MalformedResponseError(
+                f"unexpected {model.__name__.removeprefix('_Wire').lower() or 'reply'} shape: {shown}",
+                host=self.name,
+                status=status,
+            ) from exc
+
+
+def _json_line(line: str, host: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise MalformedResponseError(f"bad ndjson line {line[:200]!r}", host=host) from exc
+
+
+def _logprobs(entries: list[_WireLogprob] | None) -> tuple[TokenLogprob, ...] | None:
+    if not entries:
+        return None
+    return tuple(TokenLogprob(token=e.token, logprob=e.logprob) for e in entries)
+
+
+def _model_info(model: _WireModel, *, loaded: bool) -> ModelInfo:
+    name = model.name or model.model
+    details = model.details
+    parameters_b = parse_parameter_size(details.parameter_size)
+    if parameters_b is None:
+        # Imported or custom models can lack parameter_size; the tag often still says "8b".
+        parameters_b = size_from_model_name(name)
+    return ModelInfo(
+        name=name,
+        parameters_b=parameters_b,
+        family=details.family or None,
+        families=tuple(details.families or ()),
+        capabilities=tuple(model.capabilities or ()),
+        context_length=details.context_length,
+        quantization=details.quantization_level or None,
+        size_bytes=model.size,
+        loaded=loaded,
+    )

@@ -1,0 +1,210 @@
+"""Router: local first, confidence gate, escalation to Claude, budget, failures reported."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from caelum_mcp.backends.anthropic import AnthropicBackend
+from caelum_mcp.config import DEFAULT_PRICES
+from caelum_mcp.ledger import Ledger, LedgerEntry, cost_usd
+from caelum_mcp.router import GroundingResult, LLMTask, Router
+from caelum_mcp.types import ChatMessage, Tier, Usage
+
+from .conftest import claude_on_llama, make_config, single_host_pool
+
+CAPITAL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
+
+
+def capital_task(grounding: Any = None, **kw: Any) -> LLMTask:
+    return LLMTask(
+        name="test_capital",
+        messages=(ChatMessage(role="user", content="What is the capital of France? Give the city."),),
+        output_schema=CAPITAL_SCHEMA,
+        grounding=grounding,
+        tier=Tier.MICRO,
+        max_tokens=48,
+        temperature=0.0,  # greedy decoding: the same answer every run
+        **kw,
+    )
+
+
+def always(score: float, *problems: str) -> Any:
+    calls: list[dict[str, Any]] = []
+
+    def check(output: dict[str, Any]) -> GroundingResult:
+        calls.append(output)
+        return GroundingResult(score=score, problems=problems)
+
+    check.calls = calls  # type: ignore[attr-defined]
+    return check
+
+
+async def test_grounded_answer_stays_local(tmp_path: Path, llama_url: str, http: httpx2.AsyncClient) -> None:
+    config = make_config(tmp_path, **{"router.confidence_threshold": 0.45, "claude.api_key": "sk-test"})
+    pool = await single_host_pool(llama_url, http)
+    with Ledger(tmp_path / "l.db") as ledger:
+        claude = claude_on_llama(llama_url, http)
+        router = Router(pool, ledger, config, claude=claude)
+        check = always(1.0)
+        result = await router.run(capital_task(check))
+        ex = result.execution
+        assert ex.path == "local", ex
+        assert ex.host == "embedded" and ex.tier == "micro"
+        assert ex.confidence >= 0.45 and ex.confidence_parts.grounding == 1.0
+        assert ex.confidence_parts.token_probability is not None  # llama.cpp returned logprobs
+        assert result.output is not None and isinstance(result.output["city"], str)
+        assert "confidence" not in result.output  # the router's own field is stripped
+        assert check.calls == [result.output]
+        assert ex.input_tokens > 0 and ex.output_tokens > 0
+        assert ex.cost_usd == 0.0
+        price = DEFAULT_PRICES["claude-sonnet-5-5"]
+        expected = cost_usd(Usage(input_tokens=ex.input_tokens, output_tokens=ex.output_tokens), price)
+        assert abs(ex.counterfactual_cost_usd - expected) < 1e-9
+        summary = ledger.summary()
+        assert summary.claude_calls == 0 and summary.local_calls == ex.attempts
+        assert abs(summary.savings_usd - expected) < 1e-9
+
+
+async def test_failing_grounding_escalates_to_claude(tmp_path: Path, llama_url: str, http: httpx2.AsyncClient) -> None:
+    config = make_config(tmp_path, **{"claude.api_key": "sk-test"})
+    pool = await single_host_pool(llama_url, http)
+    with Ledger(tmp_path / "l.db") as ledger:
+        router = Router(pool, ledger, config, claude=claude_on_llama(llama_url, http))
+        result = await router.run(capital_task(always(0.0, "cited file does not exist")))
+        ex = result.execution
+        assert ex.path == "claude", ex
+        assert ex.provider == "anthropic" and ex.model == "claude-sonnet-5-5"
+        assert ex.escalations and "confidence 0.00" in ex.escalations[0]
+        claude_rows = [e for e in ledger.recent(50) if e.path == "claude"]
+        assert claude_rows, "the Claude call must be in the ledger"
+        price = DEFAULT_PRICES["claude-sonnet-5-5"]
+        for row in claude_rows:
+            assert row.input_tokens > 0
+            usage = Usage(
+                input_tokens=row.input_tokens,
+                output_tokens=row.output_tokens,
+                cache_read_tokens=row.cache_read_tokens,
+                cache_write_tokens=row.cache_write_tokens,
+            )
+            assert abs(row.cost_usd - cost_usd(usage, price)) < 1e-9
+        assert abs(ex.cost_usd - sum(r.cost_usd for r in claude_rows)) < 1e-6
+        assert ledger.summary().claude_cost_usd > 0
+
+
+def _rate_limited_claude(status: int, http_calls: list[int]) -> AnthropicBackend:
+    kind = {429: "rate_limit_error", 529: "overloaded_error"}[status]
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        http_calls.append(status)
+        body = {"type": "error", "error": {"type": kind, "message": "slow down"}}
+        return httpx2.Response(status, json=body, headers={"retry-after-ms": "1", "retry-after": "0"})
+
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+    return AnthropicBackend("http://127.0.0.1:9", client, name="claude", api_key="sk-test", max_retries=2)
+
+
+async def test_claude_429_and_529_are_retried_then_reported(
+    tmp_path: Path, llama_url: str, http: httpx2.AsyncClient
+) -> None:
+    config = make_config(tmp_path, **{"claude.api_key": "sk-test", "claude.max_retries": 2})
+    pool = await single_host_pool(llama_url, http)
+    for status in (429, 529):
+        calls: list[int] = []
+        with Ledger(tmp_path / f"l{status}.db") as ledger:
+            router = Router(pool, ledger, config, claude=_rate_limited_claude(status, calls))
+            result = await router.run(capital_task(always(0.0)))
+            assert len(calls) == 3, "max_retries=2 means three attempts"
+            ex = result.execution
+            assert ex.path == "local_low_confidence"
+            assert ex.reason and "Claude failed" in ex.reason and str(status) in ex.reason
+            failed = [e for e in ledger.recent(20) if not e.ok]
+            assert failed and str(status) in (failed[0].error or "")
+            assert ledger.summary().claude_cost_usd == 0
+
+
+async def test_budget_cap_blocks_claude(tmp_path: Path, llama_url: str, http: httpx2.AsyncClient) -> None:
+    config = make_config(tmp_path, **{"claude.api_key": "sk-test", "claude.daily_budget_usd": 0.5})
+    pool = await single_host_pool(llama_url, http)
+    calls: list[int] = []
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.record(
+            LedgerEntry(
+                ts=time.time(),
+                task="earlier",
+                path="claude",
+                provider="anthropic",
+                host="claude",
+                model="claude-sonnet-5-5",
+                tier=None,
+                attempts=1,
+                confidence=None,
+                input_tokens=100_000,
+                output_tokens=30_000,
+                latency_ms=1000,
+                cost_usd=0.75,
+                counterfactual_cost_usd=0.75,
+            )
+        )
+        router = Router(pool, ledger, config, claude=_rate_limited_claude(429, calls))
+        result = await router.run(capital_task(always(0.0)))
+        assert calls == [], "Claude must not be called over budget"
+        ex = result.execution
+        assert ex.path == "local_low_confidence"
+        assert ex.reason and "budget" in ex.reason and "$0.50" in ex.reason
+
+
+async def test_claude_disabled_returns_low_confidence_local(
+    tmp_path: Path, llama_url: str, http: httpx2.AsyncClient
+) -> None:
+    config = make_config(tmp_path, **{"claude.api_key": "sk-test", "claude.enabled": False})
+    pool = await single_host_pool(llama_url, http)
+    with Ledger(tmp_path / "l.db") as ledger:
+        router = Router(pool, ledger, config, claude=claude_on_llama(llama_url, http))
+        result = await router.run(capital_task(always(0.0, "made-up city")))
+        ex = result.execution
+        assert ex.path == "local_low_confidence"
+        assert ex.reason and "disabled" in ex.reason
+        assert ex.confidence == 0.0 and ex.confidence_parts.grounding_problems == ("made-up city",)
+        assert result.output is not None  # the best local answer is still returned
+        assert ledger.summary().claude_calls == 0
+
+
+async def test_per_call_opt_out_and_missing_key(tmp_path: Path, llama_url: str, http: httpx2.AsyncClient) -> None:
+    pool = await single_host_pool(llama_url, http)
+    with Ledger(tmp_path / "l.db") as ledger:
+        router = Router(pool, ledger, make_config(tmp_path, **{"claude.api_key": "sk-test"}), claude=None)
+        result = await router.run(capital_task(always(0.0)))
+        assert result.execution.reason and "not configured" in result.execution.reason
+        router = Router(
+            pool,
+            ledger,
+            make_config(tmp_path, **{"claude.api_key": "sk-test"}),
+            claude=claude_on_llama(llama_url, http),
+        )
+        result = await router.run(capital_task(always(0.0), allow_claude=False))
+        assert result.execution.reason and "allow_claude" in result.execution.reason
+
+
+async def test_free_text_task_and_progress(tmp_path: Path, llama_url: str, http: httpx2.AsyncClient) -> None:
+    pool = await single_host_pool(llama_url, http)
+    seen: list[str] = []
+
+    async def progress(message: str) -> None:
+        seen.append(message)
+
+    with Ledger(tmp_path / "l.db") as ledger:
+        router = Router(pool, ledger, make_config(tmp_path, **{"claude.enabled": False}))
+        task = LLMTask(name="t", messages=(ChatMessage(role="user", content="Say hello."),), max_tokens=40)
+        result = await router.run(task, progress=progress)
+        assert result.output is not None and isinstance(result.output.get("answer"), str)
+        assert json.loads(result.text)["answer"] == result.output["answer"]
+        assert seen and "local pool" in seen[0]
