@@ -40,6 +40,7 @@ async def test_host_dies_mid_run_no_request_fails_and_it_comes_back(tmp_path: ob
         served_by: list[str] = []
         failures: list[BaseException] = []
         done = 0
+        twelve_done = anyio.Event()
 
         async def one() -> None:
             nonlocal done
@@ -49,10 +50,11 @@ async def test_host_dies_mid_run_no_request_fails_and_it_comes_back(tmp_path: ob
             except Exception as exc:
                 failures.append(exc)
             done += 1
+            if done == 12:
+                twelve_done.set()
 
         async def killer() -> None:
-            while done < 12:
-                await anyio.sleep(0.01)
+            await twelve_done.wait()
             await anyio.to_thread.run_sync(b.stop)
 
         async with anyio.create_task_group() as tg:
@@ -254,7 +256,7 @@ def test_selection_least_outstanding_then_latency_then_nearest_tier() -> None:
     # no large model anywhere: the nearest tier that exists serves, and says so
     sel = pool.select(tier=Tier.LARGE)
     assert sel.model == "qwen3:8b" and sel.tier is Tier.FULL
-    with pytest.raises(NoHostAvailableError, match="model 'llama3.1:8b'"):
+    with pytest.raises(NoHostAvailableError, match=r"model 'llama3\.1:8b'"):
         pool.select(model="llama3.1:8b")
     a.enabled = False
     b.breaker.record_failure(force_open=True)
