@@ -34,6 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check caelum_mcp supervisors tools tests bench
 	$(BIN)/ruff check caelum_mcp supervisors tools tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy tools
 
 format: $(STAMP)
 	$(BIN)/ruff format caelum_mcp supervisors tools tests bench

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import jsonschema
-from caelum_mcp.supervisors.base import ExternalTool, Supervisor, ToolContext
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from caelum_mcp.errors import CaelumError
 from caelum_mcp.router import ExecutionRecord, LLMTask
 from caelum_mcp.status import HostStatus, StatusReport, build_status, host_status
+from caelum_mcp.supervisors.base import ExternalTool, Supervisor, ToolContext
 from caelum_mcp.types import ChatMessage, Tier
 
 

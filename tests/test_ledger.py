@@ -67,9 +67,7 @@ def claude_entry(cost: float, **overrides: Any) -> LedgerEntry:
 
 
 def run_child(code: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, check=False
-    )
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, check=False)
 
 
 # --- cost arithmetic -------------------------------------------------------------------------
@@ -118,16 +116,12 @@ def test_summary_figures_from_recorded_calls(tmp_path: Path) -> None:
     with Ledger(tmp_path / "ledger.db") as ledger:
         ledger.record(entry(counterfactual_cost_usd=0.006, latency_ms=400.0))
         ledger.record(entry(counterfactual_cost_usd=0.004, latency_ms=600.0, host="gpu-2"))
-        ledger.record(
-            entry(path="local_low_confidence", confidence=0.4, counterfactual_cost_usd=0.002, host="gpu-2")
-        )
+        ledger.record(entry(path="local_low_confidence", confidence=0.4, counterfactual_cost_usd=0.002, host="gpu-2"))
         ledger.record(
             claude_entry(0.05, input_tokens=2000, output_tokens=300, cache_read_tokens=100, latency_ms=2000.0)
         )
         ledger.record(
-            entry(
-                path="failed", ok=False, error="all hosts failed", counterfactual_cost_usd=0.0, host="gpu-2"
-            )
+            entry(path="failed", ok=False, error="all hosts failed", counterfactual_cost_usd=0.0, host="gpu-2")
         )
         s = ledger.summary(now=NOON)
 

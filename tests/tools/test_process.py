@@ -1,0 +1,114 @@
+"""The shared subprocess runner: output, caps, timeouts and cancellation all leave no process behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from caelum_mcp.tools.process import run_command
+
+# A child that starts a grandchild in the same process group, records both pids, then sleeps.
+SPAWNER = """
+import subprocess, sys, time, pathlib
+grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+pathlib.Path(sys.argv[1]).write_text(f"{grandchild.pid}")
+print("started", flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A killed child of an exited parent may linger as a zombie until init reaps it.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().split(") ", 1)[1].startswith(("R", "S", "D"))
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+async def _wait_dead(pid: int, within_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        await anyio.sleep(0.05)
+    return False
+
+
+def _read_pid(path: Path) -> int | None:
+    text = path.read_text() if path.exists() else ""
+    return int(text) if text else None
+
+
+async def _wait_for_file(path: Path, within_s: float = 10.0) -> int:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        pid = _read_pid(path)
+        if pid is not None:
+            return pid
+        await anyio.sleep(0.05)
+    raise AssertionError("the child never started its grandchild")
+
+
+async def test_collects_output_and_status_with_arguments_passed_verbatim(tmp_path: Path) -> None:
+    code = "import sys; print(sys.argv[1:]); print('oops', file=sys.stderr); sys.exit(3)"
+    result = await run_command([sys.executable, "-c", code, "a;b", "$HOME", "*"], cwd=tmp_path, timeout_s=30)
+    assert result.returncode == 3
+    assert result.stdout.strip() == "['a;b', '$HOME', '*']"  # no shell: metacharacters stay literal
+    assert result.stderr.strip() == "oops"
+    assert not result.timed_out and not result.truncated
+    assert result.argv[0] == sys.executable
+
+
+async def test_output_beyond_the_cap_is_dropped_without_blocking_the_child(tmp_path: Path) -> None:
+    code = "import sys; sys.stdout.write('x' * 3_000_000); sys.stdout.flush(); print('done', file=sys.stderr)"
+    result = await run_command([sys.executable, "-c", code], cwd=tmp_path, timeout_s=30, max_output_bytes=1000)
+    assert result.returncode == 0  # it ran to the end although we kept only 1000 bytes
+    assert result.truncated
+    assert result.stdout == "x" * 1000
+    assert result.stderr.strip() == "done"
+
+
+async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    started = time.monotonic()
+    result = await run_command([sys.executable, "-c", SPAWNER, str(pid_file)], cwd=tmp_path, timeout_s=2)
+    assert time.monotonic() - started < 15
+    assert result.timed_out
+    assert result.returncode is None
+    assert "started" in result.stdout  # output produced before the kill is kept
+    assert await _wait_dead(int(pid_file.read_text()))
+
+
+async def test_cancelling_the_caller_kills_the_child_and_grandchild(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    with anyio.move_on_after(20) as outer:
+        async with anyio.create_task_group() as tg:
+
+            async def call() -> None:
+                await run_command([sys.executable, "-c", SPAWNER, str(pid_file)], cwd=tmp_path, timeout_s=120)
+
+            tg.start_soon(call)
+            grandchild = await _wait_for_file(pid_file)
+            tg.cancel_scope.cancel()
+    assert not outer.cancelled_caught
+    assert await _wait_dead(grandchild)
+
+
+async def test_a_missing_program_raises_oserror(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        await run_command(["caelum-no-such-program-xyz"], cwd=tmp_path, timeout_s=5)
+
+
+async def test_rejects_an_empty_argv(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        await run_command([], cwd=tmp_path, timeout_s=5)
