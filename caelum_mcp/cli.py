@@ -11,10 +11,12 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
+import httpx2
 
 from caelum_mcp import __version__
 from caelum_mcp.config import Config, load_config
@@ -151,7 +153,10 @@ def _doctor(config: Config, args: argparse.Namespace) -> int:
                 )
                 + ("" if claude.enabled else " (disabled)")
             )
-            print(f"[{'OK  ' if ok else 'INFO'}] embedded model: {'available' if ok else 'unavailable'} ({detail})")
+            if config.embedded == "off":  # installed or not, it is not part of this pool
+                print(f"[INFO] embedded model: off by configuration ({'installed' if ok else detail})")
+            else:
+                print(f"[{'OK  ' if ok else 'INFO'}] embedded model: {'available' if ok else 'unavailable'} ({detail})")
             print(f"       {report.embedded}")
             print(f"tiers available: {', '.join(report.tiers_available) or 'none'}")
             print(
@@ -170,12 +175,57 @@ def _doctor(config: Config, args: argparse.Namespace) -> int:
 # status ---------------------------------------------------------------------------------------
 
 
+@asynccontextmanager
+async def remote_client(url: str, config: Config) -> AsyncIterator[Any]:
+    """An MCP client session with a running HTTP server, sending the configured bearer token if any.
+
+    Failures to connect or to authenticate become one :class:`CaelumError` line, not a traceback
+    of exception groups.
+    """
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    token_env = config.server.bearer_token_env
+    token = os.environ.get(token_env) if token_env else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    statuses: set[int] = set()
+
+    async def note_status(response: httpx2.Response) -> None:
+        # The SDK reports an HTTP 401 only as "Server returned an error response".
+        statuses.add(response.status_code)
+
+    try:
+        async with (
+            httpx2.AsyncClient(
+                headers=headers,
+                timeout=httpx2.Timeout(30.0, read=None),
+                event_hooks={"response": [note_status]},
+            ) as http,
+            Client(streamable_http_client(url, http_client=http)) as client,
+        ):
+            yield client
+    except Exception as exc:
+        if isinstance(exc, CaelumError):
+            raise
+        reason = _leaf_message(exc)
+        if 401 in statuses:
+            where = f"${token_env}" if token_env else "server.bearer_token_env (and export that variable)"
+            reason = f"HTTP 401: the server wants a bearer token; set {where} to it"
+        raise CaelumError(f"cannot talk to the MCP server at {url}: {reason}") from None
+
+
+def _leaf_message(exc: BaseException) -> str:
+    """The innermost meaningful message of an exception group (anyio wraps transport errors)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _status(config: Config, args: argparse.Namespace) -> int:
     if args.url:
-        from mcp import Client
 
         async def remote() -> str:
-            async with Client(args.url) as client:
+            async with remote_client(args.url, config) as client:
                 res = await client.read_resource("caelum://status")
                 return "".join(getattr(c, "text", "") for c in res.contents)
 
@@ -236,16 +286,17 @@ def _call(config: Config, args: argparse.Namespace) -> int:
         of = f"/{total:g}" if total else ""
         print(f"... {progress:g}{of} {message or ''}", file=sys.stderr, flush=True)
 
-    async def run() -> int:
+    def session() -> AbstractAsyncContextManager[Any]:
         if args.url:
-            target: Any = args.url
-        else:
-            env = {k: v for k, v in os.environ.items() if k.startswith(("CAELUM_", "ANTHROPIC_", "OLLAMA_"))}
-            env.update({"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "")})
-            if config_path:
-                env["CAELUM_CONFIG"] = config_path
-            target = StdioServerParameters(command=sys.executable, args=["-m", "caelum_mcp", "serve"], env=env)
-        async with Client(target) as client:
+            return remote_client(args.url, config)
+        env = {k: v for k, v in os.environ.items() if k.startswith(("CAELUM_", "ANTHROPIC_", "OLLAMA_"))}
+        env.update({"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "")})
+        if config_path:
+            env["CAELUM_CONFIG"] = config_path
+        return Client(StdioServerParameters(command=sys.executable, args=["-m", "caelum_mcp", "serve"], env=env))
+
+    async def run() -> int:
+        async with session() as client:
             if args.tool == "list":
                 tools = await client.list_tools()
                 for t in tools.tools:

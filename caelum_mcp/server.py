@@ -12,17 +12,22 @@ SSE at ``/sse`` (``http_app``), bound to loopback unless a bearer token is confi
 
 from __future__ import annotations
 
+import difflib
 import hmac
 import inspect
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Annotated, Any, cast
+from types import UnionType
+from typing import Annotated, Any, Union, cast, get_args, get_origin
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 from mcp.server.transport_security import TransportSecuritySettings
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -88,12 +93,10 @@ def create_server(config: Config) -> tuple[MCPServer[AppState], StateHolder]:
         async with holder.session() as state:
             yield state
 
+    tools = [build_tool(tool) for supervisor_cls in SUPERVISORS for tool in supervisor_cls().external_tools()]
     server: MCPServer[AppState] = MCPServer(
-        "caelum-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan
+        "caelum-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, tools=tools
     )
-    for supervisor_cls in SUPERVISORS:
-        for tool in supervisor_cls().external_tools():
-            register_tool(server, tool, holder)
 
     @server.resource(
         "caelum://status", name="status", title="Pool, Claude and ledger status", mime_type="application/json"
@@ -113,15 +116,26 @@ def create_server(config: Config) -> tuple[MCPServer[AppState], StateHolder]:
     return server, holder
 
 
-def register_tool(server: MCPServer[AppState], tool: ExternalTool[Any, Any], holder: StateHolder) -> None:
-    """Expose ``tool`` with its input model's fields as the MCP arguments."""
+class _RawArguments(ArgModelBase):
+    """Takes the client's arguments as they are, unknown ones included.
+
+    The SDK's own argument model would ignore unknown arguments silently and report bad values in
+    pydantic's multi-line format (with documentation URLs); the tool's input model validates
+    instead, so every mistake comes back as one clear line naming the argument.
+    """
+
+    model_config = ConfigDict(extra="allow", arbitrary_types_allowed=True)
+
+    def model_dump_one_level(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def build_tool(tool: ExternalTool[Any, Any]) -> Tool:
+    """The MCP tool for ``tool``: its input model's fields are the arguments, its output model the schema."""
     input_model: type[BaseModel] = tool.input_model
 
     async def handler(ctx: Context, **kwargs: Any) -> Any:
-        try:
-            args = input_model.model_validate(kwargs)
-        except ValidationError as exc:
-            raise ToolError(_validation_message(exc)) from None
+        args = validate_arguments(input_model, kwargs)
         state = cast(AppState, ctx.request_context.lifespan_context)
         tctx = ToolContext(
             router=state.router,
@@ -148,9 +162,92 @@ def register_tool(server: MCPServer[AppState], tool: ExternalTool[Any, Any], hol
     handler.__annotations__ = {**annotations, "return": tool.output_model}
     handler.__name__ = tool.name
     handler.__doc__ = tool.description
-    server.add_tool(
-        handler, name=tool.name, title=tool.title, description=tool.description, annotations=tool.annotations
+    # The tool-level title already names it; a second copy in the annotations only costs context.
+    hints = tool.annotations.model_copy(update={"title": None})
+    mcp_tool = Tool.from_function(
+        handler, name=tool.name, title=tool.title, description=tool.description, annotations=hints
     )
+    mcp_tool.fn_metadata.arg_model = _RawArguments
+    # Every client reads tools/list into its model's context: keep the schemas lean (see compact_schema).
+    mcp_tool.parameters = compact_schema(mcp_tool.parameters)
+    if mcp_tool.fn_metadata.output_schema is not None:
+        mcp_tool.fn_metadata.output_schema = compact_schema(mcp_tool.fn_metadata.output_schema, output=True)
+    return mcp_tool
+
+
+def validate_arguments(input_model: type[BaseModel], raw: dict[str, Any]) -> Any:
+    """Validate a tool call's arguments against ``input_model``; a :class:`ToolError` names each bad one."""
+    known = set(input_model.model_fields)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            hints.append(f"`{name}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+        raise ToolError(f"unknown argument {', '.join(hints)}; this tool takes: {', '.join(input_model.model_fields)}")
+    data = {k: _pre_parse(input_model.model_fields[k], v) for k, v in raw.items()}
+    try:
+        return input_model.model_validate(data)
+    except ValidationError as exc:
+        raise ToolError(_validation_message(exc)) from None
+
+
+def _pre_parse(field: FieldInfo, value: Any) -> Any:
+    """Some clients (Claude Desktop) send objects and arrays as JSON text: decode those, nothing else."""
+    ann = field.annotation
+    members = get_args(ann) if get_origin(ann) in (Union, UnionType) else (ann,)
+    if not isinstance(value, str) or str in members:
+        return value
+    try:
+        decoded = json.loads(value)
+    except (ValueError, RecursionError):
+        return value
+    return decoded if isinstance(decoded, dict | list) else value
+
+
+# JSON-schema keywords whose values are schemas (or maps/lists of schemas); everything else is data.
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+_SCHEMA_ONE = ("items", "additionalProperties", "not", "contains", "propertyNames")
+_SCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems")
+
+
+def compact_schema(schema: Any, *, output: bool = False) -> Any:
+    """Drop what a model does not need from a JSON schema: ``title`` s (pydantic repeats every field
+    name as a title) and, in output schemas, ``default`` s (the server always sends every field),
+    descriptions, ``additionalProperties: false``, and ``anyOf [X, null]`` spelled long-hand.
+    Validation keywords stay (and input descriptions): the schema accepts the same documents."""
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if (key == "title" and isinstance(value, str)) or (output and key == "default"):
+            continue
+        if output and key == "description":  # names say enough; the tool description explains the rest
+            continue
+        if output and key == "additionalProperties" and value is False:
+            continue
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            value = {name: compact_schema(sub, output=output) for name, sub in value.items()}
+        elif key in _SCHEMA_ONE:
+            value = compact_schema(value, output=output)
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            value = [compact_schema(sub, output=output) for sub in value]
+        out[key] = value
+    if output:
+        out = _collapse_nullable(out)
+    return out
+
+
+def _collapse_nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``{"anyOf": [{"type": "string"}, {"type": "null"}]}`` -> ``{"type": ["string", "null"]}``."""
+    options = schema.get("anyOf")
+    if not isinstance(options, list) or len(options) != 2:
+        return schema
+    simple = [o for o in options if isinstance(o, dict) and set(o) == {"type"} and isinstance(o["type"], str)]
+    if len(simple) != 2 or not any(o["type"] == "null" for o in simple):
+        return schema
+    rest = {k: v for k, v in schema.items() if k != "anyOf"}
+    return {**rest, "type": [o["type"] for o in simple]}
 
 
 def _describe(field: FieldInfo) -> FieldInfo:
@@ -172,7 +269,12 @@ def _progress_reporter(ctx: Context) -> Callable[[float, float | None, str], Awa
 
     async def report(progress: float, total: float | None, message: str) -> None:
         nonlocal last
-        value = max(progress, last + 1) if total is None else min(total, max(progress, last))
+        if total is None:
+            value = max(progress, last + 1)
+        else:
+            value = min(total, progress)
+            if value <= last:  # MCP progress must strictly increase: creep towards the total
+                value = last + max((total - last) * 0.05, 1e-6)
         last = value
         try:
             await ctx.report_progress(value, total, message)

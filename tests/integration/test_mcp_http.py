@@ -1,0 +1,183 @@
+"""``caelum-mcp serve --transport http`` on loopback: streamable HTTP, SSE, DNS-rebinding
+protection and the bearer token, each against a real server subprocess.
+
+Two servers per module: an open one with the embedded model, and one that requires a bearer
+token (embedded model off, so it costs no CPU; tools/list and pool_status still work).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import TextContent
+
+TOKEN_ENV = "CAELUM_HTTP_TOKEN"  # deliberately CAELUM_-prefixed: it must not be read as a setting
+TOKEN = "test-token-5f0c1e9a7b2d4c68"
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+
+
+@dataclass
+class Served:
+    base: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def mcp(self) -> str:
+        return f"{self.base}/mcp"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def tail(path: Path, limit: int = 4000) -> str:
+    return path.read_bytes()[-limit:].decode(errors="replace") if path.exists() else ""
+
+
+def start_server(tmp: Path, env_extra: dict[str, str]) -> Iterator[Served]:
+    home = tmp / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(home),
+        "CAELUM_DATA_DIR": str(tmp / "data"),
+        **env_extra,
+    }
+    log = tmp / "server.log"
+    args = [sys.executable, "-m", "caelum_mcp", "serve", "--transport", "http", "--port", str(port)]
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, cwd=tmp)
+    served = Served(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        deadline = time.monotonic() + 45
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{tail(log)}")
+            try:
+                # 200 once a model host is healthy, 503 while none is: either way it is serving.
+                if httpx2.get(f"{served.base}/health", timeout=2).status_code in (200, 503):
+                    break
+            except httpx2.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server did not answer /health within 45 s:\n{tail(log)}")
+            time.sleep(0.2)
+        yield served
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    yield from start_server(tmp_path_factory.mktemp("http-open"), {"CAELUM_EMBEDDED": "on"})
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("http-token")
+    config = tmp / "caelum.toml"
+    config.write_text(f'embedded = "off"\n\n[server]\nhost = "127.0.0.1"\nbearer_token_env = "{TOKEN_ENV}"\n')
+    yield from start_server(tmp, {"CAELUM_CONFIG": str(config), TOKEN_ENV: TOKEN})
+
+
+async def test_streamable_http_lists_and_calls(open_server: Served) -> None:
+    health = httpx2.get(f"{open_server.base}/health", timeout=5)
+    assert health.status_code == 200 and health.json()["ok"] is True
+    async with Client(open_server.mcp) as client:
+        tools = {t.name for t in (await client.list_tools()).tools}
+        assert {"delegate_task", "pool_status", "set_host_enabled"} <= tools
+        result = await client.call_tool("delegate_task", {"prompt": "Say yes.", "tier": "micro", "max_tokens": 32})
+    assert not result.is_error, [c.text for c in result.content if isinstance(c, TextContent)]
+    assert result.structured_content is not None
+    assert result.structured_content["execution"]["host"] == "embedded"
+    assert result.structured_content["execution"]["output_tokens"] > 0
+
+
+async def test_foreign_host_or_origin_is_rejected(open_server: Served) -> None:
+    port = open_server.base.rsplit(":", 1)[1]
+    async with httpx2.AsyncClient(timeout=10) as http:
+        ok = await http.post(open_server.mcp, json=INITIALIZE, headers=MCP_HEADERS)
+        assert ok.status_code == 200  # the same request from a loopback page is served
+        rebinding = await http.post(
+            open_server.mcp, json=INITIALIZE, headers={**MCP_HEADERS, "host": f"evil.example:{port}"}
+        )
+        assert rebinding.status_code in (421, 403)
+        origin = await http.post(
+            open_server.mcp, json=INITIALIZE, headers={**MCP_HEADERS, "origin": "http://evil.example"}
+        )
+        assert origin.status_code == 403
+
+
+async def test_sse_transport_lists_tools(open_server: Served) -> None:
+    async with Client(sse_client(f"{open_server.base}/sse")) as client:
+        tools = {t.name for t in (await client.list_tools()).tools}
+    assert {"delegate_task", "pool_status"} <= tools
+
+
+async def test_bearer_token_is_required_and_accepted(token_server: Served) -> None:
+    async with httpx2.AsyncClient(timeout=10) as http:
+        missing = await http.post(token_server.mcp, json=INITIALIZE, headers=MCP_HEADERS)
+        assert missing.status_code == 401
+        assert missing.headers["www-authenticate"].startswith("Bearer")
+        wrong = await http.post(
+            token_server.mcp, json=INITIALIZE, headers={**MCP_HEADERS, "authorization": "Bearer nope"}
+        )
+        assert wrong.status_code == 401
+        sse = await http.get(f"{token_server.base}/sse")
+        assert sse.status_code == 401  # SSE is behind the same gate
+        assert TOKEN not in missing.text + wrong.text
+
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=30) as http,
+        Client(streamable_http_client(token_server.mcp, http_client=http)) as client,
+    ):
+        tools = {t.name for t in (await client.list_tools()).tools}
+        status = await client.call_tool("pool_status", {})
+    assert "delegate_task" in tools
+    assert not status.is_error and status.structured_content is not None
+    assert status.structured_content["embedded"] == "off by configuration"
+
+
+def test_cli_status_url_sends_the_configured_token(token_server: Served, tmp_path: Path) -> None:
+    config = tmp_path / "client.toml"
+    config.write_text(f'[server]\nbearer_token_env = "{TOKEN_ENV}"\n')
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "CAELUM_DATA_DIR": str(tmp_path / "d")}
+    args = [sys.executable, "-m", "caelum_mcp", "--config", str(config), "status", "--url", token_server.mcp]
+    ok = subprocess.run(args, env={**env, TOKEN_ENV: TOKEN}, capture_output=True, timeout=60, check=False)
+    assert ok.returncode == 0, ok.stderr[-2000:].decode()
+    assert b'"config_source"' in ok.stdout
+
+    refused = subprocess.run(args, env=env, capture_output=True, timeout=60, check=False)
+    err = refused.stderr.decode()
+    assert refused.returncode != 0
+    assert "401" in err and TOKEN_ENV in err  # says what to set
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
