@@ -21,6 +21,7 @@ from caelum_mcp.backends.anthropic import AnthropicBackend
 from caelum_mcp.backends.base import BACKENDS, Backend
 from caelum_mcp.backends.ollama import OllamaBackend
 from caelum_mcp.backends.openai import OpenAIBackend
+from caelum_mcp.cache import ResultCache
 from caelum_mcp.config import DEFAULT_OLLAMA_URL, Config, HostConfig
 from caelum_mcp.embedded import EMBEDDED_MODEL_NAME, EmbeddedServer, EmbeddedUnavailableError
 from caelum_mcp.ledger import Ledger
@@ -42,6 +43,7 @@ class AppState:
     ledger: Ledger
     router: Router
     claude: Backend | None
+    cache: ResultCache | None = None
     embedded: EmbeddedServer | None = None
     embedded_note: str = ""
     started_at: float = field(default_factory=time.time)
@@ -105,7 +107,8 @@ async def start_embedded(state: AppState) -> None:
     """Start the embedded model and add it to the pool as a micro-tier host."""
     config = state.config
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    server = EmbeddedServer(log_path=config.data_dir / "embedded.log")
+    # 8192 is the model's training context: room for a review prompt with code excerpts
+    server = EmbeddedServer(log_path=config.data_dir / "embedded.log", n_ctx=8192)
     try:
         url = await server.astart()
     except EmbeddedUnavailableError as exc:
@@ -122,11 +125,6 @@ async def start_embedded(state: AppState) -> None:
     )
     state.pool.add_host(host)
     await state.pool.refresh_host(host)
-    # llama.cpp names its model after the GGUF path; give it a readable name and a fixed tier.
-    if host.models:
-        (info,) = list(host.models.values())[:1]
-        host.models = {EMBEDDED_MODEL_NAME: info.model_copy(update={"name": EMBEDDED_MODEL_NAME})}
-        host.tier_overrides[EMBEDDED_MODEL_NAME] = Tier.MICRO
     state.embedded = server
     state.embedded_note = f"running at {url}"
     log.info("embedded model %s serving at %s", EMBEDDED_MODEL_NAME, url)
@@ -152,7 +150,8 @@ async def open_app(
     ledger = Ledger(config.data_dir / "ledger.sqlite3")
     claude = make_claude(config, http)
     router = Router(pool, ledger, config, claude=claude)
-    state = AppState(config=config, http=http, pool=pool, ledger=ledger, router=router, claude=claude)
+    cache = ResultCache(config.data_dir / "cache.sqlite3")
+    state = AppState(config=config, http=http, pool=pool, ledger=ledger, router=router, claude=claude, cache=cache)
     try:
         await pool.refresh_all()
         if config.embedded == "on" or (config.embedded == "auto" and not _has_healthy_chat_host(pool)):
@@ -176,4 +175,5 @@ async def open_app(
             if state.embedded is not None:
                 await state.embedded.astop()
             ledger.close()
+            cache.close()
             await http.aclose()

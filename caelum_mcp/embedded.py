@@ -70,6 +70,7 @@ class EmbeddedServer:
         n_parallel: int = 1,
         log_path: Path | None = None,
         start_timeout_s: float = 120.0,
+        alias: str = EMBEDDED_MODEL_NAME,
     ) -> None:
         self.model_path = model_path
         self.port = port
@@ -77,6 +78,7 @@ class EmbeddedServer:
         self.n_parallel = n_parallel
         self.log_path = log_path
         self.start_timeout_s = start_timeout_s
+        self.alias = alias
         self.url: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
@@ -106,6 +108,8 @@ class EmbeddedServer:
                 str(self.n_ctx),
                 "--parallel",
                 str(self.n_parallel),
+                "--alias",
+                self.alias,
             ]
             log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
             try:
@@ -180,7 +184,7 @@ def _stop_process(proc: subprocess.Popen[bytes]) -> None:
         proc.stdout.close()
 
 
-def _serve(model: str, port: int, n_ctx: int, n_parallel: int) -> None:
+def _serve(model: str, port: int, n_ctx: int, n_parallel: int, alias: str) -> None:
     """Child side: start llama.cpp, announce the URL on the real stdout, run until stdin closes."""
     import xllamacpp
 
@@ -191,6 +195,7 @@ def _serve(model: str, port: int, n_ctx: int, n_parallel: int) -> None:
     params.port = port
     params.n_ctx = n_ctx * n_parallel
     params.n_parallel = n_parallel
+    params.model_alias = {alias}  # /v1/models then names the model by its alias, not the GGUF path
     server = xllamacpp.Server(params)
     announce.write(server.listening_address + "\n")
     announce.flush()
@@ -209,12 +214,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--ctx", type=int, default=2048)
     parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--alias", default=EMBEDDED_MODEL_NAME, help="model name the server reports")
     args = parser.parse_args(argv)
     model = args.model or str(find_embedded_model() or "")
     if not model:
         print(embedded_status()[1], file=sys.stderr)
         raise SystemExit(2)
-    _serve(model, args.port, args.ctx, args.parallel)
+    _serve(model, args.port, args.ctx, args.parallel, args.alias)
 
 
 if __name__ == "__main__":

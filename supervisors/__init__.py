@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from caelum_mcp.supervisors.ai import AISupervisor
 from caelum_mcp.supervisors.base import Supervisor
+from caelum_mcp.supervisors.development import DevelopmentSupervisor
 
-SUPERVISORS: tuple[type[Supervisor], ...] = (AISupervisor,)
+SUPERVISORS: tuple[type[Supervisor], ...] = (DevelopmentSupervisor, AISupervisor)
 
 __all__ = ["SUPERVISORS", "Supervisor"]

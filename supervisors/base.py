@@ -23,11 +23,15 @@ import anyio
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel
 
+from caelum_mcp.cache import make_key
+
 if TYPE_CHECKING:
     from caelum_mcp.app import AppState
+    from caelum_mcp.cache import ResultCache
     from caelum_mcp.config import Config
     from caelum_mcp.router import Router
 
+M = TypeVar("M", bound=BaseModel)
 InT = TypeVar("InT", bound=BaseModel)
 OutT = TypeVar("OutT", bound=BaseModel)
 
@@ -50,6 +54,10 @@ class ToolContext:
 
     async def report(self, progress: float, total: float | None = None, message: str = "") -> None:
         await self.progress(progress, total, message)
+
+    @property
+    def cache(self) -> ResultCache | None:
+        return self.app.cache if self.app is not None else None
 
 
 @dataclass(frozen=True)
@@ -124,3 +132,28 @@ async def run_stages(
         for i, (label, fn) in enumerate(stages):
             tg.start_soon(one, i, label, fn)
     return results
+
+
+async def cached(
+    ctx: ToolContext,
+    tool: str,
+    params: dict[str, Any],
+    content_key: str,
+    compute: Callable[[], Awaitable[M]],
+    model: type[M],
+) -> tuple[M, bool]:
+    """``compute()``'s result, reused when the same tool ran with the same params on the same files.
+
+    ``content_key`` is the fingerprint of the files the tool reads (see :mod:`caelum_mcp.cache`).
+    Returns the result and whether it came from the cache.
+    """
+    cache = ctx.cache
+    if cache is None:
+        return await compute(), False
+    key = make_key(tool, params, content_key)
+    hit = await anyio.to_thread.run_sync(cache.get, tool, key, model)
+    if hit is not None:
+        return hit, True
+    value = await compute()
+    await anyio.to_thread.run_sync(cache.put, tool, key, value)
+    return value, False

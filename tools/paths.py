@@ -55,3 +55,29 @@ def relative_posix(root: Path, path: str | Path) -> str:
         return candidate.relative_to(root).as_posix()
     except ValueError:
         return candidate.as_posix()
+
+
+def resolve_project(project: str | Path, allowed_roots: tuple[Path, ...] | list[Path]) -> Path:
+    """The project folder, resolved, which must lie inside one of ``allowed_roots`` (also resolved).
+
+    Relative paths are taken from the first allowed root (the server's working directory by
+    default), so ``project="."`` means that root.
+    """
+    if not allowed_roots:
+        raise PathNotAllowedError("no allowed roots are configured; set allowed_roots in the config")
+    candidate = Path(project).expanduser()
+    if not candidate.is_absolute():
+        candidate = allowed_roots[0] / candidate
+    try:
+        resolved = candidate.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        raise PathNotAllowedError(f"project {str(project)!r} does not exist ({candidate})") from exc
+    if not any(resolved == root or resolved.is_relative_to(root) for root in allowed_roots):
+        shown = ", ".join(str(r) for r in allowed_roots)
+        raise PathNotAllowedError(
+            f"project {str(project)!r} resolves to {resolved}, outside the allowed roots ({shown}); "
+            "add its folder to allowed_roots in the caelum config to analyse it"
+        )
+    if not resolved.is_dir():
+        raise PathNotAllowedError(f"project {str(project)!r} is a file, not a folder; pass the project's folder")
+    return resolved

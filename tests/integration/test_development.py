@@ -1,0 +1,283 @@
+"""The development supervisor's tools through a real MCP client session (in-process)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from textwrap import dedent
+from typing import Any
+
+from mcp import Client
+
+from caelum_mcp.config import load_config
+from caelum_mcp.server import create_server
+
+PLANTED = {
+    "app/__init__.py": "",
+    "app/db.py": """
+        import sqlite3
+
+
+        def find_user(conn: sqlite3.Connection, name: str):
+            query = "SELECT * FROM users WHERE name = '%s'" % name
+            return conn.execute(query).fetchall()
+        """,
+    "app/shell.py": """
+        import os
+        import subprocess
+
+
+        def run(cmd):
+            return subprocess.run(cmd, shell=True)
+        """,
+    "app/calc.py": """
+        def calculate():
+            return eval(input("expression: "))
+
+
+        def label(x):
+            return f"value"
+        """,
+}
+
+MULTI = {
+    "main.py": """
+        def route(kind, x):
+            if kind == "a":
+                return x + 1
+            elif kind == "b":
+                return x * 2
+            elif kind == "c":
+                return x - 3
+            return x
+        """,
+    "web/app.js": """
+        function pick(a, b) {
+          if (a > b) { return a; } else if (a < b) { return b; }
+          return 0;
+        }
+        module.exports = { pick };
+        """,
+    "svc/main.go": """
+        package main
+
+        func classify(n int) string {
+        \tif n < 0 {
+        \t\treturn "neg"
+        \t} else if n == 0 {
+        \t\treturn "zero"
+        \t}
+        \treturn "pos"
+        }
+
+        func main() { println(classify(1)) }
+        """,
+}
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dedent(text).lstrip("\n"), encoding="utf-8")
+    return root
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".git" not in p.parts
+    }
+
+
+@asynccontextmanager
+async def session(tmp_path: Path, **overrides: Any) -> AsyncIterator[Client]:
+    config = load_config(
+        None,
+        environ={},
+        overrides={
+            "data_dir": str(tmp_path / "data"),
+            "embedded": "on",
+            "allowed_roots": [str(tmp_path / "work")],
+            "hosts": [],
+            **overrides,
+        },
+    )
+    server, _ = create_server(config)
+    async with Client(server) as client:
+        yield client
+
+
+async def call(client: Client, tool: str, args: dict[str, Any], progress: list[str] | None = None) -> Any:
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        if progress is not None:
+            progress.append(message or "")
+
+    return await client.call_tool(tool, args, progress_callback=on_progress)
+
+
+async def test_analyze_reports_planted_problems_with_progress_and_cache(tmp_path: Path) -> None:
+    project = write(tmp_path / "work" / "planted", PLANTED)
+    before = digest(project)
+    async with session(tmp_path) as client:
+        progress: list[str] = []
+        res = await call(client, "analyze_and_improve_code", {"project": str(project), "task": "analyze"}, progress)
+        assert not res.is_error, res.content
+        out = res.structured_content
+        rules = {(f["file"], f["rule"], f["line"]) for f in out["findings"]}
+        assert ("app/db.py", "B608", 5) in rules
+        assert ("app/shell.py", "B602", 6) in rules
+        assert ("app/calc.py", "B307", 2) in rules
+        assert ("app/shell.py", "F401", 1) in rules
+        assert out["counts"]["high"] >= 2
+        assert out["recommendations"], "at least the analyzers' recommendations"
+        for rec in out["recommendations"]:
+            assert (project / rec["file"]).is_file()
+        assert out["execution"] is not None or out["llm_note"]
+        assert any("lint" in m for m in progress) and any("security" in m for m in progress)
+        assert all(not s["cached"] for s in out["stages"])
+        cold = sum(s["seconds"] for s in out["stages"])
+
+        again = await call(client, "analyze_and_improve_code", {"project": str(project), "llm_review": False})
+        stages = again.structured_content["stages"]
+        assert stages and all(s["cached"] for s in stages), stages
+        assert sum(s["seconds"] for s in stages) < cold
+        assert again.structured_content["findings_total"] == out["findings_total"]
+
+        (project / "app" / "new.py").write_text("import sys\n")
+        third = await call(client, "analyze_and_improve_code", {"project": str(project), "llm_review": False})
+        assert not any(s["cached"] for s in third.structured_content["stages"] if s["name"] == "lint")
+        assert any(f["file"] == "app/new.py" for f in third.structured_content["findings"])
+    (project / "app" / "new.py").unlink()
+    assert digest(project) == before, "analysis must never modify the project"
+
+
+async def test_improve_returns_verified_patches_and_leaves_files_alone(tmp_path: Path) -> None:
+    project = write(tmp_path / "work" / "p", PLANTED)
+    before = digest(project)
+    async with session(tmp_path) as client:
+        res = await call(client, "analyze_and_improve_code", {"project": str(project), "task": "improve"})
+        assert not res.is_error, res.content
+        patches = res.structured_content["patches"]
+        ruff = [p for p in patches if p["patch"]["source"] == "ruff-fix"]
+        assert ruff, patches
+        for p in ruff:
+            assert p["check"]["applies"] and p["check"]["lint_clean"], p
+            assert p["patch"]["diff"].startswith("diff --git") or p["patch"]["diff"].startswith("---")
+        fixed = {r for p in ruff for r in p["check"]["resolved_findings"]}
+        assert any("F401" in r for r in fixed) and any("F541" in r for r in fixed)
+    assert digest(project) == before
+
+
+async def test_comprehensive_reports_complexity_for_each_language(tmp_path: Path) -> None:
+    project = write(tmp_path / "work" / "multi", MULTI)
+    async with session(tmp_path) as client:
+        res = await call(
+            client, "analyze_and_improve_code", {"project": str(project), "task": "comprehensive", "llm_review": False}
+        )
+        assert not res.is_error, res.content
+        langs = {m["language"]: m for m in res.structured_content["metrics"]["languages"]}
+        for lang in ("Python", "JavaScript", "Go"):
+            assert lang in langs, langs
+            assert langs[lang]["functions"] and langs[lang]["max_complexity"] >= 3, langs[lang]
+        assert res.structured_content["dependency_audit"] is not None
+
+
+async def test_odd_projects_give_useful_results(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    empty = work / "empty"
+    empty.mkdir(parents=True)
+    docs = write(work / "docs", {"README.md": "# hi\n", "notes.txt": "plain text\n"})
+    broken = write(work / "broken", {"bad.py": "def f(:\n    pass\n", "ok.py": "x = 1\n"})
+    async with session(tmp_path) as client:
+        for project in (empty, docs):
+            res = await call(client, "analyze_and_improve_code", {"project": str(project), "llm_review": False})
+            assert not res.is_error, res.content
+            assert res.structured_content["findings_total"] == 0
+        res = await call(client, "analyze_and_improve_code", {"project": str(broken), "llm_review": False})
+        assert not res.is_error, res.content
+        findings = res.structured_content["findings"]
+        assert any(f["file"] == "bad.py" and f["severity"] == "high" for f in findings), findings
+
+
+async def test_bad_arguments_give_clear_tool_errors(tmp_path: Path) -> None:
+    work = write(tmp_path / "work" / "p", {"a.py": "x = 1\n"})
+    outside = write(tmp_path / "elsewhere", {"b.py": "y = 2\n"})
+    async with session(tmp_path) as client:
+        cases = [
+            ({"project": str(work), "task": "refactor"}, "task"),
+            ({"project": str(tmp_path / "work" / "missing")}, "does not exist"),
+            ({"project": str(outside)}, "outside the allowed roots"),
+            ({"project": str(work / "a.py")}, "not a folder"),
+            ({"project": str(work), "paths": ["../../elsewhere/b.py"]}, "outside"),
+            ({}, "project"),
+        ]
+        for args, expected in cases:
+            res = await call(client, "analyze_and_improve_code", args)
+            text = " ".join(getattr(c, "text", "") for c in res.content)
+            assert res.is_error, (args, text)
+            assert expected in text, (args, text)
+
+
+def _git(root: Path, *args: str) -> None:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    }
+    subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True, timeout=30)
+
+
+async def test_review_changes_only_flags_changed_lines(tmp_path: Path) -> None:
+    repo = write(tmp_path / "work" / "repo", {"app.py": "import os\n\n\ndef f():\n    return 1\n"})
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "init")
+    (repo / "app.py").write_text("import os\n\n\ndef f():\n    return eval(input())\n")
+    async with session(tmp_path) as client:
+        progress: list[str] = []
+        res = await call(client, "review_changes", {"project": str(repo)}, progress)
+        assert not res.is_error, res.content
+        out = res.structured_content
+        assert [f["path"] for f in out["files"]] == ["app.py"]
+        assert {(f["rule"], f["line"]) for f in out["findings"]} >= {("B307", 5)}
+        assert all(f["line"] == 5 for f in out["findings"]), "the unused import on line 1 was not changed"
+        for c in out["comments"]:
+            assert c["file"] == "app.py" and c["line"] == 5
+        assert progress
+        res = await call(client, "review_changes", {"project": str(repo), "base": "no-such-rev"})
+        assert res.is_error
+
+
+async def test_run_project_tests_reports_failures(tmp_path: Path) -> None:
+    proj = write(
+        tmp_path / "work" / "t",
+        {
+            "calc.py": "def add(a, b):\n    return a - b\n",
+            "tests/test_calc.py": (
+                "from calc import add\n\n\ndef test_add():\n    assert add(2, 2) == 4\n\n\n"
+                "def test_ok():\n    assert True\n"
+            ),
+            "conftest.py": "",
+        },
+    )
+    async with session(tmp_path) as client:
+        res = await call(client, "run_project_tests", {"project": str(proj), "timeout_s": 120})
+        assert not res.is_error, res.content
+        out = res.structured_content
+        assert out["passed"] is False
+        assert out["totals"]["passed"] == 1 and out["totals"]["failed"] == 1
+        (failure,) = out["failures"]
+        assert failure["node_id"].endswith("test_add") and "assert" in (failure["detail"] or failure["message"])
+        for item in out["triage"]:
+            assert item["test"] == failure["node_id"]
+        assert out["execution"] is not None or out["llm_note"]
+        json.dumps(out)
