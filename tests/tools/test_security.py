@@ -250,3 +250,16 @@ async def test_project_bandit_config_is_respected(write_project: WriteProject) -
     result = await security_scan(root, ["app/shell.py"])
     assert not any(f.tool == "bandit" for f in result.findings)
     assert result.errors == ()
+
+
+async def test_a_project_module_named_like_the_stdlib_does_not_break_bandit(write_project: WriteProject) -> None:
+    """The analysers run with the project as working directory; its ``logging.py`` must not shadow theirs."""
+    root = write_project(
+        {
+            "logging.py": "raise ImportError('this is the project, not the standard library')\n",
+            "a.py": "def f(s):\n    return eval(s)\n",
+        }
+    )
+    result = await security_scan(root)
+    assert not result.errors, result.errors
+    assert any(f.rule == "B307" and f.file == "a.py" and f.line == 2 for f in result.findings)

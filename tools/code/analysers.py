@@ -1,7 +1,10 @@
 """Starting the Python-based analysers (ruff, bandit, radon, vulture, lizard, pip-audit).
 
-They run as ``<this interpreter> -m <module>``: that finds the copies installed with caelum-mcp
-whatever ``PATH`` says, and a missing analyser becomes an error entry instead of a crash.
+They run as ``<this interpreter> -P -m <module>``: that finds the copies installed with caelum-mcp
+whatever ``PATH`` says, and a missing analyser becomes an error entry instead of a crash. ``-P``
+keeps the working directory (the project root) off ``sys.path``: without it a project file named
+like a standard module (``logging.py``, ``glob.py``, ``types.py`` ...) is imported by the analyser
+itself in place of the real one and crashes it.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ async def run_python_analyser(
         return AnalyzerError(tool=tool, message=f"{tool} is not installed in {sys.executable}")
     try:
         result = await run_command(
-            [sys.executable, "-m", module, *args],
+            [sys.executable, "-P", "-m", module, *args],
             cwd=cwd,
             timeout_s=timeout_s,
             max_output_bytes=max_output_bytes,
