@@ -220,7 +220,15 @@ class OpenAIBackend(Backend):
                 headers=self.headers(),
             )
         self.raise_for_status(response)
-        wire = self._validate(_WireCompletion, self.parse_json(response), response.status_code)
+        # Parsing and validating the bytes in one step (pydantic-core) is the backend's hot path.
+        try:
+            wire = _WireCompletion.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise MalformedResponseError(
+                f"reply is not an OpenAI chat completion: {response.text[:200]!r}",
+                host=self.name,
+                status=response.status_code,
+            ) from exc
         choice = wire.choices[0]
         return ChatResponse(
             model=wire.model or request.model,
