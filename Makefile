@@ -6,7 +6,9 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8765
 
-.PHONY: install run run-stdio test lint format bench doctor clean
+INSPECTOR := .tools/node_modules/.bin/mcp-inspector
+
+.PHONY: install inspector run run-stdio test lint format bench doctor clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +20,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The MCP Inspector CLI (npm) for the end-to-end tests; skipped where npm is missing.
+$(INSPECTOR):
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --silent --no-audit --no-fund --prefix .tools @modelcontextprotocol/inspector@2.12.0; \
+	else echo "npm not found: the MCP Inspector tests will be skipped"; fi
+
+inspector: $(INSPECTOR)
+
 run: $(STAMP)
 	$(BIN)/caelum-mcp serve --transport http --host $(HOST) --port $(PORT)
 
@@ -27,7 +37,7 @@ run-stdio: $(STAMP)
 doctor: $(STAMP)
 	$(BIN)/caelum-mcp doctor
 
-test: $(STAMP)
+test: $(STAMP) $(INSPECTOR)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -45,4 +55,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/analyze.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools build *.egg-info .pytest_cache .mypy_cache .ruff_cache
