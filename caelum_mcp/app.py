@@ -130,6 +130,27 @@ async def start_embedded(state: AppState) -> None:
     log.info("embedded model %s serving at %s", EMBEDDED_MODEL_NAME, url)
 
 
+async def watch_embedded(state: AppState, interval_s: float = 2.0) -> None:
+    """Restart the embedded model (same port) if its process died; the pool's breaker then
+    sees it come back through its half-open probe."""
+    while True:
+        await anyio.sleep(interval_s)
+        server = state.embedded
+        if server is None or server.running:
+            continue
+        log.warning("embedded model process exited; restarting it")
+        try:
+            await server.astart()
+        except EmbeddedUnavailableError as exc:
+            state.embedded_note = f"crashed and could not restart: {exc}"
+            log.error("%s", state.embedded_note)
+            continue
+        host = state.pool.hosts.get("embedded")
+        if host is not None:
+            await state.pool.refresh_host(host)
+        state.embedded_note = f"restarted at {server.url}"
+
+
 def _has_healthy_chat_host(pool: Pool) -> bool:
     return any(
         any(Tier.EMBEDDING not in h.tiers_of(m, pool.tier_overrides) for m in h.models) for h in pool.healthy_hosts()
@@ -163,6 +184,8 @@ async def open_app(
         async with anyio.create_task_group() as tg:
             if health_loop:
                 tg.start_soon(pool.run_health_checks, config.pool.health_interval_s)
+            if state.embedded is not None:
+                tg.start_soon(watch_embedded, state)
             try:
                 yield state
             finally:

@@ -208,3 +208,38 @@ async def test_free_text_task_and_progress(tmp_path: Path, llama_url: str, http:
         assert result.output is not None and isinstance(result.output.get("answer"), str)
         assert json.loads(result.text)["answer"] == result.output["answer"]
         assert seen and "local pool" in seen[0]
+
+
+async def test_low_confidence_escalates_to_a_larger_local_tier_first(
+    tmp_path: Path, llama_url: str, http: httpx2.AsyncClient
+) -> None:
+    """micro (real llama.cpp) fails the grounding check; the full-tier Ollama host passes it; no Claude."""
+    from fakes.ollama_server import FakeOllama
+
+    from caelum_mcp.backends.ollama import OllamaBackend
+    from caelum_mcp.pool import CircuitBreaker, Host
+
+    def answer(request: dict[str, Any]) -> str:
+        return json.dumps({"city": "Lutetia", "confidence": 0.9})
+
+    def grounded(output: dict[str, Any]) -> GroundingResult:
+        ok = output.get("city") == "Lutetia"
+        return GroundingResult(score=1.0 if ok else 0.0, problems=() if ok else ("not the expected city",))
+
+    with FakeOllama(models=[("qwen3:8b", "8.2B", "qwen3")], answer=answer) as gpu:
+        pool = await single_host_pool(llama_url, http)
+        pool.add_host(Host(name="gpu-1", backend=OllamaBackend(gpu.url, http, name="gpu-1"), breaker=CircuitBreaker()))
+        await pool.refresh_all()
+        claude_calls: list[int] = []
+        config = make_config(tmp_path, **{"claude.api_key": "sk-test"})
+        with Ledger(tmp_path / "l.db") as ledger:
+            router = Router(pool, ledger, config, claude=_rate_limited_claude(429, claude_calls))
+            result = await router.run(capital_task(grounded))
+            ex = result.execution
+            assert ex.path == "local", ex
+            assert (ex.host, ex.model, ex.tier) == ("gpu-1", "qwen3:8b", "full")
+            assert ex.escalations and "(micro)" in ex.escalations[0]
+            assert result.output == {"city": "Lutetia"}
+            assert claude_calls == []
+            hosts = {e.host for e in ledger.recent(10) if e.path == "local"}
+            assert hosts == {"embedded", "gpu-1"}

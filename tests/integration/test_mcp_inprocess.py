@@ -188,3 +188,32 @@ async def test_object_arguments_sent_as_json_text_are_accepted(tmp_path: Path) -
     # It passed validation and reached the pool, which has no healthy host with embedded off.
     assert result.is_error is True
     assert "no enabled, healthy host" in text_of(result)
+
+
+async def test_a_crash_of_the_embedded_model_does_not_take_the_server_down(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    import anyio
+
+    server, holder = create_server(make_config(tmp_path))
+    async with Client(server) as client:
+        state = holder.require()
+        assert state.embedded is not None and state.embedded.running
+        proc = state.embedded._proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        # the server itself keeps answering while the model is gone
+        assert {t.name for t in (await client.list_tools()).tools} >= {"pool_status"}
+        # ... and restarts the model on the same port; the next calls are served again
+        for _ in range(100):
+            if state.embedded.running and "restarted" in state.embedded_note:
+                break
+            await anyio.sleep(0.1)
+        assert state.embedded.running, state.embedded_note
+        await anyio.sleep(0.6)  # past the breaker's half-open cooldown in the test config, if opened
+        res = await client.call_tool("delegate_task", {"prompt": "Say hi.", "tier": "micro", "max_tokens": 24})
+        assert not res.is_error, text_of(res)
+        assert res.structured_content is not None
+        assert res.structured_content["execution"]["host"] == "embedded"
