@@ -461,7 +461,7 @@ async def run(args: argparse.Namespace) -> int:
                 finally:
                     await server.astop()
             print_figures(fig)
-            results += target_lines(fig, "embedded llama.cpp", judged=False)
+            results += target_lines(fig, "embedded llama.cpp", judged=True)
     print()
     for line, _ in results:
         print(line)
