@@ -17,11 +17,16 @@ import hmac
 import inspect
 import json
 import logging
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Union, cast, get_args, get_origin
+from urllib.parse import unquote, urlsplit
 
+import anyio
+from mcp import MCPDeprecationWarning
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
@@ -130,6 +135,32 @@ class _RawArguments(ArgModelBase):
         return dict(self.model_extra or {})
 
 
+async def client_roots(ctx: Context) -> tuple[Path, ...]:
+    """The folders the client offers as MCP roots (``file://`` URIs that exist), if it declared any.
+
+    Asked for on each call that works on files, so a client that changes its roots is followed.
+    Connections without a back channel (protocol 2026-07-28) cannot be asked: only the configured
+    roots apply there.
+    """
+    caps = ctx.client_capabilities
+    if caps is None or caps.roots is None:
+        return ()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            listed = await ctx.session.list_roots()
+    except Exception as exc:  # no back channel, or the client failed: configured roots only
+        log.debug("client roots unavailable: %s", exc)
+        return ()
+    uris = [str(root.uri) for root in listed.roots]
+    return await anyio.to_thread.run_sync(_existing_dirs, uris)
+
+
+def _existing_dirs(uris: list[str]) -> tuple[Path, ...]:
+    paths = (Path(unquote(urlsplit(uri).path)) for uri in uris if uri.startswith("file://"))
+    return tuple(p.resolve() for p in paths if p.is_dir())
+
+
 def build_tool(tool: ExternalTool[Any, Any]) -> Tool:
     """The MCP tool for ``tool``: its input model's fields are the arguments, its output model the schema."""
     input_model: type[BaseModel] = tool.input_model
@@ -137,10 +168,13 @@ def build_tool(tool: ExternalTool[Any, Any]) -> Tool:
     async def handler(ctx: Context, **kwargs: Any) -> Any:
         args = validate_arguments(input_model, kwargs)
         state = cast(AppState, ctx.request_context.lifespan_context)
+        roots = state.config.resolved_roots()
+        if tool.uses_roots:
+            roots = roots + tuple(r for r in await client_roots(ctx) if r not in roots)
         tctx = ToolContext(
             router=state.router,
             config=state.config,
-            roots=state.config.resolved_roots(),
+            roots=roots,
             progress=_progress_reporter(ctx),
             app=state,
         )

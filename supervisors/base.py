@@ -74,6 +74,7 @@ class ExternalTool(Generic[InT, OutT]):
     destructive: bool = False
     idempotent: bool = True
     open_world: bool = False
+    uses_roots: bool = False  # works on the user's files: the client's MCP roots are allowed too
 
     @property
     def annotations(self) -> ToolAnnotations:

@@ -729,6 +729,7 @@ class DevelopmentSupervisor(Supervisor):
                 input_model=AnalyzeInput,
                 output_model=AnalyzeOutput,
                 handler=analyze_and_improve_code,
+                uses_roots=True,
                 read_only=True,
                 idempotent=True,
                 open_world=False,
@@ -743,6 +744,7 @@ class DevelopmentSupervisor(Supervisor):
                 input_model=ReviewInput,
                 output_model=ReviewOutput,
                 handler=review_changes,
+                uses_roots=True,
             ),
             ExternalTool(
                 name="run_project_tests",
@@ -754,6 +756,7 @@ class DevelopmentSupervisor(Supervisor):
                 input_model=RunTestsInput,
                 output_model=RunTestsOutput,
                 handler=run_project_tests,
+                uses_roots=True,
                 read_only=False,
                 idempotent=False,
             ),

@@ -79,8 +79,9 @@ class Backend(ABC):
 
     # helpers shared by the HTTP backends -------------------------------------------------
 
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+    def headers(self) -> dict[str, str] | None:
+        """Per-request headers; None (not ``{}``) without a key, which spares httpx2 a merge per call."""
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else None
 
     def raise_for_status(self, response: httpx2.Response, body: bytes | None = None) -> None:
         """Turn an HTTP error status into the error tree, with the server's own message."""

@@ -281,3 +281,28 @@ async def test_run_project_tests_reports_failures(tmp_path: Path) -> None:
             assert item["test"] == failure["node_id"]
         assert out["execution"] is not None or out["llm_note"]
         json.dumps(out)
+
+
+async def test_client_mcp_roots_extend_the_allowed_roots(tmp_path: Path) -> None:
+    from mcp.types import ListRootsResult, Root
+
+    client_root = write(tmp_path / "client-workspace" / "proj", {"a.py": "import os\n"})
+    config = load_config(
+        None,
+        environ={},
+        overrides={"data_dir": str(tmp_path / "data"), "embedded": "off", "allowed_roots": [str(tmp_path / "work")]},
+    )
+    (tmp_path / "work").mkdir()
+    server, _ = create_server(config)
+    args = {"project": str(client_root), "llm_review": False}
+
+    async def on_roots(ctx: Any) -> ListRootsResult:
+        return ListRootsResult(roots=[Root(uri=(tmp_path / "client-workspace").as_uri(), name="workspace")])
+
+    async with Client(server, mode="legacy", list_roots_callback=on_roots) as client:
+        res = await client.call_tool("analyze_and_improve_code", args)
+        assert not res.is_error, res.content
+        assert any(f["rule"] == "F401" for f in res.structured_content["findings"])
+    async with Client(server, mode="legacy") as client:  # no roots offered: the configured ones only
+        res = await client.call_tool("analyze_and_improve_code", args)
+        assert res.is_error and "outside the allowed roots" in res.content[0].text
