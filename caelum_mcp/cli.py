@@ -13,6 +13,7 @@ import shutil
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -84,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def connection_help(config: Config, url: str) -> str:
-    exe = shutil.which("caelum-mcp") or f"{sys.executable} -m caelum_mcp"
+    beside = Path(sys.executable).parent / "caelum-mcp"  # the venv's console script, activated or not
+    exe = str(beside) if beside.exists() else shutil.which("caelum-mcp") or f"{sys.executable} -m caelum_mcp"
     desktop = {"mcpServers": {"caelum": {"command": exe.split()[0], "args": [*exe.split()[1:], "serve"]}}}
     return "\n".join(
         [

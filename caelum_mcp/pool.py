@@ -97,8 +97,6 @@ class CircuitBreaker:
         self.failures += 1
         self._probe_in_flight = False
         if force_open or self.state is BreakerState.HALF_OPEN or self.failures >= self.failure_threshold:
-            if self.state is not BreakerState.OPEN:
-                log.warning("circuit opened after %d failure(s)", self.failures)
             self.state = BreakerState.OPEN
             self.opened_at = self.clock()
 
@@ -260,6 +258,8 @@ class Pool:
             host.breaker.record_success()
             host.last_error = None
         else:
+            if host.breaker.state is not BreakerState.OPEN:
+                log.warning("host %s (%s) is not reachable: %s", host.name, host.backend.base_url, report.detail)
             host.last_error = report.detail
             host.breaker.record_failure(force_open=True)
         return report

@@ -203,7 +203,9 @@ async def test_free_text_task_and_progress(tmp_path: Path, llama_url: str, http:
 
     with Ledger(tmp_path / "l.db") as ledger:
         router = Router(pool, ledger, make_config(tmp_path, **{"claude.enabled": False}))
-        task = LLMTask(name="t", messages=(ChatMessage(role="user", content="Say hello."),), max_tokens=40)
+        task = LLMTask(
+            name="t", messages=(ChatMessage(role="user", content="Say hello."),), max_tokens=80, temperature=0.0
+        )
         result = await router.run(task, progress=progress)
         assert result.output is not None and isinstance(result.output.get("answer"), str)
         assert json.loads(result.text)["answer"] == result.output["answer"]
