@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -382,56 +383,100 @@ async def _route(ctx: ToolContext, task: LLMTask) -> tuple[RoutedResult | None, 
         return None, f"LLM step skipped: {exc}"
 
 
+@dataclass
+class _Grounded:
+    """An LLM task's answer with only the items that passed the grounding check."""
+
+    items: list[dict[str, Any]]
+    dropped: int
+    output: dict[str, Any]
+    execution: ExecutionRecord | None
+    note: str | None
+
+
+async def _grounded_items(
+    ctx: ToolContext,
+    *,
+    name: str,
+    system: str,
+    user: str,
+    schema: dict[str, Any],
+    key: str,
+    check: Callable[[dict[str, Any]], review.Grounding],
+    allow_claude: bool,
+    max_tokens: int,
+    tier: Tier | None = None,
+) -> _Grounded:
+    """Route one LLM task whose answer is a list under ``key``; keep the items ``check`` accepts.
+
+    The same check feeds the router's confidence (as grounding) and filters the items shown.
+    """
+
+    def ground(output: dict[str, Any]) -> GroundingResult:
+        g = check(output)
+        return GroundingResult(score=g.score, problems=g.problems)
+
+    task = LLMTask(
+        name=name,
+        messages=(ChatMessage(role="system", content=system), ChatMessage(role="user", content=user)),
+        output_schema=schema,
+        grounding=ground,
+        tier=tier,
+        allow_claude=allow_claude,
+        max_tokens=max_tokens,
+    )
+    routed, note = await _route(ctx, task)
+    if routed is None:
+        return _Grounded([], 0, {}, None, note)
+    output = routed.output or {}
+    raw = output.get(key) or []
+    valid = check(output).valid if raw else ()
+    return _Grounded([raw[i] for i in valid], len(raw) - len(valid), output, routed.execution, note)
+
+
 async def _llm_review(
     ctx: ToolContext, args: AnalyzeInput, out: AnalyzeOutput, findings: list[Finding], index: review.SourceIndex
 ) -> AnalyzeOutput:
     if not findings:
         return out.model_copy(update={"llm_note": "no findings to review"})
     system, user = review.review_task(findings, index, out.metrics.model_dump(exclude={"languages"}), FOCUS[args.task])
-
-    def ground(output: dict[str, Any]) -> GroundingResult:
-        g = review.ground_recommendations(output, findings, index)
-        return GroundingResult(score=g.score, problems=g.problems)
-
-    task = LLMTask(
+    got = await _grounded_items(
+        ctx,
         name="code_review",
-        messages=(ChatMessage(role="system", content=system), ChatMessage(role="user", content=user)),
-        output_schema=review.REVIEW_SCHEMA,
-        grounding=ground,
-        tier=Tier.CODE if Tier.CODE in ctx.router.pool.available_tiers() else None,
+        system=system,
+        user=user,
+        schema=review.REVIEW_SCHEMA,
+        key="recommendations",
+        check=lambda output: review.ground_recommendations(output, findings, index),
         allow_claude=args.allow_claude,
         max_tokens=512,
+        tier=Tier.CODE if Tier.CODE in ctx.router.pool.available_tiers() else None,
     )
-    routed, note = await _route(ctx, task)
-    if routed is None:
-        return out.model_copy(update={"llm_note": note})
-    output = routed.output or {}
-    g = review.ground_recommendations(output, findings, index)
-    recs = output.get("recommendations") or []
+    if got.execution is None:
+        return out.model_copy(update={"llm_note": got.note})
     kept = [
         Recommendation(
-            priority=int(recs[i].get("priority", 3)),
-            title=str(recs[i].get("title", ""))[:200],
-            file=str(recs[i]["file"]),
-            line=int(recs[i]["line"]),
-            rule=str(recs[i].get("rule", "")),
-            rationale=str(recs[i].get("rationale", ""))[:1000],
+            priority=int(rec.get("priority", 3)),
+            title=str(rec.get("title", ""))[:200],
+            file=str(rec["file"]),
+            line=int(rec["line"]),
+            rule=str(rec.get("rule", "")),
+            rationale=str(rec.get("rationale", ""))[:1000],
             source="llm",
         )
-        for i in g.valid
+        for rec in got.items
     ]
     covered = {(r.file, r.rule) for r in kept}
     merged = sorted(kept, key=lambda r: r.priority) + [
         r for r in out.recommendations if (r.file, r.rule) not in covered
     ]
-    dropped = len(recs) - len(kept)
-    summary = output.get("summary") if isinstance(output.get("summary"), str) and kept else None
+    summary = got.output.get("summary") if isinstance(got.output.get("summary"), str) and kept else None
     return out.model_copy(
         update={
             "recommendations": merged,
             "summary": f"{summary.strip()} ({out.summary})" if summary else out.summary,
-            "execution": routed.execution,
-            "llm_note": f"{dropped} ungrounded LLM recommendation(s) dropped" if dropped else None,
+            "execution": got.execution,
+            "llm_note": f"{got.dropped} ungrounded LLM recommendation(s) dropped" if got.dropped else None,
         }
     )
 
@@ -548,40 +593,32 @@ async def review_changes(args: ReviewInput, ctx: ToolContext) -> ReviewOutput:
     if changed_lines:
         diff_text = _diff_excerpt(root, changes)
         system, user = review.comments_task(diff_text, findings)
-
-        def ground(output: dict[str, Any]) -> GroundingResult:
-            g = review.ground_comments(output, changed_lines)
-            return GroundingResult(score=g.score, problems=g.problems)
-
-        task = LLMTask(
+        got = await _grounded_items(
+            ctx,
             name="review_changes",
-            messages=(ChatMessage(role="system", content=system), ChatMessage(role="user", content=user)),
-            output_schema=review.COMMENTS_SCHEMA,
-            grounding=ground,
+            system=system,
+            user=user,
+            schema=review.COMMENTS_SCHEMA,
+            key="comments",
+            check=lambda output: review.ground_comments(output, changed_lines),
             allow_claude=args.allow_claude,
             max_tokens=800,
         )
-        routed, note = await _route(ctx, task)
-        if routed is not None:
-            execution = routed.execution
-            output = routed.output or {}
-            g = review.ground_comments(output, changed_lines)
-            raw = output.get("comments") or []
-            for i in g.valid:
-                c = raw[i]
-                comments.append(
-                    ReviewComment(
-                        file=str(c["file"]),
-                        line=int(c["line"]),
-                        severity=str(c.get("severity", "info")),
-                        comment=str(c.get("comment", ""))[:1000],
-                        source="llm",
-                    )
-                )
-            if len(raw) > len(g.valid):
-                note = f"{len(raw) - len(g.valid)} LLM comment(s) not anchored to changed lines were dropped"
-            if isinstance(output.get("summary"), str) and g.valid:
-                summary = f"{output['summary'].strip()} ({summary})"
+        note, execution = got.note, got.execution
+        comments += [
+            ReviewComment(
+                file=str(c["file"]),
+                line=int(c["line"]),
+                severity=str(c.get("severity", "info")),
+                comment=str(c.get("comment", ""))[:1000],
+                source="llm",
+            )
+            for c in got.items
+        ]
+        if got.dropped:
+            note = f"{got.dropped} LLM comment(s) not anchored to changed lines were dropped"
+        if isinstance(got.output.get("summary"), str) and got.items:
+            summary = f"{got.output['summary'].strip()} ({summary})"
     await ctx.report(4, 4, "review done")
     return ReviewOutput(
         project=str(root),
@@ -664,35 +701,29 @@ async def run_project_tests(args: RunTestsInput, ctx: ToolContext) -> RunTestsOu
         listing = await list_project_files(root)
         index = review.SourceIndex(root, listing.files)
         system, user = review.triage_task(list(texts.items()))
-
-        def ground(output: dict[str, Any]) -> GroundingResult:
-            g = review.ground_triage(output, texts, index)
-            return GroundingResult(score=g.score, problems=g.problems)
-
-        task = LLMTask(
+        got = await _grounded_items(
+            ctx,
             name="test_triage",
-            messages=(ChatMessage(role="system", content=system), ChatMessage(role="user", content=user)),
-            output_schema=review.TRIAGE_SCHEMA,
-            grounding=ground,
+            system=system,
+            user=user,
+            schema=review.TRIAGE_SCHEMA,
+            key="triage",
+            check=lambda output: review.ground_triage(output, texts, index),
             allow_claude=args.allow_claude,
             max_tokens=700,
         )
-        routed, note = await _route(ctx, task)
-        if routed is not None:
-            execution = routed.execution
-            items = (routed.output or {}).get("triage") or []
-            g = review.ground_triage(routed.output or {}, texts, index)
-            triage = [
-                Triage(
-                    test=str(items[i]["test"]),
-                    likely_cause=str(items[i].get("likely_cause", ""))[:1000],
-                    file=str(items[i]["file"]),
-                    line=int(items[i]["line"]),
-                )
-                for i in g.valid
-            ]
-            if len(items) > len(triage):
-                note = f"{len(items) - len(triage)} ungrounded triage item(s) dropped"
+        note, execution = got.note, got.execution
+        triage = [
+            Triage(
+                test=str(item["test"]),
+                likely_cause=str(item.get("likely_cause", ""))[:1000],
+                file=str(item["file"]),
+                line=int(item["line"]),
+            )
+            for item in got.items
+        ]
+        if got.dropped:
+            note = f"{got.dropped} ungrounded triage item(s) dropped"
     await ctx.report(2, 2, "tests done")
     ok = result.exit_code == 0 and not result.timed_out
     return RunTestsOutput(

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 from mcp import Client, StdioServerParameters
 
-from .test_development import PLANTED, write
+from .test_development import PLANTED, _git, write
 from .test_mcp_stdio import server_env
-
-
-def _git(root: Path, *args: str) -> None:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.invalid",
-    }
-    subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True, timeout=30)
 
 
 async def test_each_development_tool_over_stdio(tmp_path: Path) -> None:
