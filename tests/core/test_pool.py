@@ -290,3 +290,19 @@ def test_pool_records_latency_ewma() -> None:
     pool._on_success(h, 200.0)
     assert h.latency_ewma_ms == pytest.approx(150.0)
     assert time.monotonic() > 0
+
+
+def test_fifty_hosts_fill_evenly_and_skip_the_broken() -> None:
+    hosts = [_host(f"h{i:02d}", {"qwen3:8b": 8.0}, max_concurrency=1 + i % 3) for i in range(50)]
+    pool = Pool(hosts)
+    for h in hosts[::10]:
+        h.breaker.record_failure(force_open=True)
+    picked = []
+    capacity = sum(h.max_concurrency for h in hosts if h.breaker.state is BreakerState.CLOSED)
+    for _ in range(capacity):
+        sel = pool.select(tier=Tier.FULL)
+        sel.host.outstanding += 1
+        picked.append(sel.host.name)
+    assert not {h.name for h in hosts[::10]} & set(picked), "open breakers get no traffic"
+    # every live host is filled to exactly its own limit before any is over it
+    assert all(h.outstanding == h.max_concurrency for h in hosts if h.breaker.state is BreakerState.CLOSED)
