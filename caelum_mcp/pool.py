@@ -22,9 +22,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
 import anyio
 
@@ -51,6 +52,8 @@ from caelum_mcp.types import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CODE_MARKERS = ("coder", "code", "starcoder", "codellama", "devstral", "codestral", "codegemma")
 EMBED_MARKERS = ("embed", "bge", "e5-", "minilm", "nomic-bert")
@@ -346,24 +349,25 @@ class Pool:
 
     # requests ------------------------------------------------------------------------------------
 
-    async def chat(self, request: ChatRequest, *, tier: Tier | None = None, model: str | None = None) -> PoolResult:
-        """Run one chat on the best host, failing over before any output on host failures."""
+    async def _failover(
+        self, call: Callable[[Selection], Awaitable[T]], *, tier: Tier | None, model: str | None
+    ) -> tuple[Selection, T, int, float, list[BaseException]]:
+        """Run ``call`` on the best host; on a host failure, on the next best, at most
+        ``max_attempts`` hosts. Returns the selection, the result, the attempt number, the latency
+        in ms and the failures before it; raises the request's own error or AllHostsFailedError."""
         exclude: set[str] = set()
         errors: list[BaseException] = []
         for attempt in range(1, self.max_attempts + 1):
             try:
-                sel = self.select(tier=tier, model=model or (request.model or None), exclude=exclude)
+                sel = self.select(tier=tier, model=model, exclude=exclude)
             except NoHostAvailableError:
                 if errors:
                     break
                 raise
             started = time.perf_counter()
             try:
-                # The deadline is the HTTP client's read timeout (pool.request_timeout_s): a
-                # non-streamed answer arrives in one read, so it bounds the whole call without
-                # the cost of an event-loop timer per request (bench/pool_overhead.py).
                 async with self._dispatch(sel.host):
-                    response = await sel.host.backend.chat(request.model_copy(update={"model": sel.model}))
+                    result = await call(sel)
             except BackendError as exc:
                 self._on_failure(sel.host, exc)
                 if not exc.failover:
@@ -373,17 +377,33 @@ class Pool:
                 continue
             latency = (time.perf_counter() - started) * 1000
             self._on_success(sel.host, latency)
-            return PoolResult(
-                response=response,
-                host=sel.host.name,
-                provider=sel.host.kind,
-                model=sel.model,
-                tier=sel.tier,
-                attempts=attempt,
-                latency_ms=latency,
-                errors=tuple(str(e) for e in errors),
-            )
+            return sel, result, attempt, latency, errors
         raise AllHostsFailedError(f"all {len(errors)} attempt(s) failed", errors)
+
+    async def chat(self, request: ChatRequest, *, tier: Tier | None = None, model: str | None = None) -> PoolResult:
+        """Run one chat on the best host, failing over before any output on host failures.
+
+        The deadline is the HTTP client's read timeout (pool.request_timeout_s): a non-streamed
+        answer arrives in one read, so it bounds the whole call without the cost of an event-loop
+        timer per request (bench/pool_overhead.py).
+        """
+
+        def call(sel: Selection) -> Awaitable[ChatResponse]:
+            return sel.host.backend.chat(request.model_copy(update={"model": sel.model}))
+
+        sel, response, attempt, latency, errors = await self._failover(
+            call, tier=tier, model=model or (request.model or None)
+        )
+        return PoolResult(
+            response=response,
+            host=sel.host.name,
+            provider=sel.host.kind,
+            model=sel.model,
+            tier=sel.tier,
+            attempts=attempt,
+            latency_ms=latency,
+            errors=tuple(str(e) for e in errors),
+        )
 
     async def stream(
         self, request: ChatRequest, *, tier: Tier | None = None, model: str | None = None
@@ -422,28 +442,12 @@ class Pool:
         raise AllHostsFailedError(f"all {len(errors)} attempt(s) failed", errors)
 
     async def embed(self, request: EmbedRequest, *, model: str | None = None) -> tuple[str, EmbedResponse]:
-        errors: list[BaseException] = []
-        exclude: set[str] = set()
-        for _ in range(self.max_attempts):
-            try:
-                sel = self.select(tier=Tier.EMBEDDING if model is None else None, model=model, exclude=exclude)
-            except NoHostAvailableError:
-                if errors:
-                    break
-                raise
-            try:
-                async with self._dispatch(sel.host):
-                    resp = await sel.host.backend.embed(request.model_copy(update={"model": sel.model}))
-            except BackendError as exc:
-                self._on_failure(sel.host, exc)
-                if not exc.failover:
-                    raise
-                errors.append(exc)
-                exclude.add(sel.host.name)
-                continue
-            self._on_success(sel.host, None)
-            return sel.host.name, resp
-        raise AllHostsFailedError(f"all {len(errors)} attempt(s) failed", errors)
+        def call(sel: Selection) -> Awaitable[EmbedResponse]:
+            return sel.host.backend.embed(request.model_copy(update={"model": sel.model}))
+
+        tier = Tier.EMBEDDING if model is None else None
+        sel, response, _, _, _ = await self._failover(call, tier=tier, model=model)
+        return sel.host.name, response
 
     # bookkeeping ---------------------------------------------------------------------------------
 
