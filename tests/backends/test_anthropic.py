@@ -40,7 +40,7 @@ async def http() -> AsyncIterator[httpx2.AsyncClient]:
 
 def mock_backend(handler: Callable[[httpx2.Request], httpx2.Response], *, max_retries: int = 2) -> AnthropicBackend:
     client = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
-    return AnthropicBackend("https://api.anthropic.com", client, name="claude", api_key=KEY, max_retries=max_retries)
+    return AnthropicBackend("http://127.0.0.1:9", client, name="claude", api_key=KEY, max_retries=max_retries)
 
 
 def anthropic_error(status: int, kind: str, message: str) -> httpx2.Response:
