@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Any, ClassVar
 
 import httpx2
+import pydantic_core
 
 from caelum_mcp.errors import (
     BackendError,
@@ -53,6 +54,8 @@ class Backend(ABC):
         self.client = client
         self.name = name or self.base_url
         self._api_key = api_key
+        self._urls: dict[str, httpx2.URL] = {}
+        self._json_headers = {"Content-Type": "application/json", **(self.headers() or {})}
 
     @abstractmethod
     async def chat(self, request: ChatRequest) -> ChatResponse:
@@ -82,6 +85,29 @@ class Backend(ABC):
     def headers(self) -> dict[str, str] | None:
         """Per-request headers; None (not ``{}``) without a key, which spares httpx2 a merge per call."""
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else None
+
+    def url(self, path: str) -> httpx2.URL:
+        """The endpoint ``base_url + path``, parsed once: httpx2 spends ~11 µs parsing a URL string,
+        about 2 % of a whole loopback request (bench/pool_overhead.py)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx2.URL(self.base_url + path)
+        return url
+
+    def post_json(self, path: str, body: Any) -> Awaitable[httpx2.Response]:
+        """POST ``body`` as JSON to ``base_url + path``.
+
+        pydantic-core encodes a chat body ~3x faster than the ``json`` module behind httpx2's
+        ``json=``; the bytes are the same compact UTF-8 JSON, except that NaN and infinity become
+        ``null`` instead of failing (no field we send can hold them).
+        """
+        return self.client.post(self.url(path), content=pydantic_core.to_json(body), headers=self._json_headers)
+
+    def stream_json(self, path: str, body: Any) -> AbstractAsyncContextManager[httpx2.Response]:
+        """``post_json`` with the response streamed: ``async with backend.stream_json(...) as response``."""
+        return self.client.stream(
+            "POST", self.url(path), content=pydantic_core.to_json(body), headers=self._json_headers
+        )
 
     def raise_for_status(self, response: httpx2.Response, body: bytes | None = None) -> None:
         """Turn an HTTP error status into the error tree, with the server's own message."""

@@ -162,7 +162,7 @@ class OllamaBackend(Backend):
     async def chat(self, request: ChatRequest) -> ChatResponse:
         payload = self.chat_payload(request, stream=False)
         with self._wire_errors():
-            response = await self.client.post(self._url("/api/chat"), json=payload, headers=self.headers())
+            response = await self.post_json("/api/chat", payload)
         self.raise_for_status(response)
         wire = self._validate(_WireChat, self.parse_json(response), response.status_code)
         if wire.error is not None:
@@ -191,9 +191,7 @@ class OllamaBackend(Backend):
         yielded = False
         try:
             with self._wire_errors():
-                async with self.client.stream(
-                    "POST", self._url("/api/chat"), json=payload, headers=self.headers()
-                ) as response:
+                async with self.stream_json("/api/chat", payload) as response:
                     if response.status_code >= 400:
                         self.raise_for_status(response, await response.aread())
                     async for line in response.aiter_lines():
@@ -251,7 +249,7 @@ class OllamaBackend(Backend):
         started = time.perf_counter()
         try:
             with self._wire_errors():
-                response = await self.client.get(self._url("/api/version"), headers=self.headers())
+                response = await self.client.get(self.url("/api/version"), headers=self.headers())
             self.raise_for_status(response)
             wire = self._validate(_WireVersion, self.parse_json(response), response.status_code)
         except BackendError as exc:
@@ -269,7 +267,7 @@ class OllamaBackend(Backend):
         if self.keep_alive is not None:
             payload["keep_alive"] = self.keep_alive
         with self._wire_errors():
-            response = await self.client.post(self._url("/api/embed"), json=payload, headers=self.headers())
+            response = await self.post_json("/api/embed", payload)
         self.raise_for_status(response)
         wire = self._validate(_WireEmbed, self.parse_json(response), response.status_code)
         if len(wire.embeddings) != len(request.inputs):
@@ -303,9 +301,6 @@ class OllamaBackend(Backend):
             )
         super().raise_for_status(response, raw)
 
-    def _url(self, path: str) -> str:
-        return f"{self.base_url}{path}"
-
     @contextmanager
     def _wire_errors(self) -> Iterator[None]:
         """translate_transport_errors, plus a body httpx2 could not decode (bad gzip etc.)."""
@@ -317,7 +312,7 @@ class OllamaBackend(Backend):
 
     async def _get_models(self, path: str) -> list[_WireModel]:
         with self._wire_errors():
-            response = await self.client.get(self._url(path), headers=self.headers())
+            response = await self.client.get(self.url(path), headers=self.headers())
         self.raise_for_status(response)
         return self._validate(_WireModelList, self.parse_json(response), response.status_code).models
 

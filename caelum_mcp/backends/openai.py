@@ -214,11 +214,7 @@ class OpenAIBackend(Backend):
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         with translate_transport_errors(self.name):
-            response = await self.client.post(
-                f"{self.base_url}/v1/chat/completions",
-                json=self._chat_body(request, stream=False),
-                headers=self.headers(),
-            )
+            response = await self.post_json("/v1/chat/completions", self._chat_body(request, stream=False))
         self.raise_for_status(response)
         # Parsing and validating the bytes in one step (pydantic-core) is the backend's hot path.
         try:
@@ -259,12 +255,7 @@ class OpenAIBackend(Backend):
         logprobs: list[TokenLogprob] = []
         model, finish_reason, usage, done = request.model, None, Usage(), False
         with translate_transport_errors(self.name):
-            async with self.client.stream(
-                "POST",
-                f"{self.base_url}/v1/chat/completions",
-                json=self._chat_body(request, stream=True),
-                headers=self.headers(),
-            ) as response:
+            async with self.stream_json("/v1/chat/completions", self._chat_body(request, stream=True)) as response:
                 if response.status_code >= 400:
                     self.raise_for_status(response, await response.aread())
                 async for line in response.aiter_lines():
@@ -336,7 +327,7 @@ class OpenAIBackend(Backend):
 
     async def list_models(self) -> list[ModelInfo]:
         with translate_transport_errors(self.name):
-            response = await self.client.get(f"{self.base_url}/v1/models", headers=self.headers())
+            response = await self.client.get(self.url("/v1/models"), headers=self.headers())
         self.raise_for_status(response)
         wire = self._validate(_WireModelList, self.parse_json(response), response.status_code)
         return [_model_info(m) for m in wire.data]
@@ -346,9 +337,9 @@ class OpenAIBackend(Backend):
         start = time.perf_counter()
         try:
             with translate_transport_errors(self.name):
-                response = await self.client.get(f"{self.base_url}/health", headers=self.headers())
+                response = await self.client.get(self.url("/health"), headers=self.headers())
                 if response.status_code == 404:
-                    response = await self.client.get(f"{self.base_url}/v1/models", headers=self.headers())
+                    response = await self.client.get(self.url("/v1/models"), headers=self.headers())
             # llama.cpp answers 503 "Loading model" until it can serve.
             self.raise_for_status(response)
         except BackendError as exc:
@@ -362,7 +353,7 @@ class OpenAIBackend(Backend):
         if request.dimensions is not None:
             body["dimensions"] = request.dimensions
         with translate_transport_errors(self.name):
-            response = await self.client.post(f"{self.base_url}/v1/embeddings", json=body, headers=self.headers())
+            response = await self.post_json("/v1/embeddings", body)
         self.raise_for_status(response)
         wire = self._validate(_WireEmbeddings, self.parse_json(response), response.status_code)
         if len(wire.data) != len(request.inputs):

@@ -178,6 +178,29 @@ async def test_request_body_carries_schema_logprobs_and_stop() -> None:
     assert response.usage.output_tokens == 2
 
 
+async def test_body_is_utf8_json_with_the_key_header() -> None:
+    """Prompts in any language arrive intact; the key rides in the header, once per request."""
+    sent: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        reply = {"model": "m", "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}
+        return httpx2.Response(200, json=reply)
+
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+    backend = OpenAIBackend("http://gpu-box:8080/v1", client, name="gpu-box", api_key="sk-local-1")
+    prompt = "Résumé du code, 日本語 too, and an emoji 🚀"
+    for _ in range(2):  # the second request reuses the parsed URL and headers
+        assert (await backend.chat(ask(prompt))).content == "ok"
+    for request in sent:
+        assert str(request.url) == "http://gpu-box:8080/v1/chat/completions"
+        assert request.headers["content-type"] == "application/json"
+        assert request.headers["authorization"] == "Bearer sk-local-1"
+        assert request.headers["content-length"] == str(len(request.content))
+        assert prompt.encode() in request.content  # raw UTF-8, not \u escapes
+        assert json.loads(request.content)["messages"][-1]["content"] == prompt
+
+
 async def test_503_is_overloaded_and_fails_over() -> None:
     body = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
     backend = mock_backend(lambda r: httpx2.Response(503, json=body))
