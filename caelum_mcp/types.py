@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Addressed(Frozen):
+    """A request naming the model that serves it; the pool re-addresses it to the host's model."""
+
+    model: str
+
+    def for_model(self, model: str) -> Self:
+        """This request addressed to ``model``: itself when it already is (no copy per request)."""
+        return self if self.model == model else self.model_copy(update={"model": model})
 
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -75,10 +85,9 @@ class ChatMessage(Frozen):
     content: str
 
 
-class ChatRequest(Frozen):
+class ChatRequest(Addressed):
     """One chat completion, protocol-neutral."""
 
-    model: str
     messages: tuple[ChatMessage, ...]
     json_schema: dict[str, Any] | None = Field(
         default=None, description="Constrain the output to this JSON schema (structured output)."
@@ -125,8 +134,7 @@ class StreamChunk(Frozen):
     response: ChatResponse | None = None
 
 
-class EmbedRequest(Frozen):
-    model: str
+class EmbedRequest(Addressed):
     inputs: tuple[str, ...]
     dimensions: int | None = None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from contextlib import aclosing
 
 import anyio
 import httpx2
@@ -104,6 +105,36 @@ async def test_concurrency_limit_is_never_exceeded(http: httpx2.AsyncClient) -> 
         # least-outstanding selection spreads load in proportion to capacity
         counts = Counter(r.host for r in results)
         assert counts["one"] > counts["two"] > 0
+
+
+async def test_cancelled_waiter_and_abandoned_stream_give_their_slot_back(http: httpx2.AsyncClient) -> None:
+    """A caller that gives up (cancelled while queued, or stops reading a stream) never keeps a slot."""
+    with FakeOllama(delay_s=0.3) as fake:
+        pool = Pool([ollama_host("only", fake, http, limit=1)])
+        await pool.refresh_all()
+        host = pool.hosts["only"]
+        model = next(iter(host.models))
+
+        async def first() -> None:
+            await pool.chat(HELLO, model=model)  # holds the one slot for 0.3 s
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            await anyio.sleep(0.05)
+            with anyio.move_on_after(0.05):  # queued behind it, then cancelled
+                await pool.chat(HELLO, model=model)
+            assert (host.in_flight, host.outstanding) == (1, 1)
+        assert (host.in_flight, host.outstanding) == (0, 0)
+
+        fake.delay_s = 0.0
+        async with aclosing(pool.stream(HELLO, model=model)) as stream:
+            async for _ in stream:
+                break  # abandon the stream after its first chunk
+        assert (host.in_flight, host.outstanding) == (0, 0)
+        async for _ in pool.stream(HELLO, model=model):
+            break  # not closed by the caller: the event loop's finaliser closes it
+        with anyio.fail_after(10):  # a leaked slot would make this wait forever
+            assert (await pool.chat(HELLO, model=model)).host == "only"
 
 
 async def test_busy_host_fails_over_and_bad_request_does_not(http: httpx2.AsyncClient) -> None:
