@@ -108,7 +108,7 @@ async def start_embedded(state: AppState) -> None:
     config = state.config
     config.data_dir.mkdir(parents=True, exist_ok=True)
     # 8192 is the model's training context: room for a review prompt with code excerpts
-    server = EmbeddedServer(log_path=config.data_dir / "embedded.log", n_ctx=8192)
+    server = EmbeddedServer(log_path=config.data_dir / "embedded.log", n_ctx=8192, threads=config.embedded_threads)
     try:
         url = await server.astart()
     except EmbeddedUnavailableError as exc:

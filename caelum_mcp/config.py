@@ -155,6 +155,9 @@ class Config(Section):
     embedded: Literal["auto", "on", "off"] = Field(
         default="auto", description="'auto' (only if no other local host is healthy), 'on' or 'off'"
     )
+    embedded_threads: int = Field(
+        default=0, ge=0, description="CPU threads for the embedded model; 0 = half the cores, at least 1"
+    )
     allowed_roots: tuple[Path, ...] = Field(
         default=(), description="folders tools may read (default: the server's working directory)"
     )

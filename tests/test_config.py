@@ -146,6 +146,12 @@ def test_threshold_out_of_range_names_key_value_and_fix(tmp_path: Path) -> None:
     assert "bad.toml" in message
 
 
+def test_negative_embedded_threads_names_key_value_and_fix(tmp_path: Path) -> None:
+    message = config_error("embedded_threads = -2\n", tmp_path)
+    assert "embedded_threads" in message and "-2" in message
+    assert "greater than or equal to 0" in message
+
+
 def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
     message = config_error("[router]\nconfidence_treshold = 0.8\n", tmp_path)
     assert "unknown key `router.confidence_treshold`" in message

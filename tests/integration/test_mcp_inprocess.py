@@ -16,6 +16,7 @@ from mcp import Client
 from mcp.types import CallToolResult, TextContent
 
 from caelum_mcp.config import Config, load_config
+from caelum_mcp.embedded import default_threads
 from caelum_mcp.server import create_server
 
 TOOLS = {"delegate_task", "pool_status", "set_host_enabled"}
@@ -152,6 +153,19 @@ async def test_embedded_model_keeps_its_name_after_a_refresh(tmp_path: Path) -> 
         on = await client.call_tool("set_host_enabled", {"host": "embedded", "enabled": True})
     assert on.structured_content is not None
     assert [m["name"] for m in on.structured_content["models"]] == ["smollm2:135m"]
+
+
+async def test_embedded_model_runs_with_the_configured_threads(tmp_path: Path) -> None:
+    wanted = 2 if default_threads() != 2 else 1  # differs from the default, so the setting must be used
+    environ = {"CAELUM_EMBEDDED_THREADS": str(wanted)}
+    config = load_config(environ=environ, overrides={"data_dir": str(tmp_path)})
+    config = config.model_copy(update={"embedded": "on"})
+    server, _ = create_server(config)
+    async with Client(server) as client:
+        res = await client.call_tool("delegate_task", {"prompt": "Say hi.", "tier": "micro", "max_tokens": 16})
+        assert not res.is_error, text_of(res)
+    log = (tmp_path / "embedded.log").read_text(errors="replace")  # llama.cpp logs its thread count
+    assert f"n_threads = {wanted}" in log and f"n_threads = {default_threads()}" not in log
 
 
 @pytest.mark.parametrize(
