@@ -8,7 +8,7 @@ PORT   ?= 8765
 
 INSPECTOR := .tools/node_modules/.bin/mcp-inspector
 
-.PHONY: install inspector run run-stdio test lint format bench doctor clean
+.PHONY: install inspector run run-stdio test lint typecheck format bench doctor clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,8 +43,18 @@ test: $(STAMP) $(INSPECTOR)
 lint: $(STAMP)
 	$(BIN)/ruff format --check caelum_mcp supervisors tools tests bench
 	$(BIN)/ruff check caelum_mcp supervisors tools tests bench
-	$(BIN)/mypy
-	$(BIN)/mypy tools
+	$(MAKE) --no-print-directory typecheck
+
+# mypy (strict) over the package as it is installed: supervisors/ and tools/ are caelum_mcp.supervisors
+# and caelum_mcp.tools, which mypy cannot see through setuptools' package-dir, so it checks a tree
+# of links laid out like the installed package.
+TYPECHECK := build/typecheck
+typecheck: $(STAMP)
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/caelum_mcp
+	ln -s $(filter-out %/__pycache__,$(wildcard $(CURDIR)/caelum_mcp/*)) $(TYPECHECK)/caelum_mcp/
+	ln -s $(CURDIR)/supervisors $(TYPECHECK)/caelum_mcp/supervisors
+	ln -s $(CURDIR)/tools $(TYPECHECK)/caelum_mcp/tools
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache -p caelum_mcp
 
 format: $(STAMP)
 	$(BIN)/ruff format caelum_mcp supervisors tools tests bench
