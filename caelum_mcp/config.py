@@ -98,6 +98,15 @@ class RouterConfig(Section):
     temperature: float = Field(default=0.2, ge=0, le=2)
 
 
+class ToolsConfig(Section):
+    analyser_timeout_s: float = Field(
+        default=120.0, gt=0, le=3600, description="seconds before ruff, bandit, radon, lizard or vulture is stopped"
+    )
+    audit_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="seconds before the pip-audit vulnerability lookup is stopped"
+    )
+
+
 class ClaudeConfig(Section):
     enabled: bool = Field(default=True, description="true or false: allow escalation to Claude at all")
     model: str = Field(default="claude-sonnet-5-5", description="the Claude model used for escalation")
@@ -166,6 +175,7 @@ class Config(Section):
     tiers: dict[str, Tier] = Field(default_factory=dict, description="model name -> tier, for every host")
     pool: PoolConfig = PoolConfig()
     router: RouterConfig = RouterConfig()
+    tools: ToolsConfig = ToolsConfig()
     claude: ClaudeConfig = ClaudeConfig()
     server: ServerConfig = ServerConfig()
     prices: dict[str, ModelPrice] = Field(default_factory=dict)

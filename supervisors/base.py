@@ -142,10 +142,12 @@ async def cached(
     content_key: str,
     compute: Callable[[], Awaitable[M]],
     model: type[M],
+    reusable: Callable[[M], bool] | None = None,
 ) -> tuple[M, bool]:
     """``compute()``'s result, reused when the same tool ran with the same params on the same files.
 
     ``content_key`` is the fingerprint of the files the tool reads (see :mod:`caelum_mcp.cache`).
+    A result for which ``reusable`` says False (a timeout, say) is returned but not kept.
     Returns the result and whether it came from the cache.
     """
     cache = ctx.cache
@@ -156,5 +158,6 @@ async def cached(
     if hit is not None:
         return hit, True
     value = await compute()
-    await anyio.to_thread.run_sync(cache.put, tool, key, value)
+    if reusable is None or reusable(value):
+        await anyio.to_thread.run_sync(cache.put, tool, key, value)
     return value, False

@@ -163,11 +163,24 @@ class _Run:
     ) -> Any:
         started = time.perf_counter()
         full = {**params, "root": str(self.root), "versions": ANALYSER_VERSIONS}
-        value, hit = await cached(self.ctx, name, full, self.content, compute, model)
+        value, hit = await cached(self.ctx, name, full, self.content, compute, model, reusable=_reusable)
         self.stages.append(StageInfo(name=name, seconds=round(time.perf_counter() - started, 3), cached=hit))
         self.done += 1
         await self.ctx.report(self.done, self.total, f"{name} {'(cached)' if hit else 'done'}")
         return value
+
+
+def _reusable(result: BaseModel) -> bool:
+    """Whether a stage's result may be served again while the files stay the same.
+
+    A failure of the tool itself (a timeout, a crash, not installed) or an audit whose service did
+    not answer says nothing lasting about the files, so the next call runs the tool again. A
+    per-file error (bandit cannot parse one file) holds as long as that file is unchanged.
+    """
+    errors: Sequence[AnalyzerError] = getattr(result, "errors", ())
+    if any(error.file is None for error in errors):
+        return False
+    return not (isinstance(result, DependencyResult) and result.audit.status == "unavailable")
 
 
 async def _open_project(ctx: ToolContext, project: str, paths: list[str] | None) -> tuple[Path, tuple[str, ...], str]:
@@ -190,23 +203,26 @@ async def analyze_and_improve_code(args: AnalyzeInput, ctx: ToolContext) -> Anal
     selected = list(files) if args.paths else None
     audit = args.task in AUDIT_TASKS
     today = time.strftime("%Y-%m-%d", time.gmtime())
+    limit = ctx.config.tools.analyser_timeout_s
     jobs: dict[str, Callable[[], Awaitable[Any]]] = {
         "structure": lambda: run.stage("structure", {}, lambda: project_structure(root), ProjectStructure),
-        "lint": lambda: run.stage("lint", {"files": selected}, lambda: lint(root, selected), LintResult),
+        "lint": lambda: run.stage(
+            "lint", {"files": selected}, lambda: lint(root, selected, timeout_s=limit), LintResult
+        ),
         "security": lambda: run.stage(
-            "security", {"files": selected}, lambda: security_scan(root, selected), SecurityResult
+            "security", {"files": selected}, lambda: security_scan(root, selected, timeout_s=limit), SecurityResult
         ),
         "complexity": lambda: run.stage(
-            "complexity", {"files": selected}, lambda: complexity(root, selected), ComplexityResult
+            "complexity", {"files": selected}, lambda: complexity(root, selected, timeout_s=limit), ComplexityResult
         ),
         "dead_code": lambda: run.stage(
-            "dead_code", {"files": selected}, lambda: dead_code(root, selected), DeadCodeResult
+            "dead_code", {"files": selected}, lambda: dead_code(root, selected, timeout_s=limit), DeadCodeResult
         ),
         # a vulnerability audit's answer changes with the advisories, so it is cached for one day only
         "dependencies": lambda: run.stage(
             "dependencies",
             {"audit": audit, "day": today if audit else None},
-            lambda: dependency_check(root, audit=audit),
+            lambda: dependency_check(root, audit=audit, audit_timeout_s=ctx.config.tools.audit_timeout_s),
             DependencyResult,
         ),
     }
@@ -487,7 +503,8 @@ async def _improve(
     top_files = list(dict.fromkeys(f.file for f in findings if f.file in index.files))[:20]
     patches: list[Patch] = []
     if top_files:
-        patches.extend(await ruff_fix_patches(root, [f for f in top_files if f.endswith(".py")] or None))
+        py_files = [f for f in top_files if f.endswith(".py")] or None
+        patches.extend(await ruff_fix_patches(root, py_files, timeout_s=ctx.config.tools.analyser_timeout_s))
     note: str | None = None
     fixable = {f.file for f in patches}
     targets = [f for f in findings if f.file in index.files and f.file not in fixable and f.tool != "dependencies"][:3]
@@ -570,8 +587,9 @@ async def review_changes(args: ReviewInput, ctx: ToolContext) -> ReviewOutput:
     findings: list[Finding] = []
     if existing:
         py = [p for p in existing if p.endswith(".py")]
-        lint_res = await lint(root, py) if py else None
-        sec_res = await security_scan(root, existing)
+        limit = ctx.config.tools.analyser_timeout_s
+        lint_res = await lint(root, py, timeout_s=limit) if py else None
+        sec_res = await security_scan(root, existing, timeout_s=limit)
         for res in (lint_res, sec_res):
             if res is not None:
                 findings.extend(
