@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
+import venv
 from pathlib import Path
 
 import anyio
@@ -274,6 +275,26 @@ async def test_tests_run_in_the_copy_tell_a_breaking_patch_from_a_harmless_one(
     assert broken.applies and broken.lint_clean and broken.tests_ran and broken.tests_passed is False
     assert fine.applies and fine.lint_clean and fine.tests_ran and fine.tests_passed is True
     assert tree_digest(root) == before  # no __pycache__ or .pytest_cache written into the project
+    assert leftovers(private_tmp) == []
+
+
+async def test_tests_in_the_copy_use_the_patched_code_despite_an_editable_install(
+    write_project: WriteProject, private_tmp: Path
+) -> None:
+    """A src-layout project whose .venv has itself installed in editable mode (a .pth naming the
+    original src/): the copy's tests must still exercise the patched files, not the original."""
+    root = write_project({"src/calc/__init__.py": CALC["calc.py"], "tests/test_calc.py": CALC["tests/test_calc.py"]})
+    venv.create(root / ".venv", with_pip=False, symlinks=True)
+    (site,) = (root / ".venv" / "lib").glob("python3*/site-packages")
+    (site / "__editable__.calc-0.1.pth").write_text(f"{root / 'src'}\n")  # what `pip install -e .` writes
+    (site / "test-deps.pth").write_text(f"{Path(pytest.__file__).parent.parent}\n")  # pytest for the venv
+    line = line_of(root, "src/calc/__init__.py", "return a + b")
+    breaking = edit_patch(root, "src/calc/__init__.py", line, line, "    return a - b")
+
+    (result,) = await check_patches(root, [breaking], run_tests=True)
+
+    assert result.check.applies and result.check.tests_ran, result.check
+    assert result.check.tests_passed is False, "the tests imported the unpatched original"
     assert leftovers(private_tmp) == []
 
 

@@ -412,7 +412,7 @@ def _unmatched(findings: Sequence[LintFinding], others: Sequence[LintFinding]) -
 
 async def _test_outcome(copy: Path, timeout_s: float) -> tuple[bool, bool | None, str | None]:
     """(tests_ran, tests_passed, error) for the project's tests in the patched copy."""
-    run = await run_project_tests(copy, timeout_s=timeout_s)
+    run = await run_project_tests(copy, timeout_s=timeout_s, tree_first=True)  # not an editable install's original
     if run.timed_out:
         return True, False, run.exit_meaning
     if run.exit_code is None or (run.errors and run.totals.tests == 0):

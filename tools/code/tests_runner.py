@@ -7,6 +7,7 @@ dependencies), else the one caelum-mcp runs on. ``-p no:cacheprovider`` keeps py
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
@@ -155,17 +156,37 @@ def _checked_selection(root: Path, selection: Sequence[str] | None) -> list[str]
     return chosen
 
 
+def tree_first_env(root: Path) -> dict[str, str]:
+    """Our environment with ``root/src`` (when present) and ``root`` first on ``PYTHONPATH``.
+
+    For a patched copy of a project whose ``.venv`` has the original installed in editable mode:
+    that install points at the original files, and without this the copy's tests would import
+    them instead of the patched ones. ``PYTHONPATH`` comes before site-packages and its ``.pth``
+    entries, and setuptools' editable finder runs only after the path has been searched.
+    """
+    first = [str(root / "src")] if (root / "src").is_dir() else []
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([*first, str(root), *rest])}
+
+
 async def run_tests(
-    root: str | Path, *, selection: Sequence[str] | None = None, timeout_s: float = 300
+    root: str | Path,
+    *,
+    selection: Sequence[str] | None = None,
+    timeout_s: float = 300,
+    tree_first: bool = False,
 ) -> TestRunResult:
     """Run pytest for the project under ``root`` (all tests, or the ``selection`` of paths/node ids).
 
     A run past ``timeout_s`` is killed with its whole process group (``timed_out``); results that
-    were not reported by then are lost. Exit code 5 means no tests were collected.
+    were not reported by then are lost. Exit code 5 means no tests were collected. ``tree_first``
+    makes the tests import the code under ``root`` even where the project is installed elsewhere
+    (see :func:`tree_first_env`).
     """
     base = resolve_root(root)
     chosen = _checked_selection(base, selection)
     python = project_python(base)
+    env = tree_first_env(base) if tree_first else None
     errors: list[str] = []
     with tempfile.TemporaryDirectory(prefix="caelum-pytest-") as tmp:
         report = Path(tmp) / "junit.xml"
@@ -182,7 +203,7 @@ async def run_tests(
             *chosen,
         ]
         try:
-            run = await run_command(argv, cwd=base, timeout_s=timeout_s, max_output_bytes=4 * 1024 * 1024)
+            run = await run_command(argv, cwd=base, timeout_s=timeout_s, max_output_bytes=4 * 1024 * 1024, env=env)
         except OSError as exc:
             return TestRunResult(
                 root=str(base),
