@@ -29,9 +29,12 @@ import anyio
 from mcp import MCPDeprecationWarning
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.resolve import ListRoots, Resolve
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import ListRootsResult
+from mcp_types.version import is_version_at_least
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from starlette.applications import Starlette
@@ -135,23 +138,41 @@ class _RawArguments(ArgModelBase):
         return dict(self.model_extra or {})
 
 
-async def client_roots(ctx: Context) -> tuple[Path, ...]:
-    """The folders the client offers as MCP roots (``file://`` URIs that exist), if it declared any.
+# The tool parameter a resolver fills with the client's roots (never part of the input schema).
+ROOTS_PARAM = "client_roots_listed"
 
-    Asked for on each call that works on files, so a client that changes its roots is followed.
-    Connections without a back channel (protocol 2026-07-28) cannot be asked: only the configured
-    roots apply there.
+
+def ask_client_roots(ctx: Context) -> ListRoots | None:
+    """Resolver: ask a client that declared roots for them, on protocol 2026-07-28 and later.
+
+    Those sessions have no mid-call back channel: the framework answers the call with an
+    ``input_required`` round and the client retries with its roots. Earlier sessions get None
+    here and are asked from the handler instead (:func:`client_roots`), where a client without a
+    back channel leaves the configured roots alone rather than failing the call.
     """
     caps = ctx.client_capabilities
-    if caps is None or caps.roots is None:
-        return ()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", MCPDeprecationWarning)
-            listed = await ctx.session.list_roots()
-    except Exception as exc:  # no back channel, or the client failed: configured roots only
-        log.debug("client roots unavailable: %s", exc)
-        return ()
+    if caps is None or caps.roots is None or ctx.protocol_version is None:
+        return None
+    return ListRoots() if is_version_at_least(ctx.protocol_version, "2026-07-28") else None
+
+
+async def client_roots(ctx: Context, listed: ListRootsResult | None = None) -> tuple[Path, ...]:
+    """The folders the client offers as MCP roots (``file://`` URIs that exist), if it declared any.
+
+    ``listed`` is what :func:`ask_client_roots` obtained; without it the client is asked here, on
+    each call that works on files, so a client that changes its roots is followed.
+    """
+    if listed is None:
+        caps = ctx.client_capabilities
+        if caps is None or caps.roots is None:
+            return ()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", MCPDeprecationWarning)
+                listed = await ctx.session.list_roots()
+        except Exception as exc:  # no back channel, or the client failed: configured roots only
+            log.debug("client roots unavailable: %s", exc)
+            return ()
     uris = [str(root.uri) for root in listed.roots]
     return await anyio.to_thread.run_sync(_existing_dirs, uris)
 
@@ -166,11 +187,12 @@ def build_tool(tool: ExternalTool[Any, Any]) -> Tool:
     input_model: type[BaseModel] = tool.input_model
 
     async def handler(ctx: Context, **kwargs: Any) -> Any:
+        listed = kwargs.pop(ROOTS_PARAM, None)
         args = validate_arguments(input_model, kwargs)
         state = cast(AppState, ctx.request_context.lifespan_context)
         roots = state.config.resolved_roots()
         if tool.uses_roots:
-            roots = roots + tuple(r for r in await client_roots(ctx) if r not in roots)
+            roots = roots + tuple(r for r in await client_roots(ctx, listed) if r not in roots)
         tctx = ToolContext(
             router=state.router,
             config=state.config,
@@ -187,6 +209,10 @@ def build_tool(tool: ExternalTool[Any, Any]) -> Tool:
         inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context),
     ]
     annotations: dict[str, Any] = {"ctx": Context}
+    if tool.uses_roots:
+        roots_annotation: Any = Annotated[ListRootsResult | None, Resolve(ask_client_roots)]
+        params.append(inspect.Parameter(ROOTS_PARAM, inspect.Parameter.KEYWORD_ONLY, annotation=roots_annotation))
+        annotations[ROOTS_PARAM] = roots_annotation
     for name, field in input_model.model_fields.items():
         annotation: Any = Annotated.__class_getitem__((field.annotation, *field.metadata, _describe(field)))  # type: ignore[attr-defined]
         default = inspect.Parameter.empty if field.is_required() else field.get_default(call_default_factory=True)

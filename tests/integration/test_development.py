@@ -319,10 +319,15 @@ async def test_client_mcp_roots_extend_the_allowed_roots(tmp_path: Path) -> None
     async def on_roots(ctx: Any) -> ListRootsResult:
         return ListRootsResult(roots=[Root(uri=(tmp_path / "client-workspace").as_uri(), name="workspace")])
 
-    async with Client(server, mode="legacy", list_roots_callback=on_roots) as client:
-        res = await client.call_tool("analyze_and_improve_code", args)
-        assert not res.is_error, res.content
-        assert any(f["rule"] == "F401" for f in res.structured_content["findings"])
-    async with Client(server, mode="legacy") as client:  # no roots offered: the configured ones only
-        res = await client.call_tool("analyze_and_improve_code", args)
-        assert res.is_error and "outside the allowed roots" in res.content[0].text
+    # 2025-11-25 sessions are asked mid-call; 2026-07-28 ones through an input_required round
+    for mode in ("legacy", "2026-07-28"):
+        async with Client(server, mode=mode, list_roots_callback=on_roots) as client:
+            res = await client.call_tool("analyze_and_improve_code", args)
+            assert not res.is_error, (mode, res.content)
+            assert any(f["rule"] == "F401" for f in res.structured_content["findings"])
+            tools = await client.list_tools()
+            schema = next(t.input_schema for t in tools.tools if t.name == "analyze_and_improve_code")
+            assert "client_roots_listed" not in schema["properties"]  # filled by the server, not the model
+        async with Client(server, mode=mode) as client:  # no roots offered: the configured ones only
+            res = await client.call_tool("analyze_and_improve_code", args)
+            assert res.is_error and "outside the allowed roots" in res.content[0].text

@@ -15,13 +15,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import TextContent
+from mcp.types import ListRootsResult, Root, TextContent
 
 TOKEN_ENV = "CAELUM_HTTP_TOKEN"  # deliberately CAELUM_-prefixed: it must not be read as a setting
 TOKEN = "test-token-5f0c1e9a7b2d4c68"
@@ -119,6 +120,26 @@ async def test_streamable_http_lists_and_calls(open_server: Served) -> None:
     assert result.structured_content is not None
     assert result.structured_content["execution"]["host"] == "embedded"
     assert result.structured_content["execution"]["output_tokens"] > 0
+
+
+async def test_client_roots_reach_the_server_over_streamable_http(open_server: Served, tmp_path: Path) -> None:
+    """`make run` + a client offering its workspace as MCP roots: the project there may be analysed."""
+    project = tmp_path / "workspace" / "proj"
+    project.mkdir(parents=True)
+    (project / "a.py").write_text("import os\n")
+    args = {"project": str(project), "task": "analyze", "llm_review": False}
+
+    async def on_roots(ctx: Any) -> ListRootsResult:
+        return ListRootsResult(roots=[Root(uri=(tmp_path / "workspace").as_uri(), name="workspace")])
+
+    async with Client(open_server.mcp, list_roots_callback=on_roots) as client:
+        offered = await client.call_tool("analyze_and_improve_code", args)
+    async with Client(open_server.mcp) as client:
+        refused = await client.call_tool("analyze_and_improve_code", args)
+    assert not offered.is_error, offered.content
+    assert offered.structured_content is not None
+    assert any(f["rule"] == "F401" for f in offered.structured_content["findings"])
+    assert refused.is_error and "outside the allowed roots" in str(refused.content[0])
 
 
 async def test_foreign_host_or_origin_is_rejected(open_server: Served) -> None:
