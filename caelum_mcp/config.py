@@ -131,6 +131,12 @@ class ServerConfig(Section):
     bearer_token_env: str | None = Field(
         default=None, description="environment variable holding the bearer token HTTP clients must send"
     )
+    heartbeat_s: float = Field(
+        default=10.0,
+        ge=0.05,
+        le=600,
+        description="seconds without progress after which a running tool call says it is still working",
+    )
 
 
 # Prices in USD per million tokens (input, output, cache hits, 5-minute cache writes), from Anthropic's

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Union, cast, get_args, get_origin
+from typing import Annotated, Any, TypeVar, Union, cast, get_args, get_origin
 from urllib.parse import unquote, urlsplit
 
 import anyio
@@ -52,6 +52,7 @@ from caelum_mcp.supervisors import SUPERVISORS
 from caelum_mcp.supervisors.base import ExternalTool, ToolContext
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 INSTRUCTIONS = (
     "caelum-mcp runs LLM work on the user's own machines (Ollama / llama.cpp pool) first and falls back "
@@ -193,15 +194,10 @@ def build_tool(tool: ExternalTool[Any, Any]) -> Tool:
         roots = state.config.resolved_roots()
         if tool.uses_roots:
             roots = roots + tuple(r for r in await client_roots(ctx, listed) if r not in roots)
-        tctx = ToolContext(
-            router=state.router,
-            config=state.config,
-            roots=roots,
-            progress=_progress_reporter(ctx),
-            app=state,
-        )
+        progress = ProgressChannel(ctx, state.config.server.heartbeat_s, label=tool.name)
+        tctx = ToolContext(router=state.router, config=state.config, roots=roots, progress=progress.report, app=state)
         try:
-            return await tool.handler(args, tctx)
+            return await progress.run(lambda: tool.handler(args, tctx))
         except CaelumError as exc:
             raise ToolError(str(exc)) from None
 
@@ -323,25 +319,66 @@ def _validation_message(exc: ValidationError) -> str:
     return "invalid arguments: " + "; ".join(parts)
 
 
-def _progress_reporter(ctx: Context) -> Callable[[float, float | None, str], Awaitable[None]]:
-    """MCP progress must increase; stages that do not count steps still move it forward."""
-    last = 0.0
+class ProgressChannel:
+    """A tool call's MCP progress: strictly increasing values, and a heartbeat while work is quiet.
 
-    async def report(progress: float, total: float | None, message: str) -> None:
-        nonlocal last
+    A stage that takes long (a local 30B model writing a review, a slow test suite) would otherwise
+    send nothing for minutes; clients that time out on silence, and people watching, need to see
+    that the call is alive. After ``heartbeat_s`` without a notification the last message is
+    repeated with the time the call has been running.
+    """
+
+    def __init__(self, ctx: Context, heartbeat_s: float, label: str = "working") -> None:
+        self.ctx = ctx
+        self.heartbeat_s = heartbeat_s
+        self.started = anyio.current_time()
+        self.sent_at = self.started
+        self.value = 0.0
+        self.total: float | None = None
+        self.message = label
+
+    async def report(self, progress: float, total: float | None, message: str, *, creep: float = 0.05) -> None:
         if total is None:
-            value = max(progress, last + 1)
+            value = max(progress, self.value + 1)
         else:
             value = min(total, progress)
-            if value <= last:  # MCP progress must strictly increase: creep towards the total
-                value = last + max((total - last) * 0.05, 1e-6)
-        last = value
+            if value <= self.value:  # MCP progress must strictly increase: creep towards the total
+                value = self.value + max((total - self.value) * creep, 1e-6)
+        self.value, self.total, self.sent_at = value, total, anyio.current_time()
+        self.message = message or self.message
         try:
-            await ctx.report_progress(value, total, message)
+            await self.ctx.report_progress(value, total, message)
         except Exception:  # a client that went away must not fail the work
             log.debug("progress notification failed", exc_info=True)
 
-    return report
+    async def heartbeat(self) -> None:
+        while True:
+            await anyio.sleep(max(0.0, self.sent_at + self.heartbeat_s - anyio.current_time()))
+            if anyio.current_time() - self.sent_at >= self.heartbeat_s:
+                elapsed = anyio.current_time() - self.started
+                message = self.message.split(" (still working")[0]
+                # a hair forward only, so that even an hour of beats stays short of the next real step
+                await self.report(self.value, self.total, f"{message} (still working, {elapsed:.0f} s)", creep=0.001)
+
+    async def run(self, work: Callable[[], Awaitable[T]]) -> T:
+        """``work()``'s result (or its exception, unwrapped), with the heartbeat running beside it."""
+        outcome: list[T] = []
+        failure: list[Exception] = []
+
+        async def run_work(scope: anyio.CancelScope) -> None:
+            try:
+                outcome.append(await work())
+            except Exception as exc:
+                failure.append(exc)
+            finally:
+                scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_work, tg.cancel_scope)
+            tg.start_soon(self.heartbeat)
+        if failure:
+            raise failure[0]
+        return outcome[0]
 
 
 # HTTP transports ------------------------------------------------------------------------------

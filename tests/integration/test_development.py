@@ -12,6 +12,7 @@ from pathlib import Path
 from textwrap import dedent
 from typing import Any
 
+import anyio
 from mcp import Client
 
 from caelum_mcp.config import load_config
@@ -301,6 +302,72 @@ async def test_run_project_tests_reports_failures(tmp_path: Path) -> None:
             assert item["test"] == failure["node_id"]
         assert out["execution"] is not None or out["llm_note"]
         json.dumps(out)
+
+
+async def test_a_quiet_stage_still_sends_progress(tmp_path: Path) -> None:
+    """A test suite that runs for a while without output: the client keeps hearing that the call lives."""
+    project = write(
+        tmp_path / "work" / "slow",
+        {"tests/test_slow.py": "import time\n\n\ndef test_slow():\n    time.sleep(1.5)\n"},
+    )
+    seen: list[tuple[float, float | None, str]] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        seen.append((value, total, message or ""))
+
+    async with session(tmp_path, embedded="off", server={"heartbeat_s": 0.25}) as client:
+        res = await client.call_tool("run_project_tests", {"project": str(project)}, progress_callback=on_progress)
+    assert not res.is_error, res.content
+    assert res.structured_content["totals"]["passed"] == 1
+    beats = [message for _, _, message in seen if "(still working, " in message]
+    assert len(beats) >= 3, seen  # ~1.5 s of silence at 0.25 s
+    values = [value for value, _, _ in seen]
+    assert values == sorted(values) and len(set(values)) == len(values), "progress must strictly increase"
+
+
+async def test_cancelling_the_call_stops_the_test_run(tmp_path: Path) -> None:
+    """A client that gives up on a tool call must not leave the project's tests running."""
+    pid_file = tmp_path / "pytest.pid"
+    project = write(
+        tmp_path / "work" / "hang",
+        {
+            "tests/test_hang.py": f"""
+                import os, time
+
+
+                def test_hang():
+                    open({str(pid_file)!r}, "w").write(str(os.getpid()))
+                    time.sleep(120)
+            """
+        },
+    )
+    async with session(tmp_path, embedded="off") as client:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.call_tool, "run_project_tests", {"project": str(project)})
+            for _ in range(1200):  # up to 60 s for pytest to start
+                if pid_file.exists() and pid_file.read_text():
+                    break
+                await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()  # the client gives up; the session stays open
+        assert pid_file.exists(), "the tests never started"
+        pid = int(pid_file.read_text())
+        for _ in range(100):
+            if not _alive(pid):
+                break
+            await anyio.sleep(0.1)
+        assert not _alive(pid), "pytest still runs after the call was cancelled"
+        assert (await client.list_tools()).tools, "the server still answers"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie no one has reaped yet is gone for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 async def test_client_mcp_roots_extend_the_allowed_roots(tmp_path: Path) -> None:
