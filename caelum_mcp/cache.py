@@ -15,7 +15,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,7 +35,16 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (tool, key)
 );
 CREATE INDEX IF NOT EXISTS results_created ON results (created);
+CREATE TABLE IF NOT EXISTS file_parts (
+    tool TEXT NOT NULL,
+    key TEXT NOT NULL,
+    created REAL NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (tool, key)
+);
+CREATE INDEX IF NOT EXISTS file_parts_created ON file_parts (created);
 """
+_CHUNK = 500  # keys per SELECT, far below SQLite's limit on bound parameters
 
 
 def file_digest(path: Path) -> str:
@@ -72,13 +81,16 @@ def make_key(tool: str, params: Mapping[str, Any], content: str) -> str:
 class ResultCache:
     """Pydantic results by (tool, key) in ``<data_dir>/cache.sqlite3``."""
 
-    def __init__(self, path: Path, *, max_entries: int = 2000) -> None:
+    def __init__(self, path: Path, *, max_entries: int = 2000, max_file_parts: int = 200_000) -> None:
         self.path = path
         self.max_entries = max_entries
+        self.max_file_parts = max_file_parts
         self._lock = threading.Lock()
         self._conn = self._open()
         self.hits = 0
         self.misses = 0
+        self.part_hits = 0
+        self.part_misses = 0
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,9 +135,42 @@ class ResultCache:
                     (count - self.max_entries,),
                 )
 
+    # one file's share of an analyser's output (see caelum_mcp.tools.code.incremental) -----------
+
+    def get_parts(self, tool: str, keys: Sequence[str]) -> dict[str, str]:
+        """The stored parts (JSON text) among ``keys``; absent keys are left out."""
+        found: dict[str, str] = {}
+        with self._lock:
+            for start in range(0, len(keys), _CHUNK):
+                chunk = list(keys[start : start + _CHUNK])
+                marks = ",".join("?" * len(chunk))
+                rows = self._conn.execute(
+                    f"SELECT key, value FROM file_parts WHERE tool = ? AND key IN ({marks})",  # noqa: S608 - only ? marks
+                    (tool, *chunk),
+                )
+                found.update(rows.fetchall())
+        self.part_hits += len(found)
+        self.part_misses += len(keys) - len(found)
+        return found
+
+    def put_parts(self, tool: str, parts: Mapping[str, str]) -> None:
+        now = time.time()
+        with self._lock, self._conn:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO file_parts (tool, key, created, value) VALUES (?, ?, ?, ?)",
+                [(tool, key, now, value) for key, value in parts.items()],
+            )
+            count = self._conn.execute("SELECT COUNT(*) FROM file_parts").fetchone()[0]
+            if count > self.max_file_parts:
+                self._conn.execute(
+                    "DELETE FROM file_parts WHERE rowid IN (SELECT rowid FROM file_parts ORDER BY created LIMIT ?)",
+                    (count - self.max_file_parts,),
+                )
+
     def clear(self) -> None:
         with self._lock, self._conn:
             self._conn.execute("DELETE FROM results")
+            self._conn.execute("DELETE FROM file_parts")
 
     def close(self) -> None:
         with self._lock:

@@ -210,10 +210,16 @@ async def analyze_and_improve_code(args: AnalyzeInput, ctx: ToolContext) -> Anal
             "lint", {"files": selected}, lambda: lint(root, selected, timeout_s=limit), LintResult
         ),
         "security": lambda: run.stage(
-            "security", {"files": selected}, lambda: security_scan(root, selected, timeout_s=limit), SecurityResult
+            "security",
+            {"files": selected},
+            lambda: security_scan(root, selected, timeout_s=limit, store=ctx.cache),
+            SecurityResult,
         ),
         "complexity": lambda: run.stage(
-            "complexity", {"files": selected}, lambda: complexity(root, selected, timeout_s=limit), ComplexityResult
+            "complexity",
+            {"files": selected},
+            lambda: complexity(root, selected, timeout_s=limit, store=ctx.cache),
+            ComplexityResult,
         ),
         "dead_code": lambda: run.stage(
             "dead_code", {"files": selected}, lambda: dead_code(root, selected, timeout_s=limit), DeadCodeResult
@@ -589,7 +595,7 @@ async def review_changes(args: ReviewInput, ctx: ToolContext) -> ReviewOutput:
         py = [p for p in existing if p.endswith(".py")]
         limit = ctx.config.tools.analyser_timeout_s
         lint_res = await lint(root, py, timeout_s=limit) if py else None
-        sec_res = await security_scan(root, existing, timeout_s=limit)
+        sec_res = await security_scan(root, existing, timeout_s=limit, store=ctx.cache)
         for res in (lint_res, sec_res):
             if res is not None:
                 findings.extend(

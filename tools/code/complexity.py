@@ -24,6 +24,7 @@ from caelum_mcp.types import Frozen
 from ..paths import relative_posix, resolve_root
 from .analysers import ANALYSER_TIMEOUT_S, first_line, run_python_analyser
 from .files import select_files
+from .incremental import PartStore, per_file, salt_for
 from .languages import LIZARD_SUFFIXES, language_for
 from .models import AnalyzerError, Finding, Severity, sort_findings
 
@@ -98,6 +99,48 @@ def _radon_blocks(root: Path, rel: str, blocks: list[Any], prefix: str = "") -> 
             rank=block.get("rank"),
         )
         yield from _radon_blocks(root, rel, block.get("closures") or [], prefix=qualified + ".")
+
+
+class _RadonPart(Frozen):
+    """Radon's output for one file."""
+
+    functions: tuple[FunctionComplexity, ...] = ()
+    maintainability: MaintainabilityIndex | None = None
+    errors: tuple[AnalyzerError, ...] = ()
+
+
+# radon reads its settings from these (a [radon] section, or [tool.radon])
+_RADON_CONFIG = ["radon.cfg", "setup.cfg", "pyproject.toml"]
+
+
+async def _radon_per_file(
+    root: Path, targets: list[str], timeout_s: float, store: PartStore | None
+) -> tuple[list[FunctionComplexity], list[MaintainabilityIndex], list[AnalyzerError]]:
+    """Radon over ``targets``, reusing each unchanged file's stored output (see ``incremental``)."""
+
+    async def analyse(subset: list[str]) -> tuple[dict[str, _RadonPart], list[AnalyzerError]]:
+        functions, indexes, errors = await _radon(root, subset, timeout_s)
+        by_file: dict[str, dict[str, Any]] = defaultdict(lambda: {"functions": [], "errors": []})
+        for fn in functions:
+            by_file[fn.file]["functions"].append(fn)
+        for index in indexes:
+            by_file[index.file]["maintainability"] = index
+        failures = []
+        for error in errors:
+            if error.file:
+                by_file[error.file]["errors"].append(error)
+            else:
+                failures.append(error)
+        return {rel: _RadonPart.model_validate(part) for rel, part in by_file.items()}, failures
+
+    salt = salt_for("radon", root, _RADON_CONFIG)
+    parts, failures = await per_file(store, "radon", salt, root, targets, _RadonPart, analyse)
+    values = parts.values()
+    return (
+        [fn for part in values for fn in part.functions],
+        [part.maintainability for part in values if part.maintainability is not None],
+        [*failures, *(error for part in values for error in part.errors)],
+    )
 
 
 async def _radon(
@@ -192,11 +235,13 @@ async def complexity(
     *,
     threshold: int = 10,
     timeout_s: float = ANALYSER_TIMEOUT_S,
+    store: PartStore | None = None,
 ) -> ComplexityResult:
     """Complexity of every function in the project (``files=None``) or the given files/directories.
 
     ``worst`` holds the most complex functions; ``functions`` is capped at 5000 (most complex kept,
     ``truncated`` set). Files radon cannot parse are listed in ``errors``. Paths must be inside ``root``.
+    With a ``store``, radon runs only on the Python files whose content it has not seen.
     """
     base = resolve_root(root)
     chosen = await select_files(base, files, (".py", *LIZARD_SUFFIXES))
@@ -207,7 +252,7 @@ async def complexity(
 
     async def radon_task() -> None:
         nonlocal radon_out
-        radon_out = await _radon(base, python_files, timeout_s)
+        radon_out = await _radon_per_file(base, python_files, timeout_s, store)
 
     async def lizard_task() -> None:
         nonlocal lizard_out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from caelum_mcp.types import Frozen
 from ..paths import relative_posix, resolve_root
 from .analysers import ANALYSER_TIMEOUT_S, first_line, run_python_analyser
 from .files import select_files
+from .incremental import PartStore, per_file, salt_for
 from .models import AnalyzerError, Finding, Severity, severity_counts, sort_findings
 from .secrets import MAX_SECRET_SCAN_BYTES, looks_binary, redact, scan_text
 
@@ -102,6 +104,37 @@ def _bandit_finding(root: Path, item: dict[str, Any]) -> Finding:
     )
 
 
+class _BanditPart(Frozen):
+    """Bandit's output for one file."""
+
+    findings: tuple[Finding, ...] = ()
+    errors: tuple[AnalyzerError, ...] = ()
+
+
+async def _bandit_per_file(
+    root: Path, targets: list[str], timeout_s: float, store: PartStore | None
+) -> tuple[list[Finding], list[AnalyzerError]]:
+    """Bandit over ``targets``, reusing each unchanged file's stored output (see ``incremental``)."""
+
+    async def analyse(subset: list[str]) -> tuple[dict[str, _BanditPart], list[AnalyzerError]]:
+        found, errs = await _run_bandit(root, subset, timeout_s)
+        by_file: dict[str, tuple[list[Finding], list[AnalyzerError]]] = defaultdict(lambda: ([], []))
+        for finding in found:
+            by_file[finding.file][0].append(finding)
+        failures = []
+        for error in errs:
+            if error.file:
+                by_file[error.file][1].append(error)
+            else:
+                failures.append(error)
+        return {rel: _BanditPart(findings=tuple(f), errors=tuple(e)) for rel, (f, e) in by_file.items()}, failures
+
+    salt = salt_for("bandit", root, ["pyproject.toml"])
+    parts, failures = await per_file(store, "bandit", salt, root, targets, _BanditPart, analyse)
+    findings = [finding for part in parts.values() for finding in part.findings]
+    return findings, [*failures, *(error for part in parts.values() for error in part.errors)]
+
+
 async def _run_bandit(root: Path, targets: list[str], timeout_s: float) -> tuple[list[Finding], list[AnalyzerError]]:
     if not targets:
         return [], []
@@ -153,12 +186,14 @@ async def security_scan(
     files: Iterable[str | Path] | None = None,
     *,
     timeout_s: float = ANALYSER_TIMEOUT_S,
+    store: PartStore | None = None,
 ) -> SecurityResult:
     """Scan the project (``files=None``) or the given files/directories for security problems.
 
     Bandit covers Python code; the secrets check covers every text file up to 1 MB (lock files
     excepted). A bandit failure, or a file bandit cannot parse, is recorded in ``errors`` and the
-    secrets findings are still returned. Paths must be inside ``root``.
+    secrets findings are still returned. Paths must be inside ``root``. With a ``store``, bandit
+    runs only on the files whose content it has not seen.
     """
     base = resolve_root(root)
     chosen = await select_files(base, files, ("",))
@@ -168,7 +203,7 @@ async def security_scan(
     secrets: tuple[list[Finding], int, list[AnalyzerError]] = ([], 0, [])
 
     async def bandit_task() -> None:
-        found, errs = await _run_bandit(base, python_files, timeout_s)
+        found, errs = await _bandit_per_file(base, python_files, timeout_s, store)
         bandit_findings.extend(found)
         bandit_errors.extend(errs)
 
