@@ -337,7 +337,22 @@ class ProgressChannel:
         self.total: float | None = None
         self.message = label
 
-    async def report(self, progress: float, total: float | None, message: str, *, creep: float = 0.05) -> None:
+    async def report(self, progress: float, total: float | None, message: str) -> None:
+        """What the tool says: the message the heartbeat will repeat."""
+        self.message = message or self.message
+        await self._send(progress, total, message, creep=0.05)
+
+    async def heartbeat(self) -> None:
+        while True:
+            await anyio.sleep(max(0.0, self.sent_at + self.heartbeat_s - anyio.current_time()))
+            if anyio.current_time() - self.sent_at >= self.heartbeat_s:
+                elapsed = anyio.current_time() - self.started
+                # a hair forward only, so that even an hour of beats stays short of the next real step
+                await self._send(
+                    self.value, self.total, f"{self.message} (still working, {elapsed:.0f} s)", creep=0.001
+                )
+
+    async def _send(self, progress: float, total: float | None, message: str, *, creep: float) -> None:
         if total is None:
             value = max(progress, self.value + 1)
         else:
@@ -345,20 +360,10 @@ class ProgressChannel:
             if value <= self.value:  # MCP progress must strictly increase: creep towards the total
                 value = self.value + max((total - self.value) * creep, 1e-6)
         self.value, self.total, self.sent_at = value, total, anyio.current_time()
-        self.message = message or self.message
         try:
             await self.ctx.report_progress(value, total, message)
         except Exception:  # a client that went away must not fail the work
             log.debug("progress notification failed", exc_info=True)
-
-    async def heartbeat(self) -> None:
-        while True:
-            await anyio.sleep(max(0.0, self.sent_at + self.heartbeat_s - anyio.current_time()))
-            if anyio.current_time() - self.sent_at >= self.heartbeat_s:
-                elapsed = anyio.current_time() - self.started
-                message = self.message.split(" (still working")[0]
-                # a hair forward only, so that even an hour of beats stays short of the next real step
-                await self.report(self.value, self.total, f"{message} (still working, {elapsed:.0f} s)", creep=0.001)
 
     async def run(self, work: Callable[[], Awaitable[T]]) -> T:
         """``work()``'s result (or its exception, unwrapped), with the heartbeat running beside it."""

@@ -20,6 +20,8 @@ from typing import Protocol, TypeVar
 import anyio
 from pydantic import BaseModel, ValidationError
 
+from caelum_mcp.cache import file_digest
+
 from .models import AnalyzerError
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ def _keys(tool: str, salt: str, root: Path, files: Sequence[str]) -> dict[str, s
     keys: dict[str, str] = {}
     for rel in files:
         try:
-            digest = hashlib.sha256((root / rel).read_bytes()).hexdigest()
+            digest = file_digest(root / rel)
         except OSError:
             continue
         keys[rel] = hashlib.sha256(f"{tool}\0{salt}\0{rel}\0{digest}".encode("utf-8", "surrogateescape")).hexdigest()
