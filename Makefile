@@ -8,7 +8,7 @@ PORT   ?= 8765
 
 INSPECTOR := .tools/node_modules/.bin/mcp-inspector
 
-.PHONY: install inspector run run-stdio test lint typecheck format bench doctor clean
+.PHONY: install inspector run run-stdio test test-fast lint typecheck format bench doctor clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ doctor: $(STAMP)
 test: $(STAMP) $(INSPECTOR)
 	$(BIN)/python -m pytest -q
 
+# The edit-test loop: no model server, no npm, no multi-second subprocess servers (under a minute).
+# `make test` stays the full suite and the CI command.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not model and not npm and not slow"
+
 lint: $(STAMP)
 	$(BIN)/ruff format --check caelum_mcp supervisors tools tests bench
 	$(BIN)/ruff check caelum_mcp supervisors tools tests bench
@@ -63,6 +68,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/pool_overhead.py
 	$(BIN)/python bench/analyze.py
+	$(BIN)/python bench/platform_costs.py
 
 clean:
 	rm -rf $(VENV) .tools build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,15 +1,17 @@
 """The long-lived objects of a running server, built from the config and closed in one place.
 
 :func:`open_app` is an async context manager that owns the HTTP client, the backends, the pool
-(and its background health checks), the embedded model, the Claude backend, the ledger and the
-router. The MCP server's lifespan enters it; the CLI's ``doctor`` and ``status`` reuse it.
+(and its background health checks), the embedded model, the Claude backend, the ledger, the result
+cache, the router and the pool administration the ai supervisor is handed. The MCP server's
+lifespan enters it; the CLI's ``doctor`` and ``status`` reuse it. This is the composition root:
+supervisors never import it (they get typed services through their ``ToolContext``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,7 @@ from caelum_mcp.embedded import EMBEDDED_MODEL_NAME, EmbeddedServer, EmbeddedUna
 from caelum_mcp.ledger import Ledger
 from caelum_mcp.pool import CircuitBreaker, Host, Pool
 from caelum_mcp.router import Router
+from caelum_mcp.status import PoolAdministration
 from caelum_mcp.types import Tier
 
 log = logging.getLogger(__name__)
@@ -43,11 +46,11 @@ class AppState:
     ledger: Ledger
     router: Router
     claude: Backend | None
-    cache: ResultCache | None = None
+    cache: ResultCache
+    pool_admin: PoolAdministration
     embedded: EmbeddedServer | None = None
     embedded_note: str = ""
     started_at: float = field(default_factory=time.time)
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def make_http_client(config: Config) -> httpx2.AsyncClient:
@@ -73,12 +76,15 @@ def make_host(config: Config, hc: HostConfig, http: httpx2.AsyncClient, environ:
     )
 
 
-def build_pool(config: Config, http: httpx2.AsyncClient, environ: dict[str, str]) -> Pool:
+def build_pool(
+    config: Config, http: httpx2.AsyncClient, environ: dict[str, str], extra_hosts: Sequence[Host] = ()
+) -> Pool:
     hosts = [make_host(config, hc, http, environ) for hc in config.hosts]
-    if not config.hosts:
+    if not config.hosts and config.implicit_ollama:
         # No hosts configured: a local Ollama at the default address, used if it answers.
         default = HostConfig(name="ollama", kind="ollama", url=DEFAULT_OLLAMA_URL)
         hosts.append(make_host(config, default, http, environ))
+    hosts.extend(extra_hosts)
     return Pool(
         hosts,
         max_attempts=config.pool.max_attempts,
@@ -100,6 +106,7 @@ def make_claude(config: Config, http: httpx2.AsyncClient) -> Backend | None:
         model=claude.model,
         max_retries=claude.max_retries,
         timeout_s=claude.timeout_s,
+        structured_output=claude.structured_output,
     )
 
 
@@ -159,20 +166,45 @@ def _has_healthy_chat_host(pool: Pool) -> bool:
 
 @asynccontextmanager
 async def open_app(
-    config: Config, *, environ: dict[str, str] | None = None, health_loop: bool = True
+    config: Config,
+    *,
+    environ: dict[str, str] | None = None,
+    health_loop: bool = True,
+    extra_hosts: Sequence[Host] = (),
 ) -> AsyncIterator[AppState]:
-    """Build everything the server needs; close all of it on exit, whatever happened."""
+    """Build everything the server needs; close all of it on exit, whatever happened.
+
+    ``extra_hosts`` join the configured ones (an in-process host built by a test or an embedding
+    application, e.g. with :class:`~caelum_mcp.backends.scripted.ScriptedBackend`).
+    """
     import os
 
     env = dict(os.environ if environ is None else environ)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     http = make_http_client(config)
-    pool = build_pool(config, http, env)
+    pool = build_pool(config, http, env, extra_hosts)
     ledger = Ledger(config.data_dir / "ledger.sqlite3")
     claude = make_claude(config, http)
     router = Router(pool, ledger, config, claude=claude)
     cache = ResultCache(config.data_dir / "cache.sqlite3")
-    state = AppState(config=config, http=http, pool=pool, ledger=ledger, router=router, claude=claude, cache=cache)
+    state: AppState
+    admin = PoolAdministration(
+        config=config,
+        pool=pool,
+        ledger=ledger,
+        claude_configured=claude is not None,
+        embedded_note=lambda: state.embedded_note,
+    )
+    state = AppState(
+        config=config,
+        http=http,
+        pool=pool,
+        ledger=ledger,
+        router=router,
+        claude=claude,
+        cache=cache,
+        pool_admin=admin,
+    )
     try:
         await pool.refresh_all()
         if config.embedded == "on" or (config.embedded == "auto" and not _has_healthy_chat_host(pool)):

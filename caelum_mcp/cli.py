@@ -125,11 +125,10 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 def _doctor(config: Config, args: argparse.Namespace) -> int:
     from caelum_mcp.app import open_app
     from caelum_mcp.embedded import embedded_status
-    from caelum_mcp.status import build_status
 
     async def run() -> int:
         async with open_app(config, health_loop=False) as state:
-            report = build_status(state)
+            report = state.pool_admin.status()
             can_serve = any(h.healthy and h.models for h in report.hosts)
             if args.json:
                 print(json.dumps({"can_serve": can_serve, **report.model_dump(mode="json")}, indent=2))

@@ -36,10 +36,13 @@ from pydantic import (
 )
 
 from caelum_mcp.errors import ConfigError
-from caelum_mcp.ledger import ModelPrice, price_for
-from caelum_mcp.types import Tier
+from caelum_mcp.llm import DEFAULT_NEEDS, TaskKind, TaskNeeds
+from caelum_mcp.pricing import DEFAULT_PRICES, ModelPrice, price_for
+from caelum_mcp.types import SIZE_TIERS, Tier
 
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+# Claude Code rejects tool results over 25,000 tokens; no result may come near that.
+RESULT_TOKENS_CAP = 20_000
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -88,6 +91,22 @@ class PoolConfig(Section):
     ewma_alpha: float = Field(default=0.3, gt=0, le=1, description="weight of the newest latency sample")
 
 
+class TaskNeedsConfig(Section):
+    """``[router.tasks.<kind>]``: override what one kind of LLM task needs (unset keys keep the default)."""
+
+    min_tier: Tier | None = Field(default=None, description="one of micro, small, full, large")
+    max_output_tokens: int | None = Field(default=None, ge=16, le=32768)
+    time_budget_s: float | None = Field(default=None, gt=0, le=3600)
+    prefer_code: bool | None = None
+
+    @field_validator("min_tier")
+    @classmethod
+    def _size_tier(cls, value: Tier | None) -> Tier | None:
+        if value is not None and value not in SIZE_TIERS:
+            raise ValueError("must be a size tier: micro, small, full or large")
+        return value
+
+
 class RouterConfig(Section):
     confidence_threshold: float = Field(
         default=0.75, ge=0, le=1, description="a number between 0 and 1 (answers below it escalate)"
@@ -96,6 +115,19 @@ class RouterConfig(Section):
     default_tier: Tier = Field(default=Tier.SMALL, description="one of micro, small, full, large, code")
     max_tokens: int = Field(default=1024, ge=16, le=32768)
     temperature: float = Field(default=0.2, ge=0, le=2)
+    tasks: dict[TaskKind, TaskNeedsConfig] = Field(
+        default_factory=dict,
+        description="per task kind (general, classification, extraction, summary, answer, triage, sql, review, "
+        "code_edit): min_tier, max_output_tokens, time_budget_s",
+    )
+
+    def needs_for(self, kind: TaskKind) -> TaskNeeds:
+        """The needs of ``kind``: the built-in default with this config's overrides applied."""
+        base = DEFAULT_NEEDS[kind]
+        override = self.tasks.get(kind)
+        if override is None:
+            return base
+        return base.model_copy(update=override.model_dump(exclude_none=True))
 
 
 class ToolsConfig(Section):
@@ -118,6 +150,11 @@ class ClaudeConfig(Section):
     max_retries: int = Field(default=2, ge=0, le=10)
     timeout_s: float = Field(default=120.0, gt=0)
     max_tokens: int = Field(default=2048, ge=16)
+    structured_output: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="send the output schema as the API's structured-output parameter: 'auto' (models that "
+        "support it), 'on' or 'off' (in the system prompt instead)",
+    )
 
     @property
     def configured(self) -> bool:
@@ -137,27 +174,12 @@ class ServerConfig(Section):
         le=600,
         description="seconds without progress after which a running tool call says it is still working",
     )
-
-
-# Prices in USD per million tokens (input, output, cache hits, 5-minute cache writes), from Anthropic's
-# public pricing page as of 2026-11. Haiku 5.5 is the rate for prompts up to 100k tokens. Override or
-# extend under [prices."<model>"]; costs are always computed from the table in force.
-DEFAULT_PRICES: dict[str, ModelPrice] = {
-    "claude-sonnet-5-5": ModelPrice(input=2.0, output=10.0, cache_read=0.10, cache_write=2.50),
-    "claude-sonnet-5": ModelPrice(input=2.0, output=10.0, cache_read=0.20, cache_write=2.50),
-    "claude-sonnet-4-6": ModelPrice(input=3.0, output=15.0, cache_read=0.30, cache_write=3.75),
-    "claude-sonnet-4-5": ModelPrice(input=3.0, output=15.0, cache_read=0.30, cache_write=3.75),
-    "claude-sonnet-4": ModelPrice(input=3.0, output=15.0, cache_read=0.30, cache_write=3.75),
-    "claude-opus-5-5": ModelPrice(input=4.0, output=20.0, cache_read=0.20, cache_write=5.0),
-    "claude-opus-5": ModelPrice(input=5.0, output=25.0, cache_read=0.50, cache_write=6.25),
-    "claude-opus-4-8": ModelPrice(input=5.0, output=25.0, cache_read=0.50, cache_write=6.25),
-    "claude-opus-4-7": ModelPrice(input=5.0, output=25.0, cache_read=0.50, cache_write=6.25),
-    "claude-opus-4-6": ModelPrice(input=5.0, output=25.0, cache_read=0.50, cache_write=6.25),
-    "claude-opus-4-5": ModelPrice(input=5.0, output=25.0, cache_read=0.50, cache_write=6.25),
-    "claude-opus-4-1": ModelPrice(input=15.0, output=75.0, cache_read=1.50, cache_write=18.75),
-    "claude-haiku-5-5": ModelPrice(input=0.10, output=0.50, cache_read=0.01, cache_write=0.125),
-    "claude-haiku-4-5": ModelPrice(input=1.0, output=5.0, cache_read=0.10, cache_write=1.25),
-}
+    result_tokens: int = Field(
+        default=4000,
+        ge=500,
+        le=RESULT_TOKENS_CAP,
+        description=f"token budget of one tool result (lists are cut, with counts); at most {RESULT_TOKENS_CAP}",
+    )
 
 
 def default_data_dir() -> Path:
@@ -169,6 +191,10 @@ class Config(Section):
     data_dir: Path = Field(default_factory=default_data_dir, description="where the ledger and caches live")
     embedded: Literal["auto", "on", "off"] = Field(
         default="auto", description="'auto' (only if no other local host is healthy), 'on' or 'off'"
+    )
+    implicit_ollama: bool = Field(
+        default=True,
+        description="with no [[hosts]]: use an Ollama at $OLLAMA_HOST or http://127.0.0.1:11434 if it answers",
     )
     embedded_threads: int = Field(
         default=0, ge=0, description="CPU threads for the embedded model; 0 = half the cores, at least 1"
@@ -251,7 +277,7 @@ def load_config(
         config = Config.model_validate({**data, "source": source})
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, source, data)) from exc
-    if not config.hosts and "OLLAMA_HOST" in env:
+    if not config.hosts and config.implicit_ollama and "OLLAMA_HOST" in env:
         default_host = HostConfig(name="ollama", kind="ollama", url=normalize_ollama_host(env["OLLAMA_HOST"]))
         config = config.model_copy(update={"hosts": (default_host,)})
     _check_bind(config, env)

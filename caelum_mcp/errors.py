@@ -21,7 +21,10 @@ exceptions (httpx2, the anthropic SDK) into this tree at one place each, keeping
     ├── NoHostAvailableError        nothing healthy serves the wanted tier or model
     ├── AllHostsFailedError         every attempt failed (.causes holds each one)
     ├── BudgetExceededError         the daily Claude budget is spent
-    └── TaskFailedError             the router could not produce any answer
+    ├── TaskFailedError             the router could not produce any answer
+    │   ├── TaskSkippedError        no model that can do the task may be used: nothing was called
+    │   └── TaskTimedOutError       the task's time budget ran out before any answer
+    └── ToolInputError              a tool's arguments are invalid (names each bad one)
 """
 
 from __future__ import annotations
@@ -122,6 +125,22 @@ class BudgetExceededError(CaelumError):
 
 class TaskFailedError(CaelumError):
     """The router could not produce any answer for an LLM task."""
+
+
+class TaskSkippedError(TaskFailedError):
+    """No local model of the tier the task needs is up, and Claude may not be used.
+
+    Raised before any model call, so the step costs the user nothing; the message says why and
+    what to configure.
+    """
+
+
+class TaskTimedOutError(TaskFailedError):
+    """The task's time budget ran out before any model answered."""
+
+
+class ToolInputError(CaelumError):
+    """A tool's arguments do not validate; the message names each bad argument."""
 
 
 def error_for_status(status: int, message: str, *, host: str) -> BackendError:

@@ -22,10 +22,9 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, get_args
@@ -37,50 +36,13 @@ from caelum_mcp.types import Frozen, Usage
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_MS = 5000
 _MAX_ERROR_CHARS = 300  # error text is a hint for the operator, not a place for model output
 
 ExecutionPath = Literal["local", "claude", "local_low_confidence", "failed"]
 Outcome = Literal["local", "claude", "failed"]
 LOCAL_PATHS: frozenset[str] = frozenset({"local", "local_low_confidence"})
-
-
-class ModelPrice(Frozen):
-    """Price of one model in USD per million tokens."""
-
-    input: float = Field(ge=0, allow_inf_nan=False)
-    output: float = Field(ge=0, allow_inf_nan=False)
-    cache_read: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    cache_write: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-
-
-def _dec(value: float) -> Decimal:
-    # Through repr so that a price written as 0.3 is priced as 0.3, not as its binary neighbour.
-    return Decimal(repr(value))
-
-
-def cost_usd(usage: Usage, price: ModelPrice) -> float:
-    """What ``usage`` costs at ``price``, in USD (the float nearest the exact decimal result)."""
-    total = (
-        usage.input_tokens * _dec(price.input)
-        + usage.output_tokens * _dec(price.output)
-        + usage.cache_read_tokens * _dec(price.cache_read)
-        + usage.cache_write_tokens * _dec(price.cache_write)
-    )
-    return float(total / 1_000_000)
-
-
-def price_for(model: str, prices: Mapping[str, ModelPrice]) -> ModelPrice | None:
-    """The price of ``model``: an exact key, else the longest key that prefixes it.
-
-    Anthropic returns dated ids (``claude-sonnet-4-5-20250929``) while configs name the alias
-    (``claude-sonnet-4-5``); the prefix match lets one table entry price both.
-    """
-    if model in prices:
-        return prices[model]
-    best = max((k for k in prices if k and model.startswith(k)), key=len, default=None)
-    return prices[best] if best is not None else None
 
 
 class LedgerEntry(Frozen):
@@ -106,6 +68,7 @@ class LedgerEntry(Frozen):
     )
     ok: bool = True
     error: str | None = None
+    call_id: str | None = Field(default=None, description="The tool call the model call was made for.")
 
     @property
     def outcome(self) -> Outcome:
@@ -117,6 +80,95 @@ class LedgerEntry(Frozen):
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+
+def model_call_row(
+    *,
+    task: str,
+    path: ExecutionPath,
+    provider: str,
+    host: str,
+    model: str,
+    tier: str | None,
+    usage: Usage,
+    latency_ms: float,
+    cost: float,
+    counterfactual: float,
+    attempts: int = 1,
+    call_id: str | None = None,
+) -> LedgerEntry:
+    """The row of one answered model call (local or Claude)."""
+    return LedgerEntry(
+        ts=time.time(),
+        task=task,
+        path=path,
+        provider=provider,
+        host=host,
+        model=model,
+        tier=tier,
+        attempts=attempts,
+        confidence=None,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        latency_ms=max(0.0, latency_ms),
+        cost_usd=cost,
+        counterfactual_cost_usd=counterfactual,
+        call_id=call_id,
+    )
+
+
+def failed_call_row(
+    *,
+    task: str,
+    error: str,
+    provider: str = "",
+    host: str = "",
+    model: str = "",
+    tier: str | None = None,
+    attempts: int = 1,
+    latency_ms: float = 0.0,
+    call_id: str | None = None,
+) -> LedgerEntry:
+    """The row of a model call (or a whole attempt) that produced no answer."""
+    row = model_call_row(
+        task=task,
+        path="failed",
+        provider=provider,
+        host=host,
+        model=model,
+        tier=tier,
+        usage=Usage(),
+        latency_ms=latency_ms,
+        cost=0.0,
+        counterfactual=0.0,
+        attempts=attempts,
+        call_id=call_id,
+    )
+    return row.model_copy(update={"ok": False, "error": error[:_MAX_ERROR_CHARS]})
+
+
+class CallCost(Frozen):
+    """What one tool call's model calls cost, its child tool calls included."""
+
+    model_calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    counterfactual_cost_usd: float
+
+
+class ToolCallRecord(Frozen):
+    """One external tool call, as the ledger keeps it (children name their parent)."""
+
+    id: str
+    parent_id: str | None
+    tool: str
+    started: float
+    seconds: float | None
+    outcome: str | None
+    error: str | None
 
 
 class ModelUsage(Frozen):
@@ -191,15 +243,33 @@ CREATE TABLE IF NOT EXISTS calls (
 CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts);
 """
 
+# Version 2: which tool call each model call was made for, and the tool calls themselves (a child
+# call made through ``call_tool`` names its parent), so that a tool call's cost is one query.
+_SCHEMA_V2 = """
+ALTER TABLE calls ADD COLUMN call_id TEXT;
+CREATE INDEX IF NOT EXISTS calls_call_id ON calls (call_id);
+CREATE TABLE IF NOT EXISTS tool_calls (
+    id TEXT PRIMARY KEY,
+    parent_id TEXT,
+    tool TEXT NOT NULL,
+    started REAL NOT NULL,
+    seconds REAL,
+    outcome TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS tool_calls_parent ON tool_calls (parent_id);
+CREATE INDEX IF NOT EXISTS tool_calls_started ON tool_calls (started);
+"""
+
 # version -> statements that bring a database from version-1 to version. Version 1 is the base.
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 # The row's columns, in LedgerEntry's field order (checked at import: a field added to the model
 # must be added here and to a migration).
 _COLUMNS = (
     "ts", "task", "path", "provider", "host", "model", "tier", "attempts", "confidence",
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "latency_ms",
-    "cost_usd", "counterfactual_cost_usd", "ok", "error",
+    "cost_usd", "counterfactual_cost_usd", "ok", "error", "call_id",
 )  # fmt: skip
 assert _COLUMNS == tuple(LedgerEntry.model_fields)
 assert LOCAL_PATHS | {"claude", "failed"} == set(get_args(ExecutionPath))
@@ -207,16 +277,24 @@ assert LOCAL_PATHS | {"claude", "failed"} == set(get_args(ExecutionPath))
 _INSERT = """
     INSERT INTO calls (ts, task, path, provider, host, model, tier, attempts, confidence,
                        input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
-                       latency_ms, cost_usd, counterfactual_cost_usd, ok, error, outcome)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+                       latency_ms, cost_usd, counterfactual_cost_usd, ok, error, call_id, outcome)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 _SELECT_RECENT = """
     SELECT ts, task, path, provider, host, model, tier, attempts, confidence,
            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
-           latency_ms, cost_usd, counterfactual_cost_usd, ok, error
+           latency_ms, cost_usd, counterfactual_cost_usd, ok, error, call_id
     FROM calls ORDER BY ts DESC, id DESC LIMIT ?"""
 
 _SPEND_BETWEEN = "SELECT total(cost_usd) FROM calls WHERE ts >= ? AND ts < ?"
+
+_CALL_TREE_COST = """
+    WITH RECURSIVE tree(id) AS (
+        SELECT ? UNION SELECT t.id FROM tool_calls t JOIN tree ON t.parent_id = tree.id
+    )
+    SELECT count(*), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
+           total(cost_usd), total(counterfactual_cost_usd)
+    FROM calls WHERE call_id IN (SELECT id FROM tree)"""
 
 # ``outcome`` ('local' | 'claude' | 'failed') is derived from path and ok when a row is written, so
 # that every figure below is a plain filter on one column.
@@ -412,6 +490,46 @@ class Ledger:
             ],
             by_host=[HostUsage(host=h[0], calls=h[1], failures=h[2], mean_latency_ms=h[3]) for h in hosts],
             since=since,
+        )
+
+    def start_tool_call(self, call_id: str, tool: str, *, parent_id: str | None = None) -> None:
+        """Note that an external tool call began (a child names its parent)."""
+        with self._connection() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO tool_calls (id, parent_id, tool, started) VALUES (?, ?, ?, ?)",
+                (call_id, parent_id, tool, time.time()),
+            )
+
+    def finish_tool_call(self, call_id: str, *, seconds: float, outcome: str, error: str | None = None) -> None:
+        """Note how an external tool call ended: ``ok``, ``error`` or ``cancelled``."""
+        with self._connection() as conn:
+            conn.execute(
+                "UPDATE tool_calls SET seconds = ?, outcome = ?, error = ? WHERE id = ?",
+                (seconds, outcome, error[:_MAX_ERROR_CHARS] if error else None, call_id),
+            )
+
+    def tool_calls(self, *, parent_id: str | None = None, limit: int = 50) -> list[ToolCallRecord]:
+        """The latest tool calls (children of ``parent_id`` when given, else top-level ones), newest first."""
+        with self._connection() as conn:
+            # ``IS ?`` matches NULL too: no parent means the top-level calls.
+            rows = conn.execute(
+                "SELECT id, parent_id, tool, started, seconds, outcome, error FROM tool_calls "
+                "WHERE parent_id IS ? ORDER BY started DESC, rowid DESC LIMIT ?",
+                (parent_id, limit),
+            ).fetchall()
+        fields = ("id", "parent_id", "tool", "started", "seconds", "outcome", "error")
+        return [ToolCallRecord.model_validate(dict(zip(fields, row, strict=True))) for row in rows]
+
+    def call_cost(self, call_id: str) -> CallCost:
+        """What the model calls of tool call ``call_id`` and of every call beneath it cost."""
+        with self._connection() as conn:
+            row = conn.execute(_CALL_TREE_COST, (call_id,)).fetchone()
+        return CallCost(
+            model_calls=row[0],
+            input_tokens=row[1],
+            output_tokens=row[2],
+            cost_usd=row[3],
+            counterfactual_cost_usd=row[4],
         )
 
     def recent(self, limit: int = 20) -> list[LedgerEntry]:

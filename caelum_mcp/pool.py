@@ -226,6 +226,15 @@ class Selection(NamedTuple):
     tier: Tier
 
 
+class Eligible(NamedTuple):
+    """A model that could serve a request now, where, its size tier and whether it is a code model."""
+
+    model: str
+    host: str
+    size: Tier
+    code: bool
+
+
 @dataclass(frozen=True)
 class PoolResult:
     """One answer from the pool, with where it came from."""
@@ -339,9 +348,12 @@ class Pool:
 
     # selection -----------------------------------------------------------------------------------
 
-    def _best(self, tier: Tier | None, model: str | None, exclude: Collection[str]) -> Selection | None:
+    def _best(
+        self, tier: Tier | None, model: str | None, exclude: Collection[str], min_rank: int = 0
+    ) -> Selection | None:
         """The best-ranked host and model serving ``tier`` (or ``model``), or None.
 
+        ``min_rank`` > 0 leaves out models whose size tier ranks below it (see :func:`model_size_rank`).
         One pass without intermediate objects: this runs on every request (bench/pool_overhead.py).
         """
         best: tuple[Host, str, frozenset[Tier]] | None = None
@@ -365,6 +377,8 @@ class Pool:
                         continue
                 elif tier not in tiers:
                     continue
+                if min_rank and model_size_rank(tiers) < min_rank:
+                    continue
                 # a model already loaded on the host avoids a swap that would stall its other requests
                 rank = (probe, load, ewma, 0 if info.loaded else 1, host.name)
                 if best_rank is None or rank < best_rank:
@@ -374,26 +388,56 @@ class Pool:
         host, name, tiers = best
         return Selection(host, name, tier if model is None and tier is not None else min(tiers, key=_tier_rank))
 
-    def select(self, *, tier: Tier | None = None, model: str | None = None, exclude: Collection[str] = ()) -> Selection:
+    def select(
+        self,
+        *,
+        tier: Tier | None = None,
+        model: str | None = None,
+        exclude: Collection[str] = (),
+        min_tier: Tier | None = None,
+    ) -> Selection:
         """The best host and model for a request; nearest tier when the wanted one is missing.
 
         Ranking: a half-open host's probe first, then fewest outstanding requests relative to the
         host's limit, then the latency EWMA, then a model already loaded, then the host name.
+        ``min_tier`` (a size tier) rules out smaller models, the nearest-tier fallback included.
         """
-        sel = self._best(tier, model, exclude)
+        min_rank = _TIER_ORDER[min_tier] if min_tier in SIZE_TIERS else 0
+        sel = self._best(tier, model, exclude, min_rank)
         if sel is None and model is None and tier in SIZE_TIERS:
             for alt in _nearest_tiers(tier):
-                sel = self._best(alt, None, exclude)
+                if _TIER_ORDER[alt] < min_rank:
+                    continue
+                sel = self._best(alt, None, exclude, min_rank)
                 if sel is not None:
                     break
         if sel is None:
             wanted = f"model {model!r}" if model else f"tier {tier.value if tier else 'any'}"
+            if min_rank:
+                wanted += f" (at least {min_tier})"
             known = self.describe_models()
             raise NoHostAvailableError(
                 f"no enabled, healthy host serves {wanted} (hosts and models: {known}); "
                 "check `caelum-mcp doctor`, start a host, or ask for another tier or model"
             )
         return sel
+
+    def eligible_models(self, *, min_tier: Tier | None = None, code: bool = False) -> list[Eligible]:
+        """Models that could serve a chat now: on an enabled host whose breaker lets requests through,
+        not embedding models, of size tier ``min_tier`` or larger, and code models if ``code``."""
+        min_rank = _TIER_ORDER[min_tier] if min_tier in SIZE_TIERS else 0
+        found = []
+        for host in self.hosts.values():
+            if not host.enabled or not host.breaker.allows():
+                continue
+            for name in host.models:
+                tiers = host.tiers_of(name, self.tier_overrides)
+                if Tier.EMBEDDING in tiers or (code and Tier.CODE not in tiers):
+                    continue
+                rank = model_size_rank(tiers)
+                if rank >= min_rank:
+                    found.append(Eligible(name, host.name, SIZE_TIERS[rank], Tier.CODE in tiers))
+        return found
 
     def describe_models(self) -> str:
         parts = []
@@ -405,7 +449,12 @@ class Pool:
     # requests ------------------------------------------------------------------------------------
 
     async def _failover(
-        self, call: Callable[[Selection], Awaitable[T]], *, tier: Tier | None, model: str | None
+        self,
+        call: Callable[[Selection], Awaitable[T]],
+        *,
+        tier: Tier | None,
+        model: str | None,
+        min_tier: Tier | None = None,
     ) -> tuple[Selection, T, int, float, list[BaseException]]:
         """Run ``call`` on the best host; on a host failure, on the next best, at most
         ``max_attempts`` hosts. Returns the selection, the result, the attempt number, the latency
@@ -414,7 +463,7 @@ class Pool:
         errors: list[BaseException] = []
         for attempt in range(1, self.max_attempts + 1):
             try:
-                sel = self.select(tier=tier, model=model, exclude=exclude)
+                sel = self.select(tier=tier, model=model, exclude=exclude, min_tier=min_tier)
             except NoHostAvailableError:
                 if errors:
                     break
@@ -439,7 +488,14 @@ class Pool:
             return sel, result, attempt, latency, errors
         raise AllHostsFailedError(f"all {len(errors)} attempt(s) failed", errors)
 
-    async def chat(self, request: ChatRequest, *, tier: Tier | None = None, model: str | None = None) -> PoolResult:
+    async def chat(
+        self,
+        request: ChatRequest,
+        *,
+        tier: Tier | None = None,
+        model: str | None = None,
+        min_tier: Tier | None = None,
+    ) -> PoolResult:
         """Run one chat on the best host, failing over before any output on host failures.
 
         The deadline is the HTTP client's read timeout (pool.request_timeout_s): a non-streamed
@@ -451,7 +507,7 @@ class Pool:
             return sel.host.backend.chat(request.for_model(sel.model))
 
         sel, response, attempt, latency, errors = await self._failover(
-            call, tier=tier, model=model or (request.model or None)
+            call, tier=tier, model=model or (request.model or None), min_tier=min_tier
         )
         return PoolResult(
             response=response,
@@ -544,6 +600,16 @@ _TIER_ORDER = {Tier.MICRO: 0, Tier.SMALL: 1, Tier.FULL: 2, Tier.LARGE: 3, Tier.C
 
 def _tier_rank(tier: Tier) -> int:
     return _TIER_ORDER[tier]
+
+
+def model_size_rank(tiers: Collection[Tier]) -> int:
+    """The rank of a model's size tier (micro 0 … large 3) from the tiers it counts as.
+
+    A model with no size tier (configured as ``code`` only) is taken as large enough for any task:
+    the user said what it is for.
+    """
+    ranks = [_TIER_ORDER[t] for t in tiers if t in SIZE_TIERS]
+    return max(ranks) if ranks else _TIER_ORDER[Tier.LARGE]
 
 
 def _nearest_tiers(tier: Tier) -> list[Tier]:

@@ -1,20 +1,31 @@
 """The router: runs an LLM task local-first and escalates only when the answer is weak.
 
-An :class:`LLMTask` is messages, an optional output schema and an optional grounding check. The
-router:
+An :class:`~caelum_mcp.llm.LLMTask` says what it needs (:class:`~caelum_mcp.llm.TaskNeeds`: the
+smallest tier that can do it, an output cap, a time budget). The router:
 
-1. runs it on the pool at the wanted tier (default ``router.default_tier``), asking for JSON that
-   matches the schema plus a ``confidence`` field, with logprobs;
-2. parses and validates the output, with at most one repair attempt;
-3. scores confidence (:mod:`caelum_mcp.confidence`) and returns the answer if it clears the
+1. checks what can run it: local models of the needed tier or larger, and Claude (allowed by the
+   task, enabled, configured, priced, under the daily budget). If neither, it raises
+   :class:`~caelum_mcp.errors.TaskSkippedError` at once, saying why and what to configure: a step
+   no available model can do well costs nothing;
+2. runs it on the smallest eligible local tier (a code model first when the task prefers one),
+   asking for JSON that matches the schema plus a ``confidence`` field, with logprobs;
+3. parses and validates the output, with at most one repair attempt, and scores confidence
+   (:mod:`caelum_mcp.confidence`) with the task's grounding check; returns when it clears the
    threshold;
-4. otherwise tries the next larger local tier that exists (``router.escalate_local``), keeping the
+4. otherwise tries the next larger eligible local tier (``router.escalate_local``), keeping the
    best local answer;
-5. then Claude, if the task allows it, Claude is enabled and configured, and the daily budget is not
-   spent;
+5. then Claude, through the same parse → repair → score path;
 6. otherwise returns the best local answer marked ``local_low_confidence`` with the reason.
 
-Every model call is recorded in the ledger; every result carries an :class:`ExecutionRecord`.
+The whole run is bounded by the task's time budget: when it runs out, the best answer so far comes
+back marked with the reason, or :class:`~caelum_mcp.errors.TaskTimedOutError` when there is none.
+
+The output schema reaches each model once: a local model reads it in the system prompt (its server
+also gets it as a grammar constraint, which costs no tokens); Claude gets it from the Anthropic
+backend, as the API's structured-output parameter where the model supports it.
+
+Every model call is a ledger row (built by :func:`~caelum_mcp.ledger.model_call_row` and
+:func:`~caelum_mcp.ledger.failed_call_row`), tagged with the tool call it was made for.
 """
 
 from __future__ import annotations
@@ -24,25 +35,41 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+import anyio
 import jsonschema
-from pydantic import Field
 
 from caelum_mcp.backends.base import Backend
 from caelum_mcp.confidence import ConfidenceParts, mean_token_probability, score
 from caelum_mcp.config import Config
-from caelum_mcp.errors import AllHostsFailedError, BackendError, NoHostAvailableError, TaskFailedError
-from caelum_mcp.ledger import BudgetGuard, Ledger, LedgerEntry, ModelPrice, cost_usd
-from caelum_mcp.pool import Pool, PoolResult, larger_tiers
-from caelum_mcp.types import ChatMessage, ChatRequest, ChatResponse, Frozen, Tier, Usage
+from caelum_mcp.errors import (
+    AllHostsFailedError,
+    BackendError,
+    NoHostAvailableError,
+    TaskFailedError,
+    TaskSkippedError,
+    TaskTimedOutError,
+)
+from caelum_mcp.ledger import BudgetGuard, Ledger, failed_call_row, model_call_row
+from caelum_mcp.llm import (
+    Availability,
+    ExecutionRecord,
+    FinalPath,
+    GroundingResult,
+    LLMTask,
+    ProgressFn,
+    RoutedResult,
+    TaskNeeds,
+    size_rank,
+)
+from caelum_mcp.pool import Pool
+from caelum_mcp.pricing import ModelPrice, cost_usd, estimate_cost_usd
+from caelum_mcp.types import SIZE_TIERS, ChatMessage, ChatRequest, ChatResponse, Tier, Usage
 
 log = logging.getLogger(__name__)
-
-FinalPath = Literal["local", "claude", "local_low_confidence"]
-ProgressFn = Callable[[str], Awaitable[None]]
 
 # No minimum/maximum: grammar-constrained decoders do not enforce them, and a model that answers
 # "confidence": 90 has still answered; the value is normalised in ``_self_reported``.
@@ -55,64 +82,9 @@ TEXT_SCHEMA: dict[str, Any] = {
     "properties": {"answer": {"type": "string"}},
     "required": ["answer"],
 }
-
-
-class GroundingResult(Frozen):
-    """What the caller's check found: 1.0 = everything cited exists / works."""
-
-    score: float = Field(ge=0, le=1)
-    problems: tuple[str, ...] = ()
-
-
-GroundingCheck = Callable[[dict[str, Any]], GroundingResult | Awaitable[GroundingResult]]
-
-
-@dataclass(frozen=True)
-class LLMTask:
-    """One piece of LLM work. ``output_schema`` is a JSON schema of an object (None = free text)."""
-
-    name: str
-    messages: tuple[ChatMessage, ...]
-    output_schema: dict[str, Any] | None = None
-    grounding: GroundingCheck | None = None
-    tier: Tier | None = None
-    model: str | None = None
-    allow_claude: bool = True
-    max_tokens: int | None = None
-    temperature: float | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-class ExecutionRecord(Frozen):
-    """What the router did for one task: where it ran, how sure it is, what it cost."""
-
-    path: FinalPath
-    provider: str
-    host: str
-    model: str
-    tier: str | None
-    attempts: int = Field(description="model calls made, repairs and escalations included")
-    confidence: float
-    threshold: float
-    confidence_parts: ConfidenceParts
-    escalations: tuple[str, ...] = ()
-    reason: str | None = Field(default=None, description="why the answer is low-confidence or Claude was not used")
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    latency_ms: float = 0.0
-    cost_usd: float = Field(default=0.0, description="real money spent on Claude for this task")
-    counterfactual_cost_usd: float = Field(
-        default=0.0,
-        description="what the configured Claude model would have cost for the tokens served locally",
-    )
-
-
-class RoutedResult(Frozen):
-    output: dict[str, Any] | None
-    text: str
-    execution: ExecutionRecord
+# What a model of each size tier is, for messages that tell the user what to add.
+TIER_SIZES = {Tier.MICRO: "any size", Tier.SMALL: "2B+", Tier.FULL: "6B+", Tier.LARGE: "14B+"}
+_REPLY_ECHO_CHARS = 4000
 
 
 @dataclass
@@ -124,16 +96,49 @@ class _Candidate:
     host: str
     model: str
     tier: str | None
+    error: str | None = None
 
 
 @dataclass
-class _Tally:
+class _Reply:
+    """One model call's answer and where it came from."""
+
+    response: ChatResponse
+    provider: str
+    host: str
+    model: str
+    tier: str | None
+
+
+@dataclass
+class _Run:
+    """What one task's run has done so far (the time budget may end it at any await)."""
+
+    task: LLMTask
+    needs: TaskNeeds
+    schema: dict[str, Any]
+    call_id: str | None
+    started: float = field(default_factory=time.perf_counter)
     calls: int = 0
     usage: list[Usage] = field(default_factory=list)
     cost: float = 0.0
     counterfactual: float = 0.0
     escalations: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    best: _Candidate | None = None
+
+
+@dataclass(frozen=True)
+class _Local:
+    """A local attempt: a tier (or one named model), never below ``min_tier``."""
+
+    tier: Tier | None
+    model: str | None
+    min_tier: Tier | None
+
+    @property
+    def label(self) -> str:
+        return f"model {self.model}" if self.model else str(self.tier)
 
 
 class Router:
@@ -157,124 +162,167 @@ class Router:
     def claude_price(self) -> ModelPrice | None:
         return self.config.price_for(self.config.claude.model)
 
-    async def run(self, task: LLMTask, *, progress: ProgressFn | None = None) -> RoutedResult:
-        started = time.perf_counter()
-        threshold = self.config.router.confidence_threshold
-        tally = _Tally()
-        best: _Candidate | None = None
-        for tier in self._local_plan(task):
-            if progress:
-                await progress(f"asking the local pool ({tier.value if tier else 'model ' + str(task.model)})")
-            cand = await self._attempt_local(task, tier, tally)
-            if cand is None:
-                continue
-            if best is None or cand.parts.score > best.parts.score:
-                best = cand
-            if cand.parts.score >= threshold:
-                return self._result(cand, "local", None, tally, started)
-            tally.escalations.append(
-                f"{cand.model}@{cand.host} ({cand.tier}) confidence {cand.parts.score:.2f} < {threshold:.2f}"
-            )
-        blocker = self._claude_blocker(task)
-        if blocker is None:
-            if progress:
-                await progress(f"local confidence too low; asking Claude ({self.config.claude.model})")
-            try:
-                cand = await self._attempt_claude(task, tally)
-            except BackendError as exc:
-                blocker = f"Claude failed: {exc}"
-                tally.errors.append(blocker)
-            else:
-                return self._result(cand, "claude", None, tally, started)
-        if best is None:
-            detail = "; ".join(tally.errors[-3:]) or "no local host answered"
-            raise TaskFailedError(f"{task.name}: no answer. Local: {detail}. Claude: {blocker}")
-        reason = blocker if best.parts.score < threshold else None
-        path: FinalPath = "local_low_confidence" if reason else "local"
-        return self._result(best, path, reason, tally, started)
-
     # planning ----------------------------------------------------------------------------------
 
-    def _local_plan(self, task: LLMTask) -> list[Tier | None]:
+    def needs(self, task: LLMTask) -> TaskNeeds:
+        """What ``task`` needs: its kind's needs from the config, with the task's own overrides."""
+        needs = self.config.router.needs_for(task.kind)
+        update: dict[str, Any] = {}
+        if task.min_tier is not None and task.min_tier in SIZE_TIERS:
+            update["min_tier"] = task.min_tier
+        if task.max_output_tokens is not None:
+            update["max_output_tokens"] = task.max_output_tokens
+        if task.time_budget_s is not None:
+            update["time_budget_s"] = task.time_budget_s
+        return needs.model_copy(update=update) if update else needs
+
+    def availability(self, task: LLMTask, needs: TaskNeeds | None = None) -> Availability:
+        """Whether ``task`` can run now, where, and if not, why and what to configure."""
+        needs = needs or self.needs(task)
         if task.model:
-            return [None]
-        first = task.tier or self.config.router.default_tier
-        plan: list[Tier | None] = [first]
+            local = [e for e in self.pool.eligible_models() if e.model == task.model or _base(e.model) == task.model]
+        else:
+            local = self.pool.eligible_models(min_tier=needs.min_tier)
+        blocker = self._claude_blocker(task, needs)
+        reason = None
+        if not local and blocker is not None:
+            reason = f"{self._no_local_reason(task, needs)}, and Claude cannot be used: {blocker}"
+        return Availability(
+            local=bool(local),
+            claude=blocker is None,
+            needs=needs,
+            local_models=tuple(f"{e.model}@{e.host}" for e in local),
+            reason=reason,
+        )
+
+    def _no_local_reason(self, task: LLMTask, needs: TaskNeeds) -> str:
+        hosts = self.pool.describe_models()
+        if task.model:
+            return f"no enabled, healthy host serves model {task.model!r} (hosts and models: {hosts})"
+        if needs.min_tier is Tier.MICRO:
+            return f"no enabled, healthy host serves a chat model (hosts and models: {hosts})"
+        return (
+            f"a {task.kind} task needs a local model of tier {needs.min_tier} ({TIER_SIZES[needs.min_tier]}) or "
+            f"larger and no enabled, healthy host serves one (hosts and models: {hosts}); add a [[hosts]] entry "
+            f"serving one, or lower [router.tasks.{task.kind}] min_tier"
+        )
+
+    def _local_plan(self, task: LLMTask, needs: TaskNeeds) -> list[_Local]:
+        """The local attempts in order: the smallest eligible tier from where the task wants to
+        start (a code model first if it prefers one), then larger eligible tiers."""
+        if task.model:
+            return [_Local(tier=None, model=task.model, min_tier=None)]
+        minimum = needs.min_tier
+        eligible = self.pool.eligible_models(min_tier=minimum)
+        sizes = sorted({e.size for e in eligible}, key=size_rank)
+        plan: list[_Local] = []
+        if task.tier is not None and task.tier not in SIZE_TIERS:  # code (or another speciality) asked for
+            return [_Local(tier=task.tier, model=None, min_tier=minimum)]
+        if needs.prefer_code and task.tier is None and any(e.code for e in eligible):
+            plan.append(_Local(tier=Tier.CODE, model=None, min_tier=minimum))
+        if not sizes:
+            return plan
+        start = task.tier or self.config.router.default_tier
+        if start not in SIZE_TIERS or size_rank(start) < size_rank(minimum):
+            start = minimum
+        first = next((t for t in sizes if size_rank(t) >= size_rank(start)), sizes[-1])
+        plan.append(_Local(tier=first, model=None, min_tier=minimum))
         if self.config.router.escalate_local:
-            available = self.pool.available_tiers()
-            plan += [t for t in larger_tiers(first) if t in available]
+            plan += [_Local(tier=t, model=None, min_tier=minimum) for t in sizes if size_rank(t) > size_rank(first)]
         return plan
 
-    def _claude_blocker(self, task: LLMTask) -> str | None:
-        """None when Claude may be called now, else the reason it may not."""
+    def _claude_blocker(self, task: LLMTask, needs: TaskNeeds) -> str | None:
+        """None when Claude may be called now, else the reason it may not (with the fix)."""
         if not task.allow_claude:
             return "Claude not allowed for this call (allow_claude=false)"
         if not self.config.claude.enabled:
             return "Claude is disabled in the configuration ([claude].enabled = false)"
         if self.claude is None or not self.config.claude.configured:
             return "Claude is not configured (set ANTHROPIC_API_KEY)"
-        if self.claude_price is None:
-            return f'no price known for {self.config.claude.model}; add [prices."{self.config.claude.model}"]'
-        estimate = self._estimate_claude_cost(task)
-        return self.budget.check(estimate)
-
-    def _estimate_claude_cost(self, task: LLMTask) -> float:
         price = self.claude_price
         if price is None:
-            return 0.0
+            return f'no price known for {self.config.claude.model}; add [prices."{self.config.claude.model}"]'
         chars = sum(len(m.content) for m in task.messages) + len(json.dumps(task.output_schema or {}))
-        out = task.max_tokens or self.config.claude.max_tokens
-        # ~4 characters a token, and only a quarter of the output allowance on average
-        return cost_usd(Usage(input_tokens=chars // 4, output_tokens=out // 4), price)
+        return self.budget.check(estimate_cost_usd(chars, self._claude_max_tokens(needs), price))
 
-    # attempts ----------------------------------------------------------------------------------
+    def _claude_max_tokens(self, needs: TaskNeeds) -> int:
+        return min(needs.max_output_tokens, self.config.claude.max_tokens)
 
-    def _schema(self, task: LLMTask) -> dict[str, Any]:
-        schema = copy.deepcopy(task.output_schema or TEXT_SCHEMA)
-        if schema.get("type") == "object":
-            props = schema.setdefault("properties", {})
-            if "confidence" not in props:
-                props["confidence"] = CONFIDENCE_FIELD
-                schema["required"] = [*schema.get("required", []), "confidence"]
-        return schema
+    # running -----------------------------------------------------------------------------------
 
-    def _messages(self, task: LLMTask, schema: dict[str, Any]) -> tuple[ChatMessage, ...]:
-        instruction = "Reply with one JSON object only, no prose, matching this JSON schema:\n" + json.dumps(
-            schema, separators=(",", ":")
+    async def run(
+        self, task: LLMTask, *, progress: ProgressFn | None = None, call_id: str | None = None
+    ) -> RoutedResult:
+        """Run ``task``; see the module docstring. Raises :class:`TaskSkippedError` before any
+        model call when nothing that can do it is available."""
+        needs = self.needs(task)
+        availability = self.availability(task, needs)
+        if not availability.runnable:
+            raise TaskSkippedError(f"{task.name} skipped: {availability.reason}")
+        run = _Run(task=task, needs=needs, schema=self._schema(task), call_id=call_id)
+        with anyio.move_on_after(needs.time_budget_s):
+            return await self._route(run, availability, progress)
+        reason = (
+            f"stopped at its time budget of {needs.time_budget_s:g} s "
+            f"(raise [router.tasks.{task.kind}] time_budget_s to wait longer)"
         )
-        msgs = list(task.messages)
-        if msgs and msgs[0].role == "system":
-            msgs[0] = ChatMessage(role="system", content=msgs[0].content + "\n\n" + instruction)
-        else:
-            msgs.insert(0, ChatMessage(role="system", content=instruction))
-        return tuple(msgs)
+        if run.best is None:
+            detail = "; ".join(run.errors[-2:])
+            before = f"; before that: {detail}" if detail else ""
+            raise TaskTimedOutError(f"{task.name}: no answer: {reason}{before}")
+        return self._result(run, run.best, "local_low_confidence", reason, timed_out=True)
 
-    async def _attempt_local(self, task: LLMTask, tier: Tier | None, tally: _Tally) -> _Candidate | None:
-        schema = self._schema(task)
-        request = ChatRequest(
-            model="",
-            messages=self._messages(task, schema),
-            json_schema=schema,
-            logprobs=True,
-            max_tokens=task.max_tokens or self.config.router.max_tokens,
-            temperature=task.temperature if task.temperature is not None else self.config.router.temperature,
-        )
-        try:
-            first = await self.pool.chat(request, tier=tier, model=task.model)
-        except (NoHostAvailableError, AllHostsFailedError, BackendError) as exc:
-            tally.errors.append(str(exc))
-            self._record_failure(task, "local", str(exc))
+    async def _route(self, run: _Run, availability: Availability, progress: ProgressFn | None) -> RoutedResult:
+        threshold = self.config.router.confidence_threshold
+        if availability.local:
+            for step in self._local_plan(run.task, run.needs):
+                if progress:
+                    await progress(f"asking the local pool ({step.label})")
+                cand = await self._attempt(run, step)
+                if cand is None:
+                    continue
+                if run.best is None or cand.parts.score > run.best.parts.score:
+                    run.best = cand
+                if cand.parts.score >= threshold:
+                    return self._result(run, cand, "local", None)
+                run.escalations.append(
+                    f"{cand.model}@{cand.host} ({cand.tier}) confidence {cand.parts.score:.2f} < {threshold:.2f}"
+                )
+        blocker = self._claude_blocker(run.task, run.needs)
+        if blocker is None:
+            if progress:
+                why = "local confidence too low" if run.best else "no local model for this task"
+                await progress(f"{why}; asking Claude ({self.config.claude.model})")
+            cand = await self._attempt(run, None)
+            if cand is None:
+                blocker = f"Claude failed: {run.errors[-1]}"
+            elif cand.output is None and run.best is not None and run.best.output is not None:
+                blocker = f"Claude's reply was not usable: {cand.error}"
+            else:
+                return self._result(run, cand, "claude", None)
+        best = run.best
+        if best is None:
+            detail = "; ".join(run.errors[-3:]) or "no local host answered"
+            raise TaskFailedError(f"{run.task.name}: no answer. Local: {detail}. Claude: {blocker}")
+        reason = blocker if best.parts.score < threshold else None
+        return self._result(run, best, "local_low_confidence" if reason else "local", reason)
+
+    async def _attempt(self, run: _Run, local: _Local | None) -> _Candidate | None:
+        """One target (a local step, or Claude when ``local`` is None): call, parse, at most one
+        repair, score. None when the target gave no answer at all (recorded in ``run.errors``)."""
+        request = self._request(run, local)
+        first = await self._call(run, request, local)
+        if first is None:
             return None
-        self._record_local(task, first, tally)
-        output, error = _parse(first.response.content, schema)
-        response = first.response
+        reply = first
+        output, error = _parse(first.response.content, run.schema)
         repaired = False
         if error is not None:
             repair = request.model_copy(
                 update={
                     "messages": (
                         *request.messages,
-                        ChatMessage(role="assistant", content=first.response.content[:4000]),
+                        ChatMessage(role="assistant", content=first.response.content[:_REPLY_ECHO_CHARS]),
                         ChatMessage(
                             role="user",
                             content=f"That reply was not valid: {error}. Reply again with only the corrected JSON.",
@@ -282,100 +330,120 @@ class Router:
                     )
                 }
             )
-            try:
-                second = await self.pool.chat(repair, model=first.model)
-            except (NoHostAvailableError, AllHostsFailedError, BackendError) as exc:
-                tally.errors.append(str(exc))
-                self._record_failure(task, "local", str(exc))
-            else:
-                self._record_local(task, second, tally)
-                output, error = _parse(second.response.content, schema)
-                response = second.response
-                repaired = True
-        parts = await self._score(task, output, error, repaired, response)
+            pinned = _Local(tier=None, model=first.model, min_tier=None) if local is not None else None
+            second = await self._call(run, repair, pinned)
+            if second is not None:
+                reply = second
+                output, error = _parse(second.response.content, run.schema)
+            repaired = True
+        parts = await self._score(run.task, output, error, repaired, reply.response)
         return _Candidate(
-            output=self._strip(task, output),
-            text=response.content,
+            output=_strip(run.task, output),
+            text=reply.response.content,
             parts=parts,
             provider=first.provider,
             host=first.host,
             model=first.model,
-            tier=first.tier.value,
+            tier=first.tier,
+            error=error,
         )
 
-    async def _attempt_claude(self, task: LLMTask, tally: _Tally) -> _Candidate:
-        assert self.claude is not None
-        schema = self._schema(task)
-        request = ChatRequest(
-            model=self.config.claude.model,
-            messages=self._messages(task, schema),
-            json_schema=schema,
-            max_tokens=task.max_tokens or self.config.claude.max_tokens,
-        )
-        response = await self._claude_call(task, request, tally)
-        output, error = _parse(response.content, schema)
-        repaired = False
-        if error is not None:
-            repair = request.model_copy(
-                update={
-                    "messages": (
-                        *request.messages,
-                        ChatMessage(role="assistant", content=response.content[:4000]),
-                        ChatMessage(
-                            role="user",
-                            content=f"That reply was not valid: {error}. Reply with only the JSON object.",
-                        ),
-                    )
-                }
+    def _request(self, run: _Run, local: _Local | None) -> ChatRequest:
+        needs = run.needs
+        if local is None:  # Claude: the Anthropic backend delivers the schema itself
+            return ChatRequest(
+                model=self.config.claude.model,
+                messages=run.task.messages,
+                json_schema=run.schema,
+                max_tokens=self._claude_max_tokens(needs),
             )
-            response = await self._claude_call(task, repair, tally)
-            output, error = _parse(response.content, schema)
-            repaired = True
-        parts = await self._score(task, output, error, repaired, response)
-        return _Candidate(
-            output=self._strip(task, output),
-            text=response.content,
-            parts=parts,
-            provider=self.claude.kind,
-            host="claude",
-            model=self.config.claude.model,
-            tier=None,
+        temperature = run.task.temperature
+        return ChatRequest(
+            model="",
+            messages=_with_schema_instruction(run.task.messages, run.schema),
+            json_schema=run.schema,
+            logprobs=True,
+            max_tokens=min(needs.max_output_tokens, self.config.router.max_tokens),
+            temperature=temperature if temperature is not None else self.config.router.temperature,
         )
 
-    async def _claude_call(self, task: LLMTask, request: ChatRequest, tally: _Tally) -> ChatResponse:
-        assert self.claude is not None
+    async def _call(self, run: _Run, request: ChatRequest, local: _Local | None) -> _Reply | None:
+        """One model call, recorded in the ledger whatever happens (cancellation included)."""
+        task = run.task
         started = time.perf_counter()
+        provider = self.claude.kind if local is None and self.claude is not None else ""
         try:
-            response = await self.claude.chat(request)
-        except BackendError as exc:
-            self._record_failure(task, "claude", str(exc), provider=self.claude.kind, model=request.model)
+            if local is None:
+                assert self.claude is not None
+                response = await self.claude.chat(request)
+                reply = _Reply(response, provider, "claude", request.model, None)
+                attempts = 1
+            else:
+                result = await self.pool.chat(request, tier=local.tier, model=local.model, min_tier=local.min_tier)
+                response = result.response
+                reply = _Reply(response, result.provider, result.host, result.model, result.tier.value)
+                attempts = result.attempts
+        except (NoHostAvailableError, AllHostsFailedError, BackendError) as exc:
+            run.errors.append(str(exc))
+            self._record_failures(run, exc, local is None, request.model, started)
+            return None
+        except anyio.get_cancelled_exc_class():
+            self.ledger.record(
+                failed_call_row(
+                    task=task.name,
+                    error="stopped before the model answered (time budget or cancelled call)",
+                    provider=provider,
+                    host="claude" if local is None else "",
+                    model=request.model,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    call_id=run.call_id,
+                )
+            )
             raise
+        latency = (time.perf_counter() - started) * 1000
         price = self.claude_price
-        cost = cost_usd(response.usage, price) if price else 0.0
-        tally.calls += 1
-        tally.usage.append(response.usage)
-        tally.cost += cost
+        priced = cost_usd(response.usage, price) if price else 0.0
+        run.calls += attempts
+        run.usage.append(response.usage)
+        if local is None:
+            run.cost += priced
+        else:
+            run.counterfactual += priced
         self.ledger.record(
-            LedgerEntry(
-                ts=time.time(),
+            model_call_row(
                 task=task.name,
-                path="claude",
-                provider=self.claude.kind,
-                host="claude",
-                model=request.model,
-                tier=None,
-                attempts=1,
-                confidence=None,
-                input_tokens=response.usage.input_tokens,
-                output_tokens=response.usage.output_tokens,
-                cache_read_tokens=response.usage.cache_read_tokens,
-                cache_write_tokens=response.usage.cache_write_tokens,
-                latency_ms=(time.perf_counter() - started) * 1000,
-                cost_usd=cost,
-                counterfactual_cost_usd=cost,
+                path="claude" if local is None else "local",
+                provider=reply.provider,
+                host=reply.host,
+                model=reply.model,
+                tier=reply.tier,
+                usage=response.usage,
+                latency_ms=latency,
+                cost=priced if local is None else 0.0,
+                counterfactual=priced,
+                attempts=attempts,
+                call_id=run.call_id,
             )
         )
-        return response
+        return reply
+
+    def _record_failures(self, run: _Run, exc: Exception, claude: bool, model: str, started: float) -> None:
+        """A failed call's rows: one per host that failed, so per-host failure counts are real."""
+        latency = (time.perf_counter() - started) * 1000
+        causes: Sequence[BaseException] = exc.causes if isinstance(exc, AllHostsFailedError) else (exc,)
+        for cause in causes:
+            host = "claude" if claude else getattr(cause, "host", "")
+            self.ledger.record(
+                failed_call_row(
+                    task=run.task.name,
+                    error=str(cause),
+                    provider=self.claude.kind if claude and self.claude is not None else "",
+                    host=host,
+                    model=model,
+                    latency_ms=latency if len(causes) == 1 else 0.0,
+                    call_id=run.call_id,
+                )
+            )
 
     async def _score(
         self,
@@ -388,7 +456,7 @@ class Router:
         grounding: GroundingResult | None = None
         if output is not None and task.grounding is not None:
             try:
-                checked = task.grounding(self._strip(task, output) or {})
+                checked = task.grounding(_strip(task, output) or {})
                 grounding = await checked if inspect.isawaitable(checked) else checked
             except Exception as exc:  # a broken check must not lose the answer
                 log.exception("grounding check of %s failed", task.name)
@@ -402,90 +470,66 @@ class Router:
             grounding_problems=grounding.problems if grounding else (),
         )
 
-    def _strip(self, task: LLMTask, output: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Drop the confidence field the router added (keep it if the caller's schema has one)."""
-        if output is None:
-            return None
-        original = (task.output_schema or TEXT_SCHEMA).get("properties", {})
-        return {k: v for k, v in output.items() if k != "confidence" or "confidence" in original}
-
-    # ledger -------------------------------------------------------------------------------------
-
-    def _record_local(self, task: LLMTask, result: PoolResult, tally: _Tally) -> None:
-        usage = result.response.usage
-        price = self.claude_price
-        counterfactual = cost_usd(usage, price) if price else 0.0
-        tally.calls += result.attempts
-        tally.usage.append(usage)
-        tally.counterfactual += counterfactual
-        self.ledger.record(
-            LedgerEntry(
-                ts=time.time(),
-                task=task.name,
-                path="local",
-                provider=result.provider,
-                host=result.host,
-                model=result.model,
-                tier=result.tier.value,
-                attempts=result.attempts,
-                confidence=None,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                latency_ms=result.latency_ms,
-                cost_usd=0.0,
-                counterfactual_cost_usd=counterfactual,
-            )
-        )
-
-    def _record_failure(self, task: LLMTask, where: str, error: str, *, provider: str = "", model: str = "") -> None:
-        self.ledger.record(
-            LedgerEntry(
-                ts=time.time(),
-                task=task.name,
-                path="failed",
-                provider=provider,
-                host="claude" if where == "claude" else "",
-                model=model,
-                tier=None,
-                attempts=1,
-                confidence=None,
-                input_tokens=0,
-                output_tokens=0,
-                latency_ms=0.0,
-                cost_usd=0.0,
-                counterfactual_cost_usd=0.0,
-                ok=False,
-                error=error[:500],
-            )
-        )
+    def _schema(self, task: LLMTask) -> dict[str, Any]:
+        schema = copy.deepcopy(task.output_schema or TEXT_SCHEMA)
+        if schema.get("type") == "object":
+            props = schema.setdefault("properties", {})
+            if "confidence" not in props:
+                props["confidence"] = CONFIDENCE_FIELD
+                schema["required"] = [*schema.get("required", []), "confidence"]
+        return schema
 
     def _result(
-        self, cand: _Candidate, path: FinalPath, reason: str | None, tally: _Tally, started: float
+        self, run: _Run, cand: _Candidate, path: FinalPath, reason: str | None, *, timed_out: bool = False
     ) -> RoutedResult:
-        total = _sum_usage(tally.usage)
+        total = _sum_usage(run.usage)
         execution = ExecutionRecord(
             path=path,
             provider=cand.provider,
             host=cand.host,
             model=cand.model,
             tier=cand.tier,
-            attempts=tally.calls,
+            attempts=run.calls,
             confidence=cand.parts.score,
             threshold=self.config.router.confidence_threshold,
             confidence_parts=cand.parts,
-            escalations=tuple(tally.escalations),
+            escalations=tuple(run.escalations),
             reason=reason,
+            timed_out=timed_out,
             input_tokens=total.input_tokens,
             output_tokens=total.output_tokens,
             cache_read_tokens=total.cache_read_tokens,
             cache_write_tokens=total.cache_write_tokens,
-            latency_ms=round((time.perf_counter() - started) * 1000, 1),
-            cost_usd=round(tally.cost, 6),
-            counterfactual_cost_usd=round(tally.counterfactual, 6),
+            latency_ms=round((time.perf_counter() - run.started) * 1000, 1),
+            cost_usd=round(run.cost, 6),
+            counterfactual_cost_usd=round(run.counterfactual, 6),
         )
         return RoutedResult(output=cand.output, text=cand.text, execution=execution)
+
+
+def _base(model: str) -> str:
+    return model.split(":")[0]
+
+
+def _with_schema_instruction(messages: tuple[ChatMessage, ...], schema: dict[str, Any]) -> tuple[ChatMessage, ...]:
+    """The task's messages with the JSON instruction (and the schema) added to the system prompt."""
+    instruction = "Reply with one JSON object only, no prose, matching this JSON schema:\n" + json.dumps(
+        schema, separators=(",", ":")
+    )
+    msgs = list(messages)
+    if msgs and msgs[0].role == "system":
+        msgs[0] = ChatMessage(role="system", content=msgs[0].content + "\n\n" + instruction)
+    else:
+        msgs.insert(0, ChatMessage(role="system", content=instruction))
+    return tuple(msgs)
+
+
+def _strip(task: LLMTask, output: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Drop the confidence field the router added (keep it if the caller's schema has one)."""
+    if output is None:
+        return None
+    original = (task.output_schema or TEXT_SCHEMA).get("properties", {})
+    return {k: v for k, v in output.items() if k != "confidence" or "confidence" in original}
 
 
 def _self_reported(output: dict[str, Any] | None) -> float | None:
@@ -507,13 +551,15 @@ def _parse(text: str, schema: dict[str, Any]) -> tuple[dict[str, Any] | None, st
         data = json.loads(candidate)
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON ({exc.msg} at position {exc.pos})"
+    except RecursionError:
+        return None, "invalid JSON (nested too deeply)"
     if not isinstance(data, dict):
         return None, "the reply is JSON but not an object"
     try:
         jsonschema.validate(data, schema)
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-        return None, f"schema violation at {where}: {exc.message}"
+        return None, f"schema violation at {where}: {exc.message[:300]}"
     return data, None
 
 

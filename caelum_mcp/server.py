@@ -1,10 +1,13 @@
 """MCP wiring: one ``MCPServer`` whose lifespan owns every long-lived object.
 
-Every supervisor's external tools are registered generically: the tool's MCP arguments are the
-fields of its pydantic input model, its ``outputSchema`` is its output model, and a
-:class:`~caelum_mcp.errors.CaelumError` becomes a tool error result with the message (never a
-traceback). Resources ``caelum://status`` and ``caelum://ledger/summary`` give the same figures
-as ``pool_status``.
+Every supervisor's external tools are registered generically: a tool's MCP arguments are the
+fields of its pydantic input model and its ``outputSchema`` is its output model, both compacted
+to portable JSON schema (:mod:`caelum_mcp.schemas`). A call goes to the
+:class:`~caelum_mcp.runtime.ToolRuntime` (validation, the typed services, the ledger's call record),
+its result is fitted to the token budget and sent once as compact JSON text plus the same data as
+``structuredContent``; a :class:`~caelum_mcp.errors.CaelumError` becomes a tool error result with
+the message (never a traceback). Resources: ``caelum://status``, ``caelum://ledger/summary`` and
+``caelum://supervisors``.
 
 Transports: stdio (``run_stdio``), and one Starlette app serving streamable HTTP at ``/mcp`` and
 SSE at ``/sse`` (``http_app``), bound to loopback unless a bearer token is configured.
@@ -12,20 +15,18 @@ SSE at ``/sse`` (``http_app``), bound to loopback unless a bearer token is confi
 
 from __future__ import annotations
 
-import difflib
 import hmac
 import inspect
-import json
 import logging
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, TypeVar, Union, cast, get_args, get_origin
+from typing import Annotated, Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import anyio
+import pydantic_core
 from mcp import MCPDeprecationWarning
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -33,9 +34,9 @@ from mcp.server.mcpserver.resolve import ListRoots, Resolve
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.types import ListRootsResult
+from mcp.types import CallToolResult, ListRootsResult, TextContent, ToolAnnotations
 from mcp_types.version import is_version_at_least
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field
 from pydantic.fields import FieldInfo
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -47,9 +48,11 @@ from caelum_mcp import __version__
 from caelum_mcp.app import AppState, open_app
 from caelum_mcp.config import Config, _is_loopback
 from caelum_mcp.errors import CaelumError
-from caelum_mcp.status import build_status
+from caelum_mcp.pool import Host
+from caelum_mcp.runtime import ToolRuntime, validate_arguments
+from caelum_mcp.schemas import compact_schema
 from caelum_mcp.supervisors import SUPERVISORS
-from caelum_mcp.supervisors.base import ExternalTool, ToolContext
+from caelum_mcp.supervisors.base import ExternalTool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,10 +65,12 @@ INSTRUCTIONS = (
 
 
 class StateHolder:
-    """The running app state, shared by every session of one server process."""
+    """The running app state and tool runtime, shared by every session of one server process."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, runtime: ToolRuntime, extra_hosts: Sequence[Host] = ()) -> None:
         self.config = config
+        self.runtime = runtime
+        self.extra_hosts = tuple(extra_hosts)
         self.state: AppState | None = None
         self.users = 0
 
@@ -73,6 +78,16 @@ class StateHolder:
         if self.state is None:
             raise CaelumError("the server is not running (no session is open)")
         return self.state
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[AppState]:
+        """Open the app and hand its services to the tools; close both on exit."""
+        async with open_app(self.config, extra_hosts=self.extra_hosts) as state, self.runtime.serving(state):
+            self.state = state
+            try:
+                yield state
+            finally:
+                self.state = None
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AppState]:
@@ -84,25 +99,26 @@ class StateHolder:
             finally:
                 self.users -= 1
             return
-        async with open_app(self.config) as state:
-            self.state = state
+        async with self.open() as state:
             self.users += 1
             try:
                 yield state
             finally:
                 self.users -= 1
-                self.state = None
 
 
-def create_server(config: Config) -> tuple[MCPServer[AppState], StateHolder]:
-    holder = StateHolder(config)
+def create_server(config: Config, *, extra_hosts: Sequence[Host] = ()) -> tuple[MCPServer[AppState], StateHolder]:
+    """The MCP server and its state holder. ``extra_hosts`` join the configured pool hosts (an
+    in-process host, e.g. a :class:`~caelum_mcp.backends.scripted.ScriptedBackend` in tests)."""
+    runtime = ToolRuntime([cls() for cls in SUPERVISORS])
+    holder = StateHolder(config, runtime, extra_hosts)
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
         async with holder.session() as state:
             yield state
 
-    tools = [build_tool(tool) for supervisor_cls in SUPERVISORS for tool in supervisor_cls().external_tools()]
+    tools = [build_tool(registered.tool, runtime) for registered in runtime.tools.values()]
     server: MCPServer[AppState] = MCPServer(
         "caelum-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, tools=tools
     )
@@ -111,7 +127,7 @@ def create_server(config: Config) -> tuple[MCPServer[AppState], StateHolder]:
         "caelum://status", name="status", title="Pool, Claude and ledger status", mime_type="application/json"
     )
     def status_resource() -> str:
-        return build_status(holder.require()).model_dump_json(indent=2)
+        return holder.require().pool_admin.status().model_dump_json(indent=2)
 
     @server.resource(
         "caelum://ledger/summary",
@@ -121,6 +137,16 @@ def create_server(config: Config) -> tuple[MCPServer[AppState], StateHolder]:
     )
     def ledger_resource() -> str:
         return holder.require().ledger.summary().model_dump_json(indent=2)
+
+    @server.resource(
+        "caelum://supervisors",
+        name="supervisors",
+        title="Every supervisor with its external and internal tools",
+        mime_type="application/json",
+    )
+    def supervisors_resource() -> str:
+        catalog = [info.model_dump(mode="json") for info in runtime.catalog()]
+        return pydantic_core.to_json({"supervisors": catalog}, indent=2).decode()
 
     return server, holder
 
@@ -183,23 +209,25 @@ def _existing_dirs(uris: list[str]) -> tuple[Path, ...]:
     return tuple(p.resolve() for p in paths if p.is_dir())
 
 
-def build_tool(tool: ExternalTool[Any, Any]) -> Tool:
+def build_tool(tool: ExternalTool[Any, Any], runtime: ToolRuntime) -> Tool:
     """The MCP tool for ``tool``: its input model's fields are the arguments, its output model the schema."""
-    input_model: type[BaseModel] = tool.input_model
+    input_model = tool.input_model
 
-    async def handler(ctx: Context, **kwargs: Any) -> Any:
+    async def handler(ctx: Context, **kwargs: Any) -> CallToolResult:
         listed = kwargs.pop(ROOTS_PARAM, None)
-        args = validate_arguments(input_model, kwargs)
         state = cast(AppState, ctx.request_context.lifespan_context)
         roots = state.config.resolved_roots()
         if tool.uses_roots:
             roots = roots + tuple(r for r in await client_roots(ctx, listed) if r not in roots)
         progress = ProgressChannel(ctx, state.config.server.heartbeat_s, label=tool.name)
-        tctx = ToolContext(router=state.router, config=state.config, roots=roots, progress=progress.report, app=state)
         try:
-            return await progress.run(lambda: tool.handler(args, tctx))
+            args = validate_arguments(input_model, kwargs)
+            result = await progress.run(lambda: runtime.invoke(tool.name, args, roots=roots, progress=progress.report))
+            data = runtime.fit(tool.name, result, runtime.budget_for(tool.name, args))
         except CaelumError as exc:
             raise ToolError(str(exc)) from None
+        text = pydantic_core.to_json(data).decode()
+        return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
 
     params = [
         inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context),
@@ -219,104 +247,26 @@ def build_tool(tool: ExternalTool[Any, Any]) -> Tool:
     handler.__name__ = tool.name
     handler.__doc__ = tool.description
     # The tool-level title already names it; a second copy in the annotations only costs context.
-    hints = tool.annotations.model_copy(update={"title": None})
+    hints = ToolAnnotations(
+        read_only_hint=tool.read_only,
+        destructive_hint=tool.destructive,
+        idempotent_hint=tool.idempotent,
+        open_world_hint=tool.open_world,
+    )
     mcp_tool = Tool.from_function(
         handler, name=tool.name, title=tool.title, description=tool.description, annotations=hints
     )
     mcp_tool.fn_metadata.arg_model = _RawArguments
-    # Every client reads tools/list into its model's context: keep the schemas lean (see compact_schema).
+    # Every client reads tools/list into its model's context: keep the schemas lean and portable.
     mcp_tool.parameters = compact_schema(mcp_tool.parameters)
     if mcp_tool.fn_metadata.output_schema is not None:
         mcp_tool.fn_metadata.output_schema = compact_schema(mcp_tool.fn_metadata.output_schema, output=True)
     return mcp_tool
 
 
-def validate_arguments(input_model: type[BaseModel], raw: dict[str, Any]) -> Any:
-    """Validate a tool call's arguments against ``input_model``; a :class:`ToolError` names each bad one."""
-    known = set(input_model.model_fields)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        hints = []
-        for name in unknown:
-            close = difflib.get_close_matches(name, known, n=1)
-            hints.append(f"`{name}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
-        raise ToolError(f"unknown argument {', '.join(hints)}; this tool takes: {', '.join(input_model.model_fields)}")
-    data = {k: _pre_parse(input_model.model_fields[k], v) for k, v in raw.items()}
-    try:
-        return input_model.model_validate(data)
-    except ValidationError as exc:
-        raise ToolError(_validation_message(exc)) from None
-
-
-def _pre_parse(field: FieldInfo, value: Any) -> Any:
-    """Some clients (Claude Desktop) send objects and arrays as JSON text: decode those, nothing else."""
-    ann = field.annotation
-    members = get_args(ann) if get_origin(ann) in (Union, UnionType) else (ann,)
-    if not isinstance(value, str) or str in members:
-        return value
-    try:
-        decoded = json.loads(value)
-    except (ValueError, RecursionError):
-        return value
-    return decoded if isinstance(decoded, dict | list) else value
-
-
-# JSON-schema keywords whose values are schemas (or maps/lists of schemas); everything else is data.
-_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
-_SCHEMA_ONE = ("items", "additionalProperties", "not", "contains", "propertyNames")
-_SCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems")
-
-
-def compact_schema(schema: Any, *, output: bool = False) -> Any:
-    """Drop what a model does not need from a JSON schema: ``title`` s (pydantic repeats every field
-    name as a title) and, in output schemas, ``default`` s (the server always sends every field),
-    descriptions, ``additionalProperties: false``, and ``anyOf [X, null]`` spelled long-hand.
-    Validation keywords stay (and input descriptions): the schema accepts the same documents."""
-    if not isinstance(schema, dict):
-        return schema
-    out: dict[str, Any] = {}
-    for key, value in schema.items():
-        if (key == "title" and isinstance(value, str)) or (output and key == "default"):
-            continue
-        if output and key == "description":  # names say enough; the tool description explains the rest
-            continue
-        if output and key == "additionalProperties" and value is False:
-            continue
-        if key in _SCHEMA_MAPS and isinstance(value, dict):
-            value = {name: compact_schema(sub, output=output) for name, sub in value.items()}
-        elif key in _SCHEMA_ONE:
-            value = compact_schema(value, output=output)
-        elif key in _SCHEMA_LISTS and isinstance(value, list):
-            value = [compact_schema(sub, output=output) for sub in value]
-        out[key] = value
-    if output:
-        out = _collapse_nullable(out)
-    return out
-
-
-def _collapse_nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    """``{"anyOf": [{"type": "string"}, {"type": "null"}]}`` -> ``{"type": ["string", "null"]}``."""
-    options = schema.get("anyOf")
-    if not isinstance(options, list) or len(options) != 2:
-        return schema
-    simple = [o for o in options if isinstance(o, dict) and set(o) == {"type"} and isinstance(o["type"], str)]
-    if len(simple) != 2 or not any(o["type"] == "null" for o in simple):
-        return schema
-    rest = {k: v for k, v in schema.items() if k != "anyOf"}
-    return {**rest, "type": [o["type"] for o in simple]}
-
-
 def _describe(field: FieldInfo) -> FieldInfo:
     info: FieldInfo = Field(description=field.description, examples=field.examples)
     return info
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "arguments"
-        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
-    return "invalid arguments: " + "; ".join(parts)
 
 
 class ProgressChannel:
@@ -428,12 +378,9 @@ def http_app(config: Config, *, host: str, port: int, token: str | None = None) 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            holder.state = await stack.enter_async_context(open_app(config))
+            await stack.enter_async_context(holder.open())
             await stack.enter_async_context(server.session_manager.run())
-            try:
-                yield
-            finally:
-                holder.state = None
+            yield
 
     async def health(_: Request) -> Response:
         state = holder.state

@@ -1,13 +1,19 @@
-"""Snapshots of the pool, Claude and the ledger, as models (for tools, resources and the CLI)."""
+"""Snapshots of the pool, Claude and the ledger, as models (for tools, resources and the CLI).
+
+:class:`PoolAdministration` is what the ai supervisor gets as its ``pool_admin`` service: these
+snapshots and the one switch (a host in or out of rotation). It is built from the parts it reads,
+so this module does not depend on the composition root (:mod:`caelum_mcp.app`).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from pydantic import Field
 
-from caelum_mcp.app import AppState
-from caelum_mcp.ledger import LedgerSummary
+from caelum_mcp.config import Config
+from caelum_mcp.ledger import Ledger, LedgerSummary
 from caelum_mcp.pool import Host, Pool
 from caelum_mcp.types import Frozen
 
@@ -89,21 +95,48 @@ def host_status(host: Host, pool: Pool) -> HostStatus:
     )
 
 
-def build_status(state: AppState) -> StatusReport:
-    config = state.config
-    return StatusReport(
-        uptime_s=round(time.time() - state.started_at, 1),
-        config_source=config.source,
-        confidence_threshold=config.router.confidence_threshold,
-        embedded=state.embedded_note or config.embedded,
-        tiers_available=sorted(t.value for t in state.pool.available_tiers()),
-        hosts=[host_status(h, state.pool) for h in state.pool.hosts.values()],
-        claude=ClaudeStatus(
-            enabled=config.claude.enabled,
-            configured=state.claude is not None,
-            model=config.claude.model,
-            daily_budget_usd=config.claude.daily_budget_usd,
-            spent_today_usd=round(state.ledger.claude_spend_today(), 6),
-        ),
-        ledger=state.ledger.summary(),
-    )
+class PoolAdministration:
+    """Pool views and the enable switch, over the running pool, ledger and config."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        pool: Pool,
+        ledger: Ledger,
+        claude_configured: bool,
+        embedded_note: Callable[[], str] = lambda: "",
+        started_at: float | None = None,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.ledger = ledger
+        self.claude_configured = claude_configured
+        self.embedded_note = embedded_note
+        self.started_at = time.time() if started_at is None else started_at
+
+    def status(self) -> StatusReport:
+        config = self.config
+        return StatusReport(
+            uptime_s=round(time.time() - self.started_at, 1),
+            config_source=config.source,
+            confidence_threshold=config.router.confidence_threshold,
+            embedded=self.embedded_note() or config.embedded,
+            tiers_available=sorted(t.value for t in self.pool.available_tiers()),
+            hosts=[host_status(h, self.pool) for h in self.pool.hosts.values()],
+            claude=ClaudeStatus(
+                enabled=config.claude.enabled,
+                configured=self.claude_configured,
+                model=config.claude.model,
+                daily_budget_usd=config.claude.daily_budget_usd,
+                spent_today_usd=round(self.ledger.claude_spend_today(), 6),
+            ),
+            ledger=self.ledger.summary(),
+        )
+
+    async def set_host_enabled(self, name: str, enabled: bool) -> HostStatus:
+        """Take a host out of rotation, or put it back (and probe it at once)."""
+        host = self.pool.set_enabled(name, enabled)
+        if enabled:
+            await self.pool.refresh_host(host)
+        return host_status(host, self.pool)

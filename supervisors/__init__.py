@@ -1,4 +1,4 @@
-"""Domain supervisors. Add a new one here: one file plus one line."""
+"""Domain supervisors. Add a new one here: one module (or package) plus one line in SUPERVISORS."""
 
 from __future__ import annotations
 

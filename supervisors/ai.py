@@ -1,4 +1,9 @@
-"""The AI supervisor: direct access to the local pool with the same confidence gate."""
+"""The AI supervisor: direct access to the local pool with the same confidence gate.
+
+``delegate_task`` runs a caller's prompt (task kind ``general``: the caller picks the tier);
+``pool_status`` and ``set_host_enabled`` use the ``pool_admin`` service, which only this
+supervisor is handed.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,9 @@ import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from caelum_mcp.errors import CaelumError
-from caelum_mcp.router import ExecutionRecord, LLMTask
-from caelum_mcp.status import HostStatus, StatusReport, build_status, host_status
-from caelum_mcp.supervisors.base import ExternalTool, Supervisor, ToolContext
+from caelum_mcp.llm import ExecutionRecord, LLMTask, TaskKind
+from caelum_mcp.status import HostStatus, StatusReport
+from caelum_mcp.supervisors.base import ExternalTool, Supervisor, ToolContext, ToolOutput
 from caelum_mcp.types import ChatMessage, Tier
 
 
@@ -23,7 +28,7 @@ class DelegateTaskInput(BaseModel):
     json_schema: dict[str, Any] | None = Field(
         default=None, description="optional JSON schema (type object) the answer must match"
     )
-    tier: Tier | None = Field(default=None, description="micro, small, full, large or code (default: configured)")
+    tier: Tier | None = Field(default=None, description="where to start (default: configured)")
     model: str | None = Field(default=None, description="a specific local model, e.g. 'qwen3:8b'")
     allow_claude: bool = Field(default=True, description="may escalate to Claude when local confidence is low")
     max_tokens: int | None = Field(default=None, ge=16, le=32768)
@@ -41,8 +46,15 @@ class DelegateTaskInput(BaseModel):
             raise ValueError(f"json_schema is not a valid JSON schema: {exc.message}") from exc
         return value
 
+    @field_validator("tier")
+    @classmethod
+    def _chat_tier(cls, value: Tier | None) -> Tier | None:
+        if value is Tier.EMBEDDING:
+            raise ValueError("embedding models do not chat; use micro, small, full, large or code")
+        return value
 
-class DelegateTaskOutput(BaseModel):
+
+class DelegateTaskOutput(ToolOutput):
     answer: str | None = Field(description="the answer text (when no json_schema was given)")
     data: dict[str, Any] | None = Field(description="the structured answer (when a json_schema was given)")
     execution: ExecutionRecord
@@ -54,11 +66,19 @@ class PoolStatusInput(BaseModel):
     host: str | None = Field(default=None, description="only this host (default: all)")
 
 
+class PoolStatusOutput(StatusReport, ToolOutput):
+    """The status report as a tool result."""
+
+
 class SetHostEnabledInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     host: str = Field(description="the host's name, as pool_status lists it")
     enabled: bool = Field(description="false takes it out of rotation now; true puts it back")
+
+
+class HostStatusOutput(HostStatus, ToolOutput):
+    """One host's status as a tool result."""
 
 
 async def delegate_task(args: DelegateTaskInput, ctx: ToolContext) -> DelegateTaskOutput:
@@ -68,18 +88,19 @@ async def delegate_task(args: DelegateTaskInput, ctx: ToolContext) -> DelegateTa
     messages.append(ChatMessage(role="user", content=args.prompt))
     task = LLMTask(
         name="delegate_task",
+        kind=TaskKind.GENERAL,
         messages=tuple(messages),
         output_schema=args.json_schema,
         tier=args.tier,
         model=args.model,
         allow_claude=args.allow_claude,
-        max_tokens=args.max_tokens,
+        max_output_tokens=args.max_tokens,
     )
 
     async def progress(message: str) -> None:
-        await ctx.report(0, None, message)
+        await ctx.note(message)
 
-    result = await ctx.router.run(task, progress=progress)
+    result = await ctx.llm.run(task, progress=progress)
     if args.json_schema is None:
         answer = result.output.get("answer") if result.output else None
         return DelegateTaskOutput(
@@ -88,34 +109,26 @@ async def delegate_task(args: DelegateTaskInput, ctx: ToolContext) -> DelegateTa
     return DelegateTaskOutput(answer=None, data=result.output, execution=result.execution)
 
 
-def _app(ctx: ToolContext) -> Any:
-    if ctx.app is None:
-        raise CaelumError("pool views need the running server")
-    return ctx.app
+async def pool_status(args: PoolStatusInput, ctx: ToolContext) -> PoolStatusOutput:
+    report = ctx.require_pool_admin().status()
+    hosts = report.hosts
+    if args.host is not None:
+        hosts = [h for h in report.hosts if h.name == args.host]
+        if not hosts:
+            known = ", ".join(h.name for h in report.hosts) or "none"
+            raise CaelumError(f"no host named {args.host!r}; hosts: {known}")
+    return PoolStatusOutput.model_validate({**report.model_dump(), "hosts": [h.model_dump() for h in hosts]})
 
 
-async def pool_status(args: PoolStatusInput, ctx: ToolContext) -> StatusReport:
-    report = build_status(_app(ctx))
-    if args.host is None:
-        return report
-    hosts = [h for h in report.hosts if h.name == args.host]
-    if not hosts:
-        known = ", ".join(h.name for h in report.hosts) or "none"
-        raise CaelumError(f"no host named {args.host!r}; hosts: {known}")
-    return report.model_copy(update={"hosts": hosts})
-
-
-async def set_host_enabled(args: SetHostEnabledInput, ctx: ToolContext) -> HostStatus:
-    app = _app(ctx)
-    host = app.pool.set_enabled(args.host, args.enabled)
-    if args.enabled:
-        await app.pool.refresh_host(host)
-    return host_status(host, app.pool)
+async def set_host_enabled(args: SetHostEnabledInput, ctx: ToolContext) -> HostStatusOutput:
+    status = await ctx.require_pool_admin().set_host_enabled(args.host, args.enabled)
+    return HostStatusOutput.model_validate(status.model_dump())
 
 
 class AISupervisor(Supervisor):
     name = "ai"
     description = "Send work to the local model pool (with the Claude fallback) and inspect the pool."
+    pool_admin = True
 
     def external_tools(self) -> Sequence[ExternalTool[Any, Any]]:
         return (
@@ -133,6 +146,7 @@ class AISupervisor(Supervisor):
                 read_only=True,
                 idempotent=False,
                 open_world=True,
+                more_hint="ask for a shorter answer (`max_tokens`)",
             ),
             ExternalTool(
                 name="pool_status",
@@ -142,15 +156,16 @@ class AISupervisor(Supervisor):
                     "share of calls, Claude spend and the savings from running locally."
                 ),
                 input_model=PoolStatusInput,
-                output_model=StatusReport,
+                output_model=PoolStatusOutput,
                 handler=pool_status,
+                more_hint="ask for one host (`host`)",
             ),
             ExternalTool(
                 name="set_host_enabled",
                 title="Take a pool host out of rotation or put it back",
                 description="Disable or re-enable one host of the local pool at runtime (not persisted).",
                 input_model=SetHostEnabledInput,
-                output_model=HostStatus,
+                output_model=HostStatusOutput,
                 handler=set_host_enabled,
                 read_only=False,
                 idempotent=True,

@@ -1,39 +1,54 @@
 """The supervisor seam: a domain's external tools, declared once, registered generically.
 
-A supervisor declares :class:`ExternalTool` s (a pydantic input model, a pydantic output model,
-MCP annotations, a short description and an async handler). Handlers receive the validated input
-and a :class:`ToolContext`: the router for LLM work, the config, progress reporting and a few
-narrow services. They never see hosts, HTTP clients or MCP objects, so they are tested without
-either. The server turns every declared tool into an MCP tool whose arguments are the input
-model's fields (see :mod:`caelum_mcp.server`).
+A supervisor declares :class:`ExternalTool` s (a pydantic input model, an output model derived from
+:class:`ToolOutput`, behaviour hints, a short description and an async handler) and the
+:class:`InternalTool` s they draw on. Handlers receive the validated input and a
+:class:`ToolContext` holding only named, typed services:
 
-A new supervisor is one file with a :class:`Supervisor` subclass plus one line in
-``SUPERVISORS`` (``caelum_mcp.supervisors.__init__``).
+- ``llm`` (:class:`LLMService`): run an :class:`~caelum_mcp.llm.LLMTask` local-first, ask which
+  tiers exist and whether a task can run now;
+- ``limits``: the ``[tools]`` settings (subprocess timeouts);
+- ``roots``: the folders this call may read;
+- ``cache``: the content-hash result cache (:func:`cached`);
+- ``state_dir``: this supervisor's own data folder (indexes, run stores);
+- ``report`` / ``note``: MCP progress;
+- ``call_tool``: another registered external tool, with validated input, this call's progress and
+  cancellation, and the child's model calls recorded under this call in the ledger;
+- ``pool_admin`` (:class:`PoolAdmin`): only for a supervisor that declares ``pool_admin = True``
+  (the ai supervisor).
+
+Handlers never see hosts, HTTP clients, the router or MCP objects, so they are tested without
+them. A supervisor may open and close resources around the server's life in :meth:`Supervisor.lifespan`.
+
+Adding a supervisor is one module (or package) with a :class:`Supervisor` subclass plus one line in
+``SUPERVISORS`` (``caelum_mcp.supervisors``); the README has a worked example.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import anyio
-from mcp.types import ToolAnnotations
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from caelum_mcp.cache import make_key
+from caelum_mcp.errors import CaelumError
 
 if TYPE_CHECKING:
-    from caelum_mcp.app import AppState
     from caelum_mcp.cache import ResultCache
-    from caelum_mcp.config import Config
-    from caelum_mcp.router import Router
+    from caelum_mcp.config import ToolsConfig
+    from caelum_mcp.llm import Availability, LLMTask, ProgressFn, RoutedResult
+    from caelum_mcp.status import HostStatus, StatusReport
+    from caelum_mcp.types import Tier
 
 M = TypeVar("M", bound=BaseModel)
 InT = TypeVar("InT", bound=BaseModel)
-OutT = TypeVar("OutT", bound=BaseModel)
+OutT = TypeVar("OutT", bound="ToolOutput")
 
 ProgressReporter = Callable[[float, float | None, str], Awaitable[None]]
 
@@ -42,27 +57,115 @@ async def _no_progress(progress: float, total: float | None, message: str) -> No
     return None
 
 
-@dataclass
-class ToolContext:
-    """What a tool handler may use."""
+class LLMService(Protocol):
+    """LLM work for one tool call: local first, Claude when local confidence is low."""
 
-    router: Router
-    config: Config
+    async def run(self, task: LLMTask, *, progress: ProgressFn | None = None) -> RoutedResult:
+        """Run ``task``. Raises :class:`~caelum_mcp.errors.TaskSkippedError` at once (no model call)
+        when no model that can do it may be used, and other ``TaskFailedError`` s when none answered."""
+        ...
+
+    def tiers(self) -> frozenset[Tier]:
+        """The tiers the local pool serves now."""
+        ...
+
+    def availability(self, task: LLMTask) -> Availability:
+        """Whether ``task`` could run now (local, Claude), and if not why and what to configure."""
+        ...
+
+
+class PoolAdmin(Protocol):
+    """The pool's views and its one switch; handed only to the ai supervisor."""
+
+    def status(self) -> StatusReport: ...
+
+    async def set_host_enabled(self, name: str, enabled: bool) -> HostStatus: ...
+
+
+class ToolCaller(Protocol):
+    """Runs a registered external tool for a parent call (the server's runtime provides it)."""
+
+    async def __call__(self, name: str, args: Mapping[str, Any] | BaseModel, parent: ToolContext) -> ToolOutput: ...
+
+
+class ToolOutput(BaseModel):
+    """Base of every tool result. The server fits each result to a token budget by cutting the
+    longest lists from their end; what it cut is counted in ``omitted`` and ``more`` says how to
+    get it. A tool that cuts its own lists (``max_findings``) reports that in its own fields."""
+
+    omitted: dict[str, int] = Field(
+        default_factory=dict, description="items (or characters) left out to fit the result budget, by field"
+    )
+    more: str | None = Field(default=None, description="how to get what was left out")
+
+
+@dataclass
+class _Progress:
+    value: float = 0.0
+    total: float | None = None
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """What a tool handler may use; see the module docstring."""
+
+    llm: LLMService
+    limits: ToolsConfig
     roots: tuple[Path, ...]
+    state_dir: Path
+    cache: ResultCache | None = None
     progress: ProgressReporter = _no_progress
-    app: AppState | None = field(default=None, repr=False)  # for the ai supervisor's pool views only
+    pool_admin: PoolAdmin | None = None
+    call_id: str = ""
+    depth: int = 0
+    caller: ToolCaller | None = field(default=None, repr=False)
+    _last: _Progress = field(default_factory=_Progress, repr=False, compare=False)
 
     async def report(self, progress: float, total: float | None = None, message: str = "") -> None:
+        """MCP progress: ``progress`` of ``total`` steps, with a message people read."""
+        self._last.value, self._last.total = progress, total
         await self.progress(progress, total, message)
 
-    @property
-    def cache(self) -> ResultCache | None:
-        return self.app.cache if self.app is not None else None
+    async def note(self, message: str) -> None:
+        """A progress message that does not move the step count (e.g. from a child tool call)."""
+        await self.progress(self._last.value, self._last.total, message)
+
+    async def call_tool(self, name: str, args: Mapping[str, Any] | BaseModel) -> ToolOutput:
+        """Run another registered external tool as part of this call and return its result.
+
+        The arguments are validated against the tool's input model (a
+        :class:`~caelum_mcp.errors.ToolInputError` names each bad one); the child reports progress
+        through this call, is cancelled with it, and its model calls are recorded under it.
+        """
+        if self.caller is None:
+            raise CaelumError(f"call_tool({name!r}) needs the running server")
+        return await self.caller(name, args, self)
+
+    def require_pool_admin(self) -> PoolAdmin:
+        if self.pool_admin is None:
+            raise CaelumError("pool administration is only available to the ai supervisor's tools")
+        return self.pool_admin
+
+
+@dataclass(frozen=True)
+class SupervisorEnv:
+    """What a supervisor's lifespan gets: its data folder and the services that outlive a call."""
+
+    state_dir: Path
+    limits: ToolsConfig
+    llm: LLMService
+    cache: ResultCache | None = None
 
 
 @dataclass(frozen=True)
 class ExternalTool(Generic[InT, OutT]):
-    """One MCP tool: name, models, annotations and the handler that does the work."""
+    """One MCP tool: name, models, hints (read-only, destructive, idempotent, open world) and the
+    handler that does the work. The server turns the hints into MCP tool annotations.
+
+    ``more_hint`` tells the caller how to get what a cut result left out (e.g. "narrow with
+    `paths`"). ``result_tokens`` may raise the result budget for one call from its arguments (e.g.
+    when the caller asked for many findings); the server's hard cap still applies.
+    """
 
     name: str
     title: str
@@ -75,39 +178,51 @@ class ExternalTool(Generic[InT, OutT]):
     idempotent: bool = True
     open_world: bool = False
     uses_roots: bool = False  # works on the user's files: the client's MCP roots are allowed too
-
-    @property
-    def annotations(self) -> ToolAnnotations:
-        return ToolAnnotations(
-            title=self.title,
-            read_only_hint=self.read_only,
-            destructive_hint=self.destructive,
-            idempotent_hint=self.idempotent,
-            open_world_hint=self.open_world,
-        )
+    more_hint: str = ""
+    result_tokens: Callable[[InT], int | None] | None = None
 
 
 @dataclass(frozen=True)
 class InternalTool:
-    """A registry entry for an internal tool (linters, scanners, probes): plain typed function."""
+    """A registry entry for an internal tool (linter, scanner, probe): a plain typed function."""
 
     name: str
-    description: str
     function: Callable[..., Any]
+    description: str = ""
+
+    @property
+    def summary(self) -> str:
+        """The description, else the first line of the function's docstring."""
+        if self.description:
+            return self.description
+        doc = (self.function.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
 
 
 class Supervisor(ABC):
-    """A domain: its external tools, and the internal tools they draw on."""
+    """A domain: its external tools, the internal tools they draw on, and an optional lifespan."""
 
     name: ClassVar[str]
     description: ClassVar[str]
+    pool_admin: ClassVar[bool] = False  # whether its handlers get ctx.pool_admin (the ai supervisor)
 
     @abstractmethod
     def external_tools(self) -> Sequence[ExternalTool[Any, Any]]:
         """The MCP tools this supervisor offers."""
 
     def internal_tools(self) -> Sequence[InternalTool]:
+        """The internal tools its external tools use (listed by ``caelum://supervisors``)."""
         return ()
+
+    def lifespan(self, env: SupervisorEnv) -> AbstractAsyncContextManager[None]:
+        """Open what the supervisor keeps for the server's life (an index, a run store) and close
+        it on exit. The default does nothing; override with an ``@asynccontextmanager`` method."""
+        return _nothing()
+
+
+@asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield
 
 
 async def run_stages(

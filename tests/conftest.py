@@ -13,6 +13,16 @@ FIXTURES = Path(__file__).parent / "fixtures"
 OLLAMA_FIXTURES = FIXTURES / "ollama"
 
 
+MODEL_FIXTURES = {"llama_server", "llama_url"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that asks for the real model server is a ``model`` test (``make test-fast`` skips it)."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+
+
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
     """One real llama.cpp server for the whole session, in a child process on loopback."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from caelum_mcp import __version__
+
+pytestmark = pytest.mark.model
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 150
@@ -36,7 +39,21 @@ class Run:
 def cli_env(tmp: Path, **extra: str) -> dict[str, str]:
     home = tmp / "home"
     home.mkdir(parents=True, exist_ok=True)
-    return {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "CAELUM_DATA_DIR": str(tmp / "data"), **extra}
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(home),
+        "CAELUM_DATA_DIR": str(tmp / "data"),
+        "CAELUM_IMPLICIT_OLLAMA": "false",  # whatever listens on 11434 here must not change the outcome
+        **extra,
+    }
+
+
+def dead_host(name: str = "gpu-1") -> dict[str, str]:
+    """CAELUM_HOSTS naming one host on a loopback port nothing listens on (just freed by the OS)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return {"CAELUM_HOSTS": json.dumps([{"name": name, "url": f"http://127.0.0.1:{port}"}])}
 
 
 def caelum(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Run:
@@ -66,26 +83,27 @@ def test_version(tmp_path: Path) -> None:
 
 
 def test_doctor_with_the_embedded_model_can_serve(tmp_path: Path) -> None:
-    run = caelum(tmp_path, "doctor")
+    run = caelum(tmp_path, "doctor", env=cli_env(tmp_path, CAELUM_EMBEDDED="on", **dead_host()))
     assert run.code == 0, run
     assert "[OK  ] host embedded (openai) http://127.0.0.1:" in run.out
     assert "model smollm2:135m" in run.out and "tiers=micro" in run.out
-    assert "[FAIL] host ollama" in run.out  # nothing on 11434 here, and doctor says so
+    assert "[FAIL] host gpu-1" in run.out  # the configured host does not answer, and doctor says so
     assert "can serve: yes" in run.out
 
 
 def test_doctor_with_nothing_to_serve_fails(tmp_path: Path) -> None:
-    run = caelum(tmp_path, "doctor", env=cli_env(tmp_path, CAELUM_EMBEDDED="off"))
+    env = cli_env(tmp_path, CAELUM_EMBEDDED="off", **dead_host())
+    run = caelum(tmp_path, "doctor", env=env)
     assert run.code == 1, run
     assert "can serve: NO" in run.out
     assert "embedded model: off by configuration" in run.out
     assert "start Ollama or enable the embedded model" in run.out
 
-    as_json = caelum(tmp_path, "doctor", "--json", env=cli_env(tmp_path, CAELUM_EMBEDDED="off"))
+    as_json = caelum(tmp_path, "doctor", "--json", env=env)
     assert as_json.code == 1, as_json
     report = json.loads(as_json.out)
     assert report["can_serve"] is False
-    assert [h["name"] for h in report["hosts"]] == ["ollama"]
+    assert [h["name"] for h in report["hosts"]] == ["gpu-1"]
 
 
 def test_call_delegate_task_prints_the_result_and_progress(delegated: tuple[Path, Run]) -> None:

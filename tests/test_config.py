@@ -132,6 +132,24 @@ def test_ollama_host_forms(value: str, url: str) -> None:
     assert [(h.name, h.kind, h.url) for h in config.hosts] == [("ollama", "ollama", url)]
 
 
+async def test_the_implicit_ollama_host_can_be_switched_off(tmp_path: Path) -> None:
+    import httpx2
+
+    from caelum_mcp.app import build_pool
+
+    async with httpx2.AsyncClient() as http:
+        on = load_config(environ={})
+        assert on.implicit_ollama is True
+        assert [h.backend.base_url for h in build_pool(on, http, {}).hosts.values()] == ["http://127.0.0.1:11434"]
+        off = load_config(environ={"CAELUM_IMPLICIT_OLLAMA": "false", "OLLAMA_HOST": "127.0.0.1:11500"})
+        assert off.implicit_ollama is False and off.hosts == ()  # OLLAMA_HOST names the implicit host only
+        assert build_pool(off, http, {}).hosts == {}
+        path = write(
+            tmp_path / "c.toml", "implicit_ollama = false\n[[hosts]]\nname = 'gpu-1'\nurl = 'http://127.0.0.1:11435'\n"
+        )
+        assert list(build_pool(load_config(path, environ={}), http, {}).hosts) == ["gpu-1"]  # configured ones stay
+
+
 def test_ollama_host_does_not_replace_configured_hosts(tmp_path: Path) -> None:
     path = write(tmp_path / "c.toml", "[[hosts]]\nname = 'gpu-1'\nurl = 'http://127.0.0.1:11435'\n")
     config = load_config(path, environ={"OLLAMA_HOST": "127.0.0.1:11500"})

@@ -16,15 +16,8 @@ import pytest
 from pydantic import ValidationError
 
 from caelum_mcp.errors import BudgetExceededError, ConfigError
-from caelum_mcp.ledger import (
-    SCHEMA_VERSION,
-    BudgetGuard,
-    Ledger,
-    LedgerEntry,
-    ModelPrice,
-    cost_usd,
-    price_for,
-)
+from caelum_mcp.ledger import SCHEMA_VERSION, BudgetGuard, Ledger, LedgerEntry
+from caelum_mcp.pricing import ModelPrice, cost_usd, price_for
 from caelum_mcp.types import Usage
 
 SONNET = ModelPrice(input=3.0, output=15.0, cache_read=0.30, cache_write=3.75)

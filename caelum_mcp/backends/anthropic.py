@@ -4,9 +4,13 @@ The SDK does its own retries (408/409/429/5xx and connection errors, honouring `
 this backend adds none; ``max_retries`` bounds them. Its exceptions are mapped to the error tree in
 one place, :func:`translate_sdk_errors`.
 
-Structured output is asked for in the system prompt (with the schema) rather than through an API
-parameter: older Claude models and the Anthropic-compatible local servers (llama.cpp's
-``/v1/messages``) do not support one, and the router validates and repairs the JSON anyway.
+Structured output: a request's ``json_schema`` is sent once, as the Messages API's
+``output_config.format`` (the SDK's structured-output parameter, with the schema made strict by
+``anthropic.transform_schema``) for models that support it — Claude Opus 4.1, Sonnet 4.5 and
+Haiku 4.5 and everything later — and otherwise as one paragraph of the system prompt
+(:func:`json_instruction`). ``structured_output`` = ``"on"`` / ``"off"`` forces either way (an
+Anthropic-compatible local server such as llama.cpp's ``/v1/messages`` ignores the parameter). The
+router validates and repairs the JSON in both cases.
 
 ``ChatRequest.temperature`` is not sent: anthropic 2.x's ``messages.create`` has no such parameter
 (current Claude models fix their sampling). ``logprobs`` are not offered by the Messages API.
@@ -19,10 +23,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import anthropic
 import httpx2
@@ -113,6 +118,23 @@ def _response(message: Message, request: ChatRequest) -> ChatResponse:
     )
 
 
+# family -> the first (major, minor) version with structured outputs
+_STRUCTURED_SINCE = {"opus": (4, 1), "sonnet": (4, 5), "haiku": (4, 5)}
+_MODEL_VERSION = re.compile(r"^claude-(opus|sonnet|haiku)-(\d+)(?:-(\d{1,2}))?(?:-|$)")
+
+
+def supports_structured_output(model: str) -> bool:
+    """Whether ``model`` takes ``output_config.format`` (Opus 4.1+, Sonnet 4.5+, Haiku 4.5+).
+
+    Unknown names (older ``claude-3-…`` ids, other servers' models) get the system-prompt form.
+    """
+    m = _MODEL_VERSION.match(model)
+    if m is None:
+        return False
+    version = (int(m.group(2)), int(m.group(3) or 0))
+    return version >= _STRUCTURED_SINCE[m.group(1)]
+
+
 def json_instruction(schema: dict[str, Any]) -> str:
     """The system-prompt paragraph that asks for structured output."""
     return (
@@ -137,6 +159,7 @@ class AnthropicBackend(Backend):
         model: str | None = None,
         max_retries: int = 2,
         timeout_s: float = 120,
+        structured_output: Literal["auto", "on", "off"] = "auto",
     ) -> None:
         root = base_url.rstrip("/")
         if root.endswith("/v1"):
@@ -145,6 +168,7 @@ class AnthropicBackend(Backend):
         self.model = model
         self.max_retries = max_retries
         self.timeout_s = timeout_s
+        self.structured_output = structured_output
         self._sdk: anthropic.AsyncAnthropic | None = None
         if api_key:
             self._sdk = anthropic.AsyncAnthropic(
@@ -167,8 +191,13 @@ class AnthropicBackend(Backend):
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         system = [m.content for m in request.messages if m.role == "system"]
+        output_config: dict[str, Any] | None = None
         if request.json_schema is not None:
-            system.append(json_instruction(request.json_schema))
+            if self.uses_structured_output(request.model):
+                schema = anthropic.transform_schema(request.json_schema)
+                output_config = {"format": {"type": "json_schema", "schema": schema}}
+            else:
+                system.append(json_instruction(request.json_schema))
         # The Messages API wants user/assistant turns; tool output is something the user side saw.
         turns: list[tuple[str, list[str]]] = []
         for m in request.messages:
@@ -197,7 +226,15 @@ class AnthropicBackend(Backend):
             params["system"] = "\n\n".join(system)
         if request.stop:
             params["stop_sequences"] = list(request.stop)
+        if output_config is not None:
+            params["output_config"] = output_config
         return params
+
+    def uses_structured_output(self, model: str) -> bool:
+        """Whether a schema for ``model`` goes into ``output_config`` (else into the system prompt)."""
+        if self.structured_output == "auto":
+            return supports_structured_output(model)
+        return self.structured_output == "on"
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         sdk = self._client()

@@ -1,10 +1,12 @@
-"""The development supervisor: analyse and improve code, review changes, run and triage tests.
+"""``analyze_and_improve_code``: real analysers over a project, then a grounded LLM review.
 
-Each external tool plans which internal tools to run (``caelum_mcp.tools.code``), runs the
-independent ones concurrently with progress per stage, reuses their results when the files they
-read have not changed (content-hash cache), and asks the router to reason over the findings with a
-grounding check: every file, line and rule the model cites must exist. Only grounded items reach
-the user. The user's files are never modified: patches are checked in a temporary copy.
+The tool plans which internal tools to run for its ``task`` (``caelum_mcp.tools.code``), runs them
+concurrently with progress per stage, reuses their results while the files they read are unchanged
+(content-hash cache), and asks for a review of the findings (task kind ``review``): every file,
+line and rule the model cites must exist, or the item is dropped. When no model that can review
+code is available the review is skipped at once and the result says what to configure; the
+analysers' own recommendations are always there. ``task=improve`` adds verified patches
+(:mod:`.improve`). The user's files are never modified.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -22,25 +23,27 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 from caelum_mcp.cache import fingerprint
-from caelum_mcp.errors import CaelumError, PathNotAllowedError
-from caelum_mcp.router import ExecutionRecord, GroundingResult, LLMTask, RoutedResult
-from caelum_mcp.supervisors.base import ExternalTool, Supervisor, ToolContext, cached
+from caelum_mcp.config import RESULT_TOKENS_CAP
+from caelum_mcp.llm import TaskKind
+from caelum_mcp.supervisors.base import ToolContext, ToolOutput, cached
+from caelum_mcp.supervisors.llm_steps import LLMStep, run_cited_list, summary_of
 from caelum_mcp.tools.code import review
 from caelum_mcp.tools.code.complexity import ComplexityResult, complexity
 from caelum_mcp.tools.code.dead_code import DeadCodeResult, dead_code
 from caelum_mcp.tools.code.deps import DependencyResult, dependency_check
 from caelum_mcp.tools.code.files import list_project_files
-from caelum_mcp.tools.code.git import GitChanges, git_changes
 from caelum_mcp.tools.code.lint import LintResult, lint
 from caelum_mcp.tools.code.models import AnalyzerError, Finding, severity_counts, sort_findings
-from caelum_mcp.tools.code.patches import CheckedPatch, Patch, check_patches, edit_patch, ruff_fix_patches
+from caelum_mcp.tools.code.patches import CheckedPatch
 from caelum_mcp.tools.code.security import SecurityResult, security_scan
 from caelum_mcp.tools.code.structure import ProjectStructure, project_structure
-from caelum_mcp.tools.code.tests_runner import TestCaseResult, TestRunResult, run_tests
 from caelum_mcp.tools.paths import resolve_project, resolve_within
-from caelum_mcp.types import ChatMessage, Tier
+
+from .improve import propose_patches
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_FINDINGS = 50
 
 Task = Literal["analyze", "improve", "security_scan", "performance", "comprehensive"]
 
@@ -83,7 +86,7 @@ class AnalyzeInput(BaseModel):
     project: str = Field(description="the project folder (inside the allowed roots); '.' = the server's root")
     task: Task = Field(default="analyze", description="analyze | improve | security_scan | performance | comprehensive")
     paths: list[str] | None = Field(default=None, description="only these files or folders, relative to project")
-    max_findings: int = Field(default=50, ge=1, le=1000, description="findings listed in the result")
+    max_findings: int = Field(default=DEFAULT_MAX_FINDINGS, ge=1, le=1000, description="findings listed in the result")
     run_tests: bool = Field(default=False, description="improve: also run the tests on each patched copy")
     llm_review: bool = Field(default=True, description="ask the local LLM to prioritise the findings")
     allow_claude: bool = Field(default=True, description="the LLM part may escalate to Claude")
@@ -125,7 +128,7 @@ class Recommendation(BaseModel):
     source: Literal["llm", "analyzers"]
 
 
-class AnalyzeOutput(BaseModel):
+class AnalyzeOutput(ToolOutput):
     project: str
     task: Task
     summary: str
@@ -139,8 +142,7 @@ class AnalyzeOutput(BaseModel):
     dependency_audit: str | None = None
     errors: list[AnalyzerError]
     stages: list[StageInfo]
-    llm_note: str | None = Field(default=None, description="why there is no LLM review, or what was dropped")
-    execution: ExecutionRecord | None = None
+    llm: LLMStep | None = Field(default=None, description="the LLM review (and improve's LLM edits)")
 
 
 # analysis ---------------------------------------------------------------------------------------
@@ -183,7 +185,9 @@ def _reusable(result: BaseModel) -> bool:
     return not (isinstance(result, DependencyResult) and result.audit.status == "unavailable")
 
 
-async def _open_project(ctx: ToolContext, project: str, paths: list[str] | None) -> tuple[Path, tuple[str, ...], str]:
+async def open_project(ctx: ToolContext, project: str, paths: list[str] | None) -> tuple[Path, tuple[str, ...], str]:
+    """The project's root (inside the allowed roots), its files (``paths`` only, when given) and
+    their fingerprint."""
     root = resolve_project(project, ctx.roots)
     listing = await list_project_files(root)
     files = listing.files
@@ -195,7 +199,7 @@ async def _open_project(ctx: ToolContext, project: str, paths: list[str] | None)
 
 
 async def analyze_and_improve_code(args: AnalyzeInput, ctx: ToolContext) -> AnalyzeOutput:
-    root, files, content = await _open_project(ctx, args.project, args.paths)
+    root, files, content = await open_project(ctx, args.project, args.paths)
     run = _Run(ctx, root, files, content)
     names = STAGES[args.task]
     run.total = len(names) + (1 if args.llm_review else 0) + (1 if args.task == "improve" else 0)
@@ -203,7 +207,7 @@ async def analyze_and_improve_code(args: AnalyzeInput, ctx: ToolContext) -> Anal
     selected = list(files) if args.paths else None
     audit = args.task in AUDIT_TASKS
     today = time.strftime("%Y-%m-%d", time.gmtime())
-    limit = ctx.config.tools.analyser_timeout_s
+    limit = ctx.limits.analyser_timeout_s
     jobs: dict[str, Callable[[], Awaitable[Any]]] = {
         "structure": lambda: run.stage("structure", {}, lambda: project_structure(root), ProjectStructure),
         "lint": lambda: run.stage(
@@ -228,7 +232,7 @@ async def analyze_and_improve_code(args: AnalyzeInput, ctx: ToolContext) -> Anal
         "dependencies": lambda: run.stage(
             "dependencies",
             {"audit": audit, "day": today if audit else None},
-            lambda: dependency_check(root, audit=audit, audit_timeout_s=ctx.config.tools.audit_timeout_s),
+            lambda: dependency_check(root, audit=audit, audit_timeout_s=ctx.limits.audit_timeout_s),
             DependencyResult,
         ),
     }
@@ -262,15 +266,22 @@ async def analyze_and_improve_code(args: AnalyzeInput, ctx: ToolContext) -> Anal
     if args.llm_review:
         out = await _llm_review(ctx, args, out, findings, index)
         run.done += 1
-        await ctx.report(run.done, run.total, "LLM review done")
+        await ctx.report(run.done, run.total, f"LLM review {out.llm.status if out.llm else 'done'}")
     if args.task == "improve":
-        patches, note = await _improve(ctx, args, root, findings, index)
-        out = out.model_copy(update={"patches": patches, "llm_note": _join(out.llm_note, note)})
+        patches, patch_errors, edits = await propose_patches(ctx, args, root, findings, index)
+        update: dict[str, Any] = {"patches": patches, "errors": [*out.errors, *patch_errors]}
+        if edits is not None:
+            update["llm"] = _merge_steps(out.llm, edits)
+        out = out.model_copy(update=update)
         run.done += 1
-        await ctx.report(
-            run.done, run.total, f"{sum(p.check.applies and p.check.lint_clean for p in patches)} patches verified"
-        )
+        verified = sum(p.check.applies and p.check.lint_clean for p in patches)
+        await ctx.report(run.done, run.total, f"{verified} patches verified")
     return out
+
+
+def result_tokens(args: AnalyzeInput) -> int | None:
+    """A caller who asks for more findings than the default gets a result budget up to the cap."""
+    return RESULT_TOKENS_CAP if args.max_findings > DEFAULT_MAX_FINDINGS else None
 
 
 def _collect(results: dict[str, Any]) -> tuple[list[Finding], list[AnalyzerError]]:
@@ -392,93 +403,42 @@ def _audit_note(deps: DependencyResult | None) -> str | None:
     return f"{audit.status}: {audit.reason}" if getattr(audit, "reason", None) else audit.status
 
 
-def _join(*notes: str | None) -> str | None:
-    parts = [n for n in notes if n]
-    return "; ".join(parts) if parts else None
-
-
-async def _route(ctx: ToolContext, task: LLMTask) -> tuple[RoutedResult | None, str | None]:
-    """Run an LLM task; an unavailable pool is a note in the result, not a failed tool call."""
-    try:
-        return await ctx.router.run(task), None
-    except CaelumError as exc:
-        return None, f"LLM step skipped: {exc}"
-
-
-@dataclass
-class _Grounded:
-    """An LLM task's answer with only the items that passed the grounding check."""
-
-    items: list[dict[str, Any]]
-    dropped: int
-    output: dict[str, Any]
-    execution: ExecutionRecord | None
-    note: str | None
-
-
-async def _grounded_items(
-    ctx: ToolContext,
-    *,
-    name: str,
-    system: str,
-    user: str,
-    schema: dict[str, Any],
-    key: str,
-    check: Callable[[dict[str, Any]], review.Grounding],
-    allow_claude: bool,
-    max_tokens: int,
-    tier: Tier | None = None,
-) -> _Grounded:
-    """Route one LLM task whose answer is a list under ``key``; keep the items ``check`` accepts.
-
-    The same check feeds the router's confidence (as grounding) and filters the items shown.
-    """
-
-    def ground(output: dict[str, Any]) -> GroundingResult:
-        g = check(output)
-        return GroundingResult(score=g.score, problems=g.problems)
-
-    task = LLMTask(
-        name=name,
-        messages=(ChatMessage(role="system", content=system), ChatMessage(role="user", content=user)),
-        output_schema=schema,
-        grounding=ground,
-        tier=tier,
-        allow_claude=allow_claude,
-        max_tokens=max_tokens,
+def _merge_steps(review_step: LLMStep | None, edits: LLMStep) -> LLMStep:
+    """One report for the review and improve's edits: the edits' execution, both notes."""
+    if review_step is None:
+        return edits
+    notes = [n for n in (review_step.note, edits.note) if n]
+    return edits.model_copy(
+        update={
+            "note": "; ".join(notes) or None,
+            "kept": review_step.kept + edits.kept,
+            "dropped": review_step.dropped + edits.dropped,
+            "execution": edits.execution or review_step.execution,
+        }
     )
-    routed, note = await _route(ctx, task)
-    if routed is None:
-        return _Grounded([], 0, {}, None, note)
-    output = routed.output or {}
-    raw = output.get(key) or []
-    valid = check(output).valid if raw else ()
-    return _Grounded([raw[i] for i in valid], len(raw) - len(valid), output, routed.execution, note)
 
 
 async def _llm_review(
     ctx: ToolContext, args: AnalyzeInput, out: AnalyzeOutput, findings: list[Finding], index: review.SourceIndex
 ) -> AnalyzeOutput:
     if not findings:
-        return out.model_copy(update={"llm_note": "no findings to review"})
+        return out.model_copy(update={"llm": LLMStep(status="skipped", note="no findings to review")})
     system, user = review.review_task(findings, index, out.metrics.model_dump(exclude={"languages"}), FOCUS[args.task])
-    got = await _grounded_items(
+    got = await run_cited_list(
         ctx,
         name="code_review",
+        kind=TaskKind.REVIEW,
         system=system,
         user=user,
         schema=review.REVIEW_SCHEMA,
         key="recommendations",
         check=lambda output: review.ground_recommendations(output, findings, index),
         allow_claude=args.allow_claude,
-        max_tokens=512,
-        tier=Tier.CODE if Tier.CODE in ctx.router.pool.available_tiers() else None,
+        max_output_tokens=review.REVIEW_TOKENS,
     )
-    if got.execution is None:
-        return out.model_copy(update={"llm_note": got.note})
     kept = [
         Recommendation(
-            priority=int(rec.get("priority", 3)),
+            priority=_int(rec.get("priority"), 3),
             title=str(rec.get("title", ""))[:200],
             file=str(rec["file"]),
             line=int(rec["line"]),
@@ -492,327 +452,15 @@ async def _llm_review(
     merged = sorted(kept, key=lambda r: r.priority) + [
         r for r in out.recommendations if (r.file, r.rule) not in covered
     ]
-    summary = got.output.get("summary") if isinstance(got.output.get("summary"), str) and kept else None
+    summary = summary_of(got.output, len(kept))
     return out.model_copy(
         update={
             "recommendations": merged,
-            "summary": f"{summary.strip()} ({out.summary})" if summary else out.summary,
-            "execution": got.execution,
-            "llm_note": f"{got.dropped} ungrounded LLM recommendation(s) dropped" if got.dropped else None,
+            "summary": f"{summary} ({out.summary})" if summary else out.summary,
+            "llm": got.step,
         }
     )
 
 
-async def _improve(
-    ctx: ToolContext, args: AnalyzeInput, root: Path, findings: list[Finding], index: review.SourceIndex
-) -> tuple[list[CheckedPatch], str | None]:
-    top_files = list(dict.fromkeys(f.file for f in findings if f.file in index.files))[:20]
-    patches: list[Patch] = []
-    if top_files:
-        py_files = [f for f in top_files if f.endswith(".py")] or None
-        patches.extend(await ruff_fix_patches(root, py_files, timeout_s=ctx.config.tools.analyser_timeout_s))
-    note: str | None = None
-    fixable = {f.file for f in patches}
-    targets = [f for f in findings if f.file in index.files and f.file not in fixable and f.tool != "dependencies"][:3]
-    if targets and args.llm_review:
-        system, user = review.edits_task(targets, index)
-        task = LLMTask(
-            name="code_fix",
-            messages=(ChatMessage(role="system", content=system), ChatMessage(role="user", content=user)),
-            output_schema=review.EDITS_SCHEMA,
-            tier=Tier.CODE if Tier.CODE in ctx.router.pool.available_tiers() else None,
-            allow_claude=args.allow_claude,
-            max_tokens=512,
-        )
-        routed, note = await _route(ctx, task)
-        for edit in (routed.output or {}).get("edits", []) if routed else []:
-            try:
-                patches.append(
-                    edit_patch(
-                        root,
-                        str(edit["file"]),
-                        int(edit["start_line"]),
-                        int(edit["end_line"]),
-                        str(edit["replacement"]),
-                        description=str(edit.get("description", ""))[:300],
-                        rules=(str(edit.get("rule", "")),),
-                    )
-                )
-            except (ValueError, KeyError, TypeError, PathNotAllowedError) as exc:
-                note = _join(note, f"LLM edit dropped: {exc}")
-    checked = await check_patches(root, patches, run_tests=args.run_tests) if patches else []
-    return checked, note
-
-
-# review_changes ---------------------------------------------------------------------------------
-
-
-class ReviewInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    project: str = Field(description="the project folder (a git work tree, inside the allowed roots)")
-    base: str | None = Field(default=None, description="base revision (default: review the working tree vs HEAD)")
-    head: str | None = Field(default=None, description="head revision (default HEAD when base is given)")
-    allow_claude: bool = True
-
-
-class ReviewComment(BaseModel):
-    file: str
-    line: int
-    severity: str
-    comment: str
-    source: Literal["llm", "analyzers"]
-
-
-class ChangedFile(BaseModel):
-    path: str
-    status: str
-    additions: int
-    deletions: int
-
-
-class ReviewOutput(BaseModel):
-    project: str
-    base: str
-    head: str
-    files: list[ChangedFile]
-    findings: list[Finding] = Field(description="static findings on added or changed lines only")
-    comments: list[ReviewComment]
-    summary: str
-    llm_note: str | None = None
-    execution: ExecutionRecord | None = None
-
-
-async def review_changes(args: ReviewInput, ctx: ToolContext) -> ReviewOutput:
-    root = resolve_project(args.project, ctx.roots)
-    await ctx.report(0, 4, "reading the diff")
-    changes: GitChanges = await git_changes(root, base=args.base, head=args.head)
-    changed_lines = {c.path: set(c.added_lines) for c in changes.files if c.status != "deleted" and not c.binary}
-    existing = [p for p in changed_lines if (root / p).is_file()]
-    await ctx.report(1, 4, f"{len(changes.files)} changed files; running static checks")
-    findings: list[Finding] = []
-    if existing:
-        py = [p for p in existing if p.endswith(".py")]
-        limit = ctx.config.tools.analyser_timeout_s
-        lint_res = await lint(root, py, timeout_s=limit) if py else None
-        sec_res = await security_scan(root, existing, timeout_s=limit, store=ctx.cache)
-        for res in (lint_res, sec_res):
-            if res is not None:
-                findings.extend(
-                    Finding.model_validate(f.model_dump(include=set(Finding.model_fields)))
-                    for f in res.findings
-                    if f.line in changed_lines.get(f.file, set())
-                )
-    findings = list(sort_findings(findings))
-    await ctx.report(2, 4, f"{len(findings)} findings on changed lines; asking the LLM for review comments")
-    comments = [
-        ReviewComment(
-            file=f.file, line=f.line, severity=f.severity, comment=f"[{f.rule}] {f.message}", source="analyzers"
-        )
-        for f in findings
-    ]
-    summary = f"{len(changes.files)} files changed, {len(findings)} static findings on changed lines."
-    note: str | None = None
-    execution = None
-    if changed_lines:
-        diff_text = _diff_excerpt(root, changes)
-        system, user = review.comments_task(diff_text, findings)
-        got = await _grounded_items(
-            ctx,
-            name="review_changes",
-            system=system,
-            user=user,
-            schema=review.COMMENTS_SCHEMA,
-            key="comments",
-            check=lambda output: review.ground_comments(output, changed_lines),
-            allow_claude=args.allow_claude,
-            max_tokens=800,
-        )
-        note, execution = got.note, got.execution
-        comments += [
-            ReviewComment(
-                file=str(c["file"]),
-                line=int(c["line"]),
-                severity=str(c.get("severity", "info")),
-                comment=str(c.get("comment", ""))[:1000],
-                source="llm",
-            )
-            for c in got.items
-        ]
-        if got.dropped:
-            note = f"{got.dropped} LLM comment(s) not anchored to changed lines were dropped"
-        if isinstance(got.output.get("summary"), str) and got.items:
-            summary = f"{got.output['summary'].strip()} ({summary})"
-    await ctx.report(4, 4, "review done")
-    return ReviewOutput(
-        project=str(root),
-        base=changes.base,
-        head=changes.head,
-        files=[
-            ChangedFile(path=c.path, status=c.status, additions=c.additions, deletions=c.deletions)
-            for c in changes.files
-        ],
-        findings=findings,
-        comments=sorted(comments, key=lambda c: (c.file, c.line)),
-        summary=summary,
-        llm_note=note,
-        execution=execution,
-    )
-
-
-def _diff_excerpt(root: Path, changes: GitChanges, limit: int = 9000) -> str:
-    """The added lines with their new line numbers, per file (what a comment may anchor to)."""
-    parts: list[str] = []
-    for change in changes.files:
-        if change.binary or change.status == "deleted" or not change.added_lines:
-            continue
-        try:
-            lines = (root / change.path).read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            continue
-        body = "\n".join(f"+{n:>5} | {lines[n - 1]}" for n in change.added_lines[:120] if n <= len(lines))
-        parts.append(f"--- {change.path} ({change.status})\n{body}")
-    text = "\n\n".join(parts)
-    return text if len(text) <= limit else text[:limit] + "\n[... diff cut ...]"
-
-
-# run_project_tests --------------------------------------------------------------------------------
-
-
-class RunTestsInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    project: str = Field(description="the project folder (inside the allowed roots)")
-    selection: list[str] | None = Field(default=None, description="test files or node ids, relative to project")
-    timeout_s: float = Field(default=300, gt=0, le=3600, description="kill the test run after this many seconds")
-    triage: bool = Field(default=True, description="ask the LLM to triage each failure")
-    allow_claude: bool = True
-
-
-class Triage(BaseModel):
-    test: str
-    likely_cause: str
-    file: str
-    line: int
-
-
-class RunTestsOutput(BaseModel):
-    project: str
-    passed: bool
-    exit_meaning: str
-    timed_out: bool
-    duration_s: float
-    totals: dict[str, int]
-    failures: list[TestCaseResult]
-    tests: list[TestCaseResult]
-    triage: list[Triage]
-    output_tail: str
-    llm_note: str | None = None
-    execution: ExecutionRecord | None = None
-
-
-async def run_project_tests(args: RunTestsInput, ctx: ToolContext) -> RunTestsOutput:
-    root = resolve_project(args.project, ctx.roots)
-    await ctx.report(0, 2, "running the tests")
-    result: TestRunResult = await run_tests(root, selection=args.selection, timeout_s=args.timeout_s)
-    failures = [t for t in result.tests if t.outcome in ("failed", "error")]
-    await ctx.report(1, 2, f"{result.totals.passed} passed, {len(failures)} failed; triaging")
-    triage: list[Triage] = []
-    note: str | None = None
-    execution = None
-    if failures and args.triage:
-        texts = {t.node_id: f"{t.message or ''}\n{t.detail or ''}" for t in failures[:6]}
-        listing = await list_project_files(root)
-        index = review.SourceIndex(root, listing.files)
-        system, user = review.triage_task(list(texts.items()))
-        got = await _grounded_items(
-            ctx,
-            name="test_triage",
-            system=system,
-            user=user,
-            schema=review.TRIAGE_SCHEMA,
-            key="triage",
-            check=lambda output: review.ground_triage(output, texts, index),
-            allow_claude=args.allow_claude,
-            max_tokens=700,
-        )
-        note, execution = got.note, got.execution
-        triage = [
-            Triage(
-                test=str(item["test"]),
-                likely_cause=str(item.get("likely_cause", ""))[:1000],
-                file=str(item["file"]),
-                line=int(item["line"]),
-            )
-            for item in got.items
-        ]
-        if got.dropped:
-            note = f"{got.dropped} ungrounded triage item(s) dropped"
-    await ctx.report(2, 2, "tests done")
-    ok = result.exit_code == 0 and not result.timed_out
-    return RunTestsOutput(
-        project=str(root),
-        passed=ok,
-        exit_meaning=result.exit_meaning,
-        timed_out=result.timed_out,
-        duration_s=result.duration_s,
-        totals=result.totals.model_dump(),
-        failures=failures,
-        tests=list(result.tests),
-        triage=triage,
-        output_tail=result.output_tail,
-        llm_note=note,
-        execution=execution,
-    )
-
-
-class DevelopmentSupervisor(Supervisor):
-    name = "development"
-    description = "Analyse, improve and review code; run tests and triage failures."
-
-    def external_tools(self) -> Sequence[ExternalTool[Any, Any]]:
-        return (
-            ExternalTool(
-                name="analyze_and_improve_code",
-                title="Analyse and improve a project's code",
-                description=(
-                    "Run ruff, bandit + a secrets check, radon/lizard complexity, vulture and a dependency check "
-                    "on a project, then have the local LLM prioritise the findings (grounded: every cited file, "
-                    "line and rule must exist). task=improve also returns unified-diff patches, each verified in "
-                    "a temporary copy to apply and lint clean. The project's files are never modified."
-                ),
-                input_model=AnalyzeInput,
-                output_model=AnalyzeOutput,
-                handler=analyze_and_improve_code,
-                uses_roots=True,
-                read_only=True,
-                idempotent=True,
-                open_world=False,
-            ),
-            ExternalTool(
-                name="review_changes",
-                title="Review a git diff",
-                description=(
-                    "Static checks restricted to the lines a change adds, plus LLM review comments anchored to "
-                    "those lines; the working tree vs HEAD, or base..head."
-                ),
-                input_model=ReviewInput,
-                output_model=ReviewOutput,
-                handler=review_changes,
-                uses_roots=True,
-            ),
-            ExternalTool(
-                name="run_project_tests",
-                title="Run the project's tests and triage failures",
-                description=(
-                    "Run pytest with a timeout, return per-test results, and have the LLM say for each failure "
-                    "the likely cause and where to look (grounded in the failure text)."
-                ),
-                input_model=RunTestsInput,
-                output_model=RunTestsOutput,
-                handler=run_project_tests,
-                uses_roots=True,
-                read_only=False,
-                idempotent=False,
-            ),
-        )
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default

@@ -7,6 +7,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 
+import anthropic
 import httpx2
 import pytest
 
@@ -141,9 +142,9 @@ async def test_system_schema_and_turns_on_the_wire() -> None:
         {"role": "assistant", "content": "noted"},
         {"role": "user", "content": "answer"},
     ]
-    system = body["system"]
-    assert isinstance(system, str) and system.startswith("Be exact.")
-    assert json.dumps(schema, sort_keys=True) in system
+    # Haiku 4.5 takes structured output: the schema goes (once) as output_config, not into the prompt
+    assert body["system"] == "Be exact."
+    assert body["output_config"] == {"format": {"type": "json_schema", "schema": anthropic.transform_schema(schema)}}
     assert body["stop_sequences"] == ["END"] and body["max_tokens"] == 16
     assert response.content == '{"ok": true}' and response.thinking == "plan"
     assert response.model == "claude-haiku-4-5-20251001"

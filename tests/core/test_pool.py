@@ -31,6 +31,7 @@ def ollama_host(name: str, fake: FakeOllama, http: httpx2.AsyncClient, *, limit:
     )
 
 
+@pytest.mark.slow  # waits out a real timeout
 async def test_host_dies_mid_run_no_request_fails_and_it_comes_back(tmp_path: object, http: httpx2.AsyncClient) -> None:
     """Two real llama.cpp servers; one is stopped during a run of 50 requests."""
     with EmbeddedServer() as a, EmbeddedServer() as b:

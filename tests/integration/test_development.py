@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from textwrap import dedent
@@ -16,6 +16,7 @@ import anyio
 from mcp import Client
 
 from caelum_mcp.config import load_config
+from caelum_mcp.pool import Host
 from caelum_mcp.server import create_server
 
 PLANTED = {
@@ -97,20 +98,27 @@ def digest(root: Path) -> dict[str, str]:
     }
 
 
-@asynccontextmanager
-async def session(tmp_path: Path, **overrides: Any) -> AsyncIterator[Client]:
+def make_server(tmp_path: Path, hosts: Sequence[Host] = (), **overrides: Any) -> tuple[Any, Any]:
+    """A server reading only ``tmp_path/work``: no implicit Ollama, no Claude key, no embedded model
+    unless asked (``embedded="on"``), plus ``hosts`` (e.g. scripted ones)."""
     config = load_config(
         None,
         environ={},
         overrides={
             "data_dir": str(tmp_path / "data"),
-            "embedded": "on",
+            "embedded": "off",
             "allowed_roots": [str(tmp_path / "work")],
             "hosts": [],
+            "implicit_ollama": False,
             **overrides,
         },
     )
-    server, _ = create_server(config)
+    return create_server(config, extra_hosts=hosts)
+
+
+@asynccontextmanager
+async def session(tmp_path: Path, **overrides: Any) -> AsyncIterator[Client]:
+    server, _ = make_server(tmp_path, **overrides)
     async with Client(server) as client:
         yield client
 
@@ -140,7 +148,9 @@ async def test_analyze_reports_planted_problems_with_progress_and_cache(tmp_path
         assert out["recommendations"], "at least the analyzers' recommendations"
         for rec in out["recommendations"]:
             assert (project / rec["file"]).is_file()
-        assert out["execution"] is not None or out["llm_note"]
+        # no local model can review code and Claude is not configured: skipped at once, saying what to add
+        assert out["llm"]["status"] == "skipped" and out["llm"]["execution"] is None
+        assert "tier full" in out["llm"]["note"] and "ANTHROPIC_API_KEY" in out["llm"]["note"]
         assert any("lint" in m for m in progress) and any("security" in m for m in progress)
         assert all(not s["cached"] for s in out["stages"])
         cold = sum(s["seconds"] for s in out["stages"])
@@ -300,7 +310,7 @@ async def test_run_project_tests_reports_failures(tmp_path: Path) -> None:
         assert failure["node_id"].endswith("test_add") and "assert" in (failure["detail"] or failure["message"])
         for item in out["triage"]:
             assert item["test"] == failure["node_id"]
-        assert out["execution"] is not None or out["llm_note"]
+        assert out["llm"]["status"] == "skipped" and "tier small" in out["llm"]["note"]
         json.dumps(out)
 
 
@@ -374,13 +384,8 @@ async def test_client_mcp_roots_extend_the_allowed_roots(tmp_path: Path) -> None
     from mcp.types import ListRootsResult, Root
 
     client_root = write(tmp_path / "client-workspace" / "proj", {"a.py": "import os\n"})
-    config = load_config(
-        None,
-        environ={},
-        overrides={"data_dir": str(tmp_path / "data"), "embedded": "off", "allowed_roots": [str(tmp_path / "work")]},
-    )
     (tmp_path / "work").mkdir()
-    server, _ = create_server(config)
+    server, _ = make_server(tmp_path)
     args = {"project": str(client_root), "llm_review": False}
 
     async def on_roots(ctx: Any) -> ListRootsResult:

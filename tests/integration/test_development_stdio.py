@@ -5,10 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 from mcp import Client, StdioServerParameters
 
 from .test_development import PLANTED, _git, write
 from .test_mcp_stdio import server_env
+
+pytestmark = pytest.mark.model
 
 
 async def test_each_development_tool_over_stdio(tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ import pytest
 
 from .test_mcp_http import Served, start_server
 
+pytestmark = [pytest.mark.model, pytest.mark.npm]
+
 ROOT = Path(__file__).resolve().parents[2]
 INSPECTOR = ROOT / ".tools" / "node_modules" / ".bin" / "mcp-inspector"
 
@@ -31,23 +33,30 @@ def inspector() -> Path:
 
 
 def run_inspector(inspector: Path, args: list[str], home: Path) -> dict[str, object]:
+    return run_inspector_with_stderr(inspector, args, home)[0]
+
+
+def run_inspector_with_stderr(inspector: Path, args: list[str], home: Path) -> tuple[dict[str, object], str]:
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home)}
     proc = subprocess.run(
         [str(inspector), "--cli", *args], env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     data: dict[str, object] = json.loads(proc.stdout)
-    return data
+    return data, proc.stderr
 
 
 def test_inspector_over_stdio_lists_and_calls(inspector: Path, tmp_path: Path) -> None:
     server = [
         "-e", f"CAELUM_DATA_DIR={tmp_path / 'data'}",
         "-e", "CAELUM_EMBEDDED=on",
+        "-e", "CAELUM_IMPLICIT_OLLAMA=false",
         "-e", f"HOME={tmp_path}",
         sys.executable, "-m", "caelum_mcp", "serve",
     ]  # fmt: skip
-    listed = run_inspector(inspector, [*server, "--method", "tools/list"], tmp_path)
+    listed, stderr = run_inspector_with_stderr(inspector, [*server, "--method", "tools/list", "--strict"], tmp_path)
+    # --strict reports each schema portability finding (e.g. `type` arrays Gemini rejects) on stderr
+    assert "Warning: tool" not in stderr and "Error: tool" not in stderr and "portability" not in stderr, stderr
     tools = {t["name"]: t for t in listed["tools"]}  # type: ignore[attr-defined]
     assert {"analyze_and_improve_code", "delegate_task", "pool_status"} <= set(tools)
     assert tools["pool_status"]["annotations"]["readOnlyHint"] is True

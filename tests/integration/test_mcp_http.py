@@ -24,6 +24,8 @@ from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import ListRootsResult, Root, TextContent
 
+pytestmark = pytest.mark.model
+
 TOKEN_ENV = "CAELUM_HTTP_TOKEN"  # deliberately CAELUM_-prefixed: it must not be read as a setting
 TOKEN = "test-token-5f0c1e9a7b2d4c68"
 INITIALIZE = {
@@ -65,6 +67,7 @@ def start_server(tmp: Path, env_extra: dict[str, str]) -> Iterator[Served]:
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(home),
         "CAELUM_DATA_DIR": str(tmp / "data"),
+        "CAELUM_IMPLICIT_OLLAMA": "false",
         **env_extra,
     }
     log = tmp / "server.log"
@@ -191,7 +194,12 @@ async def test_bearer_token_is_required_and_accepted(token_server: Served) -> No
 def test_cli_status_url_sends_the_configured_token(token_server: Served, tmp_path: Path) -> None:
     config = tmp_path / "client.toml"
     config.write_text(f'[server]\nbearer_token_env = "{TOKEN_ENV}"\n')
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "CAELUM_DATA_DIR": str(tmp_path / "d")}
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "CAELUM_DATA_DIR": str(tmp_path / "d"),
+        "CAELUM_IMPLICIT_OLLAMA": "false",
+    }
     args = [sys.executable, "-m", "caelum_mcp", "--config", str(config), "status", "--url", token_server.mcp]
     ok = subprocess.run(args, env={**env, TOKEN_ENV: TOKEN}, capture_output=True, timeout=60, check=False)
     assert ok.returncode == 0, ok.stderr[-2000:].decode()

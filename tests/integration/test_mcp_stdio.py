@@ -16,8 +16,11 @@ from pathlib import Path
 
 import anyio
 import psutil
+import pytest
 from mcp import Client, StdioServerParameters
 from mcp.types import TextContent
+
+pytestmark = pytest.mark.model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,6 +33,7 @@ def server_env(tmp_path: Path) -> dict[str, str]:
         "HOME": str(home),
         "CAELUM_DATA_DIR": str(tmp_path / "data"),
         "CAELUM_EMBEDDED": "on",
+        "CAELUM_IMPLICIT_OLLAMA": "false",
         "CAELUM_LOG_LEVEL": "debug",  # plenty of logging, all of which must stay off stdout
     }
 

@@ -298,6 +298,7 @@ async def test_tests_in_the_copy_use_the_patched_code_despite_an_editable_instal
     assert leftovers(private_tmp) == []
 
 
+@pytest.mark.slow  # waits out a real timeout
 async def test_cancelled_check_removes_its_copy_and_stops_the_tests(
     write_project: WriteProject, private_tmp: Path
 ) -> None:

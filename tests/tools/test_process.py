@@ -78,6 +78,7 @@ async def test_output_beyond_the_cap_is_dropped_without_blocking_the_child(tmp_p
     assert result.stderr.strip() == "done"
 
 
+@pytest.mark.slow  # waits out a real timeout
 async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     pid_file = tmp_path / "grandchild.pid"
     started = time.monotonic()

@@ -103,6 +103,7 @@ async def test_collection_error_is_reported(write_project: WriteProject) -> None
     assert "not_a_real_module_xyz" in (result.tests[0].detail or "") + result.output_tail
 
 
+@pytest.mark.slow  # waits out a real timeout
 async def test_timeout_kills_the_run(write_project: WriteProject) -> None:
     root = write_project({"tests/test_slow.py": "import time\n\ndef test_slow():\n    time.sleep(60)\n"})
     started = time.monotonic()

@@ -374,8 +374,8 @@ def _git_failure(stderr: str, default: str) -> str:
     return "; ".join(lines[:4])[:500] if lines else default
 
 
-async def _lint_file(copy: Path, rel: str) -> tuple[tuple[LintFinding, ...], str | None]:
-    result = await lint(copy, [rel])
+async def _lint_file(copy: Path, rel: str, timeout_s: float) -> tuple[tuple[LintFinding, ...], str | None]:
+    result = await lint(copy, [rel], timeout_s=timeout_s)
     return result.findings, (result.errors[0].message if result.errors else None)
 
 
@@ -425,7 +425,9 @@ async def _test_outcome(copy: Path, timeout_s: float) -> tuple[bool, bool | None
     return True, False, None if run.exit_code == 1 else f"tests: {run.exit_meaning}"
 
 
-async def _measure(copy: Path, rel: str, diff_file: Path, *, run_tests: bool, test_timeout_s: float) -> PatchCheck:
+async def _measure(
+    copy: Path, rel: str, diff_file: Path, *, run_tests: bool, test_timeout_s: float, lint_timeout_s: float
+) -> PatchCheck:
     env = _apply_env(copy)
 
     async def git_apply(*args: str) -> tuple[bool, str]:
@@ -453,7 +455,7 @@ async def _measure(copy: Path, rel: str, diff_file: Path, *, run_tests: bool, te
     before: tuple[LintFinding, ...] = ()
     parsed_before = True
     if python and target.is_file():
-        before, lint_error = await _lint_file(copy, rel)
+        before, lint_error = await _lint_file(copy, rel, lint_timeout_s)
         if lint_error:
             return PatchCheck(
                 applies=True, lint_clean=False, new_findings=(), resolved_findings=(), error=f"ruff: {lint_error}"
@@ -467,7 +469,7 @@ async def _measure(copy: Path, rel: str, diff_file: Path, *, run_tests: bool, te
     after: tuple[LintFinding, ...] = ()
     error: str | None = None
     if python and target.is_file():
-        after, lint_error = await _lint_file(copy, rel)
+        after, lint_error = await _lint_file(copy, rel, lint_timeout_s)
         error = f"ruff: {lint_error}" if lint_error else None
     new = _unmatched(after, before)
     resolved = _unmatched(before, after)
@@ -512,7 +514,9 @@ def _write_diff(folder: Path, diff: str) -> Path:
     return Path(name)
 
 
-async def _check_in_copy(copy: Path, rel: str, patch: Patch, *, run_tests: bool, test_timeout_s: float) -> PatchCheck:
+async def _check_in_copy(
+    copy: Path, rel: str, patch: Patch, *, run_tests: bool, test_timeout_s: float, lint_timeout_s: float
+) -> PatchCheck:
     """Check ``patch`` in ``copy`` and put the patched file back as it was, so the copy can be reused."""
     if not patch.diff.strip():
         return _not_applied("the patch is empty")
@@ -521,13 +525,22 @@ async def _check_in_copy(copy: Path, rel: str, patch: Patch, *, run_tests: bool,
     # The diff lives beside the copy, not in it: it must not be linted, tested or listed.
     diff_file = _write_diff(copy.parent, patch.diff)
     try:
-        return await _measure(copy, rel, diff_file, run_tests=run_tests, test_timeout_s=test_timeout_s)
+        return await _measure(
+            copy, rel, diff_file, run_tests=run_tests, test_timeout_s=test_timeout_s, lint_timeout_s=lint_timeout_s
+        )
     finally:
         _restore(target, snapshot)
         os.unlink(diff_file)
 
 
-async def check_patch(root: Path, patch: Patch, *, run_tests: bool = False, test_timeout_s: float = 300) -> PatchCheck:
+async def check_patch(
+    root: Path,
+    patch: Patch,
+    *,
+    run_tests: bool = False,
+    test_timeout_s: float = 300,
+    lint_timeout_s: float = ANALYSER_TIMEOUT_S,
+) -> PatchCheck:
     """Apply ``patch`` to a temporary copy of the project and report what it does there.
 
     The copy holds the project's listed files (``list_project_files``; no ``.git``, at most
@@ -537,9 +550,15 @@ async def check_patch(root: Path, patch: Patch, *, run_tests: bool = False, test
     one). Problems with the patch are reported in the result, not raised; only a bad ``root``
     raises :class:`PathNotAllowedError`.
     """
-    return (await check_patches(root, [patch], run_tests=run_tests, concurrency=1, test_timeout_s=test_timeout_s))[
-        0
-    ].check
+    checked = await check_patches(
+        root,
+        [patch],
+        run_tests=run_tests,
+        concurrency=1,
+        test_timeout_s=test_timeout_s,
+        lint_timeout_s=lint_timeout_s,
+    )
+    return checked[0].check
 
 
 async def check_patches(
@@ -549,8 +568,12 @@ async def check_patches(
     run_tests: bool = False,
     concurrency: int = 2,
     test_timeout_s: float = 300,
+    lint_timeout_s: float = ANALYSER_TIMEOUT_S,
 ) -> list[CheckedPatch]:
     """:func:`check_patch` for each patch, in order, ``concurrency`` at a time.
+
+    ``lint_timeout_s`` bounds each ruff run (``[tools] analyser_timeout_s``), ``test_timeout_s``
+    each test run.
 
     Without tests each worker reuses one copy and restores the patched file after every check;
     with tests every patch gets a fresh copy, since a test run may write anywhere in it.
@@ -573,7 +596,12 @@ async def check_patches(
             try:
                 async with _project_copy(base, [rel], link_venv=run_tests) as copy:
                     results[index] = await _check_in_copy(
-                        copy, rel, patches[index], run_tests=run_tests, test_timeout_s=test_timeout_s
+                        copy,
+                        rel,
+                        patches[index],
+                        run_tests=run_tests,
+                        test_timeout_s=test_timeout_s,
+                        lint_timeout_s=lint_timeout_s,
                     )
             except _CopyError as exc:
                 results[index] = _not_applied(str(exc))
@@ -583,7 +611,12 @@ async def check_patches(
             async with _project_copy(base, extra, link_venv=False) as copy:
                 for index, rel in queue:
                     results[index] = await _check_in_copy(
-                        copy, rel, patches[index], run_tests=False, test_timeout_s=test_timeout_s
+                        copy,
+                        rel,
+                        patches[index],
+                        run_tests=False,
+                        test_timeout_s=test_timeout_s,
+                        lint_timeout_s=lint_timeout_s,
                     )
         except _CopyError as exc:
             for index, _ in queue:

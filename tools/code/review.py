@@ -10,9 +10,11 @@ only the grounded items. Nothing here calls a model, so all of it is tested with
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from caelum_mcp.grounding import check_items, cited_list_schema, output_cap
+from caelum_mcp.llm import GroundingResult
 
 from .models import Finding
 
@@ -20,101 +22,68 @@ MAX_EXCERPT_LINES = 7
 MAX_FINDINGS_IN_PROMPT = 30
 MAX_PROMPT_CHARS = 12_000
 
-REVIEW_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "summary": {"type": "string", "description": "two or three sentences on the state of the code"},
-        "recommendations": {
-            "type": "array",
-            "maxItems": 8,
-            "items": {
-                "type": "object",
-                "properties": {
-                    "title": {"type": "string"},
-                    "priority": {"type": "integer", "minimum": 1, "maximum": 5, "description": "1 = most urgent"},
-                    "file": {"type": "string", "description": "a file from the findings"},
-                    "line": {"type": "integer"},
-                    "rule": {"type": "string", "description": "the rule id of the finding it addresses"},
-                    "rationale": {"type": "string"},
-                },
-                "required": ["title", "priority", "file", "line", "rule", "rationale"],
-            },
-        },
+MAX_RECOMMENDATIONS = 8
+MAX_COMMENTS = 10
+MAX_TRIAGE = 6
+MAX_EDITS = 5
+
+REVIEW_SCHEMA = cited_list_schema(
+    "recommendations",
+    {
+        "title": {"type": "string"},
+        "priority": {"type": "integer", "minimum": 1, "maximum": 5, "description": "1 = most urgent"},
+        "file": {"type": "string", "description": "a file from the findings"},
+        "line": {"type": "integer"},
+        "rule": {"type": "string", "description": "the rule id of the finding it addresses"},
+        "rationale": {"type": "string"},
     },
-    "required": ["summary", "recommendations"],
-}
+    ("title", "priority", "file", "line", "rule", "rationale"),
+    max_items=MAX_RECOMMENDATIONS,
+    summary="two or three sentences on the state of the code",
+)
+REVIEW_TOKENS = output_cap(MAX_RECOMMENDATIONS, 90)
 
-COMMENTS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "summary": {"type": "string"},
-        "comments": {
-            "type": "array",
-            "maxItems": 10,
-            "items": {
-                "type": "object",
-                "properties": {
-                    "file": {"type": "string"},
-                    "line": {"type": "integer", "description": "a line added or changed by the diff"},
-                    "severity": {"type": "string", "enum": ["info", "low", "medium", "high"]},
-                    "comment": {"type": "string"},
-                },
-                "required": ["file", "line", "severity", "comment"],
-            },
-        },
+COMMENTS_SCHEMA = cited_list_schema(
+    "comments",
+    {
+        "file": {"type": "string"},
+        "line": {"type": "integer", "description": "a line added or changed by the diff"},
+        "severity": {"type": "string", "enum": ["info", "low", "medium", "high"]},
+        "comment": {"type": "string"},
     },
-    "required": ["summary", "comments"],
-}
+    ("file", "line", "severity", "comment"),
+    max_items=MAX_COMMENTS,
+    summary="one or two sentences on the change",
+)
+COMMENTS_TOKENS = output_cap(MAX_COMMENTS, 70)
 
-TRIAGE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "triage": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "test": {"type": "string", "description": "the failing test's id, as given"},
-                    "likely_cause": {"type": "string"},
-                    "file": {"type": "string", "description": "where to look"},
-                    "line": {"type": "integer"},
-                },
-                "required": ["test", "likely_cause", "file", "line"],
-            },
-        }
+TRIAGE_SCHEMA = cited_list_schema(
+    "triage",
+    {
+        "test": {"type": "string", "description": "the failing test's id, as given"},
+        "likely_cause": {"type": "string"},
+        "file": {"type": "string", "description": "where to look"},
+        "line": {"type": "integer"},
     },
-    "required": ["triage"],
-}
+    ("test", "likely_cause", "file", "line"),
+    max_items=MAX_TRIAGE,
+)
+TRIAGE_TOKENS = output_cap(MAX_TRIAGE, 90)
 
-EDITS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "edits": {
-            "type": "array",
-            "maxItems": 5,
-            "items": {
-                "type": "object",
-                "properties": {
-                    "file": {"type": "string"},
-                    "start_line": {"type": "integer"},
-                    "end_line": {"type": "integer"},
-                    "replacement": {"type": "string", "description": "the new text for those lines"},
-                    "rule": {"type": "string"},
-                    "description": {"type": "string"},
-                },
-                "required": ["file", "start_line", "end_line", "replacement", "rule", "description"],
-            },
-        }
+EDITS_SCHEMA = cited_list_schema(
+    "edits",
+    {
+        "file": {"type": "string"},
+        "start_line": {"type": "integer"},
+        "end_line": {"type": "integer"},
+        "replacement": {"type": "string", "description": "the new text for those lines"},
+        "rule": {"type": "string"},
+        "description": {"type": "string"},
     },
-    "required": ["edits"],
-}
-
-
-@dataclass(frozen=True)
-class Grounding:
-    score: float
-    problems: tuple[str, ...]
-    valid: tuple[int, ...]  # indexes of the items that passed every check
+    ("file", "start_line", "end_line", "replacement", "rule", "description"),
+    max_items=MAX_EDITS,
+)
+EDITS_TOKENS = output_cap(MAX_EDITS, 160)
 
 
 class SourceIndex:
@@ -174,29 +143,28 @@ def review_task(
     return system, user
 
 
-def ground_recommendations(output: Mapping[str, Any], findings: Sequence[Finding], index: SourceIndex) -> Grounding:
+def ground_recommendations(
+    output: Mapping[str, Any], findings: Sequence[Finding], index: SourceIndex
+) -> GroundingResult:
     """Every recommendation must name a reported (file, rule) at a line that exists."""
-    recs = output.get("recommendations") or []
-    if not recs:
-        return Grounding(1.0 if not findings else 0.5, () if not findings else ("no recommendations given",), ())
     reported = {(f.file, f.rule) for f in findings}
     rules_by_file: dict[str, set[str]] = {}
     for f in findings:
         rules_by_file.setdefault(f.file, set()).add(f.rule)
-    problems: list[str] = []
-    valid: list[int] = []
-    for i, rec in enumerate(recs):
+
+    def check(_: int, rec: Mapping[str, Any]) -> str | None:
         file, line, rule = str(rec.get("file", "")), rec.get("line"), str(rec.get("rule", ""))
         if file not in index.files:
-            problems.append(f"recommendation {i + 1}: file {file!r} is not in the project")
-        elif not isinstance(line, int) or not index.has_line(file, line):
-            problems.append(f"recommendation {i + 1}: {file} has no line {line}")
-        elif (file, rule) not in reported:
+            return f"file {file!r} is not in the project"
+        if not isinstance(line, int) or not index.has_line(file, line):
+            return f"{file} has no line {line}"
+        if (file, rule) not in reported:
             known = ", ".join(sorted(rules_by_file.get(file, set()))) or "none"
-            problems.append(f"recommendation {i + 1}: rule {rule!r} was not reported for {file} (reported: {known})")
-        else:
-            valid.append(i)
-    return Grounding(len(valid) / len(recs), tuple(problems), tuple(valid))
+            return f"rule {rule!r} was not reported for {file} (reported: {known})"
+        return None
+
+    empty = GroundingResult(score=0.5, problems=("no recommendations given",)) if findings else None
+    return check_items(output.get("recommendations") or [], check, label="recommendation", when_empty=empty)
 
 
 def comments_task(diff_text: str, findings: Sequence[Finding]) -> tuple[str, str]:
@@ -213,22 +181,18 @@ def comments_task(diff_text: str, findings: Sequence[Finding]) -> tuple[str, str
     return system, user
 
 
-def ground_comments(output: Mapping[str, Any], changed_lines: Mapping[str, set[int]]) -> Grounding:
+def ground_comments(output: Mapping[str, Any], changed_lines: Mapping[str, set[int]]) -> GroundingResult:
     """Every comment must be anchored to a line the diff added or changed."""
-    comments = output.get("comments") or []
-    if not comments:
-        return Grounding(1.0, (), ())
-    problems: list[str] = []
-    valid: list[int] = []
-    for i, c in enumerate(comments):
-        file, line = str(c.get("file", "")), c.get("line")
+
+    def check(_: int, comment: Mapping[str, Any]) -> str | None:
+        file, line = str(comment.get("file", "")), comment.get("line")
         if file not in changed_lines:
-            problems.append(f"comment {i + 1}: {file!r} is not a changed file")
-        elif line not in changed_lines[file]:
-            problems.append(f"comment {i + 1}: line {line} of {file} is not a changed line")
-        else:
-            valid.append(i)
-    return Grounding(len(valid) / len(comments), tuple(problems), tuple(valid))
+            return f"{file!r} is not a changed file"
+        if line not in changed_lines[file]:
+            return f"line {line} of {file} is not a changed line"
+        return None
+
+    return check_items(output.get("comments") or [], check, label="comment")
 
 
 def triage_task(failures: Sequence[tuple[str, str]]) -> tuple[str, str]:
@@ -241,23 +205,20 @@ def triage_task(failures: Sequence[tuple[str, str]]) -> tuple[str, str]:
     return system, _clip(body)
 
 
-def ground_triage(output: Mapping[str, Any], failures: Mapping[str, str], index: SourceIndex) -> Grounding:
+def ground_triage(output: Mapping[str, Any], failures: Mapping[str, str], index: SourceIndex) -> GroundingResult:
     """Each item must name a failing test, and a file:line that its failure text or the project has."""
-    items = output.get("triage") or []
-    if not items:
-        return Grounding(0.0 if failures else 1.0, ("no triage given",) if failures else (), ())
-    problems: list[str] = []
-    valid: list[int] = []
-    for i, item in enumerate(items):
+
+    def check(_: int, item: Mapping[str, Any]) -> str | None:
         test, file, line = str(item.get("test", "")), str(item.get("file", "")), item.get("line")
         text = failures.get(test)
         if text is None:
-            problems.append(f"item {i + 1}: {test!r} is not one of the failing tests")
-        elif not (f"{file}:{line}" in text or (isinstance(line, int) and index.has_line(file, line))):
-            problems.append(f"item {i + 1}: {file}:{line} is neither in the failure text nor in the project")
-        else:
-            valid.append(i)
-    return Grounding(len(valid) / len(items), tuple(problems), tuple(valid))
+            return f"{test!r} is not one of the failing tests"
+        if not (f"{file}:{line}" in text or (isinstance(line, int) and index.has_line(file, line))):
+            return f"{file}:{line} is neither in the failure text nor in the project"
+        return None
+
+    empty = GroundingResult(score=0.0, problems=("no triage given",)) if failures else None
+    return check_items(output.get("triage") or [], check, label="item", when_empty=empty)
 
 
 def edits_task(findings: Sequence[Finding], index: SourceIndex) -> tuple[str, str]:

@@ -1,0 +1,312 @@
+"""How an external tool call runs, whoever asks: an MCP client, or another tool through ``call_tool``.
+
+:class:`ToolRuntime` holds every supervisor and its tools (registered once, names unique) and, while
+the server runs, the services they are handed. One call:
+
+1. the arguments are validated against the tool's input model (:class:`ToolInputError` names each
+   bad one, with a did-you-mean for unknown ones);
+2. the call gets an id, and a row in the ledger's ``tool_calls`` (a child names its parent);
+3. the handler runs with a :class:`~caelum_mcp.supervisors.base.ToolContext` of typed services: the
+   LLM service bound to this call (so every model call it makes is recorded under it), the
+   ``[tools]`` limits, the roots, the cache, the supervisor's state folder, progress, ``call_tool``,
+   and ``pool_admin`` only for a supervisor that declares it;
+4. for a client, the result is fitted to its token budget (:mod:`caelum_mcp.budget`): the longest
+   lists are cut from their end, and ``omitted`` and ``more`` say what was left out and how to get
+   it. A child's result goes to its parent whole; the parent's own result is what gets fitted.
+
+Supervisors' lifespans (:meth:`~caelum_mcp.supervisors.base.Supervisor.lifespan`) are entered when
+the server starts and left when it stops (:meth:`ToolRuntime.serving`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
+
+import anyio
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+
+from caelum_mcp.app import AppState
+from caelum_mcp.budget import fit_to_budget
+from caelum_mcp.config import RESULT_TOKENS_CAP
+from caelum_mcp.errors import CaelumError, ToolInputError
+from caelum_mcp.llm import Availability, LLMTask, ProgressFn, RoutedResult
+from caelum_mcp.router import Router
+from caelum_mcp.supervisors.base import (
+    ExternalTool,
+    ProgressReporter,
+    Supervisor,
+    SupervisorEnv,
+    ToolContext,
+    ToolOutput,
+    _no_progress,
+)
+from caelum_mcp.types import Frozen, Tier
+
+log = logging.getLogger(__name__)
+
+MAX_CALL_DEPTH = 4  # call_tool nesting: a workflow step calling a tool that calls a tool is plenty
+# What the fields ``omitted`` and ``more`` add to a cut result, kept free in the budget.
+_NOTE_TOKENS = 120
+
+
+class BoundLLM:
+    """The LLM service of one tool call: the router, with the call's id on every ledger row."""
+
+    def __init__(self, router: Router, call_id: str | None = None) -> None:
+        self.router = router
+        self.call_id = call_id
+
+    async def run(self, task: LLMTask, *, progress: ProgressFn | None = None) -> RoutedResult:
+        return await self.router.run(task, progress=progress, call_id=self.call_id)
+
+    def tiers(self) -> frozenset[Tier]:
+        return frozenset(self.router.pool.available_tiers())
+
+    def availability(self, task: LLMTask) -> Availability:
+        return self.router.availability(task)
+
+
+@dataclass(frozen=True)
+class RegisteredTool:
+    tool: ExternalTool[Any, Any]
+    supervisor: Supervisor
+
+
+class ToolInfo(Frozen):
+    name: str
+    title: str
+    read_only: bool
+    destructive: bool
+
+
+class InternalToolInfo(Frozen):
+    name: str
+    description: str
+
+
+class SupervisorInfo(Frozen):
+    name: str
+    description: str
+    external_tools: list[ToolInfo]
+    internal_tools: list[InternalToolInfo]
+
+
+class ToolRuntime:
+    """Every supervisor's tools, and how one call of any of them runs (see the module docstring)."""
+
+    def __init__(self, supervisors: Sequence[Supervisor]) -> None:
+        self.supervisors = tuple(supervisors)
+        self.tools: dict[str, RegisteredTool] = {}
+        for supervisor in self.supervisors:
+            for tool in supervisor.external_tools():
+                if tool.name in self.tools:
+                    other = self.tools[tool.name].supervisor.name
+                    raise ValueError(f"tool {tool.name!r} of {supervisor.name} is already registered by {other}")
+                if not issubclass(tool.output_model, ToolOutput):
+                    raise TypeError(f"tool {tool.name!r}: its output model must derive from ToolOutput")
+                self.tools[tool.name] = RegisteredTool(tool, supervisor)
+        self._state: AppState | None = None
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def serving(self, state: AppState) -> AsyncIterator[None]:
+        """Hand the running app's services to the tools, with every supervisor's lifespan open."""
+        async with AsyncExitStack() as stack:
+            for supervisor in self.supervisors:
+                env = SupervisorEnv(
+                    state_dir=self.state_dir(state, supervisor),
+                    limits=state.config.tools,
+                    llm=BoundLLM(state.router),
+                    cache=state.cache,
+                )
+                await stack.enter_async_context(supervisor.lifespan(env))
+            self._state = state
+            try:
+                yield
+            finally:
+                self._state = None
+
+    def require_state(self) -> AppState:
+        if self._state is None:
+            raise CaelumError("the server is not running (no session is open)")
+        return self._state
+
+    @staticmethod
+    def state_dir(state: AppState, supervisor: Supervisor) -> Path:
+        path = state.config.data_dir / "supervisors" / supervisor.name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # calls -----------------------------------------------------------------------------------
+
+    def get(self, name: str) -> RegisteredTool:
+        registered = self.tools.get(name)
+        if registered is None:
+            close = difflib.get_close_matches(name, self.tools, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise CaelumError(f"no tool named {name[:80]!r}{hint}; tools: {', '.join(sorted(self.tools))}")
+        return registered
+
+    async def invoke(
+        self,
+        name: str,
+        args: Mapping[str, Any] | BaseModel,
+        *,
+        roots: tuple[Path, ...],
+        progress: ProgressReporter = _no_progress,
+        parent: ToolContext | None = None,
+    ) -> ToolOutput:
+        """Run tool ``name`` with ``args`` (validated here unless already its input model)."""
+        registered = self.get(name)
+        tool, supervisor = registered.tool, registered.supervisor
+        if isinstance(args, tool.input_model):
+            validated = args
+        else:
+            raw = args.model_dump(exclude_unset=True) if isinstance(args, BaseModel) else args
+            validated = validate_arguments(tool.input_model, raw)
+        depth = parent.depth + 1 if parent is not None else 0
+        if depth > MAX_CALL_DEPTH:
+            raise CaelumError(f"call_tool nested deeper than {MAX_CALL_DEPTH} levels (calling {name})")
+        state = self.require_state()
+        call_id = uuid.uuid4().hex[:16]
+        ctx = ToolContext(
+            llm=BoundLLM(state.router, call_id),
+            limits=state.config.tools,
+            roots=roots,
+            state_dir=self.state_dir(state, supervisor),
+            cache=state.cache,
+            progress=progress,
+            pool_admin=state.pool_admin if supervisor.pool_admin else None,
+            call_id=call_id,
+            depth=depth,
+            caller=self._call_child,
+        )
+        ledger = state.ledger
+        ledger.start_tool_call(call_id, name, parent_id=parent.call_id if parent is not None else None)
+        started = time.perf_counter()
+        outcome, error = "error", None
+        try:
+            result: ToolOutput = await tool.handler(validated, ctx)
+            outcome = "ok"
+            return result
+        except anyio.get_cancelled_exc_class():
+            outcome = "cancelled"
+            raise
+        except CaelumError as exc:
+            error = str(exc)
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            ledger.finish_tool_call(call_id, seconds=time.perf_counter() - started, outcome=outcome, error=error)
+
+    async def _call_child(self, name: str, args: Mapping[str, Any] | BaseModel, parent: ToolContext) -> ToolOutput:
+        async def forward(progress: float, total: float | None, message: str) -> None:
+            await parent.note(f"{name}: {message}")
+
+        return await self.invoke(name, args, roots=parent.roots, progress=forward, parent=parent)
+
+    def budget_for(self, name: str, args: BaseModel | None = None) -> int:
+        """The token budget of ``name`` 's result: the configured default, raised by the tool for
+        this call if it asks, never above the hard cap."""
+        tool = self.get(name).tool
+        budget = self.require_state().config.server.result_tokens
+        if tool.result_tokens is not None and args is not None:
+            wanted = tool.result_tokens(args)
+            if wanted:
+                budget = max(budget, wanted)
+        return min(budget, RESULT_TOKENS_CAP)
+
+    def fit(self, name: str, result: ToolOutput, budget_tokens: int) -> dict[str, Any]:
+        """``result`` as JSON data within ``budget_tokens``; what was cut is in ``omitted`` and
+        ``more`` (both left out when nothing was cut)."""
+        tool = self.get(name).tool
+        data = result.model_dump(mode="json")
+        data.pop("omitted", None)
+        data.pop("more", None)
+        fitted = fit_to_budget(data, max(200, budget_tokens - _NOTE_TOKENS))
+        if not fitted.omitted:
+            return fitted.data
+        more = tool.more_hint or "ask for less"
+        note = f"result cut to its budget of about {budget_tokens} tokens; to see more, {more}"
+        return {**fitted.data, "omitted": dict(fitted.omitted), "more": note}
+
+    # catalog -----------------------------------------------------------------------------------
+
+    def catalog(self) -> list[SupervisorInfo]:
+        """Every supervisor with its external and internal tools (``caelum://supervisors``)."""
+        return [
+            SupervisorInfo(
+                name=s.name,
+                description=s.description,
+                external_tools=[
+                    ToolInfo(
+                        name=r.tool.name, title=r.tool.title, read_only=r.tool.read_only, destructive=r.tool.destructive
+                    )
+                    for r in self.tools.values()
+                    if r.supervisor is s
+                ],
+                internal_tools=[InternalToolInfo(name=t.name, description=t.summary) for t in s.internal_tools()],
+            )
+            for s in self.supervisors
+        ]
+
+
+# arguments ----------------------------------------------------------------------------------------
+
+
+def validate_arguments(input_model: type[BaseModel], raw: Mapping[str, Any]) -> BaseModel:
+    """Validate a tool call's arguments against ``input_model``; a :class:`ToolInputError` names
+    each bad one in one line (unknown ones with a did-you-mean)."""
+    known = set(input_model.model_fields)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            hints.append(f"`{name[:80]}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+        raise ToolInputError(
+            f"unknown argument {', '.join(hints)}; this tool takes: {', '.join(input_model.model_fields)}"
+        )
+    data = {k: _pre_parse(input_model.model_fields[k], v) for k, v in raw.items()}
+    try:
+        return input_model.model_validate(data)
+    except ValidationError as exc:
+        raise ToolInputError(_validation_message(exc)) from None
+
+
+def _pre_parse(field: FieldInfo, value: Any) -> Any:
+    """Some clients (Claude Desktop) send objects and arrays as JSON text: decode those, nothing else."""
+    ann = field.annotation
+    members = get_args(ann) if get_origin(ann) in (Union, UnionType) else (ann,)
+    if not isinstance(value, str) or str in members:
+        return value
+    try:
+        decoded = json.loads(value)
+    except (ValueError, RecursionError):
+        return value
+    return decoded if isinstance(decoded, dict | list) else value
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "arguments"
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    return "invalid arguments: " + "; ".join(parts)
+
+
+__all__ = ["BoundLLM", "SupervisorInfo", "ToolRuntime", "validate_arguments"]

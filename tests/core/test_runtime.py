@@ -1,0 +1,228 @@
+"""The tool runtime: typed services, call_tool between supervisors, the call record, budgets.
+
+A small supervisor defined here runs on the real runtime, app (pool, router, ledger, cache) and a
+scripted model host; no model server and no MCP transport.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
+from caelum_mcp.app import open_app
+from caelum_mcp.budget import result_size
+from caelum_mcp.errors import CaelumError, ToolInputError
+from caelum_mcp.llm import LLMTask, TaskKind
+from caelum_mcp.runtime import ToolRuntime
+from caelum_mcp.supervisors.base import ExternalTool, InternalTool, Supervisor, SupervisorEnv, ToolContext, ToolOutput
+from caelum_mcp.types import ChatMessage
+
+from .conftest import make_config, scripted_host
+
+
+class EchoInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1)
+    ask_model: bool = False
+    delay_s: float = 0
+    items: int = 0
+
+
+class EchoOutput(ToolOutput):
+    text: str
+    answer: str | None = None
+    call_id: str
+    has_pool_admin: bool
+    state_dir: str
+    items: list[dict[str, Any]] = []
+
+
+class OuterInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    child: str = "echo"
+    child_args: dict[str, Any]
+
+
+class OuterOutput(ToolOutput):
+    child: dict[str, Any]
+
+
+async def echo(args: EchoInput, ctx: ToolContext) -> EchoOutput:
+    await ctx.report(1, 2, "echoing")
+    if args.delay_s:
+        await anyio.sleep(args.delay_s)
+    answer = None
+    if args.ask_model:
+        task = LLMTask(name="echo", kind=TaskKind.GENERAL, messages=(ChatMessage(role="user", content=args.text),))
+        answer = (await ctx.llm.run(task)).text
+    items = [{"n": i, "file": f"src/module_{i}.py", "message": "x" * 60} for i in range(args.items)]
+    return EchoOutput(
+        text=args.text,
+        answer=answer,
+        call_id=ctx.call_id,
+        has_pool_admin=ctx.pool_admin is not None,
+        state_dir=str(ctx.state_dir),
+        items=items,
+    )
+
+
+async def outer(args: OuterInput, ctx: ToolContext) -> OuterOutput:
+    child = await ctx.call_tool(args.child, args.child_args)
+    return OuterOutput(child=child.model_dump())
+
+
+class Sample(Supervisor):
+    name = "sample"
+    description = "A supervisor for the runtime's tests."
+    events: list[str] = []
+
+    def external_tools(self) -> Sequence[ExternalTool[Any, Any]]:
+        return (
+            ExternalTool(
+                "echo", "Echo", "Echo the text.", EchoInput, EchoOutput, echo, more_hint="ask for fewer `items`"
+            ),
+            ExternalTool("outer", "Outer", "Call another tool.", OuterInput, OuterOutput, outer),
+        )
+
+    def internal_tools(self) -> Sequence[InternalTool]:
+        return (InternalTool("echo_text", echo),)
+
+    @asynccontextmanager
+    async def lifespan(self, env: SupervisorEnv) -> AsyncIterator[None]:
+        marker = env.state_dir / "open"
+        marker.write_text("yes")
+        self.events.append("opened")
+        try:
+            yield
+        finally:
+            marker.unlink()
+            self.events.append("closed")
+
+
+class Admin(Supervisor):
+    name = "admin"
+    description = "Declares pool_admin, as the ai supervisor does."
+    pool_admin = True
+
+    def external_tools(self) -> Sequence[ExternalTool[Any, Any]]:
+        return (ExternalTool("admin_echo", "Admin echo", "Echo.", EchoInput, EchoOutput, echo),)
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, *supervisors: Supervisor) -> AsyncIterator[ToolRuntime]:
+    runtime = ToolRuntime(supervisors or (Sample(), Admin()))
+    host = scripted_host("gpu-1", [("qwen3:8b", 8.0)], ['{"answer": "pong", "confidence": 0.9}'])
+    config = make_config(tmp_path, embedded="off")
+    async with open_app(config, health_loop=False, extra_hosts=[host]) as state, runtime.serving(state):
+        yield runtime
+
+
+def roots(tmp_path: Path) -> tuple[Path, ...]:
+    return (tmp_path,)
+
+
+async def test_registration_refuses_duplicates_and_untyped_results() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        ToolRuntime([Sample(), Sample()])
+
+    class Loose(Supervisor):
+        name = "loose"
+        description = "returns a plain model"
+
+        def external_tools(self) -> Sequence[ExternalTool[Any, Any]]:
+            return (ExternalTool("loose", "Loose", "x", EchoInput, EchoInput, echo),)  # type: ignore[type-var]
+
+    with pytest.raises(TypeError, match="ToolOutput"):
+        ToolRuntime([Loose()])
+
+
+async def test_typed_services_state_dir_lifespan_and_pool_admin_only_where_declared(tmp_path: Path) -> None:
+    Sample.events = []
+    async with running(tmp_path) as runtime:
+        assert Sample.events == ["opened"]
+        plain = await runtime.invoke("echo", {"text": "hi"}, roots=roots(tmp_path))
+        admin = await runtime.invoke("admin_echo", {"text": "hi"}, roots=roots(tmp_path))
+        assert isinstance(plain, EchoOutput) and isinstance(admin, EchoOutput)
+        assert plain.has_pool_admin is False and admin.has_pool_admin is True
+        assert Path(plain.state_dir) == tmp_path / "supervisors" / "sample"
+        assert (Path(plain.state_dir) / "open").read_text() == "yes"
+        assert Path(admin.state_dir) == tmp_path / "supervisors" / "admin"
+    assert Sample.events == ["opened", "closed"]
+
+
+async def test_call_tool_validates_reports_progress_and_records_the_child_under_the_parent(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    async def progress(value: float, total: float | None, message: str) -> None:
+        seen.append(message)
+
+    async with running(tmp_path) as runtime:
+        state = runtime.require_state()
+        with pytest.raises(ToolInputError, match="unknown argument `txt` \\(did you mean `text`\\?\\)"):
+            await runtime.invoke("outer", {"child_args": {"txt": "x"}}, roots=roots(tmp_path))
+        with pytest.raises(CaelumError, match=r"no tool named 'ech'.*did you mean 'echo'"):
+            await runtime.invoke("outer", {"child": "ech", "child_args": {"text": "x"}}, roots=roots(tmp_path))
+
+        result = await runtime.invoke(
+            "outer", {"child_args": {"text": "ping", "ask_model": True}}, roots=roots(tmp_path), progress=progress
+        )
+        assert isinstance(result, OuterOutput)
+        assert result.child["answer"] == '{"answer": "pong", "confidence": 0.9}'
+        assert "echo: echoing" in seen  # the child's progress, through the parent
+
+        ledger = state.ledger
+        (parent,) = [c for c in ledger.tool_calls() if c.outcome == "ok"]
+        assert parent.tool == "outer"
+        (child,) = ledger.tool_calls(parent_id=parent.id)
+        assert (child.tool, child.outcome, child.id) == ("echo", "ok", result.child["call_id"])
+        (model_call,) = ledger.recent(5)
+        assert model_call.call_id == child.id and model_call.host == "gpu-1"
+        cost = ledger.call_cost(parent.id)  # the parent's cost includes its child's model calls
+        assert cost.model_calls == 1 and cost.counterfactual_cost_usd == model_call.counterfactual_cost_usd
+        failed = [c for c in ledger.tool_calls() if c.outcome == "error"]
+        assert len(failed) == 2 and all(c.error for c in failed)
+
+
+async def test_cancelling_the_parent_cancels_the_child(tmp_path: Path) -> None:
+    async with running(tmp_path) as runtime:
+        with anyio.move_on_after(0.3) as scope:
+            await runtime.invoke("outer", {"child_args": {"text": "x", "delay_s": 30}}, roots=roots(tmp_path))
+        assert scope.cancelled_caught
+        calls = runtime.require_state().ledger
+        (parent,) = calls.tool_calls()
+        (child,) = calls.tool_calls(parent_id=parent.id)
+        assert (parent.outcome, child.outcome) == ("cancelled", "cancelled")
+
+
+async def test_call_tool_nesting_is_bounded(tmp_path: Path) -> None:
+    nested: dict[str, Any] = {"child": "echo", "child_args": {"text": "bottom"}}
+    for _ in range(6):
+        nested = {"child": "outer", "child_args": nested}
+    async with running(tmp_path) as runtime:
+        with pytest.raises(CaelumError, match="nested deeper than 4"):
+            await runtime.invoke("outer", nested, roots=roots(tmp_path))
+
+
+async def test_results_are_fitted_to_the_budget_with_counts_and_a_way_to_more(tmp_path: Path) -> None:
+    async with running(tmp_path) as runtime:
+        small = await runtime.invoke("echo", {"text": "hi", "items": 3}, roots=roots(tmp_path))
+        assert runtime.fit("echo", small, 4000) == small.model_dump(mode="json", exclude={"omitted", "more"})
+
+        big = await runtime.invoke("echo", {"text": "hi", "items": 5000}, roots=roots(tmp_path))
+        data = runtime.fit("echo", big, 4000)
+        assert result_size(data) <= 4000
+        kept = len(data["items"])
+        assert 0 < kept < 5000 and data["omitted"] == {"items": 5000 - kept}
+        assert data["items"] == [item.copy() for item in big.model_dump(mode="json")["items"][:kept]]
+        assert "fewer `items`" in data["more"]
+        EchoOutput.model_validate(data)  # still a valid result for the output schema
+        assert json.loads(json.dumps(data)) == data

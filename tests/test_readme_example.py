@@ -1,0 +1,52 @@
+"""The README's worked example of a new supervisor runs as written (so the instructions stay true)."""
+
+from __future__ import annotations
+
+import json
+import re
+import types
+from pathlib import Path
+
+from caelum_mcp.app import open_app
+from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.config import load_config
+from caelum_mcp.pool import Host
+from caelum_mcp.runtime import ToolRuntime
+from caelum_mcp.types import ChatRequest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def example_module() -> types.ModuleType:
+    found = re.search(r"```python\n# supervisors/logs.py\n(.*?)```", README.read_text(), re.S)
+    assert found, "the README lost its worked example"
+    module = types.ModuleType("readme_logs_example")
+    code = compile(found.group(1), "README.md: supervisors/logs.py", "exec", dont_inherit=True)
+    exec(code, module.__dict__)
+    return module
+
+
+def answer(request: ChatRequest) -> ScriptedReply:
+    causes = [{"cause": "the database timed out", "line": 3}, {"cause": "invented", "line": 99}]
+    return ScriptedReply(json.dumps({"causes": causes, "confidence": 0.9}), logprob=-0.05)
+
+
+async def test_the_worked_example_skips_without_a_capable_model_and_grounds_with_one(tmp_path: Path) -> None:
+    logs = example_module()
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "app.log").write_text("start\nconnect db\nERROR timeout talking to db\n")
+    runtime = ToolRuntime([logs.LogsSupervisor()])
+    args = {"project": str(tmp_path / "proj"), "path": "app.log"}
+    gpu = Host(name="gpu", backend=ScriptedBackend([("qwen3:8b", 8.0)], answer, name="gpu"))
+    outcomes = []
+    for hosts in ([], [gpu]):
+        config = load_config(
+            environ={},
+            overrides={"data_dir": str(tmp_path / "data"), "embedded": "off", "implicit_ollama": False},
+        )
+        async with open_app(config, health_loop=False, extra_hosts=hosts) as state, runtime.serving(state):
+            outcomes.append(await runtime.invoke("explain_log", args, roots=(tmp_path,)))
+    skipped, ran = outcomes
+    assert skipped.llm.status == "skipped" and "tier small" in skipped.llm.note
+    assert ran.causes == [{"cause": "the database timed out", "line": 3}]
+    assert (ran.llm.kept, ran.llm.dropped) == (1, 1) and "no such line" in ran.llm.note
