@@ -91,6 +91,9 @@ def build_pool(
         ewma_alpha=config.pool.ewma_alpha,
         request_timeout_s=config.pool.request_timeout_s,
         tier_overrides=dict(config.tiers),
+        call_deadline_s=config.pool.call_deadline_s,
+        first_byte_timeout_s=config.pool.first_byte_timeout_s,
+        retry_after_cap_s=config.pool.retry_after_cap_s,
     )
 
 

@@ -20,10 +20,11 @@ import difflib
 import ipaddress
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -39,6 +40,8 @@ from caelum_mcp.errors import ConfigError
 from caelum_mcp.llm import DEFAULT_NEEDS, TaskKind, TaskNeeds
 from caelum_mcp.pricing import DEFAULT_PRICES, ModelPrice, price_for
 from caelum_mcp.types import SIZE_TIERS, Tier
+
+M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 # Claude Code rejects tool results over 25,000 tokens; no result may come near that.
@@ -82,10 +85,41 @@ class HostConfig(Section):
 
 
 class PoolConfig(Section):
+    """``[pool]``: how requests reach the hosts. The time limits of a model call are
+    ``call_deadline_s`` (the whole call) and ``first_byte_timeout_s`` (each attempt); the defaults
+    are those of :class:`caelum_mcp.pool.Pool`."""
+
     health_interval_s: float = Field(default=60.0, gt=0, description="seconds between background health checks")
-    request_timeout_s: float = Field(default=300.0, gt=0, description="seconds one model call may take")
+    request_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="seconds any other HTTP exchange with a host may take (health checks, model lists)",
+    )
     connect_timeout_s: float = Field(default=5.0, gt=0)
-    max_attempts: int = Field(default=3, ge=1, le=20, description="hosts tried for one request before failing")
+    call_deadline_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="seconds one model call may take in all: waiting for a slot, attempts on several hosts and "
+        "retries of a busy host (a task's time budget, when shorter, sets it instead)",
+    )
+    first_byte_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="seconds one attempt may wait for the host's first byte (a non-streamed answer arrives "
+        "whole, so set it above your slowest host's longest answer); a host that passes it is taken out of "
+        "rotation at once",
+    )
+    retry_after_cap_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=600,
+        description="the longest wait honoured from a busy host's Retry-After before trying it again",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=20, description="attempts for one request (other hosts, or a busy host again)"
+    )
     breaker_failures: int = Field(default=3, ge=1, description="consecutive failures that open a host's breaker")
     breaker_cooldown_s: float = Field(default=30.0, gt=0, description="seconds before a half-open probe")
     ewma_alpha: float = Field(default=0.3, gt=0, le=1, description="weight of the newest latency sample")
@@ -137,6 +171,50 @@ class ToolsConfig(Section):
     audit_timeout_s: float = Field(
         default=60.0, gt=0, le=3600, description="seconds before the pip-audit vulnerability lookup is stopped"
     )
+    test_env: tuple[str, ...] = Field(
+        default=(),
+        description="names of environment variables test runs also get, e.g. ['DATABASE_URL'] (besides PATH, "
+        "HOME, TZ, TMPDIR, CI, the locale and the project's VIRTUAL_ENV); ANTHROPIC_API_KEY and CAELUM_* "
+        "are refused",
+    )
+
+    @staticmethod
+    def is_secret_env_name(name: str) -> bool:
+        """Whether ``name`` is an environment variable that no test run may see, listed or not.
+
+        A project's tests are code we did not write. ``CAELUM_*`` covers the settings that hold
+        secrets (``CAELUM_CLAUDE__API_KEY``); case is ignored to be safe on every platform.
+        """
+        upper = name.upper()
+        return upper == "ANTHROPIC_API_KEY" or upper.startswith("CAELUM_")
+
+    @field_validator("test_env")
+    @classmethod
+    def _env_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [n for n in names if not (n.isascii() and n.isidentifier())]  # [A-Za-z_][A-Za-z0-9_]*
+        if bad:
+            raise ValueError(f"not environment variable names: {', '.join(repr(n[:60]) for n in bad)}")
+        secret = [n for n in names if cls.is_secret_env_name(n)]
+        if secret:
+            raise ValueError(f"secrets are never passed to test runs; remove {', '.join(secret)} from the list")
+        return names
+
+
+_HOST_NAME = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+)
+
+
+def _check_host_name(name: str) -> str:
+    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    try:
+        ipaddress.ip_address(bare)
+        return name
+    except ValueError:
+        pass
+    if not _HOST_NAME.match(name):
+        raise ValueError(f"{name[:100]!r} is not a host name; write a bare name such as 'caelum.example.org'")
+    return name.lower()
 
 
 class ClaudeConfig(Section):
@@ -145,10 +223,17 @@ class ClaudeConfig(Section):
     api_key: SecretStr | None = Field(default=None, description="normally taken from ANTHROPIC_API_KEY")
     base_url: str | None = Field(default=None, description="override the Anthropic API URL (tests, proxies)")
     daily_budget_usd: float | None = Field(
-        default=5.0, ge=0, description="a dollar amount per UTC day, or remove the key for no cap"
+        default=5.0,
+        ge=0,
+        description="a dollar amount per UTC day, or remove the key for no cap (a call in flight holds the most "
+        "it may cost against it, so concurrent calls cannot overspend)",
     )
     max_retries: int = Field(default=2, ge=0, le=10)
-    timeout_s: float = Field(default=120.0, gt=0)
+    timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="seconds one HTTP request to Claude may take (a task's time left, if less, wins)",
+    )
     max_tokens: int = Field(default=2048, ge=16)
     structured_output: Literal["auto", "on", "off"] = Field(
         default="auto",
@@ -174,12 +259,22 @@ class ServerConfig(Section):
         le=600,
         description="seconds without progress after which a running tool call says it is still working",
     )
+    public_names: tuple[str, ...] = Field(
+        default=(),
+        description="host names clients use to reach an HTTP server (e.g. behind a proxy), besides its bind "
+        "address and loopback; requests naming any other host are refused (DNS-rebinding protection)",
+    )
     result_tokens: int = Field(
         default=4000,
         ge=500,
         le=RESULT_TOKENS_CAP,
         description=f"token budget of one tool result (lists are cut, with counts); at most {RESULT_TOKENS_CAP}",
     )
+
+    @field_validator("public_names")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_host_name(n) for n in value)
 
 
 def default_data_dir() -> Path:
@@ -212,6 +307,17 @@ class Config(Section):
     server: ServerConfig = ServerConfig()
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     source: str = Field(default="defaults", exclude=True, description="where this config came from")
+    sections: dict[str, Any] = Field(
+        default_factory=dict,
+        exclude=True,
+        description="supervisors' own sections (e.g. [infrastructure]), each validated by the supervisor's "
+        "settings model; see supervisor_sections()",
+    )
+
+    def section(self, name: str, model: type[M]) -> M:
+        """The supervisor section ``name`` as ``model`` (its defaults when the file has none)."""
+        value = self.sections.get(name)
+        return value if isinstance(value, model) else model()
 
     @field_validator("hosts")
     @classmethod
@@ -273,8 +379,9 @@ def load_config(
     _apply_env(data, env)
     for key, value in (overrides or {}).items():
         _set_path(data, key.split("."), value)
+    sections = _validate_sections(data, source)
     try:
-        config = Config.model_validate({**data, "source": source})
+        config = Config.model_validate({**data, "source": source, "sections": sections})
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, source, data)) from exc
     if not config.hosts and config.implicit_ollama and "OLLAMA_HOST" in env:
@@ -282,6 +389,32 @@ def load_config(
         config = config.model_copy(update={"hosts": (default_host,)})
     _check_bind(config, env)
     return config
+
+
+def supervisor_sections() -> dict[str, type[BaseModel]]:
+    """Top-level config sections the registered supervisors own, with the model validating each.
+
+    Read from the registry when a config is loaded (not at import: supervisors import this module).
+    """
+    from caelum_mcp.supervisors import SUPERVISORS
+
+    return {
+        cls.settings_section or cls.name: cls.settings_model for cls in SUPERVISORS if cls.settings_model is not None
+    }
+
+
+def _validate_sections(data: dict[str, Any], source: str) -> dict[str, BaseModel]:
+    """Take the supervisors' sections out of ``data`` and validate each with its model."""
+    validated: dict[str, BaseModel] = {}
+    for name, model in supervisor_sections().items():
+        if name not in data:
+            continue
+        raw = data.pop(name)
+        try:
+            validated[name] = model.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc, source, {name: raw}, prefix=(name,), root=model)) from exc
+    return validated
 
 
 def normalize_ollama_host(value: str) -> str:
@@ -359,21 +492,35 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def describe_validation_error(exc: ValidationError, source: str, data: Mapping[str, Any]) -> str:
-    """One readable message per problem: the key, the bad value, what is expected."""
+def describe_validation_error(
+    exc: ValidationError,
+    source: str,
+    data: Mapping[str, Any],
+    *,
+    prefix: tuple[str, ...] = (),
+    root: type[BaseModel] | None = None,
+) -> str:
+    """One readable message per problem: the key, the bad value, what is expected.
+
+    ``prefix`` and ``root`` describe a section validated on its own (a supervisor's): the keys are
+    shown under ``prefix`` and looked up in ``root``.
+    """
     lines = []
     for err in exc.errors(include_url=False):
-        loc = [str(p) for p in err["loc"] if p != "source"]
+        inner = [str(p) for p in err["loc"] if p != "source"]
+        loc = [*prefix, *inner]
         key = _dotted(loc, data)
         if err["type"] == "extra_forbidden":
-            parent = _lookup_model_fields(loc[:-1])
+            parent = _lookup_model_fields(inner[:-1], root) if root else _lookup_model_fields(loc[:-1])
+            if not loc[:-1]:
+                parent = [*parent, *supervisor_sections()]
             hint = difflib.get_close_matches(loc[-1], parent, n=1)
             fix = f"did you mean `{hint[0]}`?" if hint else f"known keys here: {', '.join(sorted(parent))}"
             lines.append(f"unknown key `{key}`: {fix}")
             continue
         value = err.get("input")
         msg = err["msg"].removeprefix("Value error, ")
-        expected = _field_description(loc)
+        expected = _field_description(inner, root) if root else _field_description(loc)
         fix = f" Expected: {expected}." if expected else ""
         if isinstance(value, dict | list):
             # A whole section or list: showing it could show a secret, and the message names the key.
@@ -401,8 +548,8 @@ def _dotted(loc: list[str], data: Mapping[str, Any]) -> str:
     return ".".join(out)
 
 
-def _resolve_model(loc: list[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] = Config
+def _resolve_model(loc: list[str], root: type[BaseModel] | None = None) -> type[BaseModel] | None:
+    model: type[BaseModel] = root or Config
     for part in loc:
         if part.isdigit():
             continue
@@ -419,16 +566,16 @@ def _resolve_model(loc: list[str]) -> type[BaseModel] | None:
     return model
 
 
-def _lookup_model_fields(loc: list[str]) -> list[str]:
-    model = _resolve_model(loc)
+def _lookup_model_fields(loc: list[str], root: type[BaseModel] | None = None) -> list[str]:
+    model = _resolve_model(loc, root)
     return list(model.model_fields) if model else []
 
 
-def _field_description(loc: list[str]) -> str | None:
+def _field_description(loc: list[str], root: type[BaseModel] | None = None) -> str | None:
     names = [p for p in loc if not p.isdigit()]
     if not names:
         return None
-    model = _resolve_model(names[:-1])
+    model = _resolve_model(names[:-1], root)
     if model is None:
         return None
     field = model.model_fields.get(names[-1])

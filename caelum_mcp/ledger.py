@@ -13,6 +13,14 @@ lock; writes are a single short INSERT, cheap enough to run on the event loop.
 
 A file at ``path`` that is not a SQLite database, or is damaged, raises
 :class:`~caelum_mcp.errors.ConfigError` naming the file and what to do, never a raw sqlite3 error.
+
+The daily Claude budget holds under concurrency: before a Claude call the router *reserves* what the
+call may cost (:meth:`Ledger.reserve`: the day's spend, the live reservations and this one are
+checked against the budget and the reservation written in one ``BEGIN IMMEDIATE`` transaction, so
+two calls, or two processes sharing the data directory, cannot both take the last dollar). When the
+call ends its row is written and its reservation removed in one transaction (:meth:`Ledger.settle`).
+Every reservation expires: a process that dies mid-call does not hold its share of the budget for
+longer than the call could have run.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import math
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -29,6 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, get_args
 
+import anyio.to_thread
 from pydantic import Field
 
 from caelum_mcp.errors import BudgetExceededError, ConfigError
@@ -36,9 +46,11 @@ from caelum_mcp.types import Frozen, Usage
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _BUSY_TIMEOUT_MS = 5000
 _MAX_ERROR_CHARS = 300  # error text is a hint for the operator, not a place for model output
+# Sums of float dollars drift by ~1e-16: a call that fits exactly must not be refused for that.
+_MONEY_EPSILON = 1e-9
 
 ExecutionPath = Literal["local", "claude", "local_low_confidence", "failed"]
 Outcome = Literal["local", "claude", "failed"]
@@ -147,6 +159,21 @@ def failed_call_row(
         call_id=call_id,
     )
     return row.model_copy(update={"ok": False, "error": error[:_MAX_ERROR_CHARS]})
+
+
+class Reservation(Frozen):
+    """Part of the daily Claude budget held by one call in flight, until settled or released."""
+
+    id: str
+    amount_usd: float = Field(ge=0)
+    expires: float = Field(description="Unix seconds after which it no longer counts.")
+
+
+class BudgetFigures(Frozen):
+    """The day's Claude money at one instant: spent (rows) and held by calls in flight."""
+
+    spent_usd: float
+    reserved_usd: float
 
 
 class CallCost(Frozen):
@@ -261,8 +288,20 @@ CREATE INDEX IF NOT EXISTS tool_calls_parent ON tool_calls (parent_id);
 CREATE INDEX IF NOT EXISTS tool_calls_started ON tool_calls (started);
 """
 
+# Version 3: Claude calls in flight, each holding what it may cost against the daily budget until
+# it is settled (its row written) or released, or until it expires (a process that died mid-call).
+_SCHEMA_V3 = """
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    amount_usd REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reservations_expires ON reservations (expires);
+"""
+
 # version -> statements that bring a database from version-1 to version. Version 1 is the base.
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
 
 # The row's columns, in LedgerEntry's field order (checked at import: a field added to the model
 # must be added here and to a migration).
@@ -287,6 +326,7 @@ _SELECT_RECENT = """
     FROM calls ORDER BY ts DESC, id DESC LIMIT ?"""
 
 _SPEND_BETWEEN = "SELECT total(cost_usd) FROM calls WHERE ts >= ? AND ts < ?"
+_RESERVED = "SELECT total(amount_usd) FROM reservations WHERE expires > ?"
 
 _CALL_TREE_COST = """
     WITH RECURSIVE tree(id) AS (
@@ -425,16 +465,89 @@ class Ledger:
 
     def record(self, entry: LedgerEntry) -> int:
         """Append ``entry``; committed (durably) before this returns. Returns the row id."""
+        with self._connection() as conn:
+            return self._insert(conn, entry)
+
+    async def arecord(self, entry: LedgerEntry) -> int:
+        """:meth:`record` from async code: the commit (an fsync, ~0.3 ms) runs in a worker thread, so
+        the event loop serves other requests meanwhile. Committed when this returns; a cancelled
+        caller still waits for the write to finish."""
+        return await anyio.to_thread.run_sync(self.record, entry)
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, entry: LedgerEntry) -> int:
         error = entry.error[:_MAX_ERROR_CHARS] if entry.error else entry.error
         values = [getattr(entry, name) for name in _COLUMNS]
         values[_COLUMNS.index("error")] = error
         values[_COLUMNS.index("ok")] = int(entry.ok)
         values.append(entry.outcome)
-        with self._connection() as conn:
-            cursor = conn.execute(_INSERT, values)
-        rowid = cursor.lastrowid
+        rowid = conn.execute(_INSERT, values).lastrowid
         assert rowid is not None
         return rowid
+
+    def reserve(
+        self, amount_usd: float, *, limit_usd: float | None, ttl_s: float, now: float | None = None
+    ) -> tuple[Reservation | None, BudgetFigures]:
+        """Hold ``amount_usd`` of today's Claude budget, if it fits: atomically across connections
+        and processes (one ``BEGIN IMMEDIATE`` transaction). Returns the reservation (None when it
+        would not fit under ``limit_usd``; None as the limit means no limit) and the figures it was
+        judged on. The reservation lapses after ``ttl_s`` unless settled or released first."""
+        now = time.time() if now is None else now
+        start, end = utc_day_bounds(now)
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM reservations WHERE expires <= ?", (now,))
+                spent = float(conn.execute(_SPEND_BETWEEN, (start, end)).fetchone()[0])
+                reserved = float(conn.execute(_RESERVED, (now,)).fetchone()[0])
+                figures = BudgetFigures(spent_usd=spent, reserved_usd=reserved)
+                if limit_usd is not None and spent + reserved + amount_usd > limit_usd + _MONEY_EPSILON:
+                    conn.execute("COMMIT")  # the expired rows stay deleted
+                    return None, figures
+                reservation = Reservation(id=uuid.uuid4().hex, amount_usd=amount_usd, expires=now + ttl_s)
+                conn.execute(
+                    "INSERT INTO reservations (id, created, expires, amount_usd) VALUES (?, ?, ?, ?)",
+                    (reservation.id, now, reservation.expires, amount_usd),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return reservation, figures
+
+    def settle(self, reservation: Reservation, entry: LedgerEntry | None = None) -> int | None:
+        """End a reservation: write the call's row (when given) and remove the reservation in one
+        transaction, so the money is never counted twice or not at all. Returns the row id."""
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rowid = None if entry is None else self._insert(conn, entry)
+                conn.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return rowid
+
+    def release(self, reservation: Reservation) -> None:
+        """Give a reservation back unused (the call was never made)."""
+        self.settle(reservation, None)
+
+    def budget_figures(self, now: float | None = None) -> BudgetFigures:
+        """Today's Claude spend and what live reservations hold, from one snapshot."""
+        now = time.time() if now is None else now
+        start, end = utc_day_bounds(now)
+        with self._connection() as conn:
+            conn.execute("BEGIN")
+            try:
+                spent = float(conn.execute(_SPEND_BETWEEN, (start, end)).fetchone()[0])
+                reserved = float(conn.execute(_RESERVED, (now,)).fetchone()[0])
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        return BudgetFigures(spent_usd=spent, reserved_usd=reserved)
 
     def claude_spend_today(self, now: float | None = None) -> float:
         """Real money spent on the UTC calendar day containing ``now`` (default: the present)."""
@@ -584,30 +697,51 @@ class BudgetGuard:
         self._clock = clock
 
     def remaining_today(self) -> float | None:
-        """USD left today (never below 0); None when there is no budget."""
+        """USD left today (never below 0), net of what Claude calls in flight hold; None when
+        there is no budget."""
         if self.daily_budget_usd is None:
             return None
-        spent = self.ledger.claude_spend_today(self._clock())
-        return max(0.0, self.daily_budget_usd - spent)
+        figures = self.ledger.budget_figures(self._clock())
+        return max(0.0, self.daily_budget_usd - figures.spent_usd - figures.reserved_usd)
 
     def check(self, estimated_cost_usd: float = 0.0) -> str | None:
-        """None when a Claude call costing about ``estimated_cost_usd`` is allowed; else why not."""
-        budget = self.daily_budget_usd
-        if budget is None:
+        """None when a Claude call costing up to ``estimated_cost_usd`` is allowed now; else why not.
+
+        A snapshot, for planning: only :meth:`reserve` makes the money the call's.
+        """
+        if self.daily_budget_usd is None:
             return None
-        spent = self.ledger.claude_spend_today(self._clock())
-        advice = "raise [claude].daily_budget_usd or wait until 00:00 UTC"
-        if spent >= budget:
-            return f"daily Claude budget of {_money(budget)} reached: {_money(spent)} spent today (UTC); {advice}"
-        if spent + max(0.0, estimated_cost_usd) > budget:
-            return (
-                f"daily Claude budget of {_money(budget)} would be exceeded: {_money(spent)} spent "
-                f"today (UTC) + about {_money(estimated_cost_usd)} for this call; {advice}"
-            )
-        return None
+        return self._refusal(self.ledger.budget_figures(self._clock()), estimated_cost_usd)
+
+    def reserve(self, cost_usd: float, *, ttl_s: float) -> Reservation:
+        """Hold ``cost_usd`` of today's budget for one call (settle or release it when the call
+        ends; it lapses after ``ttl_s``). Raises :class:`BudgetExceededError` saying why when the
+        day's spend plus what calls in flight hold plus this would pass the budget."""
+        reservation, figures = self.ledger.reserve(
+            max(0.0, cost_usd), limit_usd=self.daily_budget_usd, ttl_s=ttl_s, now=self._clock()
+        )
+        if reservation is None:
+            raise BudgetExceededError(self._refusal(figures, cost_usd) or "daily Claude budget reached")
+        return reservation
 
     def enforce(self, estimated_cost_usd: float = 0.0) -> None:
         """Raise :class:`BudgetExceededError` with the reason when :meth:`check` refuses."""
         reason = self.check(estimated_cost_usd)
         if reason is not None:
             raise BudgetExceededError(reason)
+
+    def _refusal(self, figures: BudgetFigures, cost_usd: float) -> str | None:
+        budget = self.daily_budget_usd
+        if budget is None:
+            return None
+        spent, held = figures.spent_usd, figures.reserved_usd
+        advice = "raise [claude].daily_budget_usd or wait until 00:00 UTC"
+        if spent >= budget:
+            return f"daily Claude budget of {_money(budget)} reached: {_money(spent)} spent today (UTC); {advice}"
+        if spent + held + max(0.0, cost_usd) > budget + _MONEY_EPSILON:
+            in_flight = f" + {_money(held)} held by Claude calls in flight" if held > 0 else ""
+            return (
+                f"daily Claude budget of {_money(budget)} would be exceeded: {_money(spent)} spent "
+                f"today (UTC){in_flight} + up to {_money(cost_usd)} for this call; {advice}"
+            )
+        return None

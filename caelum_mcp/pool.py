@@ -5,37 +5,58 @@ through one backend. The :class:`Pool` picks a host and a model for each request
 
 - candidates are enabled hosts whose circuit breaker lets a request through and that serve the
   wanted model, or a model of the wanted tier (falling back to the nearest tier that exists);
-- among them, the fewest outstanding requests relative to the host's concurrency limit wins,
-  ties broken by the latency EWMA;
+- among them the lowest *expected completion time* wins: the host's latency EWMA, times its queue
+  (``(outstanding + 1) / slots``) once every slot is taken. A free fast host beats a free slow one,
+  and a busy fast host beats an idle slow one until its queue outweighs the difference;
 - every host has its own concurrency limit (Ollama runs ``OLLAMA_NUM_PARALLEL`` requests, default
-  1, and silently queues the rest, so the client must bound it);
-- a connect error, timeout, 5xx or 503 before the first token fails over to another host, at most
-  ``max_attempts`` hosts; after output has been streamed the error goes to the caller;
-- consecutive failures open a host's breaker; after a cooldown one half-open probe (a request or
-  the background health check) decides whether it closes again.
+  1, and silently queues the rest, so the client must bound it). A request that finds no free
+  slot waits for one; when a slot frees on another host first, and taking it there is quicker
+  than waiting, the request moves there;
+- outlier ejection (as Envoy's): a host whose latency EWMA is far above its peers' (``outlier_factor``
+  times the median of the hosts sharing a model with it) gets no new work while another host can
+  take it; every ``outlier_probe_s`` one request probes it, and a quick answer brings it back;
+- every call has a deadline (the caller's, or ``call_deadline_s`` from now) that its attempts share,
+  and each attempt a first-byte limit (``first_byte_timeout_s``). A connect error, timeout, 5xx,
+  503 or an unreadable 200 before the first token fails over to another host, at most
+  ``max_attempts`` attempts; after output has been streamed the error goes to the caller. A host
+  that says it is busy (429/503) and is the only one left is retried after the ``Retry-After`` it
+  sent (capped at ``retry_after_cap_s``) or a backoff, within the deadline. A call that runs out
+  of time, queued or not, raises :class:`DeadlineExceededError` naming the hosts it tried;
+- consecutive failures open a host's breaker; a refused connection or an attempt that hit the
+  first-byte limit (a host that hangs) opens it at once. After a cooldown one half-open probe (a
+  request or the background health check) decides whether it closes again.
 
-Works the same with one host or fifty.
+Works the same with one host or fifty. Selection is one pass over the hosts and the slot path
+allocates nothing: both run on every request (``bench/pool_overhead.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
+import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from caelum_mcp.backends.base import Backend
 from caelum_mcp.errors import (
+    FAULTS,
     AllHostsFailedError,
     BackendError,
-    HostConnectError,
+    DeadlineExceededError,
+    HostOverloadedError,
+    HostTimeoutError,
     NoHostAvailableError,
     StreamInterruptedError,
+    echo,
 )
 from caelum_mcp.types import (
     SIZE_TIERS,
@@ -57,6 +78,22 @@ T = TypeVar("T")
 
 CODE_MARKERS = ("coder", "code", "starcoder", "codellama", "devstral", "codestral", "codegemma")
 EMBED_MARKERS = ("embed", "bge", "e5-", "minilm", "nomic-bert")
+
+# Defaults of the [pool] settings of the same names (caelum_mcp.config.PoolConfig).
+DEFAULT_CALL_DEADLINE_S = 300.0
+DEFAULT_FIRST_BYTE_TIMEOUT_S = 120.0
+DEFAULT_RETRY_AFTER_CAP_S = 30.0
+# A busy host that did not say how long to wait is retried after 0.25 s, 0.5 s, 1 s, ... (+ jitter).
+BACKOFF_BASE_S = 0.25
+# Outliers: how far above the median of its peers a host's latency must be, and by at least how
+# much (a 5 ms host beside 1 ms ones is noise, not an outlier).
+DEFAULT_OUTLIER_FACTOR = 5.0
+OUTLIER_MIN_GAP_MS = 100.0
+DEFAULT_OUTLIER_PROBE_S = 30.0
+# An outlier check is a pass over the hosts: at most this often per host.
+_OUTLIER_CHECK_EVERY_S = 0.05
+# A timeout this close to the call's deadline was the deadline's doing.
+_DEADLINE_SLACK_S = 0.01
 
 
 class BreakerState(StrEnum):
@@ -104,9 +141,19 @@ class CircuitBreaker:
             self.opened_at = self.clock()
 
 
+def _no_failures() -> dict[str, int]:
+    return dict.fromkeys(FAULTS, 0)
+
+
 @dataclass
 class Host:
-    """One server in the pool; mutable state is owned by the pool."""
+    """One server in the pool; mutable state is owned by the pool.
+
+    ``outstanding`` counts the requests sent to the host: in flight plus waiting for one of its
+    ``max_concurrency`` slots. ``failures`` counts failed attempts by cause (see
+    :data:`caelum_mcp.errors.FAULTS`). ``ejected`` marks an outlier: no new work before
+    ``ejected_until`` (a ``time.monotonic()`` value) while another host can take it.
+    """
 
     name: str
     backend: Backend
@@ -121,66 +168,25 @@ class Host:
     peak_in_flight: int = 0
     served: int = 0
     failed: int = 0
+    failures: dict[str, int] = field(default_factory=_no_failures)
     latency_ewma_ms: float | None = None
     last_health: HealthReport | None = None
     last_error: str | None = None
     embedded: bool = False
-    _limiter: anyio.Semaphore | None = None
+    ejected: bool = False
+    ejected_until: float = 0.0
+    next_outlier_check: float = field(default=0.0, repr=False)
+    free_slots: int = field(default=-1, repr=False)
     _tiers: dict[str, frozenset[Tier]] = field(default_factory=dict)
     _tiers_key: tuple[int, int, int] = (0, 0, 0)
 
-    @property
-    def limiter(self) -> anyio.Semaphore:
-        """The host's request slots: FIFO like a CapacityLimiter, but with no per-call task lookup
-        (0.12 µs per take-and-give-back against 0.78 µs)."""
-        if self._limiter is None:
-            self._limiter = anyio.Semaphore(self.max_concurrency, max_value=self.max_concurrency)
-        return self._limiter
+    def __post_init__(self) -> None:
+        if self.free_slots < 0:
+            self.free_slots = self.max_concurrency
 
     @property
     def kind(self) -> str:
         return self.backend.kind
-
-    # A request's slot. Taking a free one never yields to the event loop (the yield inside an anyio
-    # acquire() cost ~15 % of throughput at 8 callers, bench/pool_overhead.py), and
-    # these are plain methods rather than an async context manager for the same reason:
-    #     if not host.try_claim(): await host.claim_waiting()
-    #     try: ... finally: host.release()
-
-    def try_claim(self) -> bool:
-        """Count a request against this host and take a free slot; False when none is free.
-
-        The request counts as outstanding either way (so selection sees the queue); a False must be
-        followed by ``claim_waiting``.
-        """
-        self.outstanding += 1
-        self.breaker.on_dispatch()
-        try:
-            self.limiter.acquire_nowait()
-        except anyio.WouldBlock:
-            return False
-        self._took_slot()
-        return True
-
-    async def claim_waiting(self) -> None:
-        """Wait for a slot after ``try_claim`` said none was free; uncounts the request if cancelled."""
-        try:
-            await self.limiter.acquire()
-        except BaseException:
-            self.outstanding -= 1
-            raise
-        self._took_slot()
-
-    def _took_slot(self) -> None:
-        self.in_flight += 1
-        if self.in_flight > self.peak_in_flight:
-            self.peak_in_flight = self.in_flight
-
-    def release(self) -> None:
-        """Give back the slot taken by ``try_claim``/``claim_waiting``."""
-        self.in_flight -= 1
-        self.outstanding -= 1
-        self.limiter.release()
 
     @property
     def load(self) -> float:
@@ -237,7 +243,12 @@ class Eligible(NamedTuple):
 
 @dataclass(frozen=True)
 class PoolResult:
-    """One answer from the pool, with where it came from."""
+    """One answer from the pool, with where it came from.
+
+    ``attempts`` counts every attempt of the call (failed ones on other hosts, and retries of a
+    busy host, included); ``failures`` holds the failed ones in order. ``latency_ms`` is the
+    whole call as the caller waited for it, queueing included.
+    """
 
     response: ChatResponse
     host: str
@@ -247,10 +258,71 @@ class PoolResult:
     attempts: int
     latency_ms: float
     errors: tuple[str, ...] = ()
+    failures: tuple[BackendError, ...] = ()
+
+
+@dataclass(slots=True)
+class CallTrace:
+    """What one pool call did, filled in as it goes.
+
+    Pass a fresh one to :meth:`Pool.chat` (or ``stream``) to know, even when the call failed or
+    was cancelled, which hosts it tried (``hosts``: one entry per attempt, in order), how each
+    failed attempt failed (``failures``: host name and error) and which host's slot it was waiting
+    for when it stopped (``waiting_for``).
+    """
+
+    hosts: list[str] = field(default_factory=list)
+    failures: list[tuple[str, BackendError]] = field(default_factory=list)
+    waiting_for: str | None = None
+
+    @property
+    def attempts(self) -> int:
+        return len(self.hosts)
+
+    def errors(self) -> list[BackendError]:
+        """Each failed attempt's error, in order."""
+        return [error for _, error in self.failures]
+
+
+@dataclass(slots=True)
+class _Call:
+    """The state of one call across its attempts."""
+
+    tier: Tier | None
+    model: str | None
+    min_tier: Tier | None
+    deadline: float
+    started: float
+    trace: CallTrace
+    exclude: set[str] = field(default_factory=set)
+    busy: dict[str, float] = field(default_factory=dict)  # host -> when it may be retried (monotonic)
+    backoffs: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    """A request waiting for a slot: on ``sel.host``, or on another host that frees one first."""
+
+    sel: Selection
+    want: Tier | None  # the tier it was selected for (after any nearest-tier fallback)
+    model: str | None
+    min_rank: int
+    exclude: Collection[str]
+    event: anyio.Event = field(default_factory=anyio.Event)
+    state: int = 0  # _WAITING, _GRANTED (holds a slot on sel.host) or _RESELECT (counted nowhere)
+
+
+_WAITING, _GRANTED, _RESELECT = 0, 1, 2
 
 
 class Pool:
-    """Load-balanced, health-checked set of hosts. See the module docstring for the policy."""
+    """Load-balanced, health-checked set of hosts. See the module docstring for the policy.
+
+    ``call_deadline_s`` is a call's deadline when the caller gives none; ``first_byte_timeout_s``
+    each attempt's limit; ``retry_after_cap_s`` the longest ``Retry-After`` honoured;
+    ``outlier_factor`` (0: no ejection) and ``outlier_probe_s`` tune outlier ejection.
+    ``request_timeout_s`` is kept for the HTTP client built beside the pool (other exchanges).
+    """
 
     def __init__(
         self,
@@ -259,13 +331,26 @@ class Pool:
         max_attempts: int = 3,
         ewma_alpha: float = 0.3,
         request_timeout_s: float = 300.0,
+        call_deadline_s: float = DEFAULT_CALL_DEADLINE_S,
+        first_byte_timeout_s: float = DEFAULT_FIRST_BYTE_TIMEOUT_S,
+        retry_after_cap_s: float = DEFAULT_RETRY_AFTER_CAP_S,
+        outlier_factor: float = DEFAULT_OUTLIER_FACTOR,
+        outlier_probe_s: float = DEFAULT_OUTLIER_PROBE_S,
         tier_overrides: dict[str, Tier] | None = None,
     ) -> None:
         self.hosts: dict[str, Host] = {}
         self.max_attempts = max_attempts
         self.ewma_alpha = ewma_alpha
         self.request_timeout_s = request_timeout_s
+        self.call_deadline_s = call_deadline_s
+        self.first_byte_timeout_s = first_byte_timeout_s
+        self.retry_after_cap_s = retry_after_cap_s
+        self.outlier_factor = outlier_factor
+        self.outlier_probe_s = outlier_probe_s
         self.tier_overrides = dict(tier_overrides or {})
+        self._waiters: deque[_Waiter] = deque()
+        # The latency EWMA over every host: what a host without figures of its own is assumed to take.
+        self._prior_ms: float | None = None
         for host in hosts or []:
             self.add_host(host)
 
@@ -273,12 +358,13 @@ class Pool:
 
     def add_host(self, host: Host) -> None:
         if host.name in self.hosts:
-            raise ValueError(f"a host named {host.name!r} is already in the pool")
+            raise ValueError(f"a host named {echo(host.name)} is already in the pool")
         self.hosts[host.name] = host
 
     async def remove_host(self, name: str) -> None:
         host = self.hosts.pop(name, None)
         if host is not None:
+            self._requeue_waiters(host)
             await host.backend.aclose()
 
     def set_enabled(self, name: str, enabled: bool) -> Host:
@@ -286,6 +372,9 @@ class Pool:
         host.enabled = enabled
         if enabled:
             host.breaker.record_success()
+            self._fill(host)
+        else:
+            self._requeue_waiters(host)
         log.info("host %s %s", name, "enabled" if enabled else "disabled")
         return host
 
@@ -294,7 +383,8 @@ class Pool:
             return self.hosts[name]
         except KeyError:
             known = ", ".join(sorted(self.hosts)) or "none"
-            raise NoHostAvailableError(f"no host named {name!r} (hosts: {known})") from None
+            known = known if len(known) <= 400 else known[:399] + "…"
+            raise NoHostAvailableError(f"no host named {echo(name)} (hosts: {known})") from None
 
     # discovery and health ----------------------------------------------------------------------
 
@@ -313,11 +403,13 @@ class Pool:
             host.models = {m.name: m for m in models if not allowed or m.name in allowed}
             host.breaker.record_success()
             host.last_error = None
+            self._fill(host)
         else:
             if host.breaker.state is not BreakerState.OPEN:
                 log.warning("host %s (%s) is not reachable: %s", host.name, host.backend.base_url, report.detail)
             host.last_error = report.detail
             host.breaker.record_failure(force_open=True)
+            self._requeue_waiters(host)
         return report
 
     async def refresh_all(self) -> None:
@@ -349,24 +441,41 @@ class Pool:
     # selection -----------------------------------------------------------------------------------
 
     def _best(
-        self, tier: Tier | None, model: str | None, exclude: Collection[str], min_rank: int = 0
+        self,
+        tier: Tier | None,
+        model: str | None,
+        exclude: Collection[str],
+        min_rank: int = 0,
+        only: Host | None = None,
     ) -> Selection | None:
         """The best-ranked host and model serving ``tier`` (or ``model``), or None.
 
-        ``min_rank`` > 0 leaves out models whose size tier ranks below it (see :func:`model_size_rank`).
-        One pass without intermediate objects: this runs on every request (bench/pool_overhead.py).
+        ``min_rank`` > 0 leaves out models whose size tier ranks below it (see :func:`model_size_rank`);
+        ``only`` looks at that one host. One pass without intermediate objects: this runs on every
+        request (bench/pool_overhead.py).
         """
         best: tuple[Host, str, frozenset[Tier]] | None = None
         best_rank: tuple[int, float, float, int, str] | None = None
         overrides = self.tier_overrides
-        for host in self.hosts.values():
+        prior = self._prior_ms or 1.0  # no figures at all: every host alike, so load decides
+        now = 0.0
+        for host in self.hosts.values() if only is None else (only,):
             if not host.enabled or host.name in exclude or not host.breaker.allows():
                 continue
-            # A host whose cooldown is over gets the one probe request first, so a recovered host
-            # rejoins at once instead of waiting for the next background health check.
-            probe = 0 if host.breaker.state is not BreakerState.CLOSED else 1
-            ewma = host.latency_ewma_ms if host.latency_ewma_ms is not None else 0.0
-            load = host.outstanding / host.max_concurrency
+            # 0: a probe is due (a half-open breaker, or an outlier's turn to show it recovered):
+            # it goes first, so a recovered host rejoins at once. 2: an outlier, used only when
+            # nothing else serves the request.
+            group = 1 if host.breaker.state is BreakerState.CLOSED else 0
+            if host.ejected:
+                now = now or time.monotonic()
+                group = 2 if now < host.ejected_until else 0
+            ewma = host.latency_ewma_ms
+            if ewma is None:
+                ewma = prior
+            slots = host.max_concurrency
+            queue = (host.outstanding + 1) / slots
+            expected = ewma * queue if queue > 1.0 else ewma
+            load = host.outstanding / slots
             for name, info in host.models.items():
                 tiers = host.tiers_of(name, overrides)
                 if model is not None:
@@ -380,7 +489,7 @@ class Pool:
                 if min_rank and model_size_rank(tiers) < min_rank:
                     continue
                 # a model already loaded on the host avoids a swap that would stall its other requests
-                rank = (probe, load, ewma, 0 if info.loaded else 1, host.name)
+                rank = (group, expected, load, 0 if info.loaded else 1, host.name)
                 if best_rank is None or rank < best_rank:
                     best, best_rank = (host, name, tiers), rank
         if best is None:
@@ -398,9 +507,11 @@ class Pool:
     ) -> Selection:
         """The best host and model for a request; nearest tier when the wanted one is missing.
 
-        Ranking: a half-open host's probe first, then fewest outstanding requests relative to the
-        host's limit, then the latency EWMA, then a model already loaded, then the host name.
-        ``min_tier`` (a size tier) rules out smaller models, the nearest-tier fallback included.
+        Ranking: a due probe first (half-open breaker, or an ejected outlier's turn), outliers
+        last; then the lowest expected completion time (latency EWMA, times the queue once the
+        host's slots are taken), then fewest outstanding requests relative to the host's limit,
+        then a model already loaded, then the host name. ``min_tier`` (a size tier) rules out
+        smaller models, the nearest-tier fallback included.
         """
         min_rank = _TIER_ORDER[min_tier] if min_tier in SIZE_TIERS else 0
         sel = self._best(tier, model, exclude, min_rank)
@@ -412,7 +523,7 @@ class Pool:
                 if sel is not None:
                     break
         if sel is None:
-            wanted = f"model {model!r}" if model else f"tier {tier.value if tier else 'any'}"
+            wanted = f"model {echo(model)}" if model else f"tier {tier.value if tier else 'any'}"
             if min_rank:
                 wanted += f" (at least {min_tier})"
             known = self.describe_models()
@@ -443,50 +554,279 @@ class Pool:
         parts = []
         for h in self.hosts.values():
             state = "disabled" if not h.enabled else h.breaker.state.value
+            if h.ejected and state == "closed":
+                state = "slow outlier"
             parts.append(f"{h.name}[{state}]: {', '.join(h.models) or 'no models'}")
         return "; ".join(parts) or "no hosts configured"
 
+    # slots -----------------------------------------------------------------------------------------
+    # Taking a free slot never yields to the event loop, and these are plain methods rather than an
+    # async context manager, for the same reason: they run on every request (bench/pool_overhead.py).
+
+    def _claim(self, host: Host) -> bool:
+        """Count a request against ``host`` and take a free slot; False when none is free.
+
+        The request counts as outstanding either way (so selection sees the queue); a False must
+        be followed by :meth:`_queue`.
+        """
+        host.outstanding += 1
+        if host.breaker.state is not BreakerState.CLOSED:
+            host.breaker.on_dispatch()
+        if host.ejected:
+            # This request is the outlier's probe (or nothing else could serve it): the next
+            # probe waits a whole interval again.
+            host.ejected_until = time.monotonic() + self.outlier_probe_s
+        if host.free_slots <= 0:
+            return False
+        host.free_slots -= 1
+        host.in_flight += 1
+        if host.in_flight > host.peak_in_flight:
+            host.peak_in_flight = host.in_flight
+        return True
+
+    def _release(self, host: Host) -> bool:
+        """Give back the slot taken by ``_claim`` (or handed over by ``_queue``); True when a
+        waiting request took it over."""
+        host.in_flight -= 1
+        host.outstanding -= 1
+        if self._waiters and self._hand_over(host):
+            return True
+        host.free_slots += 1
+        return False
+
+    async def _queue(self, call: _Call, sel: Selection) -> Selection | None:
+        """Wait for a slot on ``sel.host``, or on another host that frees one first when moving
+        there is quicker. Returns the selection that holds the slot, or None when the host was taken
+        out of rotation meanwhile (select again). Raises DeadlineExceededError at the deadline."""
+        min_rank = _TIER_ORDER[call.min_tier] if call.min_tier in SIZE_TIERS else 0
+        want = sel.tier if call.model is None and call.tier is not None else call.tier
+        waiter = _Waiter(sel, want, call.model, min_rank, frozenset(call.exclude))
+        self._waiters.append(waiter)
+        call.trace.waiting_for = sel.host.name  # left set when cancelled: the caller may report it
+        try:
+            with anyio.move_on_after(call.deadline - time.monotonic()):
+                await waiter.event.wait()
+        except BaseException:  # cancelled: a slot handed over meanwhile goes to the next waiter
+            self._leave_queue(waiter)
+            raise
+        if waiter.state != _WAITING:
+            call.trace.waiting_for = None
+            return waiter.sel if waiter.state == _GRANTED else None
+        self._leave_queue(waiter)
+        ahead = sum(1 for w in self._waiters if w.sel.host is sel.host)
+        raise self._deadline_error(
+            call, f"still waiting for a free slot on {sel.host.name} ({sel.host.in_flight} in flight, {ahead} queued)"
+        )
+
+    def _leave_queue(self, waiter: _Waiter) -> None:
+        if waiter.state == _GRANTED:
+            self._release(waiter.sel.host)
+        elif waiter.state == _WAITING:
+            self._waiters.remove(waiter)
+            waiter.sel.host.outstanding -= 1
+        waiter.state = _RESELECT
+
+    def _hand_over(self, host: Host) -> bool:
+        """Give ``host``'s freed slot to the first waiter that should take it; False if none should.
+
+        Its own waiters take it in order; a request waiting on another host takes it when it would
+        finish sooner here than by waiting there (expected times as in selection).
+        """
+        if not host.enabled or not host.breaker.allows():
+            self._requeue_waiters(host)  # its own waiters select again, elsewhere
+            return False
+        # An outlier keeps serving its own queue (it only has one when nothing else could serve
+        # those requests) but takes no one from elsewhere.
+        takes_others = not host.ejected or time.monotonic() >= host.ejected_until
+        for index, waiter in enumerate(self._waiters):
+            if waiter.sel.host is host:
+                sel: Selection | None = waiter.sel
+            elif takes_others:
+                sel = self._move(waiter, host)
+            else:
+                continue
+            if sel is None:
+                continue
+            del self._waiters[index]
+            host.in_flight += 1
+            host.peak_in_flight = max(host.peak_in_flight, host.in_flight)
+            waiter.sel, waiter.state = sel, _GRANTED
+            waiter.event.set()
+            return True
+        return False
+
+    def _fill(self, host: Host) -> None:
+        """Offer ``host``'s free slots to requests waiting elsewhere (it just came back)."""
+        while host.free_slots > 0 and self._waiters and self._hand_over(host):
+            host.free_slots -= 1
+
+    def _move(self, waiter: _Waiter, host: Host) -> Selection | None:
+        """Count ``waiter`` against ``host`` instead of the host it waits for, when ``host`` serves
+        its request and would finish it sooner; its new selection, or None."""
+        there = waiter.sel.host
+        if _expected_ms(host, self._prior_ms, extra=1) >= _expected_ms(there, self._prior_ms, extra=0):
+            return None
+        sel = self._best(waiter.want, waiter.model, waiter.exclude, waiter.min_rank, only=host)
+        if sel is not None:
+            there.outstanding -= 1
+            host.outstanding += 1
+            if host.breaker.state is not BreakerState.CLOSED:
+                host.breaker.on_dispatch()
+        return sel
+
+    def _requeue_waiters(self, host: Host) -> None:
+        """Requests waiting for ``host`` select again: it just went out of rotation."""
+        keep: deque[_Waiter] = deque()
+        for waiter in self._waiters:
+            if waiter.sel.host is host:
+                host.outstanding -= 1
+                waiter.state = _RESELECT
+                waiter.event.set()
+            else:
+                keep.append(waiter)
+        self._waiters = keep
+
     # requests ------------------------------------------------------------------------------------
 
-    async def _failover(
+    def _new_call(
         self,
-        call: Callable[[Selection], Awaitable[T]],
-        *,
         tier: Tier | None,
         model: str | None,
-        min_tier: Tier | None = None,
-    ) -> tuple[Selection, T, int, float, list[BaseException]]:
-        """Run ``call`` on the best host; on a host failure, on the next best, at most
-        ``max_attempts`` hosts. Returns the selection, the result, the attempt number, the latency
-        in ms and the failures before it; raises the request's own error or AllHostsFailedError."""
-        exclude: set[str] = set()
-        errors: list[BaseException] = []
-        for attempt in range(1, self.max_attempts + 1):
+        min_tier: Tier | None,
+        deadline: float | None,
+        trace: CallTrace | None,
+    ) -> _Call:
+        now = time.monotonic()
+        return _Call(
+            tier=tier,
+            model=model,
+            min_tier=min_tier,
+            deadline=now + self.call_deadline_s if deadline is None else deadline,
+            started=now,
+            trace=CallTrace() if trace is None else trace,
+        )
+
+    def _ready(self, call: _Call) -> Selection | None:
+        """The fast path of :meth:`_next`: the best host when it has a free slot (taken), else None
+        (no coroutine, no wait: most requests end here)."""
+        if call.trace.hosts:
+            return None
+        try:
+            sel = self.select(tier=call.tier, model=call.model, exclude=call.exclude, min_tier=call.min_tier)
+        except NoHostAvailableError:
+            return None
+        if sel.host.free_slots <= 0:
+            return None
+        self._claim(sel.host)
+        return sel
+
+    async def _next(self, call: _Call) -> Selection:
+        """The next attempt's host, with its slot taken: selects, waits for a slot or for a busy
+        host's retry time as needed. Raises when no host is left or the deadline passes."""
+        while True:
+            if len(call.trace.hosts) >= self.max_attempts:
+                raise AllHostsFailedError(f"all {call.trace.attempts} attempt(s) failed", call.trace.errors())
             try:
-                sel = self.select(tier=tier, model=model, exclude=exclude, min_tier=min_tier)
+                sel = self.select(tier=call.tier, model=call.model, exclude=call.exclude, min_tier=call.min_tier)
             except NoHostAvailableError:
-                if errors:
-                    break
+                if call.busy:
+                    await self._back_off(call)
+                    continue
+                if call.trace.failures:
+                    raise AllHostsFailedError(
+                        f"all {call.trace.attempts} attempt(s) failed", call.trace.errors()
+                    ) from None
                 raise
+            if self._claim(sel.host):
+                return sel
+            held = await self._queue(call, sel)
+            if held is not None:
+                return held
+
+    async def _back_off(self, call: _Call) -> None:
+        """Wait until the first busy host may be tried again (as it asked, or with backoff), then
+        let the busy hosts be selected again. Raises DeadlineExceededError when that is too late."""
+        name, until = min(call.busy.items(), key=lambda item: item[1])
+        now = time.monotonic()
+        if until >= call.deadline:
+            raise self._deadline_error(
+                call, f"{name} is busy and the retry it allows ({until - now:.3g} s from now) is past the deadline"
+            )
+        call.backoffs += 1
+        await anyio.sleep(max(0.0, until - now))
+        call.exclude.difference_update(call.busy)
+        call.busy.clear()
+
+    def _retry_at(self, call: _Call, exc: HostOverloadedError) -> float:
+        """When a busy host may be tried again: after its Retry-After (capped), else a backoff."""
+        if exc.retry_after_s is not None:
+            wait = min(exc.retry_after_s, self.retry_after_cap_s)
+        else:
+            wait = min(BACKOFF_BASE_S * 2**call.backoffs, self.retry_after_cap_s)
+            wait *= 1 + 0.2 * random.random()  # noqa: S311 - jitter, not security
+        return time.monotonic() + wait
+
+    def _attempt_limit(self, call: _Call) -> float:
+        """The next attempt's limit: the first-byte limit, or the time left when that is shorter."""
+        left = call.deadline - time.monotonic()
+        return self.first_byte_timeout_s if self.first_byte_timeout_s < left else left
+
+    def _attempt_failed(self, call: _Call, host: Host, exc: BackendError) -> None:
+        """Book a failed attempt; raises when the call must stop (the error is not the host's, or
+        the deadline cut the attempt), returns when the next attempt may go to another host."""
+        # A timeout that ends at the deadline is the caller's limit, not proof that the host hangs.
+        cut = isinstance(exc, HostTimeoutError) and call.deadline - time.monotonic() < _DEADLINE_SLACK_S
+        self._on_failure(host, exc, deadline_cut=cut)
+        call.trace.failures.append((host.name, exc))
+        if cut:
+            raise self._deadline_error(call, f"the attempt on {host.name} was cut") from exc
+        if not exc.failover:
+            raise exc
+        call.exclude.add(host.name)
+        if isinstance(exc, HostOverloadedError):
+            call.busy[host.name] = self._retry_at(call, exc)
+
+    def _deadline_error(self, call: _Call, what: str) -> DeadlineExceededError:
+        hosts = list(dict.fromkeys(call.trace.hosts))
+        if call.trace.waiting_for and call.trace.waiting_for not in hosts:
+            hosts.append(call.trace.waiting_for)
+        tried = ", ".join(hosts) or "none"
+        seconds = call.deadline - call.started
+        return DeadlineExceededError(
+            f"stopped at the call's deadline ({seconds:.3g} s) after {call.trace.attempts} attempt(s): {what}; "
+            f"hosts tried: {tried}",
+            call.trace.errors(),
+            hosts=hosts,
+        )
+
+    async def _failover(
+        self, call: _Call, send: Callable[[Selection, float], Awaitable[T]]
+    ) -> tuple[Selection, T, float]:
+        """Run ``send`` on the best host; on a host failure, on the next best (or the same busy host
+        after its retry time), within the attempts and the deadline. Returns the selection, the
+        result and the attempt's latency in ms; raises the request's own error, AllHostsFailedError
+        or DeadlineExceededError."""
+        while True:
+            sel = self._ready(call) or await self._next(call)
             host = sel.host
+            call.trace.hosts.append(host.name)
+            limit = self._attempt_limit(call)
             started = time.perf_counter()
-            if not host.try_claim():
-                await host.claim_waiting()
+            handed_over = False
             try:
-                result = await call(sel)
+                result = await send(sel, limit)
             except BackendError as exc:
-                self._on_failure(host, exc)
-                if not exc.failover:
-                    raise
-                errors.append(exc)
-                exclude.add(host.name)
+                self._attempt_failed(call, host, exc)
                 continue
             finally:
-                host.release()
+                handed_over = self._release(host)
             latency = (time.perf_counter() - started) * 1000
             self._on_success(host, latency)
-            return sel, result, attempt, latency, errors
-        raise AllHostsFailedError(f"all {len(errors)} attempt(s) failed", errors)
+            if handed_over:
+                # Let the request that took the slot over send it now: the caller's own work on
+                # this answer (parsing, scoring, the ledger) would otherwise leave the host idle.
+                await anyio.lowlevel.cancel_shielded_checkpoint()
+            return sel, result, latency
 
     async def chat(
         self,
@@ -495,104 +835,176 @@ class Pool:
         tier: Tier | None = None,
         model: str | None = None,
         min_tier: Tier | None = None,
+        deadline: float | None = None,
+        trace: CallTrace | None = None,
     ) -> PoolResult:
         """Run one chat on the best host, failing over before any output on host failures.
 
-        The deadline is the HTTP client's read timeout (pool.request_timeout_s): a non-streamed
-        answer arrives in one read, so it bounds the whole call without the cost of an event-loop
-        timer per request (bench/pool_overhead.py).
+        ``deadline`` is a ``time.monotonic()`` value the whole call, queueing and retries included,
+        must end by (default: ``call_deadline_s`` from now); each attempt also stops at the
+        first-byte limit. ``trace`` (optional) is filled in with every attempt as the call goes.
         """
+        call = self._new_call(tier, model or (request.model or None), min_tier, deadline, trace)
 
-        def call(sel: Selection) -> Awaitable[ChatResponse]:
-            return sel.host.backend.chat(request.for_model(sel.model))
+        def send(sel: Selection, limit_s: float) -> Awaitable[ChatResponse]:
+            return sel.host.backend.chat(request.for_model(sel.model), limit_s=limit_s)
 
-        sel, response, attempt, latency, errors = await self._failover(
-            call, tier=tier, model=model or (request.model or None), min_tier=min_tier
-        )
+        sel, response, _ = await self._failover(call, send)
+        failures = call.trace.errors()
         return PoolResult(
             response=response,
             host=sel.host.name,
             provider=sel.host.kind,
             model=sel.model,
             tier=sel.tier,
-            attempts=attempt,
-            latency_ms=latency,
-            errors=tuple(str(e) for e in errors),
+            attempts=call.trace.attempts,
+            latency_ms=(time.monotonic() - call.started) * 1000,
+            errors=tuple(str(e) for e in failures) if failures else (),
+            failures=tuple(failures),
         )
 
     async def stream(
-        self, request: ChatRequest, *, tier: Tier | None = None, model: str | None = None
+        self,
+        request: ChatRequest,
+        *,
+        tier: Tier | None = None,
+        model: str | None = None,
+        deadline: float | None = None,
+        trace: CallTrace | None = None,
     ) -> AsyncIterator[tuple[Selection, StreamChunk]]:
         """Stream from the best host; fails over only until the first chunk has been yielded.
 
-        The host's slot is held until the stream ends or is closed: a caller that may stop early
-        should use ``async with contextlib.aclosing(pool.stream(...))``.
+        The deadline bounds the wait for the first chunk (queueing and failover included); after
+        that, the first-byte limit bounds each wait between chunks. The host's slot is held until
+        the stream ends or is closed: a caller that may stop early should use
+        ``async with contextlib.aclosing(pool.stream(...))``.
         """
-        exclude: set[str] = set()
-        errors: list[BaseException] = []
-        for _attempt in range(self.max_attempts):
-            try:
-                sel = self.select(tier=tier, model=model or (request.model or None), exclude=exclude)
-            except NoHostAvailableError:
-                if errors:
-                    break
-                raise
+        call = self._new_call(tier, model or (request.model or None), None, deadline, trace)
+        while True:
+            sel = await self._next(call)
             host = sel.host
+            call.trace.hosts.append(host.name)
+            limit = self._attempt_limit(call)
             started = time.perf_counter()
             yielded = False
-            if not host.try_claim():
-                await host.claim_waiting()
             try:
-                stream = host.backend.stream(request.for_model(sel.model))
-                async for chunk in stream:
+                async for chunk in host.backend.stream(request.for_model(sel.model), limit_s=limit):
                     yielded = True
                     yield sel, chunk
             except BackendError as exc:
-                self._on_failure(host, exc)
                 if yielded:
-                    if isinstance(exc, StreamInterruptedError):
+                    interrupted = (
+                        exc
+                        if isinstance(exc, StreamInterruptedError)
+                        else StreamInterruptedError(str(exc), host=host.name, status=exc.status)
+                    )
+                    self._on_failure(host, interrupted)
+                    call.trace.failures.append((host.name, interrupted))
+                    if interrupted is exc:
                         raise
-                    raise StreamInterruptedError(str(exc), host=host.name) from exc
-                if not exc.failover:
-                    raise
-                errors.append(exc)
-                exclude.add(host.name)
+                    raise interrupted from exc
+                self._attempt_failed(call, host, exc)
                 continue
             finally:
-                host.release()  # also when the caller stops reading early (GeneratorExit)
+                self._release(host)  # also when the caller stops reading early (GeneratorExit)
             self._on_success(host, (time.perf_counter() - started) * 1000)
             return
-        raise AllHostsFailedError(f"all {len(errors)} attempt(s) failed", errors)
 
-    async def embed(self, request: EmbedRequest, *, model: str | None = None) -> tuple[str, EmbedResponse]:
-        def call(sel: Selection) -> Awaitable[EmbedResponse]:
-            return sel.host.backend.embed(request.for_model(sel.model))
+    async def embed(
+        self, request: EmbedRequest, *, model: str | None = None, deadline: float | None = None
+    ) -> tuple[str, EmbedResponse]:
+        def send(sel: Selection, limit_s: float) -> Awaitable[EmbedResponse]:
+            return sel.host.backend.embed(request.for_model(sel.model), limit_s=limit_s)
 
         tier = Tier.EMBEDDING if model is None else None
-        sel, response, _, _, _ = await self._failover(call, tier=tier, model=model)
+        call = self._new_call(tier, model, None, deadline, None)
+        sel, response, _ = await self._failover(call, send)
         return sel.host.name, response
 
     # bookkeeping ---------------------------------------------------------------------------------
 
     def _on_success(self, host: Host, latency_ms: float | None) -> None:
         host.served += 1
-        host.breaker.record_success()
+        if host.breaker.state is not BreakerState.CLOSED or host.breaker.failures:
+            host.breaker.record_success()
         host.last_error = None
-        if latency_ms is not None and math.isfinite(latency_ms):
-            prev = host.latency_ewma_ms
-            a = self.ewma_alpha
-            host.latency_ewma_ms = latency_ms if prev is None else a * latency_ms + (1 - a) * prev
+        if latency_ms is None or not math.isfinite(latency_ms):
+            return
+        a = self.ewma_alpha
+        prev = host.latency_ewma_ms
+        # An outlier's probe replaces the estimate it was sent to test.
+        host.latency_ewma_ms = latency_ms if prev is None or host.ejected else a * latency_ms + (1 - a) * prev
+        prior = self._prior_ms
+        self._prior_ms = latency_ms if prior is None else a * latency_ms + (1 - a) * prior
+        if self.outlier_factor > 0 and len(self.hosts) > 1:
+            now = time.monotonic()
+            if host.ejected or now >= host.next_outlier_check:
+                host.next_outlier_check = now + _OUTLIER_CHECK_EVERY_S
+                self._check_outlier(host, now)
 
-    def _on_failure(self, host: Host, exc: BackendError) -> None:
+    def _check_outlier(self, host: Host, now: float) -> None:
+        """Eject ``host`` when its latency is far above its peers' (hosts sharing a model with it,
+        so that a host serving only large models is never compared with one serving small ones);
+        bring an ejected host back when its latest figure is in line again."""
+        ewma = host.latency_ewma_ms
+        peers = [
+            h.latency_ewma_ms
+            for h in _peers(host, self.hosts.values())
+            if h.latency_ewma_ms is not None and not h.ejected
+        ]
+        if ewma is None or not peers:
+            return
+        typical = statistics.median(peers)
+        outlier = ewma > self.outlier_factor * typical and ewma - typical > OUTLIER_MIN_GAP_MS
+        if outlier and not host.ejected:
+            host.ejected = True
+            log.warning(
+                "host %s is a slow outlier (%.0f ms against %.0f ms for its peers): no new work for %g s",
+                host.name,
+                ewma,
+                typical,
+                self.outlier_probe_s,
+            )
+            self._requeue_waiters(host)
+        elif not outlier and host.ejected:
+            host.ejected = False
+            log.info("host %s is back in line (%.0f ms against %.0f ms for its peers)", host.name, ewma, typical)
+        if host.ejected:
+            host.ejected_until = now + self.outlier_probe_s
+
+    def _on_failure(self, host: Host, exc: BackendError, *, deadline_cut: bool = False) -> None:
+        """Count a failed attempt by cause; a host fault counts toward the breaker (opening it at
+        once for a refused connection or a hung attempt, but not when the caller's deadline cut an
+        attempt that may only have been slow)."""
         host.failed += 1
+        host.failures[exc.fault] = host.failures.get(exc.fault, 0) + 1
         host.last_error = str(exc)
-        if exc.failover:  # the host, not the request, is at fault
-            host.breaker.record_failure(force_open=_is_connect_failure(exc))
+        if exc.host_fault:
+            host.breaker.record_failure(force_open=exc.opens_breaker and not deadline_cut)
+            if host.breaker.state is BreakerState.OPEN:
+                self._requeue_waiters(host)
         log.warning("host %s failed: %s", host.name, exc)
 
     async def aclose(self) -> None:
         for host in self.hosts.values():
             await host.backend.aclose()
+
+
+def _expected_ms(host: Host, prior: float | None, *, extra: int) -> float:
+    """A host's expected completion time for a request, as selection ranks it (``extra`` = 1 for a
+    request not yet counted against the host)."""
+    ewma = host.latency_ewma_ms
+    if ewma is None:
+        ewma = prior or 1.0
+    queue = (host.outstanding + extra) / host.max_concurrency
+    return ewma * queue if queue > 1.0 else ewma
+
+
+def _peers(host: Host, hosts: Iterable[Host]) -> Iterable[Host]:
+    models = host.models.keys()
+    for other in hosts:
+        if other is not host and other.enabled and not models.isdisjoint(other.models):
+            yield other
 
 
 _TIER_ORDER = {Tier.MICRO: 0, Tier.SMALL: 1, Tier.FULL: 2, Tier.LARGE: 3, Tier.CODE: 4, Tier.EMBEDDING: 5}
@@ -625,7 +1037,3 @@ def larger_tiers(tier: Tier) -> list[Tier]:
     if tier not in SIZE_TIERS:
         return []
     return list(SIZE_TIERS[SIZE_TIERS.index(tier) + 1 :])
-
-
-def _is_connect_failure(exc: BackendError) -> bool:
-    return isinstance(exc, HostConnectError)

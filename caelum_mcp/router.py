@@ -17,15 +17,27 @@ smallest tier that can do it, an output cap, a time budget). The router:
 5. then Claude, through the same parse → repair → score path;
 6. otherwise returns the best local answer marked ``local_low_confidence`` with the reason.
 
-The whole run is bounded by the task's time budget: when it runs out, the best answer so far comes
-back marked with the reason, or :class:`~caelum_mcp.errors.TaskTimedOutError` when there is none.
+The whole run is bounded by the task's time budget, the one notion of time left: every pool call
+gets the run's deadline (so queueing, failover and retries stop there) and a Claude call the time
+that is left. When it runs out, the best answer so far comes back marked with the reason, or
+:class:`~caelum_mcp.errors.TaskTimedOutError` when there is none.
+
+A Claude call first reserves what it may cost (the prompt at about four characters a token plus its
+whole output allowance) against the daily budget, atomically in the ledger; the reservation becomes
+the call's row when it ends, or is released when it fails, so concurrent escalations (in one process
+or several sharing a data directory) cannot overspend the budget.
+
+An output schema is checked before anything runs: a schema that is not valid JSON schema, a ``$ref``
+that points nowhere or references that loop without end raise
+:class:`~caelum_mcp.errors.InvalidSchemaError` naming the problem.
 
 The output schema reaches each model once: a local model reads it in the system prompt (its server
 also gets it as a grammar constraint, which costs no tokens); Claude gets it from the Anthropic
 backend, as the API's structured-output parameter where the model supports it.
 
 Every model call is a ledger row (built by :func:`~caelum_mcp.ledger.model_call_row` and
-:func:`~caelum_mcp.ledger.failed_call_row`), tagged with the tool call it was made for.
+:func:`~caelum_mcp.ledger.failed_call_row`), tagged with the tool call it was made for; a failed
+call is one row per host that failed it, naming the host and how many attempts it got there.
 """
 
 from __future__ import annotations
@@ -34,13 +46,19 @@ import copy
 import inspect
 import json
 import logging
+import math
 import time
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import jsonschema
+import jsonschema.exceptions
+import referencing
+import referencing.exceptions
+import referencing.jsonschema
 
 from caelum_mcp.backends.base import Backend
 from caelum_mcp.confidence import ConfidenceParts, mean_token_probability, score
@@ -48,12 +66,15 @@ from caelum_mcp.config import Config
 from caelum_mcp.errors import (
     AllHostsFailedError,
     BackendError,
+    BudgetExceededError,
+    DeadlineExceededError,
+    InvalidSchemaError,
     NoHostAvailableError,
     TaskFailedError,
     TaskSkippedError,
     TaskTimedOutError,
 )
-from caelum_mcp.ledger import BudgetGuard, Ledger, failed_call_row, model_call_row
+from caelum_mcp.ledger import BudgetGuard, Ledger, LedgerEntry, failed_call_row, model_call_row
 from caelum_mcp.llm import (
     Availability,
     ExecutionRecord,
@@ -65,8 +86,8 @@ from caelum_mcp.llm import (
     TaskNeeds,
     size_rank,
 )
-from caelum_mcp.pool import Pool
-from caelum_mcp.pricing import ModelPrice, cost_usd, estimate_cost_usd
+from caelum_mcp.pool import CallTrace, Pool
+from caelum_mcp.pricing import CHARS_PER_TOKEN, ModelPrice, cost_usd
 from caelum_mcp.types import SIZE_TIERS, ChatMessage, ChatRequest, ChatResponse, Tier, Usage
 
 log = logging.getLogger(__name__)
@@ -85,6 +106,12 @@ TEXT_SCHEMA: dict[str, Any] = {
 # What a model of each size tier is, for messages that tell the user what to add.
 TIER_SIZES = {Tier.MICRO: "any size", Tier.SMALL: "2B+", Tier.FULL: "6B+", Tier.LARGE: "14B+"}
 _REPLY_ECHO_CHARS = 4000
+# The pool's deadline is the run's; the time budget's own cancel scope is only a backstop for a
+# step that does not honour it, this much later.
+_BACKSTOP_S = 0.5
+# A Claude reservation outlives the run's deadline by this much before it lapses on its own.
+_RESERVATION_GRACE_S = 60.0
+_SCHEMA_ECHO_CHARS = 200
 
 
 @dataclass
@@ -117,7 +144,9 @@ class _Run:
     task: LLMTask
     needs: TaskNeeds
     schema: dict[str, Any]
+    validator: Any  # a jsonschema validator of ``schema``, checked before the run
     call_id: str | None
+    deadline: float = math.inf  # time.monotonic() value the whole run must end by
     started: float = field(default_factory=time.perf_counter)
     calls: int = 0
     usage: list[Usage] = field(default_factory=list)
@@ -126,6 +155,9 @@ class _Run:
     escalations: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     best: _Candidate | None = None
+
+    def time_left(self) -> float:
+        return self.deadline - time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -242,8 +274,7 @@ class Router:
         price = self.claude_price
         if price is None:
             return f'no price known for {self.config.claude.model}; add [prices."{self.config.claude.model}"]'
-        chars = sum(len(m.content) for m in task.messages) + len(json.dumps(task.output_schema or {}))
-        return self.budget.check(estimate_cost_usd(chars, self._claude_max_tokens(needs), price))
+        return self.budget.check(_cost_bound(task.messages, task.output_schema, self._claude_max_tokens(needs), price))
 
     def _claude_max_tokens(self, needs: TaskNeeds) -> int:
         return min(needs.max_output_tokens, self.config.claude.max_tokens)
@@ -255,13 +286,23 @@ class Router:
     ) -> RoutedResult:
         """Run ``task``; see the module docstring. Raises :class:`TaskSkippedError` before any
         model call when nothing that can do it is available."""
+        schema, validator = self._schema(task)
         needs = self.needs(task)
         availability = self.availability(task, needs)
         if not availability.runnable:
             raise TaskSkippedError(f"{task.name} skipped: {availability.reason}")
-        run = _Run(task=task, needs=needs, schema=self._schema(task), call_id=call_id)
-        with anyio.move_on_after(needs.time_budget_s):
-            return await self._route(run, availability, progress)
+        run = _Run(
+            task=task,
+            needs=needs,
+            schema=schema,
+            validator=validator,
+            call_id=call_id,
+            deadline=time.monotonic() + needs.time_budget_s,
+        )
+        with anyio.move_on_after(needs.time_budget_s + _BACKSTOP_S):
+            result = await self._route(run, availability, progress)
+            if result is not None:
+                return result
         reason = (
             f"stopped at its time budget of {needs.time_budget_s:g} s "
             f"(raise [router.tasks.{task.kind}] time_budget_s to wait longer)"
@@ -272,10 +313,13 @@ class Router:
             raise TaskTimedOutError(f"{task.name}: no answer: {reason}{before}")
         return self._result(run, run.best, "local_low_confidence", reason, timed_out=True)
 
-    async def _route(self, run: _Run, availability: Availability, progress: ProgressFn | None) -> RoutedResult:
+    async def _route(self, run: _Run, availability: Availability, progress: ProgressFn | None) -> RoutedResult | None:
+        """The run's steps; None when the time budget ran out between them."""
         threshold = self.config.router.confidence_threshold
         if availability.local:
             for step in self._local_plan(run.task, run.needs):
+                if run.time_left() <= 0:
+                    return None
                 if progress:
                     await progress(f"asking the local pool ({step.label})")
                 cand = await self._attempt(run, step)
@@ -288,18 +332,26 @@ class Router:
                 run.escalations.append(
                     f"{cand.model}@{cand.host} ({cand.tier}) confidence {cand.parts.score:.2f} < {threshold:.2f}"
                 )
+        if run.time_left() <= 0:
+            return None
         blocker = self._claude_blocker(run.task, run.needs)
         if blocker is None:
             if progress:
                 why = "local confidence too low" if run.best else "no local model for this task"
                 await progress(f"{why}; asking Claude ({self.config.claude.model})")
-            cand = await self._attempt(run, None)
-            if cand is None:
-                blocker = f"Claude failed: {run.errors[-1]}"
-            elif cand.output is None and run.best is not None and run.best.output is not None:
-                blocker = f"Claude's reply was not usable: {cand.error}"
+            try:
+                cand = await self._attempt(run, None)
+            except BudgetExceededError as exc:  # calls in flight took what was left meanwhile
+                blocker = str(exc)
             else:
-                return self._result(run, cand, "claude", None)
+                if cand is None:
+                    blocker = f"Claude failed: {run.errors[-1]}"
+                elif cand.output is None and run.best is not None and run.best.output is not None:
+                    blocker = f"Claude's reply was not usable: {cand.error}"
+                else:
+                    return self._result(run, cand, "claude", None)
+            if run.time_left() <= 0 and run.best is not None:
+                return None  # Claude took the rest of the time: the answer so far, marked timed out
         best = run.best
         if best is None:
             detail = "; ".join(run.errors[-3:]) or "no local host answered"
@@ -315,7 +367,7 @@ class Router:
         if first is None:
             return None
         reply = first
-        output, error = _parse(first.response.content, run.schema)
+        output, error = _parse(first.response.content, run.validator)
         repaired = False
         if error is not None:
             repair = request.model_copy(
@@ -331,10 +383,15 @@ class Router:
                 }
             )
             pinned = _Local(tier=None, model=first.model, min_tier=None) if local is not None else None
-            second = await self._call(run, repair, pinned)
+            second = None
+            if run.time_left() > 0:
+                try:
+                    second = await self._call(run, repair, pinned)
+                except BudgetExceededError as exc:  # the first reply stands, unrepaired
+                    run.errors.append(str(exc))
             if second is not None:
                 reply = second
-                output, error = _parse(second.response.content, run.schema)
+                output, error = _parse(second.response.content, run.validator)
             repaired = True
         parts = await self._score(run.task, output, error, repaired, reply.response)
         return _Candidate(
@@ -368,82 +425,132 @@ class Router:
         )
 
     async def _call(self, run: _Run, request: ChatRequest, local: _Local | None) -> _Reply | None:
-        """One model call, recorded in the ledger whatever happens (cancellation included)."""
-        task = run.task
+        """One model call, recorded in the ledger whatever happens (cancellation included); None
+        when it produced no answer (the reason is in ``run.errors``)."""
+        if local is None:
+            return await self._call_claude(run, request)
+        return await self._call_local(run, request, local)
+
+    async def _call_local(self, run: _Run, request: ChatRequest, local: _Local) -> _Reply | None:
         started = time.perf_counter()
-        provider = self.claude.kind if local is None and self.claude is not None else ""
+        trace = CallTrace()
         try:
-            if local is None:
-                assert self.claude is not None
-                response = await self.claude.chat(request)
-                reply = _Reply(response, provider, "claude", request.model, None)
-                attempts = 1
-            else:
-                result = await self.pool.chat(request, tier=local.tier, model=local.model, min_tier=local.min_tier)
-                response = result.response
-                reply = _Reply(response, result.provider, result.host, result.model, result.tier.value)
-                attempts = result.attempts
+            result = await self.pool.chat(
+                request,
+                tier=local.tier,
+                model=local.model,
+                min_tier=local.min_tier,
+                deadline=run.deadline,
+                trace=trace,
+            )
         except (NoHostAvailableError, AllHostsFailedError, BackendError) as exc:
             run.errors.append(str(exc))
-            self._record_failures(run, exc, local is None, request.model, started)
+            self._record_local_failures(run, trace, exc, request.model, started)
             return None
         except anyio.get_cancelled_exc_class():
-            self.ledger.record(
-                failed_call_row(
-                    task=task.name,
-                    error="stopped before the model answered (time budget or cancelled call)",
-                    provider=provider,
-                    host="claude" if local is None else "",
-                    model=request.model,
-                    latency_ms=(time.perf_counter() - started) * 1000,
-                    call_id=run.call_id,
-                )
-            )
+            stopped = "stopped before the model answered (time budget or cancelled call)"
+            self._record_local_failures(run, trace, None, request.model, started, stopped=stopped)
             raise
-        latency = (time.perf_counter() - started) * 1000
-        price = self.claude_price
-        priced = cost_usd(response.usage, price) if price else 0.0
-        run.calls += attempts
-        run.usage.append(response.usage)
-        if local is None:
-            run.cost += priced
-        else:
-            run.counterfactual += priced
-        self.ledger.record(
-            model_call_row(
-                task=task.name,
-                path="claude" if local is None else "local",
-                provider=reply.provider,
-                host=reply.host,
-                model=reply.model,
-                tier=reply.tier,
-                usage=response.usage,
-                latency_ms=latency,
-                cost=priced if local is None else 0.0,
-                counterfactual=priced,
-                attempts=attempts,
-                call_id=run.call_id,
-            )
-        )
+        self._record_local_failures(run, trace, None, request.model, started, answered_by=result.host)
+        run.calls += result.attempts
+        reply = _Reply(result.response, result.provider, result.host, result.model, result.tier.value)
+        await self.ledger.arecord(self._answer_row(run, reply, local=True, latency_ms=result.latency_ms))
         return reply
 
-    def _record_failures(self, run: _Run, exc: Exception, claude: bool, model: str, started: float) -> None:
-        """A failed call's rows: one per host that failed, so per-host failure counts are real."""
+    async def _call_claude(self, run: _Run, request: ChatRequest) -> _Reply | None:
+        """A Claude call under a budget reservation; raises BudgetExceededError when the budget
+        (net of what calls in flight hold) cannot take it."""
+        claude = self.claude
+        price = self.claude_price
+        assert claude is not None and price is not None
+        left = run.time_left()
+        reservation = self.budget.reserve(
+            _cost_bound(request.messages, request.json_schema, request.max_tokens or 0, price),
+            ttl_s=max(left, 0.0) + _RESERVATION_GRACE_S,
+        )
+        started = time.perf_counter()
+        try:
+            response = await claude.chat(request, limit_s=left)
+        except BackendError as exc:
+            run.errors.append(str(exc))
+            self.ledger.settle(reservation, self._claude_failure(run, request, str(exc), started))
+            return None
+        except BaseException:
+            stopped = "stopped before Claude answered (time budget or cancelled call)"
+            self.ledger.settle(reservation, self._claude_failure(run, request, stopped, started))
+            raise
+        reply = _Reply(response, claude.kind, "claude", request.model, None)
+        run.calls += 1
         latency = (time.perf_counter() - started) * 1000
-        causes: Sequence[BaseException] = exc.causes if isinstance(exc, AllHostsFailedError) else (exc,)
-        for cause in causes:
-            host = "claude" if claude else getattr(cause, "host", "")
+        self.ledger.settle(reservation, self._answer_row(run, reply, local=False, latency_ms=latency))
+        return reply
+
+    def _claude_failure(self, run: _Run, request: ChatRequest, error: str, started: float) -> LedgerEntry:
+        return failed_call_row(
+            task=run.task.name,
+            error=error,
+            provider=self.claude.kind if self.claude is not None else "",
+            host="claude",
+            model=request.model,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            call_id=run.call_id,
+        )
+
+    def _answer_row(self, run: _Run, reply: _Reply, *, local: bool, latency_ms: float) -> LedgerEntry:
+        """The answered call's row, its cost added to the run's figures."""
+        response = reply.response
+        price = self.claude_price
+        priced = cost_usd(response.usage, price) if price else 0.0
+        run.usage.append(response.usage)
+        if local:
+            run.counterfactual += priced
+        else:
+            run.cost += priced
+        return model_call_row(
+            task=run.task.name,
+            path="local" if local else "claude",
+            provider=reply.provider,
+            host=reply.host,
+            model=reply.model,
+            tier=reply.tier,
+            usage=response.usage,
+            latency_ms=latency_ms,
+            cost=0.0 if local else priced,
+            counterfactual=priced,
+            attempts=1,
+            call_id=run.call_id,
+        )
+
+    def _record_local_failures(
+        self,
+        run: _Run,
+        trace: CallTrace,
+        exc: Exception | None,
+        model: str,
+        started: float,
+        *,
+        answered_by: str | None = None,
+        stopped: str | None = None,
+    ) -> None:
+        """The rows of a pool call's failed attempts: one per host that failed (or was stopped, or
+        was being waited for), naming it and how many attempts it got; the host that answered in
+        the end gets its own answered row. The call's time goes on the first row."""
+        latency = (time.perf_counter() - started) * 1000 if answered_by is None else 0.0
+        for host, attempts, error in _failed_hosts(trace, exc, answered_by=answered_by, stopped=stopped):
+            known = self.pool.hosts.get(host)
             self.ledger.record(
                 failed_call_row(
                     task=run.task.name,
-                    error=str(cause),
-                    provider=self.claude.kind if claude and self.claude is not None else "",
+                    error=error,
+                    provider=known.kind if known is not None else "",
                     host=host,
                     model=model,
-                    latency_ms=latency if len(causes) == 1 else 0.0,
+                    attempts=attempts,
+                    latency_ms=latency,
                     call_id=run.call_id,
                 )
             )
+            latency = 0.0
 
     async def _score(
         self,
@@ -470,14 +577,20 @@ class Router:
             grounding_problems=grounding.problems if grounding else (),
         )
 
-    def _schema(self, task: LLMTask) -> dict[str, Any]:
+    def _schema(self, task: LLMTask) -> tuple[dict[str, Any], Any]:
+        """The schema the models get (the task's, plus the confidence field) and its validator;
+        raises InvalidSchemaError when the task's schema cannot be used."""
+        if task.output_schema is not None and not isinstance(task.output_schema, dict):
+            raise InvalidSchemaError("the output schema must be a JSON object (a dict)")
         schema = copy.deepcopy(task.output_schema or TEXT_SCHEMA)
         if schema.get("type") == "object":
             props = schema.setdefault("properties", {})
-            if "confidence" not in props:
+            required = schema.get("required", [])
+            # Anything else is the caller's mistake, which the check below reports as it is.
+            if isinstance(props, dict) and isinstance(required, list) and "confidence" not in props:
                 props["confidence"] = CONFIDENCE_FIELD
-                schema["required"] = [*schema.get("required", []), "confidence"]
-        return schema
+                schema["required"] = [*required, "confidence"]
+        return schema, _validator_for(schema)
 
     def _result(
         self, run: _Run, cand: _Candidate, path: FinalPath, reason: str | None, *, timed_out: bool = False
@@ -542,8 +655,12 @@ def _self_reported(output: dict[str, Any] | None) -> float | None:
     return min(1.0, max(0.0, float(value)))
 
 
-def _parse(text: str, schema: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
-    """The JSON object in ``text`` validated against ``schema``, or the reason it is not valid."""
+def _parse(text: str, validator: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """The JSON object in ``text`` validated by ``validator``, or the reason it is not valid.
+
+    The schema was checked before the run; should validating still fail for the schema's sake,
+    that is InvalidSchemaError, not a fault of the reply.
+    """
     candidate = _extract_json(text)
     if candidate is None:
         return None, "no JSON object found in the reply"
@@ -556,11 +673,201 @@ def _parse(text: str, schema: dict[str, Any]) -> tuple[dict[str, Any] | None, st
     if not isinstance(data, dict):
         return None, "the reply is JSON but not an object"
     try:
-        jsonschema.validate(data, schema)
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-        return None, f"schema violation at {where}: {exc.message[:300]}"
+        violation = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    except (RecursionError, referencing.exceptions.Unresolvable) as exc:
+        raise InvalidSchemaError(f"the output schema cannot be used: {_schema_problem(exc)}") from None
+    if violation is not None:
+        where = "/".join(str(p) for p in violation.absolute_path) or "(root)"
+        return None, f"schema violation at {where}: {violation.message[:300]}"
     return data, None
+
+
+def _cost_bound(
+    messages: Sequence[ChatMessage], schema: dict[str, Any] | None, max_tokens: int, price: ModelPrice
+) -> float:
+    """The most a Claude call may cost: its prompt at about four characters a token, and its whole
+    output allowance (what a budget reservation must hold so that concurrent calls cannot overrun)."""
+    chars = sum(len(m.content) for m in messages) + len(json.dumps(schema or {}))
+    return cost_usd(Usage(input_tokens=math.ceil(chars / CHARS_PER_TOKEN), output_tokens=max_tokens), price)
+
+
+# Keywords whose subschemas apply to the same instance: a loop of references through these alone
+# never reaches the end of the instance, so validation would recurse until Python gives up.
+_IN_PLACE_ONE = ("not", "if", "then", "else")
+_IN_PLACE_MANY = ("allOf", "anyOf", "oneOf")
+# Keywords holding subschemas (for the walk over every subschema).
+_SUBSCHEMA_ONE = (
+    *_IN_PLACE_ONE,
+    "additionalProperties",
+    "additionalItems",
+    "items",
+    "contains",
+    "propertyNames",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "contentSchema",
+)
+_SUBSCHEMA_MANY = (*_IN_PLACE_MANY, "prefixItems", "items")
+_SUBSCHEMA_MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies")
+# Validators for schemas already checked, by their JSON text: supervisors send the same few.
+_VALIDATORS: dict[str, Any] = {}
+_VALIDATOR_CACHE_SIZE = 256
+
+
+def _validator_for(schema: dict[str, Any]) -> Any:
+    """A validator for ``schema``, after checking that it can be used at all: valid JSON schema,
+    every local ``$ref`` resolves, no loop of in-place references, and a trial validation ends.
+    Raises InvalidSchemaError with a short message naming the problem."""
+    try:
+        key = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidSchemaError(f"the output schema is not JSON: {_schema_problem(exc)}") from None
+    cached = _VALIDATORS.get(key)
+    if cached is not None:
+        return cached
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+        raise InvalidSchemaError(
+            f"the output schema is not valid JSON schema at {where}: {exc.message[:200]}"
+        ) from None
+    except RecursionError:
+        raise InvalidSchemaError("the output schema is nested too deeply") from None
+    _check_references(schema)
+    validator = cls(schema)
+    trials: tuple[object, ...] = ({}, [], "", 0, None)
+    for trial in trials:
+        try:
+            validator.is_valid(trial)
+        except (RecursionError, referencing.exceptions.Unresolvable) as exc:
+            raise InvalidSchemaError(f"the output schema cannot be used: {_schema_problem(exc)}") from None
+    if len(_VALIDATORS) >= _VALIDATOR_CACHE_SIZE:
+        _VALIDATORS.clear()
+    _VALIDATORS[key] = validator
+    return validator
+
+
+def _schema_problem(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "its references loop without end"
+    if isinstance(exc, referencing.exceptions.Unresolvable):
+        return f"a $ref points nowhere ({_echo_ref(getattr(exc, 'ref', '') or str(exc))})"
+    return f"{type(exc).__name__}: {str(exc)[:_SCHEMA_ECHO_CHARS]}"
+
+
+def _echo_ref(ref: str) -> str:
+    return ref if len(ref) <= _SCHEMA_ECHO_CHARS else ref[: _SCHEMA_ECHO_CHARS - 1] + "…"
+
+
+def _subschemas(node: dict[str, Any]) -> Iterator[Any]:
+    for key in _SUBSCHEMA_ONE:
+        yield node.get(key)
+    for key in _SUBSCHEMA_MANY:
+        value = node.get(key)
+        if isinstance(value, list):
+            yield from value
+    for key in _SUBSCHEMA_MAP:
+        value = node.get(key)
+        if isinstance(value, dict):
+            yield from value.values()
+
+
+def _in_place(node: dict[str, Any], root: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The subschemas applied to the same instance as ``node``, its local ``$ref`` target included."""
+    for key in _IN_PLACE_ONE:
+        value = node.get(key)
+        if isinstance(value, dict):
+            yield value
+    for key in _IN_PLACE_MANY:
+        value = node.get(key)
+        if isinstance(value, list):
+            yield from (v for v in value if isinstance(v, dict))
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        target = _resolve_local(ref, root)
+        if isinstance(target, dict):
+            yield target
+
+
+def _resolve_local(ref: str, root: dict[str, Any]) -> Any:
+    """The target of a ``#/json/pointer`` or ``#anchor`` reference in ``root``; None when missing."""
+    fragment = urllib.parse.unquote(ref[1:])
+    if not fragment or fragment.startswith("/"):
+        target: Any = root
+        for raw in fragment.split("/")[1:]:
+            part = raw.replace("~1", "/").replace("~0", "~")
+            if isinstance(target, dict) and part in target:
+                target = target[part]
+            elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
+                target = target[int(part)]
+            else:
+                return None
+        return target
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("$anchor") == fragment or node.get("$dynamicAnchor") == fragment:
+                return node
+            stack.extend(_subschemas(node))
+    return None
+
+
+def _resolves(ref: str, root: dict[str, Any]) -> bool:
+    """Whether ``ref`` points at something inside ``root``: a local pointer or anchor, or a URI that
+    one of its ``$id``s names (a schema elsewhere would need fetching, which never happens)."""
+    if ref.startswith("#"):
+        return _resolve_local(ref, root) is not None
+    try:
+        resource = referencing.jsonschema.specification_with(
+            str(root.get("$schema", "")), default=referencing.jsonschema.DRAFT202012
+        ).create_resource(root)
+        registry: referencing.Registry[Any] = referencing.Registry().with_resource(resource.id() or "", resource)
+        registry.crawl().resolver(base_uri=resource.id() or "").lookup(ref)
+    except (referencing.exceptions.Unresolvable, referencing.exceptions.CannotDetermineSpecification):
+        return False
+    return True
+
+
+def _check_references(root: dict[str, Any]) -> None:
+    """Every ``$ref`` resolves inside the schema (nothing is ever fetched), and no subschema reaches
+    itself through in-place keywords and references alone."""
+    nodes: list[dict[str, Any]] = []
+    stack: list[Any] = [root]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        nodes.append(node)
+        ref = node.get("$ref")
+        if isinstance(ref, str) and not _resolves(ref, root):
+            raise InvalidSchemaError(f"the output schema cannot be used: a $ref points nowhere ({_echo_ref(ref)})")
+        stack.extend(_subschemas(node))
+    # Depth-first search for a cycle over in-place edges (white/grey/black colouring).
+    colour: dict[int, int] = {}
+    for start in nodes:
+        if colour.get(id(start)):
+            continue
+        path: list[tuple[dict[str, Any], Iterator[dict[str, Any]]]] = [(start, _in_place(start, root))]
+        colour[id(start)] = 1
+        while path:
+            node, children = path[-1]
+            child = next(children, None)
+            if child is None:
+                colour[id(node)] = 2
+                path.pop()
+            elif colour.get(id(child)) == 1:
+                raise InvalidSchemaError(
+                    "the output schema cannot be used: its references loop without end "
+                    "(a $ref that leads back to itself through $ref, allOf, anyOf, oneOf, not or if/then/else)"
+                )
+            elif not colour.get(id(child)):
+                colour[id(child)] = 1
+                path.append((child, _in_place(child, root)))
 
 
 def _extract_json(text: str) -> str | None:
@@ -570,6 +877,40 @@ def _extract_json(text: str) -> str | None:
     if start == -1 or end <= start:
         return None
     return text[start : end + 1]
+
+
+def _failed_hosts(
+    trace: CallTrace, exc: Exception | None, *, answered_by: str | None, stopped: str | None
+) -> Iterator[tuple[str, int, str]]:
+    """(host, attempts, error) for each host a pool call failed on, in the order it tried them.
+
+    An attempt with no recorded outcome was in flight when the call stopped (``stopped`` says
+    why) or is the one that answered (on ``answered_by``). A host the call was only waiting for
+    has 0 attempts. When the deadline ended the call, the last host's row carries that message.
+    Nothing tried at all: one row without a host, saying why.
+    """
+    hosts = list(dict.fromkeys(trace.hosts))
+    if trace.waiting_for is not None and trace.waiting_for not in hosts:
+        hosts.append(trace.waiting_for)
+    if not hosts:
+        if exc is not None or stopped is not None:
+            yield "", 0, stopped or str(exc)
+        return
+    for host in hosts:
+        tried = trace.hosts.count(host)
+        errors = [error for name, error in trace.failures if name == host]
+        pending = tried > len(errors)
+        if host == answered_by:
+            if errors:
+                yield host, len(errors), str(errors[-1])
+            continue
+        if pending or tried == 0:
+            error = stopped or (str(exc) if exc is not None else "no answer")
+        elif isinstance(exc, DeadlineExceededError) and host == hosts[-1]:
+            error = str(exc)
+        else:
+            error = str(errors[-1])
+        yield host, tried, error
 
 
 def _sum_usage(usages: Sequence[Usage]) -> Usage:

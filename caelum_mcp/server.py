@@ -46,13 +46,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from caelum_mcp import __version__
 from caelum_mcp.app import AppState, open_app
-from caelum_mcp.config import Config, _is_loopback
+from caelum_mcp.config import Config
 from caelum_mcp.errors import CaelumError
 from caelum_mcp.pool import Host
 from caelum_mcp.runtime import ToolRuntime, validate_arguments
 from caelum_mcp.schemas import compact_schema
 from caelum_mcp.supervisors import SUPERVISORS
 from caelum_mcp.supervisors.base import ExternalTool
+from caelum_mcp.tools.code.secrets import redact_secrets
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -225,7 +226,13 @@ def build_tool(tool: ExternalTool[Any, Any], runtime: ToolRuntime) -> Tool:
             result = await progress.run(lambda: runtime.invoke(tool.name, args, roots=roots, progress=progress.report))
             data = runtime.fit(tool.name, result, runtime.budget_for(tool.name, args))
         except CaelumError as exc:
-            raise ToolError(str(exc)) from None
+            raise ToolError(error_text(str(exc))) from None
+        except Exception as exc:  # a bug, not bad input: the log gets the traceback, the client a reason
+            log.exception("tool %s failed unexpectedly", tool.name)
+            raise ToolError(
+                f"{tool.name} failed with an internal error ({type(exc).__name__}); the server log has the "
+                "details. Please report it."
+            ) from None
         text = pydantic_core.to_json(data).decode()
         return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
 
@@ -262,6 +269,16 @@ def build_tool(tool: ExternalTool[Any, Any], runtime: ToolRuntime) -> Tool:
     if mcp_tool.fn_metadata.output_schema is not None:
         mcp_tool.fn_metadata.output_schema = compact_schema(mcp_tool.fn_metadata.output_schema, output=True)
     return mcp_tool
+
+
+MAX_ERROR_CHARS = 2000
+
+
+def error_text(message: str) -> str:
+    """A tool error as the client sees it: secrets redacted, and never longer than a screenful
+    (inputs echoed inside are cut where they are raised; this bounds the whole)."""
+    message = redact_secrets(message)
+    return message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS] + " …[cut]"
 
 
 def _describe(field: FieldInfo) -> FieldInfo:
@@ -360,18 +377,32 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+WILDCARD_BINDS = {"0.0.0.0", "::", ""}  # noqa: S104 - names, not a bind
+
+
+def transport_security(bind: str, public_names: Sequence[str] = ()) -> TransportSecuritySettings:
+    """DNS-rebinding protection: requests must name this server in ``Host`` (and ``Origin``): a
+    loopback name, the bind address, or one of ``public_names``. A wildcard bind with no public
+    names cannot know its own names, so it accepts any (it needs a bearer token anyway)."""
+    if bind in WILDCARD_BINDS and not public_names:
+        log.warning("bound to %r with no [server] public_names: any Host header is accepted", bind)
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    names = ["127.0.0.1", "localhost", "[::1]"]
+    if bind not in WILDCARD_BINDS:
+        names.append(f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind)
+    names += [n for n in public_names if n not in names]
+    hosts = [pattern for name in dict.fromkeys(names) for pattern in (name, f"{name}:*")]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=hosts,
+        allowed_origins=[f"{scheme}://{h}" for h in hosts for scheme in ("http", "https")],
+    )
+
+
 def http_app(config: Config, *, host: str, port: int, token: str | None = None) -> Starlette:
     """One app: streamable HTTP at ``/mcp``, SSE at ``/sse`` (+ ``/messages/``), ``/health``."""
     server, holder = create_server(config)
-    if _is_loopback(host):
-        patterns = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
-        security = TransportSecuritySettings(
-            enable_dns_rebinding_protection=True,
-            allowed_hosts=patterns,
-            allowed_origins=[f"http://{p}" for p in patterns],
-        )
-    else:
-        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    security = transport_security(host, config.server.public_names)
     mcp_app = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
     sse = server.sse_app(transport_security=security, host=host)
 

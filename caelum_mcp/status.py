@@ -25,6 +25,18 @@ class ModelStatus(Frozen):
     loaded: bool = False
 
 
+class FailureCounts(Frozen):
+    """A host's failed attempts by cause (a failover, a retry and a failed call each count once)."""
+
+    timeout: int = Field(default=0, description="no first byte within the attempt's limit")
+    connect: int = Field(default=0, description="refused, or cut before a whole reply")
+    http_5xx: int = Field(default=0, description="a 5xx before any output")
+    overloaded: int = Field(default=0, description="429 / 503 / 529: busy")
+    bad_body: int = Field(default=0, description="a 200 with an empty or unreadable body")
+    interrupted: int = Field(default=0, description="a stream that broke after output")
+    request: int = Field(default=0, description="not the host's fault (bad request, missing model)")
+
+
 class HostStatus(Frozen):
     name: str
     kind: str
@@ -40,6 +52,10 @@ class HostStatus(Frozen):
     peak_in_flight: int
     served: int
     failed: int
+    failures: FailureCounts = Field(default_factory=FailureCounts, description="failed attempts by cause")
+    outlier: bool = Field(
+        default=False, description="far slower than its peers: no new work until a probe shows it recovered"
+    )
     latency_ewma_ms: float | None = None
     last_error: str | None = None
     models: list[ModelStatus]
@@ -81,6 +97,10 @@ def host_status(host: Host, pool: Pool) -> HostStatus:
         peak_in_flight=host.peak_in_flight,
         served=host.served,
         failed=host.failed,
+        failures=FailureCounts(
+            **{("http_5xx" if cause == "5xx" else cause): n for cause, n in host.failures.items() if n}
+        ),
+        outlier=host.ejected,
         latency_ewma_ms=None if host.latency_ewma_ms is None else round(host.latency_ewma_ms, 1),
         last_error=host.last_error,
         models=[

@@ -24,12 +24,12 @@ class DelegateTaskInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=200_000, description="what the model should do")
-    system: str | None = Field(default=None, description="optional system instructions")
+    system: str | None = Field(default=None, max_length=200_000, description="optional system instructions")
     json_schema: dict[str, Any] | None = Field(
         default=None, description="optional JSON schema (type object) the answer must match"
     )
     tier: Tier | None = Field(default=None, description="where to start (default: configured)")
-    model: str | None = Field(default=None, description="a specific local model, e.g. 'qwen3:8b'")
+    model: str | None = Field(default=None, max_length=200, description="a specific local model, e.g. 'qwen3:8b'")
     allow_claude: bool = Field(default=True, description="may escalate to Claude when local confidence is low")
     max_tokens: int | None = Field(default=None, ge=16, le=32768)
 
@@ -63,7 +63,7 @@ class DelegateTaskOutput(ToolOutput):
 class PoolStatusInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    host: str | None = Field(default=None, description="only this host (default: all)")
+    host: str | None = Field(default=None, max_length=200, description="only this host (default: all)")
 
 
 class PoolStatusOutput(StatusReport, ToolOutput):
@@ -73,7 +73,7 @@ class PoolStatusOutput(StatusReport, ToolOutput):
 class SetHostEnabledInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    host: str = Field(description="the host's name, as pool_status lists it")
+    host: str = Field(max_length=200, description="the host's name, as pool_status lists it")
     enabled: bool = Field(description="false takes it out of rotation now; true puts it back")
 
 

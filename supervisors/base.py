@@ -11,6 +11,7 @@ A supervisor declares :class:`ExternalTool` s (a pydantic input model, an output
 - ``roots``: the folders this call may read;
 - ``cache``: the content-hash result cache (:func:`cached`);
 - ``state_dir``: this supervisor's own data folder (indexes, run stores);
+- ``settings_as(Model)``: its own config section (``[name]``), validated by ``settings_model``;
 - ``report`` / ``note``: MCP progress;
 - ``call_tool``: another registered external tool, with validated input, this call's progress and
   cancellation, and the child's model calls recorded under this call in the ledger;
@@ -116,6 +117,7 @@ class ToolContext:
     cache: ResultCache | None = None
     progress: ProgressReporter = _no_progress
     pool_admin: PoolAdmin | None = None
+    settings: BaseModel | None = None
     call_id: str = ""
     depth: int = 0
     caller: ToolCaller | None = field(default=None, repr=False)
@@ -141,6 +143,10 @@ class ToolContext:
             raise CaelumError(f"call_tool({name!r}) needs the running server")
         return await self.caller(name, args, self)
 
+    def settings_as(self, model: type[M]) -> M:
+        """This supervisor's config section (``Supervisor.settings_model``), typed."""
+        return _settings_as(self.settings, model)
+
     def require_pool_admin(self) -> PoolAdmin:
         if self.pool_admin is None:
             raise CaelumError("pool administration is only available to the ai supervisor's tools")
@@ -155,6 +161,19 @@ class SupervisorEnv:
     limits: ToolsConfig
     llm: LLMService
     cache: ResultCache | None = None
+    settings: BaseModel | None = None
+
+    def settings_as(self, model: type[M]) -> M:
+        """The supervisor's config section (``Supervisor.settings_model``), typed."""
+        return _settings_as(self.settings, model)
+
+
+def _settings_as(settings: BaseModel | None, model: type[M]) -> M:
+    if settings is None:
+        return model()
+    if not isinstance(settings, model):
+        raise TypeError(f"settings are a {type(settings).__name__}, not a {model.__name__}")
+    return settings
 
 
 @dataclass(frozen=True)
@@ -205,6 +224,10 @@ class Supervisor(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     pool_admin: ClassVar[bool] = False  # whether its handlers get ctx.pool_admin (the ai supervisor)
+    # Its own top-level config section (``[<settings_section or name>]``), validated by this model
+    # when the config is loaded; handlers get it as ``ctx.settings_as(Model)``.
+    settings_model: ClassVar[type[BaseModel] | None] = None
+    settings_section: ClassVar[str | None] = None
 
     @abstractmethod
     def external_tools(self) -> Sequence[ExternalTool[Any, Any]]:

@@ -243,3 +243,10 @@ def test_example_config_loads_and_validates() -> None:
     assert config.claude.model == "claude-sonnet-5-5"
     price = config.price_for(config.claude.model + "-20261001")  # dated ids match their family
     assert price is not None and (price.input, price.output) == (2.0, 10.0)
+
+
+def test_public_names_must_be_host_names() -> None:
+    config = load_config(environ={"CAELUM_SERVER__PUBLIC_NAMES": '["Caelum.Example.org", "[::2]"]'})
+    assert config.server.public_names == ("caelum.example.org", "[::2]")
+    with pytest.raises(ConfigError, match=r"public_names.*not a host name"):
+        load_config(environ={"CAELUM_SERVER__PUBLIC_NAMES": '["http://caelum.example.org/"]'})

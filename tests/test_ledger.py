@@ -368,3 +368,103 @@ def test_a_directory_in_the_way_gives_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "ledger.db").mkdir()
     with pytest.raises(ConfigError, match=r"ledger\.db is a folder"):
         Ledger(tmp_path / "ledger.db")
+
+
+# --- budget reservations ---------------------------------------------------------------------
+
+
+def test_a_reservation_holds_its_share_of_the_budget_until_settled(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        guard = BudgetGuard(ledger, 1.0, clock=lambda: NOON)
+        first = guard.reserve(0.6, ttl_s=60)
+        assert guard.remaining_today() == pytest.approx(0.4)
+        with pytest.raises(BudgetExceededError, match=r"\$0\.60 held by Claude calls in flight.*\$0\.50"):
+            guard.reserve(0.5, ttl_s=60)
+        assert guard.check(0.5) is not None and guard.check(0.4) is None
+        # settled at its real cost: the row and the end of the reservation in one transaction
+        ledger.settle(first, claude_entry(0.3))
+        figures = ledger.budget_figures(now=NOON)
+        assert (figures.spent_usd, figures.reserved_usd) == (pytest.approx(0.3), 0)
+        second = guard.reserve(0.5, ttl_s=60)
+        ledger.release(second)  # the call was never made
+        assert ledger.budget_figures(now=NOON).reserved_usd == 0
+        assert ledger.summary(now=NOON).claude_calls == 1
+
+
+def test_a_reservation_of_a_process_that_died_lapses(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        BudgetGuard(ledger, 1.0, clock=lambda: NOON).reserve(0.9, ttl_s=10)
+        with pytest.raises(BudgetExceededError):
+            BudgetGuard(ledger, 1.0, clock=lambda: NOON + 5).reserve(0.5, ttl_s=10)
+        BudgetGuard(ledger, 1.0, clock=lambda: NOON + 11).reserve(0.5, ttl_s=10)
+
+
+def test_unlimited_and_zero_budgets_with_reservations(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        held = BudgetGuard(ledger, None, clock=lambda: NOON).reserve(500.0, ttl_s=60)
+        assert held.amount_usd == 500.0
+        with pytest.raises(BudgetExceededError, match=r"budget of \$0\.00 reached"):
+            BudgetGuard(ledger, 0.0, clock=lambda: NOON).reserve(0.001, ttl_s=60)
+
+
+RESERVE_UNTIL_REFUSED = """
+import sys
+from pathlib import Path
+from caelum_mcp.errors import BudgetExceededError
+from caelum_mcp.ledger import BudgetGuard, Ledger
+granted = 0
+with Ledger(Path(sys.argv[1])) as ledger:
+    guard = BudgetGuard(ledger, 1.0)
+    for _ in range(40):
+        try:
+            guard.reserve(0.05, ttl_s=600)
+        except BudgetExceededError:
+            continue
+        granted += 1
+print(granted)
+"""
+
+
+def test_two_ledgers_on_one_file_never_reserve_past_the_budget(tmp_path: Path) -> None:
+    """Two connections (as two processes sharing a data directory have) racing for the last dollars."""
+    path = tmp_path / "ledger.db"
+    granted = [0, 0]
+    with Ledger(path) as one, Ledger(path) as two:
+        start = threading.Barrier(2)
+
+        def work(index: int, ledger: Ledger) -> None:
+            guard = BudgetGuard(ledger, 1.0)
+            start.wait()
+            for _ in range(40):
+                try:
+                    guard.reserve(0.05, ttl_s=600)
+                except BudgetExceededError:
+                    continue
+                granted[index] += 1
+
+        threads = [threading.Thread(target=work, args=(i, led)) for i, led in enumerate((one, two))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert sum(granted) == 20  # $1.00 / $0.05, however the two interleaved
+        assert one.budget_figures().reserved_usd == pytest.approx(1.0)
+
+
+def test_two_processes_never_reserve_past_the_budget(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    Ledger(path).close()
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", RESERVE_UNTIL_REFUSED, str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [child.communicate(timeout=120) for child in children]
+    assert all(child.returncode == 0 for child in children), [err[-2000:] for _, err in outputs]
+    assert sum(int(out) for out, _ in outputs) == 20
+    with Ledger(path) as ledger:
+        assert ledger.budget_figures().reserved_usd == pytest.approx(1.0)

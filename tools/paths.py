@@ -2,6 +2,11 @@
 
 Paths are resolved (following symlinks) before the check, so ``..`` segments and links that point
 outside the root are both refused with :class:`~caelum_mcp.errors.PathNotAllowedError`.
+
+The errors are written for a caller who may be probing: a path outside the roots gets "outside
+the allowed roots" and nothing more — not whether it exists, not where a link points — and any
+echoed input is cut to :data:`ECHO_CHARS` characters. A path that cannot be a path (a NUL byte)
+is refused the same way, never as a raw ``ValueError``.
 """
 
 from __future__ import annotations
@@ -10,15 +15,47 @@ from pathlib import Path
 
 from caelum_mcp.errors import PathNotAllowedError
 
+ECHO_CHARS = 200
+
+
+def shown(value: str | Path) -> str:
+    """``value`` as an error message may echo it: quoted, and cut to :data:`ECHO_CHARS` characters."""
+    text = str(value)
+    return repr(text) if len(text) <= ECHO_CHARS else repr(text[:ECHO_CHARS]) + f" (+{len(text) - ECHO_CHARS} chars)"
+
+
+def _path(value: str | Path, what: str) -> Path:
+    text = str(value)
+    if "\0" in text:
+        raise PathNotAllowedError(f"{what} {shown(text.replace(chr(0), ''))} contains a NUL byte; remove it")
+    return Path(text).expanduser()
+
+
+def _inside(candidate: Path, root: Path) -> bool | None:
+    """Whether ``candidate`` (absolute) is under ``root`` once every link that exists is followed;
+    None when it cannot be resolved (a link loop). Works for paths that do not exist, so a path
+    outside gets the same answer whether or not it is there."""
+    try:
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError):
+        return None
+    return resolved == root or resolved.is_relative_to(root)
+
+
+def _resolve(candidate: Path) -> Path | None:
+    try:
+        return candidate.resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):
+        return None
+
 
 def resolve_root(root: str | Path) -> Path:
     """The absolute, resolved project root; it must be an existing directory."""
-    try:
-        resolved = Path(root).expanduser().resolve(strict=True)
-    except (OSError, RuntimeError) as exc:
-        raise PathNotAllowedError(f"project root {str(root)!r} does not exist or cannot be read") from exc
+    resolved = _resolve(_path(root, "project root"))
+    if resolved is None:
+        raise PathNotAllowedError(f"project root {shown(root)} does not exist or cannot be read")
     if not resolved.is_dir():
-        raise PathNotAllowedError(f"project root {str(root)!r} is not a directory")
+        raise PathNotAllowedError(f"project root {shown(root)} is not a directory")
     return resolved
 
 
@@ -27,18 +64,17 @@ def resolve_within(root: Path, path: str | Path, *, must_exist: bool = True) -> 
 
     ``root`` must already be resolved (see :func:`resolve_root`).
     """
-    candidate = Path(path).expanduser()
+    candidate = _path(path, "path")
     if not candidate.is_absolute():
         candidate = root / candidate
-    try:
-        resolved = candidate.resolve(strict=must_exist)
-    except (OSError, RuntimeError) as exc:
-        raise PathNotAllowedError(f"path {str(path)!r} does not exist inside the project {str(root)!r}") from exc
-    if resolved != root and not resolved.is_relative_to(root):
-        raise PathNotAllowedError(
-            f"path {str(path)!r} resolves to {str(resolved)!r}, outside the project root {str(root)!r}; "
-            "only files inside the project can be analysed"
-        )
+    inside = _inside(candidate, root)
+    if inside is None:
+        raise PathNotAllowedError(f"path {shown(path)} cannot be resolved (a link loop?)")
+    if not inside:
+        raise PathNotAllowedError(f"path {shown(path)} is outside the project root; give a path inside it")
+    resolved = _resolve(candidate) if must_exist else candidate.resolve()
+    if resolved is None:
+        raise PathNotAllowedError(f"path {shown(path)} does not exist inside the project")
     return resolved
 
 
@@ -57,27 +93,29 @@ def relative_posix(root: Path, path: str | Path) -> str:
         return candidate.as_posix()
 
 
+OUTSIDE_ROOTS = (
+    "is outside the allowed roots; add its folder to allowed_roots in the caelum config (or offer it "
+    "as an MCP root from the client) to work on it"
+)
+
+
 def resolve_project(project: str | Path, allowed_roots: tuple[Path, ...] | list[Path]) -> Path:
     """The project folder, resolved, which must lie inside one of ``allowed_roots`` (also resolved).
 
     Relative paths are taken from the first allowed root (the server's working directory by
-    default), so ``project="."`` means that root.
+    default), so ``project="."`` means that root. A path outside the roots — by its name, or by a
+    link inside them — gets the same message, whether or not it exists.
     """
     if not allowed_roots:
         raise PathNotAllowedError("no allowed roots are configured; set allowed_roots in the config")
-    candidate = Path(project).expanduser()
+    candidate = _path(project, "project")
     if not candidate.is_absolute():
         candidate = allowed_roots[0] / candidate
-    try:
-        resolved = candidate.resolve(strict=True)
-    except (OSError, RuntimeError) as exc:
-        raise PathNotAllowedError(f"project {str(project)!r} does not exist ({candidate})") from exc
-    if not any(resolved == root or resolved.is_relative_to(root) for root in allowed_roots):
-        shown = ", ".join(str(r) for r in allowed_roots)
-        raise PathNotAllowedError(
-            f"project {str(project)!r} resolves to {resolved}, outside the allowed roots ({shown}); "
-            "add its folder to allowed_roots in the caelum config to analyse it"
-        )
+    if not any(_inside(candidate, root) for root in allowed_roots):
+        raise PathNotAllowedError(f"project {shown(project)} {OUTSIDE_ROOTS}")
+    resolved = _resolve(candidate)
+    if resolved is None:
+        raise PathNotAllowedError(f"project {shown(project)} does not exist")
     if not resolved.is_dir():
-        raise PathNotAllowedError(f"project {str(project)!r} is a file, not a folder; pass the project's folder")
+        raise PathNotAllowedError(f"project {shown(project)} is a file, not a folder; pass the project's folder")
     return resolved

@@ -3,8 +3,11 @@
 Every analyser (ruff, bandit, radon, vulture, lizard, pip-audit, pytest, git) goes through
 :func:`run_command`. The child runs in its own session (process group), so that a timeout *or a
 cancelled tool call* kills the child and everything it spawned (pytest workers, shells), not just the
-direct child. Output beyond the cap is read and discarded, so a chatty child never blocks on a full
-pipe; the result says it was truncated.
+direct child. A process group is not enough on its own: a descendant may start its own session
+(``setsid``, ``start_new_session=True``) or double-fork away from the tree, so the command's
+descendants are also tracked (see :class:`_Descendants`) and killed with the group. Output beyond
+the cap is read and discarded, so a chatty child never blocks on a full pipe; the result says it was
+truncated.
 """
 
 from __future__ import annotations
@@ -13,16 +16,25 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import anyio
+import psutil
 from anyio.abc import ByteReceiveStream, Process
 
 from caelum_mcp.types import Frozen
 
 DEFAULT_MAX_OUTPUT_BYTES = 8 * 1024 * 1024
+# Every command's environment carries a token unique to the run; descendants inherit it, so the ones
+# that left the process tree (double fork, reparented to init) are still found when it is time to kill.
+RUN_MARKER_VAR = "CAELUM_RUN_MARKER"
+POLL_INTERVAL_S = 0.1  # how often the process tree is walked; commands shorter than this pay nothing
+PIPE_GRACE_S = 1.0  # after the child exits, how long its output pipes may stay open (held by leftovers)
+_KILL_SWEEPS = 3  # a process forking while we kill is caught by the next sweep
 
 
 class CommandResult(Frozen):
@@ -31,6 +43,8 @@ class CommandResult(Frozen):
     ``returncode`` is None when the command was killed on timeout.
     ``stdout``/``stderr`` are decoded as UTF-8 (invalid bytes replaced) and hold at most
     ``max_output_bytes`` each; ``truncated`` says that either one was cut.
+    ``leftovers_killed`` counts the descendants killed because they were still running when the
+    command was stopped, or (with ``kill_leftovers``) when it ended.
     """
 
     argv: tuple[str, ...]
@@ -40,6 +54,7 @@ class CommandResult(Frozen):
     truncated: bool
     timed_out: bool
     duration_s: float
+    leftovers_killed: int = 0
 
 
 class _CappedBuffer:
@@ -66,14 +81,110 @@ class _CappedBuffer:
         return b"".join(self._parts).decode("utf-8", errors="replace")
 
 
-async def _drain(stream: ByteReceiveStream | None, sink: _CappedBuffer) -> None:
-    if stream is None:
-        return
+async def _drain(stream: ByteReceiveStream | None, sink: _CappedBuffer, done: anyio.Event) -> None:
     try:
+        if stream is None:
+            return
         async for chunk in stream:
             sink.feed(chunk)
     except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
         return
+    finally:
+        done.set()
+
+
+class _Descendants:
+    """Every process a command started, found two ways, so that all of them can be killed.
+
+    - The process tree, walked every :data:`POLL_INTERVAL_S` while the command runs: catches
+      descendants that start their own session, or scrub their environment, while they are still
+      below the command.
+    - The run marker in the environment, searched when it is time to kill: catches descendants that
+      left the tree (a double fork reparents them to init) before a walk saw them.
+
+    A process that both leaves the tree between two walks and drops the marker from its environment
+    is not found. Processes are kept as ``psutil.Process`` objects, which refuse to signal a process
+    whose pid was reused (they compare its creation time), so a stale entry never kills a stranger.
+    """
+
+    def __init__(self, pid: int, marker: str) -> None:
+        self._marker = marker
+        self._seen: dict[tuple[int, float], psutil.Process] = {}
+        self._killed: set[tuple[int, float]] = set()
+        # The watcher's walks and a kill run in worker threads, possibly at the same time.
+        self._lock = threading.RLock()
+        try:
+            self._root: psutil.Process | None = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            self._root = None
+
+    def walk(self) -> None:
+        """Remember the command's current descendants (blocking: a read of the process table)."""
+        if self._root is None:
+            return
+        try:
+            children: list[psutil.Process] = self._root.children(recursive=True)
+        except psutil.Error:
+            return
+        with self._lock:
+            for child in children:
+                self._remember(child)
+
+    async def watch(self) -> None:
+        """Walk the tree every :data:`POLL_INTERVAL_S` until cancelled."""
+        while True:
+            await anyio.sleep(POLL_INTERVAL_S)
+            await anyio.to_thread.run_sync(self.walk)
+
+    @property
+    def killed(self) -> int:
+        """How many descendants :meth:`kill_all` has killed so far."""
+        return len(self._killed)
+
+    def kill_all(self) -> None:
+        """SIGKILL every remembered or marked descendant still alive (blocking: reads the process table)."""
+        with self._lock:
+            for _ in range(_KILL_SWEEPS):
+                self.walk()
+                for proc in self._marked():
+                    self._remember(proc)
+                fresh = {key: proc for key, proc in self._seen.items() if key not in self._killed}
+                if not fresh:
+                    return
+                for key, proc in fresh.items():
+                    if _kill(proc):
+                        self._killed.add(key)
+                    else:
+                        del self._seen[key]  # already gone: nothing to do next sweep
+
+    def _remember(self, proc: psutil.Process) -> None:
+        try:
+            self._seen.setdefault((proc.pid, proc.create_time()), proc)
+        except psutil.Error:
+            pass
+
+    def _marked(self) -> list[psutil.Process]:
+        me = os.getpid()
+        found: list[psutil.Process] = []
+        for proc in psutil.process_iter():
+            if proc.pid == me:
+                continue
+            try:
+                if proc.environ().get(RUN_MARKER_VAR) == self._marker:
+                    found.append(proc)
+            except (psutil.Error, OSError):
+                continue  # gone, a zombie, or another user's process (which we could not kill anyway)
+        return found
+
+
+def _kill(proc: psutil.Process) -> bool:
+    try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False  # already dead; only its parent (or init) can reap it
+        proc.kill()
+    except psutil.Error:
+        return False
+    return True
 
 
 def _kill_group(process: Process) -> None:
@@ -97,13 +208,19 @@ async def run_command(
     timeout_s: float,
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
     env: Mapping[str, str] | None = None,
+    kill_leftovers: bool = False,
 ) -> CommandResult:
     """Run ``argv`` (never through a shell) in ``cwd`` and collect its output.
 
-    On timeout the process group is killed and ``timed_out`` is set; on cancellation of the caller
-    the process group is killed before the cancellation propagates. ``env`` replaces the environment
-    when given (None inherits ours). Raises ``OSError`` (e.g. ``FileNotFoundError``) when the
-    program cannot be started; callers turn that into an error entry in their result.
+    On timeout the child, its process group and every descendant found (see :class:`_Descendants`)
+    are killed and ``timed_out`` is set; on cancellation of the caller the same happens before the
+    cancellation propagates. The command is over when the child exits: output that descendants
+    still holding its pipes write after :data:`PIPE_GRACE_S` is not collected. With
+    ``kill_leftovers`` the descendants still running when the child exits are killed too (a test
+    run must not leave servers behind); without it they are left alone (``git gc`` detaches on
+    purpose). ``env`` replaces the environment when given (None inherits ours); the run marker is
+    added either way. Raises ``OSError`` (e.g. ``FileNotFoundError``) when the program cannot be
+    started; callers turn that into an error entry in their result.
     """
     if not argv:
         raise ValueError("run_command needs a non-empty argument list")
@@ -112,31 +229,33 @@ async def run_command(
     args = tuple(str(a) for a in argv)
     stdout = _CappedBuffer(max_output_bytes)
     stderr = _CappedBuffer(max_output_bytes)
+    marker = uuid.uuid4().hex
     started = time.monotonic()
     process = await anyio.open_process(
         list(args),
         cwd=cwd,
-        env=dict(env) if env is not None else None,
+        env={**(os.environ if env is None else env), RUN_MARKER_VAR: marker},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+    descendants = _Descendants(process.pid, marker)
     finished = False
     timed_out = False
     try:
         with anyio.move_on_after(timeout_s) as scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_drain, process.stdout, stdout)
-                tg.start_soon(_drain, process.stderr, stderr)
-            await process.wait()
+            await _collect(process, descendants, stdout, stderr, kill_leftovers=kill_leftovers)
             finished = True
-        timed_out = scope.cancelled_caught
+        # Not a timeout when the child had exited and only a leftover kept its pipes open past it.
+        timed_out = scope.cancelled_caught and process.returncode is None
     finally:
-        # Shielded: a cancelled caller must still not leave the child (or its children) running.
+        # Shielded: a cancelled caller must still not leave the child (or its descendants) running.
         with anyio.CancelScope(shield=True):
             if not finished:
+                descendants.walk()  # the tree is still whole: see what is in it before the group dies
                 _kill_group(process)
+                await anyio.to_thread.run_sync(descendants.kill_all)
             with anyio.move_on_after(10):
                 await process.aclose()
     return CommandResult(
@@ -147,4 +266,32 @@ async def run_command(
         truncated=stdout.truncated or stderr.truncated,
         timed_out=timed_out,
         duration_s=round(time.monotonic() - started, 3),
+        leftovers_killed=descendants.killed,
     )
+
+
+async def _collect(
+    process: Process,
+    descendants: _Descendants,
+    stdout: _CappedBuffer,
+    stderr: _CappedBuffer,
+    *,
+    kill_leftovers: bool,
+) -> None:
+    """Read both pipes and watch the descendants until the child exits and its pipes close.
+
+    Pipes still open :data:`PIPE_GRACE_S` after the child exited are held by descendants that
+    outlived it: reading stops there rather than waiting for them (until the timeout).
+    """
+    out_closed, err_closed = anyio.Event(), anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_drain, process.stdout, stdout, out_closed)
+        tg.start_soon(_drain, process.stderr, stderr, err_closed)
+        tg.start_soon(descendants.watch)
+        await process.wait()
+        if kill_leftovers:
+            await anyio.to_thread.run_sync(descendants.kill_all)
+        with anyio.move_on_after(PIPE_GRACE_S):
+            await out_closed.wait()
+            await err_closed.wait()
+        tg.cancel_scope.cancel()

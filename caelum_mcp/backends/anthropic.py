@@ -17,6 +17,11 @@ router validates and repairs the JSON in both cases.
 
 The API key is passed to the SDK explicitly. With no key the backend refuses to call at all, rather
 than letting the SDK pick up credentials from the environment or profiles on disk on its own.
+
+Faults are contained here: a reply whose body is empty, is not JSON or is not a Message (the SDK
+hands back whatever it parsed, unvalidated) is a :class:`MalformedResponseError`, never a raw
+``json.JSONDecodeError`` or ``AttributeError``. ``limit_s`` bounds a whole call, the SDK's own
+retries included.
 """
 
 from __future__ import annotations
@@ -30,15 +35,23 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import anthropic
+import anyio
 import httpx2
 from anthropic.types import AssistantMessageParam, Message, MessageParam, UserMessageParam
 
-from caelum_mcp.backends.base import Backend, error_message, register_backend
+from caelum_mcp.backends.base import (
+    Backend,
+    error_message,
+    register_backend,
+    retry_after,
+    translate_transport_errors,
+)
 from caelum_mcp.errors import (
     AuthenticationError,
     BackendError,
     BadRequestError,
     HostConnectError,
+    HostDisconnectedError,
     HostTimeoutError,
     MalformedResponseError,
     StreamInterruptedError,
@@ -81,18 +94,33 @@ def translate_sdk_errors(host: str, api_key: str | None) -> Iterator[None]:
     except anthropic.APITimeoutError as exc:
         raise HostTimeoutError("timed out", host=host) from exc
     except anthropic.APIConnectionError as exc:
+        if isinstance(exc.__cause__, httpx2.RemoteProtocolError):  # connected, then cut mid-reply
+            raise HostDisconnectedError(f"connection dropped: {exc.__cause__}", host=host) from exc
         raise HostConnectError(f"cannot connect: {_redact(exc.message, api_key)}", host=host) from exc
     except anthropic.APIStatusError as exc:
         body = exc.body
         text = json.dumps(body) if isinstance(body, dict) else exc.response.text
         message = _redact(error_message(text), api_key)
-        raise error_for_status(exc.status_code, message, host=host) from exc
+        raise error_for_status(
+            exc.status_code, message, host=host, retry_after_s=retry_after(exc.response.headers)
+        ) from exc
     except anthropic.APIResponseValidationError as exc:
         raise MalformedResponseError(
             f"unexpected reply: {_redact(exc.message, api_key)}", host=host, status=exc.status_code
         ) from exc
     except anthropic.AnthropicError as exc:
         raise BackendError(_redact(str(exc), api_key), host=host) from exc
+    except httpx2.HTTPError as exc:
+        # The SDK wraps transport errors of a request, but not those while a stream is read.
+        with translate_transport_errors(host):
+            raise
+        raise BackendError(f"{type(exc).__name__}: {_redact(str(exc), api_key)}", host=host) from exc
+    except ValueError as exc:
+        # The SDK parses a 200's body without guarding it: an empty or cut body, or one that is not
+        # JSON, surfaces as json.JSONDecodeError (a ValueError).
+        raise MalformedResponseError(
+            f"reply body is not a JSON Message: {_redact(str(exc), api_key)[:200]}", host=host
+        ) from exc
 
 
 def _usage(usage: anthropic.types.Usage | None) -> Usage:
@@ -106,9 +134,18 @@ def _usage(usage: anthropic.types.Usage | None) -> Usage:
     )
 
 
-def _response(message: Message, request: ChatRequest) -> ChatResponse:
-    text = "".join(block.text for block in message.content if block.type == "text")
-    thinking = "".join(block.thinking for block in message.content if block.type == "thinking")
+def _response(message: object, request: ChatRequest, host: str) -> ChatResponse:
+    """The neutral response of a Messages API reply, checked: the SDK does not validate replies, so
+    a body of the wrong shape arrives as a string, a list or a Message with ``content=None``."""
+    content = getattr(message, "content", None)
+    if not isinstance(message, Message) or not isinstance(content, list):
+        shown = str(message)[:200]
+        raise MalformedResponseError(f"reply is not a Messages API message: {shown!r}", host=host)
+    if message.usage is None:
+        # Without usage the call cannot be priced; a reply that hides its cost is not usable.
+        raise MalformedResponseError("reply has no 'usage'", host=host)
+    text = "".join(str(getattr(b, "text", "") or "") for b in content if getattr(b, "type", None) == "text")
+    thinking = "".join(str(getattr(b, "thinking", "") or "") for b in content if getattr(b, "type", None) == "thinking")
     return ChatResponse(
         model=message.model or request.model,
         content=text,
@@ -236,17 +273,34 @@ class AnthropicBackend(Backend):
             return supports_structured_output(model)
         return self.structured_output == "on"
 
-    async def chat(self, request: ChatRequest) -> ChatResponse:
+    async def chat(self, request: ChatRequest, *, limit_s: float | None = None) -> ChatResponse:
+        """One answer; ``limit_s`` bounds the whole call, the SDK's retries included."""
         sdk = self._client()
         params = self._params(request)
-        with self._errors():
+        if limit_s is not None:
+            params["timeout"] = max(0.001, min(limit_s, self.timeout_s))
+        with self._errors(), self._within(limit_s):
             message = await sdk.messages.create(**params)
-        return _response(message, request)
+        return _response(message, request, self.name)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+    @contextmanager
+    def _within(self, limit_s: float | None) -> Iterator[None]:
+        """Bound a call and the SDK's retries to ``limit_s`` seconds (HostTimeoutError after)."""
+        if limit_s is None:
+            yield
+            return
+        try:
+            with anyio.fail_after(max(limit_s, 0.0)):
+                yield
+        except TimeoutError as exc:
+            raise HostTimeoutError(f"no answer within {limit_s:.3g} s", host=self.name) from exc
+
+    async def stream(self, request: ChatRequest, *, limit_s: float | None = None) -> AsyncIterator[StreamChunk]:
         """Text and thinking pieces; errors after the first piece become ``StreamInterruptedError``."""
         sdk = self._client()
         params = self._params(request)
+        if limit_s is not None:
+            params["timeout"] = max(0.001, min(limit_s, self.timeout_s))
         started = False
         try:
             with self._errors():
@@ -258,14 +312,19 @@ class AnthropicBackend(Backend):
                         elif event.type == "thinking" and event.thinking:
                             started = True
                             yield StreamChunk(thinking=event.thinking)
-                    final = await events.get_final_message()
+                    try:
+                        final = await events.get_final_message()
+                    except AssertionError as exc:  # the SDK asserts that a message_start came
+                        raise MalformedResponseError("stream ended before a message started", host=self.name) from exc
+                    if final.stop_reason is None:  # no message_delta: the events stopped early
+                        raise MalformedResponseError("stream ended before the message was complete", host=self.name)
         except BackendError as exc:
             if started and not isinstance(exc, StreamInterruptedError):
                 raise StreamInterruptedError(
                     f"stream broke after output was sent: {exc.detail}", host=self.name, status=exc.status
                 ) from exc
             raise
-        yield StreamChunk(done=True, response=_response(final, request))
+        yield StreamChunk(done=True, response=_response(final, request, self.name))
 
     async def list_models(self) -> list[ModelInfo]:
         """The models the key may use, plus the configured one (it may be an alias the list lacks).

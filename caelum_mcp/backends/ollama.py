@@ -21,7 +21,13 @@ from typing import Any, TypeVar
 import httpx2
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from caelum_mcp.backends.base import Backend, error_message, register_backend, translate_transport_errors
+from caelum_mcp.backends.base import (
+    Backend,
+    error_message,
+    register_backend,
+    retry_after,
+    translate_transport_errors,
+)
 from caelum_mcp.errors import (
     BackendError,
     HostOverloadedError,
@@ -159,10 +165,10 @@ class OllamaBackend(Backend):
             payload["logprobs"] = True
         return payload
 
-    async def chat(self, request: ChatRequest) -> ChatResponse:
+    async def chat(self, request: ChatRequest, *, limit_s: float | None = None) -> ChatResponse:
         payload = self.chat_payload(request, stream=False)
         with self._wire_errors():
-            response = await self.post_json("/api/chat", payload)
+            response = await self.post_json("/api/chat", payload, limit_s=limit_s)
         self.raise_for_status(response)
         wire = self._validate(_WireChat, self.parse_json(response), response.status_code)
         if wire.error is not None:
@@ -178,7 +184,7 @@ class OllamaBackend(Backend):
             logprobs=_logprobs(wire.logprobs),
         )
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+    async def stream(self, request: ChatRequest, *, limit_s: float | None = None) -> AsyncIterator[StreamChunk]:
         """Stream ``/api/chat``; failures after the first yielded chunk are StreamInterruptedError.
 
         Before anything is yielded every failure keeps its own class (503 stays
@@ -191,7 +197,7 @@ class OllamaBackend(Backend):
         yielded = False
         try:
             with self._wire_errors():
-                async with self.stream_json("/api/chat", payload) as response:
+                async with self.stream_json("/api/chat", payload, limit_s=limit_s) as response:
                     if response.status_code >= 400:
                         self.raise_for_status(response, await response.aread())
                     async for line in response.aiter_lines():
@@ -260,14 +266,14 @@ class OllamaBackend(Backend):
         latency_ms = (time.perf_counter() - started) * 1000.0
         return HealthReport(ok=True, version=wire.version, latency_ms=latency_ms)
 
-    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+    async def embed(self, request: EmbedRequest, *, limit_s: float | None = None) -> EmbedResponse:
         payload: dict[str, Any] = {"model": request.model, "input": list(request.inputs)}
         if request.dimensions is not None:
             payload["dimensions"] = request.dimensions
         if self.keep_alive is not None:
             payload["keep_alive"] = self.keep_alive
         with self._wire_errors():
-            response = await self.post_json("/api/embed", payload)
+            response = await self.post_json("/api/embed", payload, limit_s=limit_s)
         self.raise_for_status(response)
         wire = self._validate(_WireEmbed, self.parse_json(response), response.status_code)
         if len(wire.embeddings) != len(request.inputs):
@@ -290,7 +296,9 @@ class OllamaBackend(Backend):
         raw = body if body is not None else response.content
         text = raw.decode("utf-8", "replace")
         if status == _STATUS_REQUEST_CANCELED:
-            raise HostOverloadedError(error_message(text), host=self.name, status=status)
+            raise HostOverloadedError(
+                error_message(text), host=self.name, status=status, retry_after_s=retry_after(response.headers)
+            )
         if status == 404 and not text.lstrip().startswith("{"):
             # Ollama's own 404s are JSON ("model 'x' not found"); a text/plain "404 page not found"
             # means this URL is not an Ollama API at all (wrong base URL or server kind).

@@ -212,9 +212,11 @@ class OpenAIBackend(Backend):
             body["stop"] = list(request.stop)
         return body
 
-    async def chat(self, request: ChatRequest) -> ChatResponse:
+    async def chat(self, request: ChatRequest, *, limit_s: float | None = None) -> ChatResponse:
         with translate_transport_errors(self.name):
-            response = await self.post_json("/v1/chat/completions", self._chat_body(request, stream=False))
+            response = await self.post_json(
+                "/v1/chat/completions", self._chat_body(request, stream=False), limit_s=limit_s
+            )
         self.raise_for_status(response)
         # Parsing and validating the bytes in one step (pydantic-core) is the backend's hot path.
         try:
@@ -235,11 +237,11 @@ class OpenAIBackend(Backend):
             logprobs=tuple(_logprobs(choice.logprobs)) if request.logprobs else None,
         )
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+    async def stream(self, request: ChatRequest, *, limit_s: float | None = None) -> AsyncIterator[StreamChunk]:
         """Server-sent events; errors after the first piece become ``StreamInterruptedError``."""
         started = False
         try:
-            async for chunk in self._stream(request):
+            async for chunk in self._stream(request, limit_s):
                 started = started or bool(chunk.content or chunk.thinking)
                 yield chunk
         except BackendError as exc:
@@ -249,13 +251,14 @@ class OpenAIBackend(Backend):
                 ) from exc
             raise
 
-    async def _stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+    async def _stream(self, request: ChatRequest, limit_s: float | None) -> AsyncIterator[StreamChunk]:
         content: list[str] = []
         thinking: list[str] = []
         logprobs: list[TokenLogprob] = []
         model, finish_reason, usage, done = request.model, None, Usage(), False
         with translate_transport_errors(self.name):
-            async with self.stream_json("/v1/chat/completions", self._chat_body(request, stream=True)) as response:
+            body = self._chat_body(request, stream=True)
+            async with self.stream_json("/v1/chat/completions", body, limit_s=limit_s) as response:
                 if response.status_code >= 400:
                     self.raise_for_status(response, await response.aread())
                 async for line in response.aiter_lines():
@@ -348,12 +351,12 @@ class OpenAIBackend(Backend):
             return HealthReport(ok=False, detail=f"{self.name}: {type(exc).__name__}: {exc}")
         return HealthReport(ok=True, latency_ms=(time.perf_counter() - start) * 1000)
 
-    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+    async def embed(self, request: EmbedRequest, *, limit_s: float | None = None) -> EmbedResponse:
         body: dict[str, Any] = {"model": request.model, "input": list(request.inputs)}
         if request.dimensions is not None:
             body["dimensions"] = request.dimensions
         with translate_transport_errors(self.name):
-            response = await self.post_json("/v1/embeddings", body)
+            response = await self.post_json("/v1/embeddings", body, limit_s=limit_s)
         self.raise_for_status(response)
         wire = self._validate(_WireEmbeddings, self.parse_json(response), response.status_code)
         if len(wire.data) != len(request.inputs):

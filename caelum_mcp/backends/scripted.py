@@ -18,7 +18,9 @@ and the pool's selection, failover and breakers run unchanged::
 function called with each request. A reply is a string (the content), a :class:`ScriptedReply`, an
 exception instance to raise, or, inside a sequence, a function (sync or async) returning one of them.
 
-Token counts are made up but fixed: one token per four characters.
+Token counts are made up but fixed: one token per four characters. A call's ``limit_s`` is
+honoured like a real host's timeout: a reply scripted to take longer raises
+:class:`~caelum_mcp.errors.HostTimeoutError` once the limit has passed.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import anyio
 import httpx2
 
 from caelum_mcp.backends.base import Backend, register_backend
-from caelum_mcp.errors import HostConnectError
+from caelum_mcp.errors import HostConnectError, HostTimeoutError
 from caelum_mcp.types import (
     ChatRequest,
     ChatResponse,
@@ -114,21 +116,29 @@ class ScriptedBackend(Backend):
 
     # chat ------------------------------------------------------------------------------------
 
-    async def chat(self, request: ChatRequest) -> ChatResponse:
+    async def chat(self, request: ChatRequest, *, limit_s: float | None = None) -> ChatResponse:
         reply = await self._reply(request)
-        await anyio.sleep(reply.delay_s)  # also a checkpoint, like a real request
+        await self._wait(reply.delay_s, limit_s)  # also a checkpoint, like a real request
         return self._response(request, reply)
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamChunk, None]:
+    async def stream(self, request: ChatRequest, *, limit_s: float | None = None) -> AsyncGenerator[StreamChunk, None]:
         reply = await self._reply(request)
         pieces = _pieces(reply.content, STREAM_CHUNK_CHARS)
         pause = reply.delay_s / max(len(pieces), 1)
         if not pieces:
-            await anyio.sleep(pause)
+            await self._wait(pause, limit_s)
         for piece in pieces:
-            await anyio.sleep(pause)
+            await self._wait(pause, limit_s)
             yield StreamChunk(content=piece)
         yield StreamChunk(done=True, response=self._response(request, reply))
+
+    async def _wait(self, delay_s: float, limit_s: float | None) -> None:
+        """Sleep ``delay_s``; past ``limit_s``, time out as a real host's request would."""
+        if limit_s is None or delay_s <= limit_s:
+            await anyio.sleep(delay_s)
+            return
+        await anyio.sleep(max(limit_s, 0.0))
+        raise HostTimeoutError(f"no answer within {limit_s:.3g} s (scripted to take {delay_s:g} s)", host=self.name)
 
     async def _reply(self, request: ChatRequest) -> ScriptedReply:
         """The next scripted reply for ``request``; raises it when it is an exception."""
@@ -170,7 +180,7 @@ class ScriptedBackend(Backend):
         detail = "" if self.healthy else f"{self.name}: scripted as down"
         return HealthReport(ok=self.healthy, version="scripted", latency_ms=0.0, detail=detail)
 
-    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+    async def embed(self, request: EmbedRequest, *, limit_s: float | None = None) -> EmbedResponse:
         self._check_up()
         self.embed_requests.append(request)
         dims = request.dimensions or self.embedding_dims

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,6 +44,7 @@ from .improve import propose_patches
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FINDINGS = 50
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
 
 Task = Literal["analyze", "improve", "security_scan", "performance", "comprehensive"]
 
@@ -83,9 +84,13 @@ ANALYSER_VERSIONS = _versions()
 class AnalyzeInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    project: str = Field(description="the project folder (inside the allowed roots); '.' = the server's root")
+    project: str = Field(
+        max_length=MAX_PATH_CHARS, description="the project folder (inside the allowed roots); '.' = the server's root"
+    )
     task: Task = Field(default="analyze", description="analyze | improve | security_scan | performance | comprehensive")
-    paths: list[str] | None = Field(default=None, description="only these files or folders, relative to project")
+    paths: list[Annotated[str, Field(max_length=MAX_PATH_CHARS)]] | None = Field(
+        default=None, max_length=1000, description="only these files or folders, relative to project"
+    )
     max_findings: int = Field(default=DEFAULT_MAX_FINDINGS, ge=1, le=1000, description="findings listed in the result")
     run_tests: bool = Field(default=False, description="improve: also run the tests on each patched copy")
     llm_review: bool = Field(default=True, description="ask the local LLM to prioritise the findings")

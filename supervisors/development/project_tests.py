@@ -1,21 +1,36 @@
 """``run_project_tests``: the project's pytest suite, per-test results, and grounded triage.
 
-pytest runs in a subprocess with a timeout (the project's own ``.venv`` when it has one) and JUnit
-output. Each failure is triaged by the LLM (task kind ``triage``): the likely cause and the place
-to look, which must appear in the failure text or exist in the project.
+pytest runs in a subprocess with a timeout (the project's own ``.venv`` when it has one), a clean
+environment (``[tools] test_env`` names what it may see besides the basics) and JUnit output. Each
+failure is triaged by the LLM (task kind ``triage``): the likely cause and the place to look, which
+must appear in the failure text or exist in the project.
+
+The result sends each failure's text once, in ``failures`` (trimmed around the failing line), and
+lists the tests compactly in ``tests``; both lists are bounded by their own token budgets so that
+a suite of thousands of failing tests still gives a result well under the server's cap.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from collections.abc import Sequence
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from caelum_mcp.budget import result_size
 from caelum_mcp.llm import TaskKind
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.supervisors.llm_steps import LLMStep, run_cited_list
 from caelum_mcp.tools.code import review
 from caelum_mcp.tools.code.files import list_project_files
-from caelum_mcp.tools.code.tests_runner import TestCaseResult, TestRunResult, run_tests
+from caelum_mcp.tools.code.tests_runner import Outcome, TestCaseResult, TestRunResult, run_tests
 from caelum_mcp.tools.paths import resolve_project
+
+# Token budgets of the two lists (estimated as the runtime does); with the triage, the output tail
+# and pytest's error message the whole result stays under caelum_mcp.config.RESULT_TOKENS_CAP.
+FAILURES_TOKENS = 6_000
+TESTS_TOKENS = 8_000
+# Failing tests first, then skipped, then passed: when a list is cut, the end goes first.
+_LISTING_ORDER = {"failed": 0, "error": 0, "skipped": 1, "passed": 2}
 
 
 class RunTestsInput(BaseModel):
@@ -27,6 +42,14 @@ class RunTestsInput(BaseModel):
     triage: bool = Field(default=True, description="ask the LLM to triage each failure")
     allow_claude: bool = True
 
+    @field_validator("selection")
+    @classmethod
+    def _no_nul(cls, value: list[str] | None) -> list[str] | None:
+        # A NUL byte cannot reach a command line; say so here, with the field's name.
+        if value and any("\0" in entry for entry in value):
+            raise ValueError("an entry contains a NUL byte; give test files or node ids")
+        return value
+
 
 class Triage(BaseModel):
     test: str
@@ -35,24 +58,90 @@ class Triage(BaseModel):
     line: int
 
 
+class ListedTest(BaseModel):
+    """One test, compactly: its failure text, if any, is in ``failures``."""
+
+    node_id: str
+    outcome: Outcome
+    duration_s: float
+
+
+class FailureReport(BaseModel):
+    """A failed or errored test with pytest's reason and its failure text trimmed around the
+    failing line (``detail_lines_cut`` lines were left out)."""
+
+    node_id: str
+    outcome: Outcome
+    file: str | None = None
+    line: int | None = None
+    message: str | None = None
+    detail: str | None = None
+    detail_lines_cut: int = 0
+
+
 class RunTestsOutput(ToolOutput):
     project: str
     passed: bool
+    exit_code: int | None = Field(description="pytest's exit status; None when it was killed or did not start")
     exit_meaning: str
+    error: str | None = Field(
+        default=None,
+        description="pytest's own message when pytest itself failed (collection, internal or usage error, crash)",
+    )
     timed_out: bool
     duration_s: float
     totals: dict[str, int]
-    failures: list[TestCaseResult]
-    tests: list[TestCaseResult]
+    failures: list[FailureReport] = Field(description="failed and errored tests with their failure text")
+    failures_omitted: int = Field(default=0, description="failing tests whose text did not fit (still in `tests`)")
+    tests: list[ListedTest] = Field(description="the tests, failing first: node id, outcome, duration")
+    tests_omitted: int = Field(default=0, description="tests not listed in `tests` (counted in `totals`)")
     triage: list[Triage]
     output_tail: str
     llm: LLMStep | None = None
 
 
+def failure_reports(failures: Sequence[TestCaseResult], budget_tokens: int = FAILURES_TOKENS) -> list[FailureReport]:
+    """The failures that fit ``budget_tokens``, in run order (the first always fits)."""
+    reports: list[FailureReport] = []
+    spent = 0
+    for case in failures:
+        report = FailureReport(
+            node_id=case.node_id,
+            outcome=case.outcome,
+            file=case.file,
+            line=case.line,
+            message=case.message,
+            detail=case.detail,
+            detail_lines_cut=case.detail_lines_cut,
+        )
+        size = result_size(report.model_dump())
+        if reports and spent + size > budget_tokens:
+            break
+        reports.append(report)
+        spent += size
+    return reports
+
+
+def compact_listing(cases: Sequence[TestCaseResult], budget_tokens: int = TESTS_TOKENS) -> list[ListedTest]:
+    """The tests as compact entries, failing first, as many as fit ``budget_tokens``."""
+    ordered = sorted(cases, key=lambda case: _LISTING_ORDER[case.outcome])
+    listing: list[ListedTest] = []
+    spent = 0
+    for case in ordered:
+        entry = ListedTest(node_id=case.node_id, outcome=case.outcome, duration_s=round(case.duration_s, 3))
+        spent += result_size(entry.model_dump())
+        if spent > budget_tokens:
+            break
+        listing.append(entry)
+    return listing
+
+
 async def run_project_tests(args: RunTestsInput, ctx: ToolContext) -> RunTestsOutput:
     root = resolve_project(args.project, ctx.roots)
     await ctx.report(0, 2, "running the tests")
-    result: TestRunResult = await run_tests(root, selection=args.selection, timeout_s=args.timeout_s)
+    result: TestRunResult = await run_tests(
+        root, selection=args.selection, timeout_s=args.timeout_s, pass_env=ctx.limits.test_env
+    )
     failures = [t for t in result.tests if t.outcome in ("failed", "error")]
     await ctx.report(1, 2, f"{result.totals.passed} passed, {len(failures)} failed; triaging")
     triage: list[Triage] = []
@@ -85,16 +174,22 @@ async def run_project_tests(args: RunTestsInput, ctx: ToolContext) -> RunTestsOu
             for item in got.items
         ]
     await ctx.report(2, 2, "tests done")
+    reports = failure_reports(failures)
+    listed = compact_listing(result.tests)
     ok = result.exit_code == 0 and not result.timed_out
     return RunTestsOutput(
         project=str(root),
         passed=ok,
+        exit_code=result.exit_code,
         exit_meaning=result.exit_meaning,
+        error=result.error,
         timed_out=result.timed_out,
         duration_s=result.duration_s,
         totals=result.totals.model_dump(),
-        failures=failures,
-        tests=list(result.tests),
+        failures=reports,
+        failures_omitted=result.totals.failed + result.totals.errors - len(reports),
+        tests=listed,
+        tests_omitted=result.totals.tests - len(listed),
         triage=triage,
         output_tail=result.output_tail,
         llm=step,

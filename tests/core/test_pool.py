@@ -275,16 +275,21 @@ def test_tiers_from_size_name_and_overrides() -> None:
     assert h.tiers_of("qwen3:8b", {"qwen3:8b": Tier.CODE}) == {Tier.LARGE}
 
 
-def test_selection_least_outstanding_then_latency_then_nearest_tier() -> None:
+def test_selection_by_expected_completion_then_nearest_tier() -> None:
     a = _host("a", {"qwen3:8b": 8.0}, max_concurrency=2)
     b = _host("b", {"qwen3:8b": 8.0}, max_concurrency=1)
     pool = Pool([a, b])
     a.latency_ewma_ms, b.latency_ewma_ms = 50.0, 10.0
-    assert pool.select(tier=Tier.FULL).host is b  # equal load: faster wins
+    assert pool.select(tier=Tier.FULL).host is b  # both free: the faster one
     b.outstanding = 1
-    assert pool.select(tier=Tier.FULL).host is a  # b is full (1/1), a is at 0/2
+    assert pool.select(tier=Tier.FULL).host is b  # queued on b: 2 x 10 ms beats 50 ms on idle a
+    b.outstanding = 5
+    assert pool.select(tier=Tier.FULL).host is a  # 6 x 10 ms on b: a's 50 ms is sooner
     a.outstanding = 2
-    assert pool.select(tier=Tier.FULL).host is b  # both full: 1/1 vs 2/2, latency breaks the tie
+    assert pool.select(tier=Tier.FULL).host is b  # a full too: 3/2 x 50 = 75 ms against 60 ms
+    a.latency_ewma_ms = b.latency_ewma_ms = None
+    a.outstanding, b.outstanding = 1, 0
+    assert pool.select(tier=Tier.FULL).host is b  # no figures: the less loaded (0/1 against 1/2)
     # no large model anywhere: the nearest tier that exists serves, and says so
     sel = pool.select(tier=Tier.LARGE)
     assert sel.model == "qwen3:8b" and sel.tier is Tier.FULL
@@ -338,3 +343,102 @@ def test_fifty_hosts_fill_evenly_and_skip_the_broken() -> None:
     assert not {h.name for h in hosts[::10]} & set(picked), "open breakers get no traffic"
     # every live host is filled to exactly its own limit before any is over it
     assert all(h.outstanding == h.max_concurrency for h in hosts if h.breaker.state is BreakerState.CLOSED)
+
+
+# waiting for a slot ----------------------------------------------------------------------------
+
+
+def _scripted(name: str, delay_s: float, *, limit: int = 1) -> Host:
+    from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
+
+    backend = ScriptedBackend([("qwen3:8b", 8.0)], ScriptedReply('{"answer": "ok"}', delay_s=delay_s), name=name)
+    return Host(name=name, backend=backend, max_concurrency=limit, breaker=CircuitBreaker(failure_threshold=2))
+
+
+async def test_requests_waiting_for_a_host_that_goes_out_of_rotation_select_again() -> None:
+    a, b = _scripted("a", 0.3), _scripted("b", 0.3)
+    pool = Pool([a, b])
+    await pool.refresh_all()
+    b.enabled = False
+    hosts: list[str] = []
+
+    async def one() -> None:
+        hosts.append((await pool.chat(HELLO, tier=Tier.FULL)).host)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(one)
+        await anyio.sleep(0.05)
+        assert (a.in_flight, a.outstanding) == (1, 3)  # one in flight, two waiting for a's slot
+        pool.set_enabled("b", True)
+        pool.set_enabled("a", False)  # its waiters go to b
+    assert sorted(hosts) == ["a", "b", "b"]
+    assert all((h.in_flight, h.outstanding, h.free_slots) == (0, 0, 1) for h in (a, b))
+
+
+async def test_a_waiter_cancelled_after_it_was_handed_a_slot_passes_it_on() -> None:
+    host = _scripted("a", 0.2)
+    pool = Pool([host])
+    await pool.refresh_all()
+    results: list[str] = []
+
+    async def first() -> None:
+        results.append((await pool.chat(HELLO, tier=Tier.FULL)).host)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first)
+        await anyio.sleep(0.05)
+        with anyio.CancelScope() as scope:
+            # queued, and cancelled just as the first request ends and hands it the slot: the
+            # slot goes to the third request either way, never leaks
+            async with anyio.create_task_group() as inner:
+                inner.start_soon(first)
+                await anyio.sleep(0.05)
+                tg.start_soon(first)
+                await anyio.sleep(0.12)  # the first request has finished and handed its slot over
+                scope.cancel()
+    assert results == ["a", "a"]
+    assert (host.in_flight, host.outstanding, host.free_slots) == (0, 0, 1)
+
+
+async def test_a_trace_names_the_host_a_cancelled_call_was_waiting_for() -> None:
+    from caelum_mcp.pool import CallTrace
+
+    host = _scripted("a", 1.0)
+    pool = Pool([host])
+    await pool.refresh_all()
+    trace = CallTrace()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pool.chat, HELLO)
+        await anyio.sleep(0.05)
+        with anyio.move_on_after(0.1):
+            await pool.chat(HELLO, trace=trace)
+        tg.cancel_scope.cancel()
+    assert (trace.hosts, trace.waiting_for) == ([], "a")
+    assert (host.in_flight, host.outstanding, host.free_slots) == (0, 0, 1)
+
+
+def test_pool_defaults_are_the_config_defaults() -> None:
+    from caelum_mcp.config import PoolConfig
+
+    pool, config = Pool(), PoolConfig()
+    assert pool.call_deadline_s == config.call_deadline_s
+    assert pool.first_byte_timeout_s == config.first_byte_timeout_s
+    assert pool.retry_after_cap_s == config.retry_after_cap_s
+    assert (pool.max_attempts, pool.ewma_alpha) == (config.max_attempts, config.ewma_alpha)
+
+
+async def test_a_slot_handed_to_a_waiter_that_is_cancelled_before_it_runs_is_not_lost() -> None:
+    host = _scripted("a", 0.0)
+    pool = Pool([host])
+    await pool.refresh_all()
+    assert pool._claim(host)  # someone else holds the only slot
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.chat, HELLO)
+            await anyio.sleep(0.05)
+            assert host.outstanding == 2 and host.free_slots == 0
+            assert pool._release(host), "the waiter takes the slot over"
+            scope.cancel()  # in the same step: the waiter never got to use it
+    assert (host.in_flight, host.outstanding, host.free_slots) == (0, 0, 1)
+    assert (await pool.chat(HELLO)).host == "a"

@@ -36,12 +36,19 @@ class EchoInput(BaseModel):
     items: int = 0
 
 
+class SampleSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: int = Field(default=3, ge=0, description="how many echoes are too many")
+
+
 class EchoOutput(ToolOutput):
     text: str
     answer: str | None = None
     call_id: str
     has_pool_admin: bool
     state_dir: str
+    threshold: int
     items: list[dict[str, Any]] = []
 
 
@@ -71,6 +78,7 @@ async def echo(args: EchoInput, ctx: ToolContext) -> EchoOutput:
         call_id=ctx.call_id,
         has_pool_admin=ctx.pool_admin is not None,
         state_dir=str(ctx.state_dir),
+        threshold=ctx.settings_as(SampleSettings).threshold,
         items=items,
     )
 
@@ -83,6 +91,7 @@ async def outer(args: OuterInput, ctx: ToolContext) -> OuterOutput:
 class Sample(Supervisor):
     name = "sample"
     description = "A supervisor for the runtime's tests."
+    settings_model = SampleSettings
     events: list[str] = []
 
     def external_tools(self) -> Sequence[ExternalTool[Any, Any]]:
@@ -118,10 +127,10 @@ class Admin(Supervisor):
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, *supervisors: Supervisor) -> AsyncIterator[ToolRuntime]:
+async def running(tmp_path: Path, *supervisors: Supervisor, **overrides: Any) -> AsyncIterator[ToolRuntime]:
     runtime = ToolRuntime(supervisors or (Sample(), Admin()))
     host = scripted_host("gpu-1", [("qwen3:8b", 8.0)], ['{"answer": "pong", "confidence": 0.9}'])
-    config = make_config(tmp_path, embedded="off")
+    config = make_config(tmp_path, embedded="off", **overrides)
     async with open_app(config, health_loop=False, extra_hosts=[host]) as state, runtime.serving(state):
         yield runtime
 
@@ -226,3 +235,23 @@ async def test_results_are_fitted_to_the_budget_with_counts_and_a_way_to_more(tm
         assert "fewer `items`" in data["more"]
         EchoOutput.model_validate(data)  # still a valid result for the output schema
         assert json.loads(json.dumps(data)) == data
+
+
+async def test_a_supervisor_owns_its_config_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import caelum_mcp.supervisors
+    from caelum_mcp.config import load_config
+    from caelum_mcp.errors import ConfigError
+
+    monkeypatch.setattr(caelum_mcp.supervisors, "SUPERVISORS", (Sample, Admin))
+    config = load_config(environ={"CAELUM_SAMPLE__THRESHOLD": "7"}, overrides={"data_dir": str(tmp_path)})
+    assert config.section("sample", SampleSettings).threshold == 7
+    assert load_config(environ={}).section("sample", SampleSettings).threshold == 3  # no section: defaults
+    with pytest.raises(ConfigError, match=r"`sample.threshold` = -1: .*greater than or equal to 0.*too many"):
+        load_config(environ={"CAELUM_SAMPLE__THRESHOLD": "-1"})
+    with pytest.raises(ConfigError, match=r"unknown key `sample.thresold`: did you mean `threshold`"):
+        load_config(environ={}, overrides={"sample": {"thresold": 1}})
+    with pytest.raises(ConfigError, match=r"unknown key `sampel`: did you mean `sample`"):
+        load_config(environ={}, overrides={"sampel": {"threshold": 1}})
+    async with running(tmp_path, **{"sample.threshold": 9}) as runtime:
+        result = await runtime.invoke("echo", {"text": "hi"}, roots=roots(tmp_path))
+    assert isinstance(result, EchoOutput) and result.threshold == 9

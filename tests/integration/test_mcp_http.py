@@ -59,7 +59,7 @@ def tail(path: Path, limit: int = 4000) -> str:
     return path.read_bytes()[-limit:].decode(errors="replace") if path.exists() else ""
 
 
-def start_server(tmp: Path, env_extra: dict[str, str]) -> Iterator[Served]:
+def start_server(tmp: Path, env_extra: dict[str, str], host: str = "127.0.0.1") -> Iterator[Served]:
     home = tmp / "home"
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -71,10 +71,10 @@ def start_server(tmp: Path, env_extra: dict[str, str]) -> Iterator[Served]:
         **env_extra,
     }
     log = tmp / "server.log"
-    args = [sys.executable, "-m", "caelum_mcp", "serve", "--transport", "http", "--port", str(port)]
+    args = [sys.executable, "-m", "caelum_mcp", "serve", "--transport", "http", "--host", host, "--port", str(port)]
     with log.open("wb") as sink:
         proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, cwd=tmp)
-    served = Served(f"http://127.0.0.1:{port}", proc, log)
+    served = Served(f"http://{host}:{port}", proc, log)
     try:
         deadline = time.monotonic() + 45
         while True:
@@ -210,3 +210,27 @@ def test_cli_status_url_sends_the_configured_token(token_server: Served, tmp_pat
     assert refused.returncode != 0
     assert "401" in err and TOKEN_ENV in err  # says what to set
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def other_loopback_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    env = {"CAELUM_EMBEDDED": "off", "CAELUM_SERVER__PUBLIC_NAMES": '["caelum.test"]'}
+    yield from start_server(tmp_path_factory.mktemp("http-127-0-0-2"), env, host="127.0.0.2")
+
+
+async def test_the_allowed_hosts_follow_the_bind_address_and_public_names(other_loopback_server: Served) -> None:
+    async with Client(other_loopback_server.mcp) as client:  # Host: 127.0.0.2:<port>, once refused with 421
+        assert "pool_status" in {t.name for t in (await client.list_tools()).tools}
+    port = other_loopback_server.base.rsplit(":", 1)[1]
+    body = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+    def post(host_header: str) -> int:
+        response = httpx2.post(
+            other_loopback_server.mcp, json=body, headers={**headers, "Host": host_header}, timeout=10
+        )
+        return response.status_code
+
+    assert post("evil.example") == 421  # DNS rebinding: a name this server does not have
+    assert post(f"caelum.test:{port}") != 421  # a configured public name
+    assert post("caelum.test") != 421  # behind a proxy on the default port

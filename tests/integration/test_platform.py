@@ -162,7 +162,7 @@ async def test_a_review_past_its_time_budget_returns_the_findings_and_says_so(tm
         assert "time budget of 0.5 s" in out["llm"]["note"] and "time_budget_s" in out["llm"]["note"]
         assert any(f["rule"] == "B608" for f in out["findings"])  # what it has
         (row,) = holder.require().ledger.recent(5)
-        assert row.path == "failed" and row.host == "" and "stopped" in (row.error or "")
+        assert row.path == "failed" and row.host == "gpu-1" and "stopped" in (row.error or "")
 
 
 async def test_five_thousand_findings_fit_under_the_cap_with_correct_counts(tmp_path: Path) -> None:

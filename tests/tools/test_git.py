@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from caelum_mcp.tools.code.git import GitError, git_changes, parse_diff
+from caelum_mcp.tools.code.git import GitError, RevisionArgumentError, git_changes, parse_diff
 
 from .conftest import WriteProject, git
 
@@ -118,3 +118,24 @@ def test_parse_diff_handles_quoted_names_and_pure_additions() -> None:
     parsed = parse_diff(diff)
     binary, hunks = parsed["tab\there.py"]
     assert not binary and hunks[0].added_lines == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "name", "problem"),
+    [
+        ({"base": "main\0--output=/tmp/owned"}, "base", "contains a NUL byte"),
+        ({"head": "HEAD\0"}, "head", "contains a NUL byte"),
+        ({"base": "HEAD", "head": "a\nb"}, "head", "contains a control character"),
+        ({"base": "x" * 100_000}, "base", "longer than 256 characters"),
+        ({"head": ""}, "head", "is empty"),
+    ],
+)
+async def test_revision_arguments_that_cannot_be_revisions_are_named(
+    write_project: WriteProject, arguments: dict[str, str], name: str, problem: str
+) -> None:
+    root = _repo(write_project)
+    with pytest.raises(RevisionArgumentError) as caught:
+        await git_changes(root, **arguments)
+    message = str(caught.value)
+    assert message.startswith(f"{name} ") and message.endswith(problem), message
+    assert len(message) < 320, "the echoed input is cut"

@@ -55,3 +55,35 @@ def test_relative_posix_normalises_analyser_paths(tmp_path: Path) -> None:
     assert relative_posix(tmp_path, tmp_path / "a" / "b.py") == "a/b.py"
     assert relative_posix(tmp_path, "./a/b.py") == "a/b.py"
     assert relative_posix(tmp_path, "/elsewhere/x.py") == "/elsewhere/x.py"
+
+
+def test_outside_the_roots_says_only_that(tmp_path: Path) -> None:
+    """A probing caller learns nothing about what lies outside: not existence, not link targets."""
+    from caelum_mcp.tools.paths import resolve_project
+
+    (tmp_path / "work").mkdir()
+    roots = (resolve_root(tmp_path / "work"),)
+    (tmp_path / "private").mkdir()
+    (tmp_path / "work" / "link").symlink_to(tmp_path / "private", target_is_directory=True)
+    messages = []
+    for project in (tmp_path / "private", tmp_path / "no-such-dir", "../private", "link", "/etc"):
+        with pytest.raises(PathNotAllowedError) as caught:
+            resolve_project(project, roots)
+        messages.append(str(caught.value).split(" is outside", 1)[1])  # the same words for each
+        assert "private" not in str(caught.value).replace(str(project), "")  # no link target shown
+    assert len(set(messages)) == 1 and messages[0].startswith(" the allowed roots")
+
+
+def test_nul_bytes_and_huge_paths_get_short_clear_errors(tmp_path: Path) -> None:
+    from caelum_mcp.tools.paths import resolve_project
+
+    root = resolve_root(tmp_path)
+    with pytest.raises(PathNotAllowedError, match="NUL byte"):
+        resolve_within(root, "a\0b.py")
+    with pytest.raises(PathNotAllowedError, match="NUL byte"):
+        resolve_project("x\0y", (root,))
+    with pytest.raises(PathNotAllowedError, match="NUL byte"):
+        resolve_root("x\0y")
+    with pytest.raises(PathNotAllowedError) as caught:
+        resolve_project("a" * 5_000_000, (root,))
+    assert len(str(caught.value)) < 600

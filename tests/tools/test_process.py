@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import psutil
 import pytest
 
 from caelum_mcp.tools.process import run_command
@@ -113,3 +116,101 @@ async def test_a_missing_program_raises_oserror(tmp_path: Path) -> None:
 async def test_rejects_an_empty_argv(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="non-empty"):
         await run_command([], cwd=tmp_path, timeout_s=5)
+
+
+# Descendants that leave the process group: each sleeping process carries MARK in its command line.
+NEW_SESSION = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", sys.argv[1]], start_new_session=True)
+time.sleep(float(sys.argv[2]))
+"""
+DOUBLE_FORK = """
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(300)", sys.argv[1]])
+    os._exit(0)  # the daemon is now an orphan in its own session: outside the tree and the group
+time.sleep(float(sys.argv[2]))
+"""
+# Without our environment the run marker is gone too: only the walk of the tree finds this one.
+NEW_SESSION_BARE_ENV = NEW_SESSION.replace("start_new_session=True", "start_new_session=True, env={}")
+ESCAPES = pytest.mark.parametrize(
+    "spawner",
+    [NEW_SESSION, DOUBLE_FORK, NEW_SESSION_BARE_ENV],
+    ids=["new-session", "double-fork", "new-session-bare-env"],
+)
+
+
+def marked(mark: str) -> list[psutil.Process]:
+    """Live (not zombie) processes with ``mark`` in their command line."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if mark in proc.cmdline() and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+async def wait_marked(mark: str, *, alive: bool, within_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if bool(marked(mark)) == alive:
+            return True
+        await anyio.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def mark() -> Iterator[str]:
+    """A unique command-line marker; whatever still carries it when the test ends is killed."""
+    token = f"caelum-test-{uuid.uuid4().hex}"
+    yield token
+    for proc in marked(token):
+        proc.kill()
+
+
+@pytest.mark.slow  # waits out a real timeout
+@ESCAPES
+async def test_timeout_kills_descendants_that_left_the_group(tmp_path: Path, spawner: str, mark: str) -> None:
+    result = await run_command([sys.executable, "-c", spawner, mark, "300"], cwd=tmp_path, timeout_s=2)
+    assert result.timed_out
+    assert await wait_marked(mark, alive=False, within_s=5), "a descendant outlived the timeout"
+    assert result.leftovers_killed >= 1
+
+
+@ESCAPES
+async def test_cancelling_kills_descendants_that_left_the_group(tmp_path: Path, spawner: str, mark: str) -> None:
+    with anyio.move_on_after(20) as outer:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: run_command([sys.executable, "-c", spawner, mark, "300"], cwd=tmp_path, timeout_s=120)
+            )
+            assert await wait_marked(mark, alive=True), "the daemon never started"
+            tg.cancel_scope.cancel()
+    assert not outer.cancelled_caught
+    assert await wait_marked(mark, alive=False, within_s=5), "a descendant outlived the cancellation"
+
+
+@ESCAPES
+async def test_kill_leftovers_kills_what_outlives_a_finished_command(tmp_path: Path, spawner: str, mark: str) -> None:
+    # The spawner waits a moment so that the tree is walked while the daemon is still below it.
+    started = time.monotonic()
+    result = await run_command(
+        [sys.executable, "-c", spawner, mark, "0.5"], cwd=tmp_path, timeout_s=60, kill_leftovers=True
+    )
+    assert result.returncode == 0 and not result.timed_out
+    assert time.monotonic() - started < 10, "the daemon holding the output pipes must not hold the call"
+    assert await wait_marked(mark, alive=False, within_s=5), "a leftover survived kill_leftovers"
+    assert result.leftovers_killed == 1
+
+
+async def test_a_leftover_holding_the_pipes_does_not_hold_the_call(tmp_path: Path, mark: str) -> None:
+    started = time.monotonic()
+    result = await run_command([sys.executable, "-c", NEW_SESSION, mark, "0"], cwd=tmp_path, timeout_s=60)
+    assert result.returncode == 0 and not result.timed_out
+    assert time.monotonic() - started < 10
+    assert marked(mark), "without kill_leftovers a detached process is left alone"
+    assert result.leftovers_killed == 0

@@ -263,3 +263,24 @@ async def test_a_project_module_named_like_the_stdlib_does_not_break_bandit(writ
     result = await security_scan(root)
     assert not result.errors, result.errors
     assert any(f.rule == "B307" and f.file == "a.py" and f.line == 2 for f in result.findings)
+
+
+def test_redact_secrets_covers_the_scanners_rules_in_any_text() -> None:
+    from caelum_mcp.tools.code.secrets import redact_secrets
+
+    text = (
+        f' aws = "{FAKE_AWS}"\n'
+        '-password = "hunter2hunter2"\n'
+        "+API_KEY=sk9f8s7d6f5g4h3j\n"
+        f"token {FAKE_GITHUB} in prose\n"
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0\n-----END RSA PRIVATE KEY-----\n"
+        'label = "Enter your password"\npassword = os.environ["PASSWORD"]\nkey = "${API_KEY}"\n'
+    )
+    out = redact_secrets(text)
+    for secret in (FAKE_AWS, "hunter2hunter2", "sk9f8s7d6f5g4h3j", FAKE_GITHUB, "MIIEowIBAAKCAQEA0"):
+        assert secret not in out
+    assert redact(FAKE_AWS) in out and "[private key redacted]" in out
+    # placeholders, prose and environment lookups are left as they are
+    assert 'label = "Enter your password"' in out and 'os.environ["PASSWORD"]' in out and "${API_KEY}" in out
+    assert redact_secrets(out) == out  # idempotent: a redacted value is never redacted again
+    assert redact_secrets("F401 at a.py:1: `os` imported but unused") == "F401 at a.py:1: `os` imported but unused"

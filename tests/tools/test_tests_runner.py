@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anyio
+import psutil
 import pytest
 
 from caelum_mcp.errors import PathNotAllowedError
-from caelum_mcp.tools.code.tests_runner import run_tests
+from caelum_mcp.tools.code.tests_runner import BASE_TEST_ENV, clean_test_env, run_tests, trim_failure
+from caelum_mcp.tools.process import RUN_MARKER_VAR
 
 from .conftest import WriteProject, line_of
 
@@ -101,6 +108,8 @@ async def test_collection_error_is_reported(write_project: WriteProject) -> None
     assert result.exit_code == 2
     assert result.totals.errors == 1
     assert "not_a_real_module_xyz" in (result.tests[0].detail or "") + result.output_tail
+    assert result.exit_meaning.startswith("test run interrupted")
+    assert result.error and "Interrupted: 1 error during collection" in result.error
 
 
 @pytest.mark.slow  # waits out a real timeout
@@ -128,3 +137,251 @@ async def test_uses_the_projects_own_virtualenv(write_project: WriteProject) -> 
 async def test_missing_root_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PathNotAllowedError):
         await run_tests(tmp_path / "missing")
+
+
+# --- a clean environment -------------------------------------------------------------------------
+
+DUMP_ENV = {
+    "tests/test_env.py": """
+        import json, os, pathlib
+
+
+        def test_dump():
+            pathlib.Path(__file__).with_name("env.json").write_text(json.dumps(dict(os.environ)))
+        """
+}
+
+
+async def test_the_tests_see_only_the_allowlisted_environment(
+    write_project: WriteProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-api03-not-for-tests")
+    monkeypatch.setenv("CAELUM_CLAUDE__API_KEY", "sk-ant-api03-not-either")
+    monkeypatch.setenv("DATABASE_URL", "postgres://db/test")
+    monkeypatch.setenv("SERVER_ONLY_SETTING", "private")
+    monkeypatch.setenv("LC_TIME", "C")
+    root = write_project(DUMP_ENV)
+    result = await run_tests(root, timeout_s=120, pass_env=["DATABASE_URL", "ANTHROPIC_API_KEY", "NOT_SET_ANYWHERE"])
+    assert result.exit_code == 0, result.output_tail
+    seen = json.loads((root / "tests" / "env.json").read_text())
+    assert seen["DATABASE_URL"] == "postgres://db/test" and seen["LC_TIME"] == "C"
+    assert seen["PATH"] == os.environ["PATH"] and seen["HOME"] == os.environ["HOME"]
+    for name in ("ANTHROPIC_API_KEY", "CAELUM_CLAUDE__API_KEY", "SERVER_ONLY_SETTING", "NOT_SET_ANYWHERE"):
+        assert name not in seen
+    assert "VIRTUAL_ENV" not in seen  # our interpreter, not the project's venv
+    allowed = {*BASE_TEST_ENV, "LC_TIME", "DATABASE_URL", RUN_MARKER_VAR}
+    # what the interpreter and pytest add themselves
+    extra = {n for n in set(seen) - allowed if not n.startswith(("PYTEST_", "LC_", "_PYTEST"))}
+    assert not extra, extra
+
+
+async def test_without_extras_only_the_basics_pass(
+    write_project: WriteProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgres://db/test")
+    root = write_project(DUMP_ENV)
+    result = await run_tests(root, timeout_s=120)
+    assert result.exit_code == 0, result.output_tail
+    assert "DATABASE_URL" not in json.loads((root / "tests" / "env.json").read_text())
+
+
+def test_a_project_venv_looks_activated(tmp_path: Path) -> None:
+    python = tmp_path / ".venv" / "bin" / "python"
+    env = clean_test_env(tmp_path, str(python), environ={"PATH": "/usr/bin", "VIRTUAL_ENV": "/elsewhere"})
+    assert env["VIRTUAL_ENV"] == str(tmp_path / ".venv")
+    assert env["PATH"] == os.pathsep.join([str(python.parent), "/usr/bin"])
+    assert "VIRTUAL_ENV" not in clean_test_env(tmp_path, sys.executable, environ={"VIRTUAL_ENV": "/elsewhere"})
+
+
+# --- pytest's own failures are reported as such -------------------------------------------------
+
+
+async def test_an_internal_error_is_exit_code_three_with_pytests_message(write_project: WriteProject) -> None:
+    root = write_project(
+        {
+            "conftest.py": "def pytest_collection_modifyitems(items):\n    raise RuntimeError('hook exploded')\n",
+            "tests/test_one.py": "def test_one():\n    pass\n",
+        }
+    )
+    result = await run_tests(root, timeout_s=120)
+    assert result.exit_code == 3 and result.exit_meaning == "pytest internal error"
+    assert result.error and "RuntimeError: hook exploded" in result.error
+    assert "INTERNALERROR>" in result.error and len(result.error) <= 3000
+
+
+@pytest.mark.parametrize(
+    ("files", "selection", "said"),
+    [
+        ({"pytest.ini": "[pytest]\naddopts = --no-such-option\n"}, None, "unrecognized arguments: --no-such-option"),
+        ({}, ["tests/test_one.py::test_missing"], "not found"),
+    ],
+    ids=["bad-ini", "unknown-node-id"],
+)
+async def test_a_usage_error_is_exit_code_four_with_pytests_message(
+    write_project: WriteProject, files: dict[str, str], selection: list[str] | None, said: str
+) -> None:
+    root = write_project({**files, "tests/test_one.py": "def test_one():\n    pass\n"})
+    result = await run_tests(root, selection=selection, timeout_s=120)
+    assert result.exit_code == 4 and result.exit_meaning.startswith("pytest usage error")
+    assert result.error and said in result.error, result.error
+
+
+@pytest.mark.parametrize("module", ["random", "typing"])
+async def test_a_project_file_shadowing_the_stdlib_is_reported_as_pytests_crash(
+    write_project: WriteProject, module: str
+) -> None:
+    root = write_project({f"{module}.py": "x = 1\n", "tests/test_one.py": "def test_one():\n    pass\n"})
+    result = await run_tests(root, timeout_s=120)
+    assert result.exit_code == 1
+    assert result.exit_meaning == "pytest failed before running any test (exit status 1)"
+    assert result.exit_meaning != "some tests failed"
+    assert result.error and "ImportError" in result.error and f"{module}.py" in result.error
+    assert f"the project's {module}.py hides the standard library module" in result.error
+
+
+async def test_a_normal_failure_has_no_error(write_project: WriteProject) -> None:
+    result = await run_tests(write_project(SUITE), timeout_s=120)
+    assert result.exit_code == 1 and result.error is None
+
+
+# --- failure text trimmed around the failing line -----------------------------------------------
+
+DEEP = {
+    "tests/test_deep.py": """
+        import pytest
+
+
+        def dive(n):
+            if n == 0:
+                data = list(range(300))
+                assert data == list(range(1, 301)), "x" * 5000
+            return dive(n - 1)
+
+
+        @pytest.mark.parametrize("depth", [40])
+        def test_deep(depth):
+            dive(depth)
+        """
+}
+
+
+async def test_a_long_failure_keeps_the_failing_line_and_its_location(write_project: WriteProject) -> None:
+    root = write_project(DEEP)
+    result = await run_tests(root, timeout_s=120)
+    (case,) = result.tests
+    detail = case.detail or ""
+    assert case.detail_lines_cut > 0 and "lines cut] …" in detail
+    lines = detail.splitlines()
+    assert len(lines) <= 40 and len(detail) <= 4000 + 200
+    assert any(line.startswith(">") and "assert data == list(range(1, 301))" in line for line in lines)
+    assert lines[-1].startswith("tests/test_deep.py:") and lines[-1].endswith("AssertionError")
+    assert any(line.startswith("E ") for line in lines)
+
+
+def test_trim_failure_counts_what_it_cuts() -> None:
+    frames = [f"frame {i}" for i in range(100)]
+    text = "\n".join(
+        [*frames, ">       assert a == b", *[f"E   line {i}" for i in range(100)], "t.py:3: AssertionError"]
+    )
+    trimmed, cut = trim_failure(text)
+    lines = trimmed.splitlines()
+    assert len(lines) <= 40
+    assert ">       assert a == b" in lines and lines[-1] == "t.py:3: AssertionError"
+    assert "frame 97" in lines  # the context just above the failing line
+    assert lines[0] == "… [97 lines cut] …"
+    kept = [line for line in lines if not line.startswith("… [")]
+    assert cut == len(text.splitlines()) - len(kept)
+    assert trim_failure("short\ntext") == ("short\ntext", 0)
+
+
+def test_trim_failure_clips_a_huge_line() -> None:
+    trimmed, cut = trim_failure("E   " + "y" * 100_000)
+    assert len(trimmed) < 500 and "characters cut]" in trimmed and cut == 0
+
+
+# --- nothing the tests start outlives the run ----------------------------------------------------
+
+
+def _escaping_suite(mark: str, *, then_sleep: float) -> dict[str, str | bytes]:
+    """A test that starts a sleeper in its own session and a double-forked daemon, both carrying
+    ``mark`` on their command line, then sleeps ``then_sleep`` seconds."""
+    return {
+        "tests/test_escape.py": f"""
+            import os, subprocess, sys, time
+
+            SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)", {mark!r}]
+
+
+            def test_escape():
+                subprocess.Popen(SLEEPER, start_new_session=True)
+                if os.fork() == 0:
+                    os.setsid()
+                    if os.fork() == 0:
+                        os.execv(sys.executable, SLEEPER)
+                    os._exit(0)
+                time.sleep({then_sleep})
+            """
+    }
+
+
+def _marked(mark: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if mark in proc.cmdline() and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+async def _until(check: Callable[[], bool], within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await anyio.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def mark() -> Iterator[str]:
+    token = f"caelum-test-{uuid.uuid4().hex}"
+    yield token
+    for proc in _marked(token):
+        proc.kill()
+
+
+async def test_what_the_tests_leave_running_is_killed_when_pytest_exits(write_project: WriteProject, mark: str) -> None:
+    root = write_project(_escaping_suite(mark, then_sleep=0.5))
+    started = time.monotonic()
+    result = await run_tests(root, timeout_s=120)
+    assert result.exit_code == 0 and result.totals.passed == 1, result.output_tail
+    assert time.monotonic() - started < 60, "the leftovers holding the output must not hold the run"
+    assert await _until(lambda: not _marked(mark), 5), "a process the tests started outlived the run"
+    assert result.leftovers_killed >= 2
+
+
+async def test_cancelling_a_run_kills_what_the_tests_started(write_project: WriteProject, mark: str) -> None:
+    root = write_project(_escaping_suite(mark, then_sleep=300))
+    with anyio.move_on_after(60) as outer:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: run_tests(root, timeout_s=300))
+            assert await _until(lambda: len(_marked(mark)) == 2, 50), "the sleepers never started"
+            tg.cancel_scope.cancel()
+    assert not outer.cancelled_caught
+    assert await _until(lambda: not _marked(mark), 5), "a process the tests started outlived the cancellation"
+
+
+@pytest.mark.slow  # waits out a real timeout
+async def test_a_timed_out_run_kills_what_the_tests_started(write_project: WriteProject, mark: str) -> None:
+    root = write_project(_escaping_suite(mark, then_sleep=300))
+    result = await run_tests(root, timeout_s=4)
+    assert result.timed_out
+    assert await _until(lambda: not _marked(mark), 5), "a process the tests started outlived the timeout"
+
+
+async def test_a_nul_byte_in_the_selection_is_refused(write_project: WriteProject) -> None:
+    root = write_project(SUITE)
+    with pytest.raises(PathNotAllowedError, match="not a test path"):
+        await run_tests(root, selection=["tests/test_mixed.py::test_ok\0"])

@@ -20,7 +20,8 @@ import anyio
 from caelum_mcp.types import Frozen
 
 from ..paths import relative_posix, resolve_within
-from ..process import run_command
+from .git_runner import GitError, run_git
+from .git_runner import git_env as git_env  # where tools.code.patches imports it from
 
 # Skipped even when git tracks them: they are environments, caches or other repositories' metadata.
 ALWAYS_SKIPPED_DIRS = frozenset(
@@ -40,13 +41,6 @@ ALWAYS_SKIPPED_DIRS = frozenset(
 )
 LISTING_LIMIT = 200_000
 GIT_TIMEOUT_S = 30.0
-
-
-def git_env() -> dict[str, str]:
-    """Environment for read-only git calls: no index lock taken, never a credential prompt."""
-    env = dict(os.environ)
-    env.update({"GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"})
-    return env
 
 
 class ProjectListing(Frozen):
@@ -201,14 +195,18 @@ async def list_project_files(root: Path) -> ProjectListing:
     a simple .gitignore parser. Environments and caches are always skipped.
     """
     try:
-        result = await run_command(
-            ["git", "-c", "core.quotepath=off", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=root,
+        # Through the runner: a repository's core.fsmonitor would otherwise run on every listing.
+        result = await run_git(
+            root,
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
             timeout_s=GIT_TIMEOUT_S,
             max_output_bytes=64 * 1024 * 1024,
-            env=git_env(),
         )
-    except OSError:
+    except GitError:
         result = None
     if result is None or result.returncode != 0 or result.truncated:
         return await anyio.to_thread.run_sync(_walk, root)

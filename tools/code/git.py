@@ -2,8 +2,10 @@
 
 Two modes: the working tree (staged + unstaged changes against ``HEAD``, plus untracked files that
 are not ignored) or a commit range (``base`` .. ``head``). Diffs are taken with ``-U0`` so every
-hunk line is a change, with external diff drivers, text conversion and fsmonitor hooks switched
-off: a repository's own config must not make a read-only review run its programs.
+hunk line is a change. Every git call goes through :class:`~.git_runner.GitRunner`, so a
+repository's own config never makes this read-only review run its programs (filters, fsmonitor,
+external diff and textconv drivers, pagers, hooks); ``base`` and ``head`` come from the caller and
+are checked before git sees them.
 """
 
 from __future__ import annotations
@@ -12,19 +14,18 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from caelum_mcp.errors import CaelumError
 from caelum_mcp.types import Frozen
 
-from ..paths import resolve_root
-from ..process import CommandResult, run_command
-from .files import git_env
+from ..paths import resolve_root, shown
+from ..process import CommandResult
+from .git_runner import GIT_TIMEOUT_S, GitError, GitRunner
 from .secrets import looks_binary
 
 ChangeStatus = Literal["added", "modified", "deleted", "renamed", "copied", "type_changed", "untracked"]
 
-GIT_TIMEOUT_S = 60.0
 MAX_DIFF_BYTES = 32 * 1024 * 1024
 MAX_UNTRACKED_BYTES = 2_000_000
+MAX_REVISION_CHARS = 256
 WORKTREE = "WORKTREE"
 
 _HUNK = re.compile(r"^@@ -(?P<os>\d+)(?:,(?P<oc>\d+))? \+(?P<ns>\d+)(?:,(?P<nc>\d+))? @@")
@@ -36,14 +37,20 @@ _STATUS: dict[str, ChangeStatus] = {
     "C": "copied",
     "T": "type_changed",
 }
-_SAFE_CONFIG = ("-c", "core.quotepath=off", "-c", "core.fsmonitor=false", "-c", "diff.noprefix=false")
+__all__ = [
+    "FileChange",
+    "GitChanges",
+    "GitError",
+    "Hunk",
+    "RevisionArgumentError",
+    "check_revision_argument",
+    "git_changes",
+    "parse_diff",
+]
 
 
-class GitError(CaelumError):
-    """A git operation failed: not a repository, unknown revision, or git missing.
-
-    Defined here until the shared error tree in ``caelum_mcp.errors`` has a home for tool errors.
-    """
+class RevisionArgumentError(GitError):
+    """A ``base`` or ``head`` argument that cannot name a revision; the message names the argument."""
 
 
 class Hunk(Frozen):
@@ -78,15 +85,6 @@ class GitChanges(Frozen):
     truncated: bool = False
 
 
-async def _git(root: Path, *args: str, max_bytes: int = MAX_DIFF_BYTES) -> CommandResult:
-    try:
-        return await run_command(
-            ["git", *_SAFE_CONFIG, *args], cwd=root, timeout_s=GIT_TIMEOUT_S, max_output_bytes=max_bytes, env=git_env()
-        )
-    except OSError as exc:
-        raise GitError(f"git could not be started: {exc.strerror or exc}") from exc
-
-
 def _checked(run: CommandResult, what: str) -> str:
     if run.timed_out:
         raise GitError(f"git {what} did not finish within {GIT_TIMEOUT_S:g} s")
@@ -96,12 +94,31 @@ def _checked(run: CommandResult, what: str) -> str:
     return run.stdout
 
 
-async def _revision(root: Path, rev: str) -> str:
-    if not rev or rev.startswith("-"):
-        raise GitError(f"{rev!r} is not a revision")
-    run = await _git(root, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}")
+def _revision_problem(rev: str) -> str | None:
+    if not rev:
+        return "it is empty"
+    if "\0" in rev:
+        return "it contains a NUL byte"
+    if any(ord(c) < 32 or ord(c) == 127 for c in rev):
+        return "it contains a control character"
+    if rev.startswith("-"):
+        return "it starts with '-'"
+    if len(rev) > MAX_REVISION_CHARS:
+        return f"it is longer than {MAX_REVISION_CHARS} characters"
+    return None
+
+
+def check_revision_argument(name: str, rev: str | None) -> None:
+    """Raise :class:`RevisionArgumentError`, naming argument ``name``, when ``rev`` cannot be a revision."""
+    problem = None if rev is None else _revision_problem(rev)
+    if problem is not None:
+        raise RevisionArgumentError(f"{name} {shown(rev or '')} is not a revision: {problem}")
+
+
+async def _revision(git: GitRunner, rev: str) -> str:
+    run = await git.run("rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}")
     if run.returncode != 0:
-        raise GitError(f"unknown revision {rev!r} in {root}")
+        raise GitError(f"unknown revision {shown(rev)} in {git.cwd}")
     return run.stdout.strip()
 
 
@@ -209,34 +226,43 @@ async def git_changes(root: str | Path, *, base: str | None = None, head: str | 
     - ``base`` (and optionally ``head``, default ``HEAD``): the changes from ``base`` to ``head``;
     - only ``head``: the changes that commit introduced (``head^`` .. ``head``).
 
-    Raises :class:`GitError` when ``root`` is not in a git work tree or a revision is unknown.
+    Raises :class:`RevisionArgumentError` when ``base`` or ``head`` cannot be a revision (an option,
+    a NUL or control character), and :class:`GitError` when ``root`` is not in a git work tree or a
+    revision is unknown.
     """
+    check_revision_argument("base", base)
+    check_revision_argument("head", head)
     folder = resolve_root(root)
-    top = await _git(folder, "rev-parse", "--show-toplevel", max_bytes=64 * 1024)
+    git = await GitRunner.open(folder)
+    top = await git.run("rev-parse", "--show-toplevel", max_output_bytes=64 * 1024)
     if top.returncode != 0:
         raise GitError(f"{folder} is not inside a git work tree (git: {top.stderr.strip()[:200] or 'no repository'})")
-    empty_tree = _checked(await _git(folder, "hash-object", "-t", "tree", "/dev/null"), "hash-object").strip()
+    empty_tree = _checked(await git.run("hash-object", "-t", "tree", "--stdin"), "hash-object").strip()
     untracked: list[str] = []
     if base is None and head is None:
-        head_rev = await _git(folder, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+        head_rev = await git.run("rev-parse", "--verify", "--quiet", "HEAD^{commit}")
         old = head_rev.stdout.strip() if head_rev.returncode == 0 else empty_tree
         new_args: tuple[str, ...] = (old,)
         shown_base, shown_head = (old if old == empty_tree else "HEAD"), WORKTREE
-        listing = _checked(await _git(folder, "ls-files", "-z", "--others", "--exclude-standard"), "ls-files")
+        listing = _checked(
+            await git.run("ls-files", "-z", "--others", "--exclude-standard", max_output_bytes=MAX_DIFF_BYTES),
+            "ls-files",
+        )
         untracked = [p for p in listing.split("\0") if p]
     else:
-        new = await _revision(folder, head or "HEAD")
+        new = await _revision(git, head or "HEAD")
         if base is not None:
-            old = await _revision(folder, base)
+            old = await _revision(git, base)
         else:
-            parent = await _git(folder, "rev-parse", "--verify", "--quiet", f"{new}^1")
+            parent = await git.run("rev-parse", "--verify", "--quiet", f"{new}^1")
             old = parent.stdout.strip() if parent.returncode == 0 else empty_tree
         new_args = (old, new)
         shown_base, shown_head = old, new
-    common = ("--relative", "--no-ext-diff", "--no-textconv", "--no-color", "--find-renames")
-    status_run = await _git(folder, "diff", "--name-status", "-z", *common, *new_args, "--")
+    # The runner adds --no-ext-diff, --no-textconv and --ignore-submodules=all to every diff.
+    common = ("--relative", "--no-color", "--find-renames")
+    status_run = await git.run("diff", "--name-status", "-z", *common, *new_args, "--", max_output_bytes=MAX_DIFF_BYTES)
     status_out = _checked(status_run, "diff")
-    patch = await _git(folder, "diff", "-U0", *common, *new_args, "--")
+    patch = await git.run("diff", "-U0", *common, *new_args, "--", max_output_bytes=MAX_DIFF_BYTES)
     parsed = parse_diff(_checked(patch, "diff"))
     changes: list[FileChange] = []
     for status, path, old_path in _name_status(status_out):

@@ -29,9 +29,9 @@ from caelum_mcp.errors import CaelumError, PathNotAllowedError
 from caelum_mcp.types import Frozen
 
 from ..paths import relative_posix, resolve_root, resolve_within
-from ..process import run_command
 from .analysers import ANALYSER_TIMEOUT_S, first_line, run_python_analyser
-from .files import git_env, list_project_files, select_files
+from .files import list_project_files, select_files
+from .git_runner import GitError, run_git
 from .lint import LintFinding, lint
 from .models import AnalyzerError
 from .tests_runner import run_tests as run_project_tests
@@ -343,15 +343,6 @@ async def _project_copy(root: Path, extra: Iterable[str], *, link_venv: bool) ->
             await anyio.to_thread.run_sync(lambda: shutil.rmtree(tmp, ignore_errors=True))
 
 
-def _apply_env(copy: Path) -> dict[str, str]:
-    """git for ``git apply`` outside any repository, unaffected by the user's git configuration."""
-    env = git_env()
-    env.update(
-        {"GIT_CEILING_DIRECTORIES": str(copy.parent), "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
-    )
-    return env
-
-
 def _numstat_paths(output: str) -> set[str]:
     """Paths from ``git apply --numstat -z`` (a rename lists its old and new path after an empty one)."""
     paths: set[str] = set()
@@ -428,11 +419,16 @@ async def _test_outcome(copy: Path, timeout_s: float) -> tuple[bool, bool | None
 async def _measure(
     copy: Path, rel: str, diff_file: Path, *, run_tests: bool, test_timeout_s: float, lint_timeout_s: float
 ) -> PatchCheck:
-    env = _apply_env(copy)
-
     async def git_apply(*args: str) -> tuple[bool, str]:
-        run = await run_command(
-            ["git", "apply", *args, "--", str(diff_file)], cwd=copy, timeout_s=GIT_APPLY_TIMEOUT_S, env=env
+        # The copy lives outside any repository; the ceiling keeps git from finding one above it.
+        run = await run_git(
+            copy,
+            "apply",
+            *args,
+            "--",
+            str(diff_file),
+            timeout_s=GIT_APPLY_TIMEOUT_S,
+            extra_env={"GIT_CEILING_DIRECTORIES": str(copy.parent)},
         )
         if run.timed_out:
             return False, "git apply did not finish in time"
@@ -440,8 +436,8 @@ async def _measure(
 
     try:
         ok, detail = await git_apply("--check", "--numstat", "-z")
-    except OSError as exc:
-        return _not_applied(f"git is needed to apply patches and could not be started: {exc.strerror or exc}")
+    except GitError as exc:
+        return _not_applied(f"git is needed to apply patches: {exc}")
     if not ok:
         return _not_applied(f"the patch does not apply to {rel}: {detail}")
     touched = _numstat_paths(detail)

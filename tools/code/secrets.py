@@ -12,6 +12,8 @@ Two kinds of evidence:
   confidence, not the severity.
 
 The secret itself never leaves this module: messages carry :func:`redact`'s short prefix only.
+:func:`redact_secrets` applies the same rules to any text (a patch's context lines, a test's
+failure output, a model's comment): the server runs it over every string of every tool result.
 """
 
 from __future__ import annotations
@@ -179,3 +181,53 @@ def scan_text(path: str, text: str) -> list[Finding]:
 def looks_binary(head: bytes) -> bool:
     """NUL bytes in the first block: not a text file worth scanning or counting."""
     return b"\0" in head
+
+
+_PRIVATE_KEY_BLOCK = re.compile(
+    r"-----BEGIN (?P<kind>(?:RSA |EC |DSA |OPENSSH |PGP |ENCRYPTED )?PRIVATE KEY(?: BLOCK)?)-----"
+    r"(?:.*?-----END (?P=kind)-----|.*)",
+    re.DOTALL,
+)
+# A string that cannot hold any secret the rules know has none of their telltale parts (lower case;
+# plain substring tests, several times faster than one case-insensitive pattern).
+_HINTS = (
+    "akia", "asia", "abia", "acca", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "hooks.slack",
+    "_live_", "aiza",
+    "private key", "secret", "pass", "pwd", "key", "token", "credential",
+)  # fmt: skip
+# _ENV_ASSIGNMENT, also inside a diff (a line may start with "+", "-" or " ").
+_ENV_ASSIGNMENT_IN_DIFF = re.compile(
+    r"(?im)^[+\- ]?[ \t]*(?:export[ \t]+)?" + _SENSITIVE_NAME + r"[ \t]*=[ \t]*(?P<value>[^\s\"'#$]{8,300})[ \t]*$"
+)
+
+
+def may_hold_secrets(text: str) -> bool:
+    """False when ``text`` has none of the parts a known secret needs (then nothing to redact)."""
+    lowered = text.lower()
+    return any(hint in lowered for hint in _HINTS)
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with every secret the scanner recognises replaced by :func:`redact`'s short form
+    (a private key block by a marker). Placeholders and prose are left alone, as the scanner does."""
+    if len(text) < 8 or not may_hold_secrets(text):
+        return text
+    text = _PRIVATE_KEY_BLOCK.sub("[private key redacted]", text)
+    for token_rule in _TOKEN_RULES:
+        if token_rule.rule != "private-key":
+            text = token_rule.pattern.sub(lambda m: _redact_group(m, m.lastindex or 0), text)
+    for pattern in (_QUOTED_ASSIGNMENT, _ENV_ASSIGNMENT_IN_DIFF):
+        text = pattern.sub(_redact_assignment, text)
+    return text
+
+
+def _redact_group(match: re.Match[str], group: int | str) -> str:
+    whole, start, end = match.group(0), match.start(group) - match.start(), match.end(group) - match.start()
+    return whole[:start] + redact(match.group(group)) + whole[end:]
+
+
+def _redact_assignment(match: re.Match[str]) -> str:
+    value = match.group("value")
+    if _looks_like_placeholder(value) or "…(" in value:
+        return match.group(0)
+    return _redact_group(match, "value")

@@ -1,0 +1,399 @@
+"""The fault matrix: the real Pool, Router, backends and Ledger against misbehaving hosts.
+
+Every row runs real traffic against fake hosts on loopback over real HTTP (``tests/fakes/fault_host.py``:
+Ollama, OpenAI-compatible and Anthropic APIs, each scriptable with a delay, a concurrency queue
+and a fault applied to a fraction of requests) and counts what came back:
+
+- ``sent``: calls made (``pool.chat`` or ``router.run``);
+- ``ok``: calls that returned an answer (for the router: local, Claude or local_low_confidence);
+- ``clear error``: calls that raised an error of caelum's own tree (a CaelumError saying what failed);
+- ``crash/hang``: anything else: a raw exception, or a call still running at twice its deadline;
+- ``ledger rows``: rows the ledger gained (router rows only; pool-only rows say "-");
+- ``figure``: the row's own measure (time, money, capacity).
+
+    .venv/bin/python bench/faults.py             # every row (~40 s here)
+    .venv/bin/python bench/faults.py --only budget hang
+
+On a shared 2-core machine the timings move by a few percent from run to run; the capacity row
+runs its three paths interleaved so that drift lands on all of them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from fakes.fault_host import Fault, FaultHost
+
+from caelum_mcp.backends.anthropic import AnthropicBackend
+from caelum_mcp.backends.base import Backend
+from caelum_mcp.backends.ollama import OllamaBackend
+from caelum_mcp.backends.openai import OpenAIBackend
+from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.config import Config, load_config
+from caelum_mcp.errors import CaelumError
+from caelum_mcp.ledger import Ledger
+from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
+from caelum_mcp.pool import CircuitBreaker, Host, Pool
+from caelum_mcp.router import Router
+from caelum_mcp.types import ChatMessage, ChatRequest, Tier
+
+HELLO = ChatRequest(model="", messages=(ChatMessage(role="user", content="Say hi."),), max_tokens=8)
+SCHEMA = {"type": "object", "properties": {"verdict": {"type": "string"}}, "required": ["verdict"]}
+LOCAL_ANSWER = ScriptedReply(json.dumps({"verdict": "fine", "confidence": 0.9}), logprob=-0.05)
+BACKEND_OF: dict[str, type[Backend]] = {"ollama": OllamaBackend, "openai": OpenAIBackend}
+
+
+@dataclass
+class Row:
+    fault: str
+    sent: int = 0
+    ok: int = 0
+    clear: int = 0
+    crash: int = 0
+    rows: int | None = None
+    figure: str = ""
+
+
+class Tally:
+    """Counts the outcomes of calls, each bounded by a watchdog at ``watchdog_s``."""
+
+    def __init__(self, row: Row, watchdog_s: float) -> None:
+        self.row = row
+        self.watchdog_s = watchdog_s
+        self.seconds: list[float] = []
+
+    async def call(self, make: Callable[[], Awaitable[Any]]) -> Any:
+        self.row.sent += 1
+        started = time.monotonic()
+        result = None
+        with anyio.move_on_after(self.watchdog_s) as scope:
+            try:
+                result = await make()
+                self.row.ok += 1
+            except CaelumError:
+                self.row.clear += 1
+            except Exception:
+                self.row.crash += 1
+        if scope.cancelled_caught:
+            self.row.crash += 1  # a hang
+        self.seconds.append(time.monotonic() - started)
+        return result
+
+    async def concurrently(self, n: int, make: Callable[[], Awaitable[Any]]) -> list[Any]:
+        results: list[Any] = []
+
+        async def one() -> None:
+            results.append(await self.call(make))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(n):
+                tg.start_soon(one)
+        return results
+
+
+@contextmanager
+def running(*fakes: FaultHost) -> Iterator[tuple[FaultHost, ...]]:
+    with ExitStack() as stack:
+        yield tuple(stack.enter_context(f) for f in fakes)
+
+
+def pool_of(fakes: tuple[FaultHost, ...], http: httpx2.AsyncClient, slots: tuple[int, ...] = (), **kw: Any) -> Pool:
+    hosts = [
+        Host(
+            name=f"h{i}",
+            backend=BACKEND_OF[f.api](f.url, http, name=f"h{i}"),
+            max_concurrency=slots[i] if slots else 1,
+            breaker=CircuitBreaker(failure_threshold=3, cooldown_s=30),
+        )
+        for i, f in enumerate(fakes)
+    ]
+    return Pool(hosts, **kw)
+
+
+def config_in(folder: Path, **overrides: Any) -> Config:
+    return load_config(None, environ={}, overrides={"data_dir": str(folder), "implicit_ollama": False, **overrides})
+
+
+def review(grounded: float, budget_s: float | None = None) -> LLMTask:
+    return LLMTask(
+        name="bench",
+        kind=TaskKind.REVIEW,
+        messages=(ChatMessage(role="user", content="Judge this."),),
+        output_schema=SCHEMA,
+        grounding=lambda output: GroundingResult(score=grounded),
+        max_output_tokens=400,
+        time_budget_s=budget_s,
+    )
+
+
+async def local_pool() -> Pool:
+    backend = ScriptedBackend([("qwen3:8b", 8.0)], LOCAL_ANSWER, name="gpu-1")
+    pool = Pool([Host(name="gpu-1", backend=backend, max_concurrency=32)])
+    await pool.refresh_all()
+    return pool
+
+
+def claude_at(fake: FaultHost, http: httpx2.AsyncClient) -> AnthropicBackend:
+    return AnthropicBackend(fake.url, http, name="claude", api_key="sk-bench", model="claude-sonnet-5-5", max_retries=0)
+
+
+# the rows ------------------------------------------------------------------------------------
+
+
+async def budget(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row("daily Claude budget $0.02, 20 concurrent escalations (each writes its whole allowance)")
+
+    def usage(body: dict[str, Any]) -> tuple[int, int]:
+        return len(json.dumps(body)) // 4, int(body["max_tokens"])
+
+    answer = json.dumps({"verdict": "risky", "confidence": 0.9})
+    with FaultHost("anthropic", delay_s=0.2, answer=lambda body: answer, usage=usage) as api:
+        config = config_in(folder, **{"claude.api_key": "sk-bench", "claude.daily_budget_usd": 0.02})
+        with Ledger(folder / "budget.sqlite3") as ledger:
+            router = Router(await local_pool(), ledger, config, claude=claude_at(api, http))
+            results = await Tally(row, 30).concurrently(20, lambda: router.run(review(0.2)))
+            row.rows = len(ledger.recent(1000))
+            spent = ledger.claude_spend_today()
+    escalated = sum(1 for r in results if r is not None and r.execution.path == "claude")
+    row.figure = f"spent ${spent:.4f} of $0.02 ({escalated} on Claude, {row.ok - escalated} kept local: budget)"
+    return row
+
+
+async def hang(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row("hosts that accept the connection and never answer (3 hosts, 9 calls, deadline 2 s)")
+    fakes = (FaultHost(fault=Fault("hang")), FaultHost(fault=Fault("hang")), FaultHost(fault=Fault("hang")))
+    with running(*fakes) as live:
+        pool = pool_of(live, http, first_byte_timeout_s=30)
+        await pool.refresh_all()
+        tally = Tally(row, 4.0)
+        await tally.concurrently(9, lambda: pool.chat(HELLO, tier=Tier.FULL, deadline=time.monotonic() + 2.0))
+    row.figure = f"every call ended at {min(tally.seconds):.2f}-{max(tally.seconds):.2f} s (3 in flight, 6 queued)"
+    return row
+
+
+async def hang_first_byte(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row("two hung hosts beside a healthy one, first-byte limit 0.5 s (10 calls)")
+    fakes = (FaultHost(fault=Fault("hang")), FaultHost(fault=Fault("hang")), FaultHost())
+    with running(*fakes) as live:
+        pool = pool_of(live, http, first_byte_timeout_s=0.5)
+        await pool.refresh_all()
+        pool.hosts["h2"].latency_ewma_ms = 10_000.0  # the healthy host last
+        tally = Tally(row, 10.0)
+        for _ in range(10):
+            await tally.call(lambda: pool.chat(HELLO, tier=Tier.FULL))
+        opened = [h.name for h in pool.hosts.values() if h.breaker.state.value == "open"]
+    row.figure = f"first call {tally.seconds[0]:.2f} s, then {max(tally.seconds[1:]):.3f} s; open: {', '.join(opened)}"
+    return row
+
+
+async def slow_host(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row("one slow host (5 s) beside two fast ones (50 ms), bursts of 30")
+    fakes = (FaultHost(delay_s=5.0), FaultHost(delay_s=0.05), FaultHost(delay_s=0.05))
+    with running(*fakes) as live:
+        pool = pool_of(live, http)
+        await pool.refresh_all()
+        tally = Tally(row, 20.0)
+        started = time.monotonic()
+        await tally.concurrently(30, lambda: pool.chat(HELLO, tier=Tier.FULL))
+        cold = time.monotonic() - started
+        started = time.monotonic()
+        await tally.concurrently(30, lambda: pool.chat(HELLO, tier=Tier.FULL))
+        warm = time.monotonic() - started
+        on_slow = live[0].chats
+    row.figure = f"first burst {cold:.2f} s (learning), next {warm:.2f} s; slow host served {on_slow} of 60"
+    return row
+
+
+async def bad_bodies(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row("a host answering 200 with malformed / empty / truncated bodies (3 x 60 calls, 3 APIs x modes)")
+    opened = 0
+    for api, mode in (("openai", "malformed"), ("ollama", "empty"), ("openai", "truncated")):
+        fakes = (FaultHost(api, fault=Fault(mode)), FaultHost(api), FaultHost(api))  # type: ignore[arg-type]
+        with running(*fakes) as live:
+            pool = pool_of(live, http)
+            await pool.refresh_all()
+            tally = Tally(row, 10.0)
+            for _ in range(60):
+                await tally.call(lambda pool=pool: pool.chat(HELLO, tier=Tier.FULL))  # type: ignore[misc]
+            opened += pool.hosts["h0"].breaker.state.value == "open"
+    row.figure = f"bad host's breaker open in {opened} of 3; failures on it counted as bad_body / connect"
+    return row
+
+
+async def broken_streams(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row("a host whose streams break mid-way (ollama, 20 streams)")
+    with running(FaultHost("ollama", fault=Fault("midstream")), FaultHost("ollama")) as live:
+        pool = pool_of(live, http)
+        await pool.refresh_all()
+        pool.hosts["h1"].latency_ewma_ms = 10_000.0
+
+        async def read() -> int:
+            return len([c async for c in pool.stream(HELLO, tier=Tier.FULL)])
+
+        tally = Tally(row, 10.0)
+        for _ in range(20):
+            await tally.call(read)
+        state = pool.hosts["h0"].breaker.state.value
+    row.figure = f"broken host {state} after {live[0].chats} streams; the rest streamed from the healthy one"
+    return row
+
+
+async def claude_bodies(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row("Claude answering 200 with malformed / empty / cut bodies, or hanging (4 x 5 escalations)")
+    kept = 0
+    with Ledger(folder / "claude.sqlite3") as ledger:
+        for mode in ("malformed", "empty", "truncated", "hang"):
+            with FaultHost("anthropic", fault=Fault(mode)) as api:  # type: ignore[arg-type]
+                config = config_in(folder, **{"claude.api_key": "sk-bench"})
+                router = Router(await local_pool(), ledger, config, claude=claude_at(api, http))
+                task = review(0.2, 1.0 if mode == "hang" else None)
+                results = await Tally(row, 5.0).concurrently(5, lambda router=router, task=task: router.run(task))  # type: ignore[misc]
+                kept += sum(1 for r in results if r is not None and r.execution.path == "local_low_confidence")
+        row.rows = len(ledger.recent(1000))
+        failed_claude = sum(1 for r in ledger.recent(1000) if r.host == "claude" and r.path == "failed")
+    row.figure = f"{kept} local answers kept, marked local_low_confidence; {failed_claude} failed Claude rows"
+    return row
+
+
+async def ledger_truth(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row("ledger rows of failed local calls (a busy host, then a malformed one; 5 tasks)")
+    busy = Fault("status", status=503, retry_after="0.05")
+    with running(FaultHost(fault=busy), FaultHost(fault=Fault("malformed"))) as live:
+        pool = pool_of(live, http)
+        await pool.refresh_all()
+        with Ledger(folder / "truth.sqlite3") as ledger:
+            router = Router(pool, ledger, config_in(folder))
+            await Tally(row, 10.0).concurrently(5, lambda: router.run(review(1.0)))
+            rows = ledger.recent(100)
+    row.rows = len(rows)
+    named = sum(1 for r in rows if r.host)
+    attempts = sum(r.attempts for r in rows)
+    row.figure = (
+        f"{named}/{len(rows)} rows name their host; {attempts} attempts recorded, {live[0].chats + live[1].chats} made"
+    )
+    return row
+
+
+async def retry_after(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row("the only host answers 429 / 503 with Retry-After: 0.5 (twice per call, 5 calls)")
+    with FaultHost() as live:
+        pool = pool_of((live,), http)
+        await pool.refresh_all()
+        tally = Tally(row, 10.0)
+        for status in (429, 503, 429, 503, 429):
+            live.fault = Fault("status", status=status, retry_after="0.5", count=2)
+            await tally.call(lambda: pool.chat(HELLO, tier=Tier.FULL))
+    row.figure = f"each call answered after {min(tally.seconds):.2f}-{max(tally.seconds):.2f} s (3 attempts)"
+    return row
+
+
+async def capacity(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row("hosts with 1, 2 and 4 slots, 50 ms a request, 8 callers (3 interleaved rounds of 2 s)")
+    slots = (1, 2, 4)
+    task = LLMTask(
+        name="capacity",
+        kind=TaskKind.GENERAL,
+        messages=(ChatMessage(role="user", content="Is it fine?"),),
+        output_schema=SCHEMA,
+        grounding=lambda output: GroundingResult(score=1.0),
+        tier=Tier.FULL,
+        allow_claude=False,
+    )
+    with running(*(FaultHost(delay_s=0.05, slots=n) for n in slots)) as live:
+        pool = pool_of(live, http, slots)
+        await pool.refresh_all()
+        with Ledger(folder / "capacity.sqlite3") as ledger:
+            router = Router(pool, ledger, config_in(folder))
+            await router.run(task)
+            request = HELLO.model_copy(update={"model": next(iter(pool.hosts["h0"].models))})
+            backends = [h.backend for h in pool.hosts.values()]
+            tally = Tally(row, 10.0)
+
+            async def rate(calls: list[Callable[[], Awaitable[Any]]], seconds: float = 2.0) -> float:
+                done = 0
+                stop = time.monotonic() + seconds
+
+                async def loop(make: Callable[[], Awaitable[Any]]) -> None:
+                    nonlocal done
+                    while time.monotonic() < stop:
+                        await tally.call(make)
+                        done += 1
+
+                started = time.monotonic()
+                async with anyio.create_task_group() as tg:
+                    for make in calls:
+                        tg.start_soon(loop, make)
+                return done / (time.monotonic() - started)
+
+            direct = [lambda b=b: b.chat(request) for b, n in zip(backends, slots, strict=True) for _ in range(n)]
+            rates: dict[str, list[float]] = {"direct": [], "pool": [], "router": []}
+            for _ in range(3):
+                rates["direct"].append(await rate(direct))  # type: ignore[arg-type]
+                rates["pool"].append(await rate([lambda: pool.chat(HELLO, tier=Tier.FULL)] * 8))
+                rates["router"].append(await rate([lambda: router.run(task)] * 8))
+            row.rows = len(ledger.recent(100_000))
+    nominal = sum(slots) / 0.05
+    median = {k: statistics.median(v) for k, v in rates.items()}
+    row.figure = (
+        f"of {nominal:.0f}/s nominal: direct {100 * median['direct'] / nominal:.1f} %, "
+        f"pool {100 * median['pool'] / nominal:.1f} %, router {100 * median['router'] / nominal:.1f} %; "
+        f"of direct: pool {100 * median['pool'] / median['direct']:.1f} %, "
+        f"router {100 * median['router'] / median['direct']:.1f} %"
+    )
+    return row
+
+
+ROWS: dict[str, Callable[[httpx2.AsyncClient, Path], Awaitable[Row]]] = {
+    "budget": budget,
+    "hang": hang,
+    "hang_first_byte": hang_first_byte,
+    "slow_host": slow_host,
+    "bad_bodies": bad_bodies,
+    "broken_streams": broken_streams,
+    "claude_bodies": claude_bodies,
+    "ledger": ledger_truth,
+    "retry_after": retry_after,
+    "capacity": capacity,
+}
+
+
+async def run(names: list[str]) -> None:
+    print("caelum-mcp fault matrix: real Pool, Router, backends and Ledger; fake hosts on loopback over HTTP")
+    print(f"{'fault':<90} {'sent':>5} {'ok':>5} {'clear error':>11} {'crash/hang':>10} {'ledger rows':>11}")
+    async with httpx2.AsyncClient(timeout=httpx2.Timeout(60, connect=2), trust_env=False) as http:
+        for name in names:
+            with tempfile.TemporaryDirectory() as tmp:
+                started = time.monotonic()
+                row = await ROWS[name](http, Path(tmp))
+                took = time.monotonic() - started
+            rows = "-" if row.rows is None else str(row.rows)
+            print(f"{row.fault[:90]:<90} {row.sent:>5} {row.ok:>5} {row.clear:>11} {row.crash:>10} {rows:>11}")
+            print(f"    {row.figure} [{took:.1f} s]", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.ERROR)  # the pool warns of every failed attempt: here that is the point
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=sorted(ROWS), help="run these rows only")
+    args = parser.parse_args(argv)
+    anyio.run(run, args.only or list(ROWS))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,462 @@
+"""The fault matrix of the issue "Pool and router under faults", one test per row.
+
+Real Pool, Router, backends and Ledger; the hosts (and Claude) are :class:`FaultHost` fakes on
+loopback over real HTTP. Each test states the row's target; timing margins are generous where a
+shared 2-core machine makes timing noisy, but never looser than the target itself.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from fakes.fault_host import Api, Fault, FaultHost
+
+from caelum_mcp.backends.anthropic import AnthropicBackend
+from caelum_mcp.backends.base import Backend
+from caelum_mcp.backends.ollama import OllamaBackend
+from caelum_mcp.backends.openai import OpenAIBackend
+from caelum_mcp.backends.scripted import ScriptedReply
+from caelum_mcp.errors import DeadlineExceededError, StreamInterruptedError
+from caelum_mcp.ledger import Ledger
+from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
+from caelum_mcp.pool import BreakerState, CircuitBreaker, Host, Pool
+from caelum_mcp.router import Router
+from caelum_mcp.status import host_status
+from caelum_mcp.types import ChatMessage, ChatRequest, Tier
+
+from .conftest import make_config, scripted_host, scripted_pool
+
+HELLO = ChatRequest(model="", messages=(ChatMessage(role="user", content="Say hi."),), max_tokens=8)
+SCHEMA: dict[str, Any] = {"type": "object", "properties": {"verdict": {"type": "string"}}, "required": ["verdict"]}
+GOOD = ScriptedReply(json.dumps({"verdict": "fine", "confidence": 0.9}), logprob=-0.05)
+FULL = [("qwen3:8b", 8.0)]
+BACKEND_OF: dict[str, type[Backend]] = {"ollama": OllamaBackend, "openai": OpenAIBackend}
+
+
+@contextmanager
+def hosts(*fakes: FaultHost) -> Iterator[tuple[FaultHost, ...]]:
+    with ExitStack() as stack:
+        yield tuple(stack.enter_context(f) for f in fakes)
+
+
+def pool_of(
+    fakes: tuple[FaultHost, ...], http: httpx2.AsyncClient, *, slots: tuple[int, ...] | None = None, **kw: Any
+) -> Pool:
+    """A pool with one host per fake, named h0, h1, ... (breakers open after 2 failures)."""
+    members = [
+        Host(
+            name=f"h{i}",
+            backend=BACKEND_OF[fake.api](fake.url, http, name=f"h{i}"),
+            max_concurrency=slots[i] if slots else 1,
+            breaker=CircuitBreaker(failure_threshold=2, cooldown_s=30),
+        )
+        for i, fake in enumerate(fakes)
+    ]
+    return Pool(members, **kw)
+
+
+async def burst(pool: Pool, n: int) -> float:
+    """Seconds for ``n`` concurrent chats to finish."""
+
+    async def one() -> None:
+        await pool.chat(HELLO, tier=Tier.FULL)
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(one)
+    return time.monotonic() - started
+
+
+def review(grounded: float = 1.0, budget_s: float | None = None) -> LLMTask:
+    def check(output: dict[str, Any]) -> GroundingResult:
+        return GroundingResult(score=grounded, problems=() if grounded >= 1 else ("cites nothing real",))
+
+    return LLMTask(
+        name="t",
+        kind=TaskKind.REVIEW,
+        messages=(ChatMessage(role="user", content="Judge this."),),
+        output_schema=SCHEMA,
+        grounding=check,
+        max_output_tokens=400,
+        time_budget_s=budget_s,
+    )
+
+
+def claude_at(fake: FaultHost, http: httpx2.AsyncClient) -> AnthropicBackend:
+    return AnthropicBackend(fake.url, http, name="claude", api_key="sk-test", model="claude-sonnet-5-5", max_retries=0)
+
+
+# 1. the daily budget under 20 concurrent escalations ---------------------------------------------
+
+
+async def test_twenty_concurrent_escalations_never_overspend_the_budget(
+    tmp_path: Path, http: httpx2.AsyncClient
+) -> None:
+    """Budget $0.02; every escalation writes its whole output allowance (the worst case). Before:
+    $0.09 spent. Target: never more than the budget plus one call's estimate."""
+    pool = await scripted_pool(scripted_host("gpu-1", FULL, [GOOD], limit=20))
+
+    def usage(body: dict[str, Any]) -> tuple[int, int]:
+        return len(json.dumps(body)) // 4, int(body["max_tokens"])  # the whole allowance, every time
+
+    answer = json.dumps({"verdict": "risky", "confidence": 0.9})
+    with FaultHost("anthropic", delay_s=0.2, answer=lambda body: answer, usage=usage) as api:
+        config = make_config(tmp_path, **{"claude.api_key": "sk-test", "claude.daily_budget_usd": 0.02})
+        with Ledger(tmp_path / "l.db") as ledger:
+            router = Router(pool, ledger, config, claude=claude_at(api, http))
+            results = []
+
+            async def one() -> None:
+                results.append(await router.run(review(grounded=0.2)))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(20):
+                    tg.start_soon(one)
+            claude_rows = [r for r in ledger.recent(100) if r.path == "claude"]
+            spent = ledger.claude_spend_today()
+            assert ledger.budget_figures().reserved_usd == 0, "every reservation was settled"
+    one_call = max(r.cost_usd for r in claude_rows)
+    assert 0 < spent <= 0.02 + one_call
+    assert spent == pytest.approx(sum(r.cost_usd for r in claude_rows))
+    paths = [r.execution.path for r in results]
+    assert paths.count("claude") == len(claude_rows) == api.chats >= 1
+    refused = [r.execution for r in results if r.execution.path != "claude"]
+    assert refused and all(e.reason and "daily Claude budget" in e.reason for e in refused)
+    assert all(r.output is not None for r in results), "a refused escalation keeps the local answer"
+
+
+# 2. hosts that accept the connection and never answer --------------------------------------------
+
+
+async def test_hanging_hosts_fail_calls_at_their_deadline_not_at_attempts_times_timeout(
+    http: httpx2.AsyncClient,
+) -> None:
+    """Every host hangs. Before: each call waited 3 x request_timeout_s (queued ones 6x). Target: each
+    call, in flight or queued, fails at its deadline (+-10 %) with an error naming the hosts."""
+    with hosts(FaultHost(fault=Fault("hang")), FaultHost(fault=Fault("hang"))) as fakes:
+        pool = pool_of(fakes, http, first_byte_timeout_s=30)
+        await pool.refresh_all()
+        deadline_s = 1.5
+        outcomes: list[tuple[float, BaseException]] = []
+
+        async def one() -> None:
+            started = time.monotonic()
+            try:
+                await pool.chat(HELLO, tier=Tier.FULL, deadline=started + deadline_s)
+            except Exception as exc:
+                outcomes.append((time.monotonic() - started, exc))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):  # two in flight, three queued behind them
+                tg.start_soon(one)
+        assert len(outcomes) == 5
+        for seconds, exc in outcomes:
+            assert isinstance(exc, DeadlineExceededError), exc
+            assert 0.9 * deadline_s <= seconds <= 1.1 * deadline_s, seconds
+            assert "deadline" in str(exc) and ("h0" in str(exc) or "h1" in str(exc))
+        queued = [exc for _, exc in outcomes if "waiting for a free slot" in str(exc)]
+        assert len(queued) == 3
+        assert all((h.in_flight, h.outstanding) == (0, 0) for h in pool.hosts.values())
+
+
+async def test_a_hung_attempt_opens_the_breaker_at_once_and_fails_over(http: httpx2.AsyncClient) -> None:
+    """First-byte limit 0.3 s: a hung host is out of rotation after one attempt; the call fails over."""
+    with hosts(FaultHost(fault=Fault("hang")), FaultHost(fault=Fault("hang")), FaultHost()) as fakes:
+        pool = pool_of(fakes, http, first_byte_timeout_s=0.3)
+        await pool.refresh_all()
+        pool.hosts["h2"].latency_ewma_ms = 10_000.0  # the healthy host is tried last
+        started = time.monotonic()
+        result = await pool.chat(HELLO, tier=Tier.FULL)
+        assert result.host == "h2" and result.attempts == 3
+        assert time.monotonic() - started < 0.3 * 2 + 1.0
+        for name in ("h0", "h1"):
+            host = pool.hosts[name]
+            assert host.breaker.state is BreakerState.OPEN and host.failures["timeout"] == 1
+        assert [h.name for h in pool.healthy_hosts()] == ["h2"]
+
+
+# 3. one slow host beside two fast ones -------------------------------------------------------------
+
+
+@pytest.mark.slow  # the slow host takes its 5 s while the pool learns its latency
+async def test_a_slow_host_gets_no_share_of_a_burst(http: httpx2.AsyncClient) -> None:
+    """One 5 s host beside two 50 ms hosts. Before: a burst of 30 took 50 s. Target: <= 2 s."""
+    with hosts(FaultHost(delay_s=5.0), FaultHost(delay_s=0.05), FaultHost(delay_s=0.05)) as fakes:
+        pool = pool_of(fakes, http)
+        await pool.refresh_all()
+        # Cold: the pool knows nothing, so each host gets a first request; the ones queued behind
+        # the slow host move to the fast ones as they free up.
+        cold = await burst(pool, 30)
+        assert fakes[0].served == 1, "only the first request waited for the slow host"
+        assert cold < 5.0 + 1.5
+        slow = pool.hosts["h0"]
+        assert slow.ejected, "5 s against 50 ms: an outlier"
+        # Warm: the burst goes to the fast hosts.
+        warm = await burst(pool, 30)
+        assert warm <= 2.0, warm
+        assert fakes[0].chats == 1, "no new work for the outlier"
+        assert host_status(slow, pool).outlier
+
+
+async def test_an_outlier_is_probed_and_comes_back_when_it_recovers(http: httpx2.AsyncClient) -> None:
+    with hosts(FaultHost(delay_s=0.6), FaultHost(delay_s=0.02), FaultHost(delay_s=0.02)) as fakes:
+        pool = pool_of(fakes, http, outlier_probe_s=60)
+        await pool.refresh_all()
+        await burst(pool, 3)  # one request each: the pool learns that h0 is 30x slower
+        slow = pool.hosts["h0"]
+        assert slow.ejected
+        await burst(pool, 12)
+        assert fakes[0].chats == 1, "ejected: no new work, even when the fast hosts have a queue"
+        fakes[0].delay_s = 0.02  # it recovers
+        slow.ejected_until = time.monotonic()  # and its probe is due
+        assert (await pool.chat(HELLO, tier=Tier.FULL)).host == "h0", "the probe goes first"
+        assert not slow.ejected and slow.latency_ewma_ms is not None and slow.latency_ewma_ms < 200
+        await burst(pool, 12)
+        assert fakes[0].chats > 2, "back in rotation"
+
+
+async def test_queued_requests_move_to_a_host_that_frees_up_first(http: httpx2.AsyncClient) -> None:
+    with hosts(FaultHost(delay_s=1.0), FaultHost(delay_s=0.05)) as fakes:
+        pool = pool_of(fakes, http)
+        await pool.refresh_all()
+        for name in ("h0", "h1"):
+            pool.hosts[name].latency_ewma_ms = 50.0  # both look alike: h0's slowness is news
+        await burst(pool, 8)
+        assert fakes[0].chats == 1, "requests queued behind the slow request moved"
+        assert fakes[1].chats == 7
+
+
+# 4. 200s with bodies that do not parse, and streams that keep breaking -----------------------------
+
+
+@pytest.mark.parametrize("api", ["ollama", "openai"])
+@pytest.mark.parametrize("mode", ["malformed", "empty", "truncated"])
+async def test_a_host_answering_bad_bodies_is_failed_over_and_taken_out(
+    api: Api, mode: str, http: httpx2.AsyncClient
+) -> None:
+    """Before: a third of all calls failed without trying another host, the breaker stayed closed.
+    Target: no call fails; the bad host's breaker opens; its failures are counted as bad bodies."""
+    with hosts(FaultHost(api, fault=Fault(mode)), FaultHost(api), FaultHost(api)) as fakes:  # type: ignore[arg-type]
+        pool = pool_of(fakes, http)
+        await pool.refresh_all()
+        results = []
+        for _ in range(30):
+            results.append(await pool.chat(HELLO, tier=Tier.FULL))
+        bad = pool.hosts["h0"]
+        assert {r.host for r in results} <= {"h1", "h2"}
+        assert bad.breaker.state is BreakerState.OPEN
+        cause = "connect" if mode == "truncated" else "bad_body"
+        assert bad.failures[cause] == 2 == fakes[0].chats
+        assert getattr(host_status(bad, pool).failures, cause) == 2
+
+
+async def test_a_stream_that_keeps_breaking_takes_its_host_out(http: httpx2.AsyncClient) -> None:
+    with hosts(FaultHost("ollama", fault=Fault("midstream")), FaultHost("ollama")) as fakes:
+        pool = pool_of(fakes, http)
+        await pool.refresh_all()
+        pool.hosts["h1"].latency_ewma_ms = 10_000.0  # the broken host is the first choice
+        for _ in range(2):
+            with pytest.raises(StreamInterruptedError):
+                async for _ in pool.stream(HELLO, tier=Tier.FULL):
+                    pass
+        assert pool.hosts["h0"].breaker.state is BreakerState.OPEN
+        assert pool.hosts["h0"].failures["interrupted"] == 2
+        chunks = [(sel.host.name, chunk) async for sel, chunk in pool.stream(HELLO, tier=Tier.FULL)]
+        assert {name for name, _ in chunks} == {"h1"} and chunks[-1][1].done
+
+
+# 5. Claude faults are contained ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["malformed", "empty", "truncated", "cut"])
+async def test_a_broken_claude_reply_keeps_the_local_answer(
+    mode: str, tmp_path: Path, http: httpx2.AsyncClient
+) -> None:
+    """Before: a raw JSONDecodeError escaped, the local answer was lost, no ledger row. Target: a
+    BackendError with a ledger row; the local answer comes back marked local_low_confidence."""
+    pool = await scripted_pool(scripted_host("gpu-1", FULL, [GOOD]))
+    with FaultHost("anthropic", fault=Fault(mode)) as api:  # type: ignore[arg-type]
+        config = make_config(tmp_path, **{"claude.api_key": "sk-test"})
+        with Ledger(tmp_path / "l.db") as ledger:
+            result = await Router(pool, ledger, config, claude=claude_at(api, http)).run(review(grounded=0.2))
+            rows = ledger.recent(10)
+            figures = ledger.budget_figures()
+    ex = result.execution
+    assert ex.path == "local_low_confidence" and result.output == {"verdict": "fine"}
+    assert ex.reason and "Claude failed" in ex.reason
+    (failed,) = [r for r in rows if r.host == "claude"]
+    assert failed.path == "failed" and failed.provider == "anthropic" and failed.cost_usd == 0
+    assert (figures.spent_usd, figures.reserved_usd) == (0, 0)
+
+
+async def test_a_hanging_claude_is_bounded_by_the_task_budget(tmp_path: Path, http: httpx2.AsyncClient) -> None:
+    pool = await scripted_pool(scripted_host("gpu-1", FULL, [GOOD]))
+    with FaultHost("anthropic", fault=Fault("hang")) as api:
+        config = make_config(tmp_path, **{"claude.api_key": "sk-test"})
+        with Ledger(tmp_path / "l.db") as ledger:
+            started = time.monotonic()
+            result = await Router(pool, ledger, config, claude=claude_at(api, http)).run(
+                review(grounded=0.2, budget_s=1.0)
+            )
+            elapsed = time.monotonic() - started
+            (row,) = [r for r in ledger.recent(10) if r.host == "claude"]
+            assert ledger.budget_figures().reserved_usd == 0
+    assert elapsed < 1.0 + 0.5
+    ex = result.execution
+    assert ex.path == "local_low_confidence" and ex.timed_out and result.output == {"verdict": "fine"}
+    assert row.path == "failed" and row.error and "no answer within" in row.error
+
+
+# 6. a sole busy host ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_sole_busy_host_is_retried_after_its_retry_after(status: int, http: httpx2.AsyncClient) -> None:
+    """Before: the call failed at once. Target: retried, honouring Retry-After, within the deadline."""
+    with hosts(FaultHost(fault=Fault("status", status=status, retry_after="0.4", count=2))) as fakes:
+        pool = pool_of(fakes, http)
+        await pool.refresh_all()
+        started = time.monotonic()
+        result = await pool.chat(HELLO, tier=Tier.FULL)
+        elapsed = time.monotonic() - started
+        assert result.attempts == 3 and result.host == "h0" and len(result.failures) == 2
+        assert 0.8 <= elapsed < 0.8 + 1.0
+        assert pool.hosts["h0"].failures["overloaded"] == 2
+        assert pool.hosts["h0"].breaker.state is BreakerState.CLOSED, "busy is not broken"
+
+
+async def test_retry_after_as_an_http_date_and_capped(http: httpx2.AsyncClient) -> None:
+    when = email.utils.formatdate(time.time() + 2, usegmt=True)
+    with hosts(FaultHost(fault=Fault("status", retry_after=when, count=1))) as fakes:
+        pool = pool_of(fakes, http)
+        await pool.refresh_all()
+        started = time.monotonic()
+        assert (await pool.chat(HELLO, tier=Tier.FULL)).attempts == 2
+        assert 0.9 <= time.monotonic() - started < 3.5  # an HTTP date has whole seconds
+    with hosts(FaultHost(fault=Fault("status", retry_after="3600", count=1))) as fakes:
+        pool = pool_of(fakes, http, retry_after_cap_s=0.3)
+        await pool.refresh_all()
+        started = time.monotonic()
+        assert (await pool.chat(HELLO, tier=Tier.FULL)).attempts == 2
+        assert time.monotonic() - started < 1.5
+
+
+async def test_a_retry_after_past_the_deadline_fails_at_once_saying_so(http: httpx2.AsyncClient) -> None:
+    with hosts(FaultHost(fault=Fault("status", status=429, retry_after="20"))) as fakes:
+        pool = pool_of(fakes, http)
+        await pool.refresh_all()
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError, match=r"h0 is busy.*past the deadline.*hosts tried: h0"):
+            await pool.chat(HELLO, tier=Tier.FULL, deadline=started + 2.0)
+        assert time.monotonic() - started < 1.0
+
+
+# 7. ledger rows and pool_status tell the truth ----------------------------------------------------
+
+
+async def test_failed_rows_name_the_host_and_the_real_attempts(tmp_path: Path, http: httpx2.AsyncClient) -> None:
+    """Before: failed rows had host='' and attempts=1. Target: each row names its host and attempts."""
+    busy = Fault("status", status=503, retry_after="0.05")
+    with hosts(FaultHost(fault=busy), FaultHost(fault=Fault("malformed"))) as fakes:
+        pool = pool_of(fakes, http)
+        await pool.refresh_all()
+        pool.hosts["h1"].latency_ewma_ms = 10_000.0  # the busy host first
+        with Ledger(tmp_path / "l.db") as ledger:
+            router = Router(pool, ledger, make_config(tmp_path))
+            with pytest.raises(Exception, match="no answer"):
+                await router.run(review(), call_id="c1")
+            rows = {r.host: r for r in ledger.recent(10)}
+    # h0 busy, h1 a bad body (its breaker counts it), then h0 again after its Retry-After
+    assert set(rows) == {"h0", "h1"} and all(r.path == "failed" and r.call_id == "c1" for r in rows.values())
+    assert (rows["h0"].attempts, rows["h1"].attempts) == (2, 1)
+    assert "503" in (rows["h0"].error or "") and "not an OpenAI chat completion" in (rows["h1"].error or "")
+    assert {r.provider for r in rows.values()} == {"openai"}
+    status = host_status(pool.hosts["h0"], pool)
+    assert (status.failed, status.failures.overloaded) == (2, 2)
+    assert host_status(pool.hosts["h1"], pool).failures.bad_body == 1
+
+
+async def test_a_call_answered_after_failover_records_the_failed_host_too(
+    tmp_path: Path, http: httpx2.AsyncClient
+) -> None:
+    with hosts(FaultHost(fault=Fault("empty")), FaultHost()) as fakes:
+        pool = pool_of(fakes, http)
+        await pool.refresh_all()
+        pool.hosts["h1"].latency_ewma_ms = 10_000.0
+        with Ledger(tmp_path / "l.db") as ledger:
+            result = await Router(pool, ledger, make_config(tmp_path)).run(review())
+            rows = list(reversed(ledger.recent(10)))
+    assert result.execution.host == "h1" and result.execution.attempts == 2
+    assert [(r.host, r.path, r.attempts) for r in rows] == [("h0", "failed", 1), ("h1", "local", 1)]
+
+
+# 8. capacity of hosts with 1, 2 and 4 slots --------------------------------------------------------
+
+
+@pytest.mark.slow  # about 15 s of measured traffic
+async def test_hosts_with_1_2_and_4_slots_are_kept_busy(tmp_path: Path, http: httpx2.AsyncClient) -> None:
+    """50 ms a request, 8 callers. Before: 88-92 % through the pool, 84-86 % through the router.
+    Target: >= 95 % of what the hosts deliver, through the pool and through the router.
+
+    What the hosts deliver is measured in the same run, interleaved: one dedicated caller per slot
+    driving the backends directly, with no pool at all (on this machine, HTTP itself costs a few
+    ms of each 50 ms cycle, so that is below the nominal 140 requests a second)."""
+    slots = (1, 2, 4)
+    task = LLMTask(
+        name="capacity",
+        kind=TaskKind.GENERAL,
+        messages=(ChatMessage(role="user", content="Is it fine?"),),
+        output_schema=SCHEMA,
+        grounding=lambda output: GroundingResult(score=1.0),
+        tier=Tier.FULL,
+        allow_claude=False,
+    )
+    with hosts(*(FaultHost(delay_s=0.05, slots=n) for n in slots)) as fakes:
+        pool = pool_of(fakes, http, slots=slots)
+        await pool.refresh_all()
+        with Ledger(tmp_path / "l.db") as ledger:
+            router = Router(pool, ledger, make_config(tmp_path))
+            assert (await router.run(task)).execution.path == "local"
+            backends = [h.backend for h in pool.hosts.values()]
+            request = HELLO.model_copy(update={"model": next(iter(pool.hosts["h0"].models))})
+
+            async def rate(callers: list[Any], seconds: float = 1.5) -> float:
+                done = 0
+                stop = time.monotonic() + seconds
+
+                async def loop(call: Any) -> None:
+                    nonlocal done
+                    while time.monotonic() < stop:
+                        await call()
+                        done += 1
+
+                started = time.monotonic()
+                async with anyio.create_task_group() as tg:
+                    for call in callers:
+                        tg.start_soon(loop, call)
+                return done / (time.monotonic() - started)
+
+            direct = [lambda b=b: b.chat(request) for b, n in zip(backends, slots, strict=True) for _ in range(n)]
+            rates: dict[str, list[float]] = {"direct": [], "pool": [], "router": []}
+            for _ in range(3):
+                rates["direct"].append(await rate(direct))
+                rates["pool"].append(await rate([lambda: pool.chat(HELLO, tier=Tier.FULL)] * 8))
+                rates["router"].append(await rate([lambda: router.run(task)] * 8))
+    delivered = statistics.median(rates["direct"])
+    nominal = sum(slots) / 0.05
+    assert delivered > 0.8 * nominal, rates  # the fakes themselves keep up
+    for path in ("pool", "router"):
+        assert statistics.median(rates[path]) >= 0.95 * delivered, (path, rates, nominal)
+    assert all(h.peak_in_flight <= h.max_concurrency for h in pool.hosts.values())
+    assert [f.max_in_flight for f in fakes] == list(slots)
