@@ -47,9 +47,10 @@ from caelum_mcp.backends.openai import OpenAIBackend
 from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
 from caelum_mcp.config import Config, load_config
 from caelum_mcp.errors import CaelumError
+from caelum_mcp.hosts import CircuitBreaker, Host
 from caelum_mcp.ledger import Ledger
 from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
-from caelum_mcp.pool import CircuitBreaker, Host, Pool
+from caelum_mcp.pool import Pool
 from caelum_mcp.router import Router
 from caelum_mcp.types import ChatMessage, ChatRequest, Tier
 

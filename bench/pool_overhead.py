@@ -52,7 +52,8 @@ from caelum_mcp.app import make_http_client
 from caelum_mcp.backends.openai import OpenAIBackend
 from caelum_mcp.config import Config
 from caelum_mcp.embedded import EmbeddedServer, embedded_status
-from caelum_mcp.pool import Host, Pool
+from caelum_mcp.hosts import Host
+from caelum_mcp.pool import Pool
 from caelum_mcp.types import ChatMessage, ChatRequest, Tier
 
 STUB_MODEL = "smollm2-135m-stub"

@@ -26,8 +26,9 @@ from caelum_mcp.backends.openai import OpenAIBackend
 from caelum_mcp.cache import ResultCache
 from caelum_mcp.config import DEFAULT_OLLAMA_URL, Config, HostConfig
 from caelum_mcp.embedded import EMBEDDED_MODEL_NAME, EmbeddedServer, EmbeddedUnavailableError
+from caelum_mcp.hosts import CircuitBreaker, Host
 from caelum_mcp.ledger import Ledger
-from caelum_mcp.pool import CircuitBreaker, Host, Pool
+from caelum_mcp.pool import Pool
 from caelum_mcp.router import Router
 from caelum_mcp.status import PoolAdministration
 from caelum_mcp.types import Tier

@@ -40,15 +40,12 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import NamedTuple, TypeVar
 
 import anyio
 import anyio.lowlevel
 
-from caelum_mcp.backends.base import Backend
 from caelum_mcp.errors import (
-    FAULTS,
     AllHostsFailedError,
     BackendError,
     DeadlineExceededError,
@@ -58,6 +55,14 @@ from caelum_mcp.errors import (
     StreamInterruptedError,
     echo,
 )
+from caelum_mcp.hosts import (
+    TIER_ORDER,
+    BreakerState,
+    Host,
+    model_size_rank,
+    nearest_tiers,
+    tier_rank,
+)
 from caelum_mcp.types import (
     SIZE_TIERS,
     ChatRequest,
@@ -65,19 +70,13 @@ from caelum_mcp.types import (
     EmbedRequest,
     EmbedResponse,
     HealthReport,
-    ModelInfo,
     StreamChunk,
     Tier,
-    size_from_model_name,
-    tier_for_size,
 )
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-CODE_MARKERS = ("coder", "code", "starcoder", "codellama", "devstral", "codestral", "codegemma")
-EMBED_MARKERS = ("embed", "bge", "e5-", "minilm", "nomic-bert")
 
 # Defaults of the [pool] settings of the same names (caelum_mcp.config.PoolConfig).
 DEFAULT_CALL_DEADLINE_S = 300.0
@@ -94,134 +93,6 @@ DEFAULT_OUTLIER_PROBE_S = 30.0
 _OUTLIER_CHECK_EVERY_S = 0.05
 # A timeout this close to the call's deadline was the deadline's doing.
 _DEADLINE_SLACK_S = 0.01
-
-
-class BreakerState(StrEnum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
-@dataclass
-class CircuitBreaker:
-    """Consecutive failures open the breaker; after ``cooldown_s`` one probe may pass."""
-
-    failure_threshold: int = 3
-    cooldown_s: float = 30.0
-    clock: Callable[[], float] = time.monotonic
-    state: BreakerState = BreakerState.CLOSED
-    failures: int = 0
-    opened_at: float = 0.0
-    _probe_in_flight: bool = False
-
-    def allows(self) -> bool:
-        """Whether a request may go to this host now (does not claim the probe)."""
-        if self.state is BreakerState.CLOSED:
-            return True
-        if self.state is BreakerState.OPEN and self.clock() - self.opened_at >= self.cooldown_s:
-            return True
-        return self.state is BreakerState.HALF_OPEN and not self._probe_in_flight
-
-    def on_dispatch(self) -> None:
-        if self.state is BreakerState.OPEN and self.clock() - self.opened_at >= self.cooldown_s:
-            self.state = BreakerState.HALF_OPEN
-        if self.state is BreakerState.HALF_OPEN:
-            self._probe_in_flight = True
-
-    def record_success(self) -> None:
-        self.state = BreakerState.CLOSED
-        self.failures = 0
-        self._probe_in_flight = False
-
-    def record_failure(self, *, force_open: bool = False) -> None:
-        self.failures += 1
-        self._probe_in_flight = False
-        if force_open or self.state is BreakerState.HALF_OPEN or self.failures >= self.failure_threshold:
-            self.state = BreakerState.OPEN
-            self.opened_at = self.clock()
-
-
-def _no_failures() -> dict[str, int]:
-    return dict.fromkeys(FAULTS, 0)
-
-
-@dataclass
-class Host:
-    """One server in the pool; mutable state is owned by the pool.
-
-    ``outstanding`` counts the requests sent to the host: in flight plus waiting for one of its
-    ``max_concurrency`` slots. ``failures`` counts failed attempts by cause (see
-    :data:`caelum_mcp.errors.FAULTS`). ``ejected`` marks an outlier: no new work before
-    ``ejected_until`` (a ``time.monotonic()`` value) while another host can take it.
-    """
-
-    name: str
-    backend: Backend
-    max_concurrency: int = 1
-    enabled: bool = True
-    allowed_models: tuple[str, ...] = ()
-    tier_overrides: dict[str, Tier] = field(default_factory=dict)
-    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
-    models: dict[str, ModelInfo] = field(default_factory=dict)
-    outstanding: int = 0
-    in_flight: int = 0
-    peak_in_flight: int = 0
-    served: int = 0
-    failed: int = 0
-    failures: dict[str, int] = field(default_factory=_no_failures)
-    latency_ewma_ms: float | None = None
-    last_health: HealthReport | None = None
-    last_error: str | None = None
-    embedded: bool = False
-    ejected: bool = False
-    ejected_until: float = 0.0
-    next_outlier_check: float = field(default=0.0, repr=False)
-    free_slots: int = field(default=-1, repr=False)
-    _tiers: dict[str, frozenset[Tier]] = field(default_factory=dict)
-    _tiers_key: tuple[int, int, int] = (0, 0, 0)
-
-    def __post_init__(self) -> None:
-        if self.free_slots < 0:
-            self.free_slots = self.max_concurrency
-
-    @property
-    def kind(self) -> str:
-        return self.backend.kind
-
-    @property
-    def load(self) -> float:
-        return self.outstanding / self.max_concurrency
-
-    def tiers_of(self, model: str, global_overrides: dict[str, Tier]) -> frozenset[Tier]:
-        """Every tier a model counts as: its size tier plus ``code`` / ``embedding`` (memoised).
-
-        Selection asks this for every model of every host on every request, so the answer is
-        kept until the host's models or either override table change.
-        """
-        key = (id(self.models), len(self.tier_overrides), len(global_overrides))
-        if key != self._tiers_key:
-            self._tiers = {}
-            self._tiers_key = key
-        tiers = self._tiers.get(model)
-        if tiers is None:
-            tiers = self._tiers[model] = frozenset(self._compute_tiers(model, global_overrides))
-        return tiers
-
-    def _compute_tiers(self, model: str, global_overrides: dict[str, Tier]) -> set[Tier]:
-        override = self.tier_overrides.get(model) or global_overrides.get(model)
-        if override is not None:
-            return {override}
-        info = self.models.get(model)
-        text = " ".join([model, *(info.families if info else ()), (info.family or "") if info else ""]).lower()
-        caps = set(info.capabilities) if info else set()
-        if "embedding" in caps or any(m in text for m in EMBED_MARKERS):
-            return {Tier.EMBEDDING}
-        tiers: set[Tier] = set()
-        size = info.parameters_b if info and info.parameters_b else size_from_model_name(model)
-        tiers.add(tier_for_size(size) if size else Tier.SMALL)
-        if any(m in model.lower() for m in CODE_MARKERS):
-            tiers.add(Tier.CODE)
-        return tiers
 
 
 class Selection(NamedTuple):
@@ -495,7 +366,7 @@ class Pool:
         if best is None:
             return None
         host, name, tiers = best
-        return Selection(host, name, tier if model is None and tier is not None else min(tiers, key=_tier_rank))
+        return Selection(host, name, tier if model is None and tier is not None else min(tiers, key=tier_rank))
 
     def select(
         self,
@@ -513,11 +384,11 @@ class Pool:
         then a model already loaded, then the host name. ``min_tier`` (a size tier) rules out
         smaller models, the nearest-tier fallback included.
         """
-        min_rank = _TIER_ORDER[min_tier] if min_tier in SIZE_TIERS else 0
+        min_rank = TIER_ORDER[min_tier] if min_tier in SIZE_TIERS else 0
         sel = self._best(tier, model, exclude, min_rank)
         if sel is None and model is None and tier in SIZE_TIERS:
-            for alt in _nearest_tiers(tier):
-                if _TIER_ORDER[alt] < min_rank:
+            for alt in nearest_tiers(tier):
+                if TIER_ORDER[alt] < min_rank:
                     continue
                 sel = self._best(alt, None, exclude, min_rank)
                 if sel is not None:
@@ -536,7 +407,7 @@ class Pool:
     def eligible_models(self, *, min_tier: Tier | None = None, code: bool = False) -> list[Eligible]:
         """Models that could serve a chat now: on an enabled host whose breaker lets requests through,
         not embedding models, of size tier ``min_tier`` or larger, and code models if ``code``."""
-        min_rank = _TIER_ORDER[min_tier] if min_tier in SIZE_TIERS else 0
+        min_rank = TIER_ORDER[min_tier] if min_tier in SIZE_TIERS else 0
         found = []
         for host in self.hosts.values():
             if not host.enabled or not host.breaker.allows():
@@ -598,7 +469,7 @@ class Pool:
         """Wait for a slot on ``sel.host``, or on another host that frees one first when moving
         there is quicker. Returns the selection that holds the slot, or None when the host was taken
         out of rotation meanwhile (select again). Raises DeadlineExceededError at the deadline."""
-        min_rank = _TIER_ORDER[call.min_tier] if call.min_tier in SIZE_TIERS else 0
+        min_rank = TIER_ORDER[call.min_tier] if call.min_tier in SIZE_TIERS else 0
         want = sel.tier if call.model is None and call.tier is not None else call.tier
         waiter = _Waiter(sel, want, call.model, min_rank, frozenset(call.exclude))
         self._waiters.append(waiter)
@@ -1005,35 +876,3 @@ def _peers(host: Host, hosts: Iterable[Host]) -> Iterable[Host]:
     for other in hosts:
         if other is not host and other.enabled and not models.isdisjoint(other.models):
             yield other
-
-
-_TIER_ORDER = {Tier.MICRO: 0, Tier.SMALL: 1, Tier.FULL: 2, Tier.LARGE: 3, Tier.CODE: 4, Tier.EMBEDDING: 5}
-
-
-def _tier_rank(tier: Tier) -> int:
-    return _TIER_ORDER[tier]
-
-
-def model_size_rank(tiers: Collection[Tier]) -> int:
-    """The rank of a model's size tier (micro 0 … large 3) from the tiers it counts as.
-
-    A model with no size tier (configured as ``code`` only) is taken as large enough for any task:
-    the user said what it is for.
-    """
-    ranks = [_TIER_ORDER[t] for t in tiers if t in SIZE_TIERS]
-    return max(ranks) if ranks else _TIER_ORDER[Tier.LARGE]
-
-
-def _nearest_tiers(tier: Tier) -> list[Tier]:
-    """Other size tiers, nearest first, larger before smaller at equal distance."""
-    idx = SIZE_TIERS.index(tier)
-    return sorted(
-        (t for t in SIZE_TIERS if t is not tier),
-        key=lambda t: (abs(SIZE_TIERS.index(t) - idx), -SIZE_TIERS.index(t)),
-    )
-
-
-def larger_tiers(tier: Tier) -> list[Tier]:
-    if tier not in SIZE_TIERS:
-        return []
-    return list(SIZE_TIERS[SIZE_TIERS.index(tier) + 1 :])

@@ -27,9 +27,10 @@ whole output allowance) against the daily budget, atomically in the ledger; the 
 the call's row when it ends, or is released when it fails, so concurrent escalations (in one process
 or several sharing a data directory) cannot overspend the budget.
 
-An output schema is checked before anything runs: a schema that is not valid JSON schema, a ``$ref``
-that points nowhere or references that loop without end raise
-:class:`~caelum_mcp.errors.InvalidSchemaError` naming the problem.
+An output schema is checked before anything runs (:mod:`caelum_mcp.answers`, which also finds and
+validates the JSON in each reply): a schema that is not valid JSON schema, a ``$ref`` that points
+nowhere or references that loop without end raise :class:`~caelum_mcp.errors.InvalidSchemaError`
+naming the problem.
 
 The output schema reaches each model once: a local model reads it in the system prompt (its server
 also gets it as a grammar constraint, which costs no tokens); Claude gets it from the Anthropic
@@ -42,24 +43,18 @@ call is one row per host that failed it, naming the host and how many attempts i
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import logging
 import math
 import time
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import jsonschema
-import jsonschema.exceptions
-import referencing
-import referencing.exceptions
-import referencing.jsonschema
 
+from caelum_mcp.answers import parse_answer, self_reported, strip_confidence, task_schema, with_schema_instruction
 from caelum_mcp.backends.base import Backend
 from caelum_mcp.confidence import ConfidenceParts, mean_token_probability, score
 from caelum_mcp.config import Config
@@ -68,7 +63,6 @@ from caelum_mcp.errors import (
     BackendError,
     BudgetExceededError,
     DeadlineExceededError,
-    InvalidSchemaError,
     NoHostAvailableError,
     TaskFailedError,
     TaskSkippedError,
@@ -92,17 +86,6 @@ from caelum_mcp.types import SIZE_TIERS, ChatMessage, ChatRequest, ChatResponse,
 
 log = logging.getLogger(__name__)
 
-# No minimum/maximum: grammar-constrained decoders do not enforce them, and a model that answers
-# "confidence": 90 has still answered; the value is normalised in ``_self_reported``.
-CONFIDENCE_FIELD = {
-    "type": "number",
-    "description": "how sure you are that this answer is correct, from 0 to 1",
-}
-TEXT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {"answer": {"type": "string"}},
-    "required": ["answer"],
-}
 # What a model of each size tier is, for messages that tell the user what to add.
 TIER_SIZES = {Tier.MICRO: "any size", Tier.SMALL: "2B+", Tier.FULL: "6B+", Tier.LARGE: "14B+"}
 _REPLY_ECHO_CHARS = 4000
@@ -111,7 +94,6 @@ _REPLY_ECHO_CHARS = 4000
 _BACKSTOP_S = 0.5
 # A Claude reservation outlives the run's deadline by this much before it lapses on its own.
 _RESERVATION_GRACE_S = 60.0
-_SCHEMA_ECHO_CHARS = 200
 
 
 @dataclass
@@ -286,7 +268,7 @@ class Router:
     ) -> RoutedResult:
         """Run ``task``; see the module docstring. Raises :class:`TaskSkippedError` before any
         model call when nothing that can do it is available."""
-        schema, validator = self._schema(task)
+        schema, validator = task_schema(task.output_schema)
         needs = self.needs(task)
         availability = self.availability(task, needs)
         if not availability.runnable:
@@ -367,7 +349,7 @@ class Router:
         if first is None:
             return None
         reply = first
-        output, error = _parse(first.response.content, run.validator)
+        output, error = parse_answer(first.response.content, run.validator)
         repaired = False
         if error is not None:
             repair = request.model_copy(
@@ -391,11 +373,11 @@ class Router:
                     run.errors.append(str(exc))
             if second is not None:
                 reply = second
-                output, error = _parse(second.response.content, run.validator)
+                output, error = parse_answer(second.response.content, run.validator)
             repaired = True
         parts = await self._score(run.task, output, error, repaired, reply.response)
         return _Candidate(
-            output=_strip(run.task, output),
+            output=strip_confidence(run.task, output),
             text=reply.response.content,
             parts=parts,
             provider=first.provider,
@@ -417,7 +399,7 @@ class Router:
         temperature = run.task.temperature
         return ChatRequest(
             model="",
-            messages=_with_schema_instruction(run.task.messages, run.schema),
+            messages=with_schema_instruction(run.task.messages, run.schema),
             json_schema=run.schema,
             logprobs=True,
             max_tokens=min(needs.max_output_tokens, self.config.router.max_tokens),
@@ -563,7 +545,7 @@ class Router:
         grounding: GroundingResult | None = None
         if output is not None and task.grounding is not None:
             try:
-                checked = task.grounding(_strip(task, output) or {})
+                checked = task.grounding(strip_confidence(task, output) or {})
                 grounding = await checked if inspect.isawaitable(checked) else checked
             except Exception as exc:  # a broken check must not lose the answer
                 log.exception("grounding check of %s failed", task.name)
@@ -571,26 +553,11 @@ class Router:
         return score(
             valid=error is None,
             repaired=repaired,
-            self_reported=_self_reported(output),
+            self_reported=self_reported(output),
             token_probability=mean_token_probability(response.logprobs),
             grounding=grounding.score if grounding else None,
             grounding_problems=grounding.problems if grounding else (),
         )
-
-    def _schema(self, task: LLMTask) -> tuple[dict[str, Any], Any]:
-        """The schema the models get (the task's, plus the confidence field) and its validator;
-        raises InvalidSchemaError when the task's schema cannot be used."""
-        if task.output_schema is not None and not isinstance(task.output_schema, dict):
-            raise InvalidSchemaError("the output schema must be a JSON object (a dict)")
-        schema = copy.deepcopy(task.output_schema or TEXT_SCHEMA)
-        if schema.get("type") == "object":
-            props = schema.setdefault("properties", {})
-            required = schema.get("required", [])
-            # Anything else is the caller's mistake, which the check below reports as it is.
-            if isinstance(props, dict) and isinstance(required, list) and "confidence" not in props:
-                props["confidence"] = CONFIDENCE_FIELD
-                schema["required"] = [*required, "confidence"]
-        return schema, _validator_for(schema)
 
     def _result(
         self, run: _Run, cand: _Candidate, path: FinalPath, reason: str | None, *, timed_out: bool = False
@@ -624,64 +591,6 @@ def _base(model: str) -> str:
     return model.split(":")[0]
 
 
-def _with_schema_instruction(messages: tuple[ChatMessage, ...], schema: dict[str, Any]) -> tuple[ChatMessage, ...]:
-    """The task's messages with the JSON instruction (and the schema) added to the system prompt."""
-    instruction = "Reply with one JSON object only, no prose, matching this JSON schema:\n" + json.dumps(
-        schema, separators=(",", ":")
-    )
-    msgs = list(messages)
-    if msgs and msgs[0].role == "system":
-        msgs[0] = ChatMessage(role="system", content=msgs[0].content + "\n\n" + instruction)
-    else:
-        msgs.insert(0, ChatMessage(role="system", content=instruction))
-    return tuple(msgs)
-
-
-def _strip(task: LLMTask, output: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Drop the confidence field the router added (keep it if the caller's schema has one)."""
-    if output is None:
-        return None
-    original = (task.output_schema or TEXT_SCHEMA).get("properties", {})
-    return {k: v for k, v in output.items() if k != "confidence" or "confidence" in original}
-
-
-def _self_reported(output: dict[str, Any] | None) -> float | None:
-    """The model's own confidence, read as a fraction (90 and 0.9 both mean 0.9)."""
-    value = output.get("confidence") if output else None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if 1 < value <= 100:
-        value = value / 100
-    return min(1.0, max(0.0, float(value)))
-
-
-def _parse(text: str, validator: Any) -> tuple[dict[str, Any] | None, str | None]:
-    """The JSON object in ``text`` validated by ``validator``, or the reason it is not valid.
-
-    The schema was checked before the run; should validating still fail for the schema's sake,
-    that is InvalidSchemaError, not a fault of the reply.
-    """
-    candidate = _extract_json(text)
-    if candidate is None:
-        return None, "no JSON object found in the reply"
-    try:
-        data = json.loads(candidate)
-    except json.JSONDecodeError as exc:
-        return None, f"invalid JSON ({exc.msg} at position {exc.pos})"
-    except RecursionError:
-        return None, "invalid JSON (nested too deeply)"
-    if not isinstance(data, dict):
-        return None, "the reply is JSON but not an object"
-    try:
-        violation = jsonschema.exceptions.best_match(validator.iter_errors(data))
-    except (RecursionError, referencing.exceptions.Unresolvable) as exc:
-        raise InvalidSchemaError(f"the output schema cannot be used: {_schema_problem(exc)}") from None
-    if violation is not None:
-        where = "/".join(str(p) for p in violation.absolute_path) or "(root)"
-        return None, f"schema violation at {where}: {violation.message[:300]}"
-    return data, None
-
-
 def _cost_bound(
     messages: Sequence[ChatMessage], schema: dict[str, Any] | None, max_tokens: int, price: ModelPrice
 ) -> float:
@@ -689,194 +598,6 @@ def _cost_bound(
     output allowance (what a budget reservation must hold so that concurrent calls cannot overrun)."""
     chars = sum(len(m.content) for m in messages) + len(json.dumps(schema or {}))
     return cost_usd(Usage(input_tokens=math.ceil(chars / CHARS_PER_TOKEN), output_tokens=max_tokens), price)
-
-
-# Keywords whose subschemas apply to the same instance: a loop of references through these alone
-# never reaches the end of the instance, so validation would recurse until Python gives up.
-_IN_PLACE_ONE = ("not", "if", "then", "else")
-_IN_PLACE_MANY = ("allOf", "anyOf", "oneOf")
-# Keywords holding subschemas (for the walk over every subschema).
-_SUBSCHEMA_ONE = (
-    *_IN_PLACE_ONE,
-    "additionalProperties",
-    "additionalItems",
-    "items",
-    "contains",
-    "propertyNames",
-    "unevaluatedItems",
-    "unevaluatedProperties",
-    "contentSchema",
-)
-_SUBSCHEMA_MANY = (*_IN_PLACE_MANY, "prefixItems", "items")
-_SUBSCHEMA_MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies")
-# Validators for schemas already checked, by their JSON text: supervisors send the same few.
-_VALIDATORS: dict[str, Any] = {}
-_VALIDATOR_CACHE_SIZE = 256
-
-
-def _validator_for(schema: dict[str, Any]) -> Any:
-    """A validator for ``schema``, after checking that it can be used at all: valid JSON schema,
-    every local ``$ref`` resolves, no loop of in-place references, and a trial validation ends.
-    Raises InvalidSchemaError with a short message naming the problem."""
-    try:
-        key = json.dumps(schema, sort_keys=True)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidSchemaError(f"the output schema is not JSON: {_schema_problem(exc)}") from None
-    cached = _VALIDATORS.get(key)
-    if cached is not None:
-        return cached
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    try:
-        cls.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-        raise InvalidSchemaError(
-            f"the output schema is not valid JSON schema at {where}: {exc.message[:200]}"
-        ) from None
-    except RecursionError:
-        raise InvalidSchemaError("the output schema is nested too deeply") from None
-    _check_references(schema)
-    validator = cls(schema)
-    trials: tuple[object, ...] = ({}, [], "", 0, None)
-    for trial in trials:
-        try:
-            validator.is_valid(trial)
-        except (RecursionError, referencing.exceptions.Unresolvable) as exc:
-            raise InvalidSchemaError(f"the output schema cannot be used: {_schema_problem(exc)}") from None
-    if len(_VALIDATORS) >= _VALIDATOR_CACHE_SIZE:
-        _VALIDATORS.clear()
-    _VALIDATORS[key] = validator
-    return validator
-
-
-def _schema_problem(exc: BaseException) -> str:
-    if isinstance(exc, RecursionError):
-        return "its references loop without end"
-    if isinstance(exc, referencing.exceptions.Unresolvable):
-        return f"a $ref points nowhere ({_echo_ref(getattr(exc, 'ref', '') or str(exc))})"
-    return f"{type(exc).__name__}: {str(exc)[:_SCHEMA_ECHO_CHARS]}"
-
-
-def _echo_ref(ref: str) -> str:
-    return ref if len(ref) <= _SCHEMA_ECHO_CHARS else ref[: _SCHEMA_ECHO_CHARS - 1] + "…"
-
-
-def _subschemas(node: dict[str, Any]) -> Iterator[Any]:
-    for key in _SUBSCHEMA_ONE:
-        yield node.get(key)
-    for key in _SUBSCHEMA_MANY:
-        value = node.get(key)
-        if isinstance(value, list):
-            yield from value
-    for key in _SUBSCHEMA_MAP:
-        value = node.get(key)
-        if isinstance(value, dict):
-            yield from value.values()
-
-
-def _in_place(node: dict[str, Any], root: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The subschemas applied to the same instance as ``node``, its local ``$ref`` target included."""
-    for key in _IN_PLACE_ONE:
-        value = node.get(key)
-        if isinstance(value, dict):
-            yield value
-    for key in _IN_PLACE_MANY:
-        value = node.get(key)
-        if isinstance(value, list):
-            yield from (v for v in value if isinstance(v, dict))
-    ref = node.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#"):
-        target = _resolve_local(ref, root)
-        if isinstance(target, dict):
-            yield target
-
-
-def _resolve_local(ref: str, root: dict[str, Any]) -> Any:
-    """The target of a ``#/json/pointer`` or ``#anchor`` reference in ``root``; None when missing."""
-    fragment = urllib.parse.unquote(ref[1:])
-    if not fragment or fragment.startswith("/"):
-        target: Any = root
-        for raw in fragment.split("/")[1:]:
-            part = raw.replace("~1", "/").replace("~0", "~")
-            if isinstance(target, dict) and part in target:
-                target = target[part]
-            elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
-                target = target[int(part)]
-            else:
-                return None
-        return target
-    stack: list[Any] = [root]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if node.get("$anchor") == fragment or node.get("$dynamicAnchor") == fragment:
-                return node
-            stack.extend(_subschemas(node))
-    return None
-
-
-def _resolves(ref: str, root: dict[str, Any]) -> bool:
-    """Whether ``ref`` points at something inside ``root``: a local pointer or anchor, or a URI that
-    one of its ``$id``s names (a schema elsewhere would need fetching, which never happens)."""
-    if ref.startswith("#"):
-        return _resolve_local(ref, root) is not None
-    try:
-        resource = referencing.jsonschema.specification_with(
-            str(root.get("$schema", "")), default=referencing.jsonschema.DRAFT202012
-        ).create_resource(root)
-        registry: referencing.Registry[Any] = referencing.Registry().with_resource(resource.id() or "", resource)
-        registry.crawl().resolver(base_uri=resource.id() or "").lookup(ref)
-    except (referencing.exceptions.Unresolvable, referencing.exceptions.CannotDetermineSpecification):
-        return False
-    return True
-
-
-def _check_references(root: dict[str, Any]) -> None:
-    """Every ``$ref`` resolves inside the schema (nothing is ever fetched), and no subschema reaches
-    itself through in-place keywords and references alone."""
-    nodes: list[dict[str, Any]] = []
-    stack: list[Any] = [root]
-    seen: set[int] = set()
-    while stack:
-        node = stack.pop()
-        if not isinstance(node, dict) or id(node) in seen:
-            continue
-        seen.add(id(node))
-        nodes.append(node)
-        ref = node.get("$ref")
-        if isinstance(ref, str) and not _resolves(ref, root):
-            raise InvalidSchemaError(f"the output schema cannot be used: a $ref points nowhere ({_echo_ref(ref)})")
-        stack.extend(_subschemas(node))
-    # Depth-first search for a cycle over in-place edges (white/grey/black colouring).
-    colour: dict[int, int] = {}
-    for start in nodes:
-        if colour.get(id(start)):
-            continue
-        path: list[tuple[dict[str, Any], Iterator[dict[str, Any]]]] = [(start, _in_place(start, root))]
-        colour[id(start)] = 1
-        while path:
-            node, children = path[-1]
-            child = next(children, None)
-            if child is None:
-                colour[id(node)] = 2
-                path.pop()
-            elif colour.get(id(child)) == 1:
-                raise InvalidSchemaError(
-                    "the output schema cannot be used: its references loop without end "
-                    "(a $ref that leads back to itself through $ref, allOf, anyOf, oneOf, not or if/then/else)"
-                )
-            elif not colour.get(id(child)):
-                colour[id(child)] = 1
-                path.append((child, _in_place(child, root)))
-
-
-def _extract_json(text: str) -> str | None:
-    """The outermost {...} in a reply, tolerating code fences and prose around it."""
-    start = text.find("{")
-    end = text.rfind("}")
-    if start == -1 or end <= start:
-        return None
-    return text[start : end + 1]
 
 
 def _failed_hosts(

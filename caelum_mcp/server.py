@@ -48,7 +48,7 @@ from caelum_mcp import __version__
 from caelum_mcp.app import AppState, open_app
 from caelum_mcp.config import Config
 from caelum_mcp.errors import CaelumError
-from caelum_mcp.pool import Host
+from caelum_mcp.hosts import Host
 from caelum_mcp.runtime import ToolRuntime, validate_arguments
 from caelum_mcp.schemas import compact_schema
 from caelum_mcp.supervisors import SUPERVISORS

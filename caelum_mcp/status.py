@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pydantic import Field
 
 from caelum_mcp.config import Config
+from caelum_mcp.hosts import Host
 from caelum_mcp.ledger import Ledger, LedgerSummary
-from caelum_mcp.pool import Host, Pool
+from caelum_mcp.pool import Pool
 from caelum_mcp.types import Frozen
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from caelum_mcp.app import open_app
 from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
 from caelum_mcp.config import load_config
-from caelum_mcp.pool import Host
+from caelum_mcp.hosts import Host
 from caelum_mcp.runtime import ToolRuntime
 from caelum_mcp.types import ChatRequest
 

@@ -1,7 +1,7 @@
 """A scripted, in-process backend for deterministic tests of the pool, the router and above.
 
 No HTTP and no model: every answer is scripted, so a test states exactly what each host says, how
-long it takes, how sure it is and how it fails. Put one behind a real :class:`~caelum_mcp.pool.Host`
+long it takes, how sure it is and how it fails. Put one behind a real :class:`~caelum_mcp.hosts.Host`
 and the pool's selection, failover and breakers run unchanged::
 
     from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply

@@ -13,7 +13,8 @@ import pytest
 from caelum_mcp.backends.base import BACKENDS
 from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
 from caelum_mcp.errors import AllHostsFailedError, HostConnectError, HostOverloadedError, HostTimeoutError
-from caelum_mcp.pool import Host, Pool
+from caelum_mcp.hosts import Host
+from caelum_mcp.pool import Pool
 from caelum_mcp.types import ChatMessage, ChatRequest, EmbedRequest, StreamChunk, Tier, Usage
 
 MODELS = [("qwen3:8b", 8.0)]

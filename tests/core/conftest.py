@@ -14,8 +14,9 @@ from caelum_mcp.backends.anthropic import AnthropicBackend
 from caelum_mcp.backends.openai import OpenAIBackend
 from caelum_mcp.backends.scripted import ScriptedBackend
 from caelum_mcp.config import Config, load_config
+from caelum_mcp.hosts import CircuitBreaker, Host
 from caelum_mcp.ledger import Ledger
-from caelum_mcp.pool import CircuitBreaker, Host, Pool
+from caelum_mcp.pool import Pool
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:

@@ -27,9 +27,10 @@ from caelum_mcp.backends.ollama import OllamaBackend
 from caelum_mcp.backends.openai import OpenAIBackend
 from caelum_mcp.backends.scripted import ScriptedReply
 from caelum_mcp.errors import DeadlineExceededError, StreamInterruptedError
+from caelum_mcp.hosts import BreakerState, CircuitBreaker, Host
 from caelum_mcp.ledger import Ledger
 from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
-from caelum_mcp.pool import BreakerState, CircuitBreaker, Host, Pool
+from caelum_mcp.pool import Pool
 from caelum_mcp.router import Router
 from caelum_mcp.status import host_status
 from caelum_mcp.types import ChatMessage, ChatRequest, Tier

@@ -14,7 +14,8 @@ from fakes.ollama_server import FakeOllama
 from caelum_mcp.backends.ollama import OllamaBackend
 from caelum_mcp.embedded import EmbeddedServer
 from caelum_mcp.errors import AllHostsFailedError, BadRequestError, NoHostAvailableError
-from caelum_mcp.pool import BreakerState, CircuitBreaker, Host, Pool
+from caelum_mcp.hosts import BreakerState, CircuitBreaker, Host
+from caelum_mcp.pool import Pool
 from caelum_mcp.types import ChatMessage, ChatRequest, ModelInfo, Tier
 
 from .conftest import openai_host

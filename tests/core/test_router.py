@@ -265,7 +265,7 @@ async def test_low_confidence_escalates_to_a_larger_local_tier_first(
     from fakes.ollama_server import FakeOllama
 
     from caelum_mcp.backends.ollama import OllamaBackend
-    from caelum_mcp.pool import CircuitBreaker, Host
+    from caelum_mcp.hosts import CircuitBreaker, Host
 
     def answer(request: dict[str, Any]) -> str:
         return json.dumps({"city": "Lutetia", "confidence": 0.9})

@@ -16,7 +16,7 @@ import anyio
 from mcp import Client
 
 from caelum_mcp.config import load_config
-from caelum_mcp.pool import Host
+from caelum_mcp.hosts import Host
 from caelum_mcp.server import create_server
 
 PLANTED = {

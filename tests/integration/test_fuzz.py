@@ -24,7 +24,7 @@ from mcp import Client
 from mcp.types import CallToolResult, TextContent
 
 from caelum_mcp.backends.scripted import ScriptedBackend
-from caelum_mcp.pool import Host
+from caelum_mcp.hosts import Host
 
 from .test_development import _git, make_server, write
 

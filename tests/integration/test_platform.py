@@ -20,7 +20,7 @@ from mcp import Client
 from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
 from caelum_mcp.budget import result_size
 from caelum_mcp.config import RESULT_TOKENS_CAP
-from caelum_mcp.pool import CircuitBreaker, Host
+from caelum_mcp.hosts import CircuitBreaker, Host
 from caelum_mcp.types import ChatRequest
 
 from .test_development import PLANTED, digest, make_server, write

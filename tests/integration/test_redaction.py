@@ -13,7 +13,7 @@ from mcp import Client
 from mcp.types import CallToolResult, TextContent
 
 from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.pool import Host
+from caelum_mcp.hosts import Host
 from caelum_mcp.tools.code.secrets import redact
 from caelum_mcp.types import ChatRequest
 
