@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,3 +41,14 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS
 def llama_url(llama_server: EmbeddedServer) -> str:
     assert llama_server.url
     return llama_server.url
+
+
+@pytest.fixture
+def mark() -> Iterator[str]:
+    """A unique command-line marker; whatever still carries it when the test ends is killed."""
+    from fakes.escapees import marked
+
+    token = f"caelum-test-{uuid.uuid4().hex}"
+    yield token
+    for proc in marked(token):
+        proc.kill()

@@ -4,15 +4,12 @@ environment, and nothing left running after a timeout or a cancellation."""
 from __future__ import annotations
 
 import json
-import time
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
-import psutil
 import pytest
+from fakes.escapees import escaping_suite, marked, until
 from pydantic import ValidationError
 
 from caelum_mcp.budget import result_size
@@ -163,54 +160,7 @@ def test_a_nul_byte_in_the_selection_is_a_validation_error_naming_the_field() ->
 
 def escaping_project(tmp_path: Path, mark: str) -> Path:
     """A test that starts a sleeper in its own session and a double-forked daemon, then hangs."""
-    return write(
-        tmp_path / "work" / "escape",
-        {
-            "tests/test_escape.py": f"""
-                import os, subprocess, sys, time
-
-                SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)", {mark!r}]
-
-
-                def test_escape():
-                    subprocess.Popen(SLEEPER, start_new_session=True)
-                    if os.fork() == 0:
-                        os.setsid()
-                        if os.fork() == 0:
-                            os.execv(sys.executable, SLEEPER)
-                        os._exit(0)
-                    time.sleep(300)
-                """
-        },
-    )
-
-
-def marked(mark: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if mark in proc.cmdline() and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
-async def until(check: Callable[[], bool], within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        await anyio.sleep(0.05)
-    return False
-
-
-@pytest.fixture
-def mark() -> Iterator[str]:
-    token = f"caelum-test-{uuid.uuid4().hex}"
-    yield token
-    for proc in marked(token):
-        proc.kill()
+    return write(tmp_path / "work" / "escape", escaping_suite(mark))
 
 
 async def test_cancelling_the_call_kills_what_the_tests_started(tmp_path: Path, mark: str) -> None:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import psutil
 import pytest
+from fakes.escapees import marked, until
 
 from caelum_mcp.tools.process import run_command
 
@@ -142,34 +140,8 @@ ESCAPES = pytest.mark.parametrize(
 )
 
 
-def marked(mark: str) -> list[psutil.Process]:
-    """Live (not zombie) processes with ``mark`` in their command line."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if mark in proc.cmdline() and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
 async def wait_marked(mark: str, *, alive: bool, within_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if bool(marked(mark)) == alive:
-            return True
-        await anyio.sleep(0.05)
-    return False
-
-
-@pytest.fixture
-def mark() -> Iterator[str]:
-    """A unique command-line marker; whatever still carries it when the test ends is killed."""
-    token = f"caelum-test-{uuid.uuid4().hex}"
-    yield token
-    for proc in marked(token):
-        proc.kill()
+    return await until(lambda: bool(marked(mark)) == alive, within_s)
 
 
 @pytest.mark.slow  # waits out a real timeout

@@ -6,13 +6,11 @@ import json
 import os
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
-import psutil
 import pytest
+from fakes.escapees import escaping_suite, marked, until
 
 from caelum_mcp.errors import PathNotAllowedError
 from caelum_mcp.tools.code.tests_runner import BASE_TEST_ENV, clean_test_env, run_tests, trim_failure
@@ -302,83 +300,33 @@ def test_trim_failure_clips_a_huge_line() -> None:
 # --- nothing the tests start outlives the run ----------------------------------------------------
 
 
-def _escaping_suite(mark: str, *, then_sleep: float) -> dict[str, str | bytes]:
-    """A test that starts a sleeper in its own session and a double-forked daemon, both carrying
-    ``mark`` on their command line, then sleeps ``then_sleep`` seconds."""
-    return {
-        "tests/test_escape.py": f"""
-            import os, subprocess, sys, time
-
-            SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)", {mark!r}]
-
-
-            def test_escape():
-                subprocess.Popen(SLEEPER, start_new_session=True)
-                if os.fork() == 0:
-                    os.setsid()
-                    if os.fork() == 0:
-                        os.execv(sys.executable, SLEEPER)
-                    os._exit(0)
-                time.sleep({then_sleep})
-            """
-    }
-
-
-def _marked(mark: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if mark in proc.cmdline() and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
-async def _until(check: Callable[[], bool], within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        await anyio.sleep(0.05)
-    return False
-
-
-@pytest.fixture
-def mark() -> Iterator[str]:
-    token = f"caelum-test-{uuid.uuid4().hex}"
-    yield token
-    for proc in _marked(token):
-        proc.kill()
-
-
 async def test_what_the_tests_leave_running_is_killed_when_pytest_exits(write_project: WriteProject, mark: str) -> None:
-    root = write_project(_escaping_suite(mark, then_sleep=0.5))
+    root = write_project(escaping_suite(mark, then_sleep=0.5))
     started = time.monotonic()
     result = await run_tests(root, timeout_s=120)
     assert result.exit_code == 0 and result.totals.passed == 1, result.output_tail
     assert time.monotonic() - started < 60, "the leftovers holding the output must not hold the run"
-    assert await _until(lambda: not _marked(mark), 5), "a process the tests started outlived the run"
+    assert await until(lambda: not marked(mark), 5), "a process the tests started outlived the run"
     assert result.leftovers_killed >= 2
 
 
 async def test_cancelling_a_run_kills_what_the_tests_started(write_project: WriteProject, mark: str) -> None:
-    root = write_project(_escaping_suite(mark, then_sleep=300))
+    root = write_project(escaping_suite(mark, then_sleep=300))
     with anyio.move_on_after(60) as outer:
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: run_tests(root, timeout_s=300))
-            assert await _until(lambda: len(_marked(mark)) == 2, 50), "the sleepers never started"
+            assert await until(lambda: len(marked(mark)) == 2, 50), "the sleepers never started"
             tg.cancel_scope.cancel()
     assert not outer.cancelled_caught
-    assert await _until(lambda: not _marked(mark), 5), "a process the tests started outlived the cancellation"
+    assert await until(lambda: not marked(mark), 5), "a process the tests started outlived the cancellation"
 
 
 @pytest.mark.slow  # waits out a real timeout
 async def test_a_timed_out_run_kills_what_the_tests_started(write_project: WriteProject, mark: str) -> None:
-    root = write_project(_escaping_suite(mark, then_sleep=300))
+    root = write_project(escaping_suite(mark, then_sleep=300))
     result = await run_tests(root, timeout_s=4)
     assert result.timed_out
-    assert await _until(lambda: not _marked(mark), 5), "a process the tests started outlived the timeout"
+    assert await until(lambda: not marked(mark), 5), "a process the tests started outlived the timeout"
 
 
 async def test_a_nul_byte_in_the_selection_is_refused(write_project: WriteProject) -> None:
