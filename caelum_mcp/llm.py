@@ -158,3 +158,16 @@ class Availability(Frozen):
     @property
     def runnable(self) -> bool:
         return self.local or self.claude
+
+
+class Embeddings(Frozen):
+    """Vectors for a batch of texts, in order, and where they were computed."""
+
+    model: str
+    host: str
+    vectors: tuple[tuple[float, ...], ...]
+    input_tokens: int = 0
+
+    @property
+    def dimensions(self) -> int:
+        return len(self.vectors[0]) if self.vectors else 0

@@ -63,6 +63,7 @@ from caelum_mcp.errors import (
     BackendError,
     BudgetExceededError,
     DeadlineExceededError,
+    MalformedResponseError,
     NoHostAvailableError,
     TaskFailedError,
     TaskSkippedError,
@@ -71,6 +72,7 @@ from caelum_mcp.errors import (
 from caelum_mcp.ledger import BudgetGuard, Ledger, LedgerEntry, failed_call_row, model_call_row
 from caelum_mcp.llm import (
     Availability,
+    Embeddings,
     ExecutionRecord,
     FinalPath,
     GroundingResult,
@@ -82,10 +84,12 @@ from caelum_mcp.llm import (
 )
 from caelum_mcp.pool import CallTrace, Pool
 from caelum_mcp.pricing import CHARS_PER_TOKEN, ModelPrice, cost_usd
-from caelum_mcp.types import SIZE_TIERS, ChatMessage, ChatRequest, ChatResponse, Tier, Usage
+from caelum_mcp.types import SIZE_TIERS, ChatMessage, ChatRequest, ChatResponse, EmbedRequest, Tier, Usage
 
 log = logging.getLogger(__name__)
 
+# Texts per embedding request: Ollama and llama.cpp take batches; one per text would cost a round trip each.
+EMBED_BATCH = 64
 # What a model of each size tier is, for messages that tell the user what to add.
 TIER_SIZES = {Tier.MICRO: "any size", Tier.SMALL: "2B+", Tier.FULL: "6B+", Tier.LARGE: "14B+"}
 _REPLY_ECHO_CHARS = 4000
@@ -260,6 +264,77 @@ class Router:
 
     def _claude_max_tokens(self, needs: TaskNeeds) -> int:
         return min(needs.max_output_tokens, self.config.claude.max_tokens)
+
+    # embeddings --------------------------------------------------------------------------------
+
+    def embedding_models(self) -> list[str]:
+        """The embedding models the pool serves now (model@host), empty when there are none."""
+        found = []
+        for host in self.pool.hosts.values():
+            if host.enabled and host.breaker.allows():
+                found += [
+                    f"{m}@{host.name}"
+                    for m in host.models
+                    if Tier.EMBEDDING in host.tiers_of(m, self.pool.tier_overrides)
+                ]
+        return found
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        task: str = "embed",
+        call_id: str | None = None,
+        batch_size: int = EMBED_BATCH,
+    ) -> Embeddings:
+        """Vectors for ``texts`` from the pool's ``embedding`` tier (or ``model``), sent in batches
+        of ``batch_size``; one ledger row per batch. Raises NoHostAvailableError when no embedding
+        model is up (callers fall back to lexical search and say so)."""
+        vectors: list[tuple[float, ...]] = []
+        used_model = host = ""
+        tokens = 0
+        for start in range(0, len(texts), max(1, batch_size)):
+            batch = tuple(texts[start : start + batch_size])
+            started = time.perf_counter()
+            try:
+                host, response = await self.pool.embed(EmbedRequest(model=model or "", inputs=batch), model=model)
+            except (NoHostAvailableError, AllHostsFailedError, BackendError, DeadlineExceededError) as exc:
+                self.ledger.record(
+                    failed_call_row(
+                        task=task,
+                        error=str(exc),
+                        host=getattr(exc, "host", ""),
+                        model=model or "",
+                        tier=Tier.EMBEDDING.value,
+                        latency_ms=(time.perf_counter() - started) * 1000,
+                        call_id=call_id,
+                    )
+                )
+                raise
+            if len(response.embeddings) != len(batch):
+                raise MalformedResponseError(
+                    f"asked for {len(batch)} embeddings, got {len(response.embeddings)}", host=host
+                )
+            vectors.extend(response.embeddings)
+            used_model = response.model
+            tokens += response.usage.input_tokens
+            self.ledger.record(
+                model_call_row(
+                    task=task,
+                    path="local",
+                    provider=self.pool.hosts[host].kind if host in self.pool.hosts else "",
+                    host=host,
+                    model=response.model,
+                    tier=Tier.EMBEDDING.value,
+                    usage=response.usage,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    cost=0.0,
+                    counterfactual=0.0,  # Claude has no embeddings to compare with
+                    call_id=call_id,
+                )
+            )
+        return Embeddings(model=used_model, host=host, vectors=tuple(vectors), input_tokens=tokens)
 
     # running -----------------------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from caelum_mcp.app import AppState
 from caelum_mcp.budget import fit_to_budget
 from caelum_mcp.config import RESULT_TOKENS_CAP
 from caelum_mcp.errors import CaelumError, ToolInputError
-from caelum_mcp.llm import Availability, LLMTask, ProgressFn, RoutedResult
+from caelum_mcp.llm import Availability, Embeddings, LLMTask, ProgressFn, RoutedResult
 from caelum_mcp.router import Router
 from caelum_mcp.supervisors.base import (
     ExternalTool,
@@ -80,6 +80,12 @@ class BoundLLM:
 
     def availability(self, task: LLMTask) -> Availability:
         return self.router.availability(task)
+
+    def embedding_models(self) -> list[str]:
+        return self.router.embedding_models()
+
+    async def embed(self, texts: Sequence[str], *, model: str | None = None) -> Embeddings:
+        return await self.router.embed(texts, model=model, call_id=self.call_id)
 
 
 @dataclass(frozen=True)

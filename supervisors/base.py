@@ -43,7 +43,7 @@ from caelum_mcp.errors import CaelumError
 if TYPE_CHECKING:
     from caelum_mcp.cache import ResultCache
     from caelum_mcp.config import ToolsConfig
-    from caelum_mcp.llm import Availability, LLMTask, ProgressFn, RoutedResult
+    from caelum_mcp.llm import Availability, Embeddings, LLMTask, ProgressFn, RoutedResult
     from caelum_mcp.status import HostStatus, StatusReport
     from caelum_mcp.types import Tier
 
@@ -72,6 +72,15 @@ class LLMService(Protocol):
 
     def availability(self, task: LLMTask) -> Availability:
         """Whether ``task`` could run now (local, Claude), and if not why and what to configure."""
+        ...
+
+    def embedding_models(self) -> list[str]:
+        """The embedding models up now (``model@host``); empty when there are none."""
+        ...
+
+    async def embed(self, texts: Sequence[str], *, model: str | None = None) -> Embeddings:
+        """Vectors for ``texts`` from the pool's embedding tier, batched; recorded in the ledger.
+        Raises :class:`~caelum_mcp.errors.NoHostAvailableError` when no embedding model is up."""
         ...
 
 
