@@ -151,7 +151,7 @@ class RouterConfig(Section):
     temperature: float = Field(default=0.2, ge=0, le=2)
     tasks: dict[TaskKind, TaskNeedsConfig] = Field(
         default_factory=dict,
-        description="per task kind (general, classification, extraction, summary, answer, triage, sql, review, "
+        description="per task kind (general, classification, extraction, summary, qa, triage, sql, review, "
         "code_edit): min_tier, max_output_tokens, time_budget_s",
     )
 

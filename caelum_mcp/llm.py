@@ -38,7 +38,7 @@ class TaskKind(StrEnum):
     CLASSIFICATION = "classification"  # pick a label from a short list
     EXTRACTION = "extraction"  # pull fields out of text into a schema
     SUMMARY = "summary"  # summarise results that are already in hand
-    ANSWER = "answer"  # answer a question from cited passages
+    QA = "qa"  # answer a question from cited passages
     TRIAGE = "triage"  # say why something failed, citing the failure text
     SQL = "sql"  # write one query over a known schema
     REVIEW = "review"  # judge code or findings and prioritise them
@@ -59,7 +59,7 @@ DEFAULT_NEEDS: dict[TaskKind, TaskNeeds] = {
     TaskKind.CLASSIFICATION: TaskNeeds(min_tier=Tier.SMALL, max_output_tokens=128, time_budget_s=30),
     TaskKind.EXTRACTION: TaskNeeds(min_tier=Tier.SMALL, max_output_tokens=512, time_budget_s=60),
     TaskKind.SUMMARY: TaskNeeds(min_tier=Tier.SMALL, max_output_tokens=400, time_budget_s=60),
-    TaskKind.ANSWER: TaskNeeds(min_tier=Tier.SMALL, max_output_tokens=800, time_budget_s=90),
+    TaskKind.QA: TaskNeeds(min_tier=Tier.SMALL, max_output_tokens=800, time_budget_s=90),
     TaskKind.TRIAGE: TaskNeeds(min_tier=Tier.SMALL, max_output_tokens=700, time_budget_s=90),
     TaskKind.SQL: TaskNeeds(min_tier=Tier.SMALL, max_output_tokens=400, time_budget_s=60, prefer_code=True),
     TaskKind.REVIEW: TaskNeeds(min_tier=Tier.FULL, max_output_tokens=800, time_budget_s=120, prefer_code=True),
