@@ -15,6 +15,7 @@ SSE at ``/sse`` (``http_app``), bound to loopback unless a bearer token is confi
 
 from __future__ import annotations
 
+import base64
 import hmac
 import inspect
 import logging
@@ -34,7 +35,7 @@ from mcp.server.mcpserver.resolve import ListRoots, Resolve
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.types import CallToolResult, ListRootsResult, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, ContentBlock, ImageContent, ListRootsResult, TextContent, ToolAnnotations
 from mcp_types.version import is_version_at_least
 from pydantic import ConfigDict, Field
 from pydantic.fields import FieldInfo
@@ -234,7 +235,12 @@ def build_tool(tool: ExternalTool[Any, Any], runtime: ToolRuntime) -> Tool:
                 "details. Please report it."
             ) from None
         text = pydantic_core.to_json(data).decode()
-        return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
+        content: list[ContentBlock] = [TextContent(type="text", text=text)]
+        content += [
+            ImageContent(type="image", data=base64.b64encode(image.data).decode(), mime_type=image.mime_type)
+            for image in result.images
+        ]
+        return CallToolResult(content=content, structured_content=data)
 
     params = [
         inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context),

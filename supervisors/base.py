@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import anyio
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from caelum_mcp.cache import make_key
 from caelum_mcp.errors import CaelumError
@@ -98,15 +98,35 @@ class ToolCaller(Protocol):
     async def __call__(self, name: str, args: Mapping[str, Any] | BaseModel, parent: ToolContext) -> ToolOutput: ...
 
 
+@dataclass(frozen=True)
+class Image:
+    """A picture sent beside a result (MCP image content), e.g. a chart rendered to PNG."""
+
+    data: bytes
+    mime_type: str = "image/png"
+
+
 class ToolOutput(BaseModel):
     """Base of every tool result. The server fits each result to a token budget by cutting the
     longest lists from their end; what it cut is counted in ``omitted`` and ``more`` says how to
-    get it. A tool that cuts its own lists (``max_findings``) reports that in its own fields."""
+    get it. A tool that cuts its own lists (``max_findings``) reports that in its own fields.
+
+    :meth:`attach` adds an :class:`Image` that the server sends as MCP image content beside the
+    structured result (it is not part of the structured data or its schema).
+    """
 
     omitted: dict[str, int] = Field(
         default_factory=dict, description="items (or characters) left out to fit the result budget, by field"
     )
     more: str | None = Field(default=None, description="how to get what was left out")
+    _images: list[Image] = PrivateAttr(default_factory=list)
+
+    def attach(self, image: Image) -> None:
+        self._images.append(image)
+
+    @property
+    def images(self) -> tuple[Image, ...]:
+        return tuple(self._images)
 
 
 @dataclass

@@ -202,3 +202,42 @@ async def test_the_supervisors_resource_lists_every_supervisor_and_its_tools(tmp
     assert {"lint", "security_scan", "run_tests", "check_patches"} <= set(internal)
     assert all(internal.values()), "each internal tool says what it does"
     assert {t["name"] for t in catalog["ai"]["external_tools"]} == {"delegate_task", "pool_status", "set_host_enabled"}
+
+
+async def test_an_attached_image_is_sent_as_image_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    from collections.abc import Sequence
+
+    from mcp.types import ImageContent
+    from pydantic import BaseModel
+
+    import caelum_mcp.server
+    from caelum_mcp.supervisors.base import ExternalTool, Image, Supervisor, ToolContext, ToolOutput
+
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
+
+    class Empty(BaseModel):
+        pass
+
+    class Drawn(ToolOutput):
+        title: str
+
+    async def draw(args: Empty, ctx: ToolContext) -> Drawn:
+        out = Drawn(title="a chart")
+        out.attach(Image(png))
+        return out
+
+    class Painter(Supervisor):
+        name = "painter"
+        description = "draws"
+
+        def external_tools(self) -> Sequence[ExternalTool[Any, Any]]:
+            return (ExternalTool("draw", "Draw", "Draw a chart.", Empty, Drawn, draw),)
+
+    monkeypatch.setattr(caelum_mcp.server, "SUPERVISORS", (Painter,))
+    async with session(tmp_path, []) as (client, _):
+        res = await client.call_tool("draw", {})
+    assert not res.is_error, res.content
+    assert res.structured_content == {"title": "a chart"}
+    (image,) = [c for c in res.content if isinstance(c, ImageContent)]
+    assert image.mime_type == "image/png" and base64.b64decode(image.data) == png
