@@ -140,6 +140,7 @@ async def test_twenty_concurrent_escalations_never_overspend_the_budget(
 # 2. hosts that accept the connection and never answer --------------------------------------------
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 async def test_hanging_hosts_fail_calls_at_their_deadline_not_at_attempts_times_timeout(
     http: httpx2.AsyncClient,
 ) -> None:
@@ -337,6 +338,7 @@ async def test_a_sole_busy_host_is_retried_after_its_retry_after(status: int, ht
         assert pool.hosts["h0"].breaker.state is BreakerState.CLOSED, "busy is not broken"
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 async def test_retry_after_as_an_http_date_and_capped(http: httpx2.AsyncClient) -> None:
     when = email.utils.formatdate(time.time() + 2, usegmt=True)
     with hosts(FaultHost(fault=Fault("status", retry_after=when, count=1))) as fakes:

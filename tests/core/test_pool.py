@@ -330,6 +330,7 @@ def test_pool_records_latency_ewma() -> None:
     assert time.monotonic() > 0
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 def test_fifty_hosts_fill_evenly_and_skip_the_broken() -> None:
     hosts = [_host(f"h{i:02d}", {"qwen3:8b": 8.0}, max_concurrency=1 + i % 3) for i in range(50)]
     pool = Pool(hosts)

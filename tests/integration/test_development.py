@@ -13,6 +13,7 @@ from textwrap import dedent
 from typing import Any
 
 import anyio
+import pytest
 from mcp import Client
 
 from caelum_mcp.config import load_config
@@ -314,6 +315,7 @@ async def test_run_project_tests_reports_failures(tmp_path: Path) -> None:
         json.dumps(out)
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 async def test_a_quiet_stage_still_sends_progress(tmp_path: Path) -> None:
     """A test suite that runs for a while without output: the client keeps hearing that the call lives."""
     project = write(

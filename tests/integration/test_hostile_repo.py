@@ -21,6 +21,7 @@ from .test_development import call, session
 TASKS = ("analyze", "improve", "security_scan", "performance", "comprehensive")
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 async def test_no_development_tool_makes_git_run_a_repository_program(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

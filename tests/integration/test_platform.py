@@ -165,6 +165,7 @@ async def test_a_review_past_its_time_budget_returns_the_findings_and_says_so(tm
         assert row.path == "failed" and row.host == "gpu-1" and "stopped" in (row.error or "")
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 async def test_five_thousand_findings_fit_under_the_cap_with_correct_counts(tmp_path: Path) -> None:
     # 100 unused imports (F401, in ruff's default rules) in each of 50 files
     files = {f"pkg/m{i:02d}.py": "".join(f"from os import path as p{j}\n" for j in range(100)) for i in range(50)}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from caelum_mcp.budget import result_size
 from caelum_mcp.config import RESULT_TOKENS_CAP
 from caelum_mcp.supervisors.development.changes import (
@@ -43,6 +45,7 @@ def _big_change(root: Path) -> tuple[Path, int]:
     return root, len(diff)
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 async def test_a_two_megabyte_diff_gives_a_bounded_result_with_counts(tmp_path: Path) -> None:
     repo, diff_bytes = _big_change(tmp_path / "work" / "big")
     assert diff_bytes > 2_000_000, diff_bytes

@@ -300,6 +300,7 @@ def test_trim_failure_clips_a_huge_line() -> None:
 # --- nothing the tests start outlives the run ----------------------------------------------------
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 async def test_what_the_tests_leave_running_is_killed_when_pytest_exits(write_project: WriteProject, mark: str) -> None:
     root = write_project(escaping_suite(mark, then_sleep=0.5))
     started = time.monotonic()
