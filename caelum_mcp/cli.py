@@ -1,6 +1,7 @@
-"""The ``caelum-mcp`` command: serve, doctor, status, call.
+"""The ``caelum-mcp`` command: serve, doctor, status, call, setup.
 
-Logs go to stderr; on stdio, stdout belongs to the MCP protocol.
+Logs go to stderr (``--log-format json``: one object a line, with the tool call's request id); on
+stdio, stdout belongs to the MCP protocol.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import shutil
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import anyio
@@ -22,6 +25,7 @@ import httpx2
 from caelum_mcp import __version__
 from caelum_mcp.config import Config, load_config
 from caelum_mcp.errors import CaelumError
+from caelum_mcp.logs import LogFormat, setup_logging
 
 log = logging.getLogger("caelum_mcp")
 
@@ -31,12 +35,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"caelum-mcp {__version__}")
     p.add_argument("--config", help="TOML config file (default: $CAELUM_CONFIG, ./caelum.toml, ~/.config/caelum/)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=None,
+        help="json: one object a line with the tool call's request_id (default: [server] log_format, text)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the MCP server")
     s.add_argument("--transport", choices=["stdio", "http", "sse"], default=None)
     s.add_argument("--host", default=None, help="bind address for http/sse (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=None, help="port for http/sse (default 8765)")
+    s.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=None,
+        help="with --transport stdio: also serve the dashboard on 127.0.0.1 at this port (0: any free port)",
+    )
 
     d = sub.add_parser("doctor", help="check hosts, models, Claude and the embedded model")
     d.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -49,17 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("tool", help="tool name, e.g. delegate_task (or 'list' to list the tools)")
     c.add_argument("args", nargs="*", help="key=value arguments; values are read as JSON when they parse")
     c.add_argument("--url", help="a running server's streamable HTTP URL (default: start one over stdio)")
+
+    from caelum_mcp.client_setup import add_setup_arguments
+
+    add_setup_arguments(sub.add_parser("setup", help="add this server to Claude Code or Claude Desktop"))
     return p
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("httpx2", "httpcore2", "mcp", "uvicorn.access"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+def _setup_logging(level: str, log_format: LogFormat = "text") -> None:
+    setup_logging(level, log_format)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -70,9 +84,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             for key in ("transport", "host", "port"):
                 if getattr(args, key) is not None:
                     overrides[f"server.{key}"] = getattr(args, key)
+            if args.dashboard_port is not None:
+                overrides["dashboard.port"] = args.dashboard_port
+        if args.log_format is not None:
+            overrides["server.log_format"] = args.log_format
         config = load_config(args.config, overrides=overrides)
-        _setup_logging(args.log_level or config.log_level)
-        code = {"serve": _serve, "doctor": _doctor, "status": _status, "call": _call}[args.command](config, args)
+        _setup_logging(args.log_level or config.log_level, config.server.log_format)
+        commands = {"serve": _serve, "doctor": _doctor, "status": _status, "call": _call, "setup": _setup}
+        code = commands[args.command](config, args)
     except CaelumError as exc:
         print(f"caelum-mcp: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -88,34 +107,60 @@ def connection_help(config: Config, url: str) -> str:
     beside = Path(sys.executable).parent / "caelum-mcp"  # the venv's console script, activated or not
     exe = str(beside) if beside.exists() else shutil.which("caelum-mcp") or f"{sys.executable} -m caelum_mcp"
     desktop = {"mcpServers": {"caelum": {"command": exe.split()[0], "args": [*exe.split()[1:], "serve"]}}}
-    return "\n".join(
-        [
-            f"caelum-mcp {__version__} serving MCP at {url}",
-            f"  Claude Code:    claude mcp add --transport http caelum {url}",
-            f"  Claude Desktop: add to claude_desktop_config.json: {json.dumps(desktop)}",
-            f"  MCP Inspector:  npx @modelcontextprotocol/inspector --cli {url} --method tools/list",
-            f"  config: {config.source}; data: {config.data_dir}",
-        ]
-    )
+    root = url.rsplit("/", 1)[0]
+    lines = [
+        f"caelum-mcp {__version__} serving MCP at {url}",
+        f"  Claude Code:    claude mcp add --transport http caelum {url}   (or: caelum-mcp setup claude-code)",
+        f"  Claude Desktop: add to claude_desktop_config.json: {json.dumps(desktop)}   (or: caelum-mcp setup "
+        "claude-desktop)",
+        f"  MCP Inspector:  npx @modelcontextprotocol/inspector --cli {url} --method tools/list",
+    ]
+    if config.dashboard.enabled:
+        lines.append(f"  Dashboard:      {root}/")
+    if config.metrics.enabled:
+        lines.append(
+            f"  Metrics:        {root}/metrics"
+            + (f" (and http://127.0.0.1:{config.metrics.port}/metrics without auth)" if config.metrics.port else "")
+        )
+    lines.append(f"  config: {config.source}; data: {config.data_dir}")
+    return "\n".join(lines)
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
-    from caelum_mcp.server import create_server, http_app
+    from caelum_mcp.server import http_app
 
     transport = config.server.transport
+    token = os.environ.get(config.server.bearer_token_env) if config.server.bearer_token_env else None
     if transport == "stdio":
-        server, _ = create_server(config)
-        anyio.run(server.run_stdio_async)
+        from caelum_mcp.dashboard.serve import run_stdio
+
+        anyio.run(partial(run_stdio, config, dashboard_port=config.dashboard.port, token=token))
         return 0
+    if args.dashboard_port is not None:
+        raise CaelumError(
+            "--dashboard-port is for --transport stdio; the HTTP server serves the dashboard at / on its own port"
+        )
     import uvicorn
 
     host, port = config.server.host, config.server.port
-    token = os.environ.get(config.server.bearer_token_env) if config.server.bearer_token_env else None
     app = http_app(config, host=host, port=port, token=token)
     shown = f"[{host}]" if ":" in host else host
     path = "/mcp" if transport == "http" else "/sse"
     print(connection_help(config, f"http://{shown}:{port}{path}"), file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")
+    # log_config=None: uvicorn's lines go through our handler, so a JSON log stays JSON
+    settings = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", log_config=None, lifespan="on", timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(settings)
+    stop = server.handle_exit
+
+    def handle_exit(sig: int, frame: FrameType | None) -> None:
+        # uvicorn waits for open responses before it stops: end the dashboard's event streams first
+        app.state.dashboard.close_streams()
+        stop(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
+    server.run()
     return 0
 
 
@@ -315,3 +360,12 @@ def _call(config: Config, args: argparse.Namespace) -> int:
         return 0
 
     return anyio.run(run)
+
+
+# setup ----------------------------------------------------------------------------------------
+
+
+def _setup(config: Config, args: argparse.Namespace) -> int:
+    from caelum_mcp.client_setup import run_setup
+
+    return run_setup(config, args)

@@ -270,11 +270,40 @@ class ServerConfig(Section):
         le=RESULT_TOKENS_CAP,
         description=f"token budget of one tool result (lists are cut, with counts); at most {RESULT_TOKENS_CAP}",
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="'text', or 'json': one object a line with the tool call's request_id"
+    )
 
     @field_validator("public_names")
     @classmethod
     def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_check_host_name(n) for n in value)
+
+
+class DashboardConfig(Section):
+    """``[dashboard]``: the web page at ``/`` of the HTTP server (same auth as ``/mcp``)."""
+
+    enabled: bool = Field(default=True, description="serve the dashboard at / and /dashboard over HTTP")
+    port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="with the stdio transport, also serve the dashboard on 127.0.0.1 at this port (0: any free "
+        "port, printed to stderr); the same as `serve --dashboard-port`",
+    )
+    recent_calls: int = Field(default=50, ge=1, le=500, description="how many of the latest tool calls it lists")
+
+
+class MetricsConfig(Section):
+    """``[metrics]``: Prometheus metrics at ``/metrics`` (same auth as ``/mcp``)."""
+
+    enabled: bool = Field(default=True, description="serve /metrics on the HTTP server (and the dashboard port)")
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="also serve /metrics WITHOUT auth on 127.0.0.1 at this port, for a local scraper",
+    )
 
 
 def default_data_dir() -> Path:
@@ -305,6 +334,8 @@ class Config(Section):
     tools: ToolsConfig = ToolsConfig()
     claude: ClaudeConfig = ClaudeConfig()
     server: ServerConfig = ServerConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+    metrics: MetricsConfig = MetricsConfig()
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     source: str = Field(default="defaults", exclude=True, description="where this config came from")
     sections: dict[str, Any] = Field(

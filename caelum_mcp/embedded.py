@@ -72,6 +72,7 @@ class EmbeddedServer:
         log_path: Path | None = None,
         start_timeout_s: float = 120.0,
         alias: str = EMBEDDED_MODEL_NAME,
+        embedding: bool = False,
     ) -> None:
         self.model_path = model_path
         self.port = port
@@ -81,6 +82,7 @@ class EmbeddedServer:
         self.log_path = log_path
         self.start_timeout_s = start_timeout_s
         self.alias = alias
+        self.embedding = embedding  # serve /v1/embeddings (a BERT-style model) instead of chat
         self.url: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
@@ -114,6 +116,7 @@ class EmbeddedServer:
                 str(self.threads),
                 "--alias",
                 self.alias,
+                *(["--embedding"] if self.embedding else []),
             ]
             log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
             try:
@@ -198,7 +201,9 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-def _serve(model: str, port: int, n_ctx: int, n_parallel: int, alias: str, threads: int) -> None:
+def _serve(
+    model: str, port: int, n_ctx: int, n_parallel: int, alias: str, threads: int, embedding: bool = False
+) -> None:
     """Child side: start llama.cpp, announce the URL on the real stdout, run until stdin closes."""
     import xllamacpp
 
@@ -212,6 +217,10 @@ def _serve(model: str, port: int, n_ctx: int, n_parallel: int, alias: str, threa
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
     params.model_alias = {alias}  # /v1/models then names the model by its alias, not the GGUF path
+    if embedding:
+        # A BERT-style encoder sees each input whole in one batch: the batch must hold a full context.
+        params.embedding = True
+        params.n_batch = params.n_ubatch = n_ctx
     server = xllamacpp.Server(params)
     announce.write(server.listening_address + "\n")
     announce.flush()
@@ -232,14 +241,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: half the cores)")
     parser.add_argument("--alias", default=EMBEDDED_MODEL_NAME, help="model name the server reports")
+    parser.add_argument("--embedding", action="store_true", help="serve embeddings (an embedding model)")
     args = parser.parse_args(argv)
     model = args.model or str(find_embedded_model() or "")
     if not model:
         print(embedded_status()[1], file=sys.stderr)
         raise SystemExit(2)
-    _serve(
-        model, args.port, args.ctx, args.parallel, args.alias, args.threads if args.threads > 0 else default_threads()
-    )
+    threads = args.threads if args.threads > 0 else default_threads()
+    _serve(model, args.port, args.ctx, args.parallel, args.alias, threads, args.embedding)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import anyio.to_thread
 from pydantic import Field
 
 from caelum_mcp.errors import BudgetExceededError, ConfigError
+from caelum_mcp.llm import CallCost  # re-exported: supervisors read it through ctx.llm
 from caelum_mcp.types import Frozen, Usage
 
 log = logging.getLogger(__name__)
@@ -176,14 +177,16 @@ class BudgetFigures(Frozen):
     reserved_usd: float
 
 
-class CallCost(Frozen):
-    """What one tool call's model calls cost, its child tool calls included."""
+class ToolCallChange(Frozen):
+    """What an observer hears when a tool call starts (``tool`` set) or ends (``outcome`` set)."""
 
-    model_calls: int
-    input_tokens: int
-    output_tokens: int
-    cost_usd: float
-    counterfactual_cost_usd: float
+    call_id: str
+    tool: str | None = None
+    parent_id: str | None = None
+    outcome: str | None = None
+
+
+LedgerObserver = Callable[["LedgerEntry | ToolCallChange"], None]
 
 
 class ToolCallRecord(Frozen):
@@ -353,18 +356,26 @@ _TOTALS = """
            total(cost_usd),
            total(CASE WHEN outcome = 'local' THEN counterfactual_cost_usd END)
     FROM (SELECT *, input_tokens + output_tokens + cache_read_tokens + cache_write_tokens AS total_tokens
-          FROM calls WHERE ts >= ?)"""
+          FROM calls WHERE {ts} >= ?)"""
 
 _BY_MODEL = """
     SELECT model, provider, count(*), sum(input_tokens), sum(output_tokens), total(cost_usd),
            total(counterfactual_cost_usd), avg(latency_ms)
-    FROM calls WHERE ts >= ? AND model != ''
+    FROM calls WHERE {ts} >= ? AND model != ''
     GROUP BY model, provider ORDER BY count(*) DESC, model, provider"""
 
 _BY_HOST = """
     SELECT host, count(*), sum(outcome = 'failed'), avg(latency_ms)
-    FROM calls WHERE ts >= ? AND host != ''
+    FROM calls WHERE {ts} >= ? AND host != ''
     GROUP BY host ORDER BY count(*) DESC, host"""
+
+# Each summary query in two forms: through the ``ts`` index for a recent window, and as a plain
+# scan for all time (``+ts`` keeps SQLite off the index, which for every row costs a lookup each:
+# 1.7 s instead of ~0.2 s at 200,000 rows).
+_SUMMARY_QUERIES = {
+    since: tuple(q.format(ts=column) for q in (_TOTALS, _BY_MODEL, _BY_HOST))
+    for since, column in ((True, "ts"), (False, "+ts"))
+}
 
 
 def utc_day_bounds(now: float) -> tuple[float, float]:
@@ -380,6 +391,7 @@ class Ledger:
         self.path = Path(path).expanduser()
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._observers: tuple[LedgerObserver, ...] = ()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -463,10 +475,41 @@ class Ledger:
             with self._translate_errors():
                 yield self._conn
 
+    def add_observer(self, observer: LedgerObserver) -> Callable[[], None]:
+        """Call ``observer`` after each model-call row is committed and each tool call starts or
+        ends, in the writing thread (a worker thread for :meth:`arecord`): it must be quick and
+        thread-safe. Its exceptions are logged, never raised to the writer. Returns the remover."""
+        with self._lock:
+            self._observers = (*self._observers, observer)
+
+        def remove() -> None:
+            with self._lock:
+                self._observers = tuple(o for o in self._observers if o is not observer)
+
+        return remove
+
+    def _notify(self, event: LedgerEntry | ToolCallChange) -> None:
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception:
+                log.exception("ledger observer %r failed", observer)
+
     def record(self, entry: LedgerEntry) -> int:
         """Append ``entry``; committed (durably) before this returns. Returns the row id."""
         with self._connection() as conn:
-            return self._insert(conn, entry)
+            rowid = self._insert(conn, entry)
+        self._notify(entry)
+        return rowid
+
+    def annotate(self, row_id: int, *, confidence: float | None = None, path: ExecutionPath | None = None) -> None:
+        """Add what is known only after a call's row was written: the confidence its answer scored,
+        and ``local_low_confidence`` when that answer was handed back below the threshold."""
+        with self._connection() as conn:
+            conn.execute(
+                "UPDATE calls SET confidence = coalesce(?, confidence), path = coalesce(?, path) WHERE id = ?",
+                (None if confidence is None else min(1.0, max(0.0, confidence)), path, row_id),
+            )
 
     async def arecord(self, entry: LedgerEntry) -> int:
         """:meth:`record` from async code: the commit (an fsync, ~0.3 ms) runs in a worker thread, so
@@ -529,6 +572,8 @@ class Ledger:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+        if entry is not None:
+            self._notify(entry)
         return rowid
 
     def release(self, reservation: Reservation) -> None:
@@ -557,16 +602,16 @@ class Ledger:
 
     def summary(self, since: float | None = None, *, now: float | None = None) -> LedgerSummary:
         """Figures over every call with ``ts >= since`` (all calls when ``since`` is None)."""
-        # -inf rather than a second set of queries without the filter.
         params = (since if since is not None else -math.inf,)
+        totals_sql, by_model_sql, by_host_sql = _SUMMARY_QUERIES[since is not None]
         start, end = utc_day_bounds(time.time() if now is None else now)
         with self._connection() as conn:
             # One read transaction: every figure comes from the same snapshot of the file.
             conn.execute("BEGIN")
             try:
-                t = conn.execute(_TOTALS, params).fetchone()
-                models = conn.execute(_BY_MODEL, params).fetchall()
-                hosts = conn.execute(_BY_HOST, params).fetchall()
+                t = conn.execute(totals_sql, params).fetchone()
+                models = conn.execute(by_model_sql, params).fetchall()
+                hosts = conn.execute(by_host_sql, params).fetchall()
                 today = conn.execute(_SPEND_BETWEEN, (start, end)).fetchone()[0]
             finally:
                 if conn.in_transaction:
@@ -612,6 +657,7 @@ class Ledger:
                 "INSERT OR REPLACE INTO tool_calls (id, parent_id, tool, started) VALUES (?, ?, ?, ?)",
                 (call_id, parent_id, tool, time.time()),
             )
+        self._notify(ToolCallChange(call_id=call_id, tool=tool, parent_id=parent_id))
 
     def finish_tool_call(self, call_id: str, *, seconds: float, outcome: str, error: str | None = None) -> None:
         """Note how an external tool call ended: ``ok``, ``error`` or ``cancelled``."""
@@ -620,6 +666,7 @@ class Ledger:
                 "UPDATE tool_calls SET seconds = ?, outcome = ?, error = ? WHERE id = ?",
                 (seconds, outcome, error[:_MAX_ERROR_CHARS] if error else None, call_id),
             )
+        self._notify(ToolCallChange(call_id=call_id, outcome=outcome))
 
     def tool_calls(self, *, parent_id: str | None = None, limit: int = 50) -> list[ToolCallRecord]:
         """The latest tool calls (children of ``parent_id`` when given, else top-level ones), newest first."""
@@ -627,7 +674,9 @@ class Ledger:
             # ``IS ?`` matches NULL too: no parent means the top-level calls.
             rows = conn.execute(
                 "SELECT id, parent_id, tool, started, seconds, outcome, error FROM tool_calls "
-                "WHERE parent_id IS ? ORDER BY started DESC, rowid DESC LIMIT ?",
+                # +parent_id: walk the start-time index newest first and stop at the limit, rather
+                # than gather every match through the parent index and sort (55 ms -> 1 ms at 50k).
+                "WHERE +parent_id IS ? ORDER BY started DESC, rowid DESC LIMIT ?",
                 (parent_id, limit),
             ).fetchall()
         fields = ("id", "parent_id", "tool", "started", "seconds", "outcome", "error")

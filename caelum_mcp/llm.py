@@ -29,6 +29,7 @@ from caelum_mcp.types import SIZE_TIERS, ChatMessage, Frozen, Tier
 
 FinalPath = Literal["local", "claude", "local_low_confidence"]
 ProgressFn = Callable[[str], Awaitable[None]]
+TextFn = Callable[[str], Awaitable[None]]
 
 
 class TaskKind(StrEnum):
@@ -94,6 +95,9 @@ class LLMTask:
     ``min_tier``, ``max_output_tokens`` and ``time_budget_s`` override the needs of ``kind`` for
     this task only; ``tier`` is where a caller wants to *start* (never below the minimum) and
     ``model`` names one local model exactly.
+
+    ``on_text`` streams local answers: it is called with the reply's text so far as it arrives
+    (failover happens only before the first token). ``claude_only`` skips the local pool.
     """
 
     name: str
@@ -109,6 +113,8 @@ class LLMTask:
     allow_claude: bool = True
     temperature: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    on_text: TextFn | None = None
+    claude_only: bool = False
 
 
 class ExecutionRecord(Frozen):
@@ -133,11 +139,22 @@ class ExecutionRecord(Frozen):
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     latency_ms: float = 0.0
+    load_ms: float | None = Field(default=None, description="model load time, where the host reports it")
     cost_usd: float = Field(default=0.0, description="real money spent on Claude for this task")
     counterfactual_cost_usd: float = Field(
         default=0.0,
         description="what the configured Claude model would have cost for the tokens served locally",
     )
+
+
+class CallCost(Frozen):
+    """What one tool call's model calls cost, its child tool calls included."""
+
+    model_calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    counterfactual_cost_usd: float
 
 
 class RoutedResult(Frozen):

@@ -38,7 +38,7 @@ import random
 import statistics
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 
@@ -740,9 +740,10 @@ class Pool:
         *,
         tier: Tier | None = None,
         model: str | None = None,
+        min_tier: Tier | None = None,
         deadline: float | None = None,
         trace: CallTrace | None = None,
-    ) -> AsyncIterator[tuple[Selection, StreamChunk]]:
+    ) -> AsyncGenerator[tuple[Selection, StreamChunk], None]:
         """Stream from the best host; fails over only until the first chunk has been yielded.
 
         The deadline bounds the wait for the first chunk (queueing and failover included); after
@@ -750,7 +751,7 @@ class Pool:
         the stream ends or is closed: a caller that may stop early should use
         ``async with contextlib.aclosing(pool.stream(...))``.
         """
-        call = self._new_call(tier, model or (request.model or None), None, deadline, trace)
+        call = self._new_call(tier, model or (request.model or None), min_tier, deadline, trace)
         while True:
             sel = await self._next(call)
             host = sel.host

@@ -36,6 +36,10 @@ The output schema reaches each model once: a local model reads it in the system 
 also gets it as a grammar constraint, which costs no tokens); Claude gets it from the Anthropic
 backend, as the API's structured-output parameter where the model supports it.
 
+A task with ``on_text`` streams its local calls (:meth:`Router._stream_local`): the callback gets
+the text so far as it arrives, the pool fails over only before the first token, and the ledger
+rows are the same as for a call answered whole. A ``claude_only`` task skips the local pool.
+
 Every model call is a ledger row (built by :func:`~caelum_mcp.ledger.model_call_row` and
 :func:`~caelum_mcp.ledger.failed_call_row`), tagged with the tool call it was made for; a failed
 call is one row per host that failed it, naming the host and how many attempts it got there.
@@ -49,6 +53,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,9 +85,10 @@ from caelum_mcp.llm import (
     ProgressFn,
     RoutedResult,
     TaskNeeds,
+    TextFn,
     size_rank,
 )
-from caelum_mcp.pool import CallTrace, Pool
+from caelum_mcp.pool import CallTrace, Pool, Selection
 from caelum_mcp.pricing import CHARS_PER_TOKEN, ModelPrice, cost_usd
 from caelum_mcp.types import SIZE_TIERS, ChatMessage, ChatRequest, ChatResponse, EmbedRequest, Tier, Usage
 
@@ -110,6 +116,8 @@ class _Candidate:
     model: str
     tier: str | None
     error: str | None = None
+    load_ms: float | None = None
+    row_id: int | None = None  # the ledger row of the call that gave this answer
 
 
 @dataclass
@@ -121,6 +129,7 @@ class _Reply:
     host: str
     model: str
     tier: str | None
+    row_id: int | None = None  # its ledger row, once written
 
 
 @dataclass
@@ -141,6 +150,7 @@ class _Run:
     escalations: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     best: _Candidate | None = None
+    tried: set[tuple[str, str]] = field(default_factory=set)  # (model, host) already asked
 
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
@@ -197,13 +207,17 @@ class Router:
     def availability(self, task: LLMTask, needs: TaskNeeds | None = None) -> Availability:
         """Whether ``task`` can run now, where, and if not, why and what to configure."""
         needs = needs or self.needs(task)
-        if task.model:
+        if task.claude_only:
+            local = []
+        elif task.model:
             local = [e for e in self.pool.eligible_models() if e.model == task.model or _base(e.model) == task.model]
         else:
             local = self.pool.eligible_models(min_tier=needs.min_tier)
         blocker = self._claude_blocker(task, needs)
         reason = None
-        if not local and blocker is not None:
+        if task.claude_only and blocker is not None:
+            reason = f"Claude cannot be used: {blocker}"
+        elif not local and blocker is not None:
             reason = f"{self._no_local_reason(task, needs)}, and Claude cannot be used: {blocker}"
         return Availability(
             local=bool(local),
@@ -248,6 +262,17 @@ class Router:
         if self.config.router.escalate_local:
             plan += [_Local(tier=t, model=None, min_tier=minimum) for t in sizes if size_rank(t) > size_rank(first)]
         return plan
+
+    def _has_untried(self, run: _Run, step: _Local) -> bool:
+        """Whether ``step`` could reach a model this run has not asked yet (an answer once judged
+        is not asked for again under another tier's name)."""
+        if step.tier is None:
+            return True
+        for e in self.pool.eligible_models(min_tier=step.min_tier):
+            serves = e.code if step.tier is Tier.CODE else e.size is step.tier
+            if serves and (e.model, e.host) not in run.tried:
+                return True
+        return False
 
     def _claude_blocker(self, task: LLMTask, needs: TaskNeeds) -> str | None:
         """None when Claude may be called now, else the reason it may not (with the fix)."""
@@ -377,6 +402,8 @@ class Router:
             for step in self._local_plan(run.task, run.needs):
                 if run.time_left() <= 0:
                     return None
+                if not self._has_untried(run, step):
+                    continue  # e.g. the code model that went first is also this tier's only model
                 if progress:
                     await progress(f"asking the local pool ({step.label})")
                 cand = await self._attempt(run, step)
@@ -423,6 +450,7 @@ class Router:
         first = await self._call(run, request, local)
         if first is None:
             return None
+        run.tried.add((first.model, first.host))
         reply = first
         output, error = parse_answer(first.response.content, run.validator)
         repaired = False
@@ -451,6 +479,9 @@ class Router:
                 output, error = parse_answer(second.response.content, run.validator)
             repaired = True
         parts = await self._score(run.task, output, error, repaired, reply.response)
+        row_id = reply.row_id
+        if row_id is not None:  # the row of the answer that was scored gets its confidence
+            await anyio.to_thread.run_sync(lambda: self.ledger.annotate(row_id, confidence=parts.score))
         return _Candidate(
             output=strip_confidence(run.task, output),
             text=reply.response.content,
@@ -460,6 +491,8 @@ class Router:
             model=first.model,
             tier=first.tier,
             error=error,
+            load_ms=first.response.load_ms,
+            row_id=reply.row_id,
         )
 
     def _request(self, run: _Run, local: _Local | None) -> ChatRequest:
@@ -489,6 +522,8 @@ class Router:
         return await self._call_local(run, request, local)
 
     async def _call_local(self, run: _Run, request: ChatRequest, local: _Local) -> _Reply | None:
+        if run.task.on_text is not None:
+            return await self._stream_local(run, request, local, run.task.on_text)
         started = time.perf_counter()
         trace = CallTrace()
         try:
@@ -511,7 +546,45 @@ class Router:
         self._record_local_failures(run, trace, None, request.model, started, answered_by=result.host)
         run.calls += result.attempts
         reply = _Reply(result.response, result.provider, result.host, result.model, result.tier.value)
-        await self.ledger.arecord(self._answer_row(run, reply, local=True, latency_ms=result.latency_ms))
+        reply.row_id = await self.ledger.arecord(self._answer_row(run, reply, local=True, latency_ms=result.latency_ms))
+        return reply
+
+    async def _stream_local(self, run: _Run, request: ChatRequest, local: _Local, on_text: TextFn) -> _Reply | None:
+        """:meth:`_call_local`, streamed: ``on_text`` gets the reply's text so far after each piece.
+        The pool fails over only before the first piece; the ledger rows are the same."""
+        started = time.perf_counter()
+        trace = CallTrace()
+        sel: Selection | None = None
+        final: ChatResponse | None = None
+        pieces: list[str] = []
+        stream = self.pool.stream(
+            request, tier=local.tier, model=local.model, min_tier=local.min_tier, deadline=run.deadline, trace=trace
+        )
+        try:
+            async with aclosing(stream):
+                async for picked, chunk in stream:
+                    sel = picked
+                    if chunk.content:
+                        pieces.append(chunk.content)
+                        await on_text("".join(pieces))
+                    if chunk.done:
+                        final = chunk.response
+            if sel is None or final is None:
+                host = sel.host.name if sel is not None else ""
+                raise MalformedResponseError("the stream ended without its final piece", host=host)
+        except (NoHostAvailableError, AllHostsFailedError, BackendError) as exc:
+            run.errors.append(str(exc))
+            self._record_local_failures(run, trace, exc, request.model, started)
+            return None
+        except anyio.get_cancelled_exc_class():
+            stopped = "stopped before the model answered (time budget or cancelled call)"
+            self._record_local_failures(run, trace, None, request.model, started, stopped=stopped)
+            raise
+        self._record_local_failures(run, trace, None, request.model, started, answered_by=sel.host.name)
+        run.calls += trace.attempts
+        reply = _Reply(final, sel.host.kind, sel.host.name, sel.model, sel.tier.value)
+        latency_ms = (time.perf_counter() - started) * 1000
+        reply.row_id = await self.ledger.arecord(self._answer_row(run, reply, local=True, latency_ms=latency_ms))
         return reply
 
     async def _call_claude(self, run: _Run, request: ChatRequest) -> _Reply | None:
@@ -539,7 +612,7 @@ class Router:
         reply = _Reply(response, claude.kind, "claude", request.model, None)
         run.calls += 1
         latency = (time.perf_counter() - started) * 1000
-        self.ledger.settle(reservation, self._answer_row(run, reply, local=False, latency_ms=latency))
+        reply.row_id = self.ledger.settle(reservation, self._answer_row(run, reply, local=False, latency_ms=latency))
         return reply
 
     def _claude_failure(self, run: _Run, request: ChatRequest, error: str, started: float) -> LedgerEntry:
@@ -637,6 +710,9 @@ class Router:
     def _result(
         self, run: _Run, cand: _Candidate, path: FinalPath, reason: str | None, *, timed_out: bool = False
     ) -> RoutedResult:
+        if path == "local_low_confidence" and cand.row_id is not None:
+            # The answer handed back below the threshold: its row says so (the ledger's low-confidence count).
+            self.ledger.annotate(cand.row_id, path="local_low_confidence")
         total = _sum_usage(run.usage)
         execution = ExecutionRecord(
             path=path,
@@ -656,6 +732,7 @@ class Router:
             cache_read_tokens=total.cache_read_tokens,
             cache_write_tokens=total.cache_write_tokens,
             latency_ms=round((time.perf_counter() - run.started) * 1000, 1),
+            load_ms=cand.load_ms,
             cost_usd=round(run.cost, 6),
             counterfactual_cost_usd=round(run.counterfactual, 6),
         )

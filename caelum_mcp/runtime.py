@@ -44,7 +44,8 @@ from caelum_mcp.app import AppState
 from caelum_mcp.budget import fit_to_budget
 from caelum_mcp.config import RESULT_TOKENS_CAP
 from caelum_mcp.errors import CaelumError, ToolInputError
-from caelum_mcp.llm import Availability, Embeddings, LLMTask, ProgressFn, RoutedResult
+from caelum_mcp.llm import Availability, CallCost, Embeddings, LLMTask, ProgressFn, RoutedResult
+from caelum_mcp.logs import request_scope
 from caelum_mcp.router import Router
 from caelum_mcp.supervisors.base import (
     ExternalTool,
@@ -86,6 +87,11 @@ class BoundLLM:
 
     async def embed(self, texts: Sequence[str], *, model: str | None = None) -> Embeddings:
         return await self.router.embed(texts, model=model, call_id=self.call_id)
+
+    async def call_cost(self) -> CallCost:
+        if self.call_id is None:
+            return CallCost(model_calls=0, input_tokens=0, output_tokens=0, cost_usd=0.0, counterfactual_cost_usd=0.0)
+        return await anyio.to_thread.run_sync(self.router.ledger.call_cost, self.call_id)
 
 
 @dataclass(frozen=True)
@@ -186,8 +192,12 @@ class ToolRuntime:
         roots: tuple[Path, ...],
         progress: ProgressReporter = _no_progress,
         parent: ToolContext | None = None,
+        call_id: str | None = None,
     ) -> ToolOutput:
-        """Run tool ``name`` with ``args`` (validated here unless already its input model)."""
+        """Run tool ``name`` with ``args`` (validated here unless already its input model).
+
+        ``call_id`` (default: a new one) is the call's id in the ledger and its request id in the
+        logs while the handler runs (:func:`~caelum_mcp.logs.request_scope`)."""
         registered = self.get(name)
         tool, supervisor = registered.tool, registered.supervisor
         if isinstance(args, tool.input_model):
@@ -199,7 +209,7 @@ class ToolRuntime:
         if depth > MAX_CALL_DEPTH:
             raise CaelumError(f"call_tool nested deeper than {MAX_CALL_DEPTH} levels (calling {name})")
         state = self.require_state()
-        call_id = uuid.uuid4().hex[:16]
+        call_id = call_id or uuid.uuid4().hex[:16]
         ctx = ToolContext(
             llm=BoundLLM(state.router, call_id),
             limits=state.config.tools,
@@ -218,7 +228,8 @@ class ToolRuntime:
         started = time.perf_counter()
         outcome, error = "error", None
         try:
-            result: ToolOutput = await tool.handler(validated, ctx)
+            with request_scope(call_id):
+                result: ToolOutput = await tool.handler(validated, ctx)
             outcome = "ok"
             return result
         except anyio.get_cancelled_exc_class():

@@ -10,15 +10,19 @@ the message (never a traceback). Resources: ``caelum://status``, ``caelum://ledg
 ``caelum://supervisors``.
 
 Transports: stdio (``run_stdio``), and one Starlette app serving streamable HTTP at ``/mcp`` and
-SSE at ``/sse`` (``http_app``), bound to loopback unless a bearer token is configured.
+SSE at ``/sse`` (``http_app``), bound to loopback unless a bearer token is configured. The same app
+serves the dashboard at ``/`` and Prometheus metrics at ``/metrics`` (:mod:`caelum_mcp.dashboard`),
+behind one gate (:class:`~caelum_mcp.dashboard.auth.AccessGate`): the bearer token when one is set,
+and the DNS-rebinding check for every path. Every tool call is counted by tool and outcome, and its
+execution records kept for the dashboard (:class:`~caelum_mcp.dashboard.telemetry.Telemetry`).
 """
 
 from __future__ import annotations
 
 import base64
-import hmac
 import inspect
 import logging
+import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -43,13 +47,17 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from caelum_mcp import __version__
 from caelum_mcp.app import AppState, open_app
 from caelum_mcp.config import Config
+from caelum_mcp.dashboard.auth import AccessGate
+from caelum_mcp.dashboard.routes import DashboardSite, login_page
+from caelum_mcp.dashboard.telemetry import Telemetry
 from caelum_mcp.errors import CaelumError
 from caelum_mcp.hosts import Host
+from caelum_mcp.logs import new_request_id
+from caelum_mcp.metrics import metrics_port
 from caelum_mcp.runtime import ToolRuntime, validate_arguments
 from caelum_mcp.schemas import compact_schema
 from caelum_mcp.supervisors import SUPERVISORS
@@ -75,6 +83,7 @@ class StateHolder:
         self.extra_hosts = tuple(extra_hosts)
         self.state: AppState | None = None
         self.users = 0
+        self.telemetry = Telemetry()
 
     def require(self) -> AppState:
         if self.state is None:
@@ -87,7 +96,8 @@ class StateHolder:
         async with open_app(self.config, extra_hosts=self.extra_hosts) as state, self.runtime.serving(state):
             self.state = state
             try:
-                yield state
+                with self.telemetry.watching(state):
+                    yield state
             finally:
                 self.state = None
 
@@ -120,7 +130,7 @@ def create_server(config: Config, *, extra_hosts: Sequence[Host] = ()) -> tuple[
         async with holder.session() as state:
             yield state
 
-    tools = [build_tool(registered.tool, runtime) for registered in runtime.tools.values()]
+    tools = [build_tool(registered.tool, runtime, holder.telemetry) for registered in runtime.tools.values()]
     server: MCPServer[AppState] = MCPServer(
         "caelum-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, tools=tools
     )
@@ -211,8 +221,11 @@ def _existing_dirs(uris: list[str]) -> tuple[Path, ...]:
     return tuple(p.resolve() for p in paths if p.is_dir())
 
 
-def build_tool(tool: ExternalTool[Any, Any], runtime: ToolRuntime) -> Tool:
-    """The MCP tool for ``tool``: its input model's fields are the arguments, its output model the schema."""
+def build_tool(tool: ExternalTool[Any, Any], runtime: ToolRuntime, telemetry: Telemetry | None = None) -> Tool:
+    """The MCP tool for ``tool``: its input model's fields are the arguments, its output model the schema.
+
+    ``telemetry`` hears how each call ended (``ok``, ``error``, ``internal_error``, ``cancelled``),
+    under the call's request id."""
     input_model = tool.input_model
 
     async def handler(ctx: Context, **kwargs: Any) -> CallToolResult:
@@ -222,18 +235,27 @@ def build_tool(tool: ExternalTool[Any, Any], runtime: ToolRuntime) -> Tool:
         if tool.uses_roots:
             roots = roots + tuple(r for r in await client_roots(ctx, listed) if r not in roots)
         progress = ProgressChannel(ctx, state.config.server.heartbeat_s, label=tool.name)
+        call_id, started, outcome, result = new_request_id(), time.perf_counter(), "cancelled", None
         try:
             args = validate_arguments(input_model, kwargs)
-            result = await progress.run(lambda: runtime.invoke(tool.name, args, roots=roots, progress=progress.report))
+            result = await progress.run(
+                lambda: runtime.invoke(tool.name, args, roots=roots, progress=progress.report, call_id=call_id)
+            )
             data = runtime.fit(tool.name, result, runtime.budget_for(tool.name, args))
+            outcome = "ok"
         except CaelumError as exc:
+            outcome = "error"
             raise ToolError(error_text(str(exc))) from None
         except Exception as exc:  # a bug, not bad input: the log gets the traceback, the client a reason
-            log.exception("tool %s failed unexpectedly", tool.name)
+            outcome = "internal_error"
+            log.exception("tool %s failed unexpectedly", tool.name, extra={"request_id": call_id})
             raise ToolError(
                 f"{tool.name} failed with an internal error ({type(exc).__name__}); the server log has the "
                 "details. Please report it."
             ) from None
+        finally:  # "cancelled" stays when neither branch ran: the call was cancelled
+            if telemetry is not None:
+                telemetry.tool_call_finished(tool.name, call_id, outcome, time.perf_counter() - started, result)
         text = pydantic_core.to_json(data).decode()
         content: list[ContentBlock] = [TextContent(type="text", text=text)]
         content += [
@@ -362,27 +384,6 @@ class ProgressChannel:
 # HTTP transports ------------------------------------------------------------------------------
 
 
-class BearerAuth:
-    """Reject HTTP requests without ``Authorization: Bearer <token>`` (constant-time compare)."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("path") != "/health":
-            got = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(got, self.expected):
-                response = JSONResponse(
-                    {"error": "unauthorized: send Authorization: Bearer <token>"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 WILDCARD_BINDS = {"0.0.0.0", "::", ""}  # noqa: S104 - names, not a bind
 
 
@@ -405,18 +406,25 @@ def transport_security(bind: str, public_names: Sequence[str] = ()) -> Transport
     )
 
 
-def http_app(config: Config, *, host: str, port: int, token: str | None = None) -> Starlette:
-    """One app: streamable HTTP at ``/mcp``, SSE at ``/sse`` (+ ``/messages/``), ``/health``."""
-    server, holder = create_server(config)
+def http_app(
+    config: Config, *, host: str, port: int, token: str | None = None, extra_hosts: Sequence[Host] = ()
+) -> Starlette:
+    """One app: streamable HTTP at ``/mcp``, SSE at ``/sse`` (+ ``/messages/``), ``/health``, the
+    dashboard at ``/`` and ``/dashboard``, metrics at ``/metrics``; every path but ``/health`` (and
+    the dashboard's sign-in form and static files) needs ``token`` when one is given.
+    ``extra_hosts`` join the pool (see :func:`create_server`)."""
+    server, holder = create_server(config, extra_hosts=extra_hosts)
     security = transport_security(host, config.server.public_names)
     mcp_app = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
     sse = server.sse_app(transport_security=security, host=host)
+    site = DashboardSite(lambda: holder.state, holder.telemetry, config, token=token)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(holder.open())
             await stack.enter_async_context(server.session_manager.run())
+            stack.enter_context(metrics_port(holder.telemetry.metrics, config.metrics.port))
             yield
 
     async def health(_: Request) -> Response:
@@ -427,12 +435,14 @@ def http_app(config: Config, *, host: str, port: int, token: str | None = None) 
     app = Starlette(
         routes=[
             Route("/health", health),
+            *site.routes(),
             *sse.routes,
             Mount("/", app=mcp_app),
         ],
         lifespan=lifespan,
     )
-    if token:
-        app.add_middleware(BearerAuth, token=token)
+    login = login_page() if token and config.dashboard.enabled else ""
+    app.add_middleware(AccessGate, token=token, sessions=site.sessions, security=security, login_page=login)
+    app.state.dashboard = site  # the runner ends its event streams when a shutdown begins
     log.info("serving MCP at http://%s:%d/mcp (SSE at /sse)", host, port)
     return app

@@ -24,6 +24,7 @@ class ModelStatus(Frozen):
     tiers: list[str]
     parameters_b: float | None = None
     loaded: bool = False
+    size_bytes: int | None = None  # the model's size as the host lists it (Ollama /api/tags): its memory when loaded
 
 
 class FailureCounts(Frozen):
@@ -110,6 +111,7 @@ def host_status(host: Host, pool: Pool) -> HostStatus:
                 tiers=sorted(t.value for t in host.tiers_of(name, pool.tier_overrides)),
                 parameters_b=info.parameters_b,
                 loaded=info.loaded,
+                size_bytes=info.size_bytes,
             )
             for name, info in host.models.items()
         ],

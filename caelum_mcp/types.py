@@ -123,6 +123,7 @@ class ChatResponse(Frozen):
     finish_reason: str | None = None
     usage: Usage = Usage()
     logprobs: tuple[TokenLogprob, ...] | None = None
+    load_ms: float | None = None  # time the host spent loading the model, where it says (Ollama)
 
 
 class StreamChunk(Frozen):

@@ -1,16 +1,20 @@
 """The AI supervisor: direct access to the local pool with the same confidence gate.
 
-``delegate_task`` runs a caller's prompt (task kind ``general``: the caller picks the tier);
-``pool_status`` and ``set_host_enabled`` use the ``pool_admin`` service, which only this
-supervisor is handed.
+``delegate_task`` runs a caller's prompt (task kind ``general``: the caller picks the tier) and
+streams: while the model writes, the text so far arrives in progress notifications (at most four a
+second, the latest :data:`PARTIAL_CHARS` characters). ``compare_models`` (:mod:`.ai_compare`) runs
+one prompt on several models at once. ``pool_status`` and ``set_host_enabled`` use the
+``pool_admin`` service, which only this supervisor is handed.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from caelum_mcp.errors import CaelumError
@@ -18,6 +22,11 @@ from caelum_mcp.llm import ExecutionRecord, LLMTask, TaskKind
 from caelum_mcp.status import HostStatus, StatusReport
 from caelum_mcp.supervisors.base import ExternalTool, Supervisor, ToolContext, ToolOutput
 from caelum_mcp.types import ChatMessage, Tier
+
+from .ai_compare import CompareModelsInput, CompareModelsOutput, compare_models, object_schema
+
+PARTIAL_CHARS = 400
+PARTIAL_EVERY_S = 0.25
 
 
 class DelegateTaskInput(BaseModel):
@@ -36,15 +45,7 @@ class DelegateTaskInput(BaseModel):
     @field_validator("json_schema")
     @classmethod
     def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is None:
-            return None
-        if value.get("type") != "object":
-            raise ValueError('json_schema must describe an object: {"type": "object", "properties": {...}}')
-        try:
-            jsonschema.validators.validator_for(value).check_schema(value)
-        except jsonschema.SchemaError as exc:
-            raise ValueError(f"json_schema is not a valid JSON schema: {exc.message}") from exc
-        return value
+        return object_schema(value)
 
     @field_validator("tier")
     @classmethod
@@ -95,6 +96,7 @@ async def delegate_task(args: DelegateTaskInput, ctx: ToolContext) -> DelegateTa
         model=args.model,
         allow_claude=args.allow_claude,
         max_output_tokens=args.max_tokens,
+        on_text=PartialText(ctx, structured=args.json_schema is not None),
     )
 
     async def progress(message: str) -> None:
@@ -107,6 +109,54 @@ async def delegate_task(args: DelegateTaskInput, ctx: ToolContext) -> DelegateTa
             answer=answer if isinstance(answer, str) else result.text, data=None, execution=result.execution
         )
     return DelegateTaskOutput(answer=None, data=result.output, execution=result.execution)
+
+
+class PartialText:
+    """Streamed text as progress notes: at most every :data:`PARTIAL_EVERY_S`, the latest
+    :data:`PARTIAL_CHARS` characters. A free-text answer arrives as JSON (``{"answer": "..."}``):
+    the note shows the answer's text so far, not the JSON around it."""
+
+    def __init__(self, ctx: ToolContext, *, structured: bool) -> None:
+        self.ctx = ctx
+        self.structured = structured
+        self.last = 0.0
+
+    async def __call__(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self.last < PARTIAL_EVERY_S:
+            return
+        self.last = now
+        shown = text if self.structured else partial_answer(text)
+        if shown:
+            tail = shown if len(shown) <= PARTIAL_CHARS else "…" + shown[-PARTIAL_CHARS:]
+            await self.ctx.note(f"writing: {tail}")
+
+
+_ANSWER_OPENS = re.compile(r'"answer"\s*:\s*"')
+
+
+def partial_answer(text: str) -> str:
+    """The ``answer`` string of a JSON reply that may be cut anywhere, decoded so far; text that
+    is not such JSON is returned as it is."""
+    opened = _ANSWER_OPENS.search(text)
+    if opened is None:
+        return "" if text.lstrip().startswith("{") else text
+    body = text[opened.end() :]
+    end = 0
+    while end < len(body):
+        if body[end] == "\\":
+            end += 2
+            continue
+        if body[end] == '"':
+            break
+        end += 1
+    piece = body[:end]
+    for cut in range(min(len(piece), 6) + 1):  # drop a half-written escape at the end
+        try:
+            return str(json.loads(f'"{piece[: len(piece) - cut]}"', strict=False))
+        except ValueError:
+            continue
+    return piece
 
 
 async def pool_status(args: PoolStatusInput, ctx: ToolContext) -> PoolStatusOutput:
@@ -147,6 +197,21 @@ class AISupervisor(Supervisor):
                 idempotent=False,
                 open_world=True,
                 more_hint="ask for a shorter answer (`max_tokens`)",
+            ),
+            ExternalTool(
+                name="compare_models",
+                title="Compare models on one prompt",
+                description=(
+                    "Run one prompt on several local models at once (and Claude if asked): each answer with "
+                    "time to first token, latency, tokens/s, load time, tokens, cost; and how far they agree "
+                    "(per JSON field, or text similarity), with the majority and outliers."
+                ),
+                input_model=CompareModelsInput,
+                output_model=CompareModelsOutput,
+                handler=compare_models,
+                idempotent=False,
+                open_world=True,
+                more_hint="compare fewer `models`, or lower `answer_chars`",
             ),
             ExternalTool(
                 name="pool_status",

@@ -43,7 +43,7 @@ from caelum_mcp.errors import CaelumError
 if TYPE_CHECKING:
     from caelum_mcp.cache import ResultCache
     from caelum_mcp.config import ToolsConfig
-    from caelum_mcp.llm import Availability, Embeddings, LLMTask, ProgressFn, RoutedResult
+    from caelum_mcp.llm import Availability, CallCost, Embeddings, LLMTask, ProgressFn, RoutedResult
     from caelum_mcp.status import HostStatus, StatusReport
     from caelum_mcp.types import Tier
 
@@ -81,6 +81,11 @@ class LLMService(Protocol):
     async def embed(self, texts: Sequence[str], *, model: str | None = None) -> Embeddings:
         """Vectors for ``texts`` from the pool's embedding tier, batched; recorded in the ledger.
         Raises :class:`~caelum_mcp.errors.NoHostAvailableError` when no embedding model is up."""
+        ...
+
+    async def call_cost(self) -> CallCost:
+        """What this tool call's model calls have cost so far, its child tool calls included
+        (from the ledger); zero outside a tool call."""
         ...
 
 

@@ -63,6 +63,10 @@ def test_the_wheel_holds_and_imports_every_module(tmp_path: Path) -> None:
     wanted = expected_modules()
     assert wanted <= in_wheel, f"missing from the wheel: {sorted(wanted - in_wheel)}"
     assert not any(n.startswith(("supervisors/", "tools/")) for n in names), "no top-level tools/supervisors"
+    # package data: the dashboard's page, script and styles (served from the package, no CDN)
+    static = {f"caelum_mcp/dashboard/static/{p.name}" for p in (ROOT / "caelum_mcp/dashboard/static").iterdir()}
+    assert {"caelum_mcp/dashboard/static/index.html", "caelum_mcp/dashboard/static/app.js"} <= static
+    assert static <= set(names), f"missing from the wheel: {sorted(static - set(names))}"
 
     target = tmp_path / "site"
     install = subprocess.run(
@@ -77,6 +81,8 @@ def test_the_wheel_holds_and_imports_every_module(tmp_path: Path) -> None:
         "import importlib, json, sys\n"
         "mods = json.loads(sys.argv[1])\n"
         "files = {m: importlib.import_module(m).__file__ for m in mods}\n"
+        "import importlib.resources as res\n"
+        "assert res.files('caelum_mcp.dashboard').joinpath('static', 'index.html').is_file()\n"
         "print(json.dumps(files))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}

@@ -81,8 +81,13 @@ class _WireChat(_Wire):
     done_reason: str | None = None
     prompt_eval_count: int = 0
     eval_count: int = 0
+    load_duration: int | None = None  # nanoseconds
     logprobs: list[_WireLogprob] | None = None
     error: str | None = None
+
+    @property
+    def load_ms(self) -> float | None:
+        return None if self.load_duration is None else self.load_duration / 1e6
 
 
 class _WireDetails(_Wire):
@@ -182,6 +187,7 @@ class OllamaBackend(Backend):
             finish_reason=wire.done_reason,
             usage=Usage(input_tokens=wire.prompt_eval_count, output_tokens=wire.eval_count),
             logprobs=_logprobs(wire.logprobs),
+            load_ms=wire.load_ms,
         )
 
     async def stream(self, request: ChatRequest, *, limit_s: float | None = None) -> AsyncIterator[StreamChunk]:
@@ -220,6 +226,7 @@ class OllamaBackend(Backend):
                                 finish_reason=wire.done_reason,
                                 usage=Usage(input_tokens=wire.prompt_eval_count, output_tokens=wire.eval_count),
                                 logprobs=_logprobs(logprobs),
+                                load_ms=wire.load_ms,
                             )
                             yielded = True
                             yield StreamChunk(

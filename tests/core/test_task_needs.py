@@ -230,3 +230,25 @@ async def test_cancelling_a_task_records_the_stopped_call(tmp_path: Path) -> Non
             await router.run(task())
         (row,) = ledger.recent(5)
         assert row.path == "failed" and row.model == "" and pool.hosts["gpu-1"].in_flight == 0
+
+
+async def test_a_model_asked_as_the_code_tier_is_not_asked_again_as_its_size_tier(tmp_path: Path) -> None:
+    coder = scripted_host("gpu-1", [("qwen2.5-coder:7b", 7.6)], [GOOD])
+    pool = await scripted_pool(coder)
+    with Ledger(tmp_path / "l.db") as ledger:
+        result = await Router(pool, ledger, make_config(tmp_path)).run(task(grounded=0.2))
+    assert result.execution.path == "local_low_confidence"
+    assert len(backend_of(coder).requests) == 1  # asked as "code"; as "full" it would be the same model
+
+
+async def test_the_ledger_row_of_an_answer_carries_its_confidence_and_low_confidence_path(tmp_path: Path) -> None:
+    pool = await scripted_pool(scripted_host("gpu-1", FULL, [GOOD]))
+    with Ledger(tmp_path / "l.db") as ledger:
+        router = Router(pool, ledger, make_config(tmp_path))
+        confident = await router.run(task())
+        weak = await router.run(task(grounded=0.2))
+        rows = list(reversed(ledger.recent(5)))
+        summary = ledger.summary()
+    assert [r.path for r in rows] == ["local", "local_low_confidence"]
+    assert rows[0].confidence == confident.execution.confidence and rows[1].confidence == weak.execution.confidence
+    assert summary.low_confidence_calls == 1 and summary.local_calls == 2

@@ -25,6 +25,7 @@ from mcp.types import CallToolResult, TextContent
 
 from caelum_mcp.backends.scripted import ScriptedBackend
 from caelum_mcp.hosts import Host
+from caelum_mcp.supervisors import SUPERVISORS
 
 from .test_development import _git, make_server, write
 
@@ -94,7 +95,7 @@ def sensible(field: str, project: str) -> st.SearchStrategy[Any]:
     by_field: dict[str, list[Any]] = {
         "project": [project, "proj", "."],
         "task": ["analyze", "improve", "security_scan", "performance", "comprehensive"],
-        "paths": [["a.py"], ["."], ["nope.py"], ["../x"]],
+        "paths": [["a.py"], ["."], ["nope.py"], ["../x"], ["proj/app.log"], [f"{project}/app.log"]],
         "selection": [["tests"], ["tests/test_a.py::test_a"], ["nope"]],
         "prompt": ["Say hi.", "x" * 1000],
         "tier": ["micro", "small", "full", "large", "code", "embedding"],
@@ -102,6 +103,16 @@ def sensible(field: str, project: str) -> st.SearchStrategy[Any]:
         "host": ["gpu-1", "nope"],
         "base": ["HEAD", "HEAD~5", "--output=/tmp/x"],
         "head": ["HEAD", "nope", "-p"],
+        # the other supervisors' arguments
+        "query": ["where is eval used?", "f"],
+        "question": ["what does f do?", "how many rows?"],
+        "sources": [["proj/data.csv"], [f"{project}/data.csv"], [f"{project}/*.csv"], ["a.py"]],
+        "source": ["proj/data.csv", f"{project}/data.csv", "a.py"],
+        "sql": ["SELECT 1", "SELECT * FROM data", "COPY data TO '/tmp/x.csv'"],
+        "action": ["remember", "recall", "forget", "list"],
+        "text": ["the build uses make", "x" * 1000],
+        "workflow": ["pre-commit", "security-review", "release-check", "nope"],
+        "models": [["qwen3:8b"], ["nope"]],
     }
     return st.sampled_from(by_field.get(field, [True, False, 1, 50, "x"]))
 
@@ -137,13 +148,18 @@ def served(
     tmp = tmp_path_factory.mktemp("fuzz")
     project = write(
         tmp / "work" / "proj",
-        {"a.py": "import os\n\n\ndef f(x):\n    return eval(x)\n", "tests/test_a.py": "def test_a():\n    assert 1\n"},
+        {
+            "a.py": "import os\n\n\ndef f(x):\n    return eval(x)\n",
+            "tests/test_a.py": "def test_a():\n    assert 1\n",
+            "data.csv": "name,amount\na,1\nb,2\n",
+            "app.log": "2026-11-30 10:00:00 ERROR db timeout after 30 s\n2026-11-30 10:00:01 INFO retry\n",
+        },
     )
-    # its answer has the "a" the hostile schemas' $refs describe, so validating it follows them
     _git(project, "init", "-q")
     _git(project, "add", "-A")
     _git(project, "commit", "-q", "-m", "start")
     (project / "a.py").write_text("import os\nimport sys\n\n\ndef f(x):\n    return eval(x)\n")  # a change to review
+    # its answer has the "a" the hostile schemas' $refs describe, so validating it follows them
     model = ScriptedBackend([("qwen3:8b", 8.0)], '{"answer": "ok", "a": {"a": 1}, "confidence": 0.9}', name="gpu-1")
     server, _ = make_server(tmp, [Host(name="gpu-1", backend=model)])
     with start_blocking_portal() as portal, portal.wrap_async_context_manager(Client(server)) as client:
@@ -166,14 +182,8 @@ def call(portal: BlockingPortal, client: Client, tool: str, args: dict[str, Any]
         return exc
 
 
-TOOLS = [
-    "analyze_and_improve_code",
-    "review_changes",
-    "run_project_tests",
-    "delegate_task",
-    "pool_status",
-    "set_host_enabled",
-]
+# Every registered tool, so a new supervisor's tools are fuzzed without anyone remembering to.
+TOOLS = [tool.name for cls in SUPERVISORS for tool in cls().external_tools()]
 FIGURES: Counter[tuple[str, str]] = Counter()
 
 

@@ -118,7 +118,8 @@ async def test_delegate_task_reports_execution_progress_and_ledger(tmp_path: Pat
         report = await read_json(client, "caelum://status")
         assert report["ledger"]["calls"] == summary["calls"]
         assert "micro" in report["tiers_available"]
-        assert {h["name"] for h in report["hosts"]} == {"embedded"}  # the implicit Ollama host is switched off
+        # the implicit Ollama host is switched off; the embedded embedding model runs beside the chat one
+        assert {h["name"] for h in report["hosts"]} - {"embedded-embeddings"} == {"embedded"}
 
 
 async def test_disabled_host_fails_clearly_and_reenabling_restores_it(tmp_path: Path) -> None:

@@ -202,7 +202,12 @@ async def test_the_supervisors_resource_lists_every_supervisor_and_its_tools(tmp
     internal = {t["name"]: t["description"] for t in dev["internal_tools"]}
     assert {"lint", "security_scan", "run_tests", "check_patches"} <= set(internal)
     assert all(internal.values()), "each internal tool says what it does"
-    assert {t["name"] for t in catalog["ai"]["external_tools"]} == {"delegate_task", "pool_status", "set_host_enabled"}
+    assert {t["name"] for t in catalog["ai"]["external_tools"]} == {
+        "delegate_task",
+        "compare_models",
+        "pool_status",
+        "set_host_enabled",
+    }
 
 
 async def test_an_attached_image_is_sent_as_image_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

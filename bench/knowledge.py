@@ -1,0 +1,622 @@
+# ruff: noqa: ASYNC240 - a benchmark script: file work between measured steps need not leave the event loop
+"""The knowledge supervisor's figures: retrieval quality, speed, memory recall, citation validity.
+
+Everything runs on this machine with the embedded models: all-MiniLM-L6-v2 (GGUF, llama.cpp) for
+embeddings and SmolLM2-135M for answers, through the real server (``create_server``, in-process
+MCP client) and the real index code (``caelum_mcp.tools.knowledge``).
+
+1. Retrieval quality, nDCG@10 and recall@10 on the test split, for lexical only (FTS5 BM25),
+   semantic only (cosine), hybrid (convex, and RRF), and a reference BM25 (``rank_bm25.BM25Okapi``
+   over the same units, lower-cased word tokens without stop words):
+   (a) 54 questions about starlette's code and docs with gold file and line spans
+       (``bench/data/knowledge/code_questions.json``; a retrieved chunk is relevant when it overlaps
+       a gold span of the same file, each gold span counted once);
+   (b) the Cranfield collection (1,400 abstracts, 225 queries, human relevance judgements; every
+       judged document relevant, binary).
+   Fusion weights are chosen on the dev split (every third question/query), never on test.
+2. Speed: search p95 at >= 20,000 chunks with the query embedded by the real model each time;
+   re-indexing after one changed file; files per second for a cold index of a ~60k-line repository.
+3. Memory: recall@5 of 100 paraphrased queries over 200 notes; hits after forgetting them.
+4. ``ask_knowledge``: every citation returned is checked mechanically (its chunk was retrieved,
+   its quote is in the chunk), with SmolLM2 allowed to answer (``[router.tasks.qa] min_tier``).
+
+    .venv/bin/python bench/knowledge.py                # everything (first run ~15 min: embeddings)
+    .venv/bin/python bench/knowledge.py --only quality --tune
+    .venv/bin/python bench/knowledge.py --quick        # small subsets (smoke test)
+
+Embeddings and indexes are cached in ``--cache`` (default ``$XDG_CACHE_HOME/caelum-bench/knowledge``)
+so a second run only measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import statistics
+import sys
+import tarfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+from mcp import Client
+
+from caelum_mcp.config import load_config
+from caelum_mcp.server import create_server
+from caelum_mcp.tools.knowledge.indexer import sync_index
+from caelum_mcp.tools.knowledge.memory import GLOBAL_SCOPE, MEMORY_LEXICAL_WEIGHT, MemoryStore
+from caelum_mcp.tools.knowledge.ranking import DEFAULT_LEXICAL_WEIGHT, DEFAULT_NORMALISATION, fuse
+from caelum_mcp.tools.knowledge.retrieval import retrieve
+from caelum_mcp.tools.knowledge.store import KnowledgeStore
+from caelum_mcp.tools.knowledge.terms import STOPWORDS, query_terms
+from caelum_mcp.tools.knowledge.vectors import cosine_top, unit
+
+DATA = Path(__file__).parent / "data" / "knowledge"
+MODEL = "all-minilm:l6-v2"
+CANDIDATES = 100
+K = 10
+
+
+# metrics ------------------------------------------------------------------------------------------
+
+
+def ndcg_recall(ranked_gains: list[float], n_relevant: int, k: int = K) -> tuple[float, float]:
+    """nDCG@k and recall@k of a ranking given each position's gain (1 for a new relevant item, 0
+    otherwise) and how many relevant items exist."""
+    if n_relevant == 0:
+        return 0.0, 0.0
+    top = ranked_gains[:k]
+    dcg = sum(g / math.log2(i + 2) for i, g in enumerate(top))
+    ideal = sum(1 / math.log2(i + 2) for i in range(min(n_relevant, k)))
+    return dcg / ideal, sum(top) / n_relevant
+
+
+@dataclass(frozen=True)
+class Query:
+    id: str
+    text: str
+    split: str
+
+
+@dataclass
+class Collection:
+    """A labelled set indexed in a store: queries, and how to judge a ranked list of chunk ids."""
+
+    name: str
+    store: KnowledgeStore
+    queries: list[Query]
+    judge: Any  # (query, [chunk ids]) -> (ndcg, recall)
+    units: dict[int, str]  # chunk id -> text, for the reference BM25 (documents for Cranfield)
+
+
+def code_judge(questions: dict[str, list[dict[str, Any]]], store: KnowledgeStore) -> Any:
+    def judge(query: Query, ids: list[int]) -> tuple[float, float]:
+        gold = questions[query.id]
+        chunks = store.chunks(ids[: K * 3])
+        seen: set[int] = set()
+        gains = []
+        for i in ids:
+            c = chunks.get(i)
+            hit = None
+            if c is not None:
+                for n, g in enumerate(gold):
+                    if n not in seen and g["path"] == c.path and c.start_line <= g["end"] and g["start"] <= c.end_line:
+                        hit = n
+                        break
+            if hit is not None:
+                seen.add(hit)
+            gains.append(1.0 if hit is not None else 0.0)
+        return ndcg_recall(gains, len(gold))
+
+    return judge
+
+
+def doc_judge(qrels: dict[str, set[str]], store: KnowledgeStore) -> Any:
+    """Cranfield: chunks map to their document (file), documents counted once, in order."""
+
+    def judge(query: Query, ids: list[int]) -> tuple[float, float]:
+        relevant = qrels.get(query.id, set())
+        chunks = store.chunks(ids)
+        docs: list[str] = []
+        for i in ids:
+            c = chunks.get(i)
+            if c is not None and c.path not in docs:
+                docs.append(c.path)
+        return ndcg_recall([1.0 if d in relevant else 0.0 for d in docs], len(relevant))
+
+    return judge
+
+
+# data ---------------------------------------------------------------------------------------------
+
+
+def load_cranfield(folder: Path) -> tuple[dict[str, str], list[str], dict[str, set[str]]]:
+    """(doc id -> "title\\n\\nabstract", queries in order, query number -> relevant doc files)."""
+
+    def fields(text: str) -> list[tuple[str, dict[str, str]]]:
+        out: list[tuple[str, dict[str, str]]] = []
+        for block in re.split(r"^\.I ", text, flags=re.MULTILINE)[1:]:
+            ident, _, rest = block.partition("\n")
+            parts = dict(re.findall(r"^\.([TAWB])\n(.*?)(?=^\.[TAWB]\n|\Z)", rest, flags=re.MULTILINE | re.DOTALL))
+            out.append((ident.strip(), {k: " ".join(v.split()) for k, v in parts.items()}))
+        return out
+
+    read = lambda name: gzip.decompress((folder / name).read_bytes()).decode("utf-8", "replace")  # noqa: E731
+    docs = {i: f"{f.get('T', '')}\n\n{f.get('W', '')}" for i, f in fields(read("cran.all.1400.gz"))}
+    queries = [f.get("W", "") for _, f in fields(read("cran.qry.gz"))]
+    qrels: dict[str, set[str]] = {}
+    for line in read("cranqrel.gz").splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[2] != "-1":  # judged relevant (grades 1-4); -1 is "no interest"
+            qrels.setdefault(parts[0], set()).add(f"cran/{int(parts[1]):04d}.txt")
+    return docs, queries, qrels
+
+
+def write_files(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+
+
+# the server and its embedding model ---------------------------------------------------------------
+
+
+class Bench:
+    """One in-process server (embedded models on) and the cache folder."""
+
+    def __init__(self, cache: Path, *, qa_micro: bool) -> None:
+        self.cache = cache
+        overrides: dict[str, Any] = {
+            "data_dir": str(cache / "data"),
+            "embedded": "on",
+            "embedded_threads": min(2, os.cpu_count() or 1),
+            "hosts": [],
+            "implicit_ollama": False,
+            "allowed_roots": [str(cache / "work")],
+            "knowledge": {"refresh_s": 3600},
+        }
+        if qa_micro:  # let SmolLM2-135M answer, to check what it cites (it is below qa's tier)
+            overrides["router"] = {"tasks": {"qa": {"min_tier": "micro"}}}
+        (cache / "work").mkdir(parents=True, exist_ok=True)
+        self.config = load_config(None, environ={}, overrides=overrides)
+        self.server, self.holder = create_server(self.config)
+
+    async def embed(self, texts: Sequence[str]) -> tuple[str, Sequence[Sequence[float]]]:
+        result = await self.holder.require().router.embed(list(texts), model=MODEL)
+        return MODEL, result.vectors
+
+    async def index(self, store: KnowledgeStore, root: Path, *, embed: bool = True) -> float:
+        started = time.perf_counter()
+        report = await sync_index(store, root, embedder=self.embed if embed else None, embedding_model=MODEL)
+        print(f"  indexed {root.name}: {report.files} files, {report.chunks} chunks, {report.embedded} embedded")
+        return time.perf_counter() - started
+
+
+# 1. retrieval quality -----------------------------------------------------------------------------
+
+
+async def rankings(
+    bench: Bench, coll: Collection
+) -> dict[str, tuple[list[tuple[int, float]], list[tuple[int, float]]]]:
+    """Per query: the lexical and semantic candidate lists (computed once, fused many ways)."""
+    vm = coll.store.vector_matrix(MODEL)
+    texts = [q.text for q in coll.queries]
+    _, vectors = await bench.embed(texts)
+    out = {}
+    for q, v in zip(coll.queries, vectors, strict=True):
+        lexical = coll.store.lexical(query_terms(q.text), CANDIDATES)
+        semantic = [(int(vm.ids[r]), s) for r, s in cosine_top(vm.matrix, unit(v), CANDIDATES)]
+        out[q.id] = (lexical, semantic)
+    return out
+
+
+def evaluate(coll: Collection, ranked: dict[str, list[int]], split: str) -> tuple[float, float]:
+    scores = [coll.judge(q, ranked[q.id]) for q in coll.queries if q.split == split]
+    return statistics.fmean(s[0] for s in scores), statistics.fmean(s[1] for s in scores)
+
+
+def fused(lists: dict[str, Any], method: str, **kw: Any) -> dict[str, list[int]]:
+    return {qid: [h.id for h in fuse(lex, sem, method=method, **kw)] for qid, (lex, sem) in lists.items()}  # type: ignore[arg-type]
+
+
+def reference_bm25(coll: Collection) -> dict[str, list[int]]:
+    from rank_bm25 import BM25Okapi
+
+    def tokens(text: str) -> list[str]:
+        return [t for t in re.findall(r"\w+", text.lower()) if t not in STOPWORDS]
+
+    ids = list(coll.units)
+    bm25 = BM25Okapi([tokens(coll.units[i]) for i in ids])
+    out = {}
+    for q in coll.queries:
+        scores = bm25.get_scores(tokens(q.text))
+        top = np.argsort(-scores)[:CANDIDATES]
+        out[q.id] = [ids[i] for i in top]
+    return out
+
+
+async def quality(bench: Bench, colls: list[Collection], tune: bool) -> dict[str, Any]:
+    """The table per set; the convex normalisation and weight (and RRF's k) chosen on dev."""
+    results: dict[str, Any] = {}
+    weights = [round(0.1 * i, 1) for i in range(11)]
+    grid = [(norm, w) for norm in ("zscore", "minmax") for w in weights]
+    per = {coll.name: await rankings(bench, coll) for coll in colls}
+
+    def dev_mean(**kw: Any) -> float:
+        return statistics.fmean(evaluate(c, fused(per[c.name], **kw), "dev")[0] for c in colls)
+
+    dev = {(norm, w): dev_mean(method="convex", normalisation=norm, lexical_weight=w) for norm, w in grid}
+    shared = max(grid, key=lambda g: (dev[g], -abs(g[1] - 0.5)))
+    shared_k = max((10, 30, 60, 100), key=lambda k: dev_mean(method="rrf", rrf_k=k))
+    default = (DEFAULT_NORMALISATION, DEFAULT_LEXICAL_WEIGHT)
+    for coll in colls:
+        lists = per[coll.name]
+        own = max(
+            grid,
+            key=lambda g: evaluate(coll, fused(lists, "convex", normalisation=g[0], lexical_weight=g[1]), "dev")[0],
+        )
+        runs = {
+            "lexical (FTS5 BM25)": {q: [i for i, _ in lists[q][0]] for q in lists},
+            "semantic (MiniLM cosine)": {q: [i for i, _ in lists[q][1]] for q in lists},
+            f"hybrid {default[0]} w={default[1]} (the default)": fused(
+                lists, "convex", normalisation=default[0], lexical_weight=default[1]
+            ),
+            f"hybrid {shared[0]} w={shared[1]} (dev, both sets)": fused(
+                lists, "convex", normalisation=shared[0], lexical_weight=shared[1]
+            ),
+            f"hybrid {own[0]} w={own[1]} (dev, this set)": fused(
+                lists, "convex", normalisation=own[0], lexical_weight=own[1]
+            ),
+            f"hybrid rrf k={shared_k} (dev, both sets)": fused(lists, "rrf", rrf_k=shared_k),
+            "reference BM25 (rank_bm25 Okapi)": reference_bm25(coll),
+        }
+        table = {}
+        for name, ranked in runs.items():
+            test = evaluate(coll, ranked, "test")
+            table[name] = {"test_ndcg": test[0], "test_recall": test[1], "dev_ndcg": evaluate(coll, ranked, "dev")[0]}
+        results[coll.name] = table
+        n_test = sum(q.split == "test" for q in coll.queries)
+        print(f"\n{coll.name} ({n_test} test queries): nDCG@10 / recall@10 on test (dev nDCG)", flush=True)
+        for name, r in table.items():
+            print(f"  {name:45s} {r['test_ndcg']:.3f} / {r['test_recall']:.3f}   ({r['dev_ndcg']:.3f})")
+    for norm in ("zscore", "minmax"):
+        print(f"\nmean dev nDCG@10 over both sets, {norm}: " + ", ".join(f"{w}: {dev[(norm, w)]:.3f}" for w in weights))
+    print(f"chosen on dev: {shared[0]} w={shared[1]} (the default is {default[0]} w={default[1]}); rrf k={shared_k}")
+    if tune:
+        for coll in colls:
+            if coll.name.startswith("code"):
+                qs = [q for q in coll.queries if q.split == "dev"]
+                for lw in (1.0, 2.0, 4.0):
+                    ranked = {
+                        q.id: [i for i, _ in coll.store.lexical(query_terms(q.text), CANDIDATES, label_weight=lw)]
+                        for q in qs
+                    }
+                    scores = [coll.judge(q, ranked[q.id])[0] for q in qs]
+                    print(f"  label weight {lw}: code dev lexical nDCG@10 {statistics.fmean(scores):.3f}")
+    results["chosen"] = {"normalisation": shared[0], "lexical_weight": shared[1], "rrf_k": shared_k}
+    return results
+
+
+# 2. speed -----------------------------------------------------------------------------------------
+
+
+SPEED_TREES = ("setuptools", "pip", "pydantic", "mcp", "anyio", "starlette", "hypothesis", "pygments", "rich",
+               "jsonschema", "httpx2", "uvicorn", "bandit", "radon", "_pytest", "sqlalchemy")  # fmt: skip
+
+
+def site_packages_trees() -> list[Path]:
+    import sysconfig
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    return [site / n for n in SPEED_TREES if (site / n).is_dir()]
+
+
+async def speed(bench: Bench, queries: list[str], quick: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    work = bench.cache / "work"
+    big = work / "big"
+    if not big.exists():
+        for tree in site_packages_trees()[: 2 if quick else None]:
+            shutil.copytree(tree, big / tree.name, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc"))
+    store = KnowledgeStore(bench.cache / "big.sqlite3")
+    started = time.perf_counter()
+    report = await sync_index(store, big)
+    print(
+        f"\n  big index: {report.files} files, {report.chunks} chunks (lexical, {time.perf_counter() - started:.1f} s)"
+    )
+    # Vectors for every chunk: synthetic unit vectors of the model's size (embedding 20k chunks
+    # here would take ~25 min); the cosine search costs the same whatever the numbers are.
+    missing = store.missing_vectors(MODEL)
+    if missing:
+        rng = np.random.default_rng(7)
+        vectors = rng.standard_normal((len(missing), 384)).astype(np.float32)
+        store.put_vectors(MODEL, [(h, v) for (h, _), v in zip(missing, vectors, strict=True)])
+    out["chunks"] = report.chunks
+    totals, embeds, searches = [], [], []
+    for i in range(60 if not quick else 10):
+        q = queries[i % len(queries)]
+        t0 = time.perf_counter()
+        _, vec = await bench.embed([q])
+        t1 = time.perf_counter()
+        found = retrieve(store, q, limit=10, query_vector=unit(vec[0]), model=MODEL)
+        t2 = time.perf_counter()
+        assert found.hits
+        totals.append((t2 - t0) * 1000)
+        embeds.append((t1 - t0) * 1000)
+        searches.append((t2 - t1) * 1000)
+    # the first queries load the vector matrix and warm SQLite's page cache: left out
+    totals, embeds, searches = totals[5:], embeds[5:], searches[5:]
+    out["search_p50_ms"] = statistics.median(totals)
+    out["search_p95_ms"] = float(np.percentile(totals, 95))
+    out["embed_p95_ms"] = float(np.percentile(embeds, 95))
+    out["retrieve_p95_ms"] = float(np.percentile(searches, 95))
+    print(
+        f"  hybrid search at {report.chunks} chunks, query embedded each time: p50 {out['search_p50_ms']:.1f} ms, "
+        f"p95 {out['search_p95_ms']:.1f} ms (p95 of the embedding call {out['embed_p95_ms']:.1f} ms, "
+        f"of FTS5 + cosine + fusion {out['retrieve_p95_ms']:.1f} ms)",
+        flush=True,
+    )
+    # re-index after one changed file (real embedding of its changed chunks)
+    times = []
+    victim = sorted(big.rglob("*.py"))[len(list(big.rglob("*.py"))) // 2]
+    original = victim.read_text()
+    try:
+        for n in range(5):
+            victim.write_text(original + f"\n\ndef bench_added_{n}(value):\n    return value * {n}\n")
+            t0 = time.perf_counter()
+            r = await sync_index(store, big, embedder=bench.embed, embedding_model=MODEL)
+            times.append(time.perf_counter() - t0)
+            assert r.changed == 1, r
+    finally:
+        victim.write_text(original)
+        await sync_index(store, big, embedder=bench.embed, embedding_model=MODEL)
+    out["reindex_one_file_s"] = statistics.median(times)
+    out["reindex_one_file_max_s"] = max(times)
+    print(
+        f"  re-index after editing one file ({report.files} files): median {statistics.median(times):.2f} s, "
+        f"max {max(times):.2f} s"
+    )
+    store.close()
+    return out
+
+
+async def cold_index(bench: Bench, embed: bool) -> dict[str, Any]:
+    import sysconfig
+
+    tree = bench.cache / "work" / "setuptools"
+    if not tree.exists():
+        src = Path(sysconfig.get_paths()["purelib"]) / "setuptools"
+        shutil.copytree(src, tree, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.exe"))
+    lines = sum(len(p.read_text(errors="replace").splitlines()) for p in tree.rglob("*.py"))
+    path = bench.cache / "cold.sqlite3"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    store = KnowledgeStore(path)
+    t0 = time.perf_counter()
+    report = await sync_index(store, tree)
+    lexical_s = time.perf_counter() - t0
+    out: dict[str, Any] = {
+        "files": report.files,
+        "python_lines": lines,
+        "chunks": report.chunks,
+        "lexical_s": lexical_s,
+    }
+    print(
+        f"\n  cold index of setuptools ({report.files} files, {lines} Python lines, {report.chunks} chunks): "
+        f"{lexical_s:.2f} s lexical = {report.files / lexical_s:.0f} files/s"
+    )
+    if embed:
+        t0 = time.perf_counter()
+        r = await sync_index(store, tree, embedder=bench.embed, embedding_model=MODEL)
+        embed_s = time.perf_counter() - t0
+        out["embed_s"] = embed_s
+        print(
+            f"  + embedding {r.embedded} chunks with MiniLM on 2 threads: {embed_s:.1f} s; "
+            f"cold total {(lexical_s + embed_s):.1f} s = {report.files / (lexical_s + embed_s):.1f} files/s"
+        )
+    store.close()
+    return out
+
+
+# 3. memory ----------------------------------------------------------------------------------------
+
+
+async def memory(bench: Bench) -> dict[str, Any]:
+    data = json.loads((DATA / "memory_notes.json").read_text())
+    path = bench.cache / "memory-bench.sqlite3"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    store = MemoryStore(path)
+    _, vectors = await bench.embed([n["text"] for n in data["notes"]])
+    ids = {}
+    for note, vector in zip(data["notes"], vectors, strict=True):
+        stored, _ = store.remember(note["text"], [], GLOBAL_SCOPE, (MODEL, vector))
+        ids[note["id"]] = stored.id
+    queries = data["queries"]
+    _, qvecs = await bench.embed([q["query"] for q in queries])
+
+    def recall_at_5(split: int | None, use_vec: bool, weight: float) -> float:
+        # split: queries 1, 4, 7, ... are dev (0), the others test (1); None: all of them
+        hits = total = 0
+        for n, (q, v) in enumerate(zip(queries, qvecs, strict=True)):
+            if split is not None and (n % 3 != 0) != bool(split):
+                continue
+            vec = (MODEL, v) if use_vec else None
+            found = store.recall(q["query"], [GLOBAL_SCOPE], limit=5, query_vector=vec, lexical_weight=weight)
+            hits += ids[q["note"]] in [r.note.id for r in found]
+            total += 1
+        return hits / total
+
+    weights = [round(0.1 * i, 1) for i in range(11)]
+    dev_curve = {w: recall_at_5(0, True, w) for w in weights}
+    # ties: the largest weight, keeping as much of the exact-word signal as costs nothing on dev
+    chosen = max(weights, key=lambda w: (dev_curve[w], w))
+    print("  memory dev recall@5 by lexical weight: " + ", ".join(f"{w}: {r:.2f}" for w, r in dev_curve.items()))
+    out: dict[str, Any] = {
+        "chosen_weight": chosen,
+        "recall@5_lexical": recall_at_5(None, False, 1.0),
+        "recall@5_semantic": recall_at_5(None, True, 0.0),
+        f"recall@5_hybrid_default_w{MEMORY_LEXICAL_WEIGHT}": recall_at_5(None, True, MEMORY_LEXICAL_WEIGHT),
+        f"recall@5_hybrid_dev_w{chosen}_test": recall_at_5(1, True, chosen),
+        "recall@5_semantic_test": recall_at_5(1, True, 0.0),
+    }
+    store.forget([ids[q["note"]] for q in queries])
+    after = 0
+    for q, v in zip(queries, qvecs, strict=True):
+        found = store.recall(q["query"], [GLOBAL_SCOPE], limit=5, query_vector=(MODEL, v))
+        after += ids[q["note"]] in [r.note.id for r in found]
+    out["hits_after_forget"] = after
+    store.close()
+    print(
+        f"\n  memory: {len(data['notes'])} notes, {len(queries)} paraphrased queries (1 in 3 dev): "
+        + ", ".join(f"{k.removeprefix('recall@5_')} {v:.2f}" for k, v in out.items() if k.startswith("recall"))
+        + f" (recall@5); weight chosen on dev {chosen}; hits after forget: {after}"
+    )
+    return out
+
+
+# 4. ask_knowledge citations ------------------------------------------------------------------------
+
+
+async def ask(bench: Bench, client: Client, questions: list[Query], project: str) -> dict[str, Any]:
+    counts = {"asked": 0, "answered": 0, "abstained": 0, "citations": 0, "valid": 0, "dropped": 0, "skipped": 0}
+    seconds = []
+    state_store: KnowledgeStore | None = None
+    for q in questions:
+        t0 = time.perf_counter()
+        res = await client.call_tool("ask_knowledge", {"question": q.text, "project": project, "allow_claude": False})
+        seconds.append(time.perf_counter() - t0)
+        out = res.structured_content or {}
+        counts["asked"] += 1
+        step = out.get("llm") or {}
+        counts["dropped"] += int(step.get("dropped", 0))
+        counts["skipped"] += step.get("status") == "skipped"
+        counts["answered"] += out.get("found") is True
+        counts["abstained"] += out.get("found") is False
+        if state_store is None:  # the server's own index of the project: the chunks it cited
+            index_dir = bench.cache / "data" / "supervisors" / "knowledge" / "indexes"
+            for candidate in index_dir.glob("*.sqlite3"):
+                opened = KnowledgeStore(candidate)
+                if opened.meta("project") == str(Path(project).resolve()):
+                    state_store = opened
+                    break
+                opened.close()
+            assert state_store is not None, "the server's index of the project was not found"
+        shown = {p["chunk"] for p in out.get("passages", [])}
+        chunks = state_store.chunks([c["chunk"] for c in out.get("citations", [])])
+        for c in out.get("citations", []):
+            counts["citations"] += 1
+            chunk = chunks.get(c["chunk"])
+            quote = " ".join(c["quote"].split()).lower()
+            counts["valid"] += (
+                c["chunk"] in shown and chunk is not None and quote in " ".join(chunk.text.split()).lower()
+            )
+    if state_store is not None:
+        state_store.close()
+    validity = counts["valid"] / counts["citations"] if counts["citations"] else None
+    print(
+        f"\n  ask_knowledge with SmolLM2-135M on {counts['asked']} questions: {counts}; "
+        f"citation validity {validity if validity is None else f'{validity:.0%}'}; "
+        f"median {statistics.median(seconds):.1f} s a question"
+    )
+    return {**counts, "validity": validity, "median_s": statistics.median(seconds)}
+
+
+async def mcp_latency(client: Client, project: str, queries: list[str]) -> dict[str, float]:
+    await client.call_tool("search_knowledge", {"query": queries[0], "project": project})  # index + warm
+    times = []
+    for q in queries:
+        t0 = time.perf_counter()
+        res = await client.call_tool("search_knowledge", {"query": q, "project": project})
+        times.append((time.perf_counter() - t0) * 1000)
+        assert not res.is_error
+    p50, p95 = statistics.median(times), float(np.percentile(times, 95))
+    print(f"\n  search_knowledge through MCP (in-process) on starlette: p50 {p50:.1f} ms, p95 {p95:.1f} ms")
+    return {"p50_ms": p50, "p95_ms": p95}
+
+
+# main ---------------------------------------------------------------------------------------------
+
+
+async def main(args: argparse.Namespace) -> None:
+    logging.disable(logging.INFO)  # the HTTP client logs every embedding request
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    star = cache / "work" / "starlette"
+    if not star.exists():
+        with tarfile.open(DATA / "starlette.tar.gz") as tar:
+            tar.extractall(star, filter="data")
+    questions = json.loads((DATA / "code_questions.json").read_text())["questions"]
+    if args.quick:
+        questions = questions[:12]
+    code_queries = [Query(q["id"], q["question"], q["split"]) for q in questions]
+    bench = Bench(cache, qa_micro=not args.no_ask)
+    results: dict[str, Any] = {}
+    async with Client(bench.server) as client:
+        if args.only in (None, "quality"):
+            code_store = KnowledgeStore(cache / "code.sqlite3")
+            await bench.index(code_store, star)
+            units = {i: f"{c.path} {c.symbol}\n{c.text}" for i, c in code_store.all_chunks().items()}
+            gold = {q["id"]: q["gold"] for q in questions}
+            colls = [
+                Collection("code questions (starlette)", code_store, code_queries, code_judge(gold, code_store), units)
+            ]
+            docs, cran_queries, qrels = load_cranfield(DATA / "cranfield")
+            if args.quick:
+                cran_queries = cran_queries[:15]
+                keep = {d for q in range(1, 16) for d in qrels.get(str(q), set())}
+                docs = {i: t for i, t in docs.items() if f"cran/{int(i):04d}.txt" in keep or int(i) % 20 == 0}
+            cran_root = cache / "work" / ("cranfield-quick" if args.quick else "cranfield")
+            write_files(cran_root, {f"cran/{int(i):04d}.txt": t for i, t in docs.items()})
+            cran_store = KnowledgeStore(cache / f"{cran_root.name}.sqlite3")
+            await bench.index(cran_store, cran_root)
+            cran_units = {i: c.text for i, c in cran_store.all_chunks().items()}
+            qs = [Query(str(n), t, "dev" if n % 3 == 1 else "test") for n, t in enumerate(cran_queries, start=1)]
+            colls.append(Collection("Cranfield", cran_store, qs, doc_judge(qrels, cran_store), cran_units))
+            results["quality"] = await quality(bench, colls, args.tune)
+            for c in colls:
+                c.store.close()
+        if args.only in (None, "speed"):
+            results["speed"] = await speed(bench, [q.text for q in code_queries], args.quick)
+            results["cold"] = await cold_index(bench, embed=args.cold_embed)
+            results["mcp"] = await mcp_latency(client, str(star), [q.text for q in code_queries][:30])
+        if args.only in (None, "memory"):
+            results["memory"] = await memory(bench)
+        if args.only in (None, "ask") and not args.no_ask:
+            test_qs = [q for q in code_queries if q.split == "test"][: (3 if args.quick else args.ask_questions)]
+            results["ask"] = await ask(bench, client, test_qs, str(star))
+    if args.json:
+        print(json.dumps(results, indent=1, default=float))
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    default_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "caelum-bench" / "knowledge"
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--cache", default=str(default_cache), help="embeddings and indexes kept between runs")
+    p.add_argument("--only", choices=["quality", "speed", "memory", "ask"])
+    p.add_argument("--tune", action="store_true", help="also print the path/symbol column weight on the dev split")
+    p.add_argument("--quick", action="store_true", help="small subsets: a smoke test, not figures")
+    p.add_argument("--cold-embed", action="store_true", help="also embed the cold-indexed repository (minutes)")
+    p.add_argument("--no-ask", action="store_true", help="skip the ask_knowledge citation check")
+    p.add_argument("--ask-questions", type=int, default=8, help="test questions for the citation check")
+    p.add_argument("--json", action="store_true", help="print every figure as JSON at the end")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    random.seed(0)
+    sys.setrecursionlimit(10_000)
+    anyio.run(main, parse())

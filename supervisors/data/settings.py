@@ -1,0 +1,44 @@
+"""The data supervisor's own config section, ``[data]`` in ``caelum.toml``."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from caelum_mcp.tools.data.session import SessionLimits
+
+
+class DataSettings(BaseModel):
+    """``[data]``: the guards' limits and the question → SQL step's budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="a query is interrupted after this")
+    profile_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="each profiling scan's limit")
+    memory_limit: str = Field(
+        default="2GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", description="DuckDB's memory limit"
+    )
+    max_temp_size: str = Field(
+        default="4GB",
+        pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="what DuckDB may spill to the session's private folder",
+    )
+    threads: int = Field(default=0, ge=0, le=256, description="DuckDB threads (0: every core)")
+    max_copied_rows: int = Field(
+        default=1_000_000, ge=1, le=100_000_000, description="rows of one SQLite table or Excel sheet copied in"
+    )
+    schema_chars: int = Field(default=6_000, ge=500, le=60_000, description="the tables' description for the model")
+    repair_rounds: int = Field(default=2, ge=0, le=2, description="rounds that feed DuckDB's error back")
+
+
+def session_limits(
+    settings: DataSettings, *, timeout_s: float, max_rows: int = 50, rows_chars: int = 7_500
+) -> SessionLimits:
+    return SessionLimits(
+        timeout_s=timeout_s,
+        max_rows=max_rows,
+        rows_chars=rows_chars,
+        memory_limit=settings.memory_limit,
+        max_temp_size=settings.max_temp_size,
+        threads=settings.threads,
+        max_copied_rows=settings.max_copied_rows,
+    )

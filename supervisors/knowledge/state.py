@@ -1,0 +1,147 @@
+"""What the knowledge supervisor keeps for the server's life: one index per project, the notes, and
+the choice of embedding model.
+
+Each project's index is one SQLite file under the supervisor's state folder, named by a hash of
+the project's resolved path (``indexes/<hash>.sqlite3``); the notes are ``memory.sqlite3``. A
+project's index is brought up to date on its first query, when the caller asks (``reindex``), and
+again when the last sync is older than ``[knowledge] refresh_s``; one sync runs at a time per
+project, and a query waits for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field
+
+from caelum_mcp.errors import CaelumError
+from caelum_mcp.supervisors.base import ToolContext
+from caelum_mcp.tools.knowledge.indexer import IndexReport, sync_index
+from caelum_mcp.tools.knowledge.memory import MemoryStore
+from caelum_mcp.tools.knowledge.ranking import DEFAULT_LEXICAL_WEIGHT, DEFAULT_NORMALISATION, DEFAULT_RRF_K
+from caelum_mcp.tools.knowledge.retrieval import RetrievalParams
+from caelum_mcp.tools.knowledge.store import KnowledgeStore
+from caelum_mcp.tools.knowledge.vectors import Embedder
+
+
+class KnowledgeSettings(BaseModel):
+    """``[knowledge]`` in caelum.toml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_file_kb: int = Field(default=512, ge=1, le=65_536, description="files larger than this are not indexed")
+    max_files: int = Field(default=20_000, ge=1, le=200_000, description="files indexed per project at most")
+    refresh_s: float = Field(
+        default=30.0, ge=0, description="re-check the project's files when the last sync is older than this"
+    )
+    fusion: Literal["convex", "rrf"] = Field(default="convex", description="how lexical and semantic scores meet")
+    normalisation: Literal["zscore", "minmax"] = Field(default=DEFAULT_NORMALISATION, description="convex fusion")
+    lexical_weight: float = Field(default=DEFAULT_LEXICAL_WEIGHT, ge=0, le=1, description="convex fusion weight")
+    rrf_k: int = Field(default=DEFAULT_RRF_K, ge=1, le=1000)
+    embedding_model: str | None = Field(
+        default=None, description="use this embedding model (as the pool names it); default: the first one up"
+    )
+
+    def retrieval(self) -> RetrievalParams:
+        return RetrievalParams(
+            fusion=self.fusion, lexical_weight=self.lexical_weight, normalisation=self.normalisation, rrf_k=self.rrf_k
+        )
+
+
+@dataclass
+class ProjectIndex:
+    root: Path
+    store: KnowledgeStore
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    synced_at: float | None = None
+    report: IndexReport | None = None
+
+
+class KnowledgeState:
+    """The open indexes and the note store of one state folder (see the module docstring)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._projects: dict[Path, ProjectIndex] = {}
+        self._memory: MemoryStore | None = None
+
+    def project(self, root: Path) -> ProjectIndex:
+        index = self._projects.get(root)
+        if index is None:
+            name = hashlib.sha256(str(root).encode()).hexdigest()[:20]
+            store = KnowledgeStore(self.state_dir / "indexes" / f"{name}.sqlite3")
+            store.set_meta("project", str(root))
+            index = self._projects[root] = ProjectIndex(root, store)
+        return index
+
+    def memory(self) -> MemoryStore:
+        if self._memory is None:
+            self._memory = MemoryStore(self.state_dir / "memory.sqlite3")
+        return self._memory
+
+    def close(self) -> None:
+        for index in self._projects.values():
+            index.store.close()
+        self._projects.clear()
+        if self._memory is not None:
+            self._memory.close()
+            self._memory = None
+
+
+def embedding_model(ctx: ToolContext, settings: KnowledgeSettings, stored: Sequence[str] = ()) -> str | None:
+    """The embedding model to use now: the configured one if it is up, else one the index already
+    has vectors for (no re-embedding), else the first one up; None when none is up."""
+    up = list(dict.fromkeys(m.rsplit("@", 1)[0] for m in ctx.llm.embedding_models()))
+    if settings.embedding_model:
+        return settings.embedding_model if settings.embedding_model in up else None
+    for model in stored:
+        if model in up:
+            return model
+    return up[0] if up else None
+
+
+def embedder_for(ctx: ToolContext, model: str) -> Embedder:
+    """Texts to vectors through the LLM service (batched there, one ledger row per batch)."""
+
+    async def embed(texts: Sequence[str]) -> tuple[str, Sequence[Sequence[float]]]:
+        result = await ctx.llm.embed(texts, model=model)
+        return model, result.vectors
+
+    return embed
+
+
+async def ensure_synced(
+    ctx: ToolContext, index: ProjectIndex, settings: KnowledgeSettings, *, force: bool = False
+) -> IndexReport:
+    """Sync ``index`` if it never was, if ``force``, or if the last sync is older than refresh_s."""
+    async with index.lock:
+        fresh = index.synced_at is not None and time.monotonic() - index.synced_at < settings.refresh_s
+        if index.report is not None and fresh and not force:
+            return index.report
+        stored = list(await anyio.to_thread.run_sync(index.store.vector_models))
+        model = embedding_model(ctx, settings, stored)
+
+        async def progress(message: str) -> None:
+            await ctx.note(message)
+
+        await ctx.note("indexing the project" if index.report is None else "checking the project for changes")
+        try:
+            report = await sync_index(
+                index.store,
+                index.root,
+                embedder=embedder_for(ctx, model) if model else None,
+                embedding_model=model,
+                max_bytes=settings.max_file_kb * 1024,
+                max_files=settings.max_files,
+                progress=progress,
+            )
+        except OSError as exc:
+            raise CaelumError(f"cannot index {index.root.name}: {exc.strerror or exc}") from exc
+        index.report, index.synced_at = report, time.monotonic()
+        return report

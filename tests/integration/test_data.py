@@ -1,0 +1,245 @@
+"""query_data and profile_data through a real MCP client session (in-process), on real files.
+
+The "7B" host is a :class:`ScriptedBackend` that answers the SQL prompt from a table of
+questions, as a model would (sometimes wrongly at first, to exercise the repair loop); DuckDB,
+the files and the guards are real.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from mcp.types import ImageContent
+from tools.test_data_sources import digest, write_shop
+
+from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.hosts import Host
+from caelum_mcp.types import ChatRequest
+
+from .test_platform import gpu_host, session
+
+QUESTION = re.compile(r"^Question: (?P<q>.+)$", re.MULTILINE)
+# question -> (first answer, answer after a repair round)
+ANSWERS: dict[str, tuple[str, str]] = {
+    "Which two customers spent most?": (
+        "SELECT customer, sum(amount) AS total FROM sales GROUP BY customer ORDER BY total DESC LIMIT 2",
+        "",
+    ),
+    "What is the total amount per region?": (
+        # a column that does not exist: DuckDB's error goes back to the model, which fixes it
+        "SELECT region, sum(amount_usd) AS total FROM sales GROUP BY region ORDER BY region",
+        "SELECT region, sum(amount) AS total FROM sales GROUP BY region ORDER BY region",
+    ),
+    "top 3 orders by amount": (
+        # runs, but gives 7 rows for a top 3: the shape check sends it back
+        "SELECT order_id, amount FROM sales ORDER BY amount DESC",
+        "SELECT order_id, amount FROM sales ORDER BY amount DESC LIMIT 3",
+    ),
+    "Plot the amount per day": ("SELECT day, sum(amount) AS amount FROM sales GROUP BY day ORDER BY day", ""),
+    "Which column is always wrong?": ("SELECT nothing FROM nowhere", "SELECT still_nothing FROM nowhere"),
+}
+
+
+def sql_model(request: ChatRequest) -> ScriptedReply:
+    """Answers the SQL prompt from ANSWERS; the profile prompt with one real and one invented anomaly."""
+    system, user = request.messages[0].content, request.messages[-1].content
+    if "data set's profile" in system:
+        anomalies = [
+            {"column": "code", "finding": "4 values do not parse as numbers", "figure": 4},
+            {"column": "ghost", "finding": "made up", "figure": 1},
+            {"column": "amount", "finding": "2 far outliers up to 10000", "figure": 10000},
+        ]
+        body: dict[str, Any] = {"summary": "Mostly clean; one mixed column.", "anomalies": anomalies}
+    else:
+        match = QUESTION.search(user)
+        question = match.group("q").strip() if match else ""
+        first, repaired = ANSWERS.get(question, ("SELECT 1", ""))
+        sql = repaired if "Earlier answers did not work" in user and repaired else first
+        body = {"sql": sql, "explanation": f"answers: {question}"}
+    return ScriptedReply(json.dumps({**body, "confidence": 0.9}), logprob=-0.05)
+
+
+def sql_host() -> tuple[Host, ScriptedBackend]:
+    backend = ScriptedBackend([("qwen2.5-coder:7b", 7.0)], sql_model, name="gpu-1")
+    return gpu_host(backend), backend
+
+
+def work(tmp_path: Path) -> Path:
+    root = tmp_path / "work"
+    write_shop(root)
+    return root
+
+
+async def call(client: Any, tool: str, args: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    res = await client.call_tool(tool, args)
+    assert not res.is_error, res.content
+    assert res.structured_content is not None
+    return res.structured_content, res
+
+
+async def test_a_question_becomes_sql_that_runs_with_columns_rows_and_execution(tmp_path: Path) -> None:
+    root = work(tmp_path)
+    before = digest(root)
+    host, backend = sql_host()
+    async with session(tmp_path, [host]) as (client, holder):
+        out, _ = await call(
+            client, "query_data", {"sources": ["shop/sales.csv"], "question": "Which two customers spent most?"}
+        )
+        assert out["sql"].startswith("SELECT customer, sum(amount)")
+        assert out["columns"] == [{"name": "customer", "type": "VARCHAR"}, {"name": "total", "type": "DOUBLE"}]
+        assert out["rows"] == [["cy", 300.0], ["eve", 250.0]] and out["row_count"] == 2
+        assert out["explanation"] == "answers: Which two customers spent most?"
+        step = out["llm"]
+        assert step["status"] == "ran" and step["execution"]["path"] == "local"
+        assert step["execution"]["confidence_parts"]["grounding"] == 1.0  # the SQL ran and the shape fits
+        assert len(out["rounds"]) == 1 and out["tables"][0].startswith("sales(order_id BIGINT")
+        (request,) = backend.requests
+        prompt = request.messages[-1].content
+        assert "TABLE sales (7 rows" in prompt and "'north'" in prompt  # schema linking with example values
+        assert holder.require().ledger.summary().local_calls == 1
+    assert digest(root) == before
+
+
+async def test_duckdbs_error_is_fed_back_and_the_repair_round_fixes_the_query(tmp_path: Path) -> None:
+    work(tmp_path)
+    host, backend = sql_host()
+    async with session(tmp_path, [host]) as (client, _):
+        question = "What is the total amount per region?"
+        out, _ = await call(client, "query_data", {"sources": ["shop"], "question": question})
+        assert [r["problem"] is None for r in out["rounds"]] == [False, True]
+        assert "amount_usd" in out["rounds"][0]["problem"]  # DuckDB's binder error, as the model saw it
+        assert out["rows"] == [["east", 550.0], ["north", 162.75], ["south", 179.9], ["west", 15.0]]
+        assert "1 repair round" in out["llm"]["note"]
+        repair_prompt = backend.requests[-1].messages[-1].content
+        assert "amount_usd" in repair_prompt and "not found" in repair_prompt
+        assert all(not r.json_schema or "sql" in json.dumps(r.json_schema) for r in backend.requests)
+
+
+async def test_a_result_that_contradicts_the_question_is_sent_back(tmp_path: Path) -> None:
+    work(tmp_path)
+    host, _ = sql_host()
+    async with session(tmp_path, [host]) as (client, _):
+        out, _ = await call(client, "query_data", {"sources": ["shop/sales.csv"], "question": "top 3 orders by amount"})
+        assert "at most 3" in out["rounds"][0]["problem"]
+        assert out["row_count"] == 3 and [r[0] for r in out["rows"]] == [4, 7, 1]
+
+
+async def test_sql_that_never_works_is_reported_with_its_error_not_rows(tmp_path: Path) -> None:
+    work(tmp_path)
+    host, backend = sql_host()
+    async with session(tmp_path, [host]) as (client, _):
+        out, _ = await call(
+            client, "query_data", {"sources": ["shop/sales.csv"], "question": "Which column is always wrong?"}
+        )
+        assert out["rows"] == [] and out["row_count"] == 0
+        assert "no table named 'nowhere'" in out["error"]
+        assert len(out["rounds"]) == 3  # the first answer and two repair rounds, no more
+        assert out["llm"]["status"] == "low_confidence"
+        # one call per round: the only model is asked as the code tier and not again as its size tier
+        assert len(backend.requests) == 3
+
+
+async def test_own_sql_runs_under_the_same_guards_with_no_model_call(tmp_path: Path) -> None:
+    work(tmp_path)
+    host, backend = sql_host()
+    async with session(tmp_path, [host]) as (client, _):
+        out, _ = await call(
+            client,
+            "query_data",
+            {
+                "sources": ["shop/monthly/*.parquet", "shop/crm.sqlite"],
+                "sql": "SELECT count(*) AS n FROM monthly",
+                "max_rows": 5,
+            },
+        )
+        assert out["rows"] == [[7]] and out["llm"] is None and out["rounds"] == []
+        assert {t.split("(")[0] for t in out["tables"]} == {"monthly", "customers", "good_customers"}
+        res = await client.call_tool("query_data", {"sources": ["shop/sales.csv"], "sql": "SELECT nope FROM sales"})
+        assert res.is_error and "not found" in res.content[0].text
+        res = await client.call_tool("query_data", {"sources": ["shop/sales.csv"], "question": "x", "sql": "SELECT 1"})
+        assert res.is_error and "exactly one of" in res.content[0].text
+    assert backend.requests == []
+
+
+async def test_rows_are_capped_with_an_omitted_count(tmp_path: Path) -> None:
+    work(tmp_path)
+    async with session(tmp_path, []) as (client, _):
+        out, _ = await call(
+            client,
+            "query_data",
+            {"sources": ["shop/sales.csv"], "sql": "SELECT * FROM range(5000) t(i)", "max_rows": 10},
+        )
+        assert (len(out["rows"]), out["row_count"], out["rows_omitted"]) == (10, 5000, 4990)
+        big, _ = await call(
+            client,
+            "query_data",
+            {
+                "sources": ["shop/sales.csv"],
+                "sql": "SELECT i, repeat('x', 200) AS pad FROM range(5000) t(i)",
+                "max_rows": 1000,
+            },
+        )
+        assert 10 < len(big["rows"]) < 1000 and big["rows_omitted"] == 5000 - len(big["rows"])
+
+
+async def test_a_chart_comes_as_png_image_content_beside_the_vega_lite_spec(tmp_path: Path) -> None:
+    work(tmp_path)
+    host, _ = sql_host()
+    async with session(tmp_path, [host]) as (client, _):
+        out, res = await call(
+            client, "query_data", {"sources": ["shop/sales.csv"], "question": "Plot the amount per day"}
+        )
+        images = [c for c in res.content if isinstance(c, ImageContent)]
+        assert len(images) == 1 and images[0].mime_type == "image/png"
+        assert out["chart"]["mark"] == "line" and out["chart"]["vega_lite"]["data"] == {"name": "rows"}
+        plain, res = await call(
+            client,
+            "query_data",
+            {"sources": ["shop/sales.csv"], "sql": "SELECT region, count(*) FROM sales GROUP BY 1", "chart": True},
+        )
+        assert plain["chart"]["mark"] == "bar" and any(isinstance(c, ImageContent) for c in res.content)
+
+
+async def test_with_no_model_able_to_write_sql_the_step_is_skipped_and_says_what_to_do(tmp_path: Path) -> None:
+    work(tmp_path)
+    async with session(tmp_path, []) as (client, holder):
+        out, _ = await call(client, "query_data", {"sources": ["shop/sales.csv"], "question": "How many orders?"})
+        assert out["llm"]["status"] == "skipped" and "tier small" in out["llm"]["note"]
+        assert out["rows"] == [] and any("send your own SELECT" in n for n in out["notes"])
+        assert out["tables"] and holder.require().ledger.summary().calls == 0
+
+
+async def test_profile_data_with_a_grounded_summary(tmp_path: Path) -> None:
+    root = tmp_path / "work"
+    root.mkdir()
+    from tools.test_data_profile import planted_csv
+
+    planted_csv(root / "orders.csv")
+    before = digest(root)
+    host, _ = sql_host()
+    async with session(tmp_path, [host]) as (client, _):
+        out, _ = await call(client, "profile_data", {"source": "orders.csv"})
+        profile = out["profile"]
+        assert profile["rows"] == 201 and profile["duplicate_rows"] == 1
+        cols = {c["name"]: c for c in profile["columns"]}
+        assert cols["code"]["unparseable"] == 4 and cols["amount"]["outliers"] == 2
+        assert [a["column"] for a in out["anomalies"]] == ["code", "amount"]  # the invented column is dropped
+        assert (out["llm"]["kept"], out["llm"]["dropped"]) == (2, 1) and "ghost" in out["llm"]["note"]
+        assert out["summary"] == "Mostly clean; one mixed column."
+    assert digest(root) == before
+
+
+async def test_profile_data_picks_a_table_of_a_database_and_skips_the_summary_without_a_model(tmp_path: Path) -> None:
+    work(tmp_path)
+    async with session(tmp_path, []) as (client, _):
+        res = await client.call_tool("profile_data", {"source": "shop/crm.sqlite"})
+        assert res.is_error and "name one with `table`" in res.content[0].text
+        out, _ = await call(client, "profile_data", {"source": "shop/crm.sqlite", "table": "CUSTOMERS"})
+        assert out["profile"]["table"] == "customers" and out["other_tables"] == ["good_customers"]
+        assert out["profile"]["candidate_keys"][0] == ["id"]
+        assert out["llm"]["status"] == "skipped" and out["anomalies"] == []
+        res = await client.call_tool("profile_data", {"source": "../outside.csv"})
+        assert res.is_error and "outside the allowed roots" in res.content[0].text

@@ -1,0 +1,68 @@
+"""bench/knowledge.py's data and metrics: the gold spans point at what they name, the Cranfield
+files parse to the collection's known sizes, and nDCG/recall are computed as defined."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "knowledge.py"
+DATA = BENCH.parent / "data" / "knowledge"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_knowledge", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow  # importing the benchmark imports the whole server
+def test_ndcg_and_recall_at_10(bench: ModuleType) -> None:
+    assert bench.ndcg_recall([1.0, 0.0, 1.0], 2) == pytest.approx(((1 + 1 / 2) / (1 + 1 / 1.5849625), 1.0))
+    assert bench.ndcg_recall([0.0] * 10 + [1.0], 1) == (0.0, 0.0)  # past the cut-off
+    assert bench.ndcg_recall([], 0) == (0.0, 0.0)
+
+
+@pytest.mark.slow
+def test_cranfield_parses_to_the_collection_sizes(bench: ModuleType) -> None:
+    docs, queries, qrels = bench.load_cranfield(DATA / "cranfield")
+    assert len(docs) == 1400 and len(queries) == 225
+    assert len(qrels) == 225 and all(qrels.values())
+    assert docs["1"].startswith("experimental investigation of the aerodynamics of a wing in a slipstream")
+    assert queries[0].startswith("what similarity laws must be obeyed")
+    assert "cran/0184.txt" in qrels["1"]
+
+
+def test_every_gold_span_is_the_symbol_or_heading_it_names() -> None:
+    doc = json.loads((DATA / "code_questions.json").read_text())
+    questions = doc["questions"]
+    assert len(questions) >= 40 and {q["split"] for q in questions} == {"dev", "test"}
+    with tarfile.open(DATA / "starlette.tar.gz") as tar:
+        files = {
+            m.name: tar.extractfile(m).read().decode()  # type: ignore[union-attr]
+            for m in tar.getmembers()
+            if m.isfile() and m.name.endswith((".py", ".md"))
+        }
+    for q in questions:
+        for gold in q["gold"]:
+            lines = files[gold["path"]].splitlines()
+            first, last = lines[gold["start"] - 1], lines[gold["end"] - 1]
+            name = gold["symbol"].rsplit(".", 1)[-1]
+            if gold["path"].endswith(".md"):
+                assert first.lstrip("#").strip() == gold["symbol"], (q["id"], first)
+            else:
+                assert f"def {name}" in first or f"class {name}" in first or first.lstrip().startswith("@"), q["id"]
+                assert last.strip(), q["id"]
+                ast.parse(io.StringIO("\n".join(lines)).read())  # the file parses

@@ -1,0 +1,59 @@
+"""bench/workflow.py, bench/compare_models.py and bench/cascade.py run end to end and print their
+figures (correctness checks with tiny counts, not timings)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+RATIO = r"\d+\.\d{3}"
+
+
+def run(script: str, *args: str, timeout: float = 300, cwd: Path | None = None) -> str:
+    # Only the embedded model: no implicit Ollama on its well-known port, no Claude, no config file.
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY" and not k.startswith("CAELUM_")}
+    env.update({"CAELUM_IMPLICIT_OLLAMA": "false", "CAELUM_EMBEDDED": "on"})
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+        cwd=cwd,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_compare_models_bench_prints_the_ratio_to_the_slowest_model() -> None:
+    out = run("compare_models.py", "--skip-embedded", "--rounds", "2", "--delays", "0.05", "0.1", "0.2")
+    assert re.search(rf"median wall / slowest: {RATIO} \(client-side {RATIO}\); target <= 1.1: (PASS|FAIL)", out), out
+    assert len(re.findall(r"^  [12] +3 ", out, re.M)) == 2, out  # two rounds, three hosts each
+
+
+@pytest.mark.slow
+def test_workflow_bench_prints_every_figure_and_verdict() -> None:
+    out = run("workflow.py", "--rounds", "1")
+    assert re.search(r"pre-commit workflow \(run_workflow\) +\d+\.\d\d s", out), out
+    assert re.search(r"wall <= longest branch \+ 5 % \+ 0\.2 s \(\d+\.\d\d s\): (PASS|FAIL)", out), out
+    assert re.search(r"engine overhead: \d+\.\d ms a step \(target <= 50 ms\): (PASS|FAIL)", out), out
+    assert re.search(r"same steps one after another +\d+\.\d\d s", out), out
+    assert re.search(r"pre-commit run --all-files \(5 hooks\) +\d+\.\d\d s", out), out
+
+
+@pytest.mark.model
+def test_cascade_bench_prints_its_tables(tmp_path: Path) -> None:
+    out = run("cascade.py", "--limit", "1", "--concurrency", "1", timeout=600, cwd=tmp_path)
+    assert "task set: 3 tasks" in out
+    assert re.search(r"^  micro +smollm2:135m +3 ", out, re.M), out
+    assert re.search(r"served locally \(cleared the gate\): (\d+ %|n/a)", out), out
+    assert "calibration (every local answer of every pass):" in out
+    assert "all-Claude accuracy: not measured" in out

@@ -1,0 +1,1 @@
+"""Plain helpers of the ai supervisor's compare_models: how far model answers agree."""

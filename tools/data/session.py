@@ -1,0 +1,466 @@
+"""The read-only DuckDB session: the user's files as tables, and queries run under guards.
+
+A read-only connection alone still lets ``COPY … TO`` write files and ``read_csv('/etc/passwd')``
+read any file, so a session is read-only in layers, each tested on its own:
+
+1. the statement guard (:mod:`.sql_guard`): exactly one SELECT, over registered tables only;
+2. DuckDB in-process and in memory, tables registered only from the given sources (views over the
+   files, DuckDB files attached ``READ_ONLY``, SQLite and Excel copied in: :mod:`.copies`), then
+   ``allowed_paths`` = exactly those files, ``enable_external_access=false`` and
+   ``lock_configuration=true``: no file outside the sources can be read or written, no extension
+   installed or loaded, no setting changed, whatever statement runs;
+3. a time limit (the query is interrupted), a memory limit with spilling only into the session's
+   private folder, and caps on the rows and characters a result brings back.
+
+A session belongs to one tool call; :func:`open_session` opens it in a worker thread and closes
+it (interrupting a query still running) however the call ends. Its private folder under the
+supervisor's state folder holds spill files and the SQLite/Excel copies, and is removed on close.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import duckdb
+import pydantic_core
+
+from . import copies
+from .models import (
+    ColumnInfo,
+    DataSourceError,
+    QueryFailedError,
+    QueryResult,
+    QueryTimeoutError,
+    SourceKind,
+    SqlRejectedError,
+    TableInfo,
+)
+from .sources import ResolvedSources, SourceFile, table_name
+from .sql_guard import CheckedSelect, check_select
+
+T = TypeVar("T")
+MAX_TABLES = 128
+_LIST_ITEMS = 50  # items of a LIST/ARRAY cell shown
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """The caps of one session. ``rows_chars`` bounds the rows a result brings back as JSON text
+    (about 3 characters a token); ``max_rows`` bounds their count."""
+
+    timeout_s: float = 30.0
+    max_rows: int = 50
+    max_cell_chars: int = 300
+    rows_chars: int = 24_000
+    memory_limit: str = "2GB"
+    max_temp_size: str = "4GB"
+    threads: int = 0  # 0: DuckDB's default (every core)
+    max_copied_rows: int = 1_000_000
+    load_bytes: int = 32 * 1024 * 1024  # CSV and JSON sources up to this size are loaded into memory
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class DataSession:
+    """One in-memory DuckDB with the sources registered and the configuration locked.
+
+    Every method that touches DuckDB holds the session's lock, so :meth:`close` waits for a query
+    that :meth:`interrupt` has just stopped. ``materialize`` loads file sources into memory once
+    (for profiling, which reads every column several times) instead of registering views.
+    """
+
+    def __init__(
+        self,
+        sources: ResolvedSources,
+        work_dir: Path,
+        limits: SessionLimits = SessionLimits(),
+        *,
+        materialize: bool = False,
+    ) -> None:
+        self.limits = limits
+        self.work_dir = work_dir
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self.tables: dict[str, TableInfo] = {}
+        self.notes: list[str] = list(sources.notes)
+        self._lock = threading.Lock()
+        self._counter = 0
+        config: dict[str, Any] = {
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "allow_community_extensions": False,
+            "allow_unsigned_extensions": False,
+            "memory_limit": limits.memory_limit,
+            "max_temp_directory_size": limits.max_temp_size,
+            "temp_directory": str(work_dir / "spill"),
+        }
+        if limits.threads > 0:
+            config["threads"] = limits.threads
+        self.con = duckdb.connect(":memory:", config=config)
+        try:
+            allowed: list[str] = []
+            for index, source in enumerate(sources.files):
+                allowed += self._register(index, source, materialize)
+            if not self.tables:
+                raise DataSourceError("the sources hold no tables")
+            self.con.execute(f"SET allowed_paths = [{', '.join(_literal(p) for p in allowed)}]")
+            self.con.execute("SET enable_external_access = false")
+            self.con.execute("SET lock_configuration = true")
+        except BaseException:
+            self.con.close()
+            raise
+
+    # registration ------------------------------------------------------------------------------
+
+    def _name(self, wanted: str) -> str:
+        if len(self.tables) >= MAX_TABLES:
+            raise DataSourceError(f"the sources hold more than {MAX_TABLES} tables; name fewer sources")
+        name, n = wanted, 2
+        while name in self.tables:
+            name = f"{wanted}_{n}"
+            n += 1
+        return name
+
+    def _register(self, index: int, source: SourceFile, materialize: bool) -> list[str]:
+        """Register ``source``; returns the files DuckDB must still be allowed to read."""
+        try:
+            if source.kind in (SourceKind.CSV, SourceKind.PARQUET, SourceKind.JSON):
+                self._register_scan(source, materialize)
+                return [str(p) for p in source.paths]
+            if source.kind is SourceKind.DUCKDB:
+                self._register_duckdb(index, source)
+            elif source.kind is SourceKind.SQLITE:
+                names, notes = copies.sqlite_tables(source.paths[0])
+                self.notes += notes
+                self._register_copies(source, names, copies.copy_sqlite_table)
+            else:
+                self._register_copies(source, copies.xlsx_sheets(source.paths[0]), copies.copy_xlsx_sheet)
+        except duckdb.Error as exc:
+            raise DataSourceError(f"cannot read {source.label!r} as {source.kind}: {_message(exc)}") from None
+        return []
+
+    def _register_scan(self, source: SourceFile, materialize: bool) -> None:
+        files = "[" + ", ".join(_literal(str(p)) for p in source.paths) + "]"
+        several = ", union_by_name = true" if len(source.paths) > 1 else ""
+        reader = {
+            SourceKind.CSV: f"read_csv({files}{several})",
+            SourceKind.PARQUET: f"read_parquet({files}{several})",
+            SourceKind.JSON: f"read_json({files}, format = 'auto'{several})",
+        }[source.kind]
+        name = self._name(source.name)
+        # A text file small enough is parsed once into memory: the schema description, the model's
+        # queries and their repairs then scan columns instead of parsing (and sniffing) it each time.
+        # Parquet is columnar already, and large text files stay views that each query streams.
+        size = sum(p.stat().st_size for p in source.paths)
+        loaded = materialize or (source.kind is not SourceKind.PARQUET and size <= self.limits.load_bytes)
+        kind = "TABLE" if loaded else "VIEW"
+        self.con.execute(f"CREATE {kind} {quote_ident(name)} AS SELECT * FROM {reader}")  # noqa: S608 - our literals
+        # DESCRIBE binds a view again, which for a text file means sniffing it again: read the types
+        # it was bound with from the catalog instead (slower than DESCRIBE for anything else).
+        self._describe(name, source.label, from_catalog=not loaded and source.kind is not SourceKind.PARQUET)
+
+    def _register_duckdb(self, index: int, source: SourceFile) -> None:
+        alias = f"src_{index}_{uuid.uuid4().hex[:8]}"
+        self.con.execute(f"ATTACH {_literal(str(source.paths[0]))} AS {alias} (READ_ONLY)")
+        found = self.con.execute(
+            "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? "
+            "UNION ALL SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = ? AND NOT internal "
+            "ORDER BY 1, 2",
+            [alias, alias],
+        ).fetchall()
+        for schema, table in found:
+            wanted = table_name(table if schema == "main" else f"{schema}_{table}")
+            name = self._name(wanted)
+            target = f"{alias}.{quote_ident(schema)}.{quote_ident(table)}"
+            self.con.execute(f"CREATE VIEW {quote_ident(name)} AS SELECT * FROM {target}")  # noqa: S608
+            self._describe(name, f"{source.label}:{table}")
+
+    def _register_copies(
+        self, source: SourceFile, inner: Sequence[str], copy: Callable[[Path, str, Path, int], copies.CopiedTable]
+    ) -> None:
+        path = source.paths[0]
+        for item in inner:
+            out = self.work_dir / f"copy-{uuid.uuid4().hex}.ndjson"
+            try:
+                copied = copy(path, item, out, self.limits.max_copied_rows)
+                if not copied.columns:
+                    self.notes.append(f"{source.label}:{item} is empty and was left out")
+                    continue
+                if source.kind is SourceKind.SQLITE:  # a database's tables keep their own names
+                    wanted = item
+                else:  # a workbook's sheets are named after it
+                    wanted = source.name if len(inner) == 1 else f"{source.name}_{item}"
+                name = self._name(table_name(wanted))
+                columns = "{" + ", ".join(f"{_literal(c)}: {_literal(t)}" for c, t in copied.columns) + "}"
+                self.con.execute(
+                    f"CREATE TABLE {quote_ident(name)} AS SELECT * FROM read_json({_literal(str(out))}, "  # noqa: S608
+                    f"format = 'newline_delimited', columns = {columns})"
+                )
+                self._describe(name, f"{source.label}:{item}")
+            finally:
+                out.unlink(missing_ok=True)
+
+    def _describe(self, name: str, label: str, *, from_catalog: bool = False) -> None:
+        if from_catalog:
+            described = self.con.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = ? "
+                "AND database_name = current_database() ORDER BY column_index",
+                [name],
+            ).fetchall()
+        else:
+            described = self.con.execute(f"DESCRIBE {quote_ident(name)}").fetchall()
+        columns = [ColumnInfo(name=str(row[0]), type=str(row[1])) for row in described]
+        self.tables[name] = TableInfo(name=name, source=label, columns=columns)
+
+    # queries -------------------------------------------------------------------------------------
+
+    def check(self, sql: str) -> CheckedSelect:
+        """The guard's verdict on ``sql`` (see :mod:`.sql_guard`); raises SqlRejectedError."""
+        with self._lock:
+            return check_select(self.con, sql, self.tables)
+
+    def run(self, sql: str, *, max_rows: int | None = None) -> QueryResult:
+        """Check ``sql``, run it within the time limit and return its result within the caps.
+
+        Raises :class:`SqlRejectedError`, :class:`QueryTimeoutError` or :class:`QueryFailedError`
+        (DuckDB's own message, which a model can act on).
+        """
+        checked = self.check(sql)
+        limit = self.limits.max_rows if max_rows is None else max_rows
+        started = time.perf_counter()
+        with self._lock, self._time_limit():
+            self._counter += 1
+            result = f"__caelum_result_{self._counter}"
+            try:
+                self._materialise(result, checked.sql)
+                count_row = self.con.execute(f"SELECT count(*) FROM {result}").fetchone()  # noqa: S608
+                described = self.con.execute(f"DESCRIBE {result}").fetchall()
+                raw = self.con.execute(f"SELECT * FROM {result} LIMIT {int(limit)}").fetchall()  # noqa: S608
+            except duckdb.InterruptException:
+                raise QueryTimeoutError(
+                    f"the query ran past its time limit of {self.limits.timeout_s:g} s and was stopped; "
+                    "make it cheaper (filter early, avoid cross joins) or raise [data] query_timeout_s"
+                ) from None
+            except duckdb.Error as exc:
+                raise QueryFailedError(_message(exc)) from None
+            finally:
+                self._drop(result)
+        columns = [ColumnInfo(name=str(row[0]), type=str(row[1])) for row in described]
+        rows, cut = self._fit_rows(raw)
+        total = int(count_row[0]) if count_row else len(rows)
+        return QueryResult(
+            sql=checked.sql,
+            columns=columns,
+            rows=rows,
+            row_count=total,
+            rows_omitted=total - len(rows),
+            cells_cut=cut,
+            seconds=round(time.perf_counter() - started, 4),
+        )
+
+    def _materialise(self, result: str, sql: str) -> None:
+        """The checked SELECT into a temporary table (so its rows can be counted and the first ones
+        read). The wrapped text must still be exactly one CREATE statement."""
+        for wrapped in (
+            # a checked SELECT, re-parsed below: the wrapping must stay one CREATE statement
+            f"CREATE TEMP TABLE {result} AS {sql}\n",
+            f"CREATE TEMP TABLE {result} AS SELECT * FROM ({sql}\n)",  # noqa: S608
+        ):
+            statements = duckdb.extract_statements(wrapped) if _parses(wrapped) else []
+            if len(statements) != 1 or statements[0].type != duckdb.StatementType.CREATE:
+                continue  # SUMMARIZE and DESCRIBE only parse as a subquery
+            self.con.execute(wrapped)
+            return
+        raise SqlRejectedError("this statement cannot run as a query here; send a plain SELECT")
+
+    def _drop(self, result: str) -> None:
+        try:
+            self.con.execute(f"DROP TABLE IF EXISTS {result}")
+        except duckdb.Error:
+            pass  # an interrupted connection refuses one more statement at most; the session ends soon
+
+    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one of *our own* read statements (profiling), under the time limit but not the guard.
+        Never pass user text here except as a parameter."""
+        with self._lock, self._time_limit():
+            try:
+                return self.con.execute(sql, list(params)).fetchall()
+            except duckdb.InterruptException:
+                raise QueryTimeoutError(
+                    f"stopped at the time limit of {self.limits.timeout_s:g} s; raise [data] profile_timeout_s"
+                ) from None
+            except duckdb.Error as exc:
+                raise QueryFailedError(_message(exc)) from None
+
+    def _time_limit(self) -> _Watchdog:
+        return _Watchdog(self.limits.timeout_s, self.con.interrupt)
+
+    def interrupt(self) -> None:
+        """Stop the query running now, if any (safe from any thread)."""
+        self.con.interrupt()
+
+    def close(self) -> None:
+        with self._lock:
+            self.con.close()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    # results -------------------------------------------------------------------------------------
+
+    def _fit_rows(self, raw: Sequence[tuple[Any, ...]]) -> tuple[list[list[Any]], int]:
+        """Rows as JSON data within ``rows_chars`` (the first row always), and the cells cut."""
+        rows: list[list[Any]] = []
+        spent = cut = 0
+        for record in raw:
+            counter = [0]
+            row = [json_cell(value, self.limits.max_cell_chars, counter) for value in record]
+            size = len(pydantic_core.to_json(row))
+            if rows and spent + size > self.limits.rows_chars:
+                break
+            rows.append(row)
+            spent += size
+            cut += counter[0]
+        return rows, cut
+
+
+class _Watchdog:
+    """Calls ``interrupt`` once ``seconds`` have passed inside the ``with`` block."""
+
+    def __init__(self, seconds: float, interrupt: Callable[[], None]) -> None:
+        self._timer = threading.Timer(seconds, interrupt)
+        self._timer.daemon = True
+
+    def __enter__(self) -> None:
+        self._timer.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+def json_cell(value: Any, max_chars: int, cut: list[int]) -> Any:
+    """A DuckDB value as JSON data: ISO dates, decimals as numbers, non-finite floats as text,
+    bytes as a short hex preview, long text cut (``cut[0]`` counts the cells cut)."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Decimal):
+        number = float(value)
+        return number if math.isfinite(number) else str(value)
+    if isinstance(value, str):
+        if len(value) > max_chars:
+            cut[0] += 1
+            return value[:max_chars] + f"…(+{len(value) - max_chars} chars)"
+        return value
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+        return f"<{len(data)} bytes: {data[:16].hex()}{'…' if len(data) > 16 else ''}>"
+    if isinstance(value, list | tuple):
+        items = [json_cell(v, max_chars, cut) for v in value[:_LIST_ITEMS]]
+        return items + ([f"…(+{len(value) - _LIST_ITEMS} items)"] if len(value) > _LIST_ITEMS else [])
+    if isinstance(value, dict):
+        return {str(k): json_cell(v, max_chars, cut) for k, v in list(value.items())[:_LIST_ITEMS]}
+    return json_cell(str(value), max_chars, cut)  # timedelta, UUID, intervals
+
+
+def _parses(sql: str) -> bool:
+    try:
+        duckdb.extract_statements(sql)
+    except duckdb.Error:
+        return False
+    return True
+
+
+def _message(exc: BaseException) -> str:
+    """DuckDB's message without the caret diagram, short enough to show and to feed back to a model."""
+    # DuckDB's "LINE 1: …" excerpt would quote our wrapping of the query, not the caller's text.
+    lines = [
+        line
+        for line in str(exc).splitlines()
+        if line.strip() and not line.strip().startswith("^") and not line.startswith("LINE ")
+    ]
+    text = " ".join(lines)
+    return text[:600] + ("…" if len(text) > 600 else "")
+
+
+# async -------------------------------------------------------------------------------------------
+
+
+class AsyncDataSession:
+    """A :class:`DataSession` for async callers: every call in a worker thread; a cancelled call
+    interrupts the query it was waiting for."""
+
+    def __init__(self, session: DataSession) -> None:
+        self.session = session
+
+    @property
+    def tables(self) -> dict[str, TableInfo]:
+        return self.session.tables
+
+    @property
+    def notes(self) -> list[str]:
+        return self.session.notes
+
+    async def call(self, fn: Callable[[DataSession], T]) -> T:
+        """``fn(session)`` in a worker thread (e.g. :func:`~.profile.profile_table`)."""
+        try:
+            return await anyio.to_thread.run_sync(partial(fn, self.session), abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            self.session.interrupt()
+            raise
+
+    async def run(self, sql: str, *, max_rows: int | None = None) -> QueryResult:
+        return await self.call(partial(DataSession.run, sql=sql, max_rows=max_rows))
+
+    async def check(self, sql: str) -> CheckedSelect:
+        return await self.call(partial(DataSession.check, sql=sql))
+
+
+def _private_folder(state_dir: Path) -> Path:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="session-", dir=state_dir))
+
+
+@asynccontextmanager
+async def open_session(
+    sources: ResolvedSources,
+    state_dir: Path,
+    limits: SessionLimits = SessionLimits(),
+    *,
+    materialize: bool = False,
+) -> AsyncIterator[AsyncDataSession]:
+    """A session over ``sources`` with its private folder under ``state_dir``; closed on exit."""
+    work_dir = await anyio.to_thread.run_sync(_private_folder, state_dir)
+    try:
+        session = await anyio.to_thread.run_sync(
+            partial(DataSession, sources, work_dir, limits, materialize=materialize)
+        )
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    try:
+        yield AsyncDataSession(session)
+    finally:
+        session.interrupt()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(session.close)

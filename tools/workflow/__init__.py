@@ -1,0 +1,1 @@
+"""Plain helpers of the workflow supervisor: templates, conditions and configured commands."""
