@@ -79,6 +79,14 @@ bench: $(STAMP)
 	$(BIN)/python bench/pool_overhead.py
 	$(BIN)/python bench/analyze.py
 	$(BIN)/python bench/platform_costs.py
+	$(BIN)/python bench/faults.py
+	$(BIN)/python bench/logs.py
+	$(BIN)/python bench/workflow.py
+	$(BIN)/python bench/compare_models.py
+	$(BIN)/python bench/cascade.py
+	$(BIN)/python bench/query_data.py --speed --security
+	$(BIN)/python bench/dashboard.py
+	$(BIN)/python bench/knowledge.py --no-ask
 
 clean:
 	rm -rf $(VENV) .tools build *.egg-info .pytest_cache .mypy_cache .ruff_cache
