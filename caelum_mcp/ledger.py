@@ -7,7 +7,8 @@ would have charged for the same tokens. Savings are the sum of those counterfact
 
 Durability: the database runs in WAL mode with ``synchronous=FULL`` and every ``record`` is its own
 committed transaction, so an entry survives the process being killed right after ``record``
-returns (and a power cut). WAL also lets another process (``caelum-mcp status``) read while the
+returns (and a power cut); the tool-call rows, which hold no money, survive the process being killed
+but skip the wait for the disk. WAL also lets another process (``caelum-mcp status``) read while the
 server writes. One connection per ``Ledger``, shared by the event loop and worker threads behind a
 lock; writes are a single short INSERT, cheap enough to run on the event loop.
 
@@ -650,9 +651,22 @@ class Ledger:
             since=since,
         )
 
+    @contextmanager
+    def _bookkeeping(self) -> Iterator[sqlite3.Connection]:
+        """The connection for rows that hold no money (tool-call bookkeeping), committed without
+        waiting for the disk: in WAL mode such a commit survives the process being killed, not a
+        power cut, and costs microseconds instead of an fsync (~1 ms here, twice a tool call, on
+        the event loop). The next durable commit flushes it with everything before it."""
+        with self._connection() as conn:
+            conn.execute("PRAGMA synchronous = NORMAL")
+            try:
+                yield conn
+            finally:
+                conn.execute("PRAGMA synchronous = FULL")
+
     def start_tool_call(self, call_id: str, tool: str, *, parent_id: str | None = None) -> None:
         """Note that an external tool call began (a child names its parent)."""
-        with self._connection() as conn:
+        with self._bookkeeping() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO tool_calls (id, parent_id, tool, started) VALUES (?, ?, ?, ?)",
                 (call_id, parent_id, tool, time.time()),
@@ -661,7 +675,7 @@ class Ledger:
 
     def finish_tool_call(self, call_id: str, *, seconds: float, outcome: str, error: str | None = None) -> None:
         """Note how an external tool call ended: ``ok``, ``error`` or ``cancelled``."""
-        with self._connection() as conn:
+        with self._bookkeeping() as conn:
             conn.execute(
                 "UPDATE tool_calls SET seconds = ?, outcome = ?, error = ? WHERE id = ?",
                 (seconds, outcome, error[:_MAX_ERROR_CHARS] if error else None, call_id),

@@ -468,3 +468,23 @@ def test_two_processes_never_reserve_past_the_budget(tmp_path: Path) -> None:
     assert sum(int(out) for out, _ in outputs) == 20
     with Ledger(path) as ledger:
         assert ledger.budget_figures().reserved_usd == pytest.approx(1.0)
+
+
+def test_tool_call_rows_are_committed_at_once_and_money_rows_stay_fully_durable(tmp_path: Path) -> None:
+    """Tool-call bookkeeping skips the fsync (it holds no money) but is committed before the call
+    returns, visible to another reader; the connection is back to ``synchronous=FULL`` for the
+    model-call rows that follow."""
+    ledger = Ledger(tmp_path / "ledger.db")
+    try:
+        ledger.start_tool_call("c1", "query_data")
+        with sqlite3.connect(tmp_path / "ledger.db") as reader:
+            assert reader.execute("SELECT tool, outcome FROM tool_calls WHERE id = 'c1'").fetchall() == [
+                ("query_data", None)
+            ]
+        ledger.finish_tool_call("c1", seconds=0.5, outcome="ok")
+        with sqlite3.connect(tmp_path / "ledger.db") as reader:
+            assert reader.execute("SELECT outcome FROM tool_calls WHERE id = 'c1'").fetchall() == [("ok",)]
+        with ledger._connection() as conn:
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        ledger.close()
