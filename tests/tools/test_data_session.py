@@ -166,3 +166,84 @@ def test_cells_become_json_data() -> None:
     assert json_cell(list(range(60)), 10, cut)[-1] == "…(+10 items)"
     assert json_cell({"a": dt.time(1, 2)}, 10, cut) == {"a": "01:02:00"}
     assert cut == [0]
+
+
+def test_a_session_on_a_spare_connection_sees_only_its_own_sources_and_is_locked(shop: Path) -> None:
+    """Sessions take a connection opened ahead of time; the one after a session must be a fresh
+    database: no table, view or setting of the session before it, and locked again."""
+    from caelum_mcp.tools.data.session import SPARES
+
+    first = session_over(shop, "shop/sales.csv")
+    first.close()
+    deadline = time.monotonic() + 10
+    while not SPARES._ready and time.monotonic() < deadline:  # the spare opens in the background
+        time.sleep(0.01)
+    assert SPARES._ready, "no spare connection was opened after the first session closed"
+    second = session_over(shop, "shop/events.ndjson")
+    try:
+        assert SPARES._ready == {}  # it was taken
+        assert set(second.tables) == {"events"}
+        with pytest.raises(duckdb.Error):
+            second.con.execute("SELECT * FROM sales").fetchall()
+        with pytest.raises(duckdb.Error, match="locked"):
+            second.con.execute("SET enable_external_access = true")
+        spill = second.con.execute("SELECT current_setting('temp_directory')").fetchone()
+        assert spill is not None and str(spill[0]).startswith(str(second.work_dir))
+    finally:
+        second.close()
+
+
+def test_a_process_that_exits_while_a_spare_opens_exits_cleanly(shop: Path) -> None:
+    """A spare opening in a thread when the interpreter exits must not abort the process (a
+    daemon thread inside DuckDB's open did: 'terminate called without an active exception')."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from caelum_mcp.tools.data.session import DataSession\n"
+        "from caelum_mcp.tools.data.sources import resolve_sources\n"
+        "root = Path(sys.argv[1])\n"
+        "for i in range(3):\n"
+        "    DataSession(resolve_sources(['shop/sales.csv'], [root]), root.parent / f'w{i}').close()\n"
+    )
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(shop)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+
+
+CSV_DIALECTS = {
+    "plain.csv": "id,name,amount,day\n1,ann,2.5,2024-01-02\n2,bob,,2024-02-03\n3,cy,7,2024-03-04\n",
+    "quoted.csv": 'id,text\n1,"a, b"\n2,"say ""hi"""\n3,"two\nlines"\n',
+    "semicolon.csv": "a;b;c\n1;x;2024-01-01 10:00:00\n2;y;2024-01-02 11:30:00\n",
+    "no_header.csv": "1,2,3\n4,5,6\n7,8,9\n",
+    "crlf.csv": "k,v\r\n1,one\r\n2,two\r\n",
+    "dates_dmy.csv": "when,n\n31/01/2024,1\n29/02/2024,2\n15/03/2024,3\n",
+    "it's quoted.csv": "x\n1\n2\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CSV_DIALECTS))
+def test_a_large_csv_view_reads_as_read_csv_does(tmp_path: Path, name: str) -> None:
+    """CSV files too big to load stay views over ``read_csv`` with the sniffed dialect and types
+    spelled out (so queries do not sniff again): they must read exactly as DuckDB's own
+    auto-detecting ``read_csv`` does, names, types and values."""
+    root = tmp_path / "root"
+    root.mkdir()
+    path = root / name
+    path.write_text(CSV_DIALECTS[name], encoding="utf-8", newline="")
+    session = DataSession(resolve_sources([name], [root]), tmp_path / "work", SessionLimits(load_bytes=0))
+    try:
+        (table,) = session.tables.values()
+        with duckdb.connect() as con:
+            described = con.execute("DESCRIBE SELECT * FROM read_csv(?)", [str(path)]).fetchall()
+            expected = con.execute("SELECT * FROM read_csv(?)", [str(path)]).fetchall()
+        assert [(c.name, c.type) for c in table.columns] == [(str(r[0]), str(r[1])) for r in described]
+        view = session.con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [table.name]).fetchone()
+        assert view is not None and "auto_detect" in str(view[0])  # the sniffed options, spelled out
+        got = session.run(f'SELECT * FROM "{table.name}"', max_rows=100)
+        assert got.rows == [[json_cell(v, 300, [0]) for v in row] for row in expected]
+    finally:
+        session.close()
