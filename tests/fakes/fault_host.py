@@ -316,8 +316,8 @@ class FaultHost:
             await writer.drain()
             return False
         else:
+            self.served += 1  # counted before it is sent: a client may act on the reply at once
             await _send(writer, 200, reply)
-            self.served += 1
         return True
 
     async def _stream(self, body: dict[str, Any], writer: asyncio.StreamWriter, mode: FaultMode | None) -> bool:
@@ -340,11 +340,12 @@ class FaultHost:
                 writer.write(b"0\r\n\r\n")
                 await writer.drain()
                 return True
+            if index == len(events) - 1:
+                self.served += 1  # counted before the last piece: a client stops reading at it
             writer.write(_chunk(event))
             await writer.drain()
         writer.write(b"0\r\n\r\n")
         await writer.drain()
-        self.served += 1
         return True
 
     # the three APIs ---------------------------------------------------------------------------
