@@ -53,7 +53,7 @@ test: $(STAMP) $(INSPECTOR) $(CLAUDE_CLI)
 # The edit-test loop: no model server, no npm, no multi-second subprocess servers (under a minute).
 # `make test` stays the full suite and the CI command.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not model and not npm and not slow"
+	$(BIN)/python -m pytest -q -n auto -m "not model and not npm and not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check caelum_mcp supervisors tools tests bench

@@ -54,6 +54,7 @@ def test_claude_code_user_scope_gets_this_install_by_absolute_path(tmp_path: Pat
     assert stat.S_IMODE(plan.path.stat().st_mode) == 0o600  # a client config may hold credentials
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 def test_merging_keeps_everything_else_backs_up_first_and_is_idempotent(tmp_path: Path, config: Config) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -159,6 +160,7 @@ def test_claude_desktop_paths_and_entry(tmp_path: Path, config: Config) -> None:
         plan_setup("claude-desktop", config, scope="project", home=tmp_path, cwd=tmp_path, environ={})
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 def test_a_broken_client_file_is_left_alone_with_a_clear_error(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()

@@ -228,6 +228,7 @@ async def test_an_outlier_is_probed_and_comes_back_when_it_recovers(http: httpx2
         assert fakes[0].chats > 2, "back in rotation"
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 async def test_queued_requests_move_to_a_host_that_frees_up_first(http: httpx2.AsyncClient) -> None:
     with hosts(FaultHost(delay_s=1.0), FaultHost(delay_s=0.05)) as fakes:
         pool = pool_of(fakes, http)
@@ -302,6 +303,7 @@ async def test_a_broken_claude_reply_keeps_the_local_answer(
     assert (figures.spent_usd, figures.reserved_usd) == (0, 0)
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 async def test_a_hanging_claude_is_bounded_by_the_task_budget(tmp_path: Path, http: httpx2.AsyncClient) -> None:
     pool = await scripted_pool(scripted_host("gpu-1", FULL, [GOOD]))
     with FaultHost("anthropic", fault=Fault("hang")) as api:

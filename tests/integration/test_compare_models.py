@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mcp import Client
 
 from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
@@ -48,6 +49,7 @@ async def call(client: Client, args: dict[str, Any], seen: list[str] | None = No
     return res.structured_content
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 async def test_five_models_answer_at_once_and_the_odd_one_out_is_flagged(tmp_path: Path) -> None:
     hosts = [host(i, text, delay) for i, (text, delay) in enumerate(ANSWERS)]
     server, holder = make_server(tmp_path, hosts)

@@ -57,6 +57,7 @@ async def test_without_the_token_everything_but_the_sign_in_form_is_401(tmp_path
         assert "caelum_host_up" in metrics.text
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 async def test_signing_in_sets_a_same_site_cookie_that_opens_the_dashboard_not_mcp(tmp_path: Path) -> None:
     async with serving(tmp_path, two_hosts(), token=TOKEN) as served, httpx2.AsyncClient(base_url=served.base) as http:
         bad = await http.post("/dashboard/login", data={"token": "guess"})

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mcp.types import ImageContent
 from tools.test_data_sources import digest, write_shop
 
@@ -185,6 +186,7 @@ async def test_rows_are_capped_with_an_omitted_count(tmp_path: Path) -> None:
         assert 10 < len(big["rows"]) < 1000 and big["rows_omitted"] == 5000 - len(big["rows"])
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 async def test_a_chart_comes_as_png_image_content_beside_the_vega_lite_spec(tmp_path: Path) -> None:
     work(tmp_path)
     host, _ = sql_host()

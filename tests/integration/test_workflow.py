@@ -51,6 +51,7 @@ async def call(client: Client, tool: str, args: dict[str, Any], seen: list[str] 
     return res.structured_content
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 async def test_pre_commit_runs_the_real_tools_in_parallel_and_stores_the_run(tmp_path: Path) -> None:
     project = git_project(tmp_path / "work" / "p", {**PLANTED, **FAILING_TESTS})
     (project / "app" / "calc.py").write_text((project / "app" / "calc.py").read_text() + "\nimport os\n")

@@ -118,6 +118,7 @@ def test_without_the_guard_the_locked_configuration_still_holds(shop: Path, stat
     assert digest(shop) == before
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 def test_a_runaway_cross_join_stops_at_the_time_limit(shop: Path) -> None:
     session = session_over(shop, timeout_s=1.0)
     try:

@@ -179,6 +179,7 @@ async def test_kill_leftovers_kills_what_outlives_a_finished_command(tmp_path: P
     assert result.leftovers_killed == 1
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
 async def test_a_leftover_holding_the_pipes_does_not_hold_the_call(tmp_path: Path, mark: str) -> None:
     started = time.monotonic()
     result = await run_command([sys.executable, "-c", NEW_SESSION, mark, "0"], cwd=tmp_path, timeout_s=60)
