@@ -3,6 +3,7 @@ caelum.toml with ``[[infrastructure.probes]]`` (a loopback HTTP server started h
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,11 @@ from .test_mcp_http import Served, start_server
 from .test_mcp_stdio import server_env
 
 pytestmark = pytest.mark.slow
-LOGHUB = Path(__file__).resolve().parents[3] / "shared" / "data" / "loghub-2k"
+# the shared samples beside the checkout, or wherever CAELUM_LOGHUB_DIR says (a clone elsewhere)
+LOGHUB = Path(
+    os.environ.get("CAELUM_LOGHUB_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data" / "loghub-2k"
+)
+LOGHUB_HERE = LOGHUB.is_dir()
 
 
 def write_config(tmp: Path, port: int) -> Path:
@@ -53,7 +58,7 @@ output_contains = "up"
 
 def prepare(tmp: Path) -> None:
     write_incident(tmp / "work" / "logs")
-    if LOGHUB.is_dir():
+    if LOGHUB_HERE:
         shutil.copy(LOGHUB / "OpenSSH" / "OpenSSH_2k.log", tmp / "work" / "logs" / "auth.log")
 
 
@@ -67,7 +72,7 @@ async def exercise(client: Client) -> None:
     assert health["verdict"] in ("WARN", "CRIT")
     logs = await call(client, "diagnose_logs", {"paths": ["logs/app.log"], "max_signatures": 5})
     assert logs["signatures"][0]["level"] in ("error", "warning") and logs["timeline"] is not None
-    if LOGHUB.is_dir():
+    if LOGHUB_HERE:
         auth: dict[str, Any] = await call(client, "diagnose_logs", {"paths": ["logs/auth.log"]})
         assert auth["files"][0]["format"] == "syslog" and auth["entries"] == 2000
 
