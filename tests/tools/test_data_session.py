@@ -22,7 +22,7 @@ from caelum_mcp.tools.data.session import DataSession, SessionLimits, json_cell,
 from caelum_mcp.tools.data.sources import resolve_sources
 from caelum_mcp.tools.data.sql_guard import check_select
 
-from .test_data_sources import digest, write_shop
+from .test_data_sources import SALES, digest, write_shop
 
 
 @pytest.fixture
@@ -246,5 +246,36 @@ def test_a_large_csv_view_reads_as_read_csv_does(tmp_path: Path, name: str) -> N
         assert view is not None and "auto_detect" in str(view[0])  # the sniffed options, spelled out
         got = session.run(f'SELECT * FROM "{table.name}"', max_rows=100)
         assert got.rows == [[json_cell(v, 300, [0]) for v in row] for row in expected]
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT count(*) AS n FROM sales;",
+        "SELECT count(*) AS n FROM sales; -- the total",
+        "SELECT count(*) AS n FROM sales /* x */ ; /* y */",
+        "SELECT count(*) AS n FROM sales -- no semicolon",
+    ],
+)
+def test_a_closing_semicolon_or_comment_still_runs(shop: Path, sql: str) -> None:
+    session = session_over(shop)
+    try:
+        got = session.run(sql)
+        assert got.rows == [[len(SALES)]] and not got.sql.rstrip().endswith(";")
+    finally:
+        session.close()
+
+
+def test_a_long_result_is_counted_without_being_held(shop: Path) -> None:
+    """Only the rows shown (plus one) are fetched; a longer result is counted by a second query."""
+    session = session_over(shop)
+    try:
+        got = session.run("SELECT * FROM sales, range(1000) r", max_rows=3)
+        assert (len(got.rows), got.row_count, got.rows_omitted) == (3, len(SALES) * 1000, len(SALES) * 1000 - 3)
+        assert [c.name for c in got.columns][-1] == "range"
+        short = session.run("SELECT * FROM sales", max_rows=len(SALES))
+        assert (len(short.rows), short.row_count, short.rows_omitted) == (len(SALES), len(SALES), 0)
     finally:
         session.close()

@@ -163,7 +163,6 @@ class DataSession:
         self.tables: dict[str, TableInfo] = {}
         self.notes: list[str] = list(sources.notes)
         self._lock = threading.Lock()
-        self._counter = 0
         config: dict[str, Any] = {
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
@@ -348,6 +347,10 @@ class DataSession:
     def run(self, sql: str, *, max_rows: int | None = None) -> QueryResult:
         """Check ``sql``, run it within the time limit and return its result within the caps.
 
+        The query runs once, cut to the rows shown plus one: a result that fits is complete, and
+        only a longer one is counted, by a second query that streams (``count(*)`` over it), so a
+        ``SELECT *`` over a large file neither waits for nor holds every row.
+
         Raises :class:`SqlRejectedError`, :class:`QueryTimeoutError` or :class:`QueryFailedError`
         (DuckDB's own message, which a model can act on).
         """
@@ -355,13 +358,15 @@ class DataSession:
         limit = self.limits.max_rows if max_rows is None else max_rows
         started = time.perf_counter()
         with self._lock, self._time_limit():
-            self._counter += 1
-            result = f"__caelum_result_{self._counter}"
             try:
-                self._materialise(result, checked.sql)
-                count_row = self.con.execute(f"SELECT count(*) FROM {result}").fetchone()  # noqa: S608
-                described = self.con.execute(f"DESCRIBE {result}").fetchall()
-                raw = self.con.execute(f"SELECT * FROM {result} LIMIT {int(limit)}").fetchall()  # noqa: S608
+                first = f"SELECT * FROM ({{sql}}\n) LIMIT {int(limit) + 1}"  # noqa: S608 - a checked SELECT
+                cursor = self.con.execute(_wrapped(checked.sql, first))
+                described = cursor.description or []
+                raw = cursor.fetchall()
+                total = len(raw)
+                if total > limit:
+                    count_row = self.con.execute(_wrapped(checked.sql, "SELECT count(*) FROM ({sql}\n)")).fetchone()
+                    total = int(count_row[0]) if count_row else total
             except duckdb.InterruptException:
                 raise QueryTimeoutError(
                     f"the query ran past its time limit of {self.limits.timeout_s:g} s and was stopped; "
@@ -369,11 +374,8 @@ class DataSession:
                 ) from None
             except duckdb.Error as exc:
                 raise QueryFailedError(_message(exc)) from None
-            finally:
-                self._drop(result)
-        columns = [ColumnInfo(name=str(row[0]), type=str(row[1])) for row in described]
-        rows, cut = self._fit_rows(raw)
-        total = int(count_row[0]) if count_row else len(rows)
+        columns = [ColumnInfo(name=str(d[0]), type=str(d[1])) for d in described]
+        rows, cut = self._fit_rows(raw[:limit])
         return QueryResult(
             sql=checked.sql,
             columns=columns,
@@ -383,27 +385,6 @@ class DataSession:
             cells_cut=cut,
             seconds=round(time.perf_counter() - started, 4),
         )
-
-    def _materialise(self, result: str, sql: str) -> None:
-        """The checked SELECT into a temporary table (so its rows can be counted and the first ones
-        read). The wrapped text must still be exactly one CREATE statement."""
-        for wrapped in (
-            # a checked SELECT, re-parsed below: the wrapping must stay one CREATE statement
-            f"CREATE TEMP TABLE {result} AS {sql}\n",
-            f"CREATE TEMP TABLE {result} AS SELECT * FROM ({sql}\n)",  # noqa: S608
-        ):
-            statements = _statements(wrapped)
-            if len(statements) != 1 or statements[0].type != duckdb.StatementType.CREATE:
-                continue  # SUMMARIZE and DESCRIBE only parse as a subquery
-            self.con.execute(wrapped)
-            return
-        raise SqlRejectedError("this statement cannot run as a query here; send a plain SELECT")
-
-    def _drop(self, result: str) -> None:
-        try:
-            self.con.execute(f"DROP TABLE IF EXISTS {result}")
-        except duckdb.Error:
-            pass  # an interrupted connection refuses one more statement at most; the session ends soon
 
     def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one of *our own* read statements (profiling), under the time limit but not the guard.
@@ -489,6 +470,16 @@ def json_cell(value: Any, max_chars: int, cut: list[int]) -> Any:
     if isinstance(value, dict):
         return {str(k): json_cell(v, max_chars, cut) for k, v in list(value.items())[:_LIST_ITEMS]}
     return json_cell(str(value), max_chars, cut)  # timedelta, UUID, intervals
+
+
+def _wrapped(sql: str, template: str) -> str:
+    """A checked SELECT inside ``template`` (``{sql}`` marks where), re-parsed: the wrapping must
+    still be exactly one SELECT, or the statement is refused."""
+    wrapped = template.replace("{sql}", sql)
+    statements = _statements(wrapped)
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise SqlRejectedError("this statement cannot run as a query here; send a plain SELECT")
+    return wrapped
 
 
 def _statements(sql: str) -> list[duckdb.Statement]:

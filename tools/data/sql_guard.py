@@ -44,6 +44,15 @@ class CheckedSelect:
     tables: frozenset[str]
 
 
+def _without_final_semicolon(text: str) -> str:
+    """``text`` without its closing ``;`` and whatever comment follows it (DuckDB's tokenizer skips
+    comments), so that it can stand inside a subquery."""
+    tokens = duckdb.tokenize(text)
+    if tokens and text[tokens[-1][0]] == ";":
+        return text[: tokens[-1][0]].rstrip()
+    return text
+
+
 def check_select(con: duckdb.DuckDBPyConnection, sql: str, tables: Mapping[str, object]) -> CheckedSelect:
     """Refuse anything but one SELECT over the registered ``tables`` (names compared case-insensitively).
 
@@ -64,7 +73,7 @@ def check_select(con: duckdb.DuckDBPyConnection, sql: str, tables: Mapping[str, 
     kind = statements[0].type
     if kind != duckdb.StatementType.SELECT:
         raise SqlRejectedError(f"only a SELECT may run; this is a {kind.name} statement (the data is read-only)")
-    body = text.rstrip().rstrip(";").rstrip()
+    body = _without_final_semicolon(text)
     tree = _serialised(con, body)
     known = {name.lower() for name in tables}
     ctes = {key.lower() for key in _cte_names(tree)}
