@@ -332,13 +332,11 @@ async def test_links_out_of_the_roots_are_never_read(tmp_path: Path) -> None:
         assert res.is_error and "hunter2" not in str(res.content)
 
 
-# the shared samples beside the checkout, or wherever CAELUM_LOGHUB_DIR says (a clone elsewhere)
-LOGHUB = Path(
-    os.environ.get("CAELUM_LOGHUB_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data" / "loghub-2k"
-)
+# the shared samples beside the checkout, or wherever LOGHUB_2K_DIR says (a clone elsewhere)
+LOGHUB = Path(os.environ.get("LOGHUB_2K_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data" / "loghub-2k")
 
 
-@pytest.mark.skipif(not LOGHUB.is_dir(), reason="the shared Loghub samples are not here (set CAELUM_LOGHUB_DIR)")
+@pytest.mark.skipif(not LOGHUB.is_dir(), reason="the shared Loghub samples are not here (set LOGHUB_2K_DIR)")
 async def test_a_large_log_stays_inside_the_result_budget(tmp_path: Path) -> None:
     loghub = LOGHUB
     for name in ("Linux", "Hadoop", "Zookeeper"):

@@ -18,10 +18,8 @@ from .test_mcp_http import Served, start_server
 from .test_mcp_stdio import server_env
 
 pytestmark = pytest.mark.slow
-# the shared samples beside the checkout, or wherever CAELUM_LOGHUB_DIR says (a clone elsewhere)
-LOGHUB = Path(
-    os.environ.get("CAELUM_LOGHUB_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data" / "loghub-2k"
-)
+# the shared samples beside the checkout, or wherever LOGHUB_2K_DIR says (a clone elsewhere)
+LOGHUB = Path(os.environ.get("LOGHUB_2K_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data" / "loghub-2k")
 LOGHUB_HERE = LOGHUB.is_dir()
 
 

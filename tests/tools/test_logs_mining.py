@@ -14,10 +14,8 @@ from caelum_mcp.tools.logs.masking import mask_message
 from caelum_mcp.tools.logs.mining import Drain3Miner, grouping_accuracy, mine_templates
 from caelum_mcp.tools.logs.refine import Decision, apply_decisions, candidates
 
-# the shared samples beside the checkout, or wherever CAELUM_LOGHUB_DIR says (a clone elsewhere)
-LOGHUB = Path(
-    os.environ.get("CAELUM_LOGHUB_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data" / "loghub-2k"
-)
+# the shared samples beside the checkout, or wherever LOGHUB_2K_DIR says (a clone elsewhere)
+LOGHUB = Path(os.environ.get("LOGHUB_2K_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data" / "loghub-2k")
 
 
 @pytest.mark.parametrize(
@@ -96,7 +94,7 @@ def test_decisions_split_and_merge_clusters() -> None:
     assert (splits, merges) == (0, 0)
 
 
-@pytest.mark.skipif(not LOGHUB.is_dir(), reason="the shared Loghub samples are not here (set CAELUM_LOGHUB_DIR)")
+@pytest.mark.skipif(not LOGHUB.is_dir(), reason="the shared Loghub samples are not here (set LOGHUB_2K_DIR)")
 def test_grouping_accuracy_on_the_loghub_samples_with_one_configuration() -> None:
     """The product's grouping (raw lines read, parsed, masked, mined) against the ground truth."""
     results = {}
