@@ -23,6 +23,10 @@ MCP client) and the real index code (``caelum_mcp.tools.knowledge``).
     .venv/bin/python bench/knowledge.py                # everything (first run ~15 min: embeddings)
     .venv/bin/python bench/knowledge.py --only quality --tune
     .venv/bin/python bench/knowledge.py --quick        # small subsets (smoke test)
+    .venv/bin/python bench/knowledge.py --config gpu.toml --embedding-model nomic-embed-text
+
+``--config`` adds the hosts of a caelum.toml (e.g. an Ollama serving a stronger embedding model)
+to the embedded ones; ``--embedding-model`` names the model every figure is measured with.
 
 Embeddings and indexes are cached in ``--cache`` (default ``$XDG_CACHE_HOME/caelum-bench/knowledge``)
 so a second run only measures.
@@ -177,22 +181,29 @@ def write_files(root: Path, files: dict[str, str]) -> None:
 class Bench:
     """One in-process server (embedded models on) and the cache folder."""
 
-    def __init__(self, cache: Path, *, qa_micro: bool) -> None:
+    def __init__(self, cache: Path, *, qa_micro: bool, config: str | None = None) -> None:
         self.cache = cache
         overrides: dict[str, Any] = {
             "data_dir": str(cache / "data"),
             "embedded": "on",
             "embedded_threads": min(2, os.cpu_count() or 1),
-            "hosts": [],
-            "implicit_ollama": False,
             "allowed_roots": [str(cache / "work")],
             "knowledge": {"refresh_s": 3600},
         }
+        if config is None:  # the embedded models only; with a config, its hosts too
+            overrides |= {"hosts": [], "implicit_ollama": False}
         if qa_micro:  # let SmolLM2-135M answer, to check what it cites (it is below qa's tier)
             overrides["router"] = {"tasks": {"qa": {"min_tier": "micro"}}}
         (cache / "work").mkdir(parents=True, exist_ok=True)
-        self.config = load_config(None, environ={}, overrides=overrides)
+        self.config = load_config(config, environ={}, overrides=overrides)
         self.server, self.holder = create_server(self.config)
+
+    def missing_model(self) -> str | None:
+        """Why the embedding model cannot be measured (no host serves it), or None."""
+        served = sorted(self.holder.require().router.embedding_models())  # model@host
+        if MODEL in {name.rsplit("@", 1)[0] for name in served}:
+            return None
+        return f"no host serves the embedding model {MODEL!r}; served: {', '.join(served) or 'none'}"
 
     async def embed(self, texts: Sequence[str]) -> tuple[str, Sequence[Sequence[float]]]:
         result = await self.holder.require().router.embed(list(texts), model=MODEL)
@@ -551,7 +562,9 @@ async def mcp_latency(client: Client, project: str, queries: list[str]) -> dict[
 # main ---------------------------------------------------------------------------------------------
 
 
-async def main(args: argparse.Namespace) -> None:
+async def main(args: argparse.Namespace) -> int:
+    global MODEL
+    MODEL = args.embedding_model
     logging.disable(logging.INFO)  # the HTTP client logs every embedding request
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -563,9 +576,13 @@ async def main(args: argparse.Namespace) -> None:
     if args.quick:
         questions = questions[:12]
     code_queries = [Query(q["id"], q["question"], q["split"]) for q in questions]
-    bench = Bench(cache, qa_micro=not args.no_ask)
+    bench = Bench(cache, qa_micro=not args.no_ask, config=args.config)
     results: dict[str, Any] = {}
     async with Client(bench.server) as client:
+        missing = bench.missing_model()
+        if missing is not None:
+            print(f"knowledge bench: {missing}", file=sys.stderr)
+            return 2
         if args.only in (None, "quality"):
             code_store = KnowledgeStore(cache / "code.sqlite3")
             await bench.index(code_store, star)
@@ -600,6 +617,7 @@ async def main(args: argparse.Namespace) -> None:
             results["ask"] = await ask(bench, client, test_qs, str(star))
     if args.json:
         print(json.dumps(results, indent=1, default=float))
+    return 0
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -613,10 +631,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-ask", action="store_true", help="skip the ask_knowledge citation check")
     p.add_argument("--ask-questions", type=int, default=8, help="test questions for the citation check")
     p.add_argument("--json", action="store_true", help="print every figure as JSON at the end")
+    p.add_argument("--config", help="a caelum.toml whose hosts join the embedded ones (e.g. a GPU host)")
+    p.add_argument("--embedding-model", default=MODEL, help=f"the embedding model measured (default {MODEL})")
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
     random.seed(0)
     sys.setrecursionlimit(10_000)
-    anyio.run(main, parse())
+    sys.exit(anyio.run(main, parse()))

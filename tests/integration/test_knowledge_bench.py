@@ -66,3 +66,22 @@ def test_every_gold_span_is_the_symbol_or_heading_it_names() -> None:
                 assert f"def {name}" in first or f"class {name}" in first or first.lstrip().startswith("@"), q["id"]
                 assert last.strip(), q["id"]
                 ast.parse(io.StringIO("\n".join(lines)).read())  # the file parses
+
+
+@pytest.mark.slow
+@pytest.mark.model
+def test_an_embedding_model_nobody_serves_is_named_before_anything_runs(tmp_path: Path) -> None:
+    """`--embedding-model` (with `--config` for a GPU host) measures another model; one that no
+    host serves ends the run at once, naming what is served."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--cache", str(tmp_path), "--only", "memory", "--embedding-model", "nosuch"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "no host serves the embedding model 'nosuch'" in done.stderr and "all-minilm" in done.stderr
+    assert not (tmp_path / "memory-bench.sqlite3").exists()
