@@ -20,6 +20,7 @@ make is returned, and ``Fitted.tokens`` shows it is over.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush, heapreplace
@@ -98,7 +99,7 @@ def fit_to_budget(data: dict[str, Any], budget_tokens: int, *, protect: Collecti
 
 
 @dataclass(eq=False, slots=True)
-class _Piece:
+class _Piece(ABC):
     """Something that can be cut, in the working copy: its size, where it sits, how much it lost."""
 
     path: str
@@ -108,12 +109,13 @@ class _Piece:
     index: int  # which of the parent's items holds it
     left_out: int = field(default=0, kw_only=True)  # items or characters
 
+    @abstractmethod
     def exhausted(self) -> bool:
-        raise NotImplementedError
+        """Whether nothing more can be cut from it."""
 
+    @abstractmethod
     def cut(self, remove: int) -> int:
         """Cut at least ``remove`` (weight units) if it can; update ``weight`` and return what went."""
-        raise NotImplementedError
 
     def alive(self) -> bool:
         """Whether it is still in the copy: no list around it has lost the item holding it."""

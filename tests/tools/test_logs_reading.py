@@ -34,7 +34,7 @@ SAMPLES = {
     "access-log": (
         [
             '127.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /apache_pb.gif HTTP/1.0" 200 2326',
-            '10.0.0.2 - - [10/Oct/2000:13:55:37 -0700] "POST /api/orders HTTP/1.1" 502 173 "-" "curl/8.0"',
+            '127.0.0.2 - - [10/Oct/2000:13:55:37 -0700] "POST /api/orders HTTP/1.1" 502 173 "-" "curl/8.0"',
         ],
         (datetime(2000, 10, 10, 20, 55, 36), "info", None, "GET /apache_pb.gif HTTP/1.0 200"),
     ),
@@ -49,7 +49,7 @@ SAMPLES = {
     "nginx-error": (
         [
             '2024/05/01 10:00:01 [error] 1234#1234: *5 connect() failed (111: Connection refused) while connecting to '
-            'upstream, client: 10.0.0.1, server: api, request: "GET / HTTP/1.1"'
+            'upstream, client: 127.0.0.1, server: api, request: "GET / HTTP/1.1"'
         ],
         (datetime(2024, 5, 1, 10, 0, 1), "error", None, "connect() failed (111: Connection refused) while connecting"),
     ),
