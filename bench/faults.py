@@ -38,6 +38,7 @@ import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from fakes.capacity import capacity_rates, capacity_task
 from fakes.fault_host import Fault, FaultHost
 
 from caelum_mcp.backends.anthropic import AnthropicBackend
@@ -307,47 +308,15 @@ async def retry_after(http: httpx2.AsyncClient, folder: Path) -> Row:
 async def capacity(http: httpx2.AsyncClient, folder: Path) -> Row:
     row = Row("hosts with 1, 2 and 4 slots, 50 ms a request, 8 callers (3 interleaved rounds of 2 s)")
     slots = (1, 2, 4)
-    task = LLMTask(
-        name="capacity",
-        kind=TaskKind.GENERAL,
-        messages=(ChatMessage(role="user", content="Is it fine?"),),
-        output_schema=SCHEMA,
-        grounding=lambda output: GroundingResult(score=1.0),
-        tier=Tier.FULL,
-        allow_claude=False,
-    )
+    task = capacity_task(SCHEMA)
     with running(*(FaultHost(delay_s=0.05, slots=n) for n in slots)) as live:
         pool = pool_of(live, http, slots)
         await pool.refresh_all()
         with Ledger(folder / "capacity.sqlite3") as ledger:
             router = Router(pool, ledger, config_in(folder))
             await router.run(task)
-            request = HELLO.model_copy(update={"model": next(iter(pool.hosts["h0"].models))})
-            backends = [h.backend for h in pool.hosts.values()]
             tally = Tally(row, 10.0)
-
-            async def rate(calls: list[Callable[[], Awaitable[Any]]], seconds: float = 2.0) -> float:
-                done = 0
-                stop = time.monotonic() + seconds
-
-                async def loop(make: Callable[[], Awaitable[Any]]) -> None:
-                    nonlocal done
-                    while time.monotonic() < stop:
-                        await tally.call(make)
-                        done += 1
-
-                started = time.monotonic()
-                async with anyio.create_task_group() as tg:
-                    for make in calls:
-                        tg.start_soon(loop, make)
-                return done / (time.monotonic() - started)
-
-            direct = [lambda b=b: b.chat(request) for b, n in zip(backends, slots, strict=True) for _ in range(n)]
-            rates: dict[str, list[float]] = {"direct": [], "pool": [], "router": []}
-            for _ in range(3):
-                rates["direct"].append(await rate(direct))  # type: ignore[arg-type]
-                rates["pool"].append(await rate([lambda: pool.chat(HELLO, tier=Tier.FULL)] * 8))
-                rates["router"].append(await rate([lambda: router.run(task)] * 8))
+            rates = await capacity_rates(pool, router, task, HELLO, slots, call=tally.call)
             row.rows = len(ledger.recent(100_000))
     nominal = sum(slots) / 0.05
     median = {k: statistics.median(v) for k, v in rates.items()}

@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+from fakes.capacity import capacity_rates, capacity_task
 from fakes.fault_host import Api, Fault, FaultHost
 
 from caelum_mcp.backends.anthropic import AnthropicBackend
@@ -418,46 +419,14 @@ async def test_hosts_with_1_2_and_4_slots_are_kept_busy(tmp_path: Path, http: ht
     driving the backends directly, with no pool at all (on this machine, HTTP itself costs a few
     ms of each 50 ms cycle, so that is below the nominal 140 requests a second)."""
     slots = (1, 2, 4)
-    task = LLMTask(
-        name="capacity",
-        kind=TaskKind.GENERAL,
-        messages=(ChatMessage(role="user", content="Is it fine?"),),
-        output_schema=SCHEMA,
-        grounding=lambda output: GroundingResult(score=1.0),
-        tier=Tier.FULL,
-        allow_claude=False,
-    )
+    task = capacity_task(SCHEMA)
     with hosts(*(FaultHost(delay_s=0.05, slots=n) for n in slots)) as fakes:
         pool = pool_of(fakes, http, slots=slots)
         await pool.refresh_all()
         with Ledger(tmp_path / "l.db") as ledger:
             router = Router(pool, ledger, make_config(tmp_path))
             assert (await router.run(task)).execution.path == "local"
-            backends = [h.backend for h in pool.hosts.values()]
-            request = HELLO.model_copy(update={"model": next(iter(pool.hosts["h0"].models))})
-
-            async def rate(callers: list[Any], seconds: float = 1.5) -> float:
-                done = 0
-                stop = time.monotonic() + seconds
-
-                async def loop(call: Any) -> None:
-                    nonlocal done
-                    while time.monotonic() < stop:
-                        await call()
-                        done += 1
-
-                started = time.monotonic()
-                async with anyio.create_task_group() as tg:
-                    for call in callers:
-                        tg.start_soon(loop, call)
-                return done / (time.monotonic() - started)
-
-            direct = [lambda b=b: b.chat(request) for b, n in zip(backends, slots, strict=True) for _ in range(n)]
-            rates: dict[str, list[float]] = {"direct": [], "pool": [], "router": []}
-            for _ in range(3):
-                rates["direct"].append(await rate(direct))
-                rates["pool"].append(await rate([lambda: pool.chat(HELLO, tier=Tier.FULL)] * 8))
-                rates["router"].append(await rate([lambda: router.run(task)] * 8))
+            rates = await capacity_rates(pool, router, task, HELLO, slots, seconds=1.5)
     delivered = statistics.median(rates["direct"])
     nominal = sum(slots) / 0.05
     assert delivered > 0.8 * nominal, rates  # the fakes themselves keep up
