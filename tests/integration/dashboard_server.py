@@ -23,7 +23,7 @@ import uvicorn
 from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
 from caelum_mcp.config import Config, load_config
 from caelum_mcp.hosts import CircuitBreaker, Host
-from caelum_mcp.ledger import Ledger, model_call_row
+from caelum_mcp.ledger import Ledger, LedgerEntry, model_call_row
 from caelum_mcp.server import http_app
 from caelum_mcp.types import Usage
 
@@ -106,6 +106,23 @@ async def serving(
 DAY = 86400.0
 
 
+def claude_row(ts: float, usage: Usage, latency_ms: int, cost: float) -> LedgerEntry:
+    """A review escalated to Claude at ``ts`` (its counterfactual cost is its cost)."""
+    row = model_call_row(
+        task="review",
+        path="claude",
+        provider="anthropic",
+        host="claude",
+        model="claude-sonnet-5-5",
+        tier=None,
+        usage=usage,
+        latency_ms=latency_ms,
+        cost=cost,
+        counterfactual=cost,
+    )
+    return row.model_copy(update={"ts": ts})
+
+
 def seed_ledger(path: Path, *, days: int = 10, now: float | None = None) -> None:
     """Past model calls over the last ``days`` days: local calls on both hosts (with what Claude
     would have cost) and some Claude calls (with what they cost), and one Claude call today."""
@@ -129,29 +146,5 @@ def seed_ledger(path: Path, *, days: int = 10, now: float | None = None) -> None
                 )
                 ledger.record(row.model_copy(update={"ts": ts + i * 60}))
             if back % 3 == 0:
-                claude = model_call_row(
-                    task="review",
-                    path="claude",
-                    provider="anthropic",
-                    host="claude",
-                    model="claude-sonnet-5-5",
-                    tier=None,
-                    usage=Usage(input_tokens=4000, output_tokens=700),
-                    latency_ms=5200,
-                    cost=0.0225,
-                    counterfactual=0.0225,
-                )
-                ledger.record(claude.model_copy(update={"ts": ts + 600}))
-        today = model_call_row(
-            task="review",
-            path="claude",
-            provider="anthropic",
-            host="claude",
-            model="claude-sonnet-5-5",
-            tier=None,
-            usage=Usage(input_tokens=90_000, output_tokens=9000),
-            latency_ms=8100,
-            cost=0.405,
-            counterfactual=0.405,
-        )
-        ledger.record(today.model_copy(update={"ts": now - 1}))
+                ledger.record(claude_row(ts + 600, Usage(input_tokens=4000, output_tokens=700), 5200, 0.0225))
+        ledger.record(claude_row(now - 1, Usage(input_tokens=90_000, output_tokens=9000), 8100, 0.405))
