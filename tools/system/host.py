@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 from pydantic import BaseModel
 
-from .checks import Check, Thresholds, judge, reason, worst
+from .checks import Check, Pair, Thresholds, judge, reason, worst
 
 MAX_DISKS = 8
 _IP = (socket.AF_INET, socket.AF_INET6)
@@ -178,52 +178,29 @@ def read_host(sample_s: float = 0.2) -> HostReading:
     )
 
 
+def _threshold_check(name: str, label: str, value: float, limits: Pair, unit: str, figures: dict[str, Any]) -> Check:
+    """A host check of one reading against its ``[warn, crit]`` limits, with the reason when over."""
+    verdict = judge(value, limits)
+    reasons = [reason(label, value, limits, unit)] if verdict != "OK" else []
+    return Check(name=name, kind="host", verdict=verdict, reasons=reasons, figures=figures)
+
+
 def host_checks(reading: HostReading, limits: Thresholds) -> list[Check]:
     """The host's checks: cpu, load, memory, swap, each disk, network, temperature."""
-    checks = []
-    cpu = judge(reading.cpu_pct, limits.cpu_pct)
-    checks.append(
-        Check(
-            name="cpu",
-            kind="host",
-            verdict=cpu,
-            reasons=[reason("CPU busy", reading.cpu_pct, limits.cpu_pct, "%")] if cpu != "OK" else [],
-            figures={"used_pct": reading.cpu_pct, "cpus": reading.cpus},
+    checks = [
+        _threshold_check(
+            "cpu", "CPU busy", reading.cpu_pct, limits.cpu_pct, "%", {"used_pct": reading.cpu_pct, "cpus": reading.cpus}
         )
-    )
+    ]
     if reading.load1 is not None:
         per_cpu = round(reading.load1 / reading.cpus, 2)
-        load = judge(per_cpu, limits.load_per_cpu)
-        checks.append(
-            Check(
-                name="load",
-                kind="host",
-                verdict=load,
-                reasons=[reason("load per CPU", per_cpu, limits.load_per_cpu, "")] if load != "OK" else [],
-                figures={"load1": reading.load1, "per_cpu": per_cpu},
-            )
-        )
-    memory = judge(reading.memory_pct, limits.memory_pct)
-    checks.append(
-        Check(
-            name="memory",
-            kind="host",
-            verdict=memory,
-            reasons=[reason("memory used", reading.memory_pct, limits.memory_pct, "%")] if memory != "OK" else [],
-            figures={"used_pct": reading.memory_pct, "available_gb": reading.memory_available_gb},
-        )
-    )
+        figures: dict[str, Any] = {"load1": reading.load1, "per_cpu": per_cpu}
+        checks.append(_threshold_check("load", "load per CPU", per_cpu, limits.load_per_cpu, "", figures))
+    figures = {"used_pct": reading.memory_pct, "available_gb": reading.memory_available_gb}
+    checks.append(_threshold_check("memory", "memory used", reading.memory_pct, limits.memory_pct, "%", figures))
     if reading.swap_total_gb > 0:
-        swap = judge(reading.swap_pct, limits.swap_pct)
-        checks.append(
-            Check(
-                name="swap",
-                kind="host",
-                verdict=swap,
-                reasons=[reason("swap used", reading.swap_pct, limits.swap_pct, "%")] if swap != "OK" else [],
-                figures={"used_pct": reading.swap_pct},
-            )
-        )
+        figures = {"used_pct": reading.swap_pct}
+        checks.append(_threshold_check("swap", "swap used", reading.swap_pct, limits.swap_pct, "%", figures))
     else:
         checks.append(Check(name="swap", kind="host", verdict="n/a", reasons=["no swap configured"]))
     for disk in reading.disks:
