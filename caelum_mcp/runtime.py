@@ -36,7 +36,6 @@ from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
 import anyio
-import pydantic_core
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
@@ -56,7 +55,7 @@ from caelum_mcp.supervisors.base import (
     ToolOutput,
     _no_progress,
 )
-from caelum_mcp.tools.code.secrets import may_hold_secrets, redact_secrets
+from caelum_mcp.tools.code.secrets import redact_all
 from caelum_mcp.types import Frozen, Tier
 
 log = logging.getLogger(__name__)
@@ -294,27 +293,6 @@ class ToolRuntime:
             )
             for s in self.supervisors
         ]
-
-
-def redact_all(value: Any) -> Any:
-    """``value`` (JSON data) with every string, keys included, through :func:`redact_secrets`.
-
-    One look at the whole document first: most results hold nothing a secret needs, and skip the
-    walk (5,000 findings: ~5 ms instead of ~140).
-    """
-    if not may_hold_secrets(pydantic_core.to_json(value).decode()):
-        return value
-    return _redact_all(value)
-
-
-def _redact_all(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact_secrets(value)
-    if isinstance(value, dict):
-        return {redact_secrets(k): _redact_all(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact_all(item) for item in value]
-    return value
 
 
 # arguments ----------------------------------------------------------------------------------------

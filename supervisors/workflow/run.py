@@ -15,7 +15,6 @@ passed in that run whose input hash is unchanged (same arguments, same files) in
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -34,7 +33,7 @@ from caelum_mcp.errors import CaelumError, ToolInputError
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.supervisors.llm_steps import LLMStep
 from caelum_mcp.tools.code.files import list_project_files
-from caelum_mcp.tools.code.secrets import may_hold_secrets, redact_secrets
+from caelum_mcp.tools.code.secrets import redact_all, redact_secrets
 from caelum_mcp.tools.paths import resolve_project
 from caelum_mcp.tools.workflow.commands import run_workflow_command
 
@@ -327,21 +326,6 @@ def _outcome(step: StepRun) -> StepOutcome:
         error=step.error,
         result=step.excerpt,
     )
-
-
-def redact_all(value: Any) -> Any:
-    """JSON data with every string passed through the secrets redaction (before it is stored)."""
-    return _redact_walk(value) if may_hold_secrets(json.dumps(value, default=str)) else value
-
-
-def _redact_walk(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact_secrets(value)
-    if isinstance(value, Mapping):
-        return {redact_secrets(str(k)): _redact_walk(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redact_walk(v) for v in value]
-    return value
 
 
 def _redact(text: str | None) -> str | None:
