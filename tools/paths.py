@@ -31,7 +31,7 @@ def _path(value: str | Path, what: str) -> Path:
     return Path(text).expanduser()
 
 
-def _inside(candidate: Path, root: Path) -> bool | None:
+def resolves_inside(candidate: Path, root: Path) -> bool | None:
     """Whether ``candidate`` (absolute) is under ``root`` once every link that exists is followed;
     None when it cannot be resolved (a link loop). Works for paths that do not exist, so a path
     outside gets the same answer whether or not it is there."""
@@ -67,7 +67,7 @@ def resolve_within(root: Path, path: str | Path, *, must_exist: bool = True) -> 
     candidate = _path(path, "path")
     if not candidate.is_absolute():
         candidate = root / candidate
-    inside = _inside(candidate, root)
+    inside = resolves_inside(candidate, root)
     if inside is None:
         raise PathNotAllowedError(f"path {shown(path)} cannot be resolved (a link loop?)")
     if not inside:
@@ -111,7 +111,7 @@ def resolve_project(project: str | Path, allowed_roots: tuple[Path, ...] | list[
     candidate = _path(project, "project")
     if not candidate.is_absolute():
         candidate = allowed_roots[0] / candidate
-    if not any(_inside(candidate, root) for root in allowed_roots):
+    if not any(resolves_inside(candidate, root) for root in allowed_roots):
         raise PathNotAllowedError(f"project {shown(project)} {OUTSIDE_ROOTS}")
     resolved = _resolve(candidate)
     if resolved is None:

@@ -19,7 +19,7 @@ import anyio
 
 from caelum_mcp.types import Frozen
 
-from ..paths import relative_posix, resolve_within
+from ..paths import relative_posix, resolve_within, resolves_inside
 from .git_runner import GitError, run_git
 from .git_runner import git_env as git_env  # where tools.code.patches imports it from
 
@@ -126,21 +126,13 @@ def is_ignored(rel_path: str, is_dir: bool, patterns: Sequence[_IgnorePattern]) 
     return ignored
 
 
-def _inside(root: Path, path: Path) -> bool:
-    try:
-        resolved = path.resolve()
-    except (OSError, RuntimeError):
-        return False
-    return resolved == root or resolved.is_relative_to(root)
-
-
 def _accept(root: Path, rel: str, excluded: Counter[str]) -> bool:
     parts = rel.split("/")
     if any(part in ALWAYS_SKIPPED_DIRS for part in parts[:-1]):
         excluded["environment or cache directory"] += 1
         return False
     path = root / rel
-    if path.is_symlink() and not _inside(root, path):
+    if path.is_symlink() and resolves_inside(path, root) is not True:
         excluded["symlink leading outside the project"] += 1
         return False
     if not path.is_file():
