@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from caelum_mcp.supervisors.base import ExternalTool, InternalTool, Supervisor, SupervisorEnv, ToolContext
 from caelum_mcp.tools.knowledge.chunking import chunk_file
 from caelum_mcp.tools.knowledge.indexer import sync_index
@@ -23,7 +25,7 @@ from caelum_mcp.tools.knowledge.sources import list_sources
 from .ask import AskInput, AskOutput, ask_knowledge
 from .memory import MemoryInput, MemoryOutput, memory
 from .search import SearchInput, SearchOutput, search_knowledge
-from .state import KnowledgeSettings, KnowledgeState
+from .state import Background, KnowledgeSettings, KnowledgeState
 
 __all__ = ["KnowledgeSettings", "KnowledgeSupervisor"]
 
@@ -46,10 +48,14 @@ class KnowledgeSupervisor(Supervisor):
 
     @asynccontextmanager
     async def lifespan(self, env: SupervisorEnv) -> AsyncIterator[None]:
-        self._states[env.state_dir] = KnowledgeState(env.state_dir)
         try:
-            yield
-        finally:
+            async with anyio.create_task_group() as tg:  # the indexes' background embedding
+                self._states[env.state_dir] = KnowledgeState(env.state_dir, Background(tg, env.llm))
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:  # after the background tasks have ended: they write to the stores
             for state in self._states.values():
                 state.close()
             self._states.clear()

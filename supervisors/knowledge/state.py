@@ -6,11 +6,18 @@ the project's resolved path (``indexes/<hash>.sqlite3``); the notes are ``memory
 project's index is brought up to date on its first query, when the caller asks (``reindex``), and
 again when the last sync is older than ``[knowledge] refresh_s``; one sync runs at a time per
 project, and a query waits for it.
+
+A sync makes the lexical index whole at once. Under the server, the chunks' vectors are added by a
+background task of the supervisor's lifespan (:class:`Background`): embedding a project takes
+minutes on a CPU (~12 chunks/s with the embedded MiniLM here), and a first query must not wait for
+it. Until it is done, results say how much of the index has vectors; the next query after it ends
+syncs again. Run without the server (a test calling a handler), a sync embeds before it returns.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,8 +28,8 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 from caelum_mcp.errors import CaelumError
-from caelum_mcp.supervisors.base import ToolContext
-from caelum_mcp.tools.knowledge.indexer import IndexReport, sync_index
+from caelum_mcp.supervisors.base import LLMService, ToolContext
+from caelum_mcp.tools.knowledge.indexer import IndexReport, embed_missing, sync_index
 from caelum_mcp.tools.knowledge.memory import MemoryStore
 from caelum_mcp.tools.knowledge.ranking import DEFAULT_LEXICAL_WEIGHT, DEFAULT_NORMALISATION, DEFAULT_RRF_K
 from caelum_mcp.tools.knowledge.retrieval import RetrievalParams
@@ -54,6 +61,36 @@ class KnowledgeSettings(BaseModel):
         )
 
 
+log = logging.getLogger(__name__)
+
+
+class Background:
+    """Embedding that outlives a tool call: the lifespan's task group and the server's LLM service
+    (its model calls are in the ledger without a tool call)."""
+
+    def __init__(self, task_group: anyio.abc.TaskGroup, llm: LLMService) -> None:
+        self._tg = task_group
+        self._llm = llm
+
+    def embed(self, index: ProjectIndex, model: str) -> None:
+        """Embed ``index``'s chunks that lack a ``model`` vector, unless that is under way already."""
+        if not index.embedding:
+            index.embedding = True
+            self._tg.start_soon(self._run, index, model)
+
+    async def _run(self, index: ProjectIndex, model: str) -> None:
+        try:
+            await embed_missing(index.store, embedder_for(self._llm, model), model, _quiet)
+        except CaelumError as exc:  # the next sync tries again; search stays lexical for the rest
+            log.warning("embedding %s with %s stopped: %s", index.root.name, model, exc)
+        finally:
+            index.embedding = False
+
+
+async def _quiet(message: str) -> None:
+    pass
+
+
 @dataclass
 class ProjectIndex:
     root: Path
@@ -61,13 +98,16 @@ class ProjectIndex:
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     synced_at: float | None = None
     report: IndexReport | None = None
+    background: Background | None = None
+    embedding: bool = False  # a background task is adding its vectors
 
 
 class KnowledgeState:
     """The open indexes and the note store of one state folder (see the module docstring)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, background: Background | None = None) -> None:
         self.state_dir = state_dir
+        self.background = background
         self._projects: dict[Path, ProjectIndex] = {}
         self._memory: MemoryStore | None = None
 
@@ -77,7 +117,7 @@ class KnowledgeState:
             name = hashlib.sha256(str(root).encode()).hexdigest()[:20]
             store = KnowledgeStore(self.state_dir / "indexes" / f"{name}.sqlite3")
             store.set_meta("project", str(root))
-            index = self._projects[root] = ProjectIndex(root, store)
+            index = self._projects[root] = ProjectIndex(root, store, background=self.background)
         return index
 
     def memory(self) -> MemoryStore:
@@ -106,11 +146,11 @@ def embedding_model(ctx: ToolContext, settings: KnowledgeSettings, stored: Seque
     return up[0] if up else None
 
 
-def embedder_for(ctx: ToolContext, model: str) -> Embedder:
+def embedder_for(llm: LLMService, model: str) -> Embedder:
     """Texts to vectors through the LLM service (batched there, one ledger row per batch)."""
 
     async def embed(texts: Sequence[str]) -> tuple[str, Sequence[Sequence[float]]]:
-        result = await ctx.llm.embed(texts, model=model)
+        result = await llm.embed(texts, model=model)
         return model, result.vectors
 
     return embed
@@ -122,7 +162,9 @@ async def ensure_synced(
     """Sync ``index`` if it never was, if ``force``, or if the last sync is older than refresh_s."""
     async with index.lock:
         fresh = index.synced_at is not None and time.monotonic() - index.synced_at < settings.refresh_s
-        if index.report is not None and fresh and not force:
+        # vectors left for a background task that has ended: sync again to see what is still missing
+        unfinished = index.report is not None and index.report.embedding_pending > 0 and not index.embedding
+        if index.report is not None and fresh and not unfinished and not force:
             return index.report
         stored = list(await anyio.to_thread.run_sync(index.store.vector_models))
         model = embedding_model(ctx, settings, stored)
@@ -135,13 +177,23 @@ async def ensure_synced(
             report = await sync_index(
                 index.store,
                 index.root,
-                embedder=embedder_for(ctx, model) if model else None,
+                embedder=embedder_for(ctx.llm, model) if model else None,
                 embedding_model=model,
                 max_bytes=settings.max_file_kb * 1024,
                 max_files=settings.max_files,
                 progress=progress,
+                embed=index.background is None,
             )
         except OSError as exc:
             raise CaelumError(f"cannot index {index.root.name}: {exc.strerror or exc}") from exc
+        if report.embedding_pending and index.background is not None and model:
+            index.background.embed(index, model)
+            report = report.model_copy(
+                update={
+                    "embedding_note": f"semantic index: being built with {model} in the background "
+                    f"({report.embedding_pending} of {report.chunks} chunks lacked a vector at this sync); "
+                    "lexical search covers every chunk meanwhile"
+                }
+            )
         index.report, index.synced_at = report, time.monotonic()
         return report

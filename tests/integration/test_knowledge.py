@@ -10,11 +10,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 from mcp import Client
 
 from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
 from caelum_mcp.hosts import CircuitBreaker, Host
-from caelum_mcp.types import ChatRequest
+from caelum_mcp.types import ChatRequest, EmbedRequest, EmbedResponse
 
 from .test_development import make_server, write
 
@@ -61,8 +62,21 @@ def answering_model(request: ChatRequest) -> ScriptedReply:
     return ScriptedReply(json.dumps({**body, "confidence": 0.9}), logprob=-0.05)
 
 
-def embedding_host() -> Host:
-    return Host(name="embed", backend=ScriptedBackend([("nomic-embed-text", 0.137)], name="embed"))
+def embedding_host(batch_delay_s: float = 0.0) -> Host:
+    return Host(name="embed", backend=SlowBatches([("nomic-embed-text", 0.137)], name="embed", delay_s=batch_delay_s))
+
+
+class SlowBatches(ScriptedBackend):
+    """Scripted vectors; a batch of chunks (more than one input) takes ``delay_s``, a query does not."""
+
+    def __init__(self, *args: Any, delay_s: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.delay_s = delay_s
+
+    async def embed(self, request: EmbedRequest, *, limit_s: float | None = None) -> EmbedResponse:
+        if len(request.inputs) > 1:
+            await anyio.sleep(self.delay_s)
+        return await super().embed(request, limit_s=limit_s)
 
 
 def chat_host(backend: ScriptedBackend) -> Host:
@@ -81,6 +95,18 @@ async def call(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any
     assert not res.is_error, res.content
     assert res.structured_content is not None
     return res.structured_content
+
+
+async def search_when_embedded(client: Client, args: dict[str, Any], *, within_s: float = 60) -> dict[str, Any]:
+    """``search_knowledge`` once the background task has given every chunk a vector (the first
+    search of a project answers from the lexical index at once and says the rest is coming)."""
+    first = await call(client, "search_knowledge", args)
+    out = first
+    with anyio.fail_after(within_s):
+        while out["note"] is not None or "semantic" not in out["signals"]:
+            await anyio.sleep(0.1)
+            out = await call(client, "search_knowledge", args)
+    return out
 
 
 def error_text(res: Any) -> str:
@@ -124,8 +150,12 @@ async def test_the_index_follows_edits_and_deletions(tmp_path: Path) -> None:
 
 async def test_hybrid_search_pages_with_a_cursor_and_says_which_signal_found_each(tmp_path: Path) -> None:
     project = write(tmp_path / "work" / "svc", PROJECT)
-    async with session(tmp_path, [embedding_host()]) as (client, holder):
-        out = await call(client, "search_knowledge", {"query": "retry backoff", "project": str(project), "limit": 2})
+    async with session(tmp_path, [embedding_host(batch_delay_s=0.5)]) as (client, holder):
+        first = await call(client, "search_knowledge", {"query": "retry backoff", "project": str(project)})
+        # the chunks' batch takes 0.5 s in the background; the first search does not wait for it
+        assert first["signals"] == ["lexical"] and first["results"]  # no wait for the vectors
+        assert first["note"] and "no vectors" in first["note"]
+        out = await search_when_embedded(client, {"query": "retry backoff", "project": str(project), "limit": 2})
         assert out["signals"] == ["lexical", "semantic"] and out["note"] is None
         assert out["index"]["embedding_model"] == "nomic-embed-text"
         assert out["next_cursor"] == 2

@@ -14,7 +14,7 @@ from mcp import Client, StdioServerParameters
 from caelum_mcp.embedding_model import find_minilm_weights
 
 from .test_development import write
-from .test_knowledge import PROJECT
+from .test_knowledge import PROJECT, search_when_embedded
 from .test_mcp_http import Served, start_server
 from .test_mcp_stdio import server_env
 
@@ -38,7 +38,7 @@ async def test_knowledge_tools_over_stdio_with_the_embedded_embedding_model(tmp_
         names = {t.name for t in (await client.list_tools()).tools}
         assert {"search_knowledge", "ask_knowledge", "memory"} <= names
         # No word in common with the code: only the real embedding model can find it.
-        out = await call(client, "search_knowledge", {"query": "renew an expired login credential", "project": "svc"})
+        out = await search_when_embedded(client, {"query": "renew an expired login credential", "project": "svc"})
         assert out["signals"] == ["lexical", "semantic"] and out["index"]["embedding_model"] == "all-minilm:l6-v2"
         top = out["results"][0]
         assert top["span"] == "service/oauth.py:1-3" and "semantic" in top["found_by"]

@@ -43,6 +43,7 @@ class IndexReport(Frozen):
     embedded: int = 0
     embedding_model: str | None = None
     embedding_note: str | None = None
+    embedding_pending: int = 0  # chunks left without a vector (``embed=False``: for the background)
     seconds: float = 0.0
 
 
@@ -59,12 +60,15 @@ async def sync_index(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_files: int = DEFAULT_MAX_FILES,
     progress: Progress = _no_progress,
+    embed: bool = True,
 ) -> IndexReport:
     """Update ``store`` from the files under ``root`` (resolved); see the module docstring.
 
     ``embedder`` with ``embedding_model`` (the model it uses) adds the missing vectors; an embedder
     that fails with a :class:`~caelum_mcp.errors.CaelumError` leaves the index lexical, with the
-    reason in ``embedding_note``.
+    reason in ``embedding_note``. With ``embed=False`` the vectors are left to the caller (e.g. a
+    background task running :func:`embed_missing`): ``embedding_pending`` counts the chunks that
+    lack one.
     """
     started = time.perf_counter()
     listing = await list_sources(root, max_bytes=max_bytes, max_files=max_files)
@@ -82,8 +86,10 @@ async def sync_index(
             await progress(f"indexed {min(start + _FILES_PER_STEP, len(files))} of {len(files)} files")
     gone = sorted(set(known) - set(files))
     removed = await anyio.to_thread.run_sync(store.remove_files, gone)
-    embedded, note = 0, None
-    if embedder is not None and embedding_model:
+    embedded, pending, note = 0, 0, None
+    if embedder is not None and embedding_model and not embed:
+        pending = len(await anyio.to_thread.run_sync(store.missing_vectors, embedding_model))
+    elif embedder is not None and embedding_model:
         try:
             embedded = await embed_missing(store, embedder, embedding_model, progress)
         except CaelumError as exc:
@@ -99,6 +105,7 @@ async def sync_index(
         embedded=embedded,
         embedding_model=embedding_model if embedder is not None else None,
         embedding_note=note,
+        embedding_pending=pending,
         seconds=round(time.perf_counter() - started, 3),
         **counts,
     )
