@@ -60,7 +60,7 @@ from caelum_mcp.config import load_config
 from caelum_mcp.server import create_server
 from caelum_mcp.tools.knowledge.indexer import sync_index
 from caelum_mcp.tools.knowledge.memory import GLOBAL_SCOPE, MEMORY_LEXICAL_WEIGHT, MemoryStore
-from caelum_mcp.tools.knowledge.ranking import DEFAULT_LEXICAL_WEIGHT, DEFAULT_NORMALISATION, fuse
+from caelum_mcp.tools.knowledge.ranking import DEFAULT_LEXICAL_WEIGHT, DEFAULT_NORMALISATION, DEFAULT_RRF_K, fuse
 from caelum_mcp.tools.knowledge.retrieval import retrieve
 from caelum_mcp.tools.knowledge.store import KnowledgeStore
 from caelum_mcp.tools.knowledge.terms import STOPWORDS, query_terms
@@ -305,7 +305,13 @@ async def quality(bench: Bench, colls: list[Collection], tune: bool) -> dict[str
             print(f"  {name:45s} {r['test_ndcg']:.3f} / {r['test_recall']:.3f}   ({r['dev_ndcg']:.3f})")
     for norm in ("zscore", "minmax"):
         print(f"\nmean dev nDCG@10 over both sets, {norm}: " + ", ".join(f"{w}: {dev[(norm, w)]:.3f}" for w in weights))
-    print(f"chosen on dev: {shared[0]} w={shared[1]} (the default is {default[0]} w={default[1]}); rrf k={shared_k}")
+    print(f"chosen on dev: {shared[0]} w={shared[1]}, rrf k={shared_k}")
+    if (shared, shared_k) != (default, DEFAULT_RRF_K):
+        # The defaults must be what dev chose: a change to chunking or to the embedding input moves it.
+        print(
+            f"NOTE: the defaults ({default[0]} w={default[1]}, rrf k={DEFAULT_RRF_K}) are not what dev chose;"
+            " update tools/knowledge/ranking.py (and the README) if this run is the reference one"
+        )
     if tune:
         for coll in colls:
             if coll.name.startswith("code"):
