@@ -11,7 +11,9 @@ A sync makes the lexical index whole at once. Under the server, the chunks' vect
 background task of the supervisor's lifespan (:class:`Background`): embedding a project takes
 minutes on a CPU (~12 chunks/s with the embedded MiniLM here), and a first query must not wait for
 it. Until it is done, results say how much of the index has vectors; the next query after it ends
-syncs again. Run without the server (a test calling a handler), a sync embeds before it returns.
+syncs again. It sends small groups (:data:`BACKGROUND_GROUP_S` each), since a search's query
+embedding waits behind the group on the model. Run without the server (a test calling a handler),
+a sync embeds before it returns.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class KnowledgeSettings(BaseModel):
 
 log = logging.getLogger(__name__)
 
+# How long one background embedding request may hold the model: a search's or a note's query
+# embedding waits behind at most one such request (llama.cpp serves one at a time).
+BACKGROUND_GROUP_S: float | None = 0.2  # None: full groups (the benchmark compares)
+
 
 class Background:
     """Embedding that outlives a tool call: the lifespan's task group and the server's LLM service
@@ -80,7 +86,9 @@ class Background:
 
     async def _run(self, index: ProjectIndex, model: str) -> None:
         try:
-            await embed_missing(index.store, embedder_for(self._llm, model), model, _quiet)
+            await embed_missing(
+                index.store, embedder_for(self._llm, model), model, _quiet, group_seconds=BACKGROUND_GROUP_S
+            )
         except CaelumError as exc:  # the next sync tries again; search stays lexical for the rest
             log.warning("embedding %s with %s stopped: %s", index.root.name, model, exc)
         finally:

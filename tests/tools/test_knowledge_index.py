@@ -3,21 +3,23 @@ cached vectors, lexical and hybrid retrieval."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import anyio
 import numpy as np
 import pytest
 
 from caelum_mcp.errors import HostServerError, NoHostAvailableError
-from caelum_mcp.tools.knowledge.indexer import sync_index
+from caelum_mcp.tools.knowledge.indexer import embed_missing, paced_group_size, sync_index
 from caelum_mcp.tools.knowledge.ranking import fuse
 from caelum_mcp.tools.knowledge.retrieval import retrieve
 from caelum_mcp.tools.knowledge.snippets import snippet
 from caelum_mcp.tools.knowledge.sources import list_sources, skip_reason
 from caelum_mcp.tools.knowledge.store import KnowledgeStore
-from caelum_mcp.tools.knowledge.vectors import cosine_top, truncate_for_embedding, unit
+from caelum_mcp.tools.knowledge.vectors import EMBED_GROUP, PACED_FIRST_GROUP, cosine_top, truncate_for_embedding, unit
 
 from .conftest import WriteProject, git
 
@@ -67,6 +69,10 @@ class CountingEmbedder:
             raise NoHostAvailableError("no embedding model is up")
         self.calls.append(list(texts))
         return self.model, [self.vector(t) for t in texts]
+
+
+async def quiet(message: str) -> None:
+    pass
 
 
 @pytest.fixture
@@ -230,5 +236,41 @@ async def test_a_chunk_the_model_refuses_costs_only_its_own_vector(
     try:
         failed = await sync_index(other, root, embedder=down, embedding_model="test-embed")
         assert failed.embedded == 0 and failed.embedding_note and "connection refused" in failed.embedding_note
+    finally:
+        other.close()
+
+
+def test_paced_groups_fit_the_time_at_the_rate_seen_and_grow_at_most_twofold() -> None:
+    assert paced_group_size(2, 2, 0.5, 0.2) == 1  # 0.25 s an input: one fits (never zero)
+    assert paced_group_size(2, 2, 0.02, 0.2) == 4  # 10 ms an input: 20 would fit, the group doubles
+    assert paced_group_size(64, 64, 0.001, 0.2) == EMBED_GROUP  # a fast host: the unpaced group
+    assert paced_group_size(8, 8, 0.0, 0.2) == 16
+
+
+async def test_background_embedding_holds_the_model_about_as_long_as_it_is_told(
+    write_project: WriteProject, store: KnowledgeStore
+) -> None:
+    """Paced groups (the background task's) are what a query embedding waits behind: 50 ms an
+    input and 0.2 s a group is at most 4 inputs a request, where an unpaced sync sends them all."""
+    root = write_project({f"pkg/mod{n}.py": f"def handler_{n}(event):\n    return event + {n}\n" for n in range(30)})
+    await sync_index(store, root, embed=False)
+    embedder = CountingEmbedder()
+
+    async def slow(texts: Sequence[str]) -> tuple[str, Sequence[Sequence[float]]]:
+        await anyio.sleep(0.05 * len(texts))
+        return await embedder(texts)
+
+    done = await embed_missing(store, slow, "test-embed", quiet, group_seconds=0.2)
+    sizes = [len(c) for c in embedder.calls]
+    assert done == 30 and sum(sizes) == 30 and store.vector_models() == {"test-embed": 30}
+    assert sizes[0] == PACED_FIRST_GROUP and max(sizes) <= 4
+    assert all(b <= 2 * a for a, b in itertools.pairwise(sizes))
+
+    other = KnowledgeStore(store.path.with_name("unpaced.sqlite3"))
+    try:
+        await sync_index(other, root, embed=False)
+        embedder.calls.clear()
+        assert await embed_missing(other, embedder, "test-embed", quiet) == 30
+        assert [len(c) for c in embedder.calls] == [30]
     finally:
         other.close()

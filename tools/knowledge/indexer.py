@@ -24,7 +24,7 @@ from caelum_mcp.types import Frozen
 from .chunking import chunk_file
 from .sources import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, file_digest, list_sources, read_source
 from .store import FileState, KnowledgeStore, NewChunk
-from .vectors import EMBED_GROUP, Embedder, chunk_embedding_input, embedding_input, text_hash
+from .vectors import EMBED_GROUP, PACED_FIRST_GROUP, Embedder, chunk_embedding_input, embedding_input, text_hash
 
 Progress = Callable[[str], Awaitable[None]]
 _FILES_PER_STEP = 200
@@ -146,8 +146,21 @@ def _sync_files(
     return binary
 
 
-async def embed_missing(store: KnowledgeStore, embedder: Embedder, model: str, progress: Progress) -> int:
+async def embed_missing(
+    store: KnowledgeStore,
+    embedder: Embedder,
+    model: str,
+    progress: Progress,
+    *,
+    group_seconds: float | None = None,
+) -> int:
     """Embed every chunk without a vector for ``model``; returns how many were embedded.
+
+    Groups are :data:`EMBED_GROUP` inputs, or, with ``group_seconds``, as many as the model
+    embeds in about that long (measured on the group before; the first is
+    :data:`PACED_FIRST_GROUP`, and a group at most doubles). A paced group is what a query
+    embedding waits behind when it shares the model with this work: llama.cpp runs one request at
+    a time, and on a CPU 64 chunks take ~5 s where 3 take ~0.2 s at the same throughput.
 
     A group the model refuses is sent again one input at a time (a too-long input cut to half
     once), so one chunk the model cannot take costs only its own vector; when none of a group's
@@ -155,10 +168,14 @@ async def embed_missing(store: KnowledgeStore, embedder: Embedder, model: str, p
     """
     missing = await anyio.to_thread.run_sync(store.missing_vectors, model)
     done = 0
-    for start in range(0, len(missing), EMBED_GROUP):
-        group = missing[start : start + EMBED_GROUP]
+    size = EMBED_GROUP if group_seconds is None else PACED_FIRST_GROUP
+    start = reported = 0
+    while start < len(missing):
+        group = missing[start : start + size]
+        start += len(group)
         texts = await anyio.to_thread.run_sync(store.chunk_texts, [i for _, i in group])
         inputs = [embedding_input(*texts[i]) for _, i in group]
+        began = time.perf_counter()
         try:
             used, vectors = await embedder(inputs)
         except CaelumError:
@@ -168,11 +185,21 @@ async def embed_missing(store: KnowledgeStore, embedder: Embedder, model: str, p
             if used != model:
                 raise CaelumError(f"asked {model} for embeddings, {used} answered")
             pairs = [(h, v) for (h, _), v in zip(group, vectors, strict=True)]
+            if group_seconds is not None:
+                size = paced_group_size(size, len(group), time.perf_counter() - began, group_seconds)
         await anyio.to_thread.run_sync(store.put_vectors, model, pairs)
         done += len(pairs)
-        if len(missing) > EMBED_GROUP:
+        if len(missing) > EMBED_GROUP and (start // EMBED_GROUP > reported or start == len(missing)):
+            reported = start // EMBED_GROUP  # paced groups are small: a message every EMBED_GROUP
             await progress(f"embedded {done} of {len(missing)} chunks with {model}")
     return done
+
+
+def paced_group_size(size: int, sent: int, seconds: float, target: float) -> int:
+    """The next group's size: what fits ``target`` seconds at the rate just seen, between 1 and
+    :data:`EMBED_GROUP`, and at most twice ``size``."""
+    fits = int(target * sent / seconds) if seconds > 0 else EMBED_GROUP
+    return max(1, min(fits, 2 * size, EMBED_GROUP))
 
 
 async def _one_by_one(embedder: Embedder, inputs: Sequence[str]) -> list[Sequence[float] | None]:

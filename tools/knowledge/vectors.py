@@ -25,6 +25,9 @@ from .chunking import Chunk
 MAX_EMBED_TOKENS = 256
 # Texts sent per embed call from the indexer (the LLM service batches below this again).
 EMBED_GROUP = 128
+# The first group of paced (background) embedding: small enough to take well under a second on a
+# CPU; the next groups are sized from its time (``indexer.embed_missing``).
+PACED_FIRST_GROUP = 2
 
 # An embedder turns texts into (model name, vectors in order); the supervisor wraps its LLM service.
 Embedder = Callable[[Sequence[str]], Awaitable[tuple[str, Sequence[Sequence[float]]]]]
