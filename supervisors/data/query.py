@@ -58,6 +58,7 @@ class QueryDataOutput(ToolOutput):
     columns: list[ColumnInfo]
     rows: list[list[Any]]
     row_count: int = Field(description="rows the query returned; `rows` holds the first ones")
+    row_count_exact: bool = Field(default=True, description="false: counting ran out of time; at least row_count")
     rows_omitted: int = 0
     error: str | None = Field(default=None, description="why no SQL could answer the question")
     tables: list[str] = Field(description="the tables the sources became: name(columns) <- source")
@@ -150,11 +151,17 @@ async def _answer_question(
 def _output(result: QueryResult, tables: list[str], notes: list[str]) -> QueryDataOutput:
     if result.cells_cut:
         notes.append(f"{result.cells_cut} long value(s) cut; select fewer or shorter columns to see them whole")
+    if not result.row_count_exact:
+        notes.append(
+            f"more than {result.row_count - 1} rows: counting them all ran past the time limit, so row_count is "
+            "a lower bound; add a count(*) query with a filter, or raise [data] query_timeout_s"
+        )
     return QueryDataOutput(
         sql=result.sql,
         columns=result.columns,
         rows=result.rows,
         row_count=result.row_count,
+        row_count_exact=result.row_count_exact,
         rows_omitted=result.rows_omitted,
         tables=tables,
         notes=notes,

@@ -187,6 +187,16 @@ async def test_rows_are_capped_with_an_omitted_count(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # over a second: kept out of make test-fast
+async def test_rows_come_back_when_only_counting_them_runs_out_of_time(tmp_path: Path) -> None:
+    work(tmp_path)
+    async with session(tmp_path, [], data={"query_timeout_s": 1.0}) as (client, _):
+        sql = "SELECT a.range AS x, b.range AS y FROM range(100000) a, range(100000) b"
+        out, _ = await call(client, "query_data", {"sources": ["shop/sales.csv"], "sql": sql, "max_rows": 10})
+        assert len(out["rows"]) == 10 and out["row_count_exact"] is False and out["row_count"] == 11
+        assert any("more than 10 rows" in n and "lower bound" in n for n in out["notes"])
+
+
+@pytest.mark.slow  # over a second: kept out of make test-fast
 async def test_a_chart_comes_as_png_image_content_beside_the_vega_lite_spec(tmp_path: Path) -> None:
     work(tmp_path)
     host, _ = sql_host()

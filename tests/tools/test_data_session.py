@@ -131,6 +131,21 @@ def test_a_runaway_cross_join_stops_at_the_time_limit(shop: Path) -> None:
         session.close()
 
 
+@pytest.mark.slow  # over a second: kept out of make test-fast
+def test_rows_that_came_back_are_kept_when_counting_the_rest_runs_out_of_time(shop: Path) -> None:
+    """The first rows of a huge result stream at once; counting all of them cannot finish. The
+    caller still gets the rows, with the count marked as a lower bound."""
+    session = session_over(shop, timeout_s=1.0, max_rows=5)
+    try:
+        result = session.run("SELECT a.range AS x, b.range AS y FROM range(100000) a, range(100000) b")
+        assert len(result.rows) == 5 and result.rows[0] == [0, 0]
+        assert (result.row_count, result.row_count_exact, result.rows_omitted) == (6, False, 1)
+        whole = session.run("SELECT * FROM range(20)")
+        assert (whole.row_count, whole.row_count_exact, whole.rows_omitted) == (20, True, 15)
+    finally:
+        session.close()
+
+
 async def test_a_cancelled_call_interrupts_its_query(shop: Path) -> None:
     resolved = resolve_sources(["shop/sales.csv"], [shop])
     async with open_session(resolved, shop.parent / "state", SessionLimits(timeout_s=60)) as session:

@@ -54,12 +54,15 @@ class QueryResult(BaseModel):
     ``row_count`` is every row the query produced; ``rows`` the first ones that fit the row cap and
     the character budget (``rows_omitted`` = ``row_count`` - ``len(rows)``). Cell values are JSON
     data: dates and times as ISO text, decimals as numbers, long text cut (``cells_cut`` counts them).
+    ``row_count_exact`` is False when the rows came back but counting the rest ran past the time
+    limit: ``row_count`` is then the rows fetched (the rows shown plus one), a lower bound.
     """
 
     sql: str
     columns: list[ColumnInfo]
     rows: list[list[Any]]
     row_count: int
+    row_count_exact: bool = True
     rows_omitted: int = 0
     cells_cut: int = 0
     seconds: float = 0.0

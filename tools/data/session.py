@@ -349,7 +349,8 @@ class DataSession:
 
         The query runs once, cut to the rows shown plus one: a result that fits is complete, and
         only a longer one is counted, by a second query that streams (``count(*)`` over it), so a
-        ``SELECT *`` over a large file neither waits for nor holds every row.
+        ``SELECT *`` over a large file neither waits for nor holds every row. When the count runs
+        past the time limit, the rows are still returned, the count marked as a lower bound.
 
         Raises :class:`SqlRejectedError`, :class:`QueryTimeoutError` or :class:`QueryFailedError`
         (DuckDB's own message, which a model can act on).
@@ -363,10 +364,15 @@ class DataSession:
                 cursor = self.con.execute(_wrapped(checked.sql, first))
                 described = cursor.description or []
                 raw = cursor.fetchall()
-                total = len(raw)
+                total, exact = len(raw), True
                 if total > limit:
-                    count_row = self.con.execute(_wrapped(checked.sql, "SELECT count(*) FROM ({sql}\n)")).fetchone()
-                    total = int(count_row[0]) if count_row else total
+                    try:
+                        count_sql = _wrapped(checked.sql, "SELECT count(*) FROM ({sql}\n)")
+                        count_row = self.con.execute(count_sql).fetchone()
+                    except duckdb.InterruptException:
+                        exact = False  # the rows are here; only counting the rest ran out of time
+                    else:
+                        total = int(count_row[0]) if count_row else total
             except duckdb.InterruptException:
                 raise QueryTimeoutError(
                     f"the query ran past its time limit of {self.limits.timeout_s:g} s and was stopped; "
@@ -381,6 +387,7 @@ class DataSession:
             columns=columns,
             rows=rows,
             row_count=total,
+            row_count_exact=exact,
             rows_omitted=total - len(rows),
             cells_cut=cut,
             seconds=round(time.perf_counter() - started, 4),
