@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 # How long one background embedding request may hold the model: a search's or a note's query
 # embedding waits behind at most one such request (llama.cpp serves one at a time).
-BACKGROUND_GROUP_S: float | None = 0.2  # None: full groups (the benchmark compares)
+BACKGROUND_GROUP_S: float | None = 0.1  # None: full groups (the benchmark compares)
 
 
 class Background:
