@@ -1,4 +1,5 @@
-"""Every development tool, through the real MCP server, on a repository whose git config runs programs.
+"""Every development tool (and the knowledge index's listing), through the real MCP server, on a repository
+whose git config runs programs.
 
 The repository (``fakes.hostile_git.build_hostile_repo``) sets core.fsmonitor, clean/smudge/process
 filters named in ``.gitattributes`` (nested ones and ``.git/info/attributes`` too), diff.external,
@@ -36,6 +37,13 @@ async def test_no_development_tool_makes_git_run_a_repository_program(
         ("review_changes", {"project": project, "head": repo.second}),
         ("run_project_tests", {"project": project, "timeout_s": 120}),
     ]
+    # A folder the repository ignores, named as a project: git lists nothing, check-ignore says why.
+    (repo.root / ".git" / "info").mkdir(exist_ok=True)
+    with (repo.root / ".git" / "info" / "exclude").open("a") as exclude:
+        exclude.write("scratch/\n")
+    (repo.root / "scratch").mkdir()
+    (repo.root / "scratch" / "probe.py").write_text("def ignored_probe():\n    return 1\n")
+    calls.append(("search_knowledge", {"project": str(repo.root / "scratch"), "query": "ignored probe"}))
     results = {}
     async with session(tmp_path) as client:
         for tool, args in calls:
@@ -44,6 +52,8 @@ async def test_no_development_tool_makes_git_run_a_repository_program(
             assert programs.fired() == {}, (tool, args, sorted(programs.fired()))
             results[(tool, args.get("task"), args.get("base"), args.get("head"))] = result.structured_content
 
+    scratch = results[("search_knowledge", None, None, None)]
+    assert [r["span"].split(":")[0] for r in scratch["results"]] == ["probe.py"]
     worktree = results[("review_changes", None, None, None)]
     changed = {f["path"] for f in worktree["files"]}
     assert {"app.py", "notes.txt", "settings.cfg", "data.inc", "extra.cond", "pkg/deep.dat", "new_module.py"} <= changed

@@ -182,6 +182,30 @@ async def test_git_projects_index_what_git_lists(write_project: WriteProject, st
     assert report.skipped["binary or not UTF-8"] == 1
 
 
+async def test_a_project_its_outer_repository_ignores_is_indexed_all_the_same(
+    write_project: WriteProject, store: KnowledgeStore
+) -> None:
+    """Pointing at a vendored library or a package under ``.venv`` names that folder as the project;
+    git lists nothing there (the outer repository ignores it), so its files are walked instead,
+    still minding the folder's own .gitignore."""
+    root = write_project(
+        {
+            ".gitignore": "vendor/\n",
+            "app.py": "def main():\n    return 0\n",
+            "vendor/lib/.gitignore": "generated/\n",
+            "vendor/lib/client.py": "def fetch_token(session):\n    return session.token\n",
+            "vendor/lib/generated/stub.py": "def stub():\n    pass\n",
+        }
+    )
+    git(root, "init", "-q")
+    git(root, "add", ".")
+    listing = await list_sources(root / "vendor" / "lib")
+    assert listing.files == (".gitignore", "client.py")
+    report = await sync_index(store, root / "vendor" / "lib")
+    assert report.files == 2 and report.chunks >= 1
+    assert (await list_sources(root)).files == (".gitignore", "app.py")  # the outer repository as before
+
+
 def test_fusion_convex_and_rrf() -> None:
     lexical = [(1, 10.0), (2, 5.0), (3, 1.0)]
     semantic = [(3, 0.9), (4, 0.8), (1, 0.1)]

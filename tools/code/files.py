@@ -20,6 +20,7 @@ import anyio
 from caelum_mcp.types import Frozen
 
 from ..paths import relative_posix, resolve_within, resolves_inside
+from ..process import CommandResult
 from .git_runner import GitError, run_git
 from .git_runner import git_env as git_env  # where tools.code.patches imports it from
 
@@ -200,7 +201,7 @@ async def list_project_files(root: Path) -> ProjectListing:
         )
     except GitError:
         result = None
-    if result is None or result.returncode != 0 or result.truncated:
+    if result is None or result.returncode != 0 or result.truncated or await _ignored_by_outer_repo(root, result):
         return await anyio.to_thread.run_sync(_walk, root)
 
     def accept_all() -> ProjectListing:
@@ -211,6 +212,18 @@ async def list_project_files(root: Path) -> ProjectListing:
         return ProjectListing(files=tuple(files), source="git", excluded=dict(excluded), truncated=truncated)
 
     return await anyio.to_thread.run_sync(accept_all)
+
+
+async def _ignored_by_outer_repo(root: Path, listed: CommandResult) -> bool:
+    """Whether git listed nothing because ``root`` itself is ignored by the repository around it
+    (a vendored library, a folder under ``.venv``): the caller named it, so it is walked instead."""
+    if listed.stdout.strip("\0"):
+        return False
+    try:
+        check = await run_git(root, "check-ignore", "-q", ".", timeout_s=GIT_TIMEOUT_S)
+    except GitError:
+        return False
+    return check.returncode == 0
 
 
 async def select_files(root: Path, files: Iterable[str | Path] | None, suffixes: Iterable[str]) -> list[str]:
