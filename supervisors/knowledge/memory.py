@@ -61,7 +61,8 @@ class NoteOut(BaseModel):
     text: str
     tags: list[str]
     created: str
-    score: float | None = None
+    score: float | None = Field(default=None, description="recall: fused rank score, within this answer")
+    similarity: float | None = Field(default=None, description="recall: cosine to the query")
     found_by: list[str] | None = None
 
 
@@ -74,7 +75,12 @@ class MemoryOutput(ToolOutput):
     note: str | None = None
 
 
-def _note_out(note: Note, score: float | None = None, found_by: Sequence[str] | None = None) -> NoteOut:
+def _note_out(
+    note: Note,
+    score: float | None = None,
+    found_by: Sequence[str] | None = None,
+    similarity: float | None = None,
+) -> NoteOut:
     return NoteOut(
         id=note.id,
         scope="global" if note.scope == GLOBAL_SCOPE else "project",
@@ -82,6 +88,7 @@ def _note_out(note: Note, score: float | None = None, found_by: Sequence[str] | 
         tags=list(note.tags),
         created=dt.datetime.fromtimestamp(note.created, dt.UTC).isoformat(timespec="seconds"),
         score=score,
+        similarity=similarity,
         found_by=list(found_by) if found_by is not None else None,
     )
 
@@ -175,4 +182,6 @@ async def _recall(
     recalled = await anyio.to_thread.run_sync(
         lambda: store.recall(query, scopes, args.tags or [], limit=args.limit, query_vector=vector)
     )
-    return MemoryOutput(action="recall", notes=[_note_out(r.note, r.score, r.found_by) for r in recalled], note=said)
+    return MemoryOutput(
+        action="recall", notes=[_note_out(r.note, r.score, r.found_by, r.similarity) for r in recalled], note=said
+    )

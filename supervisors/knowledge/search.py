@@ -47,7 +47,8 @@ class Passage(BaseModel):
     chunk: int = Field(description="chunk id (ask_knowledge cites these)")
     span: str
     symbol: str | None = None
-    score: float
+    score: float = Field(description="fused rank score: compares results of this search only")
+    similarity: float | None = Field(default=None, description="cosine to the query, when it was embedded")
     found_by: list[Signal]
     snippet: str
     snippet_lines: str
@@ -92,6 +93,7 @@ def passage(hit: FusedHit, chunk: StoredChunk, terms: list[str], *, max_lines: i
         span=f"{chunk.path}:{chunk.start_line}-{chunk.end_line}",
         symbol=chunk.symbol or None,
         score=round(hit.score, 4),
+        similarity=None if hit.semantic is None else round(hit.semantic, 3),
         found_by=list(hit.found_by),
         snippet=cut.text,
         snippet_lines=f"{cut.start_line}-{cut.end_line}",

@@ -42,6 +42,7 @@ async def test_knowledge_tools_over_stdio_with_the_embedded_embedding_model(tmp_
         assert out["signals"] == ["lexical", "semantic"] and out["index"]["embedding_model"] == "all-minilm:l6-v2"
         top = out["results"][0]
         assert top["span"] == "service/oauth.py:1-3" and "semantic" in top["found_by"]
+        assert 0 < top["similarity"] <= 1  # the cosine, readable where the fused score is relative
 
         asked = await call(client, "ask_knowledge", {"question": "How is the backoff computed?", "project": "svc"})
         assert asked["passages"] and asked["llm"]["status"] == "skipped"  # SmolLM2-135M cannot do qa
@@ -51,6 +52,8 @@ async def test_knowledge_tools_over_stdio_with_the_embedded_embedding_model(tmp_
         recalled = await call(client, "memory", {"action": "recall", "query": "which port does pre-prod sql use"})
         assert recalled["notes"][0]["text"] == "The staging database listens on 5433"
         assert "semantic" in recalled["notes"][0]["found_by"]
+        # the fused score only ranks (one note gets 0, a z-score of one); the cosine says how close
+        assert 0 < recalled["notes"][0]["similarity"] <= 1
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +70,7 @@ async def test_knowledge_tools_over_streamable_http(http_server: tuple[Served, P
     async with Client(served.mcp) as client:
         out = await call(client, "search_knowledge", {"query": "refreshAccessToken", "project": str(project)})
         assert out["results"][0]["span"] == "service/oauth.py:1-3" and out["signals"] == ["lexical"]
+        assert out["results"][0]["similarity"] is None  # no embedding model: nothing to compare
         asked = await call(
             client, "ask_knowledge", {"question": "How is the backoff computed?", "project": str(project)}
         )

@@ -57,6 +57,7 @@ class RecalledNote:
     note: Note
     score: float
     found_by: tuple[str, ...]
+    similarity: float | None = None  # cosine to the query, when it was embedded
 
 
 class MemoryStore:
@@ -261,7 +262,8 @@ class MemoryStore:
             note = notes.get(hit.id)
             if note is None or (tags and not set(tags) <= set(note.tags)):
                 continue
-            out.append(RecalledNote(note, round(hit.score, 4), hit.found_by))
+            cosine = None if hit.semantic is None else round(hit.semantic, 3)
+            out.append(RecalledNote(note, round(hit.score, 4), hit.found_by, cosine))
             if len(out) >= limit:
                 break
         return out
