@@ -522,19 +522,25 @@ class Router:
         return await self._call_local(run, request, local)
 
     async def _call_local(self, run: _Run, request: ChatRequest, local: _Local) -> _Reply | None:
-        if run.task.on_text is not None:
-            return await self._stream_local(run, request, local, run.task.on_text)
+        """One local call through the pool (streamed when the task wants its text as it comes);
+        every attempt, failed or not, is in the ledger."""
         started = time.perf_counter()
         trace = CallTrace()
         try:
-            result = await self.pool.chat(
-                request,
-                tier=local.tier,
-                model=local.model,
-                min_tier=local.min_tier,
-                deadline=run.deadline,
-                trace=trace,
-            )
+            if run.task.on_text is not None:
+                reply = await self._stream_local(run, request, local, run.task.on_text, trace)
+                latency_ms = (time.perf_counter() - started) * 1000
+            else:
+                result = await self.pool.chat(
+                    request,
+                    tier=local.tier,
+                    model=local.model,
+                    min_tier=local.min_tier,
+                    deadline=run.deadline,
+                    trace=trace,
+                )
+                reply = _Reply(result.response, result.provider, result.host, result.model, result.tier.value)
+                latency_ms = result.latency_ms
         except (NoHostAvailableError, AllHostsFailedError, BackendError) as exc:
             run.errors.append(str(exc))
             self._record_local_failures(run, trace, exc, request.model, started)
@@ -543,49 +549,34 @@ class Router:
             stopped = "stopped before the model answered (time budget or cancelled call)"
             self._record_local_failures(run, trace, None, request.model, started, stopped=stopped)
             raise
-        self._record_local_failures(run, trace, None, request.model, started, answered_by=result.host)
-        run.calls += result.attempts
-        reply = _Reply(result.response, result.provider, result.host, result.model, result.tier.value)
-        reply.row_id = await self.ledger.arecord(self._answer_row(run, reply, local=True, latency_ms=result.latency_ms))
+        self._record_local_failures(run, trace, None, request.model, started, answered_by=reply.host)
+        run.calls += trace.attempts
+        reply.row_id = await self.ledger.arecord(self._answer_row(run, reply, local=True, latency_ms=latency_ms))
         return reply
 
-    async def _stream_local(self, run: _Run, request: ChatRequest, local: _Local, on_text: TextFn) -> _Reply | None:
-        """:meth:`_call_local`, streamed: ``on_text`` gets the reply's text so far after each piece.
-        The pool fails over only before the first piece; the ledger rows are the same."""
-        started = time.perf_counter()
-        trace = CallTrace()
+    async def _stream_local(
+        self, run: _Run, request: ChatRequest, local: _Local, on_text: TextFn, trace: CallTrace
+    ) -> _Reply:
+        """The pool's stream: ``on_text`` gets the reply's text so far after each piece. The pool
+        fails over only before the first piece; :meth:`_call_local` records it as any call."""
         sel: Selection | None = None
         final: ChatResponse | None = None
         pieces: list[str] = []
         stream = self.pool.stream(
             request, tier=local.tier, model=local.model, min_tier=local.min_tier, deadline=run.deadline, trace=trace
         )
-        try:
-            async with aclosing(stream):
-                async for picked, chunk in stream:
-                    sel = picked
-                    if chunk.content:
-                        pieces.append(chunk.content)
-                        await on_text("".join(pieces))
-                    if chunk.done:
-                        final = chunk.response
-            if sel is None or final is None:
-                host = sel.host.name if sel is not None else ""
-                raise MalformedResponseError("the stream ended without its final piece", host=host)
-        except (NoHostAvailableError, AllHostsFailedError, BackendError) as exc:
-            run.errors.append(str(exc))
-            self._record_local_failures(run, trace, exc, request.model, started)
-            return None
-        except anyio.get_cancelled_exc_class():
-            stopped = "stopped before the model answered (time budget or cancelled call)"
-            self._record_local_failures(run, trace, None, request.model, started, stopped=stopped)
-            raise
-        self._record_local_failures(run, trace, None, request.model, started, answered_by=sel.host.name)
-        run.calls += trace.attempts
-        reply = _Reply(final, sel.host.kind, sel.host.name, sel.model, sel.tier.value)
-        latency_ms = (time.perf_counter() - started) * 1000
-        reply.row_id = await self.ledger.arecord(self._answer_row(run, reply, local=True, latency_ms=latency_ms))
-        return reply
+        async with aclosing(stream):
+            async for picked, chunk in stream:
+                sel = picked
+                if chunk.content:
+                    pieces.append(chunk.content)
+                    await on_text("".join(pieces))
+                if chunk.done:
+                    final = chunk.response
+        if sel is None or final is None:
+            host = sel.host.name if sel is not None else ""
+            raise MalformedResponseError("the stream ended without its final piece", host=host)
+        return _Reply(final, sel.host.kind, sel.host.name, sel.model, sel.tier.value)
 
     async def _call_claude(self, run: _Run, request: ChatRequest) -> _Reply | None:
         """A Claude call under a budget reservation; raises BudgetExceededError when the budget
