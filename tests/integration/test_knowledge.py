@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +12,11 @@ import anyio
 from mcp import Client
 
 from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.hosts import CircuitBreaker, Host
+from caelum_mcp.hosts import Host
 from caelum_mcp.types import ChatRequest, EmbedRequest, EmbedResponse
 
-from .test_development import make_server, write
+from .test_development import write
+from .test_platform import gpu_host, session
 
 PROJECT = {
     "service/retry.py": '''
@@ -77,17 +76,6 @@ class SlowBatches(ScriptedBackend):
         if len(request.inputs) > 1:
             await anyio.sleep(self.delay_s)
         return await super().embed(request, limit_s=limit_s)
-
-
-def chat_host(backend: ScriptedBackend) -> Host:
-    return Host(name="gpu-1", backend=backend, breaker=CircuitBreaker(failure_threshold=3, cooldown_s=1))
-
-
-@asynccontextmanager
-async def session(tmp_path: Path, hosts: list[Host], **overrides: Any) -> AsyncIterator[tuple[Client, Any]]:
-    server, holder = make_server(tmp_path, hosts, **overrides)
-    async with Client(server) as client:
-        yield client, holder
 
 
 async def call(client: Client, tool: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -179,7 +167,7 @@ async def test_ask_cites_only_retrieved_passages_and_quotes_that_are_in_them(tmp
     project = write(tmp_path / "work" / "svc", PROJECT)
     model = ScriptedBackend([("qwen3:4b", 4.0)], answering_model, name="gpu-1")
     # No embedding host: scripted vectors are random, and would make any question look close to something.
-    async with session(tmp_path, [chat_host(model)]) as (client, _):
+    async with session(tmp_path, [gpu_host(model)]) as (client, _):
         out = await call(
             client, "ask_knowledge", {"question": "How does the retry backoff work?", "project": str(project)}
         )
@@ -206,7 +194,7 @@ async def test_ask_cites_only_retrieved_passages_and_quotes_that_are_in_them(tmp
 async def test_ask_without_a_model_that_can_answer_returns_the_passages_and_says_why(tmp_path: Path) -> None:
     project = write(tmp_path / "work" / "svc", PROJECT)
     tiny = ScriptedBackend([("smollm2:135m", 0.135)], name="tiny")
-    async with session(tmp_path, [chat_host(tiny)]) as (client, _):
+    async with session(tmp_path, [gpu_host(tiny)]) as (client, _):
         out = await call(client, "ask_knowledge", {"question": "How does backoff work?", "project": str(project)})
         assert out["answer"] is None and out["found"] is None and out["passages"]
         assert out["llm"]["status"] == "skipped" and "tier small" in out["llm"]["note"]
