@@ -18,6 +18,7 @@ from caelum_mcp.types import Frozen
 
 from ..paths import resolve_root, shown
 from ..process import CommandResult
+from ..safe_read import open_regular
 from .git_runner import GIT_TIMEOUT_S, GitError, GitRunner
 from .secrets import looks_binary
 
@@ -206,7 +207,8 @@ def _name_status(text: str) -> list[tuple[ChangeStatus, str, str | None]]:
 def _untracked_change(root: Path, rel: str) -> FileChange:
     path = root / rel
     try:
-        with path.open("rb") as handle:
+        # a FIFO (or a link to one) among the untracked files would block open() forever
+        with open_regular(path) as handle:
             data = handle.read(MAX_UNTRACKED_BYTES + 1)
     except OSError:
         return FileChange(path=rel, status="untracked")
