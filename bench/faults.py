@@ -326,6 +326,8 @@ async def capacity(http: httpx2.AsyncClient, folder: Path) -> Row:
         f"of direct: pool {100 * median['pool'] / median['direct']:.1f} %, "
         f"router {100 * median['router'] / median['direct']:.1f} %"
     )
+    kept = min(median["pool"], median["router"]) / median["direct"]
+    row.figure += f"; target >= 95 % of direct: {'PASS' if kept >= 0.95 else 'FAIL'}"
     return row
 
 

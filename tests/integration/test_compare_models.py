@@ -8,15 +8,16 @@ time against the slowest model; here only that the models ran at once.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.backends.scripted import ReplyFunction, ScriptedBackend, ScriptedReply
 from caelum_mcp.hosts import Host
+from caelum_mcp.types import ChatRequest
 
 from .test_development import make_server
 
@@ -29,14 +30,42 @@ ANSWERS = [
 ]
 
 
-def host(i: int, reply: str | dict[str, Any], delay: float, *, model: str | None = None) -> Host:
+def host(
+    i: int,
+    reply: str | dict[str, Any],
+    delay: float,
+    *,
+    model: str | None = None,
+    together: AllAtOnce | None = None,
+) -> Host:
     body = {"answer": reply} if isinstance(reply, str) else reply
-    content = json.dumps({**body, "confidence": 0.9})
+    scripted = ScriptedReply(json.dumps({**body, "confidence": 0.9}), delay_s=delay, logprob=-0.1)
     name = f"gpu-{i}"
-    backend = ScriptedBackend(
-        [(model or f"m{i}:8b", 8.0)], ScriptedReply(content, delay_s=delay, logprob=-0.1), name=name
-    )
+    answer: ScriptedReply | ReplyFunction = scripted if together is None else together.reply(scripted)
+    backend = ScriptedBackend([(model or f"m{i}:8b", 8.0)], answer, name=name)
     return Host(name=name, backend=backend)
+
+
+class AllAtOnce:
+    """Holds each request until ``n`` are in flight: asked one after another, the first one would
+    wait alone, time out and fail its run. Behaviour, not a wall-clock figure."""
+
+    def __init__(self, n: int, patience_s: float = 10.0) -> None:
+        self.n = n
+        self.arrived = 0
+        self.patience_s = patience_s
+        self.everyone = anyio.Event()
+
+    def reply(self, scripted: ScriptedReply) -> ReplyFunction:
+        async def wait_for_the_others(request: ChatRequest) -> ScriptedReply:
+            self.arrived += 1
+            if self.arrived >= self.n:
+                self.everyone.set()
+            with anyio.fail_after(self.patience_s):
+                await self.everyone.wait()
+            return scripted
+
+        return wait_for_the_others
 
 
 async def call(client: Client, args: dict[str, Any], seen: list[str] | None = None) -> Any:
@@ -51,17 +80,16 @@ async def call(client: Client, args: dict[str, Any], seen: list[str] | None = No
 
 @pytest.mark.slow  # over a second: kept out of make test-fast
 async def test_five_models_answer_at_once_and_the_odd_one_out_is_flagged(tmp_path: Path) -> None:
-    hosts = [host(i, text, delay) for i, (text, delay) in enumerate(ANSWERS)]
+    together = AllAtOnce(len(ANSWERS))
+    hosts = [host(i, text, delay, together=together) for i, (text, delay) in enumerate(ANSWERS)]
     server, holder = make_server(tmp_path, hosts)
     seen: list[str] = []
     async with Client(server) as client:
-        started = time.perf_counter()
         out = await call(client, {"prompt": "What is the capital of France?"}, seen)
-        wall = time.perf_counter() - started
         local_calls = holder.require().ledger.summary().local_calls
     runs = {r["name"]: r for r in out["runs"]}
     assert sorted(runs) == [f"m{i}:8b" for i in range(5)]  # every chat model up, by default
-    assert wall < sum(d for _, d in ANSWERS) * 0.6  # at once, not one after another (2.7 s)
+    assert together.everyone.is_set(), "the five requests were in flight at once"
     assert out["slowest_ms"] >= 900 and out["wall_ms"] >= out["slowest_ms"]
     for name, run in runs.items():
         assert run["status"] == "ok" and run["host"] == f"gpu-{name[1]}", run
