@@ -12,9 +12,13 @@ stops the workflow (no new step starts) or lets it continue; ``timeout_s`` bound
 Everything that can be checked without running is checked here, so a bad file is refused at
 start with the key and the fix: unknown ``needs``, cycles, placeholders that name nothing or a step
 that is not certain to have ended, conditions that do not parse, a program name that is templated
-(the program is fixed in the config; only its arguments may come from inputs), secret environment
-names. :data:`BUILTIN_WORKFLOWS` (``pre-commit``, ``security-review``, ``release-check``) are there
-without any config; a section of the same name replaces one.
+(the program is fixed in the config; only its arguments may come from inputs), a placeholder in the
+code a shell or an interpreter runs (``sh -c "… {{ inputs.msg }}"``:
+:func:`~caelum_mcp.tools.workflow.commands.inline_script_problem`), environment names that look
+like secrets (:func:`~caelum_mcp.tools.workflow.commands.is_secret_looking_env_name`; ``env``
+holds bare names, so no value can carry a secret in either). :data:`BUILTIN_WORKFLOWS`
+(``pre-commit``, ``security-review``, ``release-check``) are there without any config; a section
+of the same name replaces one.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
-from caelum_mcp.config import ToolsConfig
 from caelum_mcp.tools.workflow import conditions, templates
+from caelum_mcp.tools.workflow.commands import inline_script_problem, is_secret_looking_env_name
 from caelum_mcp.tools.workflow.conditions import Condition
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -73,6 +77,9 @@ class StepSpec(BaseModel):
             raise ValueError("`args` are for tool steps; a command's arguments are the list itself")
         if self.command is not None and list(templates.paths_in(self.command[0])):
             raise ValueError("the program (the command's first item) must be written out, not templated")
+        script_problem = inline_script_problem(self.command or ())
+        if script_problem:
+            raise ValueError(script_problem)
         try:
             templates.check_syntax(self.args)
             templates.check_syntax(list(self.command or ()))
@@ -92,9 +99,13 @@ class StepSpec(BaseModel):
         bad = [n for n in names if not (n.isascii() and n.isidentifier())]
         if bad:
             raise ValueError(f"not environment variable names: {', '.join(repr(n[:60]) for n in bad)}")
-        secret = [n for n in names if ToolsConfig.is_secret_env_name(n)]
+        secret = [n for n in names if is_secret_looking_env_name(n)]
         if secret:
-            raise ValueError(f"secrets are never passed to workflow commands; remove {', '.join(secret)}")
+            raise ValueError(
+                f"secrets are never passed to workflow commands: {', '.join(secret)} looks like one "
+                "(its name holds KEY, TOKEN, SECRET, PASSWORD, CREDENTIAL, AUTH or the like, or starts with "
+                "CAELUM_); remove it from env, and let the program read its credentials itself"
+            )
         return names
 
     @property

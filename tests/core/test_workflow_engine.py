@@ -193,3 +193,46 @@ async def test_a_cancelled_run_marks_its_running_steps_cancelled() -> None:
 def test_bad_definitions_are_refused_with_the_reason(steps: dict[str, dict[str, Any]], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         spec(steps)
+
+
+def command_step(command: list[str], **extra: Any) -> WorkflowSpec:
+    return WorkflowSpec.model_validate({"inputs": {"msg": {}}, "steps": {"s": {"command": command, **extra}}})
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sh", "-c", "echo {{ inputs.msg }}"],
+        ["bash", "-o", "pipefail", "-ec", "git log | grep '{{ inputs.msg }}'"],
+        ["/usr/bin/python3", "-c", "print('{{ inputs.msg }}')"],
+        ["python3.12", "-W", "ignore", "-c", "print('{{ project }}')"],
+        ["env", "LC_ALL=C", "zsh", "-c", "{{ inputs.msg }}"],  # behind a wrapper
+        ["node", "--eval={{ inputs.msg }}"],
+        ["perl", "-Mstrict", "-ne", "print if /{{ inputs.msg }}/"],
+    ],
+)
+def test_a_placeholder_in_code_a_shell_or_interpreter_runs_is_refused(command: list[str]) -> None:
+    with pytest.raises(ValueError, match=r"is inside the code that .* runs.*pass values as separate arguments"):
+        command_step(command)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sh", "-c", 'grep -r -- "$1" .', "sh", "{{ inputs.msg }}"],
+        ["python3", "-c", "import sys; print(sys.argv[1])", "{{ inputs.msg }}"],
+        ["python3", "-m", "pytest", "-k", "{{ inputs.msg }}"],
+        ["git", "-c", "core.pager=cat", "log", "--grep={{ inputs.msg }}"],
+    ],
+)
+def test_values_given_to_an_interpreter_as_arguments_are_accepted(command: list[str]) -> None:
+    assert command_step(command).steps["s"].command == tuple(command)
+
+
+@pytest.mark.parametrize(
+    "name", ["AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN", "PGPASSWORD", "NPM_AUTH", "GOOGLE_APPLICATION_CREDENTIALS"]
+)
+def test_secret_looking_names_in_a_steps_env_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match=rf"secrets are never passed to workflow commands: {name} looks like one"):
+        command_step(["env"], env=["LANG", name])
+    assert command_step(["env"], env=["LANG", "PYTHONPATH", "NODE_ENV"]).steps["s"].env[1] == "PYTHONPATH"

@@ -22,6 +22,7 @@ from caelum_mcp.config import load_config
 from caelum_mcp.errors import ConfigError
 from caelum_mcp.hosts import Host
 from caelum_mcp.supervisors.workflow import BUILTIN_WORKFLOWS, WorkflowsSettings
+from caelum_mcp.tools.process import RUN_MARKER_VAR
 from caelum_mcp.types import ChatRequest
 
 from .test_development import PLANTED, make_server, write
@@ -217,9 +218,15 @@ def test_a_bad_workflow_in_the_config_is_refused_when_it_loads(tmp_path: Path) -
     templated = {"x": {"steps": {"a": {"command": ["{{ inputs.prog }}"]}}, "inputs": {"prog": {}}}}
     with pytest.raises(ConfigError, match=r"program .* must be written out"):
         load_config(None, environ={}, overrides={"data_dir": str(tmp_path), "workflows": templated})
-    secret = {"x": {"steps": {"a": {"command": ["env"], "env": ["ANTHROPIC_API_KEY"]}}}}
-    with pytest.raises(ConfigError, match="never passed"):
-        load_config(None, environ={}, overrides={"data_dir": str(tmp_path), "workflows": secret})
+    for name in ("ANTHROPIC_API_KEY", "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "CAELUM_FOO"):
+        secret = {"x": {"steps": {"a": {"command": ["env"], "env": ["LANG", name]}}}}
+        with pytest.raises(ConfigError, match=f"never passed to workflow commands: {name} looks like one"):
+            load_config(None, environ={}, overrides={"data_dir": str(tmp_path), "workflows": secret})
+    shell = {
+        "x": {"inputs": {"msg": {}}, "steps": {"a": {"command": ["sh", "-c", "git commit -m '{{ inputs.msg }}'"]}}}
+    }
+    with pytest.raises(ConfigError, match=r"inside the code that sh runs.*separate arguments.*\$1"):
+        load_config(None, environ={}, overrides={"data_dir": str(tmp_path), "workflows": shell})
 
 
 async def test_a_step_timeout_stops_its_command(tmp_path: Path) -> None:
@@ -246,3 +253,85 @@ def test_the_example_config_writes_out_the_builtins_and_the_readme_example_loads
     (tmp_path / "caelum.toml").write_text(found.group(1))
     check = load_config(tmp_path / "caelum.toml", environ={}).section("workflows", WorkflowsSettings).workflows()
     assert list(check["check"].steps) == ["lint", "format", "tests"] and "pre-commit" in check
+
+
+def plant_ruff(project: Path) -> Path:
+    """What a hostile repository ships: a ``.venv`` (its ``python`` makes it look real) whose
+    ``bin/ruff`` writes a marker and reports a clean tree."""
+    bin_dir = project / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").symlink_to(PY)
+    marker = project.parent / "planted-ruff-ran"
+    (bin_dir / "ruff").write_text(f"#!/bin/sh\necho ran >> '{marker}'\necho 'All checks passed!'\n")
+    (bin_dir / "ruff").chmod(0o755)
+    return marker
+
+
+@pytest.mark.slow  # over a second: kept out of make test-fast
+async def test_a_projects_venv_does_not_choose_the_programs_a_workflow_runs(tmp_path: Path) -> None:
+    project = write(tmp_path / "work" / "p", PLANTED)  # app/shell.py imports os and never uses it (F401)
+    marker = plant_ruff(project)
+    lint = {"steps": {"ruff": {"command": ["ruff", "check", "--no-cache", "--output-format=concise", "."]}}}
+    server, _ = make_server(tmp_path, workflows={"lint-only": {**lint, "summary": False}})
+    async with Client(server) as client:
+        builtin = await call(
+            client, "run_workflow", {"workflow": "pre-commit", "project": str(project), "inputs": {"review": False}}
+        )
+        configured = await call(client, "run_workflow", {"workflow": "lint-only", "project": str(project)})
+        stored = await call(client, "workflow_history", {"run_id": configured["run_id"], "step": "ruff"})
+    assert not marker.exists()
+    lint_step = {s["id"]: s for s in builtin["steps"]}["lint"]
+    assert lint_step["status"] == "failed" and "counts_by_tool.ruff" in lint_step["error"]  # the real ruff found F401
+    (step,) = configured["steps"]
+    assert step["status"] == "failed" and step["error"] == "exit code 1"
+    output = stored["step_output"]
+    assert "F401" in output["stdout_tail"] and "All checks passed" not in output["stdout_tail"]
+    assert Path(output["program"]).parent == Path(PY).parent  # caelum-mcp's own ruff, beside its Python
+
+
+async def test_a_step_sees_only_the_allowlisted_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = write(tmp_path / "work" / "p", {"a.txt": "x"})
+    planted = {
+        "ANTHROPIC_API_KEY": "sk-ant-api03-notforsteps",
+        "AWS_SECRET_ACCESS_KEY": "notforsteps/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "GITHUB_TOKEN": "ghp_notforsteps0123456789abcdefghijkl",
+        "CAELUM_FOO": "notforsteps",
+    }
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("EXTRA_SETTING", "yes")
+    code = (
+        "import json, os; print(json.dumps({'names': sorted(os.environ), "
+        "'leaked': sorted(n for n, v in os.environ.items() if 'notforsteps' in v)}))"
+    )
+    show = {"steps": {"env": {"command": [PY, "-c", code], "env": ["EXTRA_SETTING"]}}, "summary": False}
+    server, _ = make_server(tmp_path, workflows={"show-env": show})
+    async with Client(server) as client:
+        out = await call(client, "run_workflow", {"workflow": "show-env", "project": str(project)})
+        stored = await call(client, "workflow_history", {"run_id": out["run_id"], "step": "env"})
+    assert out["status"] == "passed"
+    seen = json.loads(stored["step_output"]["stdout_tail"])
+    assert seen["leaked"] == [] and not set(planted) & set(seen["names"])
+    assert "EXTRA_SETTING" in seen["names"] and "PATH" in seen["names"]
+    assert [n for n in seen["names"] if n.startswith("CAELUM_")] == [RUN_MARKER_VAR]  # the run's kill marker
+
+
+async def test_a_value_that_would_make_an_option_fails_its_step_before_it_runs(tmp_path: Path) -> None:
+    project = write(tmp_path / "work" / "p", {"a.txt": "x"})
+    marker = tmp_path / "ran"
+    touch = f"import pathlib; pathlib.Path({str(marker)!r}).write_text('ran')"
+    wf = {
+        "inputs": {"p": {"required": True}},
+        "summary": False,
+        "steps": {"s": {"command": [PY, "-c", touch, "{{ inputs.p }}/x"]}},
+    }
+    server, _ = make_server(tmp_path, workflows={"partial": wf})
+    async with Client(server) as client:
+        out = await call(
+            client, "run_workflow", {"workflow": "partial", "project": str(project), "inputs": {"p": "--x"}}
+        )
+    (step,) = out["steps"]
+    assert (
+        step["status"] == "failed" and "would start with '-'" in step["error"] and "read as an option" in step["error"]
+    )
+    assert not marker.exists()

@@ -106,9 +106,11 @@ def render(template: Any, context: Mapping[str, Any]) -> Any:
 def render_argv(argv: Sequence[str], context: Mapping[str, Any]) -> list[str]:
     """A command's argument list with its placeholders filled in, one value per argument.
 
-    A whole-argument placeholder must give a string or a number, and a value that comes from the
-    caller (``inputs``) may not start with ``-`` (it would be read as an option); put the option
-    in the template instead (``--base={{ inputs.base }}``). Raises :class:`TemplateError`.
+    A whole-argument placeholder must give a string or a number. An argument whose template does
+    not start with ``-`` may not start with ``-`` once filled in, whole or partial
+    (``"{{ inputs.p }}/x"`` with ``--exec=sh``): a value from the caller or from an earlier step
+    would be read as an option. Put the option in the template instead
+    (``--base={{ inputs.base }}``). Raises :class:`TemplateError`.
     """
     out: list[str] = []
     for i, arg in enumerate(argv):
@@ -118,14 +120,15 @@ def render_argv(argv: Sequence[str], context: Mapping[str, Any]) -> list[str]:
             if value is None or isinstance(value, Mapping | list | tuple):
                 raise TemplateError(f"argument {i + 1} ({arg.strip()}) gives {as_text(value)[:60]!r}, not one value")
             text = as_text(value)
-            if whole.group(1).startswith("inputs.") and text.startswith("-"):
-                raise TemplateError(
-                    f"argument {i + 1} ({arg.strip()}) would start with '-' and be read as an option; "
-                    "give a value that does not start with '-'"
-                )
-            out.append(text)
         else:
-            out.append(str(render(arg, context)))
+            text = str(render(arg, context))
+        if text.startswith("-") and not arg.startswith("-"):
+            raise TemplateError(
+                f"argument {i + 1} ({arg.strip()[:80]}) would start with '-' once filled in and be read as an "
+                "option; give a value that does not start with '-', or write the option into the template "
+                "(--name={{ inputs.name }})"
+            )
+        out.append(text)
     return out
 
 
