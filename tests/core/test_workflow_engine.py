@@ -236,3 +236,9 @@ def test_secret_looking_names_in_a_steps_env_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match=rf"secrets are never passed to workflow commands: {name} looks like one"):
         command_step(["env"], env=["LANG", name])
     assert command_step(["env"], env=["LANG", "PYTHONPATH", "NODE_ENV"]).steps["s"].env[1] == "PYTHONPATH"
+
+
+def test_a_steps_env_holds_bare_names_so_no_value_can_template_a_secret() -> None:
+    for entry in ("X=${GITHUB_TOKEN}", "X={{ inputs.msg }}", "$AWS_SECRET_ACCESS_KEY"):
+        with pytest.raises(ValueError, match="not environment variable names"):
+            command_step(["env"], env=[entry])
