@@ -22,10 +22,11 @@ gets the run's deadline (so queueing, failover and retries stop there) and a Cla
 that is left. When it runs out, the best answer so far comes back marked with the reason, or
 :class:`~caelum_mcp.errors.TaskTimedOutError` when there is none.
 
-A Claude call first reserves what it may cost (the prompt at about four characters a token plus its
-whole output allowance) against the daily budget, atomically in the ledger; the reservation becomes
-the call's row when it ends, or is released when it fails, so concurrent escalations (in one process
-or several sharing a data directory) cannot overspend the budget.
+A Claude call first reserves what it may cost (the prompt at one token per UTF-8 byte, a bound that
+holds for any text, plus its whole output allowance) against the daily budget, atomically in the
+ledger; the reservation becomes the call's row when it ends (at its real usage), or is released when
+it fails, so concurrent escalations (in one process or several sharing a data directory) cannot
+overspend the budget.
 
 An output schema is checked before anything runs (:mod:`caelum_mcp.answers`, which also finds and
 validates the JSON in each reply): a schema that is not valid JSON schema, a ``$ref`` that points
@@ -89,7 +90,7 @@ from caelum_mcp.llm import (
     size_rank,
 )
 from caelum_mcp.pool import CallTrace, Pool, Selection
-from caelum_mcp.pricing import CHARS_PER_TOKEN, ModelPrice, cost_usd
+from caelum_mcp.pricing import ModelPrice, cost_usd
 from caelum_mcp.types import SIZE_TIERS, ChatMessage, ChatRequest, ChatResponse, EmbedRequest, Tier, Usage
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ _REPLY_ECHO_CHARS = 4000
 _BACKSTOP_S = 0.5
 # A Claude reservation outlives the run's deadline by this much before it lapses on its own.
 _RESERVATION_GRACE_S = 60.0
+# The tokens that frame each message (role and turn markers) on top of its text's own.
+_MESSAGE_OVERHEAD_TOKENS = 8
 
 
 @dataclass
@@ -737,10 +740,15 @@ def _base(model: str) -> str:
 def _cost_bound(
     messages: Sequence[ChatMessage], schema: dict[str, Any] | None, max_tokens: int, price: ModelPrice
 ) -> float:
-    """The most a Claude call may cost: its prompt at about four characters a token, and its whole
-    output allowance (what a budget reservation must hold so that concurrent calls cannot overrun)."""
-    chars = sum(len(m.content) for m in messages) + len(json.dumps(schema or {}))
-    return cost_usd(Usage(input_tokens=math.ceil(chars / CHARS_PER_TOKEN), output_tokens=max_tokens), price)
+    """The most a Claude call may cost: its prompt at one token per UTF-8 byte, and its whole output
+    allowance (what a budget reservation must hold so that concurrent calls cannot overrun).
+
+    A token is never shorter than a byte, so the bound holds for any text: English runs ~4 bytes a
+    token, but CJK about one token per character (3 bytes), and a characters-per-token guess let a
+    CJK prompt spend 2.4 times the budget. The reservation is settled on the real usage."""
+    size = sum(len(m.content.encode("utf-8", "surrogatepass")) + _MESSAGE_OVERHEAD_TOKENS for m in messages)
+    size += len(json.dumps(schema or {}, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return cost_usd(Usage(input_tokens=size, output_tokens=max_tokens), price)
 
 
 def _failed_hosts(
