@@ -10,6 +10,7 @@ supervisors never import it (they get typed services through their ``ToolContext
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -35,6 +36,10 @@ from caelum_mcp.status import PoolAdministration
 from caelum_mcp.types import Tier
 
 log = logging.getLogger(__name__)
+
+# The server waits this long for the first health checks before it serves (hosts that answer do so
+# in milliseconds); a host still being probed after it is unknown, and its probe goes on meanwhile.
+STARTUP_PROBE_WAIT_S = 1.0
 
 __all__ = ["AppState", "open_app"]
 _ = (OllamaBackend, OpenAIBackend)  # imported for their @register_backend side effect
@@ -220,6 +225,12 @@ async def open_app(
 
     ``extra_hosts`` join the configured ones (an in-process host built by a test or an embedding
     application, e.g. with :class:`~caelum_mcp.backends.scripted.ScriptedBackend`).
+
+    The first health checks run in the background, each within the pool's ``health_timeout_s``:
+    with ``health_loop`` (the server) this returns after at most :data:`STARTUP_PROBE_WAIT_S`, a
+    host still being probed then counting as unknown (so ``embedded = "auto"`` starts the embedded
+    model when no other chat host has answered yet); without it (``doctor``, ``status``: one look)
+    it waits for every host's answer or time limit.
     """
     import os
 
@@ -250,16 +261,26 @@ async def open_app(
         pool_admin=admin,
     )
     try:
-        await pool.refresh_all()
-        if config.embedded == "on" or (config.embedded == "auto" and not _has_healthy_chat_host(pool)):
-            await start_embedded(state)
-            if state.embedded is not None:
-                await start_embedded_embeddings(state)
-        elif config.embedded == "off":
-            state.embedded_note = "off by configuration"
-        else:
-            state.embedded_note = "not needed: another local host is healthy"
         async with anyio.create_task_group() as tg:
+            probed = anyio.Event()
+
+            async def first_probes() -> None:
+                try:
+                    await pool.refresh_all()
+                finally:
+                    probed.set()
+
+            tg.start_soon(first_probes)
+            with anyio.move_on_after(STARTUP_PROBE_WAIT_S if health_loop else math.inf):
+                await probed.wait()
+            if config.embedded == "on" or (config.embedded == "auto" and not _has_healthy_chat_host(pool)):
+                await start_embedded(state)
+                if state.embedded is not None:
+                    await start_embedded_embeddings(state)
+            elif config.embedded == "off":
+                state.embedded_note = "off by configuration"
+            else:
+                state.embedded_note = "not needed: another local host is healthy"
             if health_loop:
                 tg.start_soon(pool.run_health_checks, config.pool.health_interval_s)
             if state.embedded is not None:

@@ -78,6 +78,9 @@ class Host:
     ``max_concurrency`` slots. ``failures`` counts failed attempts by cause (see
     :data:`caelum_mcp.errors.FAULTS`). ``ejected`` marks an outlier: no new work before
     ``ejected_until`` (a ``time.monotonic()`` value) while another host can take it.
+    ``call_failed``: its last real call failed through its fault, so a health check alone does not
+    re-admit it (the pool's one-token chat probe must answer too). ``last_health`` None: not
+    probed yet (unknown, not healthy).
     """
 
     name: str
@@ -100,6 +103,7 @@ class Host:
     embedded: bool = False
     ejected: bool = False
     ejected_until: float = 0.0
+    call_failed: bool = False
     next_outlier_check: float = field(default=0.0, repr=False)
     free_slots: int = field(default=-1, repr=False)
     _tiers: dict[str, frozenset[Tier]] = field(default_factory=dict)

@@ -16,7 +16,10 @@ through one backend. The :class:`Pool` picks a host and a model for each request
   times the median of the hosts sharing a model with it) gets no new work while another host can
   take it; every ``outlier_probe_s`` one request probes it, and a quick answer brings it back;
 - every call has a deadline (the caller's, or ``call_deadline_s`` from now) that its attempts share,
-  and each attempt a first-byte limit (``first_byte_timeout_s``). A connect error, timeout, 5xx,
+  and each attempt a first-byte limit (``first_byte_timeout_s``). An attempt that another host
+  could take over gets at most a third of the time left (never under ``min_attempt_s``), so a host
+  that hangs costs a task part of its budget and the call fails over; the last candidate gets all
+  the time left. A connect error, timeout, 5xx,
   503 or an unreadable 200 before the first token fails over to another host, at most
   ``max_attempts`` attempts; after output has been streamed the error goes to the caller. A host
   that says it is busy (429/503) and is the only one left is retried after the ``Retry-After`` it
@@ -24,7 +27,12 @@ through one backend. The :class:`Pool` picks a host and a model for each request
   of time, queued or not, raises :class:`DeadlineExceededError` naming the hosts it tried;
 - consecutive failures open a host's breaker; a refused connection or an attempt that hit the
   first-byte limit (a host that hangs) opens it at once. After a cooldown one half-open probe (a
-  request or the background health check) decides whether it closes again.
+  request or the background health check) decides whether it closes again;
+- health checks are not model calls: each host's check (and model list) has its own limit
+  (``health_timeout_s``) and the background loop probes hosts independently, so a host that hangs
+  delays no other host's check. A host never probed yet is unknown: it lists no models, so it
+  serves nothing. A host whose real calls failed is not re-admitted by a health check alone: a
+  one-token chat (within ``call_probe_timeout_s``) must answer too.
 
 Works the same with one host or fifty. Selection is one pass over the hosts and the slot path
 allocates nothing: both run on every request (``bench/pool_overhead.py``).
@@ -65,6 +73,7 @@ from caelum_mcp.hosts import (
 )
 from caelum_mcp.types import (
     SIZE_TIERS,
+    ChatMessage,
     ChatRequest,
     ChatResponse,
     EmbedRequest,
@@ -82,6 +91,13 @@ T = TypeVar("T")
 DEFAULT_CALL_DEADLINE_S = 300.0
 DEFAULT_FIRST_BYTE_TIMEOUT_S = 120.0
 DEFAULT_RETRY_AFTER_CAP_S = 30.0
+DEFAULT_HEALTH_TIMEOUT_S = 5.0
+# The one-token chat that re-admits a host whose calls failed: room for a cold model to load.
+DEFAULT_CALL_PROBE_TIMEOUT_S = 30.0
+# An attempt that another host could take over gets at most this share of the time left, and at
+# least DEFAULT_MIN_ATTEMPT_S (a small budget is not cut into slices no answer fits in).
+ATTEMPT_SHARE = 1 / 3
+DEFAULT_MIN_ATTEMPT_S = 5.0
 # A busy host that did not say how long to wait is retried after 0.25 s, 0.5 s, 1 s, ... (+ jitter).
 BACKOFF_BASE_S = 0.25
 # Outliers: how far above the median of its peers a host's latency must be, and by at least how
@@ -192,6 +208,9 @@ class Pool:
     ``call_deadline_s`` is a call's deadline when the caller gives none; ``first_byte_timeout_s``
     each attempt's limit; ``retry_after_cap_s`` the longest ``Retry-After`` honoured;
     ``outlier_factor`` (0: no ejection) and ``outlier_probe_s`` tune outlier ejection.
+    ``health_timeout_s`` bounds each host's health check, ``call_probe_timeout_s`` the one-token
+    chat that re-admits a host whose calls failed, ``min_attempt_s`` the shortest slice of a
+    call's time an attempt gets when another host could take over.
     ``request_timeout_s`` is kept for the HTTP client built beside the pool (other exchanges).
     """
 
@@ -207,6 +226,9 @@ class Pool:
         retry_after_cap_s: float = DEFAULT_RETRY_AFTER_CAP_S,
         outlier_factor: float = DEFAULT_OUTLIER_FACTOR,
         outlier_probe_s: float = DEFAULT_OUTLIER_PROBE_S,
+        health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
+        call_probe_timeout_s: float = DEFAULT_CALL_PROBE_TIMEOUT_S,
+        min_attempt_s: float = DEFAULT_MIN_ATTEMPT_S,
         tier_overrides: dict[str, Tier] | None = None,
     ) -> None:
         self.hosts: dict[str, Host] = {}
@@ -218,6 +240,9 @@ class Pool:
         self.retry_after_cap_s = retry_after_cap_s
         self.outlier_factor = outlier_factor
         self.outlier_probe_s = outlier_probe_s
+        self.health_timeout_s = health_timeout_s
+        self.call_probe_timeout_s = call_probe_timeout_s
+        self.min_attempt_s = min_attempt_s
         self.tier_overrides = dict(tier_overrides or {})
         self._waiters: deque[_Waiter] = deque()
         # The latency EWMA over every host: what a host without figures of its own is assumed to take.
@@ -243,6 +268,7 @@ class Pool:
         host.enabled = enabled
         if enabled:
             host.breaker.record_success()
+            host.call_failed = False  # the operator vouches for it
             self._fill(host)
         else:
             self._requeue_waiters(host)
@@ -260,46 +286,105 @@ class Pool:
     # discovery and health ----------------------------------------------------------------------
 
     async def refresh_host(self, host: Host) -> HealthReport:
-        """Probe one host; on success refresh its model list. Updates breaker state."""
-        report = await host.backend.health()
+        """Probe one host: its health check and model list, within ``health_timeout_s`` (a host
+        that does not answer in time is unhealthy). On success the model list is refreshed and
+        the breaker closes, unless the host's last real call failed: then a one-token chat must
+        answer too (a host may answer its health check and hang on every chat)."""
+        report = await self._health(host)
         host.last_health = report
-        if report.ok:
-            try:
-                models = await host.backend.list_models()
-            except BackendError as exc:
-                host.last_error = str(exc)
-                host.breaker.record_failure()
-                return report
-            allowed = set(host.allowed_models)
-            host.models = {m.name: m for m in models if not allowed or m.name in allowed}
-            host.breaker.record_success()
-            host.last_error = None
-            self._fill(host)
-        else:
+        if not report.ok:
             if host.breaker.state is not BreakerState.OPEN:
                 log.warning("host %s (%s) is not reachable: %s", host.name, host.backend.base_url, report.detail)
             host.last_error = report.detail
             host.breaker.record_failure(force_open=True)
             self._requeue_waiters(host)
+            return report
+        try:
+            with anyio.fail_after(self.health_timeout_s):
+                models = await host.backend.list_models()
+        except (BackendError, TimeoutError) as exc:
+            host.last_error = str(exc) or f"{host.name} did not list its models within {self.health_timeout_s:g} s"
+            host.breaker.record_failure()
+            return report
+        allowed = set(host.allowed_models)
+        host.models = {m.name: m for m in models if not allowed or m.name in allowed}
+        if host.call_failed:
+            problem = await self._call_probe(host)
+            if problem is not None:
+                if host.breaker.state is not BreakerState.OPEN:
+                    log.warning("host %s answers its health check but not a model call: %s", host.name, problem)
+                host.last_error = f"answers its health check but not a model call: {problem}"
+                host.breaker.record_failure(force_open=True)
+                self._requeue_waiters(host)
+                return report
+            host.call_failed = False
+        host.breaker.record_success()
+        host.last_error = None
+        self._fill(host)
         return report
 
+    async def _health(self, host: Host) -> HealthReport:
+        with anyio.move_on_after(self.health_timeout_s):
+            return await host.backend.health()
+        return HealthReport(
+            ok=False, detail=f"{host.name} did not answer its health check within {self.health_timeout_s:g} s"
+        )
+
+    async def _call_probe(self, host: Host) -> str | None:
+        """A one-token chat to ``host`` (a one-text embedding when it serves only embedding
+        models), within ``call_probe_timeout_s``: None when it answered, else what went wrong."""
+        limit = self.call_probe_timeout_s
+        chat = next((m for m in host.models if Tier.EMBEDDING not in host.tiers_of(m, self.tier_overrides)), None)
+        try:
+            with anyio.fail_after(limit * 2):  # a backstop: limit_s bounds each step of the exchange
+                if chat is not None:
+                    probe = ChatRequest(model=chat, messages=(ChatMessage(role="user", content="Hi"),), max_tokens=1)
+                    await host.backend.chat(probe, limit_s=limit)
+                elif host.models:
+                    await host.backend.embed(EmbedRequest(model=next(iter(host.models)), inputs=("hi",)), limit_s=limit)
+        except BackendError as exc:
+            return str(exc)
+        except TimeoutError:
+            return f"no answer within {limit:g} s"
+        return None
+
     async def refresh_all(self) -> None:
+        """Probe every enabled host, side by side; each probe has its own time limit."""
         async with anyio.create_task_group() as tg:
             for host in list(self.hosts.values()):
                 if host.enabled:
                     tg.start_soon(self.refresh_host, host)
 
     async def run_health_checks(self, interval_s: float) -> None:
-        """Background loop: probe every enabled host each ``interval_s`` seconds, forever."""
-        while True:
-            await anyio.sleep(interval_s)
+        """Background loop: every ``interval_s`` seconds, probe each enabled host whose previous
+        probe has ended, forever. Probes are independent: a host that hangs holds up no other
+        host's check, only its own next one (until its probe's time limit)."""
+        probing: set[str] = set()
+
+        async def probe(host: Host) -> None:
             try:
-                await self.refresh_all()
+                await self.refresh_host(host)
             except Exception:  # a probe must never kill the loop
-                log.exception("health check round failed")
+                log.exception("health check of %s failed", host.name)
+            finally:
+                probing.discard(host.name)
+
+        async with anyio.create_task_group() as tg:
+            while True:
+                await anyio.sleep(interval_s)
+                for host in list(self.hosts.values()):
+                    if host.enabled and host.name not in probing:
+                        probing.add(host.name)
+                        tg.start_soon(probe, host)
 
     def healthy_hosts(self) -> list[Host]:
-        return [h for h in self.hosts.values() if h.enabled and h.breaker.state is BreakerState.CLOSED]
+        """Enabled hosts whose breaker is closed and whose last health check passed (a host not
+        probed yet is unknown, not healthy)."""
+        return [
+            h
+            for h in self.hosts.values()
+            if h.enabled and h.breaker.state is BreakerState.CLOSED and h.last_health is not None and h.last_health.ok
+        ]
 
     def available_tiers(self) -> set[Tier]:
         tiers: set[Tier] = set()
@@ -427,6 +512,8 @@ class Pool:
             state = "disabled" if not h.enabled else h.breaker.state.value
             if h.ejected and state == "closed":
                 state = "slow outlier"
+            elif h.last_health is None and state == "closed":
+                state = "unknown: not probed yet"
             parts.append(f"{h.name}[{state}]: {', '.join(h.models) or 'no models'}")
         return "; ".join(parts) or "no hosts configured"
 
@@ -637,10 +724,34 @@ class Pool:
             wait *= 1 + 0.2 * random.random()  # noqa: S311 - jitter, not security
         return time.monotonic() + wait
 
-    def _attempt_limit(self, call: _Call) -> float:
-        """The next attempt's limit: the first-byte limit, or the time left when that is shorter."""
+    def _attempt_limit(self, call: _Call, host: Host) -> float:
+        """The limit of the attempt on ``host`` (already in ``call.trace.hosts``): the first-byte
+        limit, or the time left when that is shorter; at most a third of the time left (not under
+        ``min_attempt_s``) when another host could take the call over, so a host that hangs does
+        not use up the call's whole time."""
         left = call.deadline - time.monotonic()
-        return self.first_byte_timeout_s if self.first_byte_timeout_s < left else left
+        limit = self.first_byte_timeout_s if self.first_byte_timeout_s < left else left
+        share = left * ATTEMPT_SHARE
+        if share >= limit or limit <= self.min_attempt_s:
+            return limit
+        # Checked only when the share binds (calls with a task's budget), not on every request.
+        if len(self.hosts) == 1 or len(call.trace.hosts) >= self.max_attempts or not self._has_fallback(call, host):
+            return limit
+        return share if share > self.min_attempt_s else self.min_attempt_s
+
+    def _has_fallback(self, call: _Call, host: Host) -> bool:
+        """Whether a host other than ``host`` (and those the call already left) serves the call."""
+        exclude = {*call.exclude, host.name}
+        min_rank = TIER_ORDER[call.min_tier] if call.min_tier in SIZE_TIERS else 0
+        if self._best(call.tier, call.model, exclude, min_rank) is not None:
+            return True
+        if call.model is not None or call.tier not in SIZE_TIERS:
+            return False
+        return any(
+            self._best(alt, None, exclude, min_rank) is not None
+            for alt in nearest_tiers(call.tier)
+            if TIER_ORDER[alt] >= min_rank
+        )
 
     def _attempt_failed(self, call: _Call, host: Host, exc: BackendError) -> None:
         """Book a failed attempt; raises when the call must stop (the error is not the host's, or
@@ -681,7 +792,7 @@ class Pool:
             sel = self._ready(call) or await self._next(call)
             host = sel.host
             call.trace.hosts.append(host.name)
-            limit = self._attempt_limit(call)
+            limit = self._attempt_limit(call, host)
             started = time.perf_counter()
             handed_over = False
             try:
@@ -756,7 +867,7 @@ class Pool:
             sel = await self._next(call)
             host = sel.host
             call.trace.hosts.append(host.name)
-            limit = self._attempt_limit(call)
+            limit = self._attempt_limit(call, host)
             started = time.perf_counter()
             yielded = False
             try:
@@ -799,6 +910,7 @@ class Pool:
         host.served += 1
         if host.breaker.state is not BreakerState.CLOSED or host.breaker.failures:
             host.breaker.record_success()
+            host.call_failed = False
         host.last_error = None
         if latency_ms is None or not math.isfinite(latency_ms):
             return
@@ -853,6 +965,8 @@ class Pool:
         host.last_error = str(exc)
         if exc.host_fault:
             host.breaker.record_failure(force_open=exc.opens_breaker and not deadline_cut)
+            # A health check alone no longer re-admits it (a cut attempt may only have been slow).
+            host.call_failed = host.call_failed or not deadline_cut
             if host.breaker.state is BreakerState.OPEN:
                 self._requeue_waiters(host)
         log.warning("host %s failed: %s", host.name, exc)

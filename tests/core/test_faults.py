@@ -444,3 +444,134 @@ async def test_hosts_with_1_2_and_4_slots_are_kept_busy(tmp_path: Path, http: ht
     assert [f.max_in_flight for f in fakes] == list(slots), "every slot was filled at once, none overfilled"
     assert all(h.peak_in_flight <= h.max_concurrency for h in pool.hosts.values())
     assert served[0] < served[1] < served[2], f"shares follow the slots {slots}: {served}"
+
+
+# issue 20: hosts that hang, budgets that overshoot ----------------------------------------------
+
+
+@pytest.mark.slow  # over a second: kept out of make test-fast
+async def test_a_host_that_never_answers_holds_up_no_other_hosts_health_checks(http: httpx2.AsyncClient) -> None:
+    """h0 accepts connections and answers nothing, its health check included. Before: a round of
+    health checks waited for it (the HTTP client's 60 s here, 300 s in the server), so h1 was
+    checked once in 40 s instead of every round. Target: each probe has its own limit; h1 is
+    checked every round, h0 is out after its limit."""
+    with hosts(FaultHost(fault=Fault("silent")), FaultHost()) as fakes:
+        pool = pool_of(fakes, http)
+        pool.health_timeout_s = 0.5
+        with anyio.fail_after(20):  # margin: the first round ends at the probe limit, not at 60 s
+            await pool.refresh_all()
+        hung, works = pool.hosts["h0"], pool.hosts["h1"]
+        assert [h.name for h in pool.healthy_hosts()] == ["h1"]
+        assert hung.breaker.state is BreakerState.OPEN and not hung.models
+        assert (
+            hung.last_health is not None and "did not answer its health check within 0.5 s" in hung.last_health.detail
+        )
+        checked = fakes[1].by_path["/health"]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.run_health_checks, 0.1)
+            await anyio.sleep(2.0)
+            tg.cancel_scope.cancel()
+        rounds = fakes[1].by_path["/health"] - checked
+        # About 20 rounds in 2 s; while h0's probes hang, h1 must still be checked round after round.
+        assert rounds >= 5, rounds
+        assert works.breaker.state is BreakerState.CLOSED and hung.breaker.state is BreakerState.OPEN
+
+
+def test_a_host_not_probed_yet_is_unknown_not_healthy() -> None:
+    """A host whose first health check has not answered yet serves nothing and is not counted healthy."""
+    pool = Pool([scripted_host("gpu-1", FULL, [GOOD])])
+    assert pool.healthy_hosts() == []
+    assert "unknown: not probed yet" in pool.describe_models()
+
+
+@pytest.mark.slow  # the hung attempt takes its share of the budget (about 2 s)
+async def test_a_host_that_hangs_on_chat_costs_a_share_of_the_budget_then_stays_out(
+    http: httpx2.AsyncClient,
+) -> None:
+    """h0 answers its health check but hangs on every chat; h1 works but looks slower. Before: a call
+    with a budget under the first-byte limit (120 s) waited its whole budget on h0 and failed with h1
+    idle, and the next health check put h0 back. Target: the attempt on h0 stops at a third of the
+    time left, the call fails over to h1 within its budget, and h0 comes back only when a real
+    (one-token) chat answers, not on a health check alone."""
+    with hosts(FaultHost(fault=Fault("hang")), FaultHost()) as fakes:
+        pool = pool_of(fakes, http)  # the default first-byte limit, 120 s
+        pool.min_attempt_s = 0.5
+        pool.call_probe_timeout_s = 0.5
+        await pool.refresh_all()
+        hung = pool.hosts["h0"]
+        pool.hosts["h1"].latency_ewma_ms = 10_000.0  # h0 is tried first
+        budget_s = 6.0
+        started = time.monotonic()
+        result = await pool.chat(HELLO, tier=Tier.FULL, deadline=started + budget_s)
+        assert time.monotonic() - started < budget_s
+        assert (result.host, result.attempts) == ("h1", 2)
+        assert [type(e).__name__ for e in result.failures] == ["HostTimeoutError"]
+        assert hung.breaker.state is BreakerState.OPEN and hung.failures["timeout"] == 1
+
+        report = await pool.refresh_host(hung)
+        assert report.ok, "its health check answers"
+        assert hung.breaker.state is BreakerState.OPEN, "a health check alone does not re-admit it"
+        assert hung.last_error and "answers its health check but not a model call" in hung.last_error
+        assert fakes[0].chats == 2, "the one-token chat probe was sent"
+        assert "max_tokens" in fakes[0].bodies[-1] and fakes[0].bodies[-1]["max_tokens"] == 1
+
+        fakes[0].fault = None  # it recovers: the next probe's chat answers
+        await pool.refresh_host(hung)
+        assert hung.breaker.state is BreakerState.CLOSED and not hung.call_failed
+        assert (await pool.chat(HELLO, tier=Tier.FULL)).host == "h0"
+
+
+async def test_the_last_host_a_call_can_try_gets_all_the_time_left(http: httpx2.AsyncClient) -> None:
+    """A sole host that takes longer than a third of the budget still answers: the share applies
+    only when another host could take over."""
+    with hosts(FaultHost(delay_s=0.4)) as fakes:
+        pool = pool_of(fakes, http)
+        pool.min_attempt_s = 0.1
+        await pool.refresh_all()
+        result = await pool.chat(HELLO, tier=Tier.FULL, deadline=time.monotonic() + 1.0)
+        assert (result.host, result.attempts) == ("h0", 1)
+
+
+async def test_a_token_dense_prompt_cannot_overspend_the_claude_budget(
+    tmp_path: Path, http: httpx2.AsyncClient
+) -> None:
+    """A 10,000-character CJK prompt escalated 6 times at once, budget $0.10; Claude counts a token
+    a character (as its tokenizer does for CJK). Before: the reservation assumed 4 characters a
+    token, every escalation fitted and $0.14 was spent. Target: never more than the budget, and the
+    reservations are settled on the real usage."""
+    pool = await scripted_pool(scripted_host("gpu-1", FULL, [GOOD], limit=6))
+    prompt = "請審查這段程式碼並指出問題。" * 715  # 10,010 characters, 30,030 UTF-8 bytes
+
+    def usage(body: dict[str, Any]) -> tuple[int, int]:
+        text = json.dumps(body["messages"], ensure_ascii=False) + json.dumps(body.get("system", ""))
+        return len(text), int(body["max_tokens"])
+
+    answer = json.dumps({"verdict": "risky", "confidence": 0.9})
+    task = LLMTask(
+        name="t",
+        kind=TaskKind.REVIEW,
+        messages=(ChatMessage(role="user", content=prompt),),
+        output_schema=SCHEMA,
+        grounding=lambda output: GroundingResult(score=0.2, problems=("cites nothing real",)),
+        max_output_tokens=400,
+    )
+    with FaultHost("anthropic", delay_s=0.2, answer=lambda body: answer, usage=usage) as api:
+        config = make_config(tmp_path, **{"claude.api_key": "sk-test", "claude.daily_budget_usd": 0.10})
+        with Ledger(tmp_path / "l.db") as ledger:
+            router = Router(pool, ledger, config, claude=claude_at(api, http))
+            results = []
+
+            async def one() -> None:
+                results.append(await router.run(task))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(6):
+                    tg.start_soon(one)
+            spent = ledger.claude_spend_today()
+            figures = ledger.budget_figures()
+            claude_rows = [r for r in ledger.recent(100) if r.path == "claude"]
+    assert figures.reserved_usd == 0, "every reservation was settled"
+    assert claude_rows and api.chats == len(claude_rows), "a call that fits the budget still goes to Claude"
+    assert max(r.cost_usd for r in claude_rows) > 0.02, "the fake counts a token a character"
+    assert 0 < spent <= 0.10, spent
+    assert len(results) == 6 and all(r.output is not None for r in results)

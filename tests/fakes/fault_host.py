@@ -21,7 +21,9 @@ Each host is scriptable, and every knob may change while it runs:
   (200, a body that is not JSON), ``empty`` (200, no body), ``truncated`` (200, the connection closes
   halfway through the declared body), ``midstream`` (a stream sends some pieces, then the API's
   in-stream error; a non-streamed chat is truncated), ``cut`` (the connection closes without any
-  reply) and ``hang`` (the request is read and never answered, until the host stops).
+  reply), ``hang`` (the request is read and never answered, until the host stops) and ``silent``
+  (as ``hang``, for every request: health checks and model listings too; ``fraction`` and
+  ``count`` do not apply).
 
 It runs an asyncio server in its own thread: many connections, little work per request, so a
 capacity test measures the client, not the fake::
@@ -49,8 +51,17 @@ from urllib.parse import urlsplit
 from fakes.ollama_server import DEFAULT_SENTENCE, example_for_schema, pieces_of, tag_entry
 
 Api = Literal["ollama", "openai", "anthropic"]
-FaultMode = Literal["status", "malformed", "empty", "truncated", "midstream", "cut", "hang"]
-FAULT_MODES: tuple[FaultMode, ...] = ("status", "malformed", "empty", "truncated", "midstream", "cut", "hang")
+FaultMode = Literal["status", "malformed", "empty", "truncated", "midstream", "cut", "hang", "silent"]
+FAULT_MODES: tuple[FaultMode, ...] = (
+    "status",
+    "malformed",
+    "empty",
+    "truncated",
+    "midstream",
+    "cut",
+    "hang",
+    "silent",
+)
 Answer = Callable[[dict[str, Any]], str]
 
 CHAT_PATHS: dict[Api, str] = {"ollama": "/api/chat", "openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
@@ -223,6 +234,10 @@ class FaultHost:
 
     async def _respond(self, request: _Request, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection must close."""
+        if self._fault is not None and self._fault.mode == "silent":
+            assert self._stopping is not None
+            await self._stopping.wait()
+            return False
         if request.path == CHAT_PATHS[self.api] and request.method == "POST":
             return await self._chat(request, writer)
         data = self._meta(request.method, request.path)
