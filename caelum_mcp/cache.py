@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 import anyio
 from pydantic import BaseModel, ValidationError
 
+from caelum_mcp.tools.safe_read import open_regular
+
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
@@ -49,7 +51,7 @@ _CHUNK = 500  # keys per SELECT, far below SQLite's limit on bound parameters
 
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as fh:
+    with open_regular(path) as fh:  # a file swapped for a FIFO would block a plain open()
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()

@@ -36,11 +36,15 @@ READ_TIMEOUT_S = 30.0
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
+NOT_REGULAR_MESSAGE = "not a regular file"
+"""Starts the ``strerror`` of every :class:`NotRegularFileError`, so notes can be picked out of errors."""
+
+
 class NotRegularFileError(OSError):
     """The path is a FIFO, socket, device or directory (possibly through a link): never read."""
 
     def __init__(self, path: str | Path, kind: str) -> None:
-        super().__init__(errno.EINVAL, f"not a regular file ({kind}); such files are never read", str(path))
+        super().__init__(errno.EINVAL, f"{NOT_REGULAR_MESSAGE} (a {kind}): never read", str(path))
         self.kind = kind
 
 

@@ -31,19 +31,21 @@ from caelum_mcp.tools.code import review
 from caelum_mcp.tools.code.complexity import ComplexityResult, complexity
 from caelum_mcp.tools.code.dead_code import DeadCodeResult, dead_code
 from caelum_mcp.tools.code.deps import DependencyResult, dependency_check
-from caelum_mcp.tools.code.files import list_project_files
+from caelum_mcp.tools.code.files import NOT_REGULAR, list_project_files
 from caelum_mcp.tools.code.lint import LintResult, lint
 from caelum_mcp.tools.code.models import AnalyzerError, Finding, severity_counts, sort_findings
 from caelum_mcp.tools.code.patches import CheckedPatch
 from caelum_mcp.tools.code.security import SecurityResult, security_scan
 from caelum_mcp.tools.code.structure import ProjectStructure, project_structure
 from caelum_mcp.tools.paths import resolve_project, resolve_within
+from caelum_mcp.tools.safe_read import NOT_REGULAR_MESSAGE
 
 from .improve import propose_patches
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FINDINGS = 50
+MAX_PRELOADED_FILES = 200  # findings whose files the LLM review may quote, read ahead in a worker thread
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
 
 Task = Literal["analyze", "improve", "security_scan", "performance", "comprehensive"]
@@ -147,6 +149,7 @@ class AnalyzeOutput(ToolOutput):
     dependency_audit: str | None = None
     errors: list[AnalyzerError]
     stages: list[StageInfo]
+    notes: list[str] = Field(default_factory=list, description="files left out and why (FIFOs, devices, ...)")
     llm: LLMStep | None = Field(default=None, description="the LLM review (and improve's LLM edits)")
 
 
@@ -190,9 +193,11 @@ def _reusable(result: BaseModel) -> bool:
     return not (isinstance(result, DependencyResult) and result.audit.status == "unavailable")
 
 
-async def open_project(ctx: ToolContext, project: str, paths: list[str] | None) -> tuple[Path, tuple[str, ...], str]:
-    """The project's root (inside the allowed roots), its files (``paths`` only, when given) and
-    their fingerprint."""
+async def open_project(
+    ctx: ToolContext, project: str, paths: list[str] | None
+) -> tuple[Path, tuple[str, ...], str, list[str]]:
+    """The project's root (inside the allowed roots), its files (``paths`` only, when given),
+    their fingerprint, and notes on files the listing left out that a caller should hear about."""
     root = resolve_project(project, ctx.roots)
     listing = await list_project_files(root)
     files = listing.files
@@ -200,11 +205,15 @@ async def open_project(ctx: ToolContext, project: str, paths: list[str] | None) 
         wanted = [resolve_within(root, p) for p in paths]
         rels = [w.relative_to(root).as_posix() for w in wanted]
         files = tuple(f for f in files if any(f == r or f.startswith(r.rstrip("/") + "/") or r == "." for r in rels))
-    return root, files, await fingerprint(root, files)
+    notes: list[str] = []
+    not_regular = listing.excluded.get(NOT_REGULAR, 0)
+    if not_regular:
+        notes.append(f"{not_regular} file(s) left out: not regular files (FIFOs, sockets, devices) are never read")
+    return root, files, await fingerprint(root, files), notes
 
 
 async def analyze_and_improve_code(args: AnalyzeInput, ctx: ToolContext) -> AnalyzeOutput:
-    root, files, content = await open_project(ctx, args.project, args.paths)
+    root, files, content, notes = await open_project(ctx, args.project, args.paths)
     run = _Run(ctx, root, files, content)
     names = STAGES[args.task]
     run.total = len(names) + (1 if args.llm_review else 0) + (1 if args.task == "improve" else 0)
@@ -251,6 +260,11 @@ async def analyze_and_improve_code(args: AnalyzeInput, ctx: ToolContext) -> Anal
             tg.start_soon(do, name)
 
     findings, errors = _collect(results)
+    notes += [
+        f"{item.file}: {item.message}"
+        for item in (*errors, *findings)
+        if item.file and NOT_REGULAR_MESSAGE in item.message
+    ]
     findings = list(sort_findings(findings))
     metrics = _metrics(results)
     out = AnalyzeOutput(
@@ -266,8 +280,11 @@ async def analyze_and_improve_code(args: AnalyzeInput, ctx: ToolContext) -> Anal
         dependency_audit=_audit_note(results.get("dependencies")),
         errors=errors,
         stages=run.stages,
+        notes=notes,
     )
     index = review.SourceIndex(root, files)
+    # the files the review and the patches quote, read off the event loop
+    await index.load(f.file for f in findings[:MAX_PRELOADED_FILES])
     if args.llm_review:
         out = await _llm_review(ctx, args, out, findings, index)
         run.done += 1

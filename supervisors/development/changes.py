@@ -13,6 +13,9 @@ not listed or not shown, and the summary counts the whole change.
 
 from __future__ import annotations
 
+import os
+import stat
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,7 @@ from caelum_mcp.tools.code.lint import lint
 from caelum_mcp.tools.code.models import Finding, sort_findings
 from caelum_mcp.tools.code.security import security_scan
 from caelum_mcp.tools.paths import resolve_project, resolve_within
+from caelum_mcp.tools.safe_read import NOT_REGULAR_MESSAGE, file_kind, off_loop, read_head
 
 MAX_FILES_LISTED = 100
 MAX_HUNKS_LISTED = 5  # per listed file
@@ -38,6 +42,7 @@ DIFF_EXCERPT_CHARS = 9000  # the whole excerpt the LLM reads
 EXCERPT_FILE_CHARS = 3000  # one file's share, so that one big file cannot crowd out the rest
 EXCERPT_LINES_PER_FILE = 120
 EXCERPT_LINE_CHARS = 240  # a minified or generated line is cut
+EXCERPT_READ_BYTES = 8 << 20  # of one changed file; added lines past it are not shown
 
 
 class ReviewInput(BaseModel):
@@ -85,6 +90,7 @@ class ReviewOutput(ToolOutput):
     comments: list[ReviewComment]
     summary: str
     left_out: LeftOut = Field(default_factory=LeftOut)
+    notes: list[str] = Field(default_factory=list, description="changed files not read, and why (links out, FIFOs)")
     llm: LLMStep | None = None
 
 
@@ -101,11 +107,10 @@ async def review_changes(args: ReviewInput, ctx: ToolContext) -> ReviewOutput:
     root = resolve_project(args.project, ctx.roots)
     await ctx.report(0, 4, "reading the diff")
     changes: GitChanges = await git_changes(root, base=args.base, head=args.head)
-    changed_lines = {
-        c.path: set(c.added_lines)
-        for c in changes.files
-        if c.status != "deleted" and not c.binary and _inside_project(root, c.path)
-    }
+    present = [c for c in changes.files if c.status != "deleted" and not c.binary]
+    left_out = await off_loop(lambda stop: _not_read(root, present, stop), what="checking the changed files")
+    changed_lines = {c.path: set(c.added_lines) for c in present if c.path not in left_out}
+    notes = [f"{path} left out: {why}" for path, why in sorted(left_out.items()) if why != _ABSENT_OR_OUTSIDE]
     await ctx.report(1, 4, f"{len(changes.files)} changed files; running static checks")
     findings = await _findings_on(root, changed_lines, ctx)
     listed = findings[:MAX_FINDINGS]
@@ -120,7 +125,7 @@ async def review_changes(args: ReviewInput, ctx: ToolContext) -> ReviewOutput:
     step: LLMStep | None = None
     excerpt = DiffExcerpt("", 0, 0)
     if changed_lines:
-        excerpt = diff_excerpt(root, changes)
+        excerpt = await off_loop(lambda stop: diff_excerpt(root, changes, stop), what="reading the changed files")
         system, user = review.comments_task(excerpt.text, listed)
         got = await run_cited_list(
             ctx,
@@ -166,16 +171,37 @@ async def review_changes(args: ReviewInput, ctx: ToolContext) -> ReviewOutput:
             review_files=excerpt.files_left_out if shown_to_llm else 0,
             review_lines=excerpt.lines_left_out if shown_to_llm else 0,
         ),
+        notes=notes[:MAX_FILES_LISTED],
         llm=step,
     )
 
 
-def _inside_project(root: Path, rel: str) -> bool:
-    """Whether ``rel`` is a file inside the project: a changed symlink may point anywhere."""
+_ABSENT_OR_OUTSIDE = "missing, or a link leading outside the project"  # never noted: where a link points is not told
+
+
+def _why_not_read(root: Path, rel: str) -> str | None:
+    """Why the changed file ``rel`` is not read, or None when it is a regular file inside the
+    project: a changed symlink may point anywhere, or at a FIFO that would block its reader."""
     try:
-        return resolve_within(root, rel).is_file()
+        resolved = resolve_within(root, rel)
     except PathNotAllowedError:
-        return False
+        return _ABSENT_OR_OUTSIDE
+    try:
+        mode = os.stat(resolved).st_mode
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return None if stat.S_ISREG(mode) else f"{NOT_REGULAR_MESSAGE} (a {file_kind(mode)}): never read"
+
+
+def _not_read(root: Path, changes: Iterable[FileChange], stop: threading.Event) -> dict[str, str]:
+    left_out: dict[str, str] = {}
+    for change in changes:
+        if stop.is_set():
+            break
+        why = _why_not_read(root, change.path)
+        if why is not None:
+            left_out[change.path] = why
+    return left_out
 
 
 async def _findings_on(root: Path, changed_lines: dict[str, set[int]], ctx: ToolContext) -> list[Finding]:
@@ -222,17 +248,23 @@ def _hunk_header(hunk: Hunk) -> str:
     return f"-{hunk.old_start},{hunk.old_count} +{hunk.new_start},{hunk.new_count}"
 
 
-def diff_excerpt(root: Path, changes: GitChanges) -> DiffExcerpt:
+def diff_excerpt(root: Path, changes: GitChanges, stop: threading.Event | None = None) -> DiffExcerpt:
     """The added lines with their new line numbers, per file (what a comment may anchor to).
 
     Each file gets at most :data:`EXCERPT_LINES_PER_FILE` lines and :data:`EXCERPT_FILE_CHARS`
-    characters, and the whole excerpt :data:`DIFF_EXCERPT_CHARS`; the rest is counted.
+    characters, and the whole excerpt :data:`DIFF_EXCERPT_CHARS`; the rest is counted. Files are
+    read with blocking calls (run it off the event loop); once ``stop`` is set the rest is counted
+    as left out.
     """
     blocks: list[str] = []
     room = DIFF_EXCERPT_CHARS
     files_left_out = lines_left_out = 0
     for change in changes.files:
         if change.binary or change.status == "deleted" or not change.added_lines:
+            continue
+        if stop is not None and stop.is_set():
+            files_left_out += 1
+            lines_left_out += len(change.added_lines)
             continue
         header = f"--- {change.path} ({change.status})"
         room_here = min(room, EXCERPT_FILE_CHARS) - len(header) - 1
@@ -249,12 +281,15 @@ def diff_excerpt(root: Path, changes: GitChanges) -> DiffExcerpt:
 
 def _numbered_added_lines(root: Path, change: FileChange) -> Iterator[str]:
     """``+   12 | text`` for the first added lines of ``change``, as the file reads now (long lines cut)."""
-    if not _inside_project(root, change.path):
+    if _why_not_read(root, change.path) is not None:
         return
     try:
-        lines = (root / change.path).read_text(encoding="utf-8", errors="replace").splitlines()
+        head = read_head(root / change.path, EXCERPT_READ_BYTES)
     except OSError:
         return
+    lines = head.data.decode("utf-8", errors="replace").splitlines()
+    if head.truncated and lines:
+        lines.pop()  # cut at the byte cap: the last line is not whole
     for number in change.added_lines[:EXCERPT_LINES_PER_FILE]:
         if number <= len(lines):
             text = lines[number - 1]

@@ -28,6 +28,7 @@ from caelum_mcp.types import Frozen
 
 from ..paths import relative_posix, resolve_root
 from ..process import CommandResult
+from ..safe_read import is_regular_file, off_loop, read_text
 from .analysers import last_line, run_python_analyser
 from .manifests import (
     LOCK_FILES,
@@ -308,12 +309,13 @@ def _read_manifests(base: Path) -> tuple[list[str], list[DeclaredDependency | Ma
     errors: list[AnalyzerError] = []
     readers = [(base / "pyproject.toml", parse_pyproject), (base / "Pipfile", parse_pipfile)]
     for path, reader in readers:
-        if path.is_file() and not path.is_symlink() and path.stat().st_size <= MAX_MANIFEST_BYTES:
+        if is_regular_file(path) and not path.is_symlink() and path.stat().st_size <= MAX_MANIFEST_BYTES:
             manifests.append(path.name)
             try:
-                items += reader(path.read_text("utf-8", errors="replace"), path.name)
+                items += reader(read_text(path, MAX_MANIFEST_BYTES), path.name)
             except (tomllib.TOMLDecodeError, OSError) as exc:
-                errors.append(AnalyzerError(tool="deps", message=f"cannot parse: {exc}", file=path.name))
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                errors.append(AnalyzerError(tool="deps", message=f"cannot parse: {reason}", file=path.name))
     seen: set[Path] = set()  # shared, so a file that another one includes with -r is read once
     for path in requirement_files(base):
         manifests.append(relative_posix(base, path))
@@ -324,13 +326,40 @@ def _read_manifests(base: Path) -> tuple[list[str], list[DeclaredDependency | Ma
     return manifests, items, errors
 
 
+def _read_project(
+    base: Path,
+) -> tuple[
+    list[str], list[DeclaredDependency | ManifestProblem], list[AnalyzerError], list[LockFile], list[LockedPackage]
+]:
+    """Every file :func:`dependency_check` reads, read with blocking calls (run it off the loop)."""
+    manifests, items, errors = _read_manifests(base)
+    lock_files: list[LockFile] = []
+    locked: list[LockedPackage] = []
+    for name, kind in LOCK_FILES.items():
+        path = base / name
+        if not is_regular_file(path) or path.is_symlink():
+            continue
+        try:
+            packages = parse_lock(kind, read_text(path, MAX_MANIFEST_BYTES * 4), name)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            errors.append(AnalyzerError(tool="deps", message=f"cannot parse lock file: {reason}", file=name))
+            lock_files.append(LockFile(file=name, kind=kind, packages=0, parsed=False))
+            continue
+        lock_files.append(LockFile(file=name, kind=kind, packages=len(packages), parsed=True))
+        locked += packages
+    return manifests, items, errors, lock_files, locked
+
+
 async def dependency_check(root: str | Path, *, audit: bool = True, audit_timeout_s: float = 60) -> DependencyResult:
     """Declared dependencies of the Python project under ``root``, their problems, and an audit.
 
     ``audit=False`` skips pip-audit (``audit.status == "skipped"``).
     """
     base = resolve_root(root)
-    manifests, items, errors = _read_manifests(base)
+    manifests, items, errors, lock_files, locked = await off_loop(
+        lambda stop: _read_project(base), what="reading the dependency manifests"
+    )
     deps = [i for i in items if isinstance(i, DeclaredDependency)]
     issues = [
         DependencyIssue(
@@ -343,22 +372,6 @@ async def dependency_check(root: str | Path, *, audit: bool = True, audit_timeou
         for p in items
         if isinstance(p, ManifestProblem)
     ]
-    lock_files: list[LockFile] = []
-    locked: list[LockedPackage] = []
-    for name, kind in LOCK_FILES.items():
-        path = base / name
-        if not path.is_file() or path.is_symlink():
-            continue
-        try:
-            if path.stat().st_size > MAX_MANIFEST_BYTES * 4:
-                raise ValueError("too large to read")
-            packages = parse_lock(kind, path.read_text("utf-8", errors="replace"), name)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError, OSError) as exc:
-            errors.append(AnalyzerError(tool="deps", message=f"cannot parse lock file: {exc}", file=name))
-            lock_files.append(LockFile(file=name, kind=kind, packages=0, parsed=False))
-            continue
-        lock_files.append(LockFile(file=name, kind=kind, packages=len(packages), parsed=True))
-        locked += packages
     issues += find_issues(deps, locked)
     if audit:
         lock_source = ", ".join(lock.file for lock in lock_files if lock.parsed and lock.packages) or None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from caelum_mcp.types import Frozen
 
 from ..paths import relative_posix, resolve_within, resolves_inside
 from ..process import CommandResult
+from ..safe_read import read_text
 from .git_runner import GitError, run_git
 from .git_runner import git_env as git_env  # where tools.code.patches imports it from
 
@@ -42,6 +44,8 @@ ALWAYS_SKIPPED_DIRS = frozenset(
 )
 LISTING_LIMIT = 200_000
 GIT_TIMEOUT_S = 30.0
+MAX_GITIGNORE_BYTES = 1 << 20
+NOT_REGULAR = "not a regular file (FIFO, socket or device): never read"
 
 
 class ProjectListing(Frozen):
@@ -136,8 +140,14 @@ def _accept(root: Path, rel: str, excluded: Counter[str]) -> bool:
     if path.is_symlink() and resolves_inside(path, root) is not True:
         excluded["symlink leading outside the project"] += 1
         return False
-    if not path.is_file():
-        excluded["missing or not a regular file"] += 1
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        excluded["missing or unreadable"] += 1
+        return False
+    if not stat.S_ISREG(mode):
+        # a FIFO would block whoever opens it; a device or socket is no source file either
+        excluded[NOT_REGULAR] += 1
         return False
     return True
 
@@ -151,9 +161,9 @@ def _walk(root: Path) -> ProjectListing:
         current = Path(dirpath)
         rel_dir = "" if current == root else current.relative_to(root).as_posix()
         gitignore = current / ".gitignore"
-        if gitignore.is_file():
+        if gitignore.exists():
             try:
-                patterns = [*patterns, *parse_gitignore(gitignore.read_text("utf-8", "replace"), rel_dir)]
+                patterns = [*patterns, *parse_gitignore(read_text(gitignore, MAX_GITIGNORE_BYTES), rel_dir)]
             except OSError:
                 excluded["unreadable .gitignore"] += 1
         kept: list[str] = []

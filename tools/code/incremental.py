@@ -22,11 +22,13 @@ from pydantic import BaseModel, ValidationError
 
 from caelum_mcp.cache import file_digest
 
+from ..safe_read import read_head
 from .models import AnalyzerError
 
 log = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=BaseModel)
+MAX_CONFIG_BYTES = 1 << 20
 
 
 class PartStore(Protocol):
@@ -49,7 +51,9 @@ def salt_for(distribution: str, root: Path, config_files: Sequence[str]) -> str:
     h = hashlib.sha256(f"{distribution}=={version}".encode())
     for name in config_files:
         try:
-            h.update(name.encode() + b"\0" + (root / name).read_bytes())
+            # a config file that is a FIFO would block here, on the event loop: only regular files
+            head = read_head(root / name, MAX_CONFIG_BYTES)
+            h.update(name.encode() + b"\0" + head.data + (b"\0cut" if head.truncated else b""))
         except OSError:
             h.update(name.encode() + b"\0absent")
     return h.hexdigest()

@@ -22,6 +22,7 @@ from caelum_mcp.errors import PathNotAllowedError
 from caelum_mcp.types import Frozen
 
 from ..paths import relative_posix, resolve_within
+from ..safe_read import read_text
 
 LockKind = Literal["uv", "poetry", "pdm", "pipfile"]
 LOCK_FILES: dict[str, LockKind] = {
@@ -216,7 +217,7 @@ def parse_requirements_file(
     seen.add(path)
     source = relative_posix(root, path)
     found: list[DeclaredDependency | ManifestProblem] = []
-    text = path.read_text("utf-8", errors="replace")
+    text = read_text(path, MAX_MANIFEST_BYTES)  # an include may name a FIFO or a huge file
     logical: list[tuple[int, str]] = []
     pending, start = "", 0
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -239,7 +240,11 @@ def parse_requirements_file(
             except PathNotAllowedError as exc:
                 found.append(ManifestProblem(source=source, line=number, text=line, reason=str(exc)))
                 continue
-            found += parse_requirements_file(root, include, seen)
+            try:
+                found += parse_requirements_file(root, include, seen)
+            except OSError as exc:
+                reason = f"{target} not read: {exc.strerror}"
+                found.append(ManifestProblem(source=source, line=number, text=line, reason=reason))
             continue
         kind_hint = None
         if line.startswith(("-e ", "--editable")):

@@ -9,6 +9,7 @@ only the grounded items. Nothing here calls a model, so all of it is tested with
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,12 @@ from typing import Any
 from caelum_mcp.grounding import check_items, cited_list_schema, output_cap
 from caelum_mcp.llm import GroundingResult
 
+from ..safe_read import FileHead, ReadTimeoutError, off_loop, read_head
 from .models import Finding
 
 MAX_EXCERPT_LINES = 7
+MAX_SOURCE_BYTES = 8 << 20  # of one file, for excerpts and line checks
+MAX_EXCERPT_LINE_CHARS = 400
 MAX_FINDINGS_IN_PROMPT = 30
 MAX_PROMPT_CHARS = 12_000
 
@@ -87,20 +91,44 @@ EDITS_TOKENS = output_cap(MAX_EDITS, 160)
 
 
 class SourceIndex:
-    """Line counts of the project's text files, read once, for grounding checks."""
+    """Lines of the project's text files, read once, for excerpts and grounding checks.
+
+    Only regular files are read, and at most :data:`MAX_SOURCE_BYTES` of each (lines past that
+    count as absent). :meth:`load` reads files ahead in a worker thread; a file that was not loaded
+    is read when first asked for, which is bounded but happens on the caller's thread.
+    """
 
     def __init__(self, root: Path, files: Iterable[str]) -> None:
         self.root = root
         self.files = set(files)
         self._lines: dict[str, list[str]] = {}
 
+    async def load(self, rels: Iterable[str]) -> None:
+        """Read the project files among ``rels`` off the event loop, within a time limit."""
+        wanted = [rel for rel in dict.fromkeys(rels) if rel in self.files and rel not in self._lines]
+
+        def read_all(stop: threading.Event) -> None:
+            for rel in wanted:
+                if stop.is_set():
+                    return
+                self.lines(rel)
+
+        if wanted:
+            try:
+                await off_loop(read_all, what="reading the files the findings cite")
+            except ReadTimeoutError:
+                pass  # what was not read in time is read when asked for
+
     def lines(self, rel: str) -> list[str]:
         if rel not in self._lines:
             try:
-                text = (self.root / rel).read_text(encoding="utf-8", errors="replace")
+                head = read_head(self.root / rel, MAX_SOURCE_BYTES)
             except OSError:
-                text = ""
-            self._lines[rel] = text.splitlines()
+                head = FileHead(b"", False)
+            lines = head.data.decode("utf-8", errors="replace").splitlines()
+            if head.truncated and lines:
+                lines.pop()  # cut at the byte cap: the last line is not whole
+            self._lines[rel] = lines
         return self._lines[rel]
 
     def has_line(self, rel: str, line: int) -> bool:
@@ -109,7 +137,12 @@ class SourceIndex:
     def excerpt(self, rel: str, line: int, around: int = 3) -> str:
         lines = self.lines(rel)
         lo, hi = max(1, line - around), min(len(lines), line + around)
-        return "\n".join(f"{n:>5} | {lines[n - 1]}" for n in range(lo, hi + 1))
+        return "\n".join(f"{n:>5} | {_cut_line(lines[n - 1])}" for n in range(lo, hi + 1))
+
+
+def _cut_line(text: str) -> str:
+    # one minified or generated line must not fill the prompt
+    return text if len(text) <= MAX_EXCERPT_LINE_CHARS else text[:MAX_EXCERPT_LINE_CHARS] + " [... line cut]"
 
 
 def _clip(text: str, limit: int = MAX_PROMPT_CHARS) -> str:

@@ -23,6 +23,7 @@ from pydantic import Field
 from caelum_mcp.types import Frozen
 
 from ..paths import relative_posix, resolve_root
+from ..safe_read import is_regular_file, read_head, read_text
 from .analysers import ANALYSER_TIMEOUT_S, first_line, run_python_analyser
 from .files import select_files
 from .incremental import PartStore, per_file, salt_for
@@ -39,6 +40,7 @@ _SEVERITY_OVERRIDES: dict[str, Severity] = {
     "B106": "medium",
     "B107": "medium",
 }
+MAX_CONFIG_BYTES = 1 << 20
 _PASSWORD_RULES = frozenset({"B105", "B106", "B107"})
 _QUOTED_TAIL = re.compile(r":\s*'(?P<value>.*)'\s*$")
 # Lock files are machine-written hashes and versions: slow to scan and never hold a hand-typed secret.
@@ -70,14 +72,14 @@ class SecurityResult(Frozen):
 def _bandit_config_args(root: Path) -> list[str]:
     """``-c <file>`` when the project configures bandit (bandit only reads config it is pointed at)."""
     pyproject = root / "pyproject.toml"
-    if pyproject.is_file():
+    if is_regular_file(pyproject):
         try:
-            if "bandit" in tomllib.loads(pyproject.read_text("utf-8")).get("tool", {}):
+            if "bandit" in tomllib.loads(read_text(pyproject, MAX_CONFIG_BYTES)).get("tool", {}):
                 return ["-c", "pyproject.toml"]
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
             pass
     for name in ("bandit.yaml", "bandit.yml", ".bandit.yaml", ".bandit.yml"):
-        if (root / name).is_file():
+        if is_regular_file(root / name):  # bandit would block reading a FIFO
             return ["-c", name]
     return []
 
@@ -138,7 +140,8 @@ async def _bandit_per_file(
 async def _run_bandit(root: Path, targets: list[str], timeout_s: float) -> tuple[list[Finding], list[AnalyzerError]]:
     if not targets:
         return [], []
-    args = ["-f", "json", "-q", *_bandit_config_args(root), "--", *targets]
+    config_args = await anyio.to_thread.run_sync(_bandit_config_args, root)
+    args = ["-f", "json", "-q", *config_args, "--", *targets]
     run = await run_python_analyser("bandit", "bandit", args, cwd=root, timeout_s=timeout_s)
     if isinstance(run, AnalyzerError):
         return [], [run]
@@ -169,12 +172,12 @@ def _scan_secrets(root: Path, targets: list[str]) -> tuple[list[Finding], int, l
         if rel.rsplit("/", 1)[-1] in _NOT_SCANNED_FOR_SECRETS:
             continue
         try:
-            with (root / rel).open("rb") as handle:
-                data = handle.read(MAX_SECRET_SCAN_BYTES + 1)
+            head = read_head(root / rel, MAX_SECRET_SCAN_BYTES)
         except OSError as exc:
             errors.append(AnalyzerError(tool="secrets", message=f"could not read: {exc.strerror}", file=rel))
             continue
-        if len(data) > MAX_SECRET_SCAN_BYTES or looks_binary(data[:8192]):
+        data = head.data
+        if head.truncated or looks_binary(data[:8192]):
             continue
         scanned += 1
         findings.extend(scan_text(rel, data.decode("utf-8", errors="replace")))
