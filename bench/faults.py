@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -49,10 +51,12 @@ from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
 from caelum_mcp.config import Config, load_config
 from caelum_mcp.errors import CaelumError
 from caelum_mcp.hosts import CircuitBreaker, Host
-from caelum_mcp.ledger import Ledger
+from caelum_mcp.ledger import _INSERT, Ledger
 from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
 from caelum_mcp.pool import Pool
 from caelum_mcp.router import Router
+from caelum_mcp.status import PoolAdministration
+from caelum_mcp.supervisors.ai import PoolStatusInput, pool_status
 from caelum_mcp.types import ChatMessage, ChatRequest, Tier
 
 HELLO = ChatRequest(model="", messages=(ChatMessage(role="user", content="Say hi."),), max_tokens=8)
@@ -331,6 +335,65 @@ async def capacity(http: httpx2.AsyncClient, folder: Path) -> Row:
     return row
 
 
+LEDGER_ROWS = 1_000_000
+
+
+def fill_ledger(ledger: Ledger, rows: int) -> None:
+    """``rows`` calls over a month on three hosts (every tenth a Claude call), in one transaction."""
+    now = time.time()
+    hosts = ("gpu-1", "gpu-2", "embedded")
+
+    def values() -> Iterator[tuple[Any, ...]]:
+        for i in range(rows):
+            claude = i % 10 == 0
+            yield (
+                now - 30 * 86_400 * (rows - i) / rows, "delegate_task", "claude" if claude else "local",
+                "anthropic" if claude else "ollama", "" if claude else hosts[i % 3],
+                "claude-sonnet-4-5" if claude else "qwen3:8b", None, 1, 0.9, 800, 120, 0, 0, 350.0,
+                0.004 if claude else 0.0, 0.004, 1, None, None, "claude" if claude else "local",
+            )  # fmt: skip
+
+    conn = sqlite3.connect(ledger.path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        conn.executemany(_INSERT, values())
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+async def pool_status_ledger(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row(f"pool_status with {LEDGER_ROWS:,} ledger rows, while a 10 ms ticker runs on the event loop (5 calls)")
+    config = config_in(folder)
+    with Ledger(folder / "ledger.sqlite3") as ledger:
+        await anyio.to_thread.run_sync(fill_ledger, ledger, LEDGER_ROWS)
+        admin = PoolAdministration(config=config, pool=Pool([]), ledger=ledger, claude_configured=False)
+        ctx: Any = SimpleNamespace(require_pool_admin=lambda: admin)  # the one service the handler uses
+        stalls: list[float] = []
+        done = anyio.Event()
+
+        async def ticker() -> None:
+            last = time.monotonic()
+            while not done.is_set():
+                await anyio.sleep(0.01)
+                stalls.append(time.monotonic() - last - 0.01)
+                last = time.monotonic()
+
+        tally = Tally(row, 30.0)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            for _ in range(5):
+                out = await tally.call(lambda: pool_status(PoolStatusInput(), ctx))
+            done.set()
+        row.rows = out.ledger.calls if out is not None else None
+    stall = max(stalls, default=0.0)
+    row.figure = (
+        f"pool_status median {1000 * statistics.median(tally.seconds):.0f} ms; the event loop's longest stall "
+        f"{1000 * stall:.0f} ms; target stall < 100 ms: {'PASS' if stall < 0.1 else 'FAIL'}"
+    )
+    return row
+
+
 ROWS: dict[str, Callable[[httpx2.AsyncClient, Path], Awaitable[Row]]] = {
     "budget": budget,
     "hang": hang,
@@ -342,6 +405,7 @@ ROWS: dict[str, Callable[[httpx2.AsyncClient, Path], Awaitable[Row]]] = {
     "ledger": ledger_truth,
     "retry_after": retry_after,
     "capacity": capacity,
+    "pool_status_ledger": pool_status_ledger,
 }
 
 

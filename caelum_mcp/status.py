@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import anyio.to_thread
 from pydantic import Field
 
 from caelum_mcp.config import Config
@@ -139,6 +140,15 @@ class PoolAdministration:
         self.started_at = time.time() if started_at is None else started_at
 
     def status(self) -> StatusReport:
+        """The snapshot, reading the ledger here: for the CLI; async code calls :meth:`astatus`."""
+        return self._report(self.ledger.summary())
+
+    async def astatus(self) -> StatusReport:
+        """The snapshot, with the ledger read in a worker thread so that the event loop keeps
+        serving other calls while SQLite works."""
+        return self._report(await anyio.to_thread.run_sync(self.ledger.summary))
+
+    def _report(self, ledger: LedgerSummary) -> StatusReport:
         config = self.config
         return StatusReport(
             uptime_s=round(time.time() - self.started_at, 1),
@@ -152,9 +162,9 @@ class PoolAdministration:
                 configured=self.claude_configured,
                 model=config.claude.model,
                 daily_budget_usd=config.claude.daily_budget_usd,
-                spent_today_usd=round(self.ledger.claude_spend_today(), 6),
+                spent_today_usd=round(ledger.claude_spend_today_usd, 6),
             ),
-            ledger=self.ledger.summary(),
+            ledger=ledger,
         )
 
     async def set_host_enabled(self, name: str, enabled: bool) -> HostStatus:

@@ -160,7 +160,7 @@ def partial_answer(text: str) -> str:
 
 
 async def pool_status(args: PoolStatusInput, ctx: ToolContext) -> PoolStatusOutput:
-    report = ctx.require_pool_admin().status()
+    report = await ctx.require_pool_admin().astatus()
     hosts = report.hosts
     if args.host is not None:
         hosts = [h for h in report.hosts if h.name == args.host]
