@@ -512,6 +512,14 @@ def _check_bind(config: Config, env: Mapping[str, str]) -> None:
             "Set server.bearer_token_env to the name of an environment variable holding a long random "
             "token (and export it), or bind 127.0.0.1."
         )
+    from caelum_mcp.dashboard.auth import MAKE_TOKEN, token_weakness  # here: the dashboard imports this module
+
+    weakness = token_weakness(env[token_env])
+    if weakness is not None:
+        raise ConfigError(
+            f"server.host = {host!r} is not a loopback address, and the bearer token in ${token_env} is too weak "
+            f"to guard it ({weakness}); make one with `{MAKE_TOKEN}`, export it as {token_env}, or bind 127.0.0.1."
+        )
 
 
 def _is_loopback(host: str) -> bool:

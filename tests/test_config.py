@@ -214,7 +214,7 @@ def test_non_loopback_bind_needs_a_bearer_token(tmp_path: Path) -> None:
     assert "bearer token" in str(info.value) and "server.bearer_token_env" in str(info.value)
     with pytest.raises(ConfigError):
         load_config(environ={"CAELUM_SERVER__HOST": "gpu-1.lan"})
-    config = load_config(path, environ={"MY_TOKEN": "long-random-token"})
+    config = load_config(path, environ={"MY_TOKEN": "test-only-token-0123456789abcdefghijklmnopqrstuvwxyz"})
     assert config.server.host == "0.0.0.0"
     assert load_config(environ={"CAELUM_SERVER__HOST": "::1"}).server.host == "::1"
 

@@ -13,6 +13,12 @@ The rules (the same for every path but ``/health``):
 - **CSRF**: a dashboard POST that changes something carries ``X-CSRF-Token``: an HMAC of the
   session (or of nothing, when open) under a key made at startup, shown only inside the page.
   Requests authenticated by the bearer header need none (a browser never adds that header itself).
+- **Guessing**: a wrong token (bearer header or sign-in form) counts against the client's address
+  (:class:`FailedAuthThrottle`): after a few, that address waits a doubling time before its next
+  try is even compared, answered 429 with ``Retry-After``. The check, the comparison and the count
+  happen with no await between them, so parallel guesses are counted one by one.
+- **Token strength**: a bind off loopback needs a token of at least 32 random bytes' worth
+  (:func:`token_weakness`, which the config checks at load).
 
 The gate records how a request got in under ``scope["caelum.auth"]`` (``open``, ``bearer``,
 ``session`` or ``public``) and the session id under ``scope["caelum.session"]``.
@@ -22,9 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from starlette.requests import Request
@@ -39,6 +48,101 @@ STATIC_PREFIX = "/dashboard/static/"
 AUTH_KEY = "caelum.auth"
 SESSION_KEY = "caelum.session"
 
+MIN_TOKEN_CHARS = 32
+# Shannon entropy of the token's own characters times its length: about 210 for
+# secrets.token_urlsafe(32), 250 for token_hex(32); a word repeated or a short alphabet falls short.
+MIN_TOKEN_BITS = 128
+MAKE_TOKEN = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"  # noqa: S105 - how to make one
+
+FREE_FAILURES = 5  # wrong tokens an address may send before it has to wait
+FIRST_WAIT_S = 1.0  # the wait after the next one, doubling with each further failure
+MAX_WAIT_S = 300.0
+FORGET_AFTER_S = 900.0  # an address with no failure for this long starts over
+MAX_ADDRESSES = 10_000
+
+
+def token_weakness(token: str) -> str | None:
+    """Why ``token`` is too weak to guard a server reachable off loopback; None when it is strong
+    enough (MIN_TOKEN_CHARS characters and about MIN_TOKEN_BITS bits). Never echoes the token."""
+    if len(token) < MIN_TOKEN_CHARS:
+        return f"it has {len(token)} characters, under {MIN_TOKEN_CHARS}"
+    counts = Counter(token).values()
+    bits = sum(n * math.log2(len(token) / n) for n in counts)
+    if bits < MIN_TOKEN_BITS:
+        return f"its characters repeat too much to be random: about {bits:.0f} bits, under {MIN_TOKEN_BITS}"
+    return None
+
+
+class FailedAuthThrottle:
+    """Wrong tokens per client address, and how long that address must wait before its next try.
+
+    The first FREE_FAILURES failures cost nothing (a typo, a stale token); each one after them
+    makes the address wait FIRST_WAIT_S, doubling up to MAX_WAIT_S. A success starts the address
+    over; so does FORGET_AFTER_S without a failure. At most MAX_ADDRESSES are remembered.
+    """
+
+    def __init__(
+        self,
+        *,
+        free_failures: int = FREE_FAILURES,
+        first_wait_s: float = FIRST_WAIT_S,
+        max_wait_s: float = MAX_WAIT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.free_failures = free_failures
+        self.first_wait_s = first_wait_s
+        self.max_wait_s = max_wait_s
+        self._clock = clock
+        # address -> (failures, time of the last one, waiting until)
+        self._failures: dict[str, tuple[int, float, float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, address: str) -> float | None:
+        """Seconds ``address`` must still wait before a token it sends is compared; None: it may try."""
+        now = self._clock()
+        with self._lock:
+            entry = self._failures.get(address)
+            if entry is None:
+                return None
+            if now - entry[1] > FORGET_AFTER_S:
+                del self._failures[address]
+                return None
+            return entry[2] - now if entry[2] > now else None
+
+    def failed(self, address: str) -> None:
+        """Count a wrong token from ``address``."""
+        now = self._clock()
+        with self._lock:
+            count, _, until = self._failures.pop(address, (0, now, now))
+            count += 1
+            if count > self.free_failures:
+                until = now + min(self.first_wait_s * 2 ** (count - self.free_failures - 1), self.max_wait_s)
+            if len(self._failures) >= MAX_ADDRESSES:  # forget the longest quiet rather than grow without end
+                oldest = min(self._failures, key=lambda a: self._failures[a][1])
+                del self._failures[oldest]
+            self._failures[address] = (count, now, until)
+
+    def succeeded(self, address: str) -> None:
+        """The right token from ``address``: it starts over."""
+        with self._lock:
+            self._failures.pop(address, None)
+
+
+def client_address(scope: Scope) -> str:
+    """The peer's address as the server sees it ("" when the transport gives none)."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
+def too_many_attempts(wait_s: float) -> JSONResponse:
+    """429 for an address that must wait ``wait_s`` before its next try."""
+    seconds = max(1, math.ceil(wait_s))
+    return JSONResponse(
+        {"error": f"too many wrong tokens from this address; try again in {seconds} s"},
+        status_code=429,
+        headers={"Retry-After": str(seconds)},
+    )
+
 
 def is_dashboard_path(path: str) -> bool:
     """The paths the dashboard and metrics serve (the MCP transports check their own headers)."""
@@ -51,10 +155,12 @@ def is_public_path(path: str) -> bool:
 
 
 class Sessions:
-    """Browser sessions of the dashboard (in memory: a restart signs everyone out) and CSRF tokens."""
+    """Browser sessions of the dashboard (in memory: a restart signs everyone out), CSRF tokens, and
+    the count of wrong tokens per address that the gate and the sign-in form share."""
 
-    def __init__(self, ttl_s: float = SESSION_TTL_S) -> None:
+    def __init__(self, ttl_s: float = SESSION_TTL_S, throttle: FailedAuthThrottle | None = None) -> None:
         self.ttl_s = ttl_s
+        self.throttle = throttle or FailedAuthThrottle()
         self._key = secrets.token_bytes(32)
         self._expiry: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -126,10 +232,24 @@ class AccessGate:
                 await refused(scope, receive, send)
                 return
         session = request.cookies.get(SESSION_COOKIE)
-        how = self._admit(path, request.headers.get("authorization", ""), session)
+        authorization = request.headers.get("authorization", "")
+        address = client_address(scope)
+        throttle = self.sessions.throttle
+        # From here to the count below nothing awaits: parallel guesses are checked one at a time.
+        wait = throttle.retry_after(address) if self.token and authorization else None
+        if wait is not None:
+            if not is_public_path(path):
+                await too_many_attempts(wait)(scope, receive, send)
+                return
+            authorization = ""  # a waiting address's token is not compared, even on an open path
+        how = self._admit(path, authorization, session)
         if how is None:
+            if authorization:
+                throttle.failed(address)
             await self._refuse(request, scope, receive, send)
             return
+        if how == "bearer":
+            throttle.succeeded(address)
         scope[AUTH_KEY] = how
         scope[SESSION_KEY] = session if how == "session" else None
         await self.app(scope, receive, send)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
@@ -38,7 +39,7 @@ from starlette.staticfiles import StaticFiles
 from caelum_mcp import __version__
 from caelum_mcp.app import AppState
 from caelum_mcp.config import Config
-from caelum_mcp.dashboard.auth import SESSION_COOKIE, SESSION_KEY, Sessions, token_matches
+from caelum_mcp.dashboard.auth import SESSION_COOKIE, SESSION_KEY, Sessions, client_address, token_matches
 from caelum_mcp.dashboard.snapshot import as_json, build_call_detail, build_snapshot
 from caelum_mcp.dashboard.telemetry import Telemetry
 from caelum_mcp.errors import CaelumError
@@ -138,9 +139,19 @@ class DashboardSite:
             return HTMLResponse(login_page(), headers=SECURITY_HEADERS)
         form = await request.form()
         given = form.get("token")
+        address = client_address(request.scope)
+        throttle = self.sessions.throttle
+        # No await between the check, the comparison and the count: parallel guesses count one by one.
+        wait = throttle.retry_after(address)
+        if wait is not None:
+            seconds = max(1, math.ceil(wait))
+            page = login_page(f"Too many wrong tokens from this address; try again in {seconds} s.")
+            return HTMLResponse(page, 429, headers={**SECURITY_HEADERS, "Retry-After": str(seconds)})
         if not isinstance(given, str) or not token_matches(self.token, given.strip()):
+            throttle.failed(address)
             await anyio.sleep(FAILED_LOGIN_DELAY_S)  # guessing costs time
             return HTMLResponse(login_page("That token does not match this server's."), 401, headers=SECURITY_HEADERS)
+        throttle.succeeded(address)
         session = self.sessions.create()
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(

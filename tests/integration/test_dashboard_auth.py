@@ -8,15 +8,18 @@ is configured"); these servers bind 127.0.0.1 with and without one, as tests tal
 from __future__ import annotations
 
 import re
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from caelum_mcp.config import load_config
-from caelum_mcp.dashboard.auth import SESSION_COOKIE
+from caelum_mcp.dashboard.auth import FREE_FAILURES, SESSION_COOKIE, FailedAuthThrottle
 from caelum_mcp.errors import ConfigError
 
 from .dashboard_server import serving, two_hosts
@@ -144,3 +147,110 @@ async def test_a_foreign_host_or_origin_is_refused_on_every_dashboard_path(tmp_p
         assert page.status_code == 200
         assert "script-src 'self'" in page.headers["content-security-policy"]
         assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+
+
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [
+        ("abc", "it has 3 characters, under 32"),
+        ("a" * 64, "repeat too much"),
+        ("passwordpasswordpasswordpassword", "repeat too much"),
+        ("16 random bytes as hex", "repeat too much"),  # 128 bits at most: not 32 bytes
+    ],
+    ids=["3 chars", "one letter", "a word repeated", "token_hex(16)"],
+)
+def test_an_off_loopback_bind_with_a_weak_token_is_refused_saying_how_to_make_one(token: str, why: str) -> None:
+    if token == "16 random bytes as hex":
+        token = secrets.token_hex(16)
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            None,
+            environ={"DASHBOARD_TEST_TOKEN": token},
+            overrides={
+                "server.host": "0.0.0.0",
+                "server.bearer_token_env": "DASHBOARD_TEST_TOKEN",
+                "implicit_ollama": False,
+            },
+        )
+    message = str(info.value)
+    assert why in message and "too weak" in message and "$DASHBOARD_TEST_TOKEN" in message
+    assert "secrets.token_urlsafe(32)" in message and "\n" not in message
+    assert token not in message
+
+
+@pytest.mark.parametrize("make", [secrets.token_urlsafe, secrets.token_hex])
+def test_an_off_loopback_bind_with_32_random_bytes_starts(make: Callable[[int], str]) -> None:
+    token = make(32)
+    config = load_config(
+        None,
+        environ={"DASHBOARD_TEST_TOKEN": token},
+        overrides={
+            "server.host": "0.0.0.0",
+            "server.bearer_token_env": "DASHBOARD_TEST_TOKEN",
+            "implicit_ollama": False,
+        },
+    )
+    assert config.server.host == "0.0.0.0"
+
+
+def test_the_throttle_doubles_the_wait_per_address_and_forgets_after_success() -> None:
+    now = [1000.0]
+    throttle = FailedAuthThrottle(free_failures=2, first_wait_s=1.0, max_wait_s=4.0, clock=lambda: now[0])
+    for _ in range(2):
+        assert throttle.retry_after("client-a") is None
+        throttle.failed("client-a")
+    assert throttle.retry_after("client-a") is None  # the free ones cost nothing
+    waits = []
+    for _ in range(4):
+        throttle.failed("client-a")
+        waits.append(throttle.retry_after("client-a"))
+    assert waits == [1.0, 2.0, 4.0, 4.0]  # doubling, capped
+    assert throttle.retry_after("client-b") is None  # another address is not held up
+    now[0] += 4.0
+    assert throttle.retry_after("client-a") is None
+    throttle.succeeded("client-a")
+    throttle.failed("client-a")
+    assert throttle.retry_after("client-a") is None  # a success started it over
+
+
+@pytest.mark.slow  # waits out a one-second Retry-After
+async def test_parallel_wrong_tokens_are_throttled_with_429_and_retry_after(tmp_path: Path) -> None:
+    async with serving(tmp_path, two_hosts(), token=TOKEN) as served, httpx2.AsyncClient(base_url=served.base) as http:
+        statuses: list[httpx2.Response] = []
+
+        async def guess(n: int) -> None:
+            statuses.append(await http.get("/metrics", headers={"authorization": f"Bearer guess-{n}"}))
+
+        async with anyio.create_task_group() as tg:
+            for n in range(20):
+                tg.start_soon(guess, n)
+        codes = sorted(r.status_code for r in statuses)
+        # the free failures and the one that started the wait were compared; the rest were not
+        assert codes == [401] * (FREE_FAILURES + 1) + [429] * (19 - FREE_FAILURES), codes
+        limited = next(r for r in statuses if r.status_code == 429)
+        wait = int(limited.headers["retry-after"])
+        assert wait >= 1 and "try again in" in limited.text
+
+        bearer = {"authorization": f"Bearer {TOKEN}"}
+        assert (await http.get("/metrics", headers=bearer)).status_code == 429  # not even compared while waiting
+        assert (await http.get("/health", headers=bearer)).status_code == 200  # the open paths stay open
+        signing_in = await http.post("/dashboard/login", data={"token": TOKEN})
+        assert signing_in.status_code == 429 and signing_in.headers["retry-after"]
+
+        await anyio.sleep(wait)
+        assert (await http.get("/metrics", headers=bearer)).status_code == 200  # and that starts it over
+        assert (await http.get("/metrics", headers={"authorization": "Bearer nope"})).status_code == 401
+
+
+@pytest.mark.slow  # every wrong sign-in still costs half a second
+async def test_parallel_wrong_sign_ins_are_throttled(tmp_path: Path) -> None:
+    async with serving(tmp_path, two_hosts(), token=TOKEN) as served, httpx2.AsyncClient(base_url=served.base) as http:
+        statuses: list[int] = []
+
+        async def guess(n: int) -> None:
+            statuses.append((await http.post("/dashboard/login", data={"token": f"guess-{n}"})).status_code)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(15):
+                tg.start_soon(guess, n)
+        assert sorted(statuses) == [401] * (FREE_FAILURES + 1) + [429] * (14 - FREE_FAILURES), statuses
