@@ -3,6 +3,8 @@ answers, a closed port), command probes as real subprocesses, and the snapshot s
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import sys
 import threading
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from caelum_mcp.tools.process import RUN_MARKER_VAR
 from caelum_mcp.tools.system.checks import Thresholds
 from caelum_mcp.tools.system.probes import CommandProbe, HttpProbe, TcpProbe, probe_checks, run_probes
 from caelum_mcp.tools.system.snapshots import SnapshotStore, describe_trend
@@ -109,6 +112,43 @@ async def test_http_tcp_and_command_probes_in_parallel(http_port: int, tmp_path:
     assert checks["probe down"].reasons == [by_name["down"].detail]
     slow_ok = probe_checks([probes[0]], [by_name["ok"]], Thresholds(probe_latency_ms=(0.0, 10_000.0)))
     assert slow_ok[0].verdict == "WARN" and "latency" in slow_ok[0].reasons[0]
+
+
+SECRETS = {
+    "ANTHROPIC_API_KEY": "sk-ant-api03-probe-test-0123456789",
+    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "GITHUB_TOKEN": "ghp_probetest0123456789abcdefghijklmnopq",
+    "CAELUM_CLAUDE__API_KEY": "sk-ant-api03-caelum-setting-0123456789",
+    "CAELUM_SERVER__BEARER_TOKEN": "caelum-token-0123456789",
+}
+
+
+async def test_a_command_probe_never_gets_the_servers_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe comes from a config and runs a program the server did not write: it gets the allowlist
+    a project's test run gets, plus its own pass_env, never API keys or CAELUM_* settings."""
+    for name, value in {**SECRETS, "PGHOST": "127.0.0.1", "UNLISTED": "x"}.items():
+        monkeypatch.setenv(name, value)
+    seen = tmp_path / "env.json"
+    dump = f"import json, os; json.dump(dict(os.environ), open({str(seen)!r}, 'w'))"
+    probe = CommandProbe(name="env", argv=(sys.executable, "-c", dump), pass_env=("PGHOST",), timeout_s=10)
+    (result,) = await run_probes([probe], workdir=tmp_path)
+    assert result.ok, result.detail
+    env = json.loads(seen.read_text())
+    assert not set(SECRETS) & set(env)
+    # the one CAELUM_ name: run_command's own marker, which finds the command's descendants to kill them
+    assert [n for n in env if n.upper().startswith("CAELUM_")] == [RUN_MARKER_VAR]
+    assert env["PGHOST"] == "127.0.0.1" and "UNLISTED" not in env
+    assert env["PATH"] == os.environ["PATH"]
+    assert not any(value in json.dumps(env) for value in SECRETS.values())
+
+
+def test_a_probe_may_not_ask_for_a_secret() -> None:
+    with pytest.raises(ValueError, match="secrets are never passed to probes; remove ANTHROPIC_API_KEY"):
+        CommandProbe(name="x", argv=("true",), pass_env=("ANTHROPIC_API_KEY",))
+    with pytest.raises(ValueError, match="CAELUM_CLAUDE__API_KEY"):
+        CommandProbe(name="x", argv=("true",), pass_env=("CAELUM_CLAUDE__API_KEY",))
+    with pytest.raises(ValueError, match="not environment variable names"):
+        CommandProbe(name="x", argv=("true",), pass_env=("A=B",))
 
 
 def test_probe_config_is_validated() -> None:

@@ -10,12 +10,16 @@ The HTTP probe is a small HTTP/1.1 client on anyio sockets (TLS for ``https``, c
 verified; no redirects followed, no proxy, at most :data:`MAX_BODY_BYTES` of body read): the
 internal tools do not use the server's HTTP stack, and a probe should measure the service, not a
 client's connection pool. A ``command`` probe runs an argument list, never a shell, through
-:func:`~caelum_mcp.tools.process.run_command`.
+:func:`~caelum_mcp.tools.process.run_command`, with the environment a project's test run gets
+(:func:`~caelum_mcp.tools.code.tests_runner.clean_test_env`: PATH, HOME, the locale and the like,
+plus the probe's own ``pass_env``), never the server's: that holds the Claude API key and
+``CAELUM_*`` settings, and a probe is a program the server did not write.
 """
 
 from __future__ import annotations
 
 import ssl
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +30,8 @@ import anyio
 from anyio.abc import ByteStream
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from caelum_mcp.config import ToolsConfig
+from caelum_mcp.tools.code.tests_runner import clean_test_env
 from caelum_mcp.tools.process import run_command
 
 from .checks import Check, Pair, Thresholds, judge, reason
@@ -70,6 +76,22 @@ class CommandProbe(_Probe):
     argv: tuple[str, ...] = Field(min_length=1, description='the program and its arguments, e.g. ["pg_isready"]')
     expect_exit: int = 0
     output_contains: str | None = None
+    pass_env: tuple[str, ...] = Field(
+        default=(),
+        description="names of environment variables the command also gets, e.g. ['PGHOST'] (besides PATH, HOME, "
+        "TZ, TMPDIR, CI and the locale); ANTHROPIC_API_KEY and CAELUM_* are refused",
+    )
+
+    @field_validator("pass_env")
+    @classmethod
+    def _env_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [n for n in names if not (n.isascii() and n.isidentifier())]
+        if bad:
+            raise ValueError(f"not environment variable names: {', '.join(repr(n[:60]) for n in bad)}")
+        secret = [n for n in names if ToolsConfig.is_secret_env_name(n)]
+        if secret:
+            raise ValueError(f"secrets are never passed to probes; remove {', '.join(secret)} from the list")
+        return names
 
 
 Probe = Annotated[HttpProbe | TcpProbe | CommandProbe, Field(discriminator="kind")]
@@ -129,7 +151,13 @@ async def run_probe(probe: HttpProbe | TcpProbe | CommandProbe, *, workdir: Path
 
 async def _command(probe: CommandProbe, workdir: Path, done: _Done) -> ProbeResult:
     try:
-        result = await run_command(probe.argv, cwd=workdir, timeout_s=probe.timeout_s, max_output_bytes=MAX_BODY_BYTES)
+        result = await run_command(
+            probe.argv,
+            cwd=workdir,
+            timeout_s=probe.timeout_s,
+            max_output_bytes=MAX_BODY_BYTES,
+            env=clean_test_env(workdir, sys.executable, probe.pass_env),
+        )
     except OSError as exc:
         return done(False, f"cannot run {probe.argv[0]!r}: {exc.strerror or exc}")
     output = (result.stdout + result.stderr).strip()
