@@ -15,11 +15,16 @@ What each client reads (checked against Claude Code 2.1 and Claude Desktop's doc
 
 The entry names this install by absolute path (the ``caelum-mcp`` script beside the running
 interpreter, or the interpreter with ``-m caelum_mcp``) and the config file in use, so the client
-starts the same server whatever its working directory. Writing merges: every other key of the file
-is kept; the file is backed up first (``<name>.bak-<UTC time>``), replaced atomically with its
-permissions kept (new files are private, 0600: a client config may hold credentials); running it
-again changes nothing; ``--dry-run`` prints the diff and writes nothing. The bearer token itself
-is never written: an HTTP entry sends ``Authorization: Bearer ${<token variable>}``.
+starts the same server whatever its working directory (the server never reads a ``caelum.toml``
+from there). ``--root FOLDER`` (repeatable) becomes ``serve --root`` in the entry: the folders the
+tools may read. Claude Desktop needs it: it starts servers in ``/`` and offers no MCP roots, and
+``/`` is never a root by default, so ``setup claude-desktop`` without ``--root`` refuses. Writing
+merges: every other key of the file is kept; the file is backed up first (``<name>.bak-<UTC
+time>``), replaced atomically with its permissions kept (new files are private, 0600: a client
+config may hold credentials); a file that is a symbolic link (dotfiles kept elsewhere) is written
+through: its target is replaced, the link stays. Running it again changes nothing; ``--dry-run``
+prints the diff and writes nothing. The bearer token itself is never written: an HTTP entry sends
+``Authorization: Bearer ${<token variable>}``.
 """
 
 from __future__ import annotations
@@ -94,13 +99,19 @@ def server_entry(
     url: str | None = None,
     dashboard_port: int | None = None,
     python: str | None = None,
+    roots: Sequence[Path] = (),
 ) -> dict[str, Any]:
-    """The client's entry for this server."""
+    """The client's entry for this server; ``roots`` (absolute folders) become ``serve --root``."""
     if transport == "http":
         if client == "claude-desktop":
             raise CaelumError(
                 "Claude Desktop starts its MCP servers itself, over stdio; use --transport stdio (the default), "
                 "or add the URL as a custom connector in Claude Desktop's settings"
+            )
+        if roots:
+            raise CaelumError(
+                "--root is for --transport stdio, where the client starts the server; a running HTTP server "
+                "takes its roots from its own `serve --root` or allowed_roots"
             )
         entry: dict[str, Any] = {"type": "http", "url": url or default_url(config)}
         token_env = config.server.bearer_token_env
@@ -114,6 +125,8 @@ def server_entry(
     args += ["serve", "--transport", "stdio"]
     if dashboard_port is not None:
         args += ["--dashboard-port", str(dashboard_port)]
+    for root in roots:
+        args += ["--root", str(root)]
     entry = {"command": command[0], "args": args, "env": {}}
     return {"type": "stdio", **entry} if client == "claude-code" else entry
 
@@ -192,16 +205,28 @@ def plan_setup(
     environ: Mapping[str, str] | None = None,
     platform: str | None = None,
     python: str | None = None,
+    roots: Sequence[str | Path] = (),
 ) -> SetupPlan:
-    """What setting up ``client`` would write (nothing is written here)."""
+    """What setting up ``client`` would write (nothing is written here).
+
+    ``roots`` are the folders the tools may read (``--root``); Claude Desktop must be given at
+    least one, since the folder it starts servers in is ``/``."""
     if not name or not all(c.isalnum() or c in "-_" for c in name):
         raise CaelumError(f"--name {name[:60]!r}: use letters, digits, '-' and '_'")
     environ = os.environ if environ is None else environ
     home = home or Path.home()
     cwd = (cwd or Path.cwd()).absolute()
     scope = scope or "user"
+    if client == "claude-desktop" and transport == "stdio" and not roots:
+        raise CaelumError(
+            "Claude Desktop starts servers in / and offers no MCP roots, so the tools would have no folder to read: "
+            "pass --root FOLDER (repeatable) for each folder they may read, e.g. --root ~/src/my-project"
+        )
+    folders = [_root_folder(r, cwd) for r in roots]
     path = client_config_path(client, scope, home=home, cwd=cwd, environ=environ, platform=platform or sys.platform)
-    entry = server_entry(client, transport, config, url=url, dashboard_port=dashboard_port, python=python)
+    entry = server_entry(
+        client, transport, config, url=url, dashboard_port=dashboard_port, python=python, roots=folders
+    )
     key: tuple[str, ...] = ("mcpServers", name)
     if client == "claude-code" and scope == "local":
         key = ("projects", str(cwd), "mcpServers", name)
@@ -218,26 +243,54 @@ def plan_setup(
     return plan
 
 
+def _root_folder(name: str | Path, cwd: Path) -> Path:
+    """``name`` as an absolute, resolved folder (relative to ``cwd``); a clear error if it is none."""
+    path = Path(name).expanduser()
+    path = path if path.is_absolute() else cwd / path
+    if not path.is_dir():
+        raise CaelumError(f"--root {name}: not a folder; give an existing folder the tools may read")
+    return path.resolve()
+
+
+def write_target(path: Path) -> Path:
+    """The file to replace when writing ``path``: ``path`` itself, or, when it is a symbolic link,
+    the file it leads to (so the link survives). A link whose target is missing is refused."""
+    if not path.is_symlink():
+        return path
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # missing target, or a loop of links
+        target = Path(os.path.realpath(path))
+    if not target.is_file():
+        raise CaelumError(
+            f"{path} is a symbolic link to {target}, which is not a file; create that file or remove the link, "
+            "then run setup again"
+        )
+    return target
+
+
 def apply_plan(plan: SetupPlan, *, now: datetime | None = None) -> Path | None:
     """Write ``plan``'s file (when it changes anything): back it up first, then replace it
-    atomically, keeping its permissions. Returns the backup's path (None: there was no file)."""
+    atomically, keeping its permissions. When the file is a symbolic link, its target is replaced,
+    in the target's folder, and the link is kept. Returns the backup's path (None: there was no file)."""
     if not plan.changed:
         return None
     path = plan.path
+    target = write_target(path)
     backup = None
     mode = 0o600
-    if path.exists():
+    if target.exists():
         stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
         backup = path.with_name(f"{path.name}.bak-{stamp}")
-        shutil.copy2(path, backup)
-        mode = path.stat().st_mode & 0o777
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        shutil.copy2(target, backup)
+        mode = target.stat().st_mode & 0o777
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as sink:
             sink.write(render_json(plan.after))
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -263,6 +316,14 @@ def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dashboard-port", type=int, default=None, help="stdio: serve the dashboard on 127.0.0.1 at this port too"
     )
+    parser.add_argument(
+        "--root",
+        action="append",
+        default=None,
+        metavar="FOLDER",
+        help="stdio: a folder the tools may read (repeatable), written as `serve --root`; required for "
+        "claude-desktop, which starts servers in / and offers no roots",
+    )
     parser.add_argument("--dry-run", action="store_true", help="show the change as a diff; write nothing")
 
 
@@ -276,6 +337,7 @@ def run_setup(config: Config, args: argparse.Namespace) -> int:
         name=args.name,
         url=args.url,
         dashboard_port=args.dashboard_port,
+        roots=args.root or (),
     )
     label = {"claude-code": "Claude Code", "claude-desktop": "Claude Desktop"}[plan.client]
     where = f"{label} ({plan.scope} scope)" if plan.client == "claude-code" else label

@@ -136,10 +136,11 @@ def test_http_entries_name_the_token_variable_never_the_token(tmp_path: Path) ->
 
 
 def test_claude_desktop_paths_and_entry(tmp_path: Path, config: Config) -> None:
-    linux = plan_setup("claude-desktop", config, home=tmp_path, cwd=tmp_path, environ={}, platform="linux")
+    roots = [tmp_path]
+    linux = plan_setup("claude-desktop", config, home=tmp_path, cwd=tmp_path, environ={}, platform="linux", roots=roots)
     assert linux.path == tmp_path / ".config" / "Claude" / "claude_desktop_config.json"
     assert set(linux.entry) == {"command", "args", "env"}  # Desktop's format: no "type"
-    mac = plan_setup("claude-desktop", config, home=tmp_path, cwd=tmp_path, environ={}, platform="darwin")
+    mac = plan_setup("claude-desktop", config, home=tmp_path, cwd=tmp_path, environ={}, platform="darwin", roots=roots)
     assert mac.path == tmp_path / "Library" / "Application Support" / "Claude" / "claude_desktop_config.json"
     windows = plan_setup(
         "claude-desktop",
@@ -148,16 +149,101 @@ def test_claude_desktop_paths_and_entry(tmp_path: Path, config: Config) -> None:
         cwd=tmp_path,
         environ={"APPDATA": str(tmp_path / "roaming")},
         platform="win32",
+        roots=roots,
     )
     assert windows.path == tmp_path / "roaming" / "Claude" / "claude_desktop_config.json"
 
     apply_plan(linux)
     written = json.loads(linux.path.read_text())
-    assert written["mcpServers"]["caelum"]["args"][-3:] == ["serve", "--transport", "stdio"]
+    assert written["mcpServers"]["caelum"]["args"][-5:] == ["serve", "--transport", "stdio", "--root", str(tmp_path)]
     with pytest.raises(CaelumError, match="over stdio"):
         plan_setup("claude-desktop", config, transport="http", home=tmp_path, cwd=tmp_path, environ={})
     with pytest.raises(CaelumError, match="one configuration per user"):
-        plan_setup("claude-desktop", config, scope="project", home=tmp_path, cwd=tmp_path, environ={})
+        plan_setup("claude-desktop", config, scope="project", home=tmp_path, cwd=tmp_path, environ={}, roots=roots)
+
+
+def test_a_symlinked_client_file_is_written_through_the_link(tmp_path: Path, config: Config) -> None:
+    """Dotfiles kept in a repository and linked into HOME: the link stays, its target gets the entry."""
+    home, dotfiles = tmp_path / "home", tmp_path / "dotfiles"
+    home.mkdir()
+    dotfiles.mkdir()
+    target = dotfiles / "claude.json"
+    target.write_text('{"userID": "abc"}')
+    os.chmod(target, 0o640)
+    link = home / ".claude.json"
+    link.symlink_to(Path("..") / "dotfiles" / "claude.json")  # relative, as stow writes them
+
+    plan = plan_setup("claude-code", config, home=home, cwd=tmp_path, environ={})
+    backup = apply_plan(plan)
+    assert link.is_symlink() and os.readlink(link) == str(Path("..") / "dotfiles" / "claude.json")
+    data = json.loads(target.read_text())
+    assert data["userID"] == "abc" and "caelum" in data["mcpServers"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # the target's permissions kept
+    assert backup is not None and backup.read_text() == '{"userID": "abc"}' and not backup.is_symlink()
+    assert sorted(p.name for p in dotfiles.iterdir()) == ["claude.json"]  # no temporary file left behind
+
+    dangling = home / "dangling"
+    dangling.mkdir()
+    (dangling / ".claude.json").symlink_to(tmp_path / "nowhere" / "claude.json")
+    lost = plan_setup("claude-code", config, home=dangling, cwd=tmp_path, environ={})
+    with pytest.raises(CaelumError, match=r"is a symbolic link to .*which is not a file; create that file"):
+        apply_plan(lost)
+    assert (dangling / ".claude.json").is_symlink() and not (tmp_path / "nowhere").exists()
+
+
+def test_claude_desktop_needs_roots_and_gets_them_on_the_serve_command(tmp_path: Path, config: Config) -> None:
+    with pytest.raises(CaelumError) as info:
+        plan_setup("claude-desktop", config, home=tmp_path, cwd=tmp_path, environ={}, platform="linux")
+    assert "starts servers in /" in str(info.value) and "pass --root FOLDER" in str(info.value)
+    project, notes = tmp_path / "project", tmp_path / "notes"
+    project.mkdir()
+    notes.mkdir()
+    plan = plan_setup(
+        "claude-desktop", config, home=tmp_path, cwd=tmp_path, environ={}, platform="linux", roots=["project", notes]
+    )
+    assert plan.entry["args"][-4:] == ["--root", str(project), "--root", str(notes)]  # relative: from cwd
+    with pytest.raises(CaelumError, match="--root missing: not a folder"):
+        plan_setup("claude-desktop", config, home=tmp_path, cwd=tmp_path, environ={}, roots=["missing"])
+    with pytest.raises(CaelumError, match="--root is for --transport stdio"):
+        plan_setup("claude-code", config, transport="http", home=tmp_path, cwd=tmp_path, environ={}, roots=[notes])
+    code = plan_setup("claude-code", config, home=tmp_path, cwd=tmp_path, environ={}, roots=[project])
+    assert code.entry["args"][-2:] == ["--root", str(project)]  # optional for Claude Code, honoured
+
+
+@pytest.mark.slow  # over a second: kept out of make test-fast
+async def test_the_desktop_entry_setup_writes_reads_only_its_roots_when_started_in_slash(tmp_path: Path) -> None:
+    """``setup claude-desktop --root`` from the command line, then the server started exactly as
+    Desktop starts it (the entry's command and args, in /, no MCP roots): /etc is refused, the root is not."""
+    home, project = tmp_path / "home", tmp_path / "project"
+    home.mkdir()
+    project.mkdir()
+    conf = tmp_path / "caelum.toml"
+    conf.write_text(f'embedded = "off"\nimplicit_ollama = false\ndata_dir = "{tmp_path / "data"}"\n')
+    refused = run_setup(home, tmp_path, "claude-desktop", config=conf)
+    assert refused.returncode == 2 and "pass --root FOLDER" in refused.stderr, refused.stderr
+    done = run_setup(home, tmp_path, "claude-desktop", "--root", str(project), config=conf)
+    assert done.returncode == 0, done.stderr
+    written = json.loads((home / ".config" / "Claude" / "claude_desktop_config.json").read_text())
+    entry = written["mcpServers"]["caelum"]
+    assert entry["args"][-2:] == ["--root", str(project)]
+
+    from mcp import Client, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    from caelum_mcp.tools.paths import OUTSIDE_ROOTS
+
+    params = StdioServerParameters(
+        command=entry["command"],
+        args=entry["args"],
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(home), **entry["env"]},
+        cwd="/",
+    )
+    with (tmp_path / "stderr.log").open("w") as errlog:
+        async with Client(stdio_client(params, errlog=errlog)) as client:
+            etc = await client.call_tool("search_knowledge", {"query": "root", "project": "/etc"})
+            mine = await client.call_tool("memory", {"action": "list", "project": str(project)})
+    assert etc.is_error and OUTSIDE_ROOTS in " ".join(getattr(c, "text", "") for c in etc.content)
+    assert not mine.is_error, mine.content
 
 
 @pytest.mark.slow  # over a second: kept out of make test-fast
