@@ -2,6 +2,10 @@
 
 Logs go to stderr (``--log-format json``: one object a line, with the tool call's request id); on
 stdio, stdout belongs to the MCP protocol.
+
+The config is ``--config``, ``$CAELUM_CONFIG`` or the user's own ``~/.config/caelum/caelum.toml``,
+never a ``caelum.toml`` in the working directory (a client starts the server inside whatever project
+is open); one there is named on stderr as ignored. ``serve --root`` names the folders tools may read.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import anyio
 import httpx2
 
 from caelum_mcp import __version__
-from caelum_mcp.config import Config, load_config
+from caelum_mcp.config import Config, ignored_project_config, load_config, too_broad_for_default_root
 from caelum_mcp.errors import CaelumError
 from caelum_mcp.logs import LogFormat, setup_logging
 
@@ -33,7 +37,11 @@ log = logging.getLogger("caelum_mcp")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="caelum-mcp", description="Local-first LLM MCP server with a Claude fallback.")
     p.add_argument("--version", action="version", version=f"caelum-mcp {__version__}")
-    p.add_argument("--config", help="TOML config file (default: $CAELUM_CONFIG, ./caelum.toml, ~/.config/caelum/)")
+    p.add_argument(
+        "--config",
+        help="TOML config file (default: $CAELUM_CONFIG, else $XDG_CONFIG_HOME/caelum/caelum.toml, i.e. "
+        "~/.config/caelum/caelum.toml; a ./caelum.toml is read only when named here)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
     p.add_argument(
         "--log-format",
@@ -52,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="with --transport stdio: also serve the dashboard on 127.0.0.1 at this port (0: any free port)",
+    )
+    s.add_argument(
+        "--root",
+        action="append",
+        default=None,
+        metavar="FOLDER",
+        help="a folder the tools may read (repeatable; replaces allowed_roots). Default: the working directory, "
+        "unless that is / or the home folder",
     )
 
     d = sub.add_parser("doctor", help="check hosts, models, Claude and the embedded model")
@@ -86,10 +102,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                     overrides[f"server.{key}"] = getattr(args, key)
             if args.dashboard_port is not None:
                 overrides["dashboard.port"] = args.dashboard_port
+            if args.root:
+                overrides["allowed_roots"] = root_folders(args.root)
         if args.log_format is not None:
             overrides["server.log_format"] = args.log_format
         config = load_config(args.config, overrides=overrides)
         _setup_logging(args.log_level or config.log_level, config.server.log_format)
+        ignored = ignored_project_config(config)
+        if ignored:
+            log.warning("%s", ignored)
         commands = {"serve": _serve, "doctor": _doctor, "status": _status, "call": _call, "setup": _setup}
         code = commands[args.command](config, args)
     except CaelumError as exc:
@@ -103,16 +124,43 @@ def main(argv: Sequence[str] | None = None) -> None:
 # serve ----------------------------------------------------------------------------------------
 
 
+def root_folders(names: Sequence[str], option: str = "--root") -> list[str]:
+    """``names`` as absolute, resolved folders; a clear error for one that is not a folder."""
+    folders = []
+    for name in names:
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise CaelumError(f"{option} {name}: not a folder; give an existing folder the tools may read")
+        folders.append(str(path.resolve()))
+    return folders
+
+
+def warn_without_roots(config: Config) -> None:
+    """Say at start-up, once, when the working directory is too broad to be the default root."""
+    if config.allowed_roots:
+        return
+    here = Path.cwd().resolve()
+    if too_broad_for_default_root(here):
+        log.warning(
+            "the working directory %s is / or the home folder, so it is no root: tools that read files refuse "
+            "until allowed_roots is set or the server is started with --root FOLDER (roots the client offers "
+            "count too)",
+            here,
+        )
+
+
 def connection_help(config: Config, url: str) -> str:
     beside = Path(sys.executable).parent / "caelum-mcp"  # the venv's console script, activated or not
     exe = str(beside) if beside.exists() else shutil.which("caelum-mcp") or f"{sys.executable} -m caelum_mcp"
-    desktop = {"mcpServers": {"caelum": {"command": exe.split()[0], "args": [*exe.split()[1:], "serve"]}}}
+    # Desktop starts servers in / and offers no roots: the entry must name the folders itself.
+    serve = [*exe.split()[1:], "serve", "--root", "/path/to/your/project"]
+    desktop = {"mcpServers": {"caelum": {"command": exe.split()[0], "args": serve}}}
     root = url.rsplit("/", 1)[0]
     lines = [
         f"caelum-mcp {__version__} serving MCP at {url}",
         f"  Claude Code:    claude mcp add --transport http caelum {url}   (or: caelum-mcp setup claude-code)",
         f"  Claude Desktop: add to claude_desktop_config.json: {json.dumps(desktop)}   (or: caelum-mcp setup "
-        "claude-desktop)",
+        "claude-desktop --root FOLDER)",
         f"  MCP Inspector:  npx @modelcontextprotocol/inspector --cli {url} --method tools/list",
     ]
     if config.dashboard.enabled:
@@ -130,6 +178,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     from caelum_mcp.server import http_app
 
     transport = config.server.transport
+    warn_without_roots(config)
     token = os.environ.get(config.server.bearer_token_env) if config.server.bearer_token_env else None
     if transport == "stdio":
         from caelum_mcp.dashboard.serve import run_stdio

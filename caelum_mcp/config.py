@@ -1,9 +1,16 @@
 """Configuration: one TOML file plus environment overrides, validated with pydantic.
 
-Where the file comes from, first found wins: ``--config PATH``, ``$CAELUM_CONFIG``, ``./caelum.toml``,
-``~/.config/caelum/caelum.toml``. No file at all is fine: Ollama at ``$OLLAMA_HOST`` (or
-``http://127.0.0.1:11434``) if it answers, else the embedded model; Claude if ``ANTHROPIC_API_KEY``
-is set.
+Where the file comes from, first found wins: ``--config PATH``, ``$CAELUM_CONFIG``, then the user's
+own ``$XDG_CONFIG_HOME/caelum/caelum.toml`` (``~/.config/caelum/caelum.toml``). Never the working
+directory: a client starts the server in whatever project is open, and a config can run commands
+(``kind = "command"`` probes, workflow steps), widen ``allowed_roots`` and send the Claude API key
+to its ``[claude] base_url``, so a cloned repository's ``caelum.toml`` must not become the server's.
+One there is named on stderr as ignored (``--config ./caelum.toml`` uses it on purpose). A file
+that is group- or world-writable, or owned by another user (root excepted), is refused whichever
+way it was named: whoever can write it could do all of the above.
+
+No file at all is fine: Ollama at ``$OLLAMA_HOST`` (or ``http://127.0.0.1:11434``) if it answers,
+else the embedded model; Claude if ``ANTHROPIC_API_KEY`` is set.
 
 Environment overrides: ``CAELUM_<KEY>`` for top-level keys and ``CAELUM_<SECTION>__<KEY>`` for
 nested ones (``CAELUM_ROUTER__CONFIDENCE_THRESHOLD=0.8``, ``CAELUM_CLAUDE__DAILY_BUDGET_USD=2``);
@@ -21,6 +28,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -221,7 +229,11 @@ class ClaudeConfig(Section):
     enabled: bool = Field(default=True, description="true or false: allow escalation to Claude at all")
     model: str = Field(default="claude-sonnet-5-5", description="the Claude model used for escalation")
     api_key: SecretStr | None = Field(default=None, description="normally taken from ANTHROPIC_API_KEY")
-    base_url: str | None = Field(default=None, description="override the Anthropic API URL (tests, proxies)")
+    base_url: str | None = Field(
+        default=None,
+        description="override the Anthropic API URL (tests, proxies); read only from your own config or the "
+        "environment, since the API key is sent there",
+    )
     daily_budget_usd: float | None = Field(
         default=5.0,
         ge=0,
@@ -324,7 +336,9 @@ class Config(Section):
         default=0, ge=0, description="CPU threads for the embedded model; 0 = half the cores, at least 1"
     )
     allowed_roots: tuple[Path, ...] = Field(
-        default=(), description="folders tools may read (default: the server's working directory)"
+        default=(),
+        description="folders tools may read (default: the server's working directory, unless that is / or the "
+        "home folder: then none until you set this or pass serve --root)",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     hosts: tuple[HostConfig, ...] = ()
@@ -364,13 +378,43 @@ class Config(Section):
         """The price of a Claude model; dated ids (claude-sonnet-4-5-20250929) match their family."""
         return price_for(model, {**DEFAULT_PRICES, **self.prices})
 
-    def resolved_roots(self) -> tuple[Path, ...]:
-        roots = self.allowed_roots or (Path.cwd(),)
-        return tuple(Path(os.path.expanduser(r)).resolve() for r in roots)
+    def resolved_roots(self, cwd: Path | None = None) -> tuple[Path, ...]:
+        """The folders tools may read: ``allowed_roots``, else the working directory (``cwd``).
+
+        The working directory is no root when it is ``/``, the home folder or a folder above it:
+        Claude Desktop starts its servers in ``/``, and the whole disk must never become readable by
+        default. Then this is empty and the tools that read files refuse, saying to set
+        ``allowed_roots`` or pass ``--root`` (roots the client offers still count).
+        """
+        if self.allowed_roots:
+            return tuple(Path(os.path.expanduser(r)).resolve() for r in self.allowed_roots)
+        here = (cwd or Path.cwd()).resolve()
+        return () if too_broad_for_default_root(here) else (here,)
+
+
+def too_broad_for_default_root(folder: Path) -> bool:
+    """Whether ``folder`` (resolved) is ``/``, the home folder or above it: never a root by default."""
+    home = Path.home().resolve()
+    return folder == Path(folder.anchor) or folder == home or folder in home.parents
+
+
+def user_config_file(environ: Mapping[str, str]) -> Path:
+    """The user's own config file: ``$XDG_CONFIG_HOME/caelum/caelum.toml``, default ``~/.config/...``.
+
+    A relative ``XDG_CONFIG_HOME`` is ignored, as the XDG specification says: it would name a
+    file in whatever folder the server was started in.
+    """
+    base = environ.get("XDG_CONFIG_HOME", "")
+    folder = Path(base) if base and os.path.isabs(base) else Path.home() / ".config"
+    return folder / "caelum" / "caelum.toml"
 
 
 def find_config_file(explicit: str | Path | None, environ: Mapping[str, str]) -> Path | None:
-    """The config file to read, by the documented precedence; an explicit path must exist."""
+    """The config file to read: ``explicit``, ``$CAELUM_CONFIG``, then :func:`user_config_file`.
+
+    A named file must exist. The working directory is never searched (see the module docstring);
+    :func:`ignored_project_config` tells whether it held one.
+    """
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
@@ -382,10 +426,67 @@ def find_config_file(explicit: str | Path | None, environ: Mapping[str, str]) ->
         if not path.is_file():
             raise ConfigError(f"CAELUM_CONFIG points to {path}, which does not exist")
         return path
-    for candidate in (Path("caelum.toml"), Path.home() / ".config" / "caelum" / "caelum.toml"):
-        if candidate.is_file():
-            return candidate
-    return None
+    candidate = user_config_file(environ)
+    return candidate if candidate.is_file() else None
+
+
+def ignored_project_config(config: Config, cwd: Path | None = None) -> str | None:
+    """A one-line notice when the working directory holds a ``caelum.toml`` that is not the
+    config in use (None otherwise), for the CLI to log: a user who put one there must not be
+    left wondering why it has no effect."""
+    try:
+        here = (cwd or Path.cwd()).resolve()
+    except OSError:  # the working directory was removed
+        return None
+    local = here / "caelum.toml"
+    if not local.is_file():
+        return None
+    if config.source != "defaults" and Path(config.source).expanduser().resolve() == local.resolve():
+        return None
+    return (
+        f"{local} was ignored: a config is never read from the working directory (a project's file could run "
+        "commands and redirect the Claude API key); to use it, pass --config ./caelum.toml (config in use: "
+        f"{config.source})"
+    )
+
+
+def read_trusted_config(path: Path) -> str:
+    """The text of config file ``path``, which must be a regular file only its owner can write.
+
+    The checks are made on the open file itself (no window for a swap between check and read),
+    and a FIFO is never waited on. Refusals say what to do.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path} is not a regular file; point --config at a TOML file")
+        _check_owner_and_mode(path, info)
+        data = handle.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+
+
+def _check_owner_and_mode(path: Path, info: os.stat_result) -> None:
+    if os.name == "nt":  # no POSIX owner or mode bits to judge; access lists are the user's affair
+        return
+    uid = os.getuid()
+    if info.st_uid not in (uid, 0):
+        raise ConfigError(
+            f"config file {path} belongs to another user (uid {info.st_uid}), who could make this server run "
+            f"commands; use a copy you own (cp {path} ~/.config/caelum/caelum.toml) or have it owned by you"
+        )
+    writable = [who for who, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if info.st_mode & bit]
+    if writable:
+        raise ConfigError(
+            f"config file {path} is writable by {' and '.join(writable)}, who could make this server run commands; "
+            f"run `chmod go-w {path}` and start again"
+        )
 
 
 def load_config(
@@ -401,12 +502,11 @@ def load_config(
     source = "defaults"
     if file is not None:
         source = str(file)
+        text = read_trusted_config(file)
         try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: not valid TOML: {exc}. Fix the syntax at that line.") from exc
-        except OSError as exc:
-            raise ConfigError(f"{file}: cannot read: {exc}") from exc
     _apply_env(data, env)
     for key, value in (overrides or {}).items():
         _set_path(data, key.split("."), value)

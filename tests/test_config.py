@@ -52,13 +52,19 @@ def test_defaults_without_any_file(tmp_path: Path) -> None:
     assert config.data_dir == tmp_path / "home" / ".local" / "share" / "caelum"
 
 
-def test_file_precedence_explicit_then_env_then_cwd_then_home(tmp_path: Path, isolated: Path) -> None:
+def test_file_precedence_explicit_then_env_then_the_users_own_never_the_working_directory(
+    tmp_path: Path, isolated: Path
+) -> None:
     home_file = write(tmp_path / "home" / ".config" / "caelum" / "caelum.toml", "[router]\nmax_tokens = 100\n")
     assert load_config(environ={}).source == str(home_file)
 
-    cwd_file = write(isolated / "caelum.toml", "[router]\nmax_tokens = 200\n")
+    xdg_file = write(tmp_path / "xdg" / "caelum" / "caelum.toml", "[router]\nmax_tokens = 150\n")
+    config = load_config(environ={"XDG_CONFIG_HOME": str(tmp_path / "xdg")})
+    assert config.source == str(xdg_file) and config.router.max_tokens == 150
+
+    write(isolated / "caelum.toml", "[router]\nmax_tokens = 200\n")  # a project's file: never read
     config = load_config(environ={})
-    assert Path(config.source).resolve() == cwd_file.resolve() and config.router.max_tokens == 200
+    assert config.source == str(home_file) and config.router.max_tokens == 100
 
     env_file = write(tmp_path / "env.toml", "[router]\nmax_tokens = 300\n")
     config = load_config(environ={"CAELUM_CONFIG": str(env_file)})

@@ -99,6 +99,13 @@ OUTSIDE_ROOTS = (
 )
 
 
+NO_ROOTS = (
+    "no allowed roots: set allowed_roots in your caelum config, or start the server with --root FOLDER "
+    "(`caelum-mcp setup claude-desktop --root FOLDER` writes that); the working directory is the default root, "
+    "but never when it is / or the home folder (Claude Desktop starts servers in /)"
+)
+
+
 def resolve_project(project: str | Path, allowed_roots: tuple[Path, ...] | list[Path]) -> Path:
     """The project folder, resolved, which must lie inside one of ``allowed_roots`` (also resolved).
 
@@ -107,7 +114,7 @@ def resolve_project(project: str | Path, allowed_roots: tuple[Path, ...] | list[
     link inside them — gets the same message, whether or not it exists.
     """
     if not allowed_roots:
-        raise PathNotAllowedError("no allowed roots are configured; set allowed_roots in the config")
+        raise PathNotAllowedError(NO_ROOTS)
     candidate = _path(project, "project")
     if not candidate.is_absolute():
         candidate = allowed_roots[0] / candidate

@@ -25,7 +25,7 @@ from caelum_mcp.tools.logs.diagnosis import LogDiagnosis
 from caelum_mcp.tools.logs.reading import log_files
 from caelum_mcp.tools.logs.refine import apply_decisions, candidates
 from caelum_mcp.tools.logs.timestamps import parse_any
-from caelum_mcp.tools.paths import OUTSIDE_ROOTS, resolve_within, shown
+from caelum_mcp.tools.paths import NO_ROOTS, OUTSIDE_ROOTS, resolve_within, shown
 
 from .clusters import cluster_pass
 from .hypotheses import Hypothesis, hypotheses
@@ -95,7 +95,7 @@ def resolve_logs(paths: list[str], roots: tuple[Path, ...], max_files: int) -> t
     each is shown by (relative to its root); and how many files a folder or glob matched that are
     links leading out of the roots (left out)."""
     if not roots:
-        raise PathNotAllowedError("no allowed roots are configured; set allowed_roots in the config")
+        raise PathNotAllowedError(NO_ROOTS)
     found: list[tuple[Path, str]] = []
     seen: set[Path] = set()
     skipped = 0
