@@ -21,7 +21,11 @@ name = "backup-fresh"
 kind = "command"
 argv = ["test", "-n", "x"]           # an argument list, never a shell
 on_failure = "WARN"
+pass_env = ["PGHOST"]                # besides PATH, HOME, TZ, TMPDIR, CI, the locale; never API keys
 ```
+
+The config comes only from the user (``--config``, ``$CAELUM_CONFIG`` or their own config folder,
+never a project's ``caelum.toml``), and a command probe still runs with a clean environment.
 """
 
 from __future__ import annotations
