@@ -26,11 +26,14 @@ from caelum_mcp.tools.logs.reading import log_files
 from caelum_mcp.tools.logs.refine import apply_decisions, candidates
 from caelum_mcp.tools.logs.timestamps import parse_any
 from caelum_mcp.tools.paths import NO_ROOTS, OUTSIDE_ROOTS, resolve_within, shown
+from caelum_mcp.tools.safe_read import is_regular_file, off_loop
 
 from .clusters import cluster_pass
 from .hypotheses import Hypothesis, hypotheses
 from .settings import InfrastructureSettings
 
+LISTING_TIMEOUT_S = 60.0
+READ_GRACE_S = 30.0
 _AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d|day|w|week)s?\s*(?:ago)?\s*$", re.IGNORECASE)
 _UNIT_S = {
     "s": 1,
@@ -90,10 +93,13 @@ def parse_when(value: str | None, name: str, now: datetime) -> datetime | None:
     return parsed
 
 
-def resolve_logs(paths: list[str], roots: tuple[Path, ...], max_files: int) -> tuple[list[tuple[Path, str]], int]:
+def resolve_logs(
+    paths: list[str], roots: tuple[Path, ...], max_files: int, not_regular: list[str] | None = None
+) -> tuple[list[tuple[Path, str]], int]:
     """The files ``paths`` name (with rotated siblings), each inside an allowed root, and the name
     each is shown by (relative to its root); and how many files a folder or glob matched that are
-    links leading out of the roots (left out)."""
+    links leading out of the roots (left out). FIFOs, sockets and devices (or links to them) are
+    left out too, never opened; their names go to ``not_regular``."""
     if not roots:
         raise PathNotAllowedError(NO_ROOTS)
     found: list[tuple[Path, str]] = []
@@ -107,6 +113,8 @@ def resolve_logs(paths: list[str], roots: tuple[Path, ...], max_files: int) -> t
             resolve_within(root, target, must_exist=False)  # outside the roots: say that, not "missing"
             raise PathNotAllowedError(f"{shown(name)} does not exist; give a log file, a folder or a glob")
         for path in log_files(root, [name], max_files=max_files):
+            if path != target and not path.exists():
+                continue  # a dangling link in a folder: nothing to read, nothing to hide
             try:
                 resolved = resolve_within(root, path)
             except PathNotAllowedError:
@@ -114,12 +122,17 @@ def resolve_logs(paths: list[str], roots: tuple[Path, ...], max_files: int) -> t
                     raise
                 skipped += 1  # a link in a folder that leads out of the roots: never read
                 continue
-            if resolved in seen or not resolved.is_file():
+            if resolved in seen:
                 continue
             seen.add(resolved)
+            if not is_regular_file(resolved):
+                if not_regular is not None and not resolved.is_dir():
+                    not_regular.append(_shown_name(path, root))
+                continue
             found.append((resolved, _shown_name(path, root)))
     if not found:
-        raise PathNotAllowedError(f"no log files found for {', '.join(shown(p) for p in paths[:3])}")
+        why = f" ({len(not_regular)} left out: not regular files, such as FIFOs)" if not_regular else ""
+        raise PathNotAllowedError(f"no log files found for {', '.join(shown(p) for p in paths[:3])}{why}")
     return found[:max_files], skipped
 
 
@@ -153,13 +166,22 @@ async def diagnose_logs(args: DiagnoseInput, ctx: ToolContext) -> DiagnoseOutput
     until = parse_when(args.until, "until", now)
     if since and until and since > until:
         raise ToolInputError("since is after until; swap them")
-    files, skipped = await anyio.to_thread.run_sync(resolve_logs, args.paths, ctx.roots, settings.max_files)
+    not_regular: list[str] = []
+    files, skipped = await off_loop(
+        lambda stop: resolve_logs(args.paths, ctx.roots, settings.max_files, not_regular),
+        timeout_s=LISTING_TIMEOUT_S,
+        what="finding the log files",
+    )
     await ctx.report(0, 4, f"reading {len(files)} file(s)")
     deadline = time.monotonic() + settings.time_budget_s
-    collected = await anyio.to_thread.run_sync(
-        lambda: diagnosis.collect_logs(
-            files, since=since, until=until, max_entries=settings.max_entries, deadline=deadline
-        )
+    # A cancelled call sets ``stop``, which ends the reading within a line; the time limit on
+    # top of the deadline is a backstop for a read that never returns (a hung network mount).
+    collected = await off_loop(
+        lambda stop: diagnosis.collect_logs(
+            files, since=since, until=until, max_entries=settings.max_entries, deadline=deadline, stop=stop
+        ),
+        timeout_s=settings.time_budget_s + READ_GRACE_S,
+        what="reading the logs",
     )
     message_templates, templates = await anyio.to_thread.run_sync(diagnosis.mine, collected)
     await ctx.report(1, 4, f"{collected.entries} entries, {len(templates)} templates")
@@ -182,6 +204,10 @@ async def diagnose_logs(args: DiagnoseInput, ctx: ToolContext) -> DiagnoseOutput
     )
     if skipped:
         report.notes.append(f"{skipped} file(s) left out: links that lead outside the allowed roots")
+    if not_regular:
+        listed = ", ".join(not_regular[:10]) + (f" and {len(not_regular) - 10} more" if len(not_regular) > 10 else "")
+        kinds = "not regular files (a FIFO, socket or device) are never read"
+        report.notes.append(f"{len(not_regular)} file(s) left out, {kinds}: {listed}")
     if since or until:
         undated = sum(1 for f in collected.files if f.entries and f.first is None)
         if undated:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import struct
+import threading
+import tracemalloc
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -13,7 +17,8 @@ import pytest
 
 from caelum_mcp.tools.logs.diagnosis import collect_logs
 from caelum_mcp.tools.logs.formats import canonical_level, detect_format
-from caelum_mcp.tools.logs.reading import log_files, read_entries
+from caelum_mcp.tools.logs.reading import ReadLimits, ReadStats, log_files, read_entries
+from caelum_mcp.tools.safe_read import NotRegularFileError
 
 REF = datetime(2024, 6, 1)
 
@@ -209,3 +214,114 @@ def test_the_entry_cap_stops_reading_and_says_so(tmp_path: Path) -> None:
 def test_an_unreadable_file_is_reported_not_raised(tmp_path: Path) -> None:
     collected = collect_logs([(tmp_path / "missing.log", "missing.log")])
     assert collected.files[0].format == "unreadable" and collected.files[0].error
+
+
+# hostile logs: a gzip bomb, a huge single line, a FIFO; reading stays bounded and can be stopped
+
+
+def _peak_bytes_while(work: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.slow  # decompresses 64 MB under tracemalloc
+def test_a_gzip_bomb_is_read_up_to_the_byte_cap_in_bounded_memory(tmp_path: Path) -> None:
+    # 200 MB of zeros (one line without end) in about 200 KB: one small gzip member, repeated
+    bomb = tmp_path / "bomb.log.gz"
+    bomb.write_bytes(
+        gzip.compress(b"2024-05-01 10:00:00,000 - app - ERROR - first\n") + gzip.compress(bytes(1 << 20)) * 200
+    )
+    assert bomb.stat().st_size < 400_000
+    cap = 32 << 20
+    stats = ReadStats()
+
+    def read() -> None:
+        _, entries = read_entries(bomb, REF, limits=ReadLimits(max_bytes=cap), stats=stats)
+        assert next(e.message for e in entries) == "first"
+
+    peak = _peak_bytes_while(read)
+    assert stats.bytes_read <= cap and stats.stopped == "byte cap"
+    assert stats.lines_cut == 1  # the zeros: kept up to the line cap, the rest skipped up to the byte cap
+    assert peak < 8 << 20, peak  # a few chunks at a time: neither the 200 MB nor the 32 MB read
+
+    collected = collect_logs([(bomb, "bomb.log.gz")], max_file_bytes=cap)
+    assert collected.entries == 2
+    assert any("first 32 MiB" in note and "bomb.log.gz" in note for note in collected.notes), collected.notes
+
+
+def test_a_forty_megabyte_line_is_cut_and_the_lines_after_it_are_read(tmp_path: Path) -> None:
+    log = tmp_path / "one-line.log"
+    with log.open("wb") as sink:
+        sink.write(b"2024-05-01 10:00:00,000 - app - ERROR - before\n")
+        sink.truncate(40 << 20)  # a sparse run of zeros: one 40 MB line, nothing written to disk
+        sink.seek(0, 2)
+        sink.write(b"\n2024-05-01 10:00:01,000 - app - ERROR - after\n")
+    collected = None
+
+    def collect() -> None:
+        nonlocal collected
+        collected = collect_logs([(log, "one-line.log")])
+
+    peak = _peak_bytes_while(collect)
+    assert collected is not None
+    assert collected.entries == 3 and not collected.truncated
+    assert any("1 line(s) longer than 64 KiB were cut" in note for note in collected.notes), collected.notes
+    assert peak < 8 << 20, peak  # a few chunks at a time, not the 40 MB line
+
+
+def test_a_line_cap_cuts_each_long_line_once(tmp_path: Path) -> None:
+    lines = [f"2024-05-01 10:00:0{i},000 - app - ERROR - {'x' * (3000 if i % 2 else 10)}" for i in range(6)]
+    log = _write(tmp_path / "long.log", lines)
+    stats = ReadStats()
+    _, entries = read_entries(log, REF, limits=ReadLimits(max_line_bytes=1024), stats=stats)
+    got = list(entries)
+    assert len(got) == 6 and stats.lines_cut == 3
+    assert all(len(e.message) < 1024 for e in got)
+
+
+def test_a_stop_request_ends_reading_within_the_file(tmp_path: Path) -> None:
+    log = _write(tmp_path / "many.log", [f"2024-05-01 10:00:00,000 - a - INFO - n {i}" for i in range(20_000)])
+    asked: list[int] = []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    stats = ReadStats()
+    _, entries = read_entries(log, REF, limits=ReadLimits(should_stop=should_stop), stats=stats)
+    assert len(list(entries)) < 2_000 and stats.stopped == "stopped"
+
+    stop = threading.Event()
+    stop.set()  # a cancelled call: collect_logs reads nothing more
+    collected = collect_logs([(log, "many.log")], stop=stop)
+    assert collected.entries == 0 and collected.truncated and collected.notes
+
+
+def test_a_fifo_log_is_refused_at_once_and_a_folder_listing_names_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.log"
+    os.mkfifo(fifo)
+    (tmp_path / "link.log").symlink_to("pipe.log")
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            read_entries(tmp_path / "link.log", REF)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    if reader.is_alive():  # today's bug: blocked in open(); play the writer so the thread ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(timeout=5)
+        pytest.fail("read_entries blocked in open() on a FIFO")
+    assert isinstance(outcome[0], NotRegularFileError), outcome
+    assert {p.name for p in log_files(tmp_path, ["."])} == {"pipe.log", "link.log"}
+    collected = collect_logs([(fifo, "pipe.log")])
+    assert collected.files[0].format == "unreadable" and "not a regular file" in (collected.files[0].error or "")

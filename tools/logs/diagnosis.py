@@ -17,7 +17,9 @@ hypotheses' evidence).
 from __future__ import annotations
 
 import math
+import threading
 import time
+import zlib
 from array import array
 from bisect import bisect_right
 from collections import Counter
@@ -32,7 +34,7 @@ from . import analysis
 from .formats import LEVELS
 from .masking import mask_message
 from .mining import DEFAULT_SPLIT_THRESHOLD, cluster_masked
-from .reading import read_entries
+from .reading import MAX_FILE_BYTES, MAX_LINE_BYTES, ReadLimits, ReadStats, read_entries
 
 _EPOCH = datetime(1970, 1, 1)
 EXAMPLE_CHARS = 160
@@ -184,18 +186,37 @@ def collect_logs(
     max_entries: int = 1_000_000,
     deadline: float | None = None,
     keep_messages: bool = False,
+    stop: threading.Event | None = None,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> CollectedLogs:
     """Read ``files`` (path, name shown) into a :class:`CollectedLogs`; see the module docstring.
-    ``deadline`` is a ``time.monotonic()`` value."""
+
+    ``deadline`` is a ``time.monotonic()`` value; ``stop`` is set when the call is cancelled.
+    Either ends the reading within a line or a chunk of one. Each file is read up to
+    ``max_file_bytes`` (after decompression) and each line up to ``max_line_bytes``; what was cut
+    is said in ``notes``.
+    """
     out = CollectedLogs()
     ids: dict[str, int] = {}
     level_index = {name: i for i, name in enumerate(LEVELS)}
+
+    def should_stop() -> bool:
+        return (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() > deadline)
+
+    limits = ReadLimits(max_bytes=max_file_bytes, max_line_bytes=max_line_bytes, should_stop=should_stop)
     for file_no, (path, shown) in enumerate(files):
         start = out.entries
+        stats = ReadStats()
+        if should_stop():
+            out.truncated = True
+            out.notes.append(f"stopped before {shown}: the time budget ran out or the call was cancelled")
+            break
         try:
-            fmt, stream = read_entries(path)
-        except OSError as exc:
-            out.files.append(LogFileSummary(file=shown, format="unreadable", entries=0, error=exc.strerror or str(exc)))
+            fmt, stream = read_entries(path, limits=limits, stats=stats)
+        except (OSError, EOFError, zlib.error) as exc:
+            reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+            out.files.append(LogFileSummary(file=shown, format="unreadable", entries=0, error=reason))
             out.file_ranges.append((start, start))
             continue
         summary = LogFileSummary(file=shown, format=fmt, entries=0)
@@ -237,12 +258,16 @@ def collect_logs(
                 if entry.time is not None:
                     first = entry.time if first is None or entry.time < first else first
                     last = entry.time if last is None or entry.time > last else last
-        except OSError as exc:
-            summary.error = f"read stopped: {exc.strerror or exc}"
+        except (OSError, EOFError, zlib.error) as exc:
+            reason = (exc.strerror if isinstance(exc, OSError) else None) or exc
+            summary.error = f"read stopped: {reason}"
         finally:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
+        out.notes += _read_notes(shown, stats, limits)
+        if stats.stopped == "stopped":
+            out.truncated = True
         summary.entries = out.entries - start
         summary.first, summary.last = first, last
         out.files.append(summary)
@@ -251,6 +276,17 @@ def collect_logs(
             out.notes.append(f"stopped reading at {shown}: the entry cap or the time budget was reached")
             break
     return out
+
+
+def _read_notes(shown: str, stats: ReadStats, limits: ReadLimits) -> list[str]:
+    notes = []
+    if stats.lines_cut:
+        cap = f"{limits.max_line_bytes / 1024:g} KiB"
+        notes.append(f"{shown}: {stats.lines_cut} line(s) longer than {cap} were cut at that length")
+    if stats.stopped == "byte cap":
+        cap = f"{limits.max_bytes / 2**20:g} MiB"
+        notes.append(f"{shown}: read only the first {cap} (after decompression); the rest was left out")
+    return notes
 
 
 def mine(collected: CollectedLogs, split_threshold: int = DEFAULT_SPLIT_THRESHOLD) -> tuple[list[int], list[str]]:

@@ -6,8 +6,13 @@ read, with each file's rotated predecessors (``app.log.1``, ``app.log.2.gz``,
 :func:`read_entries` streams one file's entries: the format is detected from its first lines
 (:mod:`.formats`), continuation lines (stack traces) are folded into their entry, and journald
 export files (``journalctl -o export``) are read entry by entry. Compression is recognised by the
-file's first bytes, not its name. Nothing is read whole into memory; a line longer than
-:data:`MAX_LINE_CHARS` is cut.
+file's first bytes, not its name.
+
+A log may be hostile (a gzip bomb, a 2 GiB line, a FIFO named ``.log``), so reading is bounded:
+only regular files are opened, nothing is read whole into memory, a line is kept up to
+:data:`MAX_LINE_BYTES` (and :data:`MAX_LINE_CHARS` characters) and the rest of it skipped, a file
+is read up to :data:`MAX_FILE_BYTES` after decompression, and a ``should_stop`` check (deadline,
+cancellation) is asked as it goes (:class:`ReadLimits`); :class:`ReadStats` says what was cut.
 """
 
 from __future__ import annotations
@@ -17,15 +22,20 @@ import gzip
 import io
 import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
+from ..safe_read import open_regular
 from .formats import SAMPLE_LINES, LineFormat, ParsedLine, detect_format, is_continuation, parse_record
 
 MAX_LINE_CHARS = 4_000
+MAX_LINE_BYTES = 64 * 1024  # of one raw line; the rest of a longer line is skipped, counted as cut
+MAX_FILE_BYTES = 1 << 30  # read from one file, after decompression (a gzip bomb stops here)
+_SKIP_CHUNK_BYTES = 1 << 20
+_STOP_CHECK_LINES = 256
 MAX_DETAIL_CHARS = 400  # continuation text kept with an entry (the end of a stack trace matters most)
 _GZIP_MAGIC = b"\x1f\x8b"
 _ROTATED = re.compile(r"^(?P<base>.+?)(?:[.-](?P<n>\d{1,3})|[.-](?P<date>\d{8}(?:\d{2,6})?))(?P<gz>\.gz)?$")
@@ -50,18 +60,20 @@ def log_files(root: Path, names: Sequence[str], *, rotated: bool = True, max_fil
     """The files ``names`` stand for under ``root``, oldest rotation first, without repeats.
 
     A name may be a file, a folder (its files, not recursively) or a glob pattern. Files outside
-    ``root`` are the caller's to refuse (resolve each one with ``caelum_mcp.tools.paths``).
+    ``root`` are the caller's to refuse (resolve each one with ``caelum_mcp.tools.paths``), and so
+    are FIFOs, sockets and devices, which are listed so that the caller can say it left them out
+    (:func:`open_binary` never opens them).
     """
     found: list[Path] = []
     for name in names:
         if _GLOB_CHARS & set(name):
             pattern = name if Path(name).is_absolute() else str(root / name)
-            matches = [Path(p) for p in sorted(glob.glob(pattern)) if Path(p).is_file()]
+            matches = [Path(p) for p in sorted(glob.glob(pattern)) if not Path(p).is_dir()]
             found.extend(_by_rotation(matches))
             continue
         path = Path(name) if Path(name).is_absolute() else root / name
         if path.is_dir():
-            found.extend(_by_rotation([p for p in sorted(path.iterdir()) if p.is_file()]))
+            found.extend(_by_rotation([p for p in sorted(path.iterdir()) if not p.is_dir()]))
         elif rotated:
             found.extend(_with_rotations(path))
         else:
@@ -95,43 +107,125 @@ def _with_rotations(path: Path) -> list[Path]:
     return [*_by_rotation(siblings), path]
 
 
+@dataclass(frozen=True)
+class ReadLimits:
+    """How much of one log file is read: bytes after decompression, bytes of one line, and a
+    ``should_stop`` check (a deadline, a cancelled call) asked between lines and between the
+    chunks of a long one."""
+
+    max_bytes: int = MAX_FILE_BYTES
+    max_line_bytes: int = MAX_LINE_BYTES
+    should_stop: Callable[[], bool] | None = None
+
+
+@dataclass
+class ReadStats:
+    """What reading one file did: bytes read (after decompression), lines cut at the line cap,
+    and why it stopped early, if it did (``"byte cap"`` or ``"stopped"``)."""
+
+    bytes_read: int = 0
+    lines_cut: int = 0
+    stopped: Literal["byte cap", "stopped"] | None = None
+
+
 def open_binary(path: Path) -> BinaryIO:
-    """``path`` opened for reading, decompressed when it is gzip (by its first bytes)."""
-    raw = path.open("rb")
-    if raw.peek(2)[:2] == _GZIP_MAGIC if isinstance(raw, io.BufferedReader) else False:
+    """``path`` opened for reading, decompressed when it is gzip (by its first bytes).
+
+    Only a regular file is opened (:func:`caelum_mcp.tools.safe_read.open_regular`): a FIFO or a
+    link to one raises :class:`~caelum_mcp.tools.safe_read.NotRegularFileError` instead of
+    blocking. Read it through :func:`bounded_lines`: a gzip bomb decompresses without end.
+    """
+    raw = open_regular(path)
+    if isinstance(raw, io.BufferedReader) and raw.peek(2)[:2] == _GZIP_MAGIC:
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     return raw
 
 
-def _lines(stream: BinaryIO) -> Iterator[str]:
-    for raw in stream:
-        text = raw.decode("utf-8", "replace").rstrip("\r\n")
-        yield text[:MAX_LINE_CHARS]
+def bounded_lines(stream: BinaryIO, limits: ReadLimits, stats: ReadStats) -> Iterator[bytes]:
+    """The raw lines of ``stream`` (newline kept), each at most ``limits.max_line_bytes``: the rest
+    of a longer line is read in chunks and dropped (counted in ``stats.lines_cut``). Stops once
+    ``limits.max_bytes`` have been read or ``limits.should_stop()`` says so (``stats.stopped``)."""
+    checked = 0
+    while stats.stopped is None:
+        if limits.should_stop is not None:
+            checked += 1
+            if checked % _STOP_CHECK_LINES == 0 and limits.should_stop():
+                stats.stopped = "stopped"
+                return
+        room = limits.max_bytes - stats.bytes_read
+        if room <= 0:
+            if stream.read(1):
+                stats.stopped = "byte cap"
+            return
+        raw = stream.readline(min(limits.max_line_bytes, room))
+        if not raw:
+            return
+        stats.bytes_read += len(raw)
+        if not raw.endswith(b"\n") and len(raw) == limits.max_line_bytes and _skip_rest_of_line(stream, limits, stats):
+            stats.lines_cut += 1
+        yield raw
 
 
-def read_entries(path: Path, reference: datetime | None = None) -> tuple[str, Iterator[LogEntry]]:
+def _skip_rest_of_line(stream: BinaryIO, limits: ReadLimits, stats: ReadStats) -> bool:
+    """Read past the rest of an over-long line; whether there was a rest (the line was cut)."""
+    cut = False
+    while True:
+        room = limits.max_bytes - stats.bytes_read
+        if room <= 0:
+            if stream.read(1):
+                stats.stopped = "byte cap"
+            return cut
+        if limits.should_stop is not None and limits.should_stop():
+            stats.stopped = "stopped"
+            return cut
+        rest = stream.readline(min(_SKIP_CHUNK_BYTES, room))
+        if not rest:
+            return cut
+        stats.bytes_read += len(rest)
+        cut = cut or rest != b"\n"
+        if rest.endswith(b"\n"):
+            return cut
+
+
+def _decoded(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace").rstrip("\r\n")[:MAX_LINE_CHARS]
+
+
+def read_entries(
+    path: Path,
+    reference: datetime | None = None,
+    *,
+    limits: ReadLimits | None = None,
+    stats: ReadStats | None = None,
+) -> tuple[str, Iterator[LogEntry]]:
     """The detected format name and a stream of ``path`` 's entries (the file stays open until
     the stream is exhausted or closed). ``reference`` dates year-less times (default: the file's
-    modification time)."""
+    modification time). Reading is bounded by ``limits`` (default :class:`ReadLimits`); what it
+    did is counted in ``stats``. Raises :class:`OSError` for a file that cannot be read, including
+    one that is not a regular file."""
+    limits = limits or ReadLimits()
+    stats = stats if stats is not None else ReadStats()
     when = reference or datetime.fromtimestamp(path.stat().st_mtime)
     with open_binary(path) as stream:
-        head = stream.readline()
-        if head.startswith((b"__CURSOR=", b"__REALTIME_TIMESTAMP=")):
-            return "journald-export", _journald_entries(path, when)
-        sample = [head.decode("utf-8", "replace").rstrip("\r\n")]
-        for raw in stream:
-            sample.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
+        # the sample has its own count: the entries pass reads these lines again
+        sample_limits = ReadLimits(min(limits.max_bytes, SAMPLE_LINES * limits.max_line_bytes), limits.max_line_bytes)
+        sample: list[str] = []
+        for raw in bounded_lines(stream, sample_limits, ReadStats()):
+            if not sample and raw.startswith((b"__CURSOR=", b"__REALTIME_TIMESTAMP=")):
+                return "journald-export", _journald_entries(path, when, limits, stats)
+            sample.append(_decoded(raw))
             if len(sample) >= SAMPLE_LINES:
                 break
     fmt = detect_format(sample, when)
-    return fmt.name, _text_entries(path, fmt)
+    return fmt.name, _text_entries(path, fmt, limits, stats)
 
 
-def _text_entries(path: Path, fmt: LineFormat) -> Iterator[LogEntry]:
+def _text_entries(path: Path, fmt: LineFormat, limits: ReadLimits, stats: ReadStats) -> Iterator[LogEntry]:
     current: LogEntry | None = None
     timed = fmt.name not in ("plain", "python-logging")
     with open_binary(path) as stream:
-        for number, line in enumerate(_lines(stream), start=1):
+        for number, raw in enumerate(bounded_lines(stream, limits, stats), start=1):
+            line = _decoded(raw)
             if not line.strip():
                 continue
             parsed: ParsedLine | None = fmt.parse(line)
@@ -164,17 +258,15 @@ def _starts_like_time(line: str) -> bool:
     return bool(_TIME_START.match(line))
 
 
-def _journald_entries(path: Path, reference: datetime) -> Iterator[LogEntry]:
+def _journald_entries(path: Path, reference: datetime, limits: ReadLimits, stats: ReadStats) -> Iterator[LogEntry]:
     """``journalctl -o export``: ``KEY=value`` lines, binary fields as ``KEY\\n<u64 size><bytes>\\n``,
     entries separated by an empty line."""
     with open_binary(path) as stream:
+        lines = bounded_lines(stream, limits, stats)
         number = 0
         start = 1
         fields: dict[str, str] = {}
-        while True:
-            raw = stream.readline()
-            if not raw:
-                break
+        for raw in lines:
             number += 1
             line = raw.rstrip(b"\n")
             if not line:
@@ -190,14 +282,27 @@ def _journald_entries(path: Path, reference: datetime) -> Iterator[LogEntry]:
             if len(size_bytes) < 8:
                 break
             (size,) = struct.unpack("<Q", size_bytes)
+            if stats.bytes_read + 8 + size + 1 > limits.max_bytes:
+                stats.stopped = "byte cap"  # a field claiming more than is left to read
+                break
             data = stream.read(min(size, 1 << 20))
             if size > len(data):
-                stream.seek(size - len(data), io.SEEK_CUR)
+                _skip(stream, size - len(data))
             stream.read(1)  # the newline after the data
+            stats.bytes_read += 8 + size + 1
             fields[key.decode("ascii", "replace")] = data.decode("utf-8", "replace")[:MAX_LINE_CHARS]
             number += data.count(b"\n") + 1
         if fields:
             yield _journald_entry(fields, start, reference)
+
+
+def _skip(stream: BinaryIO, count: int) -> None:
+    # in chunks: a gzip stream decompresses what it skips
+    while count > 0:
+        got = stream.read(min(count, _SKIP_CHUNK_BYTES))
+        if not got:
+            return
+        count -= len(got)
 
 
 def _journald_entry(fields: dict[str, str], line: int, reference: datetime) -> LogEntry:
