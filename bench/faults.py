@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import sqlite3
 import statistics
 import sys
@@ -335,6 +337,134 @@ async def capacity(http: httpx2.AsyncClient, folder: Path) -> Row:
     return row
 
 
+# issue 20: hosts that hang, budgets that overshoot ----------------------------------------------
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def server_config(folder: Path, *urls: str) -> Path:
+    """A config file listing ``urls`` as OpenAI-compatible hosts h0, h1, ... (no embedded model)."""
+    hosts = "".join(f'\n[[hosts]]\nname = "h{i}"\nkind = "openai"\nurl = "{url}"\n' for i, url in enumerate(urls))
+    path = folder / f"caelum-{len(list(folder.glob('caelum-*.toml')))}.toml"
+    path.write_text(f'embedded = "off"\nimplicit_ollama = false\n{hosts}', encoding="utf-8")
+    return path
+
+
+async def startup(http: httpx2.AsyncClient, folder: Path) -> Row:
+    from mcp import Client, StdioServerParameters
+
+    row = Row("MCP initialize over stdio, a host that never answers in the config; then delegate_task")
+    seconds: dict[str, float] = {}
+    hosts: list[str] = []
+    for label, fault in (("healthy", None), ("hung", Fault("silent"))):
+        with running(FaultHost(fault=fault), FaultHost()) as live:
+            env = {
+                "PATH": os.environ.get("PATH", ""),
+                "HOME": str(folder),
+                "CAELUM_CONFIG": str(server_config(folder, *(f.url for f in live))),
+                "CAELUM_DATA_DIR": str(folder / f"data-{label}"),
+                "CAELUM_LOG_LEVEL": "error",  # the server's stderr is this table's
+            }
+            params = StdioServerParameters(
+                command=sys.executable, args=["-m", "caelum_mcp", "serve"], env=env, cwd=str(ROOT)
+            )
+
+            async def session(label: str = label, params: StdioServerParameters = params) -> None:
+                started = time.monotonic()
+                async with Client(params) as client:
+                    seconds[label] = time.monotonic() - started
+                    result = await client.call_tool("delegate_task", {"prompt": "Say hello.", "max_tokens": 16})
+                    if result.is_error or result.structured_content is None:
+                        raise CaelumError(f"delegate_task failed: {result.content}")
+                    hosts.append(str(result.structured_content["execution"]["host"]))
+
+            await Tally(row, 120.0).call(session)
+    hung, healthy = seconds.get("hung", math.nan), seconds.get("healthy", math.nan)
+    row.figure = (
+        f"initialize answered after {hung:.2f} s with one host hung, {healthy:.2f} s with both healthy "
+        f"(the hung host adds {hung - healthy:+.2f} s; the rest is the interpreter's start on this machine); "
+        f"delegate_task answered by {', '.join(hosts)}; target <= 3 s (before: 303 s)"
+    )
+    return row
+
+
+async def health_probes(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row("health checks every 0.5 s for 6 s: one host never answers, two healthy (10 calls)")
+    with running(FaultHost(fault=Fault("silent")), FaultHost(), FaultHost()) as live:
+        pool = pool_of(live, http)
+        tally = Tally(row, 10.0)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.run_health_checks, 0.5)
+            await anyio.sleep(1.0)
+            for _ in range(10):
+                await tally.call(lambda: pool.chat(HELLO, tier=Tier.FULL))
+            await anyio.sleep(5.0)
+            tg.cancel_scope.cancel()
+        checked = [f.by_path["/health"] for f in live]
+        state = pool.hosts["h0"].breaker.state.value
+    row.figure = (
+        f"healthy hosts checked {checked[1]} and {checked[2]} times in 6 s (12 rounds; before: 1 in 40 s at 3 s), "
+        f"the hung one {checked[0]} (each probe stops at 5 s), its breaker {state}"
+    )
+    return row
+
+
+async def hang_on_chat(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row("a host that answers health checks but hangs on chat, beside a healthy one (5 tasks, 15 s)")
+    with running(FaultHost(fault=Fault("hang")), FaultHost()) as live:
+        pool = pool_of(live, http)  # the defaults: first-byte limit 120 s, attempts of at least 5 s
+        pool.call_probe_timeout_s = 2.0  # the health check's chat probe (30 s by default)
+        await pool.refresh_all()
+        pool.hosts["h1"].latency_ewma_ms = 10_000.0
+        with Ledger(folder / "hang_on_chat.sqlite3") as ledger:
+            router = Router(pool, ledger, config_in(folder))
+            tally = Tally(row, 30.0)
+            answered = []
+            for _ in range(5):
+                result = await tally.call(lambda: router.run(review(1.0, 15.0)))
+                answered.append(result.execution.host if result is not None else "-")
+            row.rows = len(ledger.recent(100))
+        await pool.refresh_host(pool.hosts["h0"])  # its health check answers, its chat does not
+        state = pool.hosts["h0"].breaker.state.value
+    row.figure = (
+        f"first task {tally.seconds[0]:.2f} s (5 s on the hung host, then failover), "
+        f"then {max(tally.seconds[1:]):.2f} s; "
+        f"answered by {', '.join(answered)}; after a health check the hung host is {state} "
+        f"(before: every task waited its whole budget, re-admitted each health round)"
+    )
+    return row
+
+
+async def claude_dense(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row("Claude budget $0.10, 6 concurrent escalations of a CJK prompt, 39,000 / 10,000 characters")
+    answer = json.dumps({"verdict": "risky", "confidence": 0.9})
+
+    def usage(body: dict[str, Any]) -> tuple[int, int]:
+        return len(json.dumps(body["messages"], ensure_ascii=False)), int(body["max_tokens"])
+
+    figures = []
+    for chars in (39_000, 10_000):
+        prompt = ("請審查這段程式碼並指出問題。" * (chars // 14 + 1))[:chars]
+        task = LLMTask(
+            name="bench",
+            kind=TaskKind.REVIEW,
+            messages=(ChatMessage(role="user", content=prompt),),
+            output_schema=SCHEMA,
+            grounding=lambda output: GroundingResult(score=0.2),
+            max_output_tokens=400,
+        )
+        with FaultHost("anthropic", delay_s=0.2, answer=lambda body: answer, usage=usage) as api:
+            config = config_in(folder, **{"claude.api_key": "sk-bench", "claude.daily_budget_usd": 0.10})
+            with Ledger(folder / f"dense-{chars}.sqlite3") as ledger:
+                router = Router(await local_pool(), ledger, config, claude=claude_at(api, http))
+                await Tally(row, 30).concurrently(6, lambda router=router, task=task: router.run(task))  # type: ignore[misc]
+                row.rows = (row.rows or 0) + len(ledger.recent(1000))
+                figures.append(f"{chars:,} chars: ${ledger.claude_spend_today():.4f} spent, {api.chats} on Claude")
+    row.figure = "; ".join(figures) + " (of $0.10, Claude counting a token a character; before: $0.24 for 39,000)"
+    return row
+
+
 LEDGER_ROWS = 1_000_000
 
 
@@ -405,6 +535,10 @@ ROWS: dict[str, Callable[[httpx2.AsyncClient, Path], Awaitable[Row]]] = {
     "ledger": ledger_truth,
     "retry_after": retry_after,
     "capacity": capacity,
+    "startup": startup,
+    "health_probes": health_probes,
+    "hang_on_chat": hang_on_chat,
+    "claude_dense": claude_dense,
     "pool_status_ledger": pool_status_ledger,
 }
 
