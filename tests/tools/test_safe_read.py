@@ -13,6 +13,8 @@ import pytest
 
 from caelum_mcp.cache import file_digest
 from caelum_mcp.tools import safe_read
+from caelum_mcp.tools.code import security, structure
+from caelum_mcp.tools.code.files import ProjectListing
 from caelum_mcp.tools.code.incremental import salt_for
 from caelum_mcp.tools.safe_read import (
     NotRegularFileError,
@@ -111,3 +113,42 @@ async def test_cancelling_the_caller_stops_the_work_in_the_thread() -> None:
         assert await anyio.to_thread.run_sync(started.wait, 10)
         tg.cancel_scope.cancel()
     assert await anyio.to_thread.run_sync(stopped.wait, 10)
+
+
+async def test_a_file_swapped_for_a_fifo_after_the_listing_is_skipped_by_the_code_tools(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a.py").write_text("import os\n")
+    fifo = tmp_path / "swapped.py"
+    os.mkfifo(fifo)
+    listing = ProjectListing(files=("a.py", "swapped.py"), source="walk", excluded={})
+
+    async def listed(root: Path) -> ProjectListing:
+        return listing  # as listed a moment before the file became a FIFO
+
+    monkeypatch.setattr(structure, "list_project_files", listed)
+    freed: list[str] = []
+
+    def writer_after_grace() -> None:
+        # plays the writer a blocked reader waits for, so that a regression fails instead of hanging
+        if done.wait(30):
+            return
+        while not done.wait(0.05):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                freed.append(fifo.name)
+            except OSError:
+                pass
+
+    done = threading.Event()
+    watchdog = threading.Thread(target=writer_after_grace, daemon=True)
+    watchdog.start()
+    try:
+        shape = await structure.project_structure(tmp_path)
+        scan = await security.security_scan(tmp_path, ["a.py", "swapped.py"], timeout_s=60)
+    finally:
+        done.set()
+        watchdog.join(timeout=5)
+    assert freed == []
+    assert any(g.reason.startswith("not a regular file") and g.examples == ("swapped.py",) for g in shape.skipped)
+    assert scan.text_files_scanned == 1 and scan.python_files_scanned == 1 and not scan.errors, scan

@@ -22,7 +22,7 @@ from caelum_mcp.types import Frozen
 
 from ..paths import relative_posix, resolve_within, resolves_inside
 from ..process import CommandResult
-from ..safe_read import read_text
+from ..safe_read import is_regular_file, read_text
 from .git_runner import GitError, run_git
 from .git_runner import git_env as git_env  # where tools.code.patches imports it from
 
@@ -241,7 +241,7 @@ async def select_files(root: Path, files: Iterable[str | Path] | None, suffixes:
 
     ``files=None`` means the whole project. Otherwise each entry (file or directory) must resolve
     inside ``root`` (else :class:`~caelum_mcp.errors.PathNotAllowedError`); directories expand to
-    the project files under them.
+    the project files under them. Anything but a regular file (a FIFO, a socket) is left out.
     """
     wanted = tuple(s.lower() for s in suffixes)
     if files is None:
@@ -257,6 +257,7 @@ async def select_files(root: Path, files: Iterable[str | Path] | None, suffixes:
                 listing_files = (await list_project_files(root)).files
             prefix = "" if resolved == root else rel + "/"
             chosen.extend(f for f in listing_files if f.startswith(prefix) and f.lower().endswith(wanted))
-        elif rel.lower().endswith(wanted):
+        elif rel.lower().endswith(wanted) and is_regular_file(resolved):
+            # a FIFO handed to an analyser would hold it until its time limit
             chosen.append(rel)
     return list(dict.fromkeys(chosen))

@@ -8,6 +8,7 @@ honouring .gitignore). ``code_lines`` counts non-blank lines that are not only a
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from collections import Counter, defaultdict
@@ -20,6 +21,7 @@ import anyio
 from caelum_mcp.types import Frozen
 
 from ..paths import resolve_root
+from ..safe_read import NotRegularFileError, read_head
 from .files import list_project_files
 from .languages import LINE_COMMENT, language_for
 from .secrets import looks_binary
@@ -36,6 +38,7 @@ _OTHER_TEST_FILE = re.compile(
     r"(?:\.(?:test|spec)\.(?:[cm]?js|jsx|ts|tsx)$|_test\.go$|Tests?\.(?:java|kt|cs)$|_spec\.rb$)"
 )
 _EXAMPLES = 5
+_MAX_CONFIG_BYTES = 1 << 20
 
 
 class LanguageStats(Frozen):
@@ -173,15 +176,22 @@ def _analyse(root: Path, files: tuple[str, ...], max_files: int, max_file_bytes:
             tally.files[language] += 1
         if language is None and name not in ("package.json", "pyproject.toml"):
             continue
-        path = root / rel
         try:
-            if path.stat().st_size > max_file_bytes:
+            # the size check first, so a big file is not read; the cap on the read holds if it grows
+            if os.stat(root / rel).st_size > max_file_bytes:
                 tally.skipped["larger than max_file_bytes"].append(rel)
                 continue
-            data = path.read_bytes()
+            head = read_head(root / rel, max_file_bytes)
+        except NotRegularFileError:
+            tally.skipped["not a regular file (FIFO, socket or device)"].append(rel)
+            continue
         except OSError:
             tally.skipped["unreadable"].append(rel)
             continue
+        if head.truncated:
+            tally.skipped["larger than max_file_bytes"].append(rel)
+            continue
+        data = head.data
         if looks_binary(data[:8192]):
             tally.skipped["binary content"].append(rel)
             continue
@@ -203,7 +213,7 @@ def _pytest_configured(root: Path, files: set[str]) -> bool:
     ):
         if name in files:
             try:
-                if marker in (root / name).read_text("utf-8", errors="replace"):
+                if marker in read_head(root / name, _MAX_CONFIG_BYTES).data.decode("utf-8", errors="replace"):
                     return True
             except OSError:
                 continue
