@@ -417,13 +417,13 @@ def find_config_file(explicit: str | Path | None, environ: Mapping[str, str]) ->
     """
     if explicit:
         path = Path(explicit).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"config file {path} does not exist; check the --config path")
-        return path
+        return path  # anything but a regular file is refused when it is read
     env = environ.get("CAELUM_CONFIG")
     if env:
         path = Path(env).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"CAELUM_CONFIG points to {path}, which does not exist")
         return path
     candidate = user_config_file(environ)
@@ -460,11 +460,15 @@ def read_trusted_config(path: Path) -> str:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ConfigError(f"{path} is not a regular file; point --config at a TOML file")
         _check_owner_and_mode(path, info)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as handle:
         data = handle.read()
     try:
         return data.decode("utf-8")

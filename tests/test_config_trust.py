@@ -107,6 +107,16 @@ def test_a_config_others_can_write_is_refused_however_it_is_named(tmp_path: Path
     assert ("group" if bits == stat.S_IWGRP else "others") in message
 
 
+@pytest.mark.skipif(os.name == "nt", reason="no FIFOs")
+def test_a_config_that_is_no_regular_file_is_refused_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "caelum.fifo"
+    os.mkfifo(fifo, 0o600)  # nobody ever writes to it: opening it to read would wait forever
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_config(fifo, environ={})
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_config(environ={"CAELUM_CONFIG": str(tmp_path)})
+
+
 @pytest.mark.skipif(os.name == "nt" or os.geteuid() != 0, reason="giving a file away needs root")
 def test_a_config_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "theirs.toml"
