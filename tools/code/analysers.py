@@ -5,17 +5,23 @@ whatever ``PATH`` says, and a missing analyser becomes an error entry instead of
 keeps the working directory (the project root) off ``sys.path``: without it a project file named
 like a standard module (``logging.py``, ``glob.py``, ``types.py`` ...) is imported by the analyser
 itself in place of the real one and crashes it.
+
+They read hostile project files, and pip-audit talks to its index, so they get an allowlisted
+environment (:func:`analyser_env`), never the server's: no API key or ``CAELUM_*`` setting reaches
+them.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..process import CommandResult, run_command
 from .models import AnalyzerError
+from .tests_runner import clean_test_env
 
 ANALYSER_TIMEOUT_S = 120.0
 ANALYSER_MAX_OUTPUT_BYTES = 32 * 1024 * 1024
@@ -27,6 +33,28 @@ def analyser_installed(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
+
+
+# What pip-audit needs to reach its index through a proxy, besides what a test run gets.
+NETWORK_ENV = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_CERT",
+)
+
+
+def analyser_env(cwd: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment an analyser runs in: a test run's allowlist plus the proxy and index settings."""
+    return clean_test_env(cwd, sys.executable, NETWORK_ENV, environ=os.environ if environ is None else environ)
 
 
 def first_line(text: str, limit: int = 300) -> str:
@@ -66,6 +94,7 @@ async def run_python_analyser(
         result = await run_command(
             [sys.executable, "-P", "-m", module, *args],
             cwd=cwd,
+            env=analyser_env(cwd),
             timeout_s=timeout_s,
             max_output_bytes=max_output_bytes,
         )
