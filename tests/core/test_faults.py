@@ -521,6 +521,30 @@ async def test_a_host_that_hangs_on_chat_costs_a_share_of_the_budget_then_stays_
         assert (await pool.chat(HELLO, tier=Tier.FULL)).host == "h0"
 
 
+@pytest.mark.slow  # the hung attempt takes its share of the budget (about 2 s)
+async def test_a_task_whose_budget_is_under_the_first_byte_limit_fails_over(
+    tmp_path: Path, http: httpx2.AsyncClient
+) -> None:
+    """The router's view of the row above: a 6 s task, its preferred host hangs on chat. Before: the
+    task timed out with the second host idle (delegate_task took 2 min 6 s on a 120 s budget). Target:
+    answered by the healthy host within its budget; the ledger names the host that hung."""
+    with hosts(FaultHost(fault=Fault("hang")), FaultHost()) as fakes:
+        pool = pool_of(fakes, http)
+        pool.min_attempt_s = 0.5
+        await pool.refresh_all()
+        pool.hosts["h1"].latency_ewma_ms = 10_000.0
+        with Ledger(tmp_path / "l.db") as ledger:
+            started = time.monotonic()
+            result = await Router(pool, ledger, make_config(tmp_path)).run(review(budget_s=6.0))
+            elapsed = time.monotonic() - started
+            rows = ledger.recent(10)
+    ex = result.execution
+    assert ex.path == "local" and ex.host == "h1" and not ex.timed_out, ex
+    assert elapsed < 6.0 + 2.0, elapsed  # never past the budget (plus scheduling on a loaded machine)
+    (failed,) = [r for r in rows if r.path == "failed"]
+    assert failed.host == "h0" and failed.error and "timed out" in failed.error
+
+
 async def test_the_last_host_a_call_can_try_gets_all_the_time_left(http: httpx2.AsyncClient) -> None:
     """A sole host that takes longer than a third of the budget still answers: the share applies
     only when another host could take over."""

@@ -14,7 +14,7 @@ from caelum_mcp.config import DEFAULT_PRICES
 from caelum_mcp.ledger import Ledger, LedgerEntry
 from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
 from caelum_mcp.pricing import cost_usd
-from caelum_mcp.router import Router
+from caelum_mcp.router import Router, _cost_bound
 from caelum_mcp.types import ChatMessage, Tier, Usage
 
 from .conftest import claude_on_llama, make_config, mock_claude, single_host_pool
@@ -291,3 +291,14 @@ async def test_low_confidence_escalates_to_a_larger_local_tier_first(
             assert claude_calls == []
             hosts = {e.host for e in ledger.recent(10) if e.path == "local"}
             assert hosts == {"embedded", "gpu-1"}
+
+
+def test_the_claude_reservation_bounds_the_prompt_in_any_script() -> None:
+    """A token is never shorter than a UTF-8 byte, so a reservation at one token a byte covers any
+    prompt: CJK or emoji can tokenize at a token a character or more, where the old guess of four
+    characters a token reserved a quarter of that (a CJK prompt spent $0.24 of a $0.10 budget)."""
+    price = DEFAULT_PRICES["claude-sonnet-5-5"]
+    for text in ("Plain English prose. " * 500, "請審查這段程式碼並指出問題" * 800, "🙂" * 3000, "x9Qz/+" * 2000):
+        worst = len(text.encode("utf-8"))
+        bound = _cost_bound((ChatMessage(role="user", content=text),), None, 100, price)
+        assert bound >= cost_usd(Usage(input_tokens=worst, output_tokens=100), price), text[:10]
