@@ -152,6 +152,14 @@ def test_slash_and_home_are_never_default_roots(tmp_path: Path, isolated: Path) 
     assert explicit.resolved_roots(cwd=Path("/")) == (Path("/"),)
 
 
+def test_serve_root_must_name_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--root", str(tmp_path / "missing")])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--root {tmp_path / 'missing'}: not a folder" in err
+
+
 # the real server, started as a client starts it ---------------------------------------------------
 
 
