@@ -260,11 +260,8 @@ async def analyze_and_improve_code(args: AnalyzeInput, ctx: ToolContext) -> Anal
             tg.start_soon(do, name)
 
     findings, errors = _collect(results)
-    notes += [
-        f"{item.file}: {item.message}"
-        for item in (*errors, *findings)
-        if item.file and NOT_REGULAR_MESSAGE in item.message
-    ]
+    cited: list[AnalyzerError | Finding] = [*errors, *findings]
+    notes += [f"{item.file}: {item.message}" for item in cited if item.file and NOT_REGULAR_MESSAGE in item.message]
     findings = list(sort_findings(findings))
     metrics = _metrics(results)
     out = AnalyzeOutput(

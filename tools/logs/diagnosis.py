@@ -259,8 +259,8 @@ def collect_logs(
                     first = entry.time if first is None or entry.time < first else first
                     last = entry.time if last is None or entry.time > last else last
         except (OSError, EOFError, zlib.error) as exc:
-            reason = (exc.strerror if isinstance(exc, OSError) else None) or exc
-            summary.error = f"read stopped: {reason}"
+            why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+            summary.error = f"read stopped: {why}"
         finally:
             close = getattr(stream, "close", None)
             if close is not None:
