@@ -106,7 +106,7 @@ class DiffExcerpt:
 async def review_changes(args: ReviewInput, ctx: ToolContext) -> ReviewOutput:
     root = resolve_project(args.project, ctx.roots)
     await ctx.report(0, 4, "reading the diff")
-    changes: GitChanges = await git_changes(root, base=args.base, head=args.head)
+    changes: GitChanges = await git_changes(root, base=args.base, head=args.head, roots=ctx.roots)
     present = [c for c in changes.files if c.status != "deleted" and not c.binary]
     left_out = await off_loop(lambda stop: _not_read(root, present, stop), what="checking the changed files")
     changed_lines = {c.path: set(c.added_lines) for c in present if c.path not in left_out}

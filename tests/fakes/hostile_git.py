@@ -428,3 +428,84 @@ def build_hostile_repo(root: Path, programs: Programs) -> HostileRepo:
         touch_dirty(root, rel)
     (root / "new_module.py").write_text("def g():\n    return eval(input())\n")
     return HostileRepo(root=root, programs=programs, first=first, second=second)
+
+
+# ---------------------------------------------------------------------------------------------
+# Repositories that point git at files outside the allowed roots.
+
+OUTSIDE_SECRET = "outside-secret-3b9d1f-not-a-real-secret"
+OUTSIDE_FILES = {"private_notes.txt": f"{OUTSIDE_SECRET}\nsecond line\nthird line\n"}
+
+
+@dataclass(frozen=True)
+class OutsidePointer:
+    """A repository inside ``roots`` whose git data, work tree or objects come from ``outside``.
+
+    ``project`` is what a tool is pointed at; ``roots`` the allowed root holding it; ``outside`` a
+    sibling of ``roots`` holding :data:`OUTSIDE_FILES` (the secret a careless reader would show);
+    ``head`` is set when the outside content is only reachable through a commit (alternates).
+    """
+
+    name: str
+    project: Path
+    roots: Path
+    outside: Path
+    head: str | None = None
+
+
+def _outside_repo(base: Path) -> Path:
+    return committed_repo(base / "outside" / "repo", OUTSIDE_FILES)
+
+
+def _gitdir_file(base: Path) -> OutsidePointer:
+    """A ``.git`` file naming a repository elsewhere: git reads that repository's index and objects."""
+    outside = _outside_repo(base)
+    project = base / "roots" / "project"
+    write_files(project, {"app.py": "x = 1\n", ".git": f"gitdir: {outside / '.git'}\n"})
+    return OutsidePointer("a .git file (gitdir: elsewhere)", project, base / "roots", outside)
+
+
+def _dot_git_link(base: Path) -> OutsidePointer:
+    """A ``.git`` folder that is a link to a repository elsewhere."""
+    outside = _outside_repo(base)
+    project = base / "roots" / "project"
+    write_files(project, {"app.py": "x = 1\n"})
+    (project / ".git").symlink_to(outside / ".git")
+    return OutsidePointer("a .git link", project, base / "roots", outside)
+
+
+def _core_worktree(base: Path) -> OutsidePointer:
+    """``core.worktree`` naming a folder elsewhere: its files become the repository's untracked ones."""
+    outside = base / "outside" / "home"
+    write_files(outside, OUTSIDE_FILES)
+    project = committed_repo(base / "roots" / "project", {"app.py": "x = 1\n"})
+    append_config(project, f"[core]\n\tworktree = {outside}\n")
+    return OutsidePointer("core.worktree", project, base / "roots", outside)
+
+
+def _alternates(base: Path) -> OutsidePointer:
+    """``objects/info/alternates`` naming another repository's objects: its commits read as ours."""
+    outside = _outside_repo(base)
+    project = committed_repo(base / "roots" / "project", {"app.py": "x = 1\n"})
+    (project / ".git" / "objects" / "info" / "alternates").write_text(f"{outside / '.git' / 'objects'}\n")
+    head = setup_git(outside, "rev-parse", "HEAD").strip()
+    return OutsidePointer("objects/info/alternates", project, base / "roots", outside, head=head)
+
+
+OUTSIDE_POINTERS: tuple[Callable[[Path], OutsidePointer], ...] = (
+    _gitdir_file,
+    _dot_git_link,
+    _core_worktree,
+    _alternates,
+)
+
+
+def untracked_link_repo(base: Path) -> tuple[Path, Path]:
+    """A repository inside ``base/roots`` with an untracked link to a file outside; returns
+    (project, roots). The link's target has three lines holding :data:`OUTSIDE_SECRET`."""
+    outside = base / "outside"
+    write_files(outside, OUTSIDE_FILES)
+    project = committed_repo(base / "roots" / "project", {"app.py": "x = 1\n"})
+    (project / "notes.txt").symlink_to(outside / "private_notes.txt")
+    (project / "fresh.py").write_text("y = 2\n")
+    return project, base / "roots"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -19,16 +19,29 @@ from fakes.hostile_git import (
     BASE_FILES,
     CANARY,
     CANARY_VAR,
+    OUTSIDE_POINTERS,
+    OUTSIDE_SECRET,
     SETTINGS,
     HostileSetting,
+    OutsidePointer,
     append_config,
     committed_repo,
     install_programs,
     plain_git,
     plant,
+    setup_git,
+    untracked_link_repo,
 )
 
-from caelum_mcp.tools.code.git_runner import GitError, GitRunner, driver_overrides, git_env, run_git
+from caelum_mcp.tools.code.git import git_changes
+from caelum_mcp.tools.code.git_runner import (
+    GitError,
+    GitRunner,
+    RepositoryOutsideRootsError,
+    driver_overrides,
+    git_env,
+    run_git,
+)
 
 IDENTITY = {
     "GIT_AUTHOR_NAME": "Test",
@@ -201,3 +214,49 @@ async def test_bad_arguments_are_refused_before_git_starts(tmp_path: Path) -> No
 async def test_the_runner_outside_a_repository_still_runs_git(tmp_path: Path) -> None:
     result = await run_git(tmp_path, "rev-parse", "--show-toplevel")
     assert result.returncode != 0 and "not a git repository" in result.stderr
+
+
+@pytest.mark.parametrize("build", OUTSIDE_POINTERS, ids=lambda b: b.__name__.strip("_"))
+async def test_a_repository_that_points_outside_the_roots_is_refused(
+    build: Callable[[Path], OutsidePointer], tmp_path: Path
+) -> None:
+    case = build(tmp_path)
+    # The control: unchecked, git reads what lies outside (the names, or the lines, of its files).
+    leaked = await git_changes(case.project, head=case.head)
+    assert "private_notes.txt" in {Path(f.path).name for f in leaked.files}, (case.name, leaked.files)
+
+    with pytest.raises(RepositoryOutsideRootsError, match="outside the allowed roots") as info:
+        await git_changes(case.project, head=case.head, roots=[case.roots])
+    assert str(case.outside) not in str(info.value)  # never says where it points
+    with pytest.raises(RepositoryOutsideRootsError):
+        await GitRunner.open(case.project, within=[case.roots])
+    # the same repository is fine once its outside folder is an allowed root too
+    await GitRunner.open(case.project, within=[case.roots, case.outside.parent])
+
+
+async def test_repositories_inside_the_roots_pass_the_check(tmp_path: Path) -> None:
+    roots = tmp_path / "roots"
+    repo = committed_repo(roots / "repo", BASE_FILES)
+    sub = await git_changes(repo / "pkg", roots=[roots])  # a project inside a repository
+    assert sub.repo_root == str(repo)
+    setup_git(repo, "worktree", "add", "-q", str(roots / "linked"), "-b", "side")  # a .git file, pointing inside
+    assert (roots / "linked" / ".git").is_file()
+    linked = await git_changes(roots / "linked", roots=[roots])
+    assert linked.files == ()
+    plain = roots / "plain"
+    plain.mkdir()
+    with pytest.raises(GitError, match="not inside a git work tree"):
+        await git_changes(plain, roots=[plain])  # no repository at all: as before
+    with pytest.raises(RepositoryOutsideRootsError):
+        await git_changes(repo / "pkg", roots=[repo / "pkg"])  # the repository's .git is above the root
+
+
+@pytest.mark.parametrize("with_roots", [True, False], ids=["roots", "no roots"])
+async def test_an_untracked_link_to_a_file_outside_is_listed_never_read(with_roots: bool, tmp_path: Path) -> None:
+    project, roots = untracked_link_repo(tmp_path)
+    changes = await git_changes(project, roots=[roots] if with_roots else None)
+    files = {f.path: f for f in changes.files}
+    link = files["notes.txt"]
+    assert link.status == "untracked" and (link.additions, link.hunks, link.added_lines) == (0, (), ())
+    assert files["fresh.py"].additions == 1  # a regular untracked file is still read
+    assert OUTSIDE_SECRET not in changes.model_dump_json()

@@ -5,21 +5,24 @@ are not ignored) or a commit range (``base`` .. ``head``). Diffs are taken with 
 hunk line is a change. Every git call goes through :class:`~.git_runner.GitRunner`, so a
 repository's own config never makes this read-only review run its programs (filters, fsmonitor,
 external diff and textconv drivers, pagers, hooks); ``base`` and ``head`` come from the caller and
-are checked before git sees them.
+are checked before git sees them. Given the allowed roots, a repository whose git folder, work tree
+or alternates lie outside them is refused, and an untracked link that points outside them is
+listed but never read.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 from caelum_mcp.types import Frozen
 
-from ..paths import resolve_root, shown
+from ..paths import resolve_root, resolves_inside, shown
 from ..process import CommandResult
 from ..safe_read import open_regular
-from .git_runner import GIT_TIMEOUT_S, GitError, GitRunner
+from .git_runner import GIT_TIMEOUT_S, GitError, GitRunner, RepositoryOutsideRootsError
 from .secrets import looks_binary
 
 ChangeStatus = Literal["added", "modified", "deleted", "renamed", "copied", "type_changed", "untracked"]
@@ -43,6 +46,7 @@ __all__ = [
     "GitChanges",
     "GitError",
     "Hunk",
+    "RepositoryOutsideRootsError",
     "RevisionArgumentError",
     "check_revision_argument",
     "git_changes",
@@ -204,8 +208,11 @@ def _name_status(text: str) -> list[tuple[ChangeStatus, str, str | None]]:
     return entries
 
 
-def _untracked_change(root: Path, rel: str) -> FileChange:
+def _untracked_change(root: Path, rel: str, roots: Sequence[Path]) -> FileChange:
+    """An untracked file as all-added lines; a link that resolves outside ``roots`` is listed, never read."""
     path = root / rel
+    if path.is_symlink() and not any(resolves_inside(path, bound) for bound in roots):
+        return FileChange(path=rel, status="untracked")
     try:
         # a FIFO (or a link to one) among the untracked files would block open() forever
         with open_regular(path) as handle:
@@ -220,8 +227,15 @@ def _untracked_change(root: Path, rel: str) -> FileChange:
     return FileChange(path=rel, status="untracked", additions=count, hunks=hunks, added_lines=lines)
 
 
-async def git_changes(root: str | Path, *, base: str | None = None, head: str | None = None) -> GitChanges:
+async def git_changes(
+    root: str | Path, *, base: str | None = None, head: str | None = None, roots: Sequence[Path] | None = None
+) -> GitChanges:
     """Changed files and hunks under ``root``.
+
+    ``roots``: the allowed roots (resolved). The repository's git folder, work tree and alternates
+    must lie inside them (else :class:`RepositoryOutsideRootsError`), and an untracked link is read
+    only when it points inside them. None: the repository is not checked, and links are read only
+    when they point inside ``root``.
 
     - no ``base``/``head``: the working tree (staged, unstaged and untracked) against ``HEAD`` (an
       empty tree in a repository without commits);
@@ -235,7 +249,7 @@ async def git_changes(root: str | Path, *, base: str | None = None, head: str | 
     check_revision_argument("base", base)
     check_revision_argument("head", head)
     folder = resolve_root(root)
-    git = await GitRunner.open(folder)
+    git = await GitRunner.open(folder, within=roots)
     top = await git.run("rev-parse", "--show-toplevel", max_output_bytes=64 * 1024)
     if top.returncode != 0:
         raise GitError(f"{folder} is not inside a git work tree (git: {top.stderr.strip()[:200] or 'no repository'})")
@@ -282,7 +296,8 @@ async def git_changes(root: str | Path, *, base: str | None = None, head: str | 
                 added_lines=added,
             )
         )
-    changes += [_untracked_change(folder, rel) for rel in untracked]
+    bounds = tuple(roots) if roots is not None else (folder,)
+    changes += [_untracked_change(folder, rel, bounds) for rel in untracked]
     return GitChanges(
         root=str(folder),
         repo_root=top.stdout.strip(),

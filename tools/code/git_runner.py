@@ -31,22 +31,32 @@ whose own config the overrides do not cover (a repository's ``submodule.<name>.i
 What it costs: filters never run, so a file stored through one (git-lfs) may read as changed in the
 working tree; and the user's own git config is not read either (its ``safe.directory``, its global
 excludes file).
+
+A repository can also point git at files elsewhere: a ``.git`` *file* (``gitdir: /elsewhere``),
+``core.worktree``, ``objects/info/alternates`` (or a ``.git`` folder, or its ``objects``, that is a
+link). Given the allowed roots (``within``), :meth:`GitRunner.open` refuses a repository whose git
+folder, common folder, objects, work tree or alternates resolve outside them
+(:class:`RepositoryOutsideRootsError`), before any command that reads the repository's content.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from caelum_mcp.errors import CaelumError
 
+from ..paths import resolves_inside
 from ..process import DEFAULT_MAX_OUTPUT_BYTES, CommandResult, run_command
+from ..safe_read import off_loop, read_head
 
 GIT_TIMEOUT_S = 60.0
 MAX_DRIVER_NAMES = 1000
 _CONFIG_LISTING_BYTES = 1024 * 1024
+_ALTERNATES_BYTES = 64 * 1024
+_ALTERNATES_DEPTH = 5  # git itself follows alternates of alternates this deep
 
 # Inherited from the server's environment; nothing else is (no API keys, no GIT_* variables).
 _INHERITED = ("PATH", "LANG", "LANGUAGE", "SYSTEMROOT")
@@ -116,6 +126,11 @@ class GitError(CaelumError):
     """A git operation failed: not a repository, unknown revision, unreadable config, or git missing."""
 
 
+class RepositoryOutsideRootsError(GitError):
+    """The repository's git folder, work tree or alternates lie outside the allowed roots: git is not
+    run there. The message never says where they point (a caller may be probing)."""
+
+
 def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of every git call: the allowlist, then ``extra``, then the fixed settings.
 
@@ -183,10 +198,20 @@ class GitRunner:
 
     @classmethod
     async def open(
-        cls, cwd: str | Path, *, timeout_s: float = GIT_TIMEOUT_S, extra_env: Mapping[str, str] | None = None
+        cls,
+        cwd: str | Path,
+        *,
+        timeout_s: float = GIT_TIMEOUT_S,
+        extra_env: Mapping[str, str] | None = None,
+        within: Sequence[Path] | None = None,
     ) -> GitRunner:
         """A runner for ``cwd``. Raises :class:`GitError` when git cannot be started or the
-        repository's config cannot be read (then no git command would be safe to run there)."""
+        repository's config cannot be read (then no git command would be safe to run there).
+
+        ``within`` (resolved folders, the allowed roots): the repository's git folder, objects, work
+        tree and alternates must resolve inside one of them, else :class:`RepositoryOutsideRootsError`.
+        A folder in no repository passes (git itself then says so). None checks nothing.
+        """
         base = cls(Path(cwd), git_env(extra_env), timeout_s)
         pattern = "^(" + "|".join(_LISTED_SECTIONS) + r")\."
         listing = await base.run(
@@ -194,7 +219,45 @@ class GitRunner:
         )
         if listing.timed_out or listing.truncated or listing.returncode not in (0, 1):  # 1: nothing matched
             raise GitError(f"cannot read the git config in {cwd}: {_failure(listing)}")
-        return cls(base.cwd, _with_config(base.env, driver_overrides(listing.stdout)), timeout_s)
+        runner = cls(base.cwd, _with_config(base.env, driver_overrides(listing.stdout)), timeout_s)
+        if within is not None:
+            await runner._check_places(tuple(within))
+        return runner
+
+    async def _check_places(self, roots: tuple[Path, ...]) -> None:
+        """Raise :class:`RepositoryOutsideRootsError` when a place the repository reads from lies
+        outside ``roots`` (rev-parse only reads the ``.git`` file and the config; it runs nothing)."""
+        dirs = await self.run(
+            "rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir", max_output_bytes=64 * 1024
+        )
+        if dirs.timed_out or dirs.truncated:
+            raise GitError(f"cannot find the git folder of {self.cwd}: {_failure(dirs)}")
+        if dirs.returncode != 0:
+            return  # not in a repository: nothing of one to read
+        folders = [Path(line) for line in dirs.stdout.splitlines() if line]
+        top = await self.run("rev-parse", "--show-toplevel", max_output_bytes=64 * 1024)
+        work_tree = [Path(top.stdout.strip())] if top.returncode == 0 and top.stdout.strip() else []
+
+        def outside(_: object) -> str | None:
+            resolved = tuple(root.resolve() for root in roots)
+            objects = folders[-1] / "objects"
+            places = {
+                "git folder": folders,
+                "objects": [objects],
+                "work tree (core.worktree)": work_tree,
+                "alternates": _alternates(objects),
+            }
+            return next(
+                (what for what, paths in places.items() if not all(_inside_any(p, resolved) for p in paths)), None
+            )
+
+        what = await off_loop(outside, timeout_s=self.timeout_s, what="checking where the repository's files are")
+        if what is not None:
+            raise RepositoryOutsideRootsError(
+                f"the git repository of {self.cwd} keeps its {what} outside the allowed roots (through a .git "
+                "file, core.worktree, objects/info/alternates or a link), so git is not run there; review it "
+                "from a clone inside the roots, or add that folder to allowed_roots"
+            )
 
     async def run(
         self,
@@ -223,6 +286,35 @@ class GitRunner:
             raise GitError(f"git could not be started: {exc.strerror or exc}") from exc
 
 
+def _inside_any(path: Path, roots: tuple[Path, ...]) -> bool:
+    return any(resolves_inside(path if path.is_absolute() else Path.cwd() / path, root) for root in roots)
+
+
+def _alternates(objects: Path) -> list[Path]:
+    """The object folders ``objects/info/alternates`` names, and theirs in turn (as deep as git
+    follows them). A line is a path, absolute or relative to ``objects``, possibly C-quoted."""
+    found: list[Path] = []
+    pending = [(objects, 0)]
+    while pending:
+        folder, depth = pending.pop()
+        try:
+            text = read_head(folder / "info" / "alternates", _ALTERNATES_BYTES).data.decode("utf-8", "replace")
+        except OSError:
+            continue  # none (the usual case), or not a regular file: git cannot read it either
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if len(line) >= 2 and line[0] == line[-1] == '"':
+                line = line[1:-1].encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8", "replace")
+            path = Path(line) if Path(line).is_absolute() else folder / line
+            if path not in found:
+                found.append(path)
+                if depth + 1 < _ALTERNATES_DEPTH:
+                    pending.append((path, depth + 1))
+    return found
+
+
 def _failure(run: CommandResult) -> str:
     if run.timed_out:
         return "git did not answer in time"
@@ -239,7 +331,9 @@ async def run_git(
     timeout_s: float = GIT_TIMEOUT_S,
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
     extra_env: Mapping[str, str] | None = None,
+    within: Sequence[Path] | None = None,
 ) -> CommandResult:
-    """One git command through a fresh :class:`GitRunner` (two processes: the config read, then it)."""
-    runner = await GitRunner.open(cwd, timeout_s=timeout_s, extra_env=extra_env)
+    """One git command through a fresh :class:`GitRunner` (two processes: the config read, then it;
+    two more when ``within`` asks for the repository's places to be checked)."""
+    runner = await GitRunner.open(cwd, timeout_s=timeout_s, extra_env=extra_env, within=within)
     return await runner.run(subcommand, *args, max_output_bytes=max_output_bytes)
