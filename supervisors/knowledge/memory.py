@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import Sequence
 from typing import Literal
 
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from caelum_mcp.errors import CaelumError, ToolInputError
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.tools.knowledge.memory import GLOBAL_SCOPE, MAX_NOTE_CHARS, MemoryStore, Note
+from caelum_mcp.tools.knowledge.store import is_damaged_store
 from caelum_mcp.tools.paths import resolve_project
 
 from .state import KnowledgeSettings, KnowledgeState, embedding_model
@@ -116,6 +118,20 @@ async def _vector_of(ctx: ToolContext, model: str | None, text: str) -> tuple[st
 
 
 async def memory(args: MemoryInput, ctx: ToolContext, state: KnowledgeState) -> MemoryOutput:
+    try:
+        out = await _memory(args, ctx, state)
+    except sqlite3.DatabaseError as exc:
+        if not is_damaged_store(exc):
+            raise
+        state.set_aside_memory(exc)  # and answer from a fresh note file
+        out = await _memory(args, ctx, state)
+    notice = state.take_memory_notice()
+    if notice:
+        out = out.model_copy(update={"note": "; ".join(filter(None, [notice, out.note]))})
+    return out
+
+
+async def _memory(args: MemoryInput, ctx: ToolContext, state: KnowledgeState) -> MemoryOutput:
     store = state.memory()
     settings = ctx.settings_as(KnowledgeSettings)
     model = embedding_model(ctx, settings)

@@ -9,6 +9,8 @@ lines that match (``lines_cut`` counts the rest of the chunk) and ``next_cursor`
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Literal
 
 import anyio
@@ -20,7 +22,7 @@ from caelum_mcp.tools.knowledge.indexer import IndexReport
 from caelum_mcp.tools.knowledge.ranking import FusedHit, Signal
 from caelum_mcp.tools.knowledge.retrieval import Retrieved, retrieve
 from caelum_mcp.tools.knowledge.snippets import snippet
-from caelum_mcp.tools.knowledge.store import StoredChunk
+from caelum_mcp.tools.knowledge.store import StoredChunk, is_damaged_store
 from caelum_mcp.tools.knowledge.vectors import unit
 from caelum_mcp.tools.paths import resolve_project
 
@@ -149,8 +151,22 @@ async def run_retrieval(
 
 
 async def search_knowledge(args: SearchInput, ctx: ToolContext, state: KnowledgeState) -> SearchOutput:
-    settings = ctx.settings_as(KnowledgeSettings)
     root = resolve_project(args.project, ctx.roots)
+    try:
+        out = await _search(args, ctx, state, root)
+    except sqlite3.DatabaseError as exc:
+        if not is_damaged_store(exc):
+            raise
+        state.set_aside_project(root, exc)  # and search the fresh index, built from the files
+        out = await _search(args, ctx, state, root)
+    notice = state.take_notice(root)
+    if notice:
+        out = out.model_copy(update={"note": "; ".join(filter(None, [notice, out.note]))})
+    return out
+
+
+async def _search(args: SearchInput, ctx: ToolContext, state: KnowledgeState, root: Path) -> SearchOutput:
+    settings = ctx.settings_as(KnowledgeSettings)
     index = state.project(root)
     await ctx.report(0, 2, "bringing the index up to date")
     report = await ensure_synced(ctx, index, settings, force=args.reindex)

@@ -14,17 +14,24 @@ it. Until it is done, results say how much of the index has vectors; the next qu
 syncs again. It sends small groups (:data:`BACKGROUND_GROUP_S` each), since a search's query
 embedding waits behind the group on the model. Run without the server (a test calling a handler),
 a sync embeds before it returns.
+
+A store file that SQLite cannot read (garbage, damaged pages) is renamed ``<name>.damaged-<time>``
+beside itself and a fresh one takes its place, when it is opened or when a tool meets the damage
+(:meth:`KnowledgeState.set_aside_project`, :meth:`KnowledgeState.set_aside_memory`); the next
+result of that tool says so once. An index is rebuilt from the project's files; the notes of a
+damaged note file stay in the renamed file. Nothing else stops.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,7 +42,7 @@ from caelum_mcp.tools.knowledge.indexer import IndexReport, embed_missing, sync_
 from caelum_mcp.tools.knowledge.memory import MemoryStore
 from caelum_mcp.tools.knowledge.ranking import DEFAULT_LEXICAL_WEIGHT, DEFAULT_NORMALISATION, DEFAULT_RRF_K
 from caelum_mcp.tools.knowledge.retrieval import RetrievalParams
-from caelum_mcp.tools.knowledge.store import KnowledgeStore
+from caelum_mcp.tools.knowledge.store import KnowledgeStore, is_damaged_store, set_aside
 from caelum_mcp.tools.knowledge.vectors import Embedder
 
 
@@ -91,6 +98,8 @@ class Background:
             )
         except CaelumError as exc:  # the next sync tries again; search stays lexical for the rest
             log.warning("embedding %s with %s stopped: %s", index.root.name, model, exc)
+        except sqlite3.Error as exc:  # a damaged index (a search sets it aside), or one set aside meanwhile
+            log.warning("embedding %s with %s stopped: its index could not be written: %s", index.root.name, model, exc)
         finally:
             index.embedding = False
 
@@ -108,6 +117,7 @@ class ProjectIndex:
     report: IndexReport | None = None
     background: Background | None = None
     embedding: bool = False  # a background task is adding its vectors
+    notice: str | None = None  # said by the next search: the index was damaged and set aside
 
 
 class KnowledgeState:
@@ -118,20 +128,61 @@ class KnowledgeState:
         self.background = background
         self._projects: dict[Path, ProjectIndex] = {}
         self._memory: MemoryStore | None = None
+        self._memory_notice: str | None = None
+
+    def _index_path(self, root: Path) -> Path:
+        name = hashlib.sha256(str(root).encode()).hexdigest()[:20]
+        return self.state_dir / "indexes" / f"{name}.sqlite3"
 
     def project(self, root: Path) -> ProjectIndex:
         index = self._projects.get(root)
         if index is None:
-            name = hashlib.sha256(str(root).encode()).hexdigest()[:20]
-            store = KnowledgeStore(self.state_dir / "indexes" / f"{name}.sqlite3")
-            store.set_meta("project", str(root))
-            index = self._projects[root] = ProjectIndex(root, store, background=self.background)
+            path = self._index_path(root)
+
+            def open_index() -> KnowledgeStore:
+                store = KnowledgeStore(path)
+                store.set_meta("project", str(root))
+                return store
+
+            store, notice = _open_or_set_aside(open_index, path, _index_damage(root))
+            index = self._projects[root] = ProjectIndex(root, store, background=self.background, notice=notice)
         return index
+
+    def set_aside_project(self, root: Path, exc: BaseException) -> None:
+        """The index of ``root`` turned out damaged in use: close it, move it aside, and open a
+        fresh one (rebuilt by the next sync); the next search says so."""
+        index = self._projects.pop(root, None)
+        if index is not None:
+            index.store.close()
+        notice = _move_aside(self._index_path(root), _index_damage(root), exc)
+        self.project(root).notice = notice
+
+    def take_notice(self, root: Path) -> str | None:
+        """What the next answer about ``root`` must say about its index (said once)."""
+        index = self._projects.get(root)
+        if index is None:
+            return None
+        notice, index.notice = index.notice, None
+        return notice
 
     def memory(self) -> MemoryStore:
         if self._memory is None:
-            self._memory = MemoryStore(self.state_dir / "memory.sqlite3")
+            path = self.state_dir / "memory.sqlite3"
+            self._memory, notice = _open_or_set_aside(lambda: MemoryStore(path), path, _MEMORY_DAMAGE)
+            self._memory_notice = notice or self._memory_notice
         return self._memory
+
+    def set_aside_memory(self, exc: BaseException) -> None:
+        """The note file turned out damaged in use: close it, move it aside, start a fresh one."""
+        if self._memory is not None:
+            self._memory.close()
+            self._memory = None
+        self._memory_notice = _move_aside(self.state_dir / "memory.sqlite3", _MEMORY_DAMAGE, exc)
+
+    def take_memory_notice(self) -> str | None:
+        """What the next ``memory`` answer must say about the note file (said once)."""
+        notice, self._memory_notice = self._memory_notice, None
+        return notice
 
     def close(self) -> None:
         for index in self._projects.values():
@@ -140,6 +191,50 @@ class KnowledgeState:
         if self._memory is not None:
             self._memory.close()
             self._memory = None
+
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class _Damage:
+    what: str  # "the notes file", "the index of <project>"
+    then: str  # what happens instead
+
+
+_MEMORY_DAMAGE = _Damage(
+    "the notes file",
+    "a new, empty one was started (the old notes stay in the renamed file, readable with the sqlite3 tool)",
+)
+
+
+def _index_damage(root: Path) -> _Damage:
+    return _Damage(f"the search index of {root.name}", "it is rebuilt from the project's files")
+
+
+def _move_aside(path: Path, damage: _Damage, exc: BaseException) -> str:
+    try:
+        aside = set_aside(path)
+    except OSError as err:
+        raise CaelumError(
+            f"{damage.what} ({path}) cannot be read ({exc}) and could not be moved aside ({err.strerror or err}); "
+            "move or delete it by hand"
+        ) from exc
+    notice = f"{damage.what} could not be read ({exc}); it was moved aside to {aside} and {damage.then}"
+    log.warning("%s", notice)
+    return notice
+
+
+def _open_or_set_aside(open_store: Callable[[], S], path: Path, damage: _Damage) -> tuple[S, str | None]:
+    """``open_store()``, or, when the file is damaged, the same after moving it aside (with the
+    notice saying so)."""
+    try:
+        return open_store(), None
+    except sqlite3.DatabaseError as exc:
+        if not is_damaged_store(exc):
+            raise
+        notice = _move_aside(path, damage, exc)
+    return open_store(), notice
 
 
 def embedding_model(ctx: ToolContext, settings: KnowledgeSettings, stored: Sequence[str] = ()) -> str | None:

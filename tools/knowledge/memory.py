@@ -67,11 +67,15 @@ class MemoryStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a remembered note survives a power cut too
         self._lock = threading.RLock()
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")  # the first read: a file that is no database fails here
+            self._db.execute("PRAGMA synchronous=FULL")  # a remembered note survives a power cut too
+            with self._lock:
+                self._db.executescript(_SCHEMA)
+        except BaseException:
+            self._db.close()  # the caller may move the file aside: nothing of ours holds it open
+            raise
 
     def close(self) -> None:
         with self._lock:

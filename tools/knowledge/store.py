@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,40 @@ CREATE TABLE IF NOT EXISTS vectors (
     hash TEXT NOT NULL, model TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (hash, model)
 ) WITHOUT ROWID;
 """
+
+
+# SQLite's primary result codes for a file that is not a database or whose pages are damaged.
+_DAMAGE_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def is_damaged_store(exc: BaseException) -> bool:
+    """Whether ``exc`` says an SQLite file itself is unreadable (garbage, damaged pages, a layout
+    this code does not know), as opposed to a busy lock, a full disk or a bug in a query."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _DAMAGE_CODES
+    # raised by this package (an unknown layout), or by sqlite3 without a code
+    return not isinstance(exc, (sqlite3.OperationalError, sqlite3.IntegrityError, sqlite3.ProgrammingError))
+
+
+def set_aside(path: Path) -> Path:
+    """Rename the SQLite file ``path`` (and its ``-wal`` and ``-shm`` files) to
+    ``<name>.damaged-<UTC time>`` beside it, so that a fresh one can be created under the old name
+    and what the old one held can still be recovered by hand. Returns the new name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while aside.exists():  # twice in one second
+        n += 1
+        aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    for suffix in ("-wal", "-shm"):
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            companion.rename(aside.with_name(aside.name + suffix))
+    path.rename(aside)
+    return aside
 
 
 @dataclass(frozen=True)
@@ -93,17 +128,22 @@ class KnowledgeStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
         self._lock = threading.RLock()
         self._generation = 0  # bumped on every write: cached vector matrices know they are stale
         self._matrices: dict[str, tuple[int, VectorMatrix]] = {}
-        with self._lock:
-            self._db.executescript(_SCHEMA)
-            version = self.meta("schema")
-            if version not in (None, SCHEMA_VERSION):
-                raise RuntimeError(f"index {path} has schema {version}; delete it to rebuild")
-            self.set_meta("schema", SCHEMA_VERSION)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")  # the first read: a file that is no database fails here
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            with self._lock:
+                self._db.executescript(_SCHEMA)
+                version = self.meta("schema")
+                if version not in (None, SCHEMA_VERSION):
+                    # an index is derived from the project's files: one of another layout is rebuilt
+                    raise sqlite3.DatabaseError(f"index schema {version}, not {SCHEMA_VERSION}")
+                self.set_meta("schema", SCHEMA_VERSION)
+        except BaseException:
+            self._db.close()  # the caller may move the file aside: nothing of ours holds it open
+            raise
 
     def close(self) -> None:
         with self._lock:
