@@ -233,6 +233,8 @@ async def test_parallel_wrong_tokens_are_throttled_with_429_and_retry_after(tmp_
 
         bearer = {"authorization": f"Bearer {TOKEN}"}
         assert (await http.get("/metrics", headers=bearer)).status_code == 429  # not even compared while waiting
+        mcp = await http.post("/mcp", json={}, headers={**bearer, "accept": "application/json, text/event-stream"})
+        assert mcp.status_code == 429 and mcp.headers["retry-after"]  # one gate for every path
         assert (await http.get("/health", headers=bearer)).status_code == 200  # the open paths stay open
         signing_in = await http.post("/dashboard/login", data={"token": TOKEN})
         assert signing_in.status_code == 429 and signing_in.headers["retry-after"]
