@@ -11,11 +11,15 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import anyio
 import pytest
+
+from caelum_mcp.tools.logs import diagnosis
 
 from .test_development import _git, call, session, write
 
@@ -117,3 +121,38 @@ async def test_fifos_and_links_to_them_are_skipped_with_a_note_and_the_server_ke
         assert [f["file"] for f in diagnosis["files"]] == ["repo/logs/app.log"], diagnosis["files"]
         assert diagnosis["entries"] == 3
         assert any("FIFO" in note and "link.log" in note for note in diagnosis["notes"]), diagnosis["notes"]
+
+
+@pytest.mark.slow  # waits to see that the reading has stopped
+async def test_cancelling_diagnose_logs_stops_the_reading_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs = tmp_path / "work" / "logs"
+    logs.mkdir(parents=True)
+    lines = (f"2024-05-01 10:00:{i % 60:02d},000 ERROR [main] db: query {i} timed out\n" for i in range(200_000))
+    (logs / "big.log").write_text("".join(lines))
+    (logs / "small.log").write_text("2024-05-01 10:00:00,000 ERROR [main] db: query timed out\n")
+    masked: list[int] = []
+    real_mask = diagnosis.mask_message
+
+    def slow_mask(message: str) -> str:
+        masked.append(1)  # one per entry read
+        time.sleep(0.001)  # 200 000 entries: minutes, unless the reading stops
+        return real_mask(message)
+
+    monkeypatch.setattr(diagnosis, "mask_message", slow_mask)
+    async with session(tmp_path) as client:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.call_tool, "diagnose_logs", {"paths": ["logs/big.log"], "hypotheses": False})
+            for _ in range(1200):  # up to 60 s for the reading to start
+                if len(masked) > 100:
+                    break
+                await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()  # the client gives up; the session stays open
+        assert len(masked) > 100, "the reading never started"
+        await anyio.sleep(2)  # the thread looks at its stop flag every few hundred lines
+        settled = len(masked)
+        await anyio.sleep(1)
+        assert len(masked) == settled < 100_000, "the log is still being read after the call was cancelled"
+        later = await call(client, "diagnose_logs", {"paths": ["logs/small.log"], "hypotheses": False})
+    assert not later.is_error and later.structured_content["entries"] == 1
