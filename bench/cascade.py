@@ -6,7 +6,7 @@ answer is graded against its label. Confidence is the router's own score: validi
 self-report, mean token probability and a grounding check per category (extracted values must
 appear in the text; a cited line must exist in the snippet; questions have none).
 
-Three passes, over the hosts the config names (``--config``, ``$CAELUM_CONFIG``, ``./caelum.toml``;
+Three passes, over the hosts the config names (``--config``, ``$CAELUM_CONFIG``, ``~/.config/caelum/caelum.toml``;
 with none, the embedded model), with a ledger of their own in a temporary folder:
 
 1. **per tier**: every task pinned to one model of each local size tier, no escalation: the tier's
