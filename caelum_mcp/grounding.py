@@ -97,8 +97,8 @@ KEY_TERM_SHARE = 0.5
 _STEM = 5
 
 # A token that is a command, a path, a URL or a flag: the answer may only say it in a quote's words.
-_EXACT_TOKEN = re.compile(r"://|[/\\|$`<>]|&&|^--?[A-Za-z]")
-_PROSE_PUNCTUATION = ".,;:!?\"'()[]{}\u201c\u201d\u2018\u2019"  # and typographic quotes
+_EXACT_TOKEN = re.compile(r"://|[/\\|$<>]|&&|^--?[A-Za-z]")
+_PROSE_PUNCTUATION = ".,;:!?\"'`()[]{}*\u201c\u201d\u2018\u2019"  # markdown and typographic quotes too
 _WORD = re.compile(r"\w+")
 _STOPWORDS = frozenset(
     """a about above after again all also an and any are as at be because been before being below
@@ -150,9 +150,12 @@ def key_terms(answer: str) -> list[str]:
     return terms
 
 
-def support_problem(answer: str, quotes: Sequence[str], cited: Sequence[str]) -> str | None:
+def support_problem(
+    answer: str, quotes: Sequence[str], cited: Sequence[str], *, sources: Sequence[str] = ()
+) -> str | None:
     """Why the grounded ``quotes`` (and the ``cited`` passages they come from) do not carry ``answer``;
-    None when they do.
+    None when they do. ``sources`` are names the answer may give without quoting them (the cited
+    files' paths).
 
     Three rules, each aimed at an answer that quotes something true while saying something else:
     the quotes together are long enough for the answer (QUOTED_SHARE of it, at most
@@ -168,7 +171,8 @@ def support_problem(answer: str, quotes: Sequence[str], cited: Sequence[str]) ->
     quoted_chars = sum(len(normalised_text(q)) for q in quotes)
     if quoted_chars < needed:
         return f"quotes {quoted_chars} characters, under {needed:.0f} for an answer this long"
-    unquoted = [t for t in exact_terms(answer) if t not in quoted]
+    named = {normalised_text(source) for source in sources}
+    unquoted = [t for t in exact_terms(answer) if t not in quoted and t not in named]
     if unquoted:
         shown = ", ".join(repr(t[:60]) for t in unquoted[:4])
         return f"says {shown}, which no quote holds (commands, paths and URLs must be quoted word for word)"

@@ -186,6 +186,7 @@ def check_answer(output: Mapping[str, Any], chunks: list[StoredChunk]) -> Ground
         answer,
         [str(item["quote"]) for item in kept],
         [shown_text(chunks[item["passage"] - 1]) for item in kept],
+        sources=[chunks[item["passage"] - 1].path for item in kept],
     )
     if problem is None:
         return result

@@ -34,3 +34,11 @@ def test_an_answer_is_carried_only_by_quotes_that_hold_it() -> None:
     long_answer = "The backoff grows exponentially: " + ", ".join(str(2**i) for i in range(12)) + " seconds."
     problem = support_problem(long_answer, ["backoff: 1, 2, 4, 8 s"], [PASSAGE])
     assert problem is not None and "quotes" in problem
+
+
+def test_backticks_and_the_cited_files_name_need_no_quote() -> None:
+    quote = "Exponential backoff: 1, 2, 4, 8 seconds, never more than 30."
+    answer = "In `service/retry.py`, `backoff_seconds` gives 1, 2, 4, 8 seconds, never more than 30."
+    assert exact_terms(answer) == ["service/retry.py"]
+    assert support_problem(answer, [quote], [PASSAGE], sources=["service/retry.py"]) is None
+    assert support_problem(answer, [quote], [PASSAGE]) is not None  # another file's path is not the source
