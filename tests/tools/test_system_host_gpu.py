@@ -92,6 +92,20 @@ async def test_nvidia_smi_is_run_when_nvml_is_not_there(tmp_path: Path) -> None:
     assert check.verdict == "OK" and check.figures["memory_pct"] == 22.5
 
 
+async def test_nvidia_smi_never_sees_the_servers_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-api03-" + "k" * 40)
+    monkeypatch.setenv("CAELUM_CLAUDE__API_KEY", "sk-ant-api03-" + "c" * 40)
+    program = _fake_nvidia_smi(tmp_path, "h200_load.csv")
+    # the fake fails like a broken driver when it is given either secret
+    text = program.read_text().replace(
+        "import sys\n",
+        "import os, sys\nif {'ANTHROPIC_API_KEY', 'CAELUM_CLAUDE__API_KEY'} & set(os.environ): sys.exit(7)\n",
+    )
+    program.write_text(text)
+    report = await read_gpus(nvidia_smi=str(program), use_nvml=False)
+    assert report.source == "nvidia-smi", report.note
+
+
 async def test_a_failing_nvidia_smi_or_none_at_all_is_n_a(tmp_path: Path) -> None:
     failing = _fake_nvidia_smi(tmp_path, "h200_load.csv", exit_code=9)
     report = await read_gpus(nvidia_smi=str(failing), use_nvml=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import shutil
 from typing import Any, Literal
@@ -160,6 +161,7 @@ async def read_gpus(*, timeout_s: float = 3.0, nvidia_smi: str = "nvidia-smi", u
             cwd="/",
             timeout_s=timeout_s,
             max_output_bytes=256 * 1024,
+            env={"PATH": os.environ.get("PATH", os.defpath), "LC_ALL": "C"},  # never the server's secrets
         )
     except OSError as exc:
         return GpuReport(source="none", gpus=[], note=f"nvidia-smi could not start: {exc}")
