@@ -28,6 +28,8 @@ from typing import BinaryIO, TypeVar
 
 import anyio
 
+from caelum_mcp.errors import CaelumError
+
 T = TypeVar("T")
 
 READ_TIMEOUT_S = 30.0
@@ -48,11 +50,19 @@ class NotRegularFileError(OSError):
         self.kind = kind
 
 
-class ReadTimeoutError(OSError):
-    """A read of project files did not finish within its time limit."""
+class ReadTimeoutError(OSError, CaelumError):
+    """A read of project files did not finish within its time limit: an :class:`OSError` for the
+    callers that skip what they cannot read, and a :class:`CaelumError`, so that a tool call that
+    lets it through answers with its message rather than as an internal error."""
 
     def __init__(self, what: str, timeout_s: float) -> None:
-        super().__init__(errno.ETIMEDOUT, f"{what} did not finish within {timeout_s:g} s and was stopped")
+        super().__init__(
+            errno.ETIMEDOUT,
+            f"{what} did not finish within {timeout_s:g} s and was stopped (a file on a slow or hung file system?)",
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def file_kind(mode: int) -> str:

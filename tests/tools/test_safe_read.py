@@ -3,17 +3,20 @@ after the check), reads are bounded, and work off the event loop stops when its 
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from caelum_mcp.cache import file_digest
 from caelum_mcp.tools import safe_read
-from caelum_mcp.tools.code import security, structure
+from caelum_mcp.tools.code import deps, security, structure
 from caelum_mcp.tools.code.files import ProjectListing
 from caelum_mcp.tools.code.incremental import salt_for
 from caelum_mcp.tools.safe_read import (
@@ -152,3 +155,19 @@ async def test_a_file_swapped_for_a_fifo_after_the_listing_is_skipped_by_the_cod
     assert freed == []
     assert any(g.reason.startswith("not a regular file") and g.examples == ("swapped.py",) for g in shape.skipped)
     assert scan.text_files_scanned == 1 and scan.python_files_scanned == 1 and not scan.errors, scan
+
+
+async def test_manifests_that_take_too_long_to_read_are_an_analyser_error_not_a_failed_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def hung(base: Path) -> Any:
+        time.sleep(3)  # a file on a hung network mount
+        raise AssertionError("not reached in time")
+
+    monkeypatch.setattr(deps, "_read_project", hung)
+    monkeypatch.setattr(deps, "off_loop", functools.partial(off_loop, timeout_s=0.2))
+    result = await deps.dependency_check(tmp_path, audit=False)
+    assert [e.message for e in result.errors] == [
+        "reading the dependency manifests did not finish within 0.2 s and was stopped "
+        "(a file on a slow or hung file system?)"
+    ]

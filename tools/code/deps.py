@@ -28,7 +28,7 @@ from caelum_mcp.types import Frozen
 
 from ..paths import relative_posix, resolve_root
 from ..process import CommandResult
-from ..safe_read import is_regular_file, off_loop, read_text
+from ..safe_read import ReadTimeoutError, is_regular_file, off_loop, read_text
 from .analysers import last_line, run_python_analyser
 from .manifests import (
     LOCK_FILES,
@@ -357,9 +357,13 @@ async def dependency_check(root: str | Path, *, audit: bool = True, audit_timeou
     ``audit=False`` skips pip-audit (``audit.status == "skipped"``).
     """
     base = resolve_root(root)
-    manifests, items, errors, lock_files, locked = await off_loop(
-        lambda stop: _read_project(base), what="reading the dependency manifests"
-    )
+    try:
+        manifests, items, errors, lock_files, locked = await off_loop(
+            lambda stop: _read_project(base), what="reading the dependency manifests"
+        )
+    except ReadTimeoutError as exc:
+        manifests, items, lock_files, locked = [], [], [], []
+        errors = [AnalyzerError(tool="deps", message=str(exc))]
     deps = [i for i in items if isinstance(i, DeclaredDependency)]
     issues = [
         DependencyIssue(
