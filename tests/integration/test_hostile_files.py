@@ -3,7 +3,8 @@
 A FIFO opened for reading waits for a writer. Opened on the event loop, it froze the whole server:
 every later call timed out. These tests go through the real MCP server (in process); a watchdog
 thread plays the missing writer after a long grace period, so that a regression fails the test
-(the watchdog says it had to free a reader) instead of hanging it.
+(the watchdog says it had to free a reader) instead of hanging it. A client that cancels a long
+diagnose_logs call stops its reading thread.
 """
 
 from __future__ import annotations
