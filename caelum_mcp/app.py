@@ -27,6 +27,7 @@ from caelum_mcp.backends.openai import OpenAIBackend
 from caelum_mcp.cache import ResultCache
 from caelum_mcp.config import DEFAULT_OLLAMA_URL, Config, HostConfig
 from caelum_mcp.embedded import EMBEDDED_MODEL_NAME, EmbeddedServer, EmbeddedUnavailableError
+from caelum_mcp.embedded_backend import EmbeddedBackend
 from caelum_mcp.embedding_model import EMBEDDING_MODEL_NAME, ensure_embedding_gguf
 from caelum_mcp.hosts import CircuitBreaker, Host
 from caelum_mcp.ledger import Ledger
@@ -175,7 +176,7 @@ async def start_embedded_embeddings(state: AppState) -> None:
         return
     host = Host(
         name="embedded-embeddings",
-        backend=OpenAIBackend(url, state.http, name="embedded-embeddings"),
+        backend=EmbeddedBackend(server, state.http, name="embedded-embeddings"),  # restarts a dead process
         max_concurrency=1,
         embedded=True,
         breaker=CircuitBreaker(config.pool.breaker_failures, config.pool.breaker_cooldown_s),
@@ -187,10 +188,14 @@ async def start_embedded_embeddings(state: AppState) -> None:
 
 
 async def watch_embedded(state: AppState, interval_s: float = 2.0) -> None:
-    """Restart the embedded model (same port) if its process died; the pool's breaker then
-    sees it come back through its half-open probe."""
+    """Restart the embedded models (same ports) if a process died; the pool's breaker then
+    sees it come back through its half-open probe. (A call to the embedding model that finds it
+    dead restarts it at once.)"""
     while True:
         await anyio.sleep(interval_s)
+        embeddings = state.pool.hosts.get("embedded-embeddings")
+        if state.embedded_embeddings is not None and not state.embedded_embeddings.running and embeddings:
+            await state.pool.refresh_host(embeddings)  # its EmbeddedBackend restarts the process first
         server = state.embedded
         if server is None or server.running:
             continue

@@ -91,6 +91,11 @@ class EmbeddedServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs (a test kills it; an operator looks it up)."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
     def start(self) -> str:
         """Start the child (if not running) and return its base URL once it serves."""
         with self._lock:

@@ -26,7 +26,14 @@ from caelum_mcp.tools.knowledge.store import StoredChunk, is_damaged_store
 from caelum_mcp.tools.knowledge.vectors import unit
 from caelum_mcp.tools.paths import resolve_project
 
-from .state import KnowledgeSettings, KnowledgeState, ProjectIndex, embedding_model, ensure_synced
+from .state import (
+    NO_EMBEDDING_MODEL,
+    KnowledgeSettings,
+    KnowledgeState,
+    ProjectIndex,
+    embedding_model,
+    ensure_synced,
+)
 
 Mode = Literal["hybrid", "lexical", "semantic"]
 
@@ -122,7 +129,7 @@ async def run_retrieval(
     vector = None
     if mode != "lexical":
         if model is None:
-            note = "lexical search only: no embedding model is up (add one, e.g. ollama pull nomic-embed-text)"
+            note = f"lexical search only: {NO_EMBEDDING_MODEL}"
         elif not stored.get(model):
             note = f"lexical search only: the index has no vectors from {model} yet"
             model = None
