@@ -26,6 +26,15 @@ class DataSettings(BaseModel):
     max_copied_rows: int = Field(
         default=1_000_000, ge=1, le=100_000_000, description="rows of one SQLite table or Excel sheet copied in"
     )
+    max_copied_mb: int = Field(
+        default=1024, ge=1, le=1_048_576, description="MiB of data one SQLite table or Excel sheet may copy in"
+    )
+    max_line_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=256,
+        le=256 * 1024 * 1024,
+        description="a CSV line longer than this is refused before DuckDB reads it (DuckDB's own default)",
+    )
     schema_chars: int = Field(default=6_000, ge=500, le=60_000, description="the tables' description for the model")
     repair_rounds: int = Field(default=2, ge=0, le=2, description="rounds that feed DuckDB's error back")
 
@@ -41,4 +50,6 @@ def session_limits(
         max_temp_size=settings.max_temp_size,
         threads=settings.threads,
         max_copied_rows=settings.max_copied_rows,
+        max_copied_bytes=settings.max_copied_mb * 1024 * 1024,
+        max_line_bytes=settings.max_line_bytes,
     )

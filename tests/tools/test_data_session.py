@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -294,3 +295,158 @@ def test_a_long_result_is_counted_without_being_held(shop: Path) -> None:
         assert (len(short.rows), short.row_count, short.rows_omitted) == (len(SALES), len(SALES), 0)
     finally:
         session.close()
+
+
+def _hostile_duckdb(path: Path, outside: Path) -> None:
+    """A DuckDB file whose views and computed columns reach outside it (issue 19 item 4)."""
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE stock AS SELECT i AS sku, i * 3 AS units FROM range(4) t(i)")
+    con.execute("CREATE VIEW big_stock AS SELECT sku FROM stock WHERE units > 3")
+    con.execute("CREATE SCHEMA extra")
+    con.execute("CREATE VIEW extra.doubled AS SELECT sku * 2 AS d FROM main.stock")
+    hostile = {
+        "v_file": f"SELECT * FROM read_csv('{outside}')",
+        "v_path": f"SELECT * FROM '{outside}'",
+        "v_text": f"SELECT * FROM read_text('{outside}')",
+        "v_settings": "SELECT * FROM duckdb_settings()",
+        "v_dblist": "SELECT * FROM pragma_database_list",
+        "v_databases": "SELECT * FROM duckdb_databases()",
+        "v_databases_view": "SELECT * FROM duckdb_databases",
+        "v_setting": "SELECT current_setting('allowed_paths') AS p",
+        "v_macro": "SELECT paths() AS p",
+        "v_table_macro": "SELECT * FROM leak()",
+        "v_over_file": "SELECT * FROM v_file",
+    }
+    con.execute("CREATE MACRO paths() AS current_setting('allowed_paths')")
+    con.execute(f"CREATE MACRO leak() AS TABLE SELECT * FROM read_csv('{outside}')")
+    for name, sql in hostile.items():
+        con.execute(f"CREATE VIEW {name} AS {sql}")
+    con.execute("CREATE TABLE computed (a INTEGER, p VARCHAR GENERATED ALWAYS AS (current_setting('temp_directory')))")
+    con.execute("INSERT INTO computed (a) VALUES (1)")
+    con.close()
+
+
+def test_a_duckdb_files_views_cannot_read_outside_or_show_settings_and_paths(tmp_path: Path) -> None:
+    """Issue 19 item 4: a `.duckdb` source's views were bound before the session was locked down,
+    so `read_csv('<any file>')` in a view put that file's lines into the table listing. The views
+    that read files, settings, paths or macros are left out, said so in the notes, and nothing in
+    the listing or any table shows the outside file or an absolute path."""
+    root = tmp_path / "root"
+    root.mkdir()
+    outside = tmp_path / "outside.csv"
+    outside.write_text("root:x:0:0:canary-77aa\n")
+    _hostile_duckdb(root / "hostile.duckdb", outside)
+    session = session_over(root, "hostile.duckdb")
+    try:
+        assert set(session.tables) == {"stock", "big_stock", "extra_doubled"}
+        assert session.run("SELECT sum(d) FROM extra_doubled").rows == [[12]]
+        assert session.run("SELECT count(*) FROM big_stock").rows == [[2]]
+        left_out = " ".join(session.notes)
+        for name in ("v_file", "v_path", "v_text", "v_settings", "v_dblist", "v_databases", "v_setting"):
+            assert f"hostile.duckdb:{name} was left out" in left_out, name
+        assert "v_macro" in left_out and "v_table_macro" in left_out and "v_over_file" in left_out
+        assert "computed was left out" in left_out
+        text = json.dumps([t.model_dump() for t in session.tables.values()]) + left_out
+        for name in session.tables:
+            text += json.dumps(session.run(f'SELECT * FROM "{name}"', max_rows=1000).rows, default=str)
+        assert "canary-77aa" not in text and "root:x" not in text
+        assert str(tmp_path) not in text  # no absolute path: not the outside file's, not the session's
+    finally:
+        session.close()
+
+
+def test_the_session_is_locked_down_before_a_database_is_attached(tmp_path: Path) -> None:
+    """Even a view the catalog check let through could read no file: the lock is already on when
+    the database is attached, and DuckDB only ever sees the private links."""
+    root = tmp_path / "root"
+    write_shop(root)
+    session = session_over(root, "shop/warehouse.duckdb", "shop/sales.csv")
+    try:
+        settings = dict(
+            session.con.execute(
+                "SELECT name, value FROM duckdb_settings() WHERE name IN "
+                "('enable_external_access', 'lock_configuration')"
+            ).fetchall()
+        )
+        assert settings == {"enable_external_access": "false", "lock_configuration": "true"}
+        paths = session.con.execute("SELECT path FROM duckdb_databases() WHERE path IS NOT NULL").fetchall()
+        assert all(str(session.work_dir / "files") in str(p[0]) or "warehouse" in str(p[0]) for p in paths)
+        with pytest.raises(duckdb.Error, match=r"disabled|Permission"):
+            session.con.execute(f"SELECT * FROM read_csv('{root / 'shop' / 'sales.tsv'}')").fetchall()
+    finally:
+        session.close()
+
+
+def test_a_sqlite_files_views_cannot_show_its_path_or_other_databases(tmp_path: Path) -> None:
+    """Issue 19 item 4 (SQLite): a view over `pragma_database_list` shows the file's absolute
+    path; such views are left out (an authorizer lets a view read only the file's own tables)."""
+    import sqlite3
+
+    root = tmp_path / "root"
+    root.mkdir()
+    db = sqlite3.connect(root / "crm.sqlite")
+    db.execute("CREATE TABLE customers (id INTEGER, name TEXT)")
+    db.execute("INSERT INTO customers VALUES (1, 'ann'), (2, 'bob')")
+    db.execute("CREATE VIEW named AS SELECT name FROM customers WHERE id > 1")
+    db.execute("CREATE VIEW v_dblist AS SELECT * FROM pragma_database_list")
+    db.execute("CREATE VIEW v_columns AS SELECT * FROM pragma_table_info('customers')")
+    db.execute("CREATE VIEW v_master AS SELECT sql FROM sqlite_master")
+    db.commit()
+    db.close()
+    session = session_over(root, "crm.sqlite")
+    try:
+        assert {"customers", "named"} <= set(session.tables)
+        assert not {"v_dblist", "v_columns"} & set(session.tables)
+        assert session.run("SELECT name FROM named").rows == [["bob"]]
+        notes = " ".join(session.notes)
+        assert "v_dblist was left out" in notes and "v_columns was left out" in notes
+        text = notes + json.dumps([t.model_dump() for t in session.tables.values()])
+        for name in session.tables:
+            text += json.dumps(session.run(f'SELECT * FROM "{name}"', max_rows=1000).rows, default=str)
+        assert str(root) not in text
+    finally:
+        session.close()
+
+
+def _slow_sqlite(path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE t (x INTEGER)")
+    db.execute("INSERT INTO t VALUES (1)")
+    # Counts to a billion without producing a row: minutes of work, which only a time limit stops.
+    db.execute(
+        "CREATE VIEW slow AS WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 1000000000) "
+        "SELECT count(*) AS n FROM c"
+    )
+    db.commit()
+    db.close()
+
+
+@pytest.mark.slow  # about a second: the time limit
+def test_a_slow_sqlite_view_stops_at_the_time_limit(tmp_path: Path) -> None:
+    """Issue 19 item 7: a slow SQLite view had no time limit. Against a 1 s limit the session
+    must fail, saying so, within a few seconds (stopped, not run to its end)."""
+    _slow_sqlite(tmp_path / "slow.sqlite")
+    started = time.perf_counter()
+    with pytest.raises(QueryTimeoutError, match="time limit of 1 s"):
+        DataSession(resolve_sources(["slow.sqlite"], [tmp_path]), tmp_path / "work", SessionLimits(timeout_s=1.0))
+    assert time.perf_counter() - started < 10
+
+
+async def test_a_call_cancelled_while_its_sources_open_stops_that_work(tmp_path: Path) -> None:
+    """Issue 19 item 7: cancelling a call stops its work, also while the sources are opened
+    (a slow SQLite view being copied), and the private folder is removed."""
+    _slow_sqlite(tmp_path / "slow.sqlite")
+    resolved = resolve_sources(["slow.sqlite"], [tmp_path])
+    state = tmp_path / "state"
+    started = time.perf_counter()
+    with anyio.move_on_after(0.5):
+        async with open_session(resolved, state, SessionLimits(timeout_s=600)):
+            pytest.fail("the session opened; the view should take minutes")
+    assert time.perf_counter() - started < 5
+    for _ in range(200):  # the worker stops at its next check and cleans up after itself (10 s at most)
+        if not any(state.iterdir()):
+            break
+        await anyio.sleep(0.05)
+    assert not any(state.iterdir())

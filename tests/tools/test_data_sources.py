@@ -221,7 +221,7 @@ def test_copies_over_the_row_limit_are_refused_with_the_fix(tmp_path: Path) -> N
     work.mkdir()
     with pytest.raises(DataSourceError, match="max_copied_rows"):
         DataSession(resolve_sources(["big.sqlite"], [tmp_path]), work, SessionLimits(max_copied_rows=10))
-    assert list(work.iterdir()) == []  # the partial copy is gone
+    assert list(work.rglob("copy-*")) == []  # the partial copy is gone
 
 
 def test_large_text_files_stay_views_with_the_types_they_were_bound_with(tmp_path: Path) -> None:
@@ -242,3 +242,152 @@ def test_large_text_files_stay_views_with_the_types_they_were_bound_with(tmp_pat
     finally:
         loaded.close()
         streamed.close()
+
+
+SECRET_LINE = "root:x:0:0:canary-5b21:/root:/bin/bash"
+
+
+def _outside_secret(tmp_path: Path) -> Path:
+    outside = tmp_path / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "passwd").write_text(f"{SECRET_LINE}\ndaemon:x:1:1:canary-5b21:/usr/sbin:/bin/sh\n")
+    (outside / "records.json").write_text(json.dumps([{"user": SECRET_LINE}]))
+    return outside
+
+
+def _every_cell(session: DataSession) -> str:
+    text = json.dumps([t.model_dump() for t in session.tables.values()]) + json.dumps(session.notes)
+    for name in session.tables:
+        text += json.dumps(session.run(f'SELECT * FROM "{name}"', max_rows=1000).rows, default=str)
+    return text
+
+
+@pytest.mark.parametrize("spec", ["src", "src/[p]w.csv", "src/*.csv", "src/[p]w.json", "src/*.json"])
+def test_glob_characters_in_a_file_name_never_make_duckdb_read_a_neighbouring_link(tmp_path: Path, spec: str) -> None:
+    """Issue 19 item 3: `[p]w.csv` beside `pw.csv -> /etc/passwd`; DuckDB expanded the name as a
+    pattern and read the link. Each file must read as itself, and the link's target never."""
+    root = tmp_path / "root"
+    source = root / "src"
+    source.mkdir(parents=True)
+    outside = _outside_secret(tmp_path)
+    (source / "[p]w.csv").write_text("a,b\n1,2\n")
+    (source / "pw.csv").symlink_to(outside / "passwd")
+    (source / "[p]w.json").write_text(json.dumps([{"a": 1, "b": 2}]))
+    (source / "pw.json").symlink_to(outside / "records.json")
+    session = open_all(root, [spec])
+    try:
+        text = _every_cell(session)
+        assert "canary-5b21" not in text and "root:x" not in text
+        assert [[1, 2]] in [session.run(f'SELECT a, b FROM "{name}"').rows for name in session.tables]
+    finally:
+        session.close()
+
+
+def test_names_with_glob_characters_are_read_as_named(tmp_path: Path) -> None:
+    """`*`, `?`, `[`, `{a,b}` and `**` in file and folder names: a name that exists is taken
+    literally (never as a pattern that could also match a neighbour), in Python and in DuckDB."""
+    root = tmp_path / "root"
+    outside = _outside_secret(tmp_path)
+    names = ["*.csv", "?.csv", "{a,b}.csv", "**.csv", "d[1]/x.csv", "d{1,2}/y.csv", "**/z.csv"]
+    for n, name in enumerate(names):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"v\n{n}\n")
+    (root / "a.csv").symlink_to(outside / "passwd")  # what `?.csv` or `*.csv` would also match
+    (root / "d1").mkdir()
+    (root / "d1" / "x.csv").symlink_to(outside / "passwd")  # what `d[1]/x.csv` matches as a glob
+    for n, name in enumerate(names):
+        (found,) = resolve_sources([name], [root]).files
+        assert found.paths == ((root / name).resolve(),), name
+        session = open_all(root, [name])
+        try:
+            assert session.run(f'SELECT v FROM "{found.name}"').rows == [[n]], name
+        finally:
+            session.close()
+    (glob,) = resolve_sources(["d[1]/*.csv"], [root]).files  # a literal folder, then a pattern
+    assert glob.paths == ((root / "d[1]" / "x.csv").resolve(),)
+
+
+def test_fifos_and_other_non_regular_files_are_refused_without_opening_them(tmp_path: Path) -> None:
+    """Issue 19 item 7: a FIFO named `.csv` (or `.db`, whose header is read) blocked the reader."""
+    import threading
+    import time
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "ok.csv").write_text("a\n1\n")
+    for name in ("pipe.csv", "pipe.db", "pipe.parquet"):
+        os.mkfifo(root / name)
+    (root / "link.csv").symlink_to(root / "pipe.csv")
+    # Should anything open a FIFO anyway, a writer turns up after a while so the test cannot hang.
+    unblock = threading.Timer(5.0, lambda: [_open_for_writing(root / n) for n in ("pipe.csv", "pipe.db")])
+    unblock.daemon = True
+    unblock.start()
+    try:
+        started = time.monotonic()
+        for spec in ("pipe.csv", "link.csv", "pipe.parquet", "pipe.db"):
+            with pytest.raises(DataSourceError, match=r"FIFO|not a data file"):
+                resolve_sources([spec], [root])
+        folder = resolve_sources(["."], [root])
+        assert [f.label for f in folder.files] == ["ok.csv"]
+        (glob,) = resolve_sources(["*.csv"], [root]).files
+        assert [p.name for p in glob.paths] == ["ok.csv"]
+        assert time.monotonic() - started < 3
+    finally:
+        unblock.cancel()
+
+
+def _open_for_writing(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return  # no reader waits on it: nothing to unblock
+    os.close(fd)
+
+
+def test_line_over_finds_exactly_the_lines_past_the_limit(tmp_path: Path) -> None:
+    import gzip
+
+    from caelum_mcp.tools.data.sources import line_over
+
+    limit = 1000
+    cases = {
+        "short": b"a,b\n" + b"1,2\n" * 10_000,
+        "at_limit": b"a\n" + b"x" * limit + b"\n" + b"1\n" * 3000,
+        "over_middle": b"a\n" + b"1\n" * 3000 + b"x" * (limit + 1) + b"\n" + b"1\n" * 3000,
+        "over_first": b"x" * (limit * 5) + b"\n1\n",
+        "over_last_no_newline": b"a\n" + b"1\n" * 3000 + b"x" * (limit + 1),
+        "crlf": b"a\r\n" + b"1\r\n" * 5000,
+        "cr_only": b"a\r" + b"1\r" * 5000,
+    }
+    expected = {"over_middle", "over_first", "over_last_no_newline"}
+    for name, data in cases.items():
+        (tmp_path / f"{name}.csv").write_bytes(data)
+        (tmp_path / f"{name}.csv.gz").write_bytes(gzip.compress(data))
+        for path in (tmp_path / f"{name}.csv", tmp_path / f"{name}.csv.gz"):
+            assert line_over(path, limit) is (name in expected), path.name
+
+
+def test_a_csv_line_over_the_limit_is_refused_before_duckdb_reads_it(tmp_path: Path) -> None:
+    """Issue 19 item 7: a 2 GiB one-line CSV took 146 s and 6 GB. Scaled down: a 4 MiB line
+    against a 64 KiB limit is refused at once, with the setting that raises it."""
+    import time
+
+    root = tmp_path / "root"
+    root.mkdir()
+    with (root / "one_line.csv").open("wb") as handle:
+        handle.write(b"a,b\n")
+        handle.write(b"x" * (4 * 1024 * 1024))
+        handle.write(b",1\n")
+    (root / "fine.csv").write_text("a,b\n" + "y" * 10_000 + ",1\n")
+    started = time.monotonic()
+    with pytest.raises(DataSourceError, match=r"line longer than 65,536 bytes.*max_line_bytes"):
+        open_all(root, ["one_line.csv"], max_line_bytes=64 * 1024)
+    with pytest.raises(DataSourceError, match="max_line_bytes"):
+        open_all(root, ["*.csv"], max_line_bytes=64 * 1024, load_bytes=0)
+    assert time.monotonic() - started < 5
+    session = open_all(root, ["fine.csv"], max_line_bytes=64 * 1024, load_bytes=0)
+    try:
+        assert session.run("SELECT b FROM fine").rows == [[1]]
+    finally:
+        session.close()

@@ -4,16 +4,24 @@ A read-only connection alone still lets ``COPY … TO`` write files and ``read_c
 read any file, so a session is read-only in layers, each tested on its own:
 
 1. the statement guard (:mod:`.sql_guard`): exactly one SELECT, over registered tables only;
-2. DuckDB in-process and in memory, tables registered only from the given sources (views over the
-   files, DuckDB files attached ``READ_ONLY``, SQLite and Excel copied in: :mod:`.copies`), then
-   ``allowed_paths`` = exactly those files, ``enable_external_access=false`` and
+2. DuckDB in-process and in memory, locked down *before* any source is touched:
+   ``allowed_paths`` = exactly the sources' files, ``enable_external_access=false`` and
    ``lock_configuration=true``: no file outside the sources can be read or written, no extension
-   installed or loaded, no setting changed, whatever statement runs;
-3. a time limit (the query is interrupted), a memory limit with spilling only into the session's
-   private folder, and caps on the rows and characters a result brings back.
+   installed or loaded, no setting changed, whatever statement runs, a user database's own views
+   included. DuckDB is never given a name from the user's folder: each file is linked under the
+   private folder with a plain name (``files/0.csv``), so a name such as ``[p]w.csv`` cannot
+   become a glob that DuckDB expands to a neighbouring link. Tables are then registered (views
+   over the files, DuckDB files attached ``READ_ONLY``, SQLite and Excel copied in:
+   :mod:`.copies`); a database's views and computed columns are judged from the catalog before
+   anything binds them (:func:`.sql_guard.check_stored_sql`), and those that read files, settings
+   or other databases are left out;
+3. limits: time (the query is interrupted; opening the sources too), a memory limit with spilling
+   only into the session's private folder, CSV lines over ``max_line_bytes`` refused before DuckDB
+   reads them, and caps on the rows and characters a result brings back.
 
 A session belongs to one tool call; :func:`open_session` opens it in a worker thread and closes
-it (interrupting a query still running) however the call ends. Its private folder under the
+it (interrupting a query still running) however the call ends; a call cancelled while the sources
+are still being opened stops that work too (:class:`Stopper`). Its private folder under the
 supervisor's state folder holds spill files and the SQLite/Excel copies, and is removed on close.
 """
 
@@ -22,6 +30,8 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import math
+import os
+import re
 import shutil
 import tempfile
 import threading
@@ -50,8 +60,8 @@ from .models import (
     SqlRejectedError,
     TableInfo,
 )
-from .sources import ResolvedSources, SourceFile, table_name
-from .sql_guard import CheckedSelect, check_select
+from .sources import ResolvedSources, SourceFile, line_over, regular_file, table_name
+from .sql_guard import CheckedSelect, check_select, check_stored_sql, stored_view_query
 
 T = TypeVar("T")
 MAX_TABLES = 128
@@ -71,7 +81,37 @@ class SessionLimits:
     max_temp_size: str = "4GB"
     threads: int = 0  # 0: DuckDB's default (every core)
     max_copied_rows: int = 1_000_000
+    max_copied_bytes: int = copies.DEFAULT_MAX_BYTES  # NDJSON written for one SQLite table or sheet
     load_bytes: int = 32 * 1024 * 1024  # CSV and JSON sources up to this size are loaded into memory
+    max_line_bytes: int = 2 * 1024 * 1024  # a CSV line longer than this is refused (DuckDB's default)
+
+
+class Stopper:
+    """Stops a session's work from another thread, also while its sources are still being opened
+    (before the caller has the session): the DuckDB statement running now is interrupted, and the
+    SQLite and Excel copies and the line scan stop at their next check."""
+
+    def __init__(self) -> None:
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def watch(self, con: duckdb.DuckDBPyConnection) -> None:
+        with self._lock:
+            self._con = con
+        if self.stopped:
+            con.interrupt()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._lock:
+            con = self._con
+        if con is not None:
+            con.interrupt()
 
 
 def _literal(text: str) -> str:
@@ -156,6 +196,7 @@ class DataSession:
         limits: SessionLimits = SessionLimits(),
         *,
         materialize: bool = False,
+        stopper: Stopper | None = None,
     ) -> None:
         self.limits = limits
         self.work_dir = work_dir
@@ -163,6 +204,9 @@ class DataSession:
         self.tables: dict[str, TableInfo] = {}
         self.notes: list[str] = list(sources.notes)
         self._lock = threading.Lock()
+        self._stopper = stopper or Stopper()
+        self._opening_deadline = time.monotonic() + limits.timeout_s
+        self._shown: dict[str, str] = {}  # a private link's path -> the source it stands for
         config: dict[str, Any] = {
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
@@ -175,19 +219,72 @@ class DataSession:
             config["threads"] = limits.threads
         self._config = config
         self.con = SPARES.take(config)
+        self._stopper.watch(self.con)
         try:
-            self.con.execute(f"SET temp_directory = {_literal(str(work_dir / 'spill'))}")
-            allowed: list[str] = []
-            for index, source in enumerate(sources.files):
-                allowed += self._register(index, source, materialize)
+            links = [self._links(index, source) for index, source in enumerate(sources.files)]
+            self._lock_down(links, sources.files)
+            with _Watchdog(limits.timeout_s, self.con.interrupt):
+                for index, (source, linked) in enumerate(zip(sources.files, links, strict=True)):
+                    self._raise_if_stopped()
+                    self._register(index, source, linked, materialize)
             if not self.tables:
                 raise DataSourceError("the sources hold no tables")
-            self.con.execute(f"SET allowed_paths = [{', '.join(_literal(p) for p in allowed)}]")
-            self.con.execute("SET enable_external_access = false")
-            self.con.execute("SET lock_configuration = true")
         except BaseException:
             self.con.close()
             raise
+
+    # lock-down ---------------------------------------------------------------------------------
+
+    def _should_stop(self) -> bool:
+        return self._stopper.stopped or time.monotonic() > self._opening_deadline
+
+    def _raise_if_stopped(self) -> None:
+        if self._stopper.stopped:
+            raise QueryTimeoutError("the call was cancelled while its sources were being opened")
+        if time.monotonic() > self._opening_deadline:
+            raise QueryTimeoutError(self._opening_too_slow())
+
+    def _opening_too_slow(self) -> str:
+        return (
+            f"opening the sources ran past the time limit of {self.limits.timeout_s:g} s and was stopped; "
+            "name fewer or smaller sources, or raise the [data] time limit"
+        )
+
+    def _links(self, index: int, source: SourceFile) -> tuple[Path, ...]:
+        """Each file of ``source`` checked once more (a regular file, lines within the limit) and
+        linked under the private folder with a plain name DuckDB cannot read as a pattern."""
+        folder = self.work_dir / "files"
+        folder.mkdir(exist_ok=True)
+        links = []
+        for n, path in enumerate(source.paths):
+            regular_file(path, source.label)
+            if source.kind is SourceKind.CSV and line_over(path, self.limits.max_line_bytes, self._should_stop):
+                shown_path = source.label if len(source.paths) == 1 else f"{source.label} ({path.name})"
+                raise DataSourceError(
+                    f"{shown_path!r} has a line longer than {self.limits.max_line_bytes:,} bytes, which is not read "
+                    "(a line that long is not a table row); fix the file, or raise [data] max_line_bytes"
+                )
+            link = folder / f"{index}-{n}{_plain_suffix(path)}"
+            link.symlink_to(path)
+            self._shown[str(link)] = source.label
+            self._shown[str(path)] = source.label
+            links.append(link)
+        return tuple(links)
+
+    def _lock_down(self, links: Sequence[tuple[Path, ...]], files: Sequence[SourceFile]) -> None:
+        """Allow exactly the linked files (and a DuckDB file's WAL), then turn off every other
+        file access and lock the configuration: before any source is read or attached."""
+        allowed = [str(link) for linked in links for link in linked]
+        for source in files:
+            if source.kind is SourceKind.DUCKDB:
+                allowed.append(str(_wal_of(source)))
+        copies_dir = self.work_dir / "copies"
+        copies_dir.mkdir(exist_ok=True)
+        self.con.execute(f"SET temp_directory = {_literal(str(self.work_dir / 'spill'))}")
+        self.con.execute(f"SET allowed_paths = [{', '.join(_literal(p) for p in allowed)}]")
+        self.con.execute(f"SET allowed_directories = [{_literal(str(copies_dir) + os.sep)}]")
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET lock_configuration = true")
 
     # registration ------------------------------------------------------------------------------
 
@@ -200,29 +297,39 @@ class DataSession:
             n += 1
         return name
 
-    def _register(self, index: int, source: SourceFile, materialize: bool) -> list[str]:
-        """Register ``source``; returns the files DuckDB must still be allowed to read."""
+    def _register(self, index: int, source: SourceFile, links: tuple[Path, ...], materialize: bool) -> None:
+        """Register ``source``, read through its private ``links`` (DuckDB) or its resolved paths (Python)."""
         try:
             if source.kind in (SourceKind.CSV, SourceKind.PARQUET, SourceKind.JSON):
-                self._register_scan(source, materialize)
-                return [str(p) for p in source.paths]
-            if source.kind is SourceKind.DUCKDB:
-                self._register_duckdb(index, source)
+                self._register_scan(source, links, materialize)
+            elif source.kind is SourceKind.DUCKDB:
+                self._register_duckdb(index, source, links[0])
             elif source.kind is SourceKind.SQLITE:
                 names, notes = copies.sqlite_tables(source.paths[0])
                 self.notes += notes
                 self._register_copies(source, names, copies.copy_sqlite_table)
             else:
-                self._register_copies(source, copies.xlsx_sheets(source.paths[0]), copies.copy_xlsx_sheet)
+                sheets = copies.xlsx_sheets(source.paths[0], self.limits.max_copied_bytes)
+                self._register_copies(source, sheets, copies.copy_xlsx_sheet)
+        except duckdb.InterruptException:
+            self._raise_if_stopped()
+            raise QueryTimeoutError(self._opening_too_slow()) from None
         except duckdb.Error as exc:
-            raise DataSourceError(f"cannot read {source.label!r} as {source.kind}: {_message(exc)}") from None
-        return []
+            raise DataSourceError(f"cannot read {source.label!r} as {source.kind}: {self._say(exc)}") from None
 
-    def _register_scan(self, source: SourceFile, materialize: bool) -> None:
-        files = "[" + ", ".join(_literal(str(p)) for p in source.paths) + "]"
+    def _say(self, exc: BaseException) -> str:
+        """DuckDB's message about a source, naming the source instead of its private link."""
+        text = str(exc)
+        for path, label in sorted(self._shown.items(), key=lambda item: -len(item[0])):
+            text = text.replace(path, label)
+        return _message(text.replace(str(self.work_dir), "<session folder>"))
+
+    def _register_scan(self, source: SourceFile, links: tuple[Path, ...], materialize: bool) -> None:
+        files = "[" + ", ".join(_literal(str(p)) for p in links) + "]"
         several = ", union_by_name = true" if len(source.paths) > 1 else ""
+        line = f", max_line_size = {int(self.limits.max_line_bytes)}"
         reader = {
-            SourceKind.CSV: f"read_csv({files}{several})",
+            SourceKind.CSV: f"read_csv({files}{several}{line})",
             SourceKind.PARQUET: f"read_parquet({files}{several})",
             SourceKind.JSON: f"read_json({files}, format = 'auto'{several})",
         }[source.kind]
@@ -233,8 +340,8 @@ class DataSession:
         size = sum(p.stat().st_size for p in source.paths)
         loaded = materialize or (source.kind is not SourceKind.PARQUET and size <= self.limits.load_bytes)
         kind = "TABLE" if loaded else "VIEW"
-        if not loaded and source.kind is SourceKind.CSV and len(source.paths) == 1:
-            reader = self._sniffed_csv(source.paths[0]) or reader
+        if not loaded and source.kind is SourceKind.CSV and len(links) == 1:
+            reader = self._sniffed_csv(links[0]) or reader
         self.con.execute(f"CREATE {kind} {quote_ident(name)} AS SELECT * FROM {reader}")  # noqa: S608 - our literals
         # DESCRIBE binds a view again, which for a text file means sniffing it again: read the types
         # it was bound with from the catalog instead (slower than DESCRIBE for anything else).
@@ -250,8 +357,8 @@ class DataSession:
         try:
             got = self.con.execute(
                 "SELECT Delimiter, Quote, Escape, NewLineDelimiter, Comment, SkipRows, HasHeader, Columns, "
-                "DateFormat, TimestampFormat FROM sniff_csv(?)",
-                [str(path)],
+                "DateFormat, TimestampFormat FROM sniff_csv(?, max_line_size = ?)",
+                [str(path), int(self.limits.max_line_bytes)],
             ).fetchone()
         except duckdb.Error:  # plain read_csv says what is wrong with the file, in its own words
             return None
@@ -277,6 +384,7 @@ class DataSession:
             f"skip = {int(skip)}",
             f"header = {'true' if header else 'false'}",
             f"columns = {{{spelled}}}",
+            f"max_line_size = {int(self.limits.max_line_bytes)}",
         ]
         if text(date_format):
             options.append(f"dateformat = {_literal(text(date_format))}")
@@ -284,30 +392,90 @@ class DataSession:
             options.append(f"timestampformat = {_literal(text(ts_format))}")
         return f"read_csv({_literal(str(path))}, {', '.join(options)})"
 
-    def _register_duckdb(self, index: int, source: SourceFile) -> None:
+    def _register_duckdb(self, index: int, source: SourceFile, link: Path) -> None:
         alias = f"src_{index}_{uuid.uuid4().hex[:8]}"
-        self.con.execute(f"ATTACH {_literal(str(source.paths[0]))} AS {alias} (READ_ONLY)")
+        self.con.execute(f"ATTACH {_literal(str(link))} AS {alias} (READ_ONLY)")
         found = self.con.execute(
-            "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? "
-            "UNION ALL SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = ? AND NOT internal "
+            "SELECT schema_name, table_name, NULL FROM duckdb_tables() WHERE database_name = ? "
+            "UNION ALL SELECT schema_name, view_name, sql FROM duckdb_views() WHERE database_name = ? AND NOT internal "
             "ORDER BY 1, 2",
             [alias, alias],
         ).fetchall()
-        for schema, table in found:
+        refused = self._refused_objects(alias, [(str(s), str(t), v) for s, t, v in found])
+        for schema, table, _ in found:
+            if (schema, table) in refused:
+                self.notes.append(f"{source.label}:{table} was left out: {refused[(schema, table)]}")
+                continue
             wanted = table_name(table if schema == "main" else f"{schema}_{table}")
             name = self._name(wanted)
             target = f"{alias}.{quote_ident(schema)}.{quote_ident(table)}"
             self.con.execute(f"CREATE VIEW {quote_ident(name)} AS SELECT * FROM {target}")  # noqa: S608
             self._describe(name, f"{source.label}:{table}")
 
+    def _refused_objects(self, alias: str, found: Sequence[tuple[str, str, str | None]]) -> dict[tuple[str, str], str]:
+        """The tables and views of attached database ``alias`` that must not be read, and why.
+
+        Judged from the catalog, before anything binds them: a view's stored query, and a table's
+        column expressions (a generated column runs its expression when read). A view over a
+        refused view is refused too."""
+        own = {(schema.lower(), name.lower()) for schema, name, _ in found}
+        macros = {
+            str(row[0]).lower()
+            for row in self.con.execute(
+                "SELECT function_name FROM duckdb_functions() WHERE database_name = ?", [alias]
+            ).fetchall()
+        }
+        expressions: dict[tuple[str, str], list[str]] = {}
+        for schema, table, expression in self.con.execute(
+            "SELECT schema_name, table_name, column_default FROM duckdb_columns() "
+            "WHERE database_name = ? AND column_default IS NOT NULL",
+            [alias],
+        ).fetchall():
+            expressions.setdefault((str(schema), str(table)), []).append(f"SELECT {expression}")
+        refused: dict[tuple[str, str], str] = {}
+        reads: dict[tuple[str, str], frozenset[str]] = {}
+        for schema, name, view_sql in found:
+            key = (schema, name)
+            queries = [stored_view_query(view_sql)] if view_sql is not None else expressions.get(key, [])
+            for query in queries:
+                verdict = check_stored_sql(self.con, query, own, macros)
+                if verdict.problem is not None:
+                    refused[key] = verdict.problem
+                    break
+                reads[key] = reads.get(key, frozenset()) | verdict.reads
+        changed = True
+        while changed:  # views over refused views
+            changed = False
+            for key, names in reads.items():
+                bad = next((n for (_, n) in refused if n.lower() in names), None)
+                if key not in refused and bad is not None:
+                    refused[key] = f"it reads {bad!r}, which is left out"
+                    changed = True
+        return refused
+
     def _register_copies(
-        self, source: SourceFile, inner: Sequence[str], copy: Callable[[Path, str, Path, int], copies.CopiedTable]
+        self, source: SourceFile, inner: Sequence[str], copy: Callable[..., copies.CopiedTable]
     ) -> None:
         path = source.paths[0]
         for item in inner:
-            out = self.work_dir / f"copy-{uuid.uuid4().hex}.ndjson"
+            self._raise_if_stopped()
+            out = self.work_dir / "copies" / f"copy-{uuid.uuid4().hex}.ndjson"
             try:
-                copied = copy(path, item, out, self.limits.max_copied_rows)
+                try:
+                    copied = copy(
+                        path,
+                        item,
+                        out,
+                        self.limits.max_copied_rows,
+                        max_bytes=self.limits.max_copied_bytes,
+                        should_stop=self._should_stop,
+                    )
+                except copies.RefusedTableError as exc:
+                    self.notes.append(str(exc))
+                    continue
+                except QueryTimeoutError:
+                    self._raise_if_stopped()
+                    raise
                 if not copied.columns:
                     self.notes.append(f"{source.label}:{item} is empty and was left out")
                     continue
@@ -379,7 +547,7 @@ class DataSession:
                     "make it cheaper (filter early, avoid cross joins) or raise [data] query_timeout_s"
                 ) from None
             except duckdb.Error as exc:
-                raise QueryFailedError(_message(exc)) from None
+                raise QueryFailedError(self._say(exc)) from None
         columns = [ColumnInfo(name=str(d[0]), type=str(d[1])) for d in described]
         rows, cut = self._fit_rows(raw[:limit])
         return QueryResult(
@@ -404,14 +572,14 @@ class DataSession:
                     f"stopped at the time limit of {self.limits.timeout_s:g} s; raise [data] profile_timeout_s"
                 ) from None
             except duckdb.Error as exc:
-                raise QueryFailedError(_message(exc)) from None
+                raise QueryFailedError(self._say(exc)) from None
 
     def _time_limit(self) -> _Watchdog:
         return _Watchdog(self.limits.timeout_s, self.con.interrupt)
 
     def interrupt(self) -> None:
         """Stop the query running now, if any (safe from any thread)."""
-        self.con.interrupt()
+        self._stopper.stop()
 
     def close(self) -> None:
         with self._lock:
@@ -497,7 +665,24 @@ def _statements(sql: str) -> list[duckdb.Statement]:
         return []
 
 
-def _message(exc: BaseException) -> str:
+def _plain_suffix(path: Path) -> str:
+    """The extension DuckDB needs to know a file by (``.csv``, ``.csv.gz``), letters and digits only."""
+    suffixes = [s.lower() for s in path.suffixes if re.fullmatch(r"\.[A-Za-z0-9]{1,10}", s)]
+    keep = 2 if suffixes and suffixes[-1] == ".gz" else 1
+    return "".join(suffixes[-keep:])
+
+
+def _wal_of(source: SourceFile) -> Path:
+    """The WAL DuckDB reads beside a database file; one there must be a regular file of its own."""
+    wal = source.paths[0].with_name(source.paths[0].name + ".wal")
+    if os.path.lexists(wal) and (wal.is_symlink() or not wal.is_file()):
+        raise DataSourceError(
+            f"{source.label!r} has a .wal file beside it that is a link or not a regular file; remove it"
+        )
+    return wal
+
+
+def _message(exc: BaseException | str) -> str:
     """DuckDB's message without the caret diagram, short enough to show and to feed back to a model."""
     # DuckDB's "LINE 1: …" excerpt would quote our wrapping of the query, not the caller's text.
     lines = [
@@ -547,13 +732,19 @@ def _private_folder(state_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="session-", dir=state_dir))
 
 
-def _new_session(sources: ResolvedSources, state_dir: Path, limits: SessionLimits, materialize: bool) -> DataSession:
+def _new_session(
+    sources: ResolvedSources, state_dir: Path, limits: SessionLimits, materialize: bool, stopper: Stopper
+) -> DataSession:
     work_dir = _private_folder(state_dir)
     try:
-        return DataSession(sources, work_dir, limits, materialize=materialize)
+        session = DataSession(sources, work_dir, limits, materialize=materialize, stopper=stopper)
     except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)
         raise
+    if stopper.stopped:  # cancelled while opening, and nobody waits for it any more
+        session.close()
+        raise QueryTimeoutError("the call was cancelled while its sources were being opened")
+    return session
 
 
 @asynccontextmanager
@@ -564,8 +755,18 @@ async def open_session(
     *,
     materialize: bool = False,
 ) -> AsyncIterator[AsyncDataSession]:
-    """A session over ``sources`` with its private folder under ``state_dir``; closed on exit."""
-    session = await anyio.to_thread.run_sync(partial(_new_session, sources, state_dir, limits, materialize))
+    """A session over ``sources`` with its private folder under ``state_dir``; closed on exit.
+
+    Cancelled while the sources are opened, the call returns at once and the opening stops
+    (interrupted, or at its next check) and cleans up in its thread."""
+    stopper = Stopper()
+    try:
+        session = await anyio.to_thread.run_sync(
+            partial(_new_session, sources, state_dir, limits, materialize, stopper), abandon_on_cancel=True
+        )
+    except anyio.get_cancelled_exc_class():
+        stopper.stop()
+        raise
     try:
         yield AsyncDataSession(session)
     finally:

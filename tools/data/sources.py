@@ -9,14 +9,24 @@ A source is one of:
   must all be CSV, Parquet or JSON of one kind.
 
 Relative paths are taken from the first allowed root. Every file is resolved (links followed) and
-must stay inside the roots; a glob match whose link leaves them is skipped and said so. The kind
-comes from the extension, and for ``.db`` files from the file's first bytes.
+must stay inside the roots and be a regular file (a FIFO or device would block whoever opens it);
+a glob match whose link leaves them is skipped and said so. The kind comes from the extension, and
+for ``.db`` files from the file's first bytes.
+
+A name is taken literally when a file or folder of that name exists, glob characters and all
+(``[p]w.csv``, ``data{1}/x.csv``); only a spec that names nothing is expanded as a glob. The
+session never hands DuckDB a name from here, only exact links to these resolved files, so DuckDB
+cannot expand a name into a pattern either (see :mod:`.session`).
 """
 
 from __future__ import annotations
 
+import gzip
+import mmap
+import os
 import re
-from collections.abc import Sequence
+import stat
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -24,7 +34,7 @@ from pathlib import Path
 from caelum_mcp.errors import PathNotAllowedError
 from caelum_mcp.tools.paths import resolve_project, resolve_within, shown
 
-from .models import DataSourceError, SourceKind
+from .models import DataSourceError, QueryTimeoutError, SourceKind
 
 MAX_FILES = 64  # per folder source; a folder with more is refused with the count
 MAX_GLOB_PATHS = 1024  # paths a glob may match (one table over them all)
@@ -71,6 +81,78 @@ class ResolvedSources:
     notes: tuple[str, ...] = ()
 
 
+def regular_file(path: Path, label: str) -> os.stat_result:
+    """``path``'s status (links followed); a FIFO, socket or device is refused with a clear error.
+
+    Opening a FIFO blocks until a writer appears, which would hang the reader and the call."""
+    try:
+        status = path.stat()
+    except OSError as exc:
+        raise DataSourceError(f"{shown(label)} cannot be read: {exc.strerror or type(exc).__name__}") from None
+    if not stat.S_ISREG(status.st_mode):
+        what = "a FIFO" if stat.S_ISFIFO(status.st_mode) else "a folder" if stat.S_ISDIR(status.st_mode) else None
+        raise DataSourceError(
+            f"{shown(label)} is {what or 'not a regular file'}; only regular data files are read ({FORMATS})"
+        )
+    return status
+
+
+def line_over(path: Path, limit: int, should_stop: Callable[[], bool] = lambda: False) -> bool:
+    """Whether a line of ``path`` (a text file, ``.gz`` read through) is longer than ``limit`` bytes.
+
+    DuckDB's CSV reader spends minutes and gigabytes on a line of a few hundred megabytes, and
+    does not stop when interrupted, so long lines are found here first. A plain file is looked at
+    in blocks of ``limit / 2``: a line over ``limit`` holds a whole block with no newline, and a
+    block with one costs a single ``memchr`` that stops at its first newline (a few bytes of
+    each block are read, not the file). A ``.gz`` file is decompressed in such blocks.
+    ``should_stop()`` is asked between blocks; when it says yes this raises QueryTimeoutError.
+    """
+    block = max(limit // 2, 1)
+    if path.name.lower().endswith(".gz"):
+        return _gzip_line_over(path, limit, block, should_stop)
+    size = path.stat().st_size
+    if size <= limit:
+        return False
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        for start in range(0, size, block):
+            if start % (block * 64) == 0 and should_stop():
+                raise QueryTimeoutError(f"looking for long lines in {path.name} was stopped")
+            end = min(start + block, size)
+            if data.find(b"\n", start, end) != -1 or data.find(b"\r", start, end) != -1:
+                continue
+            lowest = max(0, start - limit)
+            before = data.rfind(b"\n", lowest, start)
+            if before == -1 and lowest > 0:
+                return True
+            line_start = before + 1 if before != -1 else 0
+            after = data.find(b"\n", end, min(size, line_start + limit + 1))
+            if after == -1 and min(size, line_start + limit + 1) - line_start > limit:
+                return True
+    return False
+
+
+def _gzip_line_over(path: Path, limit: int, block: int, should_stop: Callable[[], bool]) -> bool:
+    run = 0  # bytes since the last newline
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(block):
+                if should_stop():
+                    raise QueryTimeoutError(f"looking for long lines in {path.name} was stopped")
+                chunk = chunk.replace(b"\r", b"\n")  # a CR alone ends a line too (old Mac files)
+                first = chunk.find(b"\n")
+                if first == -1:
+                    run += len(chunk)
+                else:  # lines wholly inside a chunk are shorter than the chunk, so under the limit
+                    if run + first > limit:
+                        return True
+                    run = len(chunk) - chunk.rfind(b"\n") - 1
+                if run > limit:
+                    return True
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return False  # DuckDB says what is wrong with the file, in its own words
+    return False
+
+
 def kind_of(path: Path) -> SourceKind | None:
     """The data kind of ``path`` by its extension (``.gz`` looked through), ``.db`` by its header."""
     suffixes = [s.lower() for s in path.suffixes]
@@ -86,11 +168,19 @@ def kind_of(path: Path) -> SourceKind | None:
 
 
 def _sniff_database(path: Path) -> SourceKind | None:
+    # Non-blocking, and only a regular file is read: a FIFO named `.db` must not block the open.
     try:
-        with path.open("rb") as handle:
-            head = handle.read(16)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        head = os.read(fd, 16)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     if head.startswith(_SQLITE_MAGIC):
         return SourceKind.SQLITE
     if head[8:12] == _DUCKDB_MAGIC:
@@ -129,7 +219,7 @@ def resolve_sources(specs: Sequence[str], roots: Sequence[Path]) -> ResolvedSour
         text = spec.strip()
         if not text:
             raise DataSourceError("a source is empty; give a file, folder or glob inside the allowed roots")
-        if _GLOB_CHARS.search(text):
+        if _GLOB_CHARS.search(text) and not _names_something(text, allowed):
             found, skipped = _glob(text, allowed)
             files.append(found)
             if skipped:
@@ -148,7 +238,18 @@ def resolve_sources(specs: Sequence[str], roots: Sequence[Path]) -> ResolvedSour
     return ResolvedSources(tuple(files), tuple(notes))
 
 
+def _names_something(text: str, roots: tuple[Path, ...]) -> bool:
+    """Whether ``text`` names an existing file or folder inside the roots, read literally."""
+    parent, _, leaf = text.rstrip("/").rpartition("/")
+    try:
+        folder = resolve_project(parent or ("/" if text.startswith("/") else "."), roots)
+        return os.path.lexists(folder / leaf) if leaf not in ("", ".", "..") else True
+    except PathNotAllowedError:
+        return False
+
+
 def _file(path: Path, roots: Sequence[Path]) -> SourceFile:
+    regular_file(path, _label(path, roots))
     kind = kind_of(path)
     if kind is None:
         raise DataSourceError(f"{shown(_label(path, roots))} is not a data file this tool reads ({FORMATS})")
@@ -178,6 +279,9 @@ def _folder(folder: Path, roots: Sequence[Path]) -> list[SourceFile]:
 def _glob(text: str, roots: Sequence[Path]) -> tuple[SourceFile, int]:
     parts = text.split("/")
     first = next(i for i, part in enumerate(parts) if _GLOB_CHARS.search(part))
+    # A folder whose name holds glob characters is the folder itself when it exists.
+    while first < len(parts) - 1 and _names_something("/".join(parts[: first + 1]), tuple(roots)):
+        first = next((i for i, part in enumerate(parts) if i > first and _GLOB_CHARS.search(part)), len(parts) - 1)
     prefix = "/".join(parts[:first]) or ("/" if text.startswith("/") else ".")
     pattern = "/".join(parts[first:])
     if ".." in parts[first:]:

@@ -20,7 +20,8 @@ hold even if a statement got through; see :mod:`.session`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,9 +93,74 @@ def check_select(con: duckdb.DuckDBPyConnection, sql: str, tables: Mapping[str, 
                     f"table function {name}() is not allowed: only the registered tables may be read "
                     f"({_listing(sorted(tables))})"
                 )
-        if node.get("class") == "FUNCTION" and str(node.get("function_name", "")).lower() in REFUSED_FUNCTIONS:
-            raise SqlRejectedError(f"function {node['function_name']}() is not allowed here")
+        if node.get("class") == "FUNCTION":
+            if str(node.get("function_name", "")).lower() in REFUSED_FUNCTIONS:
+                raise SqlRejectedError(f"function {node['function_name']}() is not allowed here")
+            if str(node.get("catalog") or "").lower() not in ("", "system", "memory"):
+                # an attached database's own macros are bound from its file, not checked here
+                raise SqlRejectedError(f"function {node['function_name']}() of another database is not allowed here")
     return CheckedSelect(sql=body, tables=frozenset(read - ctes))
+
+
+@dataclass(frozen=True)
+class StoredSql:
+    """What a database's own stored SQL (a view's query, a column's expression) reads, or why it is refused."""
+
+    problem: str | None
+    reads: frozenset[str]
+
+
+def check_stored_sql(
+    con: duckdb.DuckDBPyConnection, body: str, own: Collection[tuple[str, str]], macros: Collection[str]
+) -> StoredSql:
+    """Judge SQL stored in a user's database file before anything binds it.
+
+    A view or a generated column runs with the session's rights when it is read, so it may read
+    only the database's own tables and views (``own``: lower-case ``(schema, name)`` pairs) and
+    plain generators: no file (``read_csv('/etc/passwd')``, ``FROM 'x.csv'``), no other database,
+    no catalog view (``duckdb_settings()``, ``pragma_database_list``, ``duckdb_databases()``, which
+    would show settings and absolute paths), no setting-reading function and none of the file's own
+    ``macros`` (their bodies are SQL too). ``reads`` names what it reads, for views over views.
+    """
+    try:
+        tree = _serialised(con, body)
+    except SqlRejectedError:
+        return StoredSql("its SQL cannot be checked", frozenset())
+    names = {name for _, name in own}
+    reads: set[str] = set()
+    ctes = {key.lower() for key in _cte_names(tree)}
+    for node in _nodes(tree):
+        node_type = node.get("type")
+        if node_type in _TABLE_NODES and not (node_type == "SHOW_REF" and node.get("query")):
+            name = str(node.get("table_name", "")).lower()
+            schema = str(node.get("schema_name") or "").lower()
+            if node.get("catalog_name"):
+                return StoredSql(f"it reads {name!r} of another database", frozenset())
+            if not schema and name in ctes:
+                continue
+            if (schema, name) not in own and not (not schema and name in names):
+                if any(c in name for c in "/\\.:"):  # a replacement scan: never echo the path
+                    return StoredSql("it reads a file by its path", frozenset())
+                return StoredSql(f"it reads {name[:80]!r}, which is not a table of this database", frozenset())
+            reads.add(name)
+        elif node_type == "TABLE_FUNCTION":
+            function = node.get("function") or {}
+            name = str(function.get("function_name", "")).lower()
+            if name not in ALLOWED_TABLE_FUNCTIONS:
+                return StoredSql(f"it calls {name}() (files, settings or other databases)", frozenset())
+        if node.get("class") == "FUNCTION":
+            name = str(node.get("function_name", "")).lower()
+            if name in REFUSED_FUNCTIONS or name in macros or node.get("catalog"):
+                return StoredSql(f"it calls {name}()", frozenset())
+    return StoredSql(None, frozenset(reads))
+
+
+def stored_view_query(create_sql: str) -> str:
+    """The query of a ``CREATE VIEW … AS <query>`` statement (DuckDB's ``duckdb_views().sql``)."""
+    for offset, kind in duckdb.tokenize(create_sql):
+        if kind == duckdb.token_type.keyword and re.match(r"(?i)AS\b", create_sql[offset : offset + 3]):
+            return _without_final_semicolon(create_sql[offset + 2 :].strip())
+    return ""
 
 
 def _serialised(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, Any]:
