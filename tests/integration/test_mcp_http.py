@@ -60,7 +60,8 @@ def tail(path: Path, limit: int = 4000) -> str:
 
 
 def start_server(tmp: Path, env_extra: dict[str, str], host: str = "127.0.0.1") -> Iterator[Served]:
-    home = tmp / "home"
+    # HOME beside the working folder, not inside it: a folder above home is never a default root.
+    home = tmp.parent / f"{tmp.name}-home"
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {
