@@ -179,8 +179,9 @@ class KnowledgeState:
     def memory(self) -> MemoryStore:
         if self._memory is None:
             path = self.state_dir / "memory.sqlite3"
-            self._memory, notice = _open_or_set_aside(lambda: MemoryStore(path), path, _MEMORY_DAMAGE)
-            self._memory_notice = notice or self._memory_notice
+            store, notice = _open_or_set_aside(lambda: MemoryStore(path), path, _MEMORY_DAMAGE)
+            self._memory, self._memory_notice = store, notice or self._memory_notice
+            return store
         return self._memory
 
     def set_aside_memory(self, exc: BaseException) -> None:
