@@ -25,13 +25,14 @@ import json
 import logging
 import math
 import os
+import signal
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,6 +40,7 @@ from typing import Any
 
 import anyio
 import httpx2
+from mcp import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -57,6 +59,7 @@ from caelum_mcp.ledger import _INSERT, Ledger
 from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
 from caelum_mcp.pool import Pool
 from caelum_mcp.router import Router
+from caelum_mcp.server import StateHolder, create_server
 from caelum_mcp.status import PoolAdministration
 from caelum_mcp.supervisors.ai import PoolStatusInput, pool_status
 from caelum_mcp.types import ChatMessage, ChatRequest, Tier
@@ -524,6 +527,116 @@ async def pool_status_ledger(http: httpx2.AsyncClient, folder: Path) -> Row:
     return row
 
 
+KNOWLEDGE_PROJECT = {
+    "service/oauth.py": "def refreshAccessToken(client, token):\n    # renews an expired access token\n"
+    "    return client.post('/oauth/token', token=token)\n",
+    "service/retry.py": "def backoff_seconds(attempt):\n    return min(2 ** attempt, 30)\n",
+    "docs/operations.md": "# Operations\n\nFailed calls are retried with exponential backoff.\n",
+}
+
+
+@asynccontextmanager
+async def mcp_session(folder: Path, **overrides: Any) -> AsyncIterator[tuple[Client, StateHolder]]:
+    """The real MCP server in process, reading only ``folder/work``, no model unless asked."""
+    config = load_config(
+        None,
+        environ={},
+        overrides={
+            "data_dir": str(folder / "data"),
+            "embedded": "off",
+            "allowed_roots": [str(folder / "work")],
+            "implicit_ollama": False,
+            **overrides,
+        },
+    )
+    server, holder = create_server(config)
+    async with Client(server) as client:
+        yield client, holder
+
+
+async def tool(client: Client, name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """A tool's structured result; a clear error raises CaelumError, an internal one RuntimeError."""
+    res = await client.call_tool(name, args)
+    text = " ".join(getattr(c, "text", "") for c in res.content)
+    if res.is_error:
+        raise RuntimeError(text) if "internal error" in text else CaelumError(text)
+    assert res.structured_content is not None
+    return dict(res.structured_content)
+
+
+def write_project(folder: Path) -> Path:
+    root = folder / "work" / "svc"
+    for name, text in KNOWLEDGE_PROJECT.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def spoil_stores(folder: Path) -> None:
+    """Overwrite every knowledge index and note file under ``folder`` with garbage."""
+    for path in [*folder.rglob("indexes/*.sqlite3"), *folder.rglob("memory.sqlite3")]:
+        path.write_bytes(b"\x00garbage" * 2000)
+
+
+def set_aside_files(folder: Path) -> list[Path]:
+    return list(folder.rglob("*.damaged-*"))
+
+
+async def damaged_stores(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row("knowledge index and note file overwritten with garbage between runs (search, then memory, x3)")
+    project = write_project(folder)
+    search = {"query": "refresh access token", "project": str(project)}
+    noted = kept = 0
+    for _ in range(3):
+        async with mcp_session(folder) as (client, _):
+            await tool(client, "search_knowledge", search)
+            await tool(client, "memory", {"action": "remember", "text": "staging listens on 5433"})
+        spoil_stores(folder)
+        async with mcp_session(folder) as (client, _):
+            tally = Tally(row, 30.0)
+            found = await tally.call(lambda: tool(client, "search_knowledge", search))
+            listed = await tally.call(lambda: tool(client, "memory", {"action": "list"}))
+            noted += sum(out is not None and "moved aside" in (out.get("note") or "") for out in (found, listed))
+    kept = len(set_aside_files(folder))
+    row.figure = f"{noted}/{row.sent} answers said the file was moved aside; {kept} damaged files kept for recovery"
+    return row
+
+
+async def embedding_server_killed(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row("the embedded embedding server (llama.cpp, all-MiniLM) killed -9, then one search (x3)")
+    project = write_project(folder)
+    search = {"query": "renew an expired login credential", "project": str(project)}
+    hybrid = 0
+    restart_s: list[float] = []
+    async with mcp_session(folder, embedded="on") as (client, holder):
+        server = holder.require().embedded_embeddings
+        if server is None:
+            row.figure = f"not measured: the embedded embedding model did not start ({holder.require().embedded_note})"
+            return row
+        for _ in range(600):  # the first search answers at once; vectors come in the background
+            if "semantic" in (await tool(client, "search_knowledge", search))["signals"]:
+                break
+            await anyio.sleep(0.2)
+        tally = Tally(row, 60.0)
+        for _ in range(3):
+            pid = server.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            for _ in range(1000):  # until the server has seen its child exit
+                if not server.running:
+                    break
+                await anyio.sleep(0.01)
+            started = time.monotonic()
+            out = await tally.call(lambda: tool(client, "search_knowledge", search))
+            restart_s.append(time.monotonic() - started)
+            hybrid += out is not None and "semantic" in out["signals"]
+    row.figure = (
+        f"{hybrid}/{row.sent} searches after a kill were hybrid (semantic + lexical); "
+        f"each took {min(restart_s):.1f}-{max(restart_s):.1f} s with the restart"
+    )
+    return row
+
+
 ROWS: dict[str, Callable[[httpx2.AsyncClient, Path], Awaitable[Row]]] = {
     "budget": budget,
     "hang": hang,
@@ -540,6 +653,8 @@ ROWS: dict[str, Callable[[httpx2.AsyncClient, Path], Awaitable[Row]]] = {
     "hang_on_chat": hang_on_chat,
     "claude_dense": claude_dense,
     "pool_status_ledger": pool_status_ledger,
+    "damaged_stores": damaged_stores,
+    "embedding_server_killed": embedding_server_killed,
 }
 
 
