@@ -579,7 +579,7 @@ def spoil_stores(folder: Path) -> None:
 
 
 def set_aside_files(folder: Path) -> list[Path]:
-    return list(folder.rglob("*.damaged-*"))
+    return list(folder.rglob("*.corrupt-*"))
 
 
 async def damaged_stores(http: httpx2.AsyncClient, folder: Path) -> Row:

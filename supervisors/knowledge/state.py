@@ -15,7 +15,7 @@ syncs again. It sends small groups (:data:`BACKGROUND_GROUP_S` each), since a se
 embedding waits behind the group on the model. Run without the server (a test calling a handler),
 a sync embeds before it returns.
 
-A store file that SQLite cannot read (garbage, damaged pages) is renamed ``<name>.damaged-<time>``
+A store file that SQLite cannot read (garbage, damaged pages) is renamed ``<name>.corrupt-<time>``
 beside itself and a fresh one takes its place, when it is opened or when a tool meets the damage
 (:meth:`KnowledgeState.set_aside_project`, :meth:`KnowledgeState.set_aside_memory`); the next
 result of that tool says so once. An index is rebuilt from the project's files; the notes of a

@@ -65,6 +65,6 @@ async def test_a_damaged_index_and_note_file_are_moved_aside_and_rebuilt(tmp_pat
         assert "moved aside" not in (recalled["note"] or "")
 
     for path, garbage in spoiled.items():
-        aside = only(path.parent, path.name + ".damaged-*")
+        aside = only(path.parent, path.name + ".corrupt-*")
         assert str(aside) in (out["note"] + listed["note"])
         assert aside.read_bytes()[: len(garbage)] == garbage  # kept as it was, for recovery by hand

@@ -58,7 +58,7 @@ def test_set_aside_renames_the_file_and_its_wal_together(tmp_path: Path) -> None
     aside = set_aside(copy / "memory.sqlite3")
     MemoryStore(copy / "memory.sqlite3").close()  # a fresh file under the old name, damaged again at once
     second = set_aside(copy / "memory.sqlite3")
-    assert aside != second and aside.name.startswith("memory.sqlite3.damaged-")
+    assert aside != second and aside.name.startswith("memory.sqlite3.corrupt-")
     assert not (copy / "memory.sqlite3").exists() and not (copy / "memory.sqlite3-wal").exists()
     assert aside.with_name(aside.name + "-wal").exists()
     recovered = MemoryStore(aside)

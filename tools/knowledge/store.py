@@ -68,14 +68,15 @@ def is_damaged_store(exc: BaseException) -> bool:
 
 def set_aside(path: Path) -> Path:
     """Rename the SQLite file ``path`` (and its ``-wal`` and ``-shm`` files) to
-    ``<name>.damaged-<UTC time>`` beside it, so that a fresh one can be created under the old name
-    and what the old one held can still be recovered by hand. Returns the new name."""
+    ``<name>.corrupt-<UTC time>`` beside it, as the workflow run store does, so that a fresh one
+    can be created under the old name and what the old one held can still be recovered by hand.
+    Returns the new name."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
     while aside.exists():  # twice in one second
         n += 1
-        aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
     for suffix in ("-wal", "-shm"):
         companion = path.with_name(path.name + suffix)
         if companion.exists():
