@@ -10,6 +10,7 @@ sent as MCP image content.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -87,9 +88,12 @@ def table_line(table: TableInfo) -> str:
 async def query_data(args: QueryDataInput, ctx: ToolContext) -> QueryDataOutput:
     settings = ctx.settings_as(DataSettings)
     resolved = resolve_sources(args.sources, ctx.roots)
+    # One budget for the whole call: the repair rounds' queries and the tables' description share
+    # it, so a call that tries one runaway query after another still stops at query_timeout_s.
     limits = session_limits(
         settings, timeout_s=settings.query_timeout_s, max_rows=args.max_rows, rows_chars=rows_chars(args.max_rows)
     )
+    limits = replace(limits, call_budget_s=settings.query_timeout_s)
     await ctx.report(0, 3, f"opening {len(resolved.files)} source(s)")
     async with open_session(resolved, ctx.state_dir / "sessions", limits) as session:
         tables = [table_line(t) for t in list(session.tables.values())[:TABLES_SHOWN]]

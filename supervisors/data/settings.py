@@ -12,7 +12,12 @@ class DataSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    query_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="a query is interrupted after this")
+    query_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="a query_data call's DuckDB work (its sources opened, every query tried) is stopped after this",
+    )
     profile_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="each profiling scan's limit")
     memory_limit: str = Field(
         default="2GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", description="DuckDB's memory limit"

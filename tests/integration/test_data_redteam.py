@@ -11,7 +11,9 @@ whatever SQL a question smuggles in ("…run this: COPY …").
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +167,100 @@ async def test_every_hostile_question_ends_in_a_clear_error_and_nothing_changes(
     print(f"red team, questions: {len(HOSTILE_QUESTIONS)}/{len(HOSTILE_QUESTIONS)} refused")
     assert digest(root) == before
     assert list(out.iterdir()) == []
+
+
+# The hostile project of issue 19 (items 3, 4 and 7): names that are patterns, views and computed
+# columns that reach outside the database, a FIFO and a one-line file, each through the real server.
+OUTSIDE_SECRET = "root:x:0:0:canary-19c4:/root:/bin/bash"
+
+
+def _hostile_project(tmp: Path) -> Path:
+    import duckdb
+
+    root = tmp / "work"
+    src = root / "src"
+    src.mkdir(parents=True)
+    outside = tmp / "outside"
+    outside.mkdir()
+    (outside / "passwd").write_text(f"{OUTSIDE_SECRET}\n")
+    (outside / "users.json").write_text(json.dumps([{"line": OUTSIDE_SECRET}]))
+    (src / "[p]w.csv").write_text("a,b\n1,2\n")
+    (src / "pw.csv").symlink_to(outside / "passwd")
+    (src / "[p]w.json").write_text(json.dumps([{"a": 1, "b": 2}]))
+    (src / "pw.json").symlink_to(outside / "users.json")
+    con = duckdb.connect(str(root / "store.duckdb"))
+    con.execute("CREATE TABLE stock AS SELECT 1 AS sku")
+    con.execute(f"CREATE VIEW leak AS SELECT * FROM read_csv('{outside / 'passwd'}')")
+    con.execute("CREATE VIEW settings AS SELECT * FROM duckdb_settings()")
+    con.execute("CREATE VIEW dbs AS SELECT * FROM duckdb_databases()")
+    con.execute("CREATE VIEW dblist AS SELECT * FROM pragma_database_list")
+    con.close()
+    os.mkfifo(root / "pipe.csv")
+    with (root / "one_line.csv").open("wb") as handle:
+        handle.write(b"a,b\n" + b"x" * 300_000 + b",1\n")
+    return root
+
+
+def _text(res: Any) -> str:
+    return " ".join(getattr(c, "text", "") for c in res.content) + json.dumps(res.structured_content, default=str)
+
+
+@pytest.mark.slow  # a few seconds: one server, eight calls
+async def test_a_hostile_project_reads_nothing_outside_through_names_views_or_special_files(tmp_path: Path) -> None:
+    _hostile_project(tmp_path)
+    limits = {"query_timeout_s": 5.0, "max_line_bytes": 65_536}
+    async with session(tmp_path, [], data=limits) as (client, _):
+        calls: list[tuple[list[str], str]] = [
+            (["src"], "SELECT * FROM p_w"),
+            (["src/[p]w.csv"], "SELECT * FROM p_w"),
+            (["src/*.csv"], "SELECT * FROM src"),
+            (["src/[p]w.json"], "SELECT * FROM p_w"),
+            (["store.duckdb"], "SELECT * FROM stock"),
+            (["store.duckdb"], "SELECT * FROM leak"),
+        ]
+        for sources, sql in calls:
+            res = await client.call_tool("query_data", {"sources": sources, "sql": sql})
+            text = _text(res)
+            assert "canary-19c4" not in text and "root:x" not in text, (sources, sql, text)
+            assert str(tmp_path) not in text, (sources, sql, text)  # no absolute path, ours or the outside's
+            if sql != "SELECT * FROM leak":
+                assert not res.is_error and res.structured_content is not None, text
+                assert res.structured_content["rows"] in ([[1, 2]], [[1]]), text
+        listing = await client.call_tool("query_data", {"sources": ["store.duckdb"], "sql": "SELECT 1"})
+        assert listing.structured_content is not None
+        assert [t.split("(")[0] for t in listing.structured_content["tables"]] == ["stock"]
+        assert all("was left out" in n for n in listing.structured_content["notes"][:4])
+        for source, expected in (("pipe.csv", "FIFO"), ("one_line.csv", "max_line_bytes")):
+            started = time.monotonic()
+            res = await client.call_tool("query_data", {"sources": [source], "sql": "SELECT 1"})
+            assert res.is_error and expected in _text(res)
+            assert time.monotonic() - started < 10  # refused, not read (a reader of the FIFO would block)
+
+
+def _runaway_model() -> Any:
+    """A model that writes a different runaway cross join in each round (repairs included)."""
+    rounds = iter(range(100))
+
+    def reply(request: ChatRequest) -> ScriptedReply:
+        n = next(rounds)
+        sql = f"SELECT count(*) FROM range(100000) a, range(100000) b, range({1000 + n}) c"
+        return ScriptedReply(json.dumps({"sql": sql, "explanation": "count", "confidence": 0.99}), logprob=-0.01)
+
+    return reply
+
+
+@pytest.mark.slow  # seconds: the time limit
+async def test_a_call_trying_one_runaway_query_after_another_stops_at_its_time_limit(arena: dict[str, Path]) -> None:
+    """Issue 19 item 7: a runaway stopped at 79 s against a 30 s limit, each repair round's query
+    getting the whole limit again. The limit is the call's: 3 s here, three runaway rounds."""
+    backend = ScriptedBackend([("qwen2.5-coder:7b", 7.0)], _runaway_model(), name="gpu-1")
+    data = {"query_timeout_s": 3.0, "repair_rounds": 2}
+    async with session(arena["tmp"], [gpu_host(backend)], data=data) as (client, _):
+        started = time.monotonic()
+        res = await client.call_tool("query_data", {"sources": ["shop/sales.csv"], "question": "how many?"})
+        elapsed = time.monotonic() - started
+    assert not res.is_error and res.structured_content is not None
+    result = res.structured_content
+    assert result["rows"] == [] and "time limit" in (result["error"] or "")
+    assert len(result["rounds"]) == 3  # every round was tried, and stopped
+    assert elapsed < 8, f"three runaway rounds took {elapsed:.1f} s against a 3 s limit"

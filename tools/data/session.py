@@ -65,6 +65,7 @@ from .sql_guard import CheckedSelect, check_select, check_stored_sql, stored_vie
 
 T = TypeVar("T")
 MAX_TABLES = 128
+_REINTERRUPT_S = 0.2
 _LIST_ITEMS = 50  # items of a LIST/ARRAY cell shown
 
 
@@ -84,6 +85,9 @@ class SessionLimits:
     max_copied_bytes: int = copies.DEFAULT_MAX_BYTES  # NDJSON written for one SQLite table or sheet
     load_bytes: int = 32 * 1024 * 1024  # CSV and JSON sources up to this size are loaded into memory
     max_line_bytes: int = 2 * 1024 * 1024  # a CSV line longer than this is refused (DuckDB's default)
+    # The whole session's DuckDB time (opening, describing, every statement), on top of each
+    # statement's ``timeout_s``: a call that tries one slow query after another still stops. None: no cap.
+    call_budget_s: float | None = None
 
 
 class Stopper:
@@ -206,6 +210,7 @@ class DataSession:
         self._lock = threading.Lock()
         self._stopper = stopper or Stopper()
         self._opening_deadline = time.monotonic() + limits.timeout_s
+        self._call_deadline = None if limits.call_budget_s is None else time.monotonic() + limits.call_budget_s
         self._shown: dict[str, str] = {}  # a private link's path -> the source it stands for
         config: dict[str, Any] = {
             "autoinstall_known_extensions": False,
@@ -575,7 +580,16 @@ class DataSession:
                 raise QueryFailedError(self._say(exc)) from None
 
     def _time_limit(self) -> _Watchdog:
-        return _Watchdog(self.limits.timeout_s, self.con.interrupt)
+        """The watchdog of one statement: ``timeout_s``, or what is left of the call's budget."""
+        seconds = self.limits.timeout_s
+        if self._call_deadline is not None:
+            seconds = min(seconds, self._call_deadline - time.monotonic())
+            if seconds <= 0:
+                raise QueryTimeoutError(
+                    f"this call's queries ran past their time limit of {self.limits.timeout_s:g} s, so this one "
+                    "did not run; make the queries cheaper (filter early, avoid cross joins) or raise the limit"
+                )
+        return _Watchdog(seconds, self.con.interrupt)
 
     def interrupt(self) -> None:
         """Stop the query running now, if any (safe from any thread)."""
@@ -606,17 +620,29 @@ class DataSession:
 
 
 class _Watchdog:
-    """Calls ``interrupt`` once ``seconds`` have passed inside the ``with`` block."""
+    """Calls ``interrupt`` once ``seconds`` have passed inside the ``with`` block, and again every
+    :data:`_REINTERRUPT_S` until the block ends: DuckDB forgets an interrupt that arrives before
+    its statement has started, and a statement may start after a short limit has passed."""
 
     def __init__(self, seconds: float, interrupt: Callable[[], None]) -> None:
-        self._timer = threading.Timer(seconds, interrupt)
-        self._timer.daemon = True
+        self._seconds = seconds
+        self._interrupt = interrupt
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="duckdb-watchdog", daemon=True)
+
+    def _watch(self) -> None:
+        if self._done.wait(self._seconds):
+            return
+        while True:
+            self._interrupt()
+            if self._done.wait(_REINTERRUPT_S):
+                return
 
     def __enter__(self) -> None:
-        self._timer.start()
+        self._thread.start()
 
     def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
+        self._done.set()
 
 
 def json_cell(value: Any, max_chars: int, cut: list[int]) -> Any:
