@@ -8,6 +8,15 @@ direct child. A process group is not enough on its own: a descendant may start i
 descendants are also tracked (see :class:`_Descendants`) and killed with the group. Output beyond
 the cap is read and discarded, so a chatty child never blocks on a full pipe; the result says it was
 truncated.
+
+Commands never outlive the server. Each command running is listed in this process
+(:func:`kill_running_commands`, which the stdio server's SIGTERM handler calls,
+:mod:`caelum_mcp.shutdown`) and with a guard: a small watchdog process (started with the first
+command, in its own session) that reads the list over a pipe. When the server dies in any way,
+``kill -9`` included, the pipe closes and the guard kills the groups of the commands still listed,
+and the processes carrying their run markers, then exits. A caller may also be told each command's
+pid as it starts and ends (:data:`COMMAND_WATCH`): a workflow step records them, so that a resumed
+run can stop a copy that is still alive.
 """
 
 from __future__ import annotations
@@ -20,7 +29,9 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
+from typing import IO, Protocol
 
 import anyio
 import psutil
@@ -35,6 +46,158 @@ RUN_MARKER_VAR = "CAELUM_RUN_MARKER"
 POLL_INTERVAL_S = 0.1  # how often the process tree is walked; commands shorter than this pay nothing
 PIPE_GRACE_S = 1.0  # after the child exits, how long its output pipes may stay open (held by leftovers)
 _KILL_SWEEPS = 3  # a process forking while we kill is caught by the next sweep
+
+
+class CommandWatcher(Protocol):
+    """Told of each command a piece of work starts (see :data:`COMMAND_WATCH`); both calls run on
+    the event loop and must be quick."""
+
+    def started(self, pid: int, create_time: float) -> None: ...
+
+    def ended(self, pid: int, create_time: float) -> None: ...
+
+
+# Set by a caller (a workflow step) around its work: every command started inside it, in its task
+# or in tasks it starts, is reported. A contextvar, so parallel steps each see their own.
+COMMAND_WATCH: ContextVar[CommandWatcher | None] = ContextVar("caelum_command_watch", default=None)
+
+# The commands running now, pid (= process group id: each leads its own session) -> run marker.
+_running: dict[int, str] = {}
+_running_lock = threading.Lock()
+
+# The guard's program: it outlives the server only as long as it takes to clean up after it.
+_GUARD_CODE = f"""
+import os, signal, sys
+live = {{}}
+for line in sys.stdin.buffer:
+    parts = line.split()
+    if len(parts) != 3 or not parts[1].isdigit():
+        continue
+    if parts[0] == b"+":
+        live[int(parts[1])] = parts[2].decode("ascii", "replace")
+    else:
+        live.pop(int(parts[1]), None)
+for pid in live:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+if live:
+    try:
+        import psutil
+    except ImportError:
+        sys.exit(0)
+    markers = set(live.values())
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get({RUN_MARKER_VAR!r}) in markers:
+                proc.kill()
+        except (psutil.Error, OSError):
+            pass
+"""
+
+
+class _Guard:
+    """The watchdog process (see the module docstring), started on first use and again if it died."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._broken = False
+
+    @property
+    def pid(self) -> int | None:
+        """The guard's pid while it runs (tests look for it)."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def tell(self, line: str) -> None:
+        """Send one ``+ pid marker`` or ``- pid marker`` line; a guard that cannot be started or
+        written to is restarted once per line, else given up on quietly (the commands still die
+        with their timeouts, cancellations and the SIGTERM handler)."""
+        if sys.platform == "win32":
+            return
+        with self._lock:
+            for _ in range(2):
+                stdin = self._stdin()
+                if stdin is None:
+                    return
+                try:
+                    stdin.write(line.encode("ascii") + b"\n")
+                    stdin.flush()
+                    return
+                except OSError:
+                    self._proc = None
+
+    def _stdin(self) -> IO[bytes] | None:
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc.stdin
+        if self._broken:
+            return None
+        try:
+            self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and code
+                [sys.executable, "-c", _GUARD_CODE],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd="/",  # never a project folder: -c puts the working folder first on sys.path
+                start_new_session=True,  # a signal to the server's group must leave the guard to clean up
+            )
+        except OSError:
+            self._broken = True
+            return None
+        # The commands already running were started before this guard: tell it about them.
+        with _running_lock:
+            known = list(_running.items())
+        assert self._proc.stdin is not None
+        for pid, marker in known:
+            self._proc.stdin.write(f"+ {pid} {marker}\n".encode("ascii"))
+        return self._proc.stdin
+
+
+_guard = _Guard()
+
+
+def guard_pid() -> int | None:
+    """The pid of the guard that kills this server's commands when it dies, once one was started."""
+    return _guard.pid
+
+
+def kill_running_commands() -> int:
+    """SIGKILL the process group of every command running now; returns how many groups were
+    signalled. Safe in a signal handler (no locks of the event loop, no waiting)."""
+    killed = 0
+    for pid in list(_running):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+            killed += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    return killed
+
+
+def _started(pid: int, marker: str) -> float | None:
+    with _running_lock:
+        _running[pid] = marker
+    _guard.tell(f"+ {pid} {marker}")
+    watcher = COMMAND_WATCH.get()
+    if watcher is None:
+        return None
+    try:
+        create_time = float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+    watcher.started(pid, create_time)
+    return create_time
+
+
+def _ended(pid: int, marker: str, create_time: float | None) -> None:
+    with _running_lock:
+        _running.pop(pid, None)
+    _guard.tell(f"- {pid} {marker}")
+    watcher = COMMAND_WATCH.get()
+    if watcher is not None and create_time is not None:
+        watcher.ended(pid, create_time)
 
 
 class CommandResult(Frozen):
@@ -243,7 +406,9 @@ async def run_command(
     descendants = _Descendants(process.pid, marker)
     finished = False
     timed_out = False
+    create_time: float | None = None
     try:
+        create_time = _started(process.pid, marker)
         with anyio.move_on_after(timeout_s) as scope:
             await _collect(process, descendants, stdout, stderr, kill_leftovers=kill_leftovers)
             finished = True
@@ -258,6 +423,7 @@ async def run_command(
                 await anyio.to_thread.run_sync(descendants.kill_all)
             with anyio.move_on_after(10):
                 await process.aclose()
+            _ended(process.pid, marker, create_time)
     return CommandResult(
         argv=args,
         returncode=None if timed_out else process.returncode,

@@ -86,12 +86,16 @@ class WorkflowSupervisor(Supervisor):
     @asynccontextmanager
     async def lifespan(self, env: SupervisorEnv) -> AsyncIterator[None]:
         def tidy() -> list[str]:
-            with RunStore(env.state_dir) as store:
+            with RunStore(env.state_dir, check=True) as store:  # a damaged store is moved aside here
                 interrupted = store.mark_interrupted(owner_alive)
                 store.prune_outputs()
             return interrupted
 
-        interrupted = await anyio.to_thread.run_sync(tidy)
+        try:
+            interrupted = await anyio.to_thread.run_sync(tidy)
+        except Exception:  # the other supervisors' tools serve regardless; run_workflow says what is wrong
+            log.exception("the workflow run store in %s could not be tidied at start", env.state_dir)
+            interrupted = []
         if interrupted:
             log.warning("workflow runs interrupted by a server that stopped: %s", ", ".join(interrupted))
         yield

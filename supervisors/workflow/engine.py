@@ -9,10 +9,12 @@ supervisor stores the step and reports progress). Its rules:
   steps after it in the definition wait for it, so that it is not starved);
 - a step whose ``when`` is false is ``skipped``, and so is a step that needs a skipped (or
   cancelled) step; a step that needs a failed step still runs (it may check ``steps.X.ok``);
-- a step fails when its work raises, times out (``timeout_s``), ends badly (a tool error, a
-  command's non-zero exit) or when its ``fail_if`` holds of its output; with ``on_failure =
-  "stop"`` no new step starts after that (steps already running finish), and the steps left are
-  ``skipped`` naming the step that stopped the run;
+- a step fails when its work raises, ends badly (a tool error, a command's non-zero exit) or when
+  its ``fail_if`` holds of its output; it is ``timed_out`` (not ``failed``) when its work ran past
+  ``timeout_s``, or said so itself (``StepResult.timed_out``: ``execute`` may end the work a little
+  before the limit to keep what it had produced; the engine's own limit only loses the output).
+  With ``on_failure = "stop"`` no new step starts after either (steps already running finish), and
+  the steps left are ``skipped`` naming the step that stopped the run;
 - a step's arguments are rendered from the run's context when it is about to start, and hashed
   with the project's content fingerprint: that *input hash* says "the same work on the same files".
   A step given in ``reusable`` with the same input hash is not run again: its earlier result is
@@ -41,8 +43,9 @@ from .definitions import StepSpec, WorkflowSpec
 
 log = logging.getLogger(__name__)
 
-Status = Literal["pending", "running", "passed", "failed", "skipped", "cancelled"]
-_ENDED = frozenset({"passed", "failed", "skipped", "cancelled"})
+Status = Literal["pending", "running", "passed", "failed", "timed_out", "skipped", "cancelled"]
+_ENDED = frozenset({"passed", "failed", "timed_out", "skipped", "cancelled"})
+_BAD = frozenset({"failed", "timed_out"})
 
 
 @dataclass
@@ -87,9 +90,11 @@ class Work:
 @dataclass(frozen=True)
 class StepResult:
     """What ``execute`` returns: the output (JSON data), whether the work itself went well, and the
-    figures the run shows."""
+    figures the run shows. ``timed_out``: the work was stopped at the step's time limit (``output``
+    holds what it had by then)."""
 
     ok: bool
+    timed_out: bool = False
     output: Any = None
     error: str | None = None
     findings: int | None = None
@@ -113,6 +118,11 @@ Fingerprint = str | Callable[[], Awaitable[str]]
 
 async def _ignore(step: StepRun) -> None:
     return None
+
+
+def timeout_error(limit: float) -> str:
+    """The error of a step stopped at its time limit."""
+    return f"timed out after {limit:g} s (raise the step's timeout_s)"
 
 
 @dataclass
@@ -253,7 +263,7 @@ class WorkflowEngine:
     async def _settle(self, step: StepRun, status: Status, error: str | None) -> None:
         step.status = status
         step.error = error
-        if status == "failed" and step.spec.on_failure == "stop" and self.stopped_by is None:
+        if status in _BAD and step.spec.on_failure == "stop" and self.stopped_by is None:
             self.stopped_by = step.id
         await self.listener(step)
 
@@ -281,7 +291,8 @@ class WorkflowEngine:
         error = result.error if not result.ok else None
         if result.ok:
             error = self._fail_if(step, result.output)
-        await self._settle(step, "passed" if error is None else "failed", error)
+        status: Status = "timed_out" if result.timed_out else "passed" if error is None else "failed"
+        await self._settle(step, status, error)
         self._wake.set()
 
     async def _execute(self, step: StepRun, work: Work) -> StepResult:
@@ -296,7 +307,7 @@ class WorkflowEngine:
             log.exception("workflow step %s (%s) failed", step.id, step.spec.target)
             return StepResult(ok=False, error=f"internal error in {step.spec.target}: {type(exc).__name__}")
         assert scope.cancelled_caught
-        return StepResult(ok=False, error=f"timed out after {limit:g} s (raise the step's timeout_s)")
+        return StepResult(ok=False, timed_out=True, error=timeout_error(limit))
 
     def _fail_if(self, step: StepRun, output: Any) -> str | None:
         condition = step.spec.condition("fail_if")

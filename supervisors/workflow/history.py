@@ -158,7 +158,7 @@ def _line(run: RunRecord, steps: list[StepRecord]) -> RunLine:
         cost_usd=run.cost_usd,
         counterfactual_cost_usd=run.counterfactual_cost_usd,
         model_calls=run.model_calls,
-        failed_steps=[s.step for s in steps if s.status == "failed"],
+        failed_steps=[s.step for s in steps if s.status in ("failed", "timed_out")],
         resumed_from=run.resumed_from,
         summary=run.summary,
         steps=[

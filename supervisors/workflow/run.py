@@ -11,12 +11,24 @@ step's result. Last, what the run's model calls cost, from the ledger (``ctx.llm
 
 ``resume=<run id>`` runs the same workflow on the same project again, taking over every step that
 passed in that run whose input hash is unchanged (same arguments, same files) instead of running it.
+Every command a step starts is recorded in the store while it runs; before a resumed run starts,
+the commands of the old run still alive (a server killed so hard that its guard died too) are
+killed and waited for, so that a step never runs beside its earlier copy; ``notes`` says so.
+
+Progress names what runs now: each message that ends a step is followed by one listing the steps
+still running (the server's heartbeat repeats the last message), and a child tool's own progress
+is prefixed with its step. A step stopped at its time limit is ``timed_out``, not ``failed``, and
+keeps what it had: a command its output so far (it is stopped a little before the limit, by its own
+timeout), a tool its own result when it timed out itself (``timed_out: true``), else the progress
+it had reported.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import signal
 import time
 import uuid
 from collections.abc import Mapping
@@ -35,17 +47,21 @@ from caelum_mcp.supervisors.llm_steps import LLMStep
 from caelum_mcp.tools.code.files import list_project_files
 from caelum_mcp.tools.code.secrets import redact_all, redact_secrets
 from caelum_mcp.tools.paths import resolve_project
+from caelum_mcp.tools.process import COMMAND_WATCH
 from caelum_mcp.tools.workflow.commands import run_workflow_command
 
 from .definitions import Scalar, WorkflowSpec, WorkflowsSettings
-from .engine import Reused, StepResult, StepRun, Work, WorkflowEngine
+from .engine import Reused, StepResult, StepRun, Work, WorkflowEngine, timeout_error
 from .store import RunRecord, RunStatus, RunStore, StepRecord
 from .summary import SummaryPoint, llm_summary, plain_summary
 
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")
 EXCERPT_CHARS = 300
-# A command's grace beyond the step's timeout: the engine's timeout ends it first and says so.
-_COMMAND_GRACE_S = 5.0
+# A step's work is stopped this much before the engine's limit, so that it ends by itself, with
+# what it had, rather than being cancelled with nothing.
+_OWN_LIMIT_MARGIN_S = 1.0
+_PROGRESS_KEPT = 20  # a timed-out tool step keeps its last progress messages
+_LEFTOVER_WAIT_S = 10.0  # how long a resumed run waits for the old run's commands to die
 
 
 class RunWorkflowInput(BaseModel):
@@ -62,7 +78,7 @@ class StepOutcome(BaseModel):
     id: str
     kind: Literal["tool", "command"]
     target: str = Field(description="the tool, or the command's program")
-    status: Literal["pending", "running", "passed", "failed", "skipped", "cancelled"]
+    status: Literal["pending", "running", "passed", "failed", "timed_out", "skipped", "cancelled"]
     seconds: float | None = None
     findings: int | None = None
     reused: bool = Field(default=False, description="taken over from the resumed run")
@@ -88,6 +104,10 @@ class RunWorkflowOutput(ToolOutput):
     cost: RunCost
     resumed_from: str | None = None
     llm: LLMStep | None = None
+    notes: list[str] = Field(
+        default_factory=list,
+        description="what happened beside the run: a damaged run store moved aside, an earlier copy of a step stopped",
+    )
 
 
 def workflows_of(ctx: ToolContext) -> dict[str, WorkflowSpec]:
@@ -101,11 +121,14 @@ async def run_workflow(args: RunWorkflowInput, ctx: ToolContext) -> RunWorkflowO
         raise ToolInputError(f"no workflow {args.workflow!r}; workflows: {', '.join(sorted(known))}")
     root = resolve_project(args.project, ctx.roots)
     with RunStore(ctx.state_dir) as store:
+        notes = store.take_notices()
         reusable, inputs = _resumed(store, args, root)
         try:
             values = spec.input_values(inputs)
         except ValueError as exc:
             raise ToolInputError(f"inputs: {exc}") from None
+        if args.resume is not None:
+            notes += await anyio.to_thread.run_sync(stop_leftovers, store, args.resume)
         await ctx.report(0, len(spec.steps) + 1, f"{args.workflow} on {root.name}: starting")
         run = RunRecord(
             id=uuid.uuid4().hex[:12],
@@ -141,7 +164,7 @@ async def run_workflow(args: RunWorkflowInput, ctx: ToolContext) -> RunWorkflowO
             store.finish_run(run.id, "failed", summary="the workflow engine failed; see the server log")
             raise
         seconds = round(time.perf_counter() - started, 3)
-        status: RunStatus = "failed" if any(s.status == "failed" for s in steps) else "passed"
+        status: RunStatus = "failed" if any(s.status in ("failed", "timed_out") for s in steps) else "passed"
         summary = plain_summary(args.workflow, status, steps, seconds)
         points: list[SummaryPoint] = []
         step_report: LLMStep | None = None
@@ -171,6 +194,7 @@ async def run_workflow(args: RunWorkflowInput, ctx: ToolContext) -> RunWorkflowO
         cost=cost,
         resumed_from=args.resume,
         llm=step_report,
+        notes=notes,
     )
 
 
@@ -178,6 +202,24 @@ async def project_fingerprint(root: Path) -> str:
     """One hash over the project's files (as ``git ls-files`` or a .gitignore-aware walk lists them)."""
     listing = await list_project_files(root)
     return await fingerprint(root, listing.files)
+
+
+class _StepCommands:
+    """Records in the store each command a step starts, while it runs (:data:`COMMAND_WATCH`)."""
+
+    def __init__(self, store: RunStore, run_id: str, step_id: str) -> None:
+        self.store, self.run_id, self.step_id = store, run_id, step_id
+
+    def started(self, pid: int, create_time: float) -> None:
+        self.store.add_process(self.run_id, self.step_id, pid, create_time)
+
+    def ended(self, pid: int, create_time: float) -> None:
+        self.store.drop_process(self.run_id, self.step_id, pid, create_time)
+
+
+def own_limit(timeout_s: float) -> float:
+    """The time a step's work is given to end by itself: a little less than the step's limit."""
+    return max(timeout_s - min(_OWN_LIMIT_MARGIN_S, timeout_s * 0.1), timeout_s * 0.5)
 
 
 class _Runner:
@@ -191,31 +233,70 @@ class _Runner:
         self.total = len(spec.steps) + 1
         self.ended = 0
         self.writes: TaskGroup | None = None
+        self.running: dict[str, str] = {}  # step id -> its tool or program, in the order they started
+        self.heard: dict[str, list[str]] = {}  # step id -> its child's last progress messages
 
     async def execute(self, step: StepRun, work: Work) -> StepResult:
         spec = step.spec
-        if spec.tool is not None:
-            result = await self.ctx.call_tool(spec.tool, work.args or {})
+        token = COMMAND_WATCH.set(_StepCommands(self.store, self.run.id, step.id))
+        try:
+            if spec.tool is not None:
+                return await self._tool(step, spec.tool, work.args or {})
+            return await self._command(step, work.argv or [])
+        finally:
+            COMMAND_WATCH.reset(token)
+
+    async def _tool(self, step: StepRun, tool: str, args: dict[str, Any]) -> StepResult:
+        heard = self.heard.setdefault(step.id, [])
+
+        async def forward(progress: float, total: float | None, message: str) -> None:
+            heard.append(message)
+            del heard[:-_PROGRESS_KEPT]
+            await self.ctx.note(f"{step.id}: {message}")  # names the step: parallel steps may call one tool
+
+        # The child's progress goes through `forward`; everything else is this call's context.
+        child_ctx = dataclasses.replace(self.ctx, progress=forward)
+        with anyio.move_on_after(own_limit(step.spec.timeout_s)):
+            result = await child_ctx.call_tool(tool, args)
             data = result.model_dump(mode="json")
-            return StepResult(ok=True, output=data, findings=finding_count(data), excerpt=excerpt_of(data))
-        outcome = await run_workflow_command(
-            work.argv or [],
-            project=self.root,
-            cwd=spec.cwd,
-            timeout_s=spec.timeout_s + _COMMAND_GRACE_S,
-            pass_env=spec.env,
+            findings, excerpt = finding_count(data), excerpt_of(data)
+            if isinstance(data, dict) and data.get("timed_out") is True:  # the tool's own limit: its result is whole
+                error = f"{tool} timed out" + (f": {excerpt}" if excerpt else "")
+                return StepResult(
+                    ok=False, timed_out=True, output=data, error=error, findings=findings, excerpt=excerpt
+                )
+            return StepResult(ok=True, output=data, findings=findings, excerpt=excerpt)
+        partial = {"timed_out": True, "progress": list(heard)}
+        last = heard[-1] if heard else None
+        return StepResult(
+            ok=False, timed_out=True, output=partial, error=timeout_error(step.spec.timeout_s), excerpt=last
         )
-        error = outcome.error or (None if outcome.ok else f"exit code {outcome.exit_code}")
+
+    async def _command(self, step: StepRun, argv: list[str]) -> StepResult:
+        spec = step.spec
+        outcome = await run_workflow_command(
+            argv, project=self.root, cwd=spec.cwd, timeout_s=own_limit(spec.timeout_s), pass_env=spec.env
+        )
         last = _last_line(outcome.stdout_tail) or _last_line(outcome.stderr_tail)
+        output = outcome.model_dump(mode="json")
+        if outcome.timed_out:
+            return StepResult(
+                ok=False,
+                timed_out=True,
+                output=output,
+                error=timeout_error(spec.timeout_s),
+                excerpt=f"timed out{': ' + last if last else ''}",
+            )
+        error = outcome.error or (None if outcome.ok else f"exit code {outcome.exit_code}")
         excerpt = f"exit {outcome.exit_code}" + (f": {last}" if last else "")
-        return StepResult(ok=outcome.ok, output=outcome.model_dump(mode="json"), error=error, excerpt=excerpt)
+        return StepResult(ok=outcome.ok, output=output, error=error, excerpt=excerpt)
 
     def _save(self, step_id: str, output: Any) -> None:
         self.store.save_output(self.run.id, step_id, redact_all(output))
 
     async def on_step(self, step: StepRun) -> None:
         ref = None
-        if step.status in ("passed", "failed") and step.output is not None:
+        if step.status in ("passed", "failed", "timed_out") and step.output is not None:
             ref = self.store.output_ref(step.reused_from or self.run.id, step.id)
             if step.reused_from is None and self.writes is not None:
                 # Off the run's critical path: the next steps need not wait for a file to be written.
@@ -237,14 +318,64 @@ class _Runner:
         )
         self.store.put_step(self.run.id, record)
         if step.status == "running":
+            self.running[step.id] = step.spec.target
             await self.ctx.report(self.ended, self.total, f"{step.id}: started ({step.spec.target})")
             return
+        self.running.pop(step.id, None)
+        self.heard.pop(step.id, None)
         self.ended += 1
         how = f" in {step.seconds:.1f} s" if step.seconds else ""
         if step.reused_from:
             how = f" (reused from run {step.reused_from})"
         found = f", {step.findings} findings" if step.findings else ""
-        await self.ctx.report(self.ended, self.total, f"{step.id}: {step.status}{how}{found}")
+        status = step.status.replace("_", " ")
+        await self.ctx.report(self.ended, self.total, f"{step.id}: {status}{how}{found}")
+        if self.running:
+            # The heartbeat repeats the last message: let it name what runs now, not what just ended.
+            await self.ctx.note(running_message(self.running))
+
+
+def running_message(running: Mapping[str, str]) -> str:
+    """``running: tests (run_project_tests), build (make)``."""
+    return "running: " + ", ".join(f"{step} ({target})" for step, target in running.items())
+
+
+def stop_leftovers(store: RunStore, run_id: str) -> list[str]:
+    """Kill the commands of ``run_id`` 's steps that are still alive (same pid, same start time),
+    each with its process group, and wait for them to go; returns a note for each. Blocking.
+    Raises :class:`CaelumError` when one cannot be stopped."""
+    notes: list[str] = []
+    for step, pid, started in store.live_processes(run_id):
+        try:
+            proc = psutil.Process(pid)
+            alive = abs(proc.create_time() - started) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            alive = False
+        if alive:
+            try:
+                os.killpg(pid, signal.SIGKILL)  # each command leads its own process group
+            except ProcessLookupError:
+                pass
+            except PermissionError as exc:
+                raise CaelumError(
+                    f"step {step} of run {run_id} still runs as pid {pid} and cannot be stopped ({exc}); stop it, "
+                    "then resume"
+                ) from None
+            try:
+                proc.wait(timeout=_LEFTOVER_WAIT_S)
+            except psutil.TimeoutExpired:
+                raise CaelumError(
+                    f"step {step} of run {run_id} still runs as pid {pid} {_LEFTOVER_WAIT_S:g} s after it was killed; "
+                    "stop it, then resume"
+                ) from None
+            except psutil.Error:
+                pass
+            notes.append(
+                f"step {step} of run {run_id} was still running (pid {pid}) after its server stopped; "
+                "it was killed before this run started"
+            )
+        store.drop_process(run_id, step, pid, started)
+    return notes
 
 
 def _resumed(store: RunStore, args: RunWorkflowInput, root: Path) -> tuple[dict[str, Reused], Mapping[str, Any] | None]:

@@ -2,21 +2,32 @@
 
 A run row holds the workflow, the project, the status (``running``, ``passed``, ``failed``,
 ``cancelled``, ``interrupted``), when it started and ended, its inputs, the run it resumed, what its
-model calls cost (from the ledger) and its summary. A step row holds the step's status, duration,
-finding count, error, a one-line excerpt, the hash of its input (the step's rendered arguments
-and the project's content: the same hash means the same work on the same files) and a reference
-to its whole output, a JSON file under ``outputs/<run>/<step>.json`` (secrets redacted).
+model calls cost (from the ledger) and its summary. A step row holds the step's status
+(``timed_out`` when it was stopped at its time limit), duration, finding count, error, a one-line
+excerpt, the hash of its input (the step's rendered arguments and the project's content: the same
+hash means the same work on the same files) and a reference to its whole output, a JSON file under
+``outputs/<run>/<step>.json`` (secrets redacted).
 
 Each write is its own committed transaction in WAL mode, so a server killed mid-run leaves the
 steps that ended recorded and its run ``running``; :meth:`RunStore.mark_interrupted` (called when
 the next server starts) marks such runs ``interrupted``, unless the process that owns the run is
 still alive (two servers may share a data folder). Outputs beyond the newest
 :data:`KEEP_OUTPUTS_OF` runs are deleted at start; their rows stay.
+
+A store that SQLite cannot read (a corrupt or foreign file) never stops the server: it is moved
+aside as ``runs.sqlite3.corrupt-<UTC time>`` (with its ``-wal``/``-shm`` files), a warning is
+logged, an empty store is made in its place, and a notice saying where the old one went is kept in
+the new store until a ``run_workflow`` result has shown it (:meth:`RunStore.take_notices`).
+
+Each command a step starts is recorded while it runs (``step_processes``: its pid and start time),
+so that a resumed run can first stop a step's earlier copy that is still alive
+(:meth:`RunStore.live_processes`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sqlite3
 import threading
@@ -26,11 +37,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from caelum_mcp.errors import CaelumError
 from caelum_mcp.types import Frozen
 
+log = logging.getLogger(__name__)
+
 RunStatus = Literal["running", "passed", "failed", "cancelled", "interrupted"]
-StepStatus = Literal["running", "passed", "failed", "skipped", "cancelled", "interrupted"]
+StepStatus = Literal["running", "passed", "failed", "timed_out", "skipped", "cancelled", "interrupted"]
 KEEP_OUTPUTS_OF = 500
 
 _SCHEMA = """
@@ -70,6 +82,18 @@ CREATE TABLE IF NOT EXISTS steps (
     PRIMARY KEY (run_id, step)
 );
 CREATE INDEX IF NOT EXISTS steps_hash ON steps (step, input_hash);
+CREATE TABLE IF NOT EXISTS step_processes (
+    run_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started REAL NOT NULL,
+    PRIMARY KEY (run_id, step, pid, started)
+);
+CREATE TABLE IF NOT EXISTS notices (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    text TEXT NOT NULL
+);
 """
 _MAX_TEXT = 500
 # {where} is a clause of constant column names with bound values (see _where).
@@ -81,10 +105,10 @@ _FLAKY = """
     HAVING sum(s.status = 'passed') > 0 AND sum(s.status = 'failed') > 0
     ORDER BY max(s.started) DESC LIMIT ?"""
 _STATS = """
-    SELECT r.workflow, s.step, count(*), sum(s.status = 'failed'), avg(s.seconds), max(s.seconds)
+    SELECT r.workflow, s.step, count(*), sum(s.status != 'passed'), avg(s.seconds), max(s.seconds)
     FROM steps s JOIN runs r ON r.id = s.run_id
-    {where} AND s.reused_from IS NULL AND s.status IN ('passed', 'failed')
-    GROUP BY r.workflow, s.step ORDER BY sum(s.status = 'failed') DESC, count(*) DESC LIMIT ?"""
+    {where} AND s.reused_from IS NULL AND s.status IN ('passed', 'failed', 'timed_out')
+    GROUP BY r.workflow, s.step ORDER BY sum(s.status != 'passed') DESC, count(*) DESC LIMIT ?"""
 
 
 class RunRecord(Frozen):
@@ -149,20 +173,70 @@ class RunFilter(Frozen):
 
 
 class RunStore:
-    """The runs database at ``state_dir/runs.sqlite3`` and the outputs folder beside it."""
+    """The runs database at ``state_dir/runs.sqlite3`` and the outputs folder beside it.
 
-    def __init__(self, state_dir: Path) -> None:
+    With ``check`` (done once when the server starts) the whole file is read through
+    (``PRAGMA quick_check``), so that damage inside it is found then, not in the middle of a run.
+    A store that cannot be read is moved aside and replaced (see the module docstring).
+    """
+
+    def __init__(self, state_dir: Path, *, check: bool = False) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / "runs.sqlite3"
         self.outputs = state_dir / "outputs"
         self._lock = threading.Lock()
         try:
-            self._conn = sqlite3.connect(self.path, timeout=5, check_same_thread=False, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing committed
-            self._conn.executescript(_SCHEMA)
+            self._conn = self._open(check=check)
         except sqlite3.DatabaseError as exc:
-            raise CaelumError(f"the workflow run store {self.path} cannot be used ({exc}); move it aside") from exc
+            moved = self._move_aside()
+            notice = (
+                f"the workflow run store could not be read ({exc}); it was moved aside to {moved} and an empty "
+                "one started: earlier runs are no longer in workflow_history or resumable (the old file is kept "
+                "for inspection; delete it when you no longer need it)"
+            )
+            log.warning("%s", notice)
+            self._conn = self._open(check=False)
+            with self._db() as db:
+                db.execute("INSERT INTO notices (at, text) VALUES (?, ?)", (time.time(), notice))
+
+    def _open(self, *, check: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=5, check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing committed
+            conn.executescript(_SCHEMA)
+            if check:
+                verdict = conn.execute("PRAGMA quick_check(1)").fetchone()
+                if verdict is None or verdict[0] != "ok":
+                    raise sqlite3.DatabaseError(f"damaged: {verdict[0] if verdict else 'no answer'}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _move_aside(self) -> Path:
+        """Rename the store (and its WAL and shared-memory files) with a UTC time suffix; returns
+        the new name of the store file."""
+        suffix = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.corrupt-{suffix}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{suffix}-{n}")
+        for extra in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + extra)
+            if side.exists():
+                side.replace(target.with_name(target.name + extra))
+        self.path.replace(target)
+        return target
+
+    def take_notices(self) -> list[str]:
+        """The notices not yet shown (a store moved aside), oldest first; they are removed."""
+        with self._db() as db:
+            rows = db.execute("SELECT id, text FROM notices ORDER BY id").fetchall()
+            if rows:
+                db.execute("DELETE FROM notices WHERE id <= ?", (rows[-1][0],))
+        return [text for _, text in rows]
 
     def close(self) -> None:
         with self._lock:
@@ -350,11 +424,43 @@ class RunStore:
         return ref
 
     def load_output(self, ref: str) -> Any:
-        """A step output written by :meth:`save_output`; None when it was pruned."""
+        """A step output written by :meth:`save_output`; None when it was pruned or cannot be
+        read (a damaged file is treated as gone: the step runs again rather than the call failing)."""
         path = (self.outputs.parent / ref).resolve()
         if not path.is_relative_to(self.outputs.resolve()) or not path.is_file():
             return None
-        return json.loads(path.read_text(encoding="utf-8"))
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            log.warning("workflow step output %s cannot be read; treated as pruned", path)
+            return None
+
+    # processes -------------------------------------------------------------------------------
+
+    def add_process(self, run_id: str, step: str, pid: int, started: float) -> None:
+        """Record a command a step started (its pid and its process's start time)."""
+        with self._db() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO step_processes (run_id, step, pid, started) VALUES (?, ?, ?, ?)",
+                (run_id, step, pid, started),
+            )
+
+    def drop_process(self, run_id: str, step: str, pid: int, started: float) -> None:
+        """Forget a command that ended."""
+        with self._db() as db:
+            db.execute(
+                "DELETE FROM step_processes WHERE run_id = ? AND step = ? AND pid = ? AND started = ?",
+                (run_id, step, pid, started),
+            )
+
+    def live_processes(self, run_id: str) -> list[tuple[str, int, float]]:
+        """The commands of ``run_id`` 's steps recorded as started and never seen to end:
+        (step, pid, start time). Whether each still runs is for the caller to check."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT step, pid, started FROM step_processes WHERE run_id = ? ORDER BY step, pid", (run_id,)
+            ).fetchall()
+        return [(str(step), int(pid), float(started)) for step, pid, started in rows]
 
 
 _RUN_FIELDS = (

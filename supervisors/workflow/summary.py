@@ -33,7 +33,7 @@ def plain_summary(workflow: str, status: str, steps: list[StepRun], seconds: flo
     parts = []
     for step in steps:
         extra = f" ({step.findings} findings)" if step.findings else ""
-        parts.append(f"{step.id} {step.status}{extra}")
+        parts.append(f"{step.id} {step.status.replace('_', ' ')}{extra}")
     return f"{workflow} {status} in {seconds:.1f} s: {', '.join(parts)}"
 
 

@@ -115,13 +115,29 @@ async def test_a_failure_with_stop_starts_nothing_new_but_running_steps_finish()
     assert eng.stopped_by == "bad"
 
 
-async def test_a_step_past_its_timeout_fails_and_says_so() -> None:
+async def test_a_step_past_its_timeout_is_timed_out_and_says_so() -> None:
     wf = spec({"hang": {"timeout_s": 0.2, "on_failure": "continue"}, "next": {"needs": ["hang"]}})
     started = time.perf_counter()
     steps = await engine(wf, Recorder({"hang": 30})).run()
     assert time.perf_counter() - started < 2
-    assert steps[0].status == "failed" and "timed out after 0.2 s" in (steps[0].error or "")
+    # its own status, not "failed": it did not fail, it was stopped
+    assert steps[0].status == "timed_out" and "timed out after 0.2 s" in (steps[0].error or "")
+    assert steps[0].view()["ok"] is False
     assert steps[1].status == "passed"
+
+
+async def test_a_step_whose_work_says_it_timed_out_keeps_its_output_and_stops_the_run() -> None:
+    wf = spec({"slow": {}, "later": {"needs": ["slow"]}})
+
+    async def execute(step: StepRun, work: Work) -> StepResult:
+        if step.id == "slow":
+            return StepResult(ok=False, timed_out=True, output={"stdout_tail": "3 passed so far"}, error="timed out")
+        return StepResult(ok=True)
+
+    eng = WorkflowEngine(spec=wf, project="/p", inputs={}, execute=execute)
+    steps = {s.id: s for s in await eng.run()}
+    assert steps["slow"].status == "timed_out" and steps["slow"].output == {"stdout_tail": "3 passed so far"}
+    assert steps["later"].status == "skipped" and eng.stopped_by == "slow"  # on_failure = "stop" holds for it too
 
 
 async def test_arguments_come_from_inputs_and_earlier_results_one_argument_each() -> None:

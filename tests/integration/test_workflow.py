@@ -73,7 +73,8 @@ async def test_pre_commit_runs_the_real_tools_in_parallel_and_stores_the_run(tmp
     ends = [i for i, m in enumerate(seen) if m.startswith(("lint: failed", "security: failed", "tests: failed"))]
     assert len(starts) == len(ends) == 3 and max(starts) < min(ends)
     assert seen.index("review: started (review_changes)") > max(ends)
-    assert any(m.startswith("run_project_tests:") for m in seen)  # the child's own progress comes through
+    # the child's own progress comes through, naming its step
+    assert any(m.startswith("tests: run_project_tests:") for m in seen)
     # no model can summarise (tier small) and Claude is not configured: skipped at once, saying what to add
     assert out["llm"]["status"] == "skipped" and "tier small" in out["llm"]["note"]
     assert out["summary"].startswith("pre-commit failed") and out["cost"]["model_calls"] == 0
@@ -229,19 +230,27 @@ def test_a_bad_workflow_in_the_config_is_refused_when_it_loads(tmp_path: Path) -
         load_config(None, environ={}, overrides={"data_dir": str(tmp_path), "workflows": shell})
 
 
-async def test_a_step_timeout_stops_its_command(tmp_path: Path) -> None:
+@pytest.mark.slow
+async def test_a_step_timeout_stops_its_command_and_keeps_its_output(tmp_path: Path) -> None:
     project = write(tmp_path / "work" / "p", {"a.txt": "x"})
-    slow = {
-        "steps": {"nap": {"command": [PY, "-c", "import time; time.sleep(60)"], "timeout_s": 0.5}},
-        "summary": False,
-    }
+    code = (
+        "import sys, time; print('halfway', flush=True); print('warned', file=sys.stderr, flush=True); time.sleep(60)"
+    )
+    slow = {"steps": {"nap": {"command": [PY, "-c", code], "timeout_s": 1.5}}, "summary": False}
     server, _ = make_server(tmp_path, workflows={"slow": slow})
     started = time.monotonic()
     async with Client(server) as client:
         out = await call(client, "run_workflow", {"workflow": "slow", "project": str(project)})
+        stored = await call(client, "workflow_history", {"run_id": out["run_id"], "step": "nap"})
     assert time.monotonic() - started < 15
     (step,) = out["steps"]
-    assert step["status"] == "failed" and "timed out after 0.5 s" in step["error"]
+    # "timed out", not "failed", and what it printed before is kept, in the result and in the store
+    assert step["status"] == "timed_out" and "timed out after 1.5 s" in step["error"]
+    assert step["result"] == "timed out: halfway"
+    assert out["status"] == "failed" and "nap timed out" in out["summary"]
+    output = stored["step_output"]
+    assert output["timed_out"] is True and output["stdout_tail"].strip() == "halfway"
+    assert output["stderr_tail"].strip() == "warned"
 
 
 def test_the_example_config_writes_out_the_builtins_and_the_readme_example_loads(tmp_path: Path) -> None:
