@@ -182,7 +182,9 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     token = os.environ.get(config.server.bearer_token_env) if config.server.bearer_token_env else None
     if transport == "stdio":
         from caelum_mcp.dashboard.serve import run_stdio
+        from caelum_mcp.shutdown import install_signal_handlers
 
+        install_signal_handlers()  # SIGTERM/SIGHUP stop the running commands too
         anyio.run(partial(run_stdio, config, dashboard_port=config.dashboard.port, token=token))
         return 0
     if args.dashboard_port is not None:
