@@ -740,18 +740,33 @@ class Pool:
         return share if share > self.min_attempt_s else self.min_attempt_s
 
     def _has_fallback(self, call: _Call, host: Host) -> bool:
-        """Whether a host other than ``host`` (and those the call already left) serves the call."""
-        exclude = {*call.exclude, host.name}
+        """Whether a host other than ``host`` (and those the call already left) serves the call, as
+        selection would find it (a size tier falls back to any other size tier). The first match
+        ends the scan: this runs for every attempt of a multi-host pool whose share binds."""
+        tier, model = call.tier, call.model
         min_rank = TIER_ORDER[call.min_tier] if call.min_tier in SIZE_TIERS else 0
-        if self._best(call.tier, call.model, exclude, min_rank) is not None:
-            return True
-        if call.model is not None or call.tier not in SIZE_TIERS:
-            return False
-        return any(
-            self._best(alt, None, exclude, min_rank) is not None
-            for alt in nearest_tiers(call.tier)
-            if TIER_ORDER[alt] >= min_rank
-        )
+        any_size = model is None and tier in SIZE_TIERS
+        overrides = self.tier_overrides
+        for other in self.hosts.values():
+            if other is host or not other.enabled or other.name in call.exclude or not other.breaker.allows():
+                continue
+            for name in other.models:
+                tiers = other.tiers_of(name, overrides)
+                if model is not None:
+                    if name != model and name.split(":")[0] != model:
+                        continue
+                elif tier is None:
+                    if Tier.EMBEDDING in tiers:
+                        continue
+                elif any_size:
+                    if tiers.isdisjoint(SIZE_TIERS):
+                        continue
+                elif tier not in tiers:
+                    continue
+                if min_rank and model_size_rank(tiers) < min_rank:
+                    continue
+                return True
+        return False
 
     def _attempt_failed(self, call: _Call, host: Host, exc: BackendError) -> None:
         """Book a failed attempt; raises when the call must stop (the error is not the host's, or

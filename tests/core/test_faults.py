@@ -546,9 +546,9 @@ async def test_a_task_whose_budget_is_under_the_first_byte_limit_fails_over(
 
 
 async def test_the_last_host_a_call_can_try_gets_all_the_time_left(http: httpx2.AsyncClient) -> None:
-    """A sole host that takes longer than a third of the budget still answers: the share applies
-    only when another host could take over."""
-    with hosts(FaultHost(delay_s=0.4)) as fakes:
+    """The only host serving the call takes longer than a third of the budget and still answers:
+    the share applies only when another host could take over (h1 serves an embedding model only)."""
+    with hosts(FaultHost(delay_s=0.4), FaultHost(models=[("nomic-embed-text", 0.1)])) as fakes:
         pool = pool_of(fakes, http)
         pool.min_attempt_s = 0.1
         await pool.refresh_all()
