@@ -86,6 +86,7 @@ class EmbeddedServer:
         self.url: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        self._log_start = 0  # where this start's lines begin in the log file
 
     @property
     def running(self) -> bool:
@@ -105,6 +106,11 @@ class EmbeddedServer:
             model = self.model_path or (Path(detail) if ok else None)
             if model is None:
                 raise EmbeddedUnavailableError(f"embedded model unavailable: {detail}")
+            if not model.is_file():
+                raise EmbeddedUnavailableError(
+                    f"the model file {model} is missing; reinstall it (`make install`) and restart the server"
+                )
+            self._log_start = self.log_path.stat().st_size if self.log_path and self.log_path.is_file() else 0
             cmd = [
                 sys.executable,
                 "-m",
@@ -156,8 +162,10 @@ class EmbeddedServer:
             return text
         _stop_process(proc)
         hint = f"; see {self.log_path}" if self.log_path else ""
+        said = _first_error(self.log_path, self._log_start) if self.log_path else None
         raise EmbeddedUnavailableError(
-            f"embedded llama.cpp server did not start (exit code {proc.returncode}, said {text!r}){hint}"
+            f"embedded llama.cpp server did not start (exit code {proc.returncode}"
+            f"{f', llama.cpp said: {said}' if said else ''}){hint}"
         )
 
     def stop(self) -> None:
@@ -179,6 +187,24 @@ class EmbeddedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _first_error(log_path: Path, start: int, limit: int = 300) -> str | None:
+    """The first error line llama.cpp logged after byte ``start`` (its error lines carry `` E ``),
+    else the last line (a Python traceback ends with the exception), cut to ``limit`` characters."""
+    try:
+        with log_path.open("rb") as f:
+            f.seek(start)
+            lines = f.read(1 << 20).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    lines = [line.strip() for line in lines if line.strip()]
+    errors = [line for line in lines if " E " in line]
+    picked = errors[0] if errors else (lines[-1] if lines else None)
+    if picked is None:
+        return None
+    picked = picked.split(" E ", 1)[-1].strip()
+    return picked if len(picked) <= limit else picked[: limit - 1] + "…"
 
 
 def _stop_process(proc: subprocess.Popen[bytes]) -> None:

@@ -307,6 +307,18 @@ class Router:
                 ]
         return found
 
+    def embedding_problem(self) -> str:
+        """Why no embedding model is up: each host that lists one, with its state and last error
+        (a restart of the embedded model that failed says so there); "" when no host lists one."""
+        problems = []
+        for host in self.pool.hosts.values():
+            models = [m for m in host.models if Tier.EMBEDDING in host.tiers_of(m, self.pool.tier_overrides)]
+            if models and not (host.enabled and host.breaker.allows()):
+                state = "disabled" if not host.enabled else f"circuit {host.breaker.state.value}"
+                why = host.last_error or "no error recorded"
+                problems.append(f"{', '.join(models)} on host {host.name} is down ({state}): {why}")
+        return "; ".join(problems)
+
     async def embed(
         self,
         texts: Sequence[str],

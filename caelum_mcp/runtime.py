@@ -84,6 +84,9 @@ class BoundLLM:
     def embedding_models(self) -> list[str]:
         return self.router.embedding_models()
 
+    def embedding_problem(self) -> str:
+        return self.router.embedding_problem()
+
     async def embed(self, texts: Sequence[str], *, model: str | None = None) -> Embeddings:
         return await self.router.embed(texts, model=model, call_id=self.call_id)
 

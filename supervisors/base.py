@@ -78,6 +78,11 @@ class LLMService(Protocol):
         """The embedding models up now (``model@host``); empty when there are none."""
         ...
 
+    def embedding_problem(self) -> str:
+        """When no embedding model is up, why: each host listing one, its state and last error;
+        "" when no host lists one."""
+        ...
+
     async def embed(self, texts: Sequence[str], *, model: str | None = None) -> Embeddings:
         """Vectors for ``texts`` from the pool's embedding tier, batched; recorded in the ledger.
         Raises :class:`~caelum_mcp.errors.NoHostAvailableError` when no embedding model is up."""

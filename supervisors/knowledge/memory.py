@@ -25,7 +25,7 @@ from caelum_mcp.tools.knowledge.memory import GLOBAL_SCOPE, MAX_NOTE_CHARS, Memo
 from caelum_mcp.tools.knowledge.store import is_damaged_store
 from caelum_mcp.tools.paths import resolve_project
 
-from .state import NO_EMBEDDING_MODEL, KnowledgeSettings, KnowledgeState, embedding_model
+from .state import KnowledgeSettings, KnowledgeState, embedding_model, no_embedding_model
 
 Action = Literal["remember", "recall", "forget", "list"]
 Scope = Literal["project", "global"]
@@ -194,7 +194,7 @@ async def _recall(
         except CaelumError as exc:
             said = f"recalled by words only: embedding failed: {exc}"
     else:
-        said = f"recalled by words only: {NO_EMBEDDING_MODEL}"
+        said = f"recalled by words only: {no_embedding_model(ctx.llm)}"
     recalled = await anyio.to_thread.run_sync(
         lambda: store.recall(query, scopes, args.tags or [], limit=args.limit, query_vector=vector)
     )

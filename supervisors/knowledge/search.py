@@ -27,12 +27,12 @@ from caelum_mcp.tools.knowledge.vectors import unit
 from caelum_mcp.tools.paths import resolve_project
 
 from .state import (
-    NO_EMBEDDING_MODEL,
     KnowledgeSettings,
     KnowledgeState,
     ProjectIndex,
     embedding_model,
     ensure_synced,
+    no_embedding_model,
 )
 
 Mode = Literal["hybrid", "lexical", "semantic"]
@@ -129,7 +129,7 @@ async def run_retrieval(
     vector = None
     if mode != "lexical":
         if model is None:
-            note = f"lexical search only: {NO_EMBEDDING_MODEL}"
+            note = f"lexical search only: {no_embedding_model(ctx.llm)}"
         elif not stored.get(model):
             note = f"lexical search only: the index has no vectors from {model} yet"
             model = None

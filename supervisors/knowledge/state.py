@@ -77,15 +77,16 @@ log = logging.getLogger(__name__)
 BACKGROUND_GROUP_S: float | None = 0.1  # None: full groups (the benchmark compares)
 
 
-# Why search and recall run on words only when no embedding model is up, and what to do: the
-# supervisor does not see the pool, so it points at ``pool_status``, which has the cause.
-NO_EMBEDDING_MODEL = (
-    "no embedding model is up; `pool_status` says why (its `embedded` line, and the `last_error` of the host "
-    "serving one: the embedded all-minilm:l6-v2 is restarted whenever its process exits, and a restart that "
-    "failed says so there). To get one: the embedded model (`make install`; it starts when no other local host "
-    'is up, or always with `embedded = "on"`), or an embedding model on a configured host '
-    "(e.g. `ollama pull nomic-embed-text` on an Ollama host)"
-)
+def no_embedding_model(llm: LLMService) -> str:
+    """Why search and recall run on words only when no embedding model is up, and what to do."""
+    problem = llm.embedding_problem()
+    if problem:
+        return f"no embedding model is up: {problem}; `pool_status` shows each host's state"
+    return (
+        "no embedding model is up: no host lists one. To get one: the embedded all-minilm:l6-v2 (`make install`; "
+        'it starts when no other local host is up, or always with `embedded = "on"`), or an embedding model '
+        "on a configured host (e.g. `ollama pull nomic-embed-text` on an Ollama host)"
+    )
 
 
 class Background:
