@@ -3,8 +3,11 @@ cached vectors, lexical and hybrid retrieval."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -298,3 +301,32 @@ async def test_background_embedding_holds_the_model_about_as_long_as_it_is_told(
         assert [len(c) for c in embedder.calls] == [30]
     finally:
         other.close()
+
+
+async def test_a_file_that_grew_or_became_a_fifo_after_the_listing_is_not_read(
+    write_project: WriteProject, store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing checks sizes and kinds; the sync reads later. A file swapped in between is
+    neither read whole nor waited on."""
+    root = write_project({"small.md": "# Notes\nthe build uses make\n", "later.md": "# Later\nshort\n"})
+    listed = await list_sources(root, max_bytes=1_000, max_files=100)
+    assert set(listed.files) == {"small.md", "later.md"}
+
+    async def listing_then_swap(*args: object, **kwargs: object) -> object:
+        (root / "small.md").write_text("# Notes\n" + "grown " * 1_000)  # now over the 1,000-byte limit
+        (root / "later.md").unlink()
+        os.mkfifo(root / "later.md")  # opened for reading, a FIFO blocks until a writer comes
+        return listed
+
+    def free_a_blocked_reader() -> None:  # on code that waits on the FIFO, fail instead of hanging
+        time.sleep(20)
+        with contextlib.suppress(OSError):
+            os.close(os.open(root / "later.md", os.O_WRONLY | os.O_NONBLOCK))
+
+    threading.Thread(target=free_a_blocked_reader, daemon=True).start()
+    monkeypatch.setattr("caelum_mcp.tools.knowledge.indexer.list_sources", listing_then_swap)
+    started = time.monotonic()
+    report = await sync_index(store, root, max_bytes=1_000)
+    assert time.monotonic() - started < 20, "waited on the FIFO"
+    assert report.added == 0 and report.skipped.get("over the size limit") == 1
+    assert not retrieve(store, "grown", limit=5).hits

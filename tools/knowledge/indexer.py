@@ -21,6 +21,7 @@ import anyio
 from caelum_mcp.errors import CaelumError
 from caelum_mcp.types import Frozen
 
+from ..safe_read import read_head
 from .chunking import chunk_file
 from .sources import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, file_digest, list_sources, read_source
 from .store import FileState, KnowledgeStore, NewChunk
@@ -78,7 +79,10 @@ async def sync_index(
     files = listing.files
     for start in range(0, len(files), _FILES_PER_STEP):
         batch = files[start : start + _FILES_PER_STEP]
-        binary = await anyio.to_thread.run_sync(_sync_files, store, root, batch, known, counts)
+        binary, grown = await anyio.to_thread.run_sync(_sync_files, store, root, batch, known, counts, max_bytes)
+        if grown:  # over the limit by the time it was read (it grew, or was swapped, after the listing)
+            skipped["over the size limit"] = skipped.get("over the size limit", 0) + len(grown)
+            await anyio.to_thread.run_sync(store.remove_files, [p for p in grown if p in known])
         if binary:
             skipped["binary or not UTF-8"] = skipped.get("binary or not UTF-8", 0) + len(binary)
             await anyio.to_thread.run_sync(store.remove_files, [p for p in binary if p in known])
@@ -112,10 +116,18 @@ async def sync_index(
 
 
 def _sync_files(
-    store: KnowledgeStore, root: Path, batch: Sequence[str], known: dict[str, FileState], counts: dict[str, int]
-) -> list[str]:
-    """Index the changed files of ``batch``; returns the ones that turned out binary."""
+    store: KnowledgeStore,
+    root: Path,
+    batch: Sequence[str],
+    known: dict[str, FileState],
+    counts: dict[str, int],
+    max_bytes: int,
+) -> tuple[list[str], list[str]]:
+    """Index the changed files of ``batch``; returns the ones that turned out binary, and the ones
+    over ``max_bytes`` when read. Only regular files are opened, never more than ``max_bytes`` + 1
+    bytes of one: the listing checked the size, but a file can grow or be swapped for a FIFO since."""
     binary: list[str] = []
+    grown: list[str] = []
     for rel in batch:
         path = root / rel
         try:
@@ -127,9 +139,13 @@ def _sync_files(
             counts["unchanged"] += 1
             continue
         try:
-            data = path.read_bytes()
-        except OSError:
+            head = read_head(path, max_bytes)
+        except OSError:  # NotRegularFileError too: a FIFO or device is never opened for reading
             continue
+        if head.truncated:
+            grown.append(rel)
+            continue
+        data = head.data
         digest = file_digest(data)
         state = FileState(hash=digest, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
         if old is not None and old.hash == digest:
@@ -143,7 +159,7 @@ def _sync_files(
         chunks = [NewChunk(c, text_hash(chunk_embedding_input(c))) for c in chunk_file(rel, source.text)]
         store.replace_file(rel, state, chunks)
         counts["changed" if old is not None else "added"] += 1
-    return binary
+    return binary, grown
 
 
 async def embed_missing(
