@@ -734,7 +734,7 @@ class Pool:
         share = left * ATTEMPT_SHARE
         if share >= limit or limit <= self.min_attempt_s:
             return limit
-        # Checked only when the share binds (calls with a task's budget), not on every request.
+        # Only when the share binds; the scan stops at the first other host that serves the call.
         if len(self.hosts) == 1 or len(call.trace.hosts) >= self.max_attempts or not self._has_fallback(call, host):
             return limit
         return share if share > self.min_attempt_s else self.min_attempt_s
