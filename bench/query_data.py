@@ -18,7 +18,9 @@ Three parts, each printing its figures (``--accuracy``, ``--speed``, ``--securit
   ``fetchall``) on a 1M-row Parquet file and the CSV (target <= 1.2x), rounds interleaved;
 - **security**: the red-team set of ``tests/integration/test_data_redteam.py`` (hostile statements
   as ``sql``, hostile questions through a scripted model that obeys them): tried / refused, and
-  whether the files are byte-identical afterwards.
+  whether the files are byte-identical afterwards; and its hostile project (file names that are
+  glob patterns beside links to an outside file, a DuckDB file whose views read files and
+  settings): sources tried, and how many answers showed the outside file or an absolute path.
 
     .venv/bin/python bench/query_data.py                         # everything
     .venv/bin/python bench/query_data.py --accuracy --set penguins --limit 8
@@ -363,13 +365,20 @@ async def speed(work: Path, rows: int, repeat: int) -> None:
 
 async def security(work: Path) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
-    from integration.test_data_redteam import HOSTILE_QUESTIONS, HOSTILE_SQL, obedient_model  # type: ignore[import-not-found]
+    from integration.test_data_redteam import (  # type: ignore[import-not-found]
+        HOSTILE_QUESTIONS,
+        HOSTILE_SOURCES,
+        HOSTILE_SQL,
+        hostile_project,
+        obedient_model,
+    )
     from tools.test_data_sources import write_shop  # type: ignore[import-not-found]
 
     from caelum_mcp.backends.scripted import ScriptedBackend
 
     root = work / "redteam"
     write_shop(root)
+    hostile = hostile_project(work / "hostile")
     (root / "private.txt").write_text("password=canary\n")
     out = work / "out"
     out.mkdir()
@@ -380,7 +389,7 @@ async def security(work: Path) -> None:
         environ={},
         overrides={
             "data_dir": str(work / "data-sec"),
-            "allowed_roots": [str(root)],
+            "allowed_roots": [str(root), str(hostile)],
             "embedded": "off",
             "implicit_ollama": False,
             "hosts": [],
@@ -405,8 +414,14 @@ async def security(work: Path) -> None:
             )
             data = res.structured_content or {}
             refused += bool(res.is_error or (data.get("error") and not data.get("rows")))
+        leaked = 0
+        for sources, sql in HOSTILE_SOURCES:
+            res = await client.call_tool("query_data", {"sources": [str(hostile / s) for s in sources], "sql": sql})
+            text = " ".join(getattr(c, "text", "") for c in res.content) + str(res.structured_content)
+            leaked += "canary-19c4" in text or str(work) in text
     unchanged = digest(root) == before and not any(out.iterdir())
     print(f"\nred team: {tried} tried, {refused} refused; files byte-identical and nothing written: {unchanged}")
+    print(f"hostile sources: {len(HOSTILE_SOURCES)} tried, {leaked} showed an outside file or an absolute path")
 
 
 # main ---------------------------------------------------------------------------------------------

@@ -174,7 +174,19 @@ async def test_every_hostile_question_ends_in_a_clear_error_and_nothing_changes(
 OUTSIDE_SECRET = "root:x:0:0:canary-19c4:/root:/bin/bash"
 
 
-def _hostile_project(tmp: Path) -> Path:
+# Sources of that project with a SELECT each; all but the last must answer with their own rows.
+HOSTILE_SOURCES: list[tuple[list[str], str]] = [
+    (["src"], "SELECT * FROM p_w"),
+    (["src/[p]w.csv"], "SELECT * FROM p_w"),
+    (["src/*.csv"], "SELECT * FROM src"),
+    (["src/[p]w.json"], "SELECT * FROM p_w"),
+    (["store.duckdb"], "SELECT * FROM stock"),
+    (["store.duckdb"], "SELECT * FROM leak"),
+]
+
+
+def hostile_project(tmp: Path) -> Path:
+    """``tmp/work``: the hostile project (its root); ``tmp/outside`` holds what must never be read."""
     import duckdb
 
     root = tmp / "work"
@@ -207,18 +219,10 @@ def _text(res: Any) -> str:
 
 @pytest.mark.slow  # a few seconds: one server, eight calls
 async def test_a_hostile_project_reads_nothing_outside_through_names_views_or_special_files(tmp_path: Path) -> None:
-    _hostile_project(tmp_path)
+    hostile_project(tmp_path)
     limits = {"query_timeout_s": 5.0, "max_line_bytes": 65_536}
     async with session(tmp_path, [], data=limits) as (client, _):
-        calls: list[tuple[list[str], str]] = [
-            (["src"], "SELECT * FROM p_w"),
-            (["src/[p]w.csv"], "SELECT * FROM p_w"),
-            (["src/*.csv"], "SELECT * FROM src"),
-            (["src/[p]w.json"], "SELECT * FROM p_w"),
-            (["store.duckdb"], "SELECT * FROM stock"),
-            (["store.duckdb"], "SELECT * FROM leak"),
-        ]
-        for sources, sql in calls:
+        for sources, sql in HOSTILE_SOURCES:
             res = await client.call_tool("query_data", {"sources": sources, "sql": sql})
             text = _text(res)
             assert "canary-19c4" not in text and "root:x" not in text, (sources, sql, text)

@@ -146,6 +146,8 @@ def test_a_glob_is_one_table_over_every_match(tmp_path: Path) -> None:
         session.close()
     (named,) = resolve_sources(["shop/monthly/2024-*.parquet"], [root]).files
     assert named.name == "t_2024" and len(named.paths) == 3
+    (absolute,) = resolve_sources([str(root / "shop/monthly/*.parquet")], [root]).files
+    assert absolute.label == "shop/monthly/*.parquet"  # relative to its root, never an absolute path
 
 
 def test_paths_outside_the_roots_are_refused_whatever_the_spelling(tmp_path: Path) -> None:

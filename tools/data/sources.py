@@ -223,7 +223,7 @@ def resolve_sources(specs: Sequence[str], roots: Sequence[Path]) -> ResolvedSour
             found, skipped = _glob(text, allowed)
             files.append(found)
             if skipped:
-                notes.append(f"{shown(text)}: {skipped} match(es) skipped (links leaving the allowed roots)")
+                notes.append(f"{shown(found.label)}: {skipped} match(es) skipped (links leaving the allowed roots)")
             continue
         parent, _, leaf = text.rstrip("/").rpartition("/")
         if not leaf or leaf in (".", ".."):
@@ -315,4 +315,6 @@ def _glob(text: str, roots: Sequence[Path]) -> tuple[SourceFile, int]:
         raise DataSourceError(f"glob {shown(text)}: {kind} files cannot be combined into one table; name each file")
     leaf = _GLOB_CHARS.split(_stem(Path(parts[-1])))[0].strip("_-. ")
     name = leaf or (parts[first - 1] if first > 0 else "") or base.name
-    return SourceFile(kind=kind, paths=tuple(matches), label=text, name=table_name(name)), skipped
+    folder = _label(base, roots)
+    label = pattern if folder == "." else f"{folder}/{pattern}"  # relative to its root, as a file's label is
+    return SourceFile(kind=kind, paths=tuple(matches), label=label, name=table_name(name)), skipped
