@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,7 +77,11 @@ class ProfileDataOutput(ToolOutput):
 async def profile_data(args: ProfileDataInput, ctx: ToolContext) -> ProfileDataOutput:
     settings = ctx.settings_as(DataSettings)
     resolved = resolve_sources([args.source], ctx.roots)
-    limits = session_limits(settings, timeout_s=settings.profile_timeout_s)
+    # The limit is the call's: every scan of every column shares it (a wide table cannot run for
+    # profile_timeout_s per scan).
+    limits = replace(
+        session_limits(settings, timeout_s=settings.profile_timeout_s), call_budget_s=settings.profile_timeout_s
+    )
     await ctx.report(0, 3, "loading the data")
     async with open_session(resolved, ctx.state_dir / "sessions", limits, materialize=True) as session:
         names = list(session.tables)

@@ -18,7 +18,9 @@ class DataSettings(BaseModel):
         le=3600,
         description="a query_data call's DuckDB work (its sources opened, every query tried) is stopped after this",
     )
-    profile_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="each profiling scan's limit")
+    profile_timeout_s: float = Field(
+        default=120.0, gt=0, le=3600, description="a profile_data call's DuckDB work (every scan) is stopped after this"
+    )
     memory_limit: str = Field(
         default="2GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", description="DuckDB's memory limit"
     )

@@ -450,3 +450,22 @@ async def test_a_call_cancelled_while_its_sources_open_stops_that_work(tmp_path:
             break
         await anyio.sleep(0.05)
     assert not any(state.iterdir())
+
+
+@pytest.mark.slow  # about a second: the time limit
+def test_a_call_budget_is_shared_by_every_statement_of_the_session(shop: Path) -> None:
+    """One runaway statement spends the call's budget; the next one is refused at once instead of
+    getting the whole limit again (three repair rounds ran 3x the limit before)."""
+    session = session_over(shop, timeout_s=1.0, call_budget_s=1.0)
+    try:
+        runaway = "SELECT count(*) FROM range(100000) a, range(100000) b, range({n}) c"
+        with pytest.raises(QueryTimeoutError, match="time limit of 1 s"):
+            session.run(runaway.format(n=1000))
+        started = time.perf_counter()
+        with pytest.raises(QueryTimeoutError, match="did not run"):
+            session.run(runaway.format(n=1001))
+        with pytest.raises(QueryTimeoutError):
+            session.fetch("SELECT 1")
+        assert time.perf_counter() - started < 1
+    finally:
+        session.close()
