@@ -6,8 +6,8 @@ finds a call's log lines, its ledger rows (``calls.call_id``, ``tool_calls.id``)
 dashboard. Tasks started inside the call inherit the variable, so the pool's and the router's log
 lines carry it too.
 
-Logs go to stderr: on stdio, stdout belongs to the MCP protocol. Every message of the JSON format
-passes the secrets redaction (a key quoted in an error message is logged as ``AKIA…(20 chars)``).
+Logs go to stderr: on stdio, stdout belongs to the MCP protocol. Every line, text or JSON, passes
+the secrets redaction (a key quoted in an error message is logged as ``AKIA…(20 chars)``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from caelum_mcp.tools.code.secrets import redact_secrets
+from caelum_mcp.redaction import redact_secrets
 
 LogFormat = Literal["text", "json"]
 
@@ -62,6 +62,13 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class RedactingFormatter(logging.Formatter):
+    """The text format, each whole line (message and traceback) through the secrets redaction."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_secrets(super().format(record))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``ts`` (UTC, ISO 8601), ``level``, ``logger``, ``message``,
     ``request_id`` when inside a tool call, and ``exception`` with the traceback when there is one."""
@@ -85,7 +92,7 @@ def setup_logging(level: str, log_format: LogFormat = "text") -> None:
     """Send the process's logs to stderr in ``log_format`` at ``level`` (replacing earlier setup)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else RedactingFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -41,6 +41,11 @@ A task with ``on_text`` streams its local calls (:meth:`Router._stream_local`): 
 the text so far as it arrives, the pool fails over only before the first token, and the ledger
 rows are the same as for a call answered whole. A ``claude_only`` task skips the local pool.
 
+Every prompt passes the secrets redaction (:mod:`caelum_mcp.redaction`) where it is sent
+(:meth:`Router._call`, the one place every chat request goes through, local or Claude, first try or
+repair), and so does every text to embed (:meth:`Router.embed`): a key read from a project's ``.env``
+or a CSV cell never reaches a model, whichever tool built the prompt.
+
 Every model call is a ledger row (built by :func:`~caelum_mcp.ledger.model_call_row` and
 :func:`~caelum_mcp.ledger.failed_call_row`), tagged with the tool call it was made for; a failed
 call is one row per host that failed it, naming the host and how many attempts it got there.
@@ -91,6 +96,7 @@ from caelum_mcp.llm import (
 )
 from caelum_mcp.pool import CallTrace, Pool, Selection
 from caelum_mcp.pricing import ModelPrice, cost_usd
+from caelum_mcp.redaction import redact_secrets
 from caelum_mcp.types import SIZE_TIERS, ChatMessage, ChatRequest, ChatResponse, EmbedRequest, Tier, Usage
 
 log = logging.getLogger(__name__)
@@ -105,6 +111,8 @@ _REPLY_ECHO_CHARS = 4000
 _BACKSTOP_S = 0.5
 # A Claude reservation outlives the run's deadline by this much before it lapses on its own.
 _RESERVATION_GRACE_S = 60.0
+# Prompts longer than this are redacted in a worker thread (~0.2 s a MB), off the event loop.
+_REDACT_INLINE_CHARS = 64_000
 # The tokens that frame each message (role and turn markers) on top of its text's own.
 _MESSAGE_OVERHEAD_TOKENS = 8
 
@@ -335,7 +343,7 @@ class Router:
         used_model = host = ""
         tokens = 0
         for start in range(0, len(texts), max(1, batch_size)):
-            batch = tuple(texts[start : start + batch_size])
+            batch = await _redacted_texts(texts[start : start + batch_size])
             started = time.perf_counter()
             try:
                 host, response = await self.pool.embed(EmbedRequest(model=model or "", inputs=batch), model=model)
@@ -531,7 +539,9 @@ class Router:
 
     async def _call(self, run: _Run, request: ChatRequest, local: _Local | None) -> _Reply | None:
         """One model call, recorded in the ledger whatever happens (cancellation included); None
-        when it produced no answer (the reason is in ``run.errors``)."""
+        when it produced no answer (the reason is in ``run.errors``). Its messages are redacted here,
+        the one place every request passes on its way to a model."""
+        request = await redacted_request(request)
         if local is None:
             return await self._call_claude(run, request)
         return await self._call_local(run, request, local)
@@ -743,6 +753,25 @@ class Router:
             counterfactual_cost_usd=round(run.counterfactual, 6),
         )
         return RoutedResult(output=cand.output, text=cand.text, execution=execution)
+
+
+async def redacted_request(request: ChatRequest) -> ChatRequest:
+    """``request`` with secrets redacted from every message (see :mod:`caelum_mcp.redaction`)."""
+    messages = await _redacted_texts([m.content for m in request.messages])
+    if all(new == m.content for new, m in zip(messages, request.messages, strict=True)):
+        return request
+    redacted = tuple(
+        m if new == m.content else m.model_copy(update={"content": new})
+        for new, m in zip(messages, request.messages, strict=True)
+    )
+    return request.model_copy(update={"messages": redacted})
+
+
+async def _redacted_texts(texts: Sequence[str]) -> tuple[str, ...]:
+    """``texts`` through the secrets redaction: a long batch in a worker thread."""
+    if sum(len(t) for t in texts) <= _REDACT_INLINE_CHARS:
+        return tuple(redact_secrets(t) for t in texts)
+    return await anyio.to_thread.run_sync(lambda: tuple(redact_secrets(t) for t in texts))
 
 
 def _base(model: str) -> str:

@@ -45,6 +45,7 @@ from caelum_mcp.config import RESULT_TOKENS_CAP
 from caelum_mcp.errors import CaelumError, ToolInputError
 from caelum_mcp.llm import Availability, CallCost, Embeddings, LLMTask, ProgressFn, RoutedResult
 from caelum_mcp.logs import request_scope
+from caelum_mcp.redaction import redact_all
 from caelum_mcp.router import Router
 from caelum_mcp.supervisors.base import (
     ExternalTool,
@@ -55,7 +56,6 @@ from caelum_mcp.supervisors.base import (
     ToolOutput,
     _no_progress,
 )
-from caelum_mcp.tools.code.secrets import redact_all
 from caelum_mcp.types import Frozen, Tier
 
 log = logging.getLogger(__name__)

@@ -78,7 +78,8 @@ async def test_review_comments_that_quote_a_secret_are_redacted(tmp_path: Path) 
     out: dict[str, Any] = res.structured_content
     llm = [c for c in out["comments"] if c["source"] == "llm"]
     assert llm and redact(FAKE_AWS) in llm[0]["comment"]  # the comment is kept, the key is not
-    assert FAKE_AWS in model.requests[0].messages[-1].content  # the model itself saw the diff as it is
+    assert FAKE_AWS not in model.requests[0].messages[-1].content  # the model sees the diff redacted too
+    assert redact(FAKE_AWS) in model.requests[0].messages[-1].content
     assert_no_secret(res)
 
 

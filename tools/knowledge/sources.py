@@ -8,8 +8,9 @@ or a walk honouring ``.gitignore``; environments and caches never). Of those, th
 - lock files, minified bundles and source maps (large and useless to read);
 - files larger than ``max_bytes``, and binaries (a NUL byte in the first 8 KiB, or not UTF-8).
 
-What is kept passes the secrets scanner's redaction before it is chunked, so a key written into a
-source file is never stored in the index, shown in a snippet or sent to a model.
+What is kept passes the secrets redaction (:mod:`caelum_mcp.redaction`, the one every output and
+store uses) before it is chunked, so a key written into a source file, a CSV cell or a log line is
+never stored in the index, shown in a snippet or sent to a model.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from caelum_mcp.redaction import PRIVATE_KEY_MARKER, redact_secrets
 from caelum_mcp.types import Frozen
 
 from ..code.files import list_project_files
-from ..code.secrets import looks_binary, redact_secrets
+from ..code.secrets import looks_binary
 
 DEFAULT_MAX_BYTES = 512 * 1024
 DEFAULT_MAX_FILES = 20_000
@@ -125,7 +127,7 @@ def redact_keeping_lines(text: str) -> str:
         if "-----BEGIN" in line and "PRIVATE KEY" in line:
             inside = True
         if inside:
-            out.append("[private key redacted]")
+            out.append(PRIVATE_KEY_MARKER)
             inside = "-----END" not in line
             continue
         out.append(redact_secrets(line))
