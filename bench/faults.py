@@ -40,6 +40,7 @@ from typing import Any
 
 import anyio
 import httpx2
+import psutil
 from mcp import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -637,6 +638,112 @@ async def embedding_server_killed(http: httpx2.AsyncClient, folder: Path) -> Row
     return row
 
 
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def stop_workflow_server(folder: Path, how: str) -> tuple[bool, float, bool]:
+    """A real stdio server running a workflow whose step holds a lock and waits, stopped ``how``
+    (``sigterm``, ``sigkill``, or ``resume``: its guard and it killed -9, then a second server
+    resumes the run). Returns whether the step was gone within 5 s (for ``resume``: whether the
+    resumed copy never ran beside the first), how long that took, and whether a note said so."""
+    from integration.test_workflow_shutdown import gone_within, setup, start_run, stop
+
+    project, box, env = setup(folder)
+    server, step = start_run(folder, project, box, env)
+    started = time.monotonic()
+    try:
+        if how == "sigterm":
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=10)
+            return gone_within(step, 5), time.monotonic() - started, True
+        if how == "sigkill":
+            server.kill()
+            server.wait(timeout=10)
+            return gone_within(step, 5), time.monotonic() - started, True
+        for child in psutil.Process(server.pid).children():
+            if child.pid != step:
+                child.kill()  # the guard
+        server.kill()
+        server.wait(timeout=10)
+        note = anyio.run(resume_held_run, project, box, env)
+        return not (box / "overlap").exists(), time.monotonic() - started, f"(pid {step})" in note
+    finally:
+        server.kill()
+        stop(step)
+
+
+async def resume_held_run(project: Path, box: Path, env: dict[str, str]) -> str:
+    """Resume the killed run; the gate opens once the resumed copy holds the lock (or could not)."""
+    from mcp import StdioServerParameters
+
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "caelum_mcp", "serve"], env=env, cwd=str(REPOSITORY)
+    )
+    async with Client(params) as client:
+        (killed,) = (await tool(client, "workflow_history", {"workflow": "held"}))["runs"]
+        args = {"workflow": "held", "project": str(project), "resume": killed["id"]}
+        out: dict[str, Any] = {}
+
+        async def resume() -> None:
+            out.update(await tool(client, "run_workflow", args))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(resume)
+            with anyio.fail_after(60):
+                # another process writes these files: there is no event to wait on
+                while len((box / "pids").read_text().split()) < 2 and not (box / "overlap").exists():  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            (box / "gate").unlink()
+    return " ".join(out.get("notes") or [])
+
+
+async def workflow_server_stopped(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row("stdio server running a workflow step: SIGTERM, kill -9, kill -9 with its guard then resume")
+    figures = []
+    for how in ("sigterm", "sigkill", "resume"):
+        row.sent += 1
+        (folder / how).mkdir()
+        held, seconds, said = await anyio.to_thread.run_sync(stop_workflow_server, folder / how, how)
+        row.ok += held and said
+        row.crash += not held
+        row.clear += held and not said
+        if how == "resume":
+            shown = "earlier copy killed before the step ran again" if said else "earlier copy not reported"
+            figures.append(f"resume: {shown if held else 'TWO COPIES RAN AT ONCE'} ({seconds:.1f} s with the restart)")
+        else:
+            figures.append(f"{how}: {'step gone' if held else 'STEP OUTLIVED ITS SERVER'} in {seconds:.1f} s")
+    row.figure = "; ".join(figures)
+    return row
+
+
+def echo_workflow() -> dict[str, Any]:
+    return {"summary": False, "steps": {"say": {"command": [sys.executable, "-c", "print('ok')"]}}}
+
+
+async def damaged_run_store(http: httpx2.AsyncClient, folder: Path) -> Row:
+    row = Row("workflow run store overwritten with garbage before start (pool_status, then run_workflow, x3)")
+    project = write_project(folder)
+    said = 0
+    for _ in range(3):
+        store = folder / "data" / "supervisors" / "workflow" / "runs.sqlite3"
+        store.parent.mkdir(parents=True, exist_ok=True)
+        store.write_bytes(b"\x00garbage" * 2000)
+        try:
+            async with mcp_session(folder, workflows={"echo": echo_workflow()}) as (client, _):
+                tally = Tally(row, 30.0)
+                await tally.call(lambda: tool(client, "pool_status", {}))
+                out = await tally.call(
+                    lambda: tool(client, "run_workflow", {"workflow": "echo", "project": str(project)})
+                )
+                said += out is not None and any("moved aside to" in n for n in out.get("notes") or [])
+        except Exception:  # the server did not start: every call of the round is lost
+            row.sent += 2
+            row.crash += 2
+    kept = len(set_aside_files(folder))
+    row.figure = f"{said}/3 run_workflow results said where the store was moved; {kept} damaged stores kept"
+    return row
+
+
 ROWS: dict[str, Callable[[httpx2.AsyncClient, Path], Awaitable[Row]]] = {
     "budget": budget,
     "hang": hang,
@@ -655,6 +762,8 @@ ROWS: dict[str, Callable[[httpx2.AsyncClient, Path], Awaitable[Row]]] = {
     "pool_status_ledger": pool_status_ledger,
     "damaged_stores": damaged_stores,
     "embedding_server_killed": embedding_server_killed,
+    "workflow_server_stopped": workflow_server_stopped,
+    "damaged_run_store": damaged_run_store,
 }
 
 
