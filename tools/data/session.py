@@ -263,6 +263,8 @@ class DataSession:
         links = []
         for n, path in enumerate(source.paths):
             regular_file(path, source.label)
+            if source.kind in (SourceKind.SQLITE, SourceKind.XLSX):
+                continue  # read by Python from the resolved path and copied in: DuckDB never opens it
             if source.kind is SourceKind.CSV and line_over(path, self.limits.max_line_bytes, self._should_stop):
                 shown_path = source.label if len(source.paths) == 1 else f"{source.label} ({path.name})"
                 raise DataSourceError(
@@ -628,21 +630,24 @@ class _Watchdog:
         self._seconds = seconds
         self._interrupt = interrupt
         self._done = threading.Event()
+        self._lock = threading.Lock()  # no interrupt once the block has ended: it would hit the next statement
         self._thread = threading.Thread(target=self._watch, name="duckdb-watchdog", daemon=True)
 
     def _watch(self) -> None:
-        if self._done.wait(self._seconds):
-            return
-        while True:
-            self._interrupt()
-            if self._done.wait(_REINTERRUPT_S):
-                return
+        wait = self._seconds
+        while not self._done.wait(wait):
+            with self._lock:
+                if self._done.is_set():
+                    return
+                self._interrupt()
+            wait = _REINTERRUPT_S
 
     def __enter__(self) -> None:
         self._thread.start()
 
     def __exit__(self, *exc: object) -> None:
-        self._done.set()
+        with self._lock:
+            self._done.set()
 
 
 def json_cell(value: Any, max_chars: int, cut: list[int]) -> Any:
