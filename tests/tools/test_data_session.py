@@ -355,26 +355,27 @@ def test_a_duckdb_files_views_cannot_read_outside_or_show_settings_and_paths(tmp
         session.close()
 
 
-def test_the_session_is_locked_down_before_a_database_is_attached(tmp_path: Path) -> None:
-    """Even a view the catalog check let through could read no file: the lock is already on when
-    the database is attached, and DuckDB only ever sees the private links."""
+def test_the_lock_holds_for_a_databases_views_even_without_the_catalog_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Layer 2 on its own: with the check of stored SQL switched off, a view reading an outside
+    file still cannot, because the session is locked down before the database is attached."""
+    from caelum_mcp.tools.data import session as session_module
+    from caelum_mcp.tools.data.models import DataSourceError
+    from caelum_mcp.tools.data.sql_guard import StoredSql
+
+    monkeypatch.setattr(session_module, "check_stored_sql", lambda *_args: StoredSql(None, frozenset()))
     root = tmp_path / "root"
-    write_shop(root)
-    session = session_over(root, "shop/warehouse.duckdb", "shop/sales.csv")
-    try:
-        settings = dict(
-            session.con.execute(
-                "SELECT name, value FROM duckdb_settings() WHERE name IN "
-                "('enable_external_access', 'lock_configuration')"
-            ).fetchall()
-        )
-        assert settings == {"enable_external_access": "false", "lock_configuration": "true"}
-        paths = session.con.execute("SELECT path FROM duckdb_databases() WHERE path IS NOT NULL").fetchall()
-        assert all(str(session.work_dir / "files") in str(p[0]) or "warehouse" in str(p[0]) for p in paths)
-        with pytest.raises(duckdb.Error, match=r"disabled|Permission"):
-            session.con.execute(f"SELECT * FROM read_csv('{root / 'shop' / 'sales.tsv'}')").fetchall()
-    finally:
-        session.close()
+    root.mkdir()
+    outside = tmp_path / "outside.csv"
+    outside.write_text("root:x:0:0:canary-77aa\n")
+    con = duckdb.connect(str(root / "views.duckdb"))
+    con.execute("CREATE TABLE t AS SELECT 1 AS a")
+    con.execute(f"CREATE VIEW v_file AS SELECT * FROM read_csv('{outside}')")
+    con.close()
+    with pytest.raises(DataSourceError, match=r"disabled|Permission") as caught:
+        session_over(root, "views.duckdb")
+    assert "canary-77aa" not in str(caught.value) and "root:x" not in str(caught.value)
 
 
 def test_a_sqlite_files_views_cannot_show_its_path_or_other_databases(tmp_path: Path) -> None:
