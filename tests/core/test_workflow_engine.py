@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from caelum_mcp.errors import CaelumError
-from caelum_mcp.supervisors.workflow.definitions import WorkflowSpec
+from caelum_mcp.supervisors.workflow.definitions import BUILTIN_WORKFLOWS, PRE_COMMIT_TESTS_S, WorkflowSpec
 from caelum_mcp.supervisors.workflow.engine import Reused, StepResult, StepRun, Work, WorkflowEngine
 
 
@@ -258,3 +258,10 @@ def test_a_steps_env_holds_bare_names_so_no_value_can_template_a_secret() -> Non
     for entry in ("X=${GITHUB_TOKEN}", "X={{ inputs.msg }}", "$AWS_SECRET_ACCESS_KEY"):
         with pytest.raises(ValueError, match="not environment variable names"):
             command_step(["env"], env=[entry])
+
+
+def test_a_builtin_tests_step_lets_the_test_run_time_out_before_the_step_does() -> None:
+    # The tool's own limit keeps pytest's output so far; the step's would only keep its progress.
+    tests = BUILTIN_WORKFLOWS["pre-commit"].steps["tests"]
+    assert tests.args["timeout_s"] == PRE_COMMIT_TESTS_S < tests.timeout_s
+    assert PRE_COMMIT_TESTS_S > 300  # the tool's default: short of a whole suite on a loaded 2-core machine
