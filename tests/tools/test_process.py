@@ -11,7 +11,7 @@ import anyio
 import pytest
 from fakes.escapees import marked, until
 
-from caelum_mcp.tools.process import run_command
+from caelum_mcp.tools.process import COMMAND_WATCH, guard_pid, kill_running_commands, run_command
 
 # A child that starts a grandchild in the same process group, records both pids, then sleeps.
 SPAWNER = """
@@ -187,3 +187,47 @@ async def test_a_leftover_holding_the_pipes_does_not_hold_the_call(tmp_path: Pat
     assert time.monotonic() - started < 10
     assert marked(mark), "without kill_leftovers a detached process is left alone"
     assert result.leftovers_killed == 0
+
+
+class _Seen:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, float]] = []
+
+    def started(self, pid: int, create_time: float) -> None:
+        self.events.append(("started", pid, create_time))
+
+    def ended(self, pid: int, create_time: float) -> None:
+        self.events.append(("ended", pid, create_time))
+
+
+async def test_a_watcher_is_told_of_each_command_it_starts_with_its_pid_and_start_time(tmp_path: Path) -> None:
+    seen = _Seen()
+    token = COMMAND_WATCH.set(seen)
+    try:
+        await run_command([sys.executable, "-c", "import os; print(os.getpid())"], cwd=tmp_path, timeout_s=30)
+    finally:
+        COMMAND_WATCH.reset(token)
+    await run_command([sys.executable, "-c", "pass"], cwd=tmp_path, timeout_s=30)  # unwatched: not reported
+    (started, ended) = seen.events
+    assert started[0] == "started" and ended == ("ended", started[1], started[2])
+    assert abs(started[2] - time.time()) < 60
+
+
+@pytest.mark.slow
+async def test_running_commands_are_killed_by_the_shutdown_hook_and_a_guard_watches_them(tmp_path: Path) -> None:
+    result: list[object] = []
+
+    async def sleeper() -> None:
+        result.append(
+            await run_command([sys.executable, "-c", "import time; time.sleep(60)"], cwd=tmp_path, timeout_s=60)
+        )
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sleeper)
+        await anyio.sleep(0.5)
+        assert guard_pid() is not None and _alive(guard_pid() or 0)  # started with the first command
+        assert kill_running_commands() == 1
+    assert time.monotonic() - started < 10
+    (outcome,) = result
+    assert getattr(outcome, "returncode", None) == -9 and kill_running_commands() == 0
