@@ -130,7 +130,7 @@ TOKEN_RULES: tuple[TokenRule, ...] = (
         "anthropic-api-key",
         "Anthropic API key",
         "critical",
-        re.compile(r"sk-ant-(?<![A-Za-z0-9]sk-ant-)[A-Za-z0-9_\-]{20,500}+"),
+        re.compile(r"sk-ant-(?<![A-Za-z0-9_\-]sk-ant-)[A-Za-z0-9_\-]{20,500}+"),
         ("sk-ant-",),
     ),
     TokenRule(
@@ -138,7 +138,7 @@ TOKEN_RULES: tuple[TokenRule, ...] = (
         "OpenAI API key",
         "critical",
         re.compile(
-            r"sk-(?<![A-Za-z0-9]sk-)(?:(?:proj|svcacct|admin|None)-[A-Za-z0-9_\-]{20,500}+|[A-Za-z0-9]{40,200}+(?![\w-]))"
+            r"sk-(?<![A-Za-z0-9_\-]sk-)(?:(?:proj|svcacct|admin|None)-[A-Za-z0-9_\-]{20,500}+|[A-Za-z0-9]{40,200}+(?![\w-]))"
         ),
         ("sk-",),
     ),
@@ -146,7 +146,7 @@ TOKEN_RULES: tuple[TokenRule, ...] = (
         "aws-access-key-id",
         "AWS access key id",
         "critical",
-        re.compile(r"(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])(?<![A-Za-z0-9].{4})[0-9A-Z]{16}\b"),
+        re.compile(r"(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])(?<![A-Za-z0-9_].{4})[0-9A-Z]{16}\b"),
         ("akia", "asia", "abia", "acca", "a3t"),
     ),
     TokenRule(
@@ -163,17 +163,25 @@ TOKEN_RULES: tuple[TokenRule, ...] = (
         "github-token",
         "GitHub token",
         "critical",
-        re.compile(r"(?:gh[pousr]_[A-Za-z0-9]{36,255}+|github_pat_[A-Za-z0-9_]{22,255}+)"),
+        re.compile(
+            r"(?:gh[pousr]_(?<![A-Za-z0-9_]gh._)[A-Za-z0-9]{36,255}+|github_pat_(?<![A-Za-z0-9_]github_pat_)[A-Za-z0-9_]{22,255}+)"
+        ),
         ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
     ),
     TokenRule(
         "gitlab-token",
         "GitLab token",
         "critical",
-        re.compile(r"gl(?:pat|dt|ft|soat|rt|cbt|imt|ptt|agent|oas)-[A-Za-z0-9_\-]{20,1024}+"),
+        re.compile(r"gl(?<![A-Za-z0-9_\-]gl)(?:pat|dt|ft|soat|rt|cbt|imt|ptt|agent|oas)-[A-Za-z0-9_\-]{20,1024}+"),
         ("glpat-", "gldt-", "glft-", "glsoat-", "glrt-", "glcbt-", "glimt-", "glptt-", "glagent-", "gloas-"),
     ),
-    TokenRule("slack-token", "Slack token", "high", re.compile(r"xox[abposr]-[A-Za-z0-9-]{10,500}+"), ("xox",)),
+    TokenRule(
+        "slack-token",
+        "Slack token",
+        "high",
+        re.compile(r"xox(?<![A-Za-z0-9_\-]xox)[abposr]-[A-Za-z0-9-]{10,500}+"),
+        ("xox",),
+    ),
     TokenRule(
         "slack-webhook",
         "Slack webhook URL",
@@ -185,23 +193,31 @@ TOKEN_RULES: tuple[TokenRule, ...] = (
         "stripe-live-key",
         "Stripe live secret key",
         "critical",
-        re.compile(r"[sr]k_live_[0-9a-zA-Z]{16,255}+"),
+        re.compile(r"[sr]k_live_(?<![A-Za-z0-9_][sr]k_live_)[0-9a-zA-Z]{16,255}+"),
         ("_live_",),
     ),
-    TokenRule("google-api-key", "Google API key", "high", re.compile(r"AIza[0-9A-Za-z_\-]{35}\b"), ("aiza",)),
+    TokenRule(
+        "google-api-key",
+        "Google API key",
+        "high",
+        re.compile(r"AIza(?<![A-Za-z0-9_\-]AIza)[0-9A-Za-z_\-]{35}\b"),
+        ("aiza",),
+    ),
     TokenRule(
         "huggingface-token",
         "Hugging Face token",
         "high",
-        re.compile(r"hf_(?<![A-Za-z0-9]hf_)[A-Za-z0-9]{34,64}+\b"),
+        re.compile(r"hf_(?<![A-Za-z0-9_]hf_)[A-Za-z0-9]{34,64}+\b"),
         ("hf_",),
     ),
-    TokenRule("npm-token", "npm token", "high", re.compile(r"npm_[A-Za-z0-9]{36}\b"), ("npm_",)),
+    TokenRule("npm-token", "npm token", "high", re.compile(r"npm_(?<![A-Za-z0-9_]npm_)[A-Za-z0-9]{36}\b"), ("npm_",)),
     TokenRule(
         "jwt",
         "JSON Web Token",
         "high",
-        re.compile(r"eyJ[A-Za-z0-9_\-]{8,4096}+\.eyJ[A-Za-z0-9_\-]{4,8192}+\.[A-Za-z0-9_\-+/=]{0,4096}+"),
+        re.compile(
+            r"eyJ(?<![A-Za-z0-9_\-]eyJ)[A-Za-z0-9_\-]{8,4096}+\.eyJ[A-Za-z0-9_\-]{4,8192}+\.[A-Za-z0-9_\-+/=]{0,4096}+"
+        ),
         ("eyj",),
     ),
     TokenRule(
@@ -225,10 +241,7 @@ DETECT_SECRETS_PLUGINS: dict[str, tuple[str, ...]] = {
     "DiscordBotTokenDetector": (),
     "GitHubTokenDetector": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
     "GitLabTokenDetector": ("gl", "gr1348941"),
-    "JwtTokenDetector": ("eyj",),
     "MailchimpDetector": ("-us",),
-    "NpmDetector": ("_authtoken",),
-    "OpenAIDetector": ("t3blbkfj",),
     "PypiTokenDetector": ("pypi-",),
     "SendGridDetector": ("sg.",),
     "SlackDetector": ("xox", "hooks.slack"),
@@ -241,6 +254,7 @@ DETECT_SECRETS_PLUGINS: dict[str, tuple[str, ...]] = {
 _DETECT_SECRETS_GATES: dict[str, re.Pattern[str]] = {
     "MailchimpDetector": re.compile(r"-us[0-9]"),
 }
+_BACKTRACKS = "its pattern backtracks, quadratic over a long run of its prefix (minutes on 360 KB)"
 DETECT_SECRETS_LEFT_OUT: dict[str, str] = {
     "ArtifactoryDetector": "its password pattern (AP, a hex digit, 8+ letters) matches upper-case words",
     "CloudantDetector": "a key/password name then its value: the assignment rules redact those, for less",
@@ -249,6 +263,9 @@ DETECT_SECRETS_LEFT_OUT: dict[str, str] = {
     "SoftlayerDetector": "a key/password name then its value: the assignment rules redact those, for less",
     "IPPublicDetector": "a public IP address is not a secret",
     "KeywordDetector": "the assignment rules here do this, and leave references (identifiers, calls) alone",
+    "JwtTokenDetector": _BACKTRACKS + "; the jwt rule here finds JWTs",
+    "NpmDetector": _BACKTRACKS + "; the npm-token rule and the assignment rules find npm tokens",
+    "OpenAIDetector": _BACKTRACKS + "; the openai-api-key rule here finds OpenAI keys",
     "PrivateKeyDetector": "the private key block rule removes the whole block, not only its first line",
     "Base64HighEntropyString": "quoted strings only; the entropy rule here also takes bare ones (a CSV cell)",
     "HexHighEntropyString": "hex is hashes and ids far more often than secrets",
@@ -417,8 +434,9 @@ def _redact_assignments(text: str, lowered: str) -> str:
         lowered = "".join(ch if len(ch.lower()) != 1 else ch.lower() for ch in text)
     pieces: list[str] = []
     done = 0
+    skip_to = 0
     for keyword in _KEYWORD_AT_NAME_END.finditer(lowered):
-        if keyword.start() < done:
+        if keyword.start() < max(done, skip_to):
             continue
         start = _name_start(text, keyword.start())
         if start is None:
@@ -426,18 +444,21 @@ def _redact_assignments(text: str, lowered: str) -> str:
         name = text[start : keyword.end()]
         if keyword.group(0) == "key" and not name.lower().endswith(_KEY_NAMES):
             continue
-        span = _secret_span(text, start, name, keyword.end())
+        span, looked_to = _secret_span(text, start, name, keyword.end())
         if span is not None:
             pieces += [text[done : span[0]], redact(text[span[0] : span[1]])]
             done = span[1]
+        # A keyword inside a value already looked at is not a name: skipping it keeps this linear.
+        skip_to = max(skip_to, looked_to)
     if not pieces:
         return text
     pieces.append(text[done:])
     return "".join(pieces)
 
 
-def _secret_span(text: str, name_start: int, name: str, name_end: int) -> tuple[int, int] | None:
-    """Where the secret assigned to ``name`` is, or None when there is none."""
+def _secret_span(text: str, name_start: int, name: str, name_end: int) -> tuple[tuple[int, int] | None, int]:
+    """Where the secret assigned to ``name`` is (None when there is none), and how far its value
+    reaches."""
     line_start = text.rfind("\n", 0, name_start) + 1
     lead = _LINE_LEAD.match(text, line_start)
     if lead is not None and lead.end() == name_start:
@@ -445,12 +466,12 @@ def _secret_span(text: str, name_start: int, name: str, name_end: int) -> tuple[
         if env is not None:
             value = env.group("value")
             spaced = bool(env.group("before") or env.group("after"))
-            return env.span("value") if unquoted_is_secret(name, value, spaced=spaced) else None
+            return (env.span("value") if unquoted_is_secret(name, value, spaced=spaced) else None), env.end()
     tail = _ASSIGNMENT_TAIL.match(text, name_end)
     if tail is None:
-        return None
+        return None, name_end
     if tail.group("quoted") is not None:
-        return None if looks_like_placeholder(tail.group("quoted")) else tail.span("quoted")
+        return (None if looks_like_placeholder(tail.group("quoted")) else tail.span("quoted")), tail.end()
     secret = unquoted_is_secret(
         name,
         tail.group("value"),
@@ -458,7 +479,7 @@ def _secret_span(text: str, name_start: int, name: str, name_end: int) -> tuple[
         operator=tail.group("op"),
         called=bool(tail.group("next")),
     )
-    return tail.span("value") if secret else None
+    return (tail.span("value") if secret else None), tail.end()
 
 
 # Entropy -------------------------------------------------------------------------------------------
