@@ -30,8 +30,11 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def install_signal_handlers() -> None:
-    """Install the handlers (from the main thread, before the server starts); a no-op on Windows."""
+    """Install the handlers (from the main thread, before the server starts); a no-op on Windows.
+    A signal that is ignored (``nohup`` ignores SIGHUP) stays ignored."""
     if sys.platform == "win32":
         return
     for name in STOP_SIGNALS:
-        signal.signal(getattr(signal, name), _stop)
+        signum = getattr(signal, name)
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _stop)
