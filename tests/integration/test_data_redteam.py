@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from tools.test_data_sources import digest, write_shop
 
@@ -268,3 +269,54 @@ async def test_a_call_trying_one_runaway_query_after_another_stops_at_its_time_l
     assert result["rows"] == [] and "time limit" in (result["error"] or "")
     assert len(result["rounds"]) == 3  # every round was tried, and stopped
     assert elapsed < 8, f"three runaway rounds took {elapsed:.1f} s against a 3 s limit"
+
+
+def _slow_sqlite(path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE t (x INTEGER)")
+    db.execute(  # tens of seconds of counting before its one row: only a stop ends it early
+        "CREATE VIEW slow AS WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 200000000) "
+        "SELECT count(*) AS n FROM c"
+    )
+    db.commit()
+    db.close()
+
+
+@pytest.mark.slow  # a few seconds
+@pytest.mark.parametrize(
+    ("sources", "sql"),
+    [
+        (["slow.sqlite"], "SELECT 1"),  # cancelled while the sources are opened (the view is copied)
+        (["shop/sales.csv"], "SELECT count(*) FROM range(100000) a, range(100000) b, range(1000) c"),
+    ],
+    ids=["opening", "query"],
+)
+async def test_a_cancelled_call_stops_its_work(arena: dict[str, Path], sources: list[str], sql: str) -> None:
+    """Issue 19 item 7: cancelling a call stops its work; a slow SQLite view went on being read.
+    The session's private folder goes once the work has stopped, and the server still answers."""
+    root, tmp = arena["root"], arena["tmp"]
+    _slow_sqlite(root / "slow.sqlite")
+    async with session(tmp, [], data={"query_timeout_s": 600.0}) as (client, _):
+
+        def private_folders() -> list[Path]:
+            return [p for p in tmp.rglob("session-*") if p.is_dir()]
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.call_tool, "query_data", {"sources": sources, "sql": sql})
+            for _ in range(200):  # the call has begun its work
+                if private_folders():
+                    break
+                await anyio.sleep(0.05)
+            await anyio.sleep(0.5)
+            cancelled = time.monotonic()
+            tg.cancel_scope.cancel()  # the client gives up; the session stays open
+        assert time.monotonic() - cancelled < 10, "the cancelled call waited for its work to finish"
+        for _ in range(200):
+            if not private_folders():
+                break
+            await anyio.sleep(0.05)
+        assert not private_folders(), "the call's work still runs after it was cancelled"
+        ok = await client.call_tool("query_data", {"sources": ["shop/sales.csv"], "sql": "SELECT count(*) FROM sales"})
+        assert not ok.is_error and ok.structured_content is not None and ok.structured_content["rows"] == [[7]]
