@@ -393,3 +393,29 @@ def test_a_csv_line_over_the_limit_is_refused_before_duckdb_reads_it(tmp_path: P
         assert session.run("SELECT b FROM fine").rows == [[1]]
     finally:
         session.close()
+
+
+def test_copies_are_bounded_by_bytes_and_a_workbook_by_what_it_unpacks_to(tmp_path: Path) -> None:
+    """Issue 19 item 7: every reader is bounded by bytes. A SQLite table whose copy would pass the
+    byte cap, and a workbook that unpacks to more than it (a zip bomb), are refused with the fix."""
+    import zipfile
+
+    db = sqlite3.connect(tmp_path / "blobs.sqlite")
+    db.execute("CREATE TABLE t (x TEXT)")
+    db.executemany("INSERT INTO t VALUES (?)", [("y" * 100_000,) for _ in range(30)])
+    db.commit()
+    db.close()
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["a"])
+    book.save(tmp_path / "bomb.xlsx")
+    with zipfile.ZipFile(tmp_path / "bomb.xlsx", "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("xl/padding.bin", b"\0" * (8 * 1024 * 1024))  # 8 MiB that packs to a few KiB
+    assert (tmp_path / "bomb.xlsx").stat().st_size < 100_000
+    for name in ("blobs.sqlite", "bomb.xlsx"):
+        work = tmp_path / f"work-{name}"
+        work.mkdir()
+        with pytest.raises(DataSourceError, match="max_copied_mb"):
+            DataSession(resolve_sources([name], [tmp_path]), work, SessionLimits(max_copied_bytes=1024 * 1024))
+        assert list(work.rglob("copy-*")) == []

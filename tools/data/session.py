@@ -265,7 +265,14 @@ class DataSession:
             regular_file(path, source.label)
             if source.kind in (SourceKind.SQLITE, SourceKind.XLSX):
                 continue  # read by Python from the resolved path and copied in: DuckDB never opens it
-            if source.kind is SourceKind.CSV and line_over(path, self.limits.max_line_bytes, self._should_stop):
+            try:
+                too_long = source.kind is SourceKind.CSV and line_over(
+                    path, self.limits.max_line_bytes, self._should_stop
+                )
+            except QueryTimeoutError:
+                self._raise_if_stopped()  # says which: the time limit, or a cancelled call
+                raise
+            if too_long:
                 shown_path = source.label if len(source.paths) == 1 else f"{source.label} ({path.name})"
                 raise DataSourceError(
                     f"{shown_path!r} has a line longer than {self.limits.max_line_bytes:,} bytes, which is not read "
