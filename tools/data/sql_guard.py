@@ -15,6 +15,10 @@ Checked with DuckDB's own parser, never with regular expressions over the text:
 
 Layers below this one (``enable_external_access=false``, locked configuration, time and size caps)
 hold even if a statement got through; see :mod:`.session`.
+
+SQL stored in a user's DuckDB file (a view's query, a computed column) runs when a registered table
+reads it, so it is judged too, from the catalog and before anything binds it, by
+:func:`check_stored_sql`: it may read only that database's own tables and views.
 """
 
 from __future__ import annotations
