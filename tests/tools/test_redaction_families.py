@@ -21,7 +21,9 @@ from caelum_mcp.redaction import (
 )
 from caelum_mcp.tools.code.secrets import scan_text
 
-ANTHROPIC = "sk-ant-api03-" + "q7Zr2LmXc4VbN7pK1sTyW9eDh3Jf6Gk8Ls0Qw5Er2Ty7Ui4Op1As3Df6Gh9Jk2Lz5Xc8Vb1Nm4Qa7Ws0Ed" + "AA"
+ANTHROPIC = (
+    "sk-ant-api03-" + "q7Zr2LmXc4VbN7pK1sTyW9eDh3Jf6Gk8Ls0Qw5Er2Ty7Ui4Op1As3Df6Gh9Jk2Lz5Xc8Vb1Nm4Qa7Ws0Ed" + "AA"
+)
 OPENAI_PROJECT = "sk-proj-" + "Zx9Cv8Bn7Mq6Wl5Ek4Rj3Th2Yg1Uf0Id9Os8Pa7Sd6Fg5Hj4Kl3Zx2Cv1Bn0Mq"
 OPENAI_LEGACY = "sk-" + "Ab12Cd34Ef56Gh78Ij90" + "T3BlbkFJ" + "Kl12Mn34Op56Qr78St90"
 JWT = (
@@ -33,7 +35,9 @@ OPAQUE_BEARER = "Zq3" + "Xw9Lm2Nb7Vc5Kj8Hg4Fd"
 AWS_KEY_ID = "AKIA" + "QX7TLMZ4RW2NB5KD"
 AWS_SECRET = "Tz8" + "kP2xQ7vR4mZ1sL6wB9cJ3nY5hG0fD2aE8uI4oK7q"
 GITHUB_CLASSIC = "ghp_" + "Ab3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3hJ6"
-GITHUB_FINE = "github_pat_" + "11ABCDEFG0" + "x1Y2z3A4b5C6d7E8f9G0h1_" + "J2k3L4m5N6o7P8q9R0s1T2u3V4w5X6y7Z8a9B0c1D2e3F4g5H6"
+GITHUB_FINE = (
+    "github_pat_" + "11ABCDEFG0" + "x1Y2z3A4b5C6d7E8f9G0h1_" + "J2k3L4m5N6o7P8q9R0s1T2u3V4w5X6y7Z8a9B0c1D2e3F4g5H6"
+)
 GITLAB = "glpat-" + "Xy7Zq3Wm9Kp2Lr5Nt8Vb"
 SLACK = "xoxb-" + "123456789012-1234567890123-" + "AbCdEfGhIjKlMnOpQrStUvWx"
 STRIPE = "sk_" + "live_" + "51Hq8Zr2LmXc4VbN7pK1sTyW9"
