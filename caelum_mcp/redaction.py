@@ -279,11 +279,13 @@ def detect_secrets_rules() -> tuple[TokenRule, ...]:
     from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 
     rules: list[TokenRule] = []
-    for secret_type, plugin in get_mapping_from_secret_type_to_class().items():
+    plugins: dict[str, Any] = get_mapping_from_secret_type_to_class()
+    for secret_type, plugin in plugins.items():
         hints = DETECT_SECRETS_PLUGINS.get(plugin.__name__)
         if hints is None:
             continue
-        for pattern in plugin().denylist:  # type: ignore[abstract,attr-defined]
+        detector: Any = plugin()  # a RegexBasedDetector: its denylist is a sequence of compiled patterns
+        for pattern in detector.denylist:
             rules.append(
                 TokenRule(
                     f"detect-secrets:{plugin.__name__}",
@@ -302,7 +304,8 @@ def detect_secrets_plugin_names() -> set[str]:
     """Every plugin the installed detect-secrets has."""
     from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 
-    return {plugin.__name__ for plugin in get_mapping_from_secret_type_to_class().values()}
+    plugins: dict[str, Any] = get_mapping_from_secret_type_to_class()
+    return {plugin.__name__ for plugin in plugins.values()}
 
 
 # Assignments ---------------------------------------------------------------------------------------

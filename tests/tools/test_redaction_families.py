@@ -211,3 +211,21 @@ def test_hostile_input_is_redacted_without_blowing_up(hostile: str) -> None:
     minutes on these 400-800 KB strings; the redactor stays linear)."""
     out = redact_secrets(hostile)
     assert redact_secrets(out) == out
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_log_lines_are_redacted_in_either_format(log_format: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The text format used to pass its messages through unredacted (only JSON was)."""
+    import logging
+
+    from caelum_mcp.logs import setup_logging
+
+    setup_logging("info", log_format)  # type: ignore[arg-type]
+    try:
+        logging.getLogger("caelum_mcp.test").error(
+            "upstream refused key %s for user=bob password=%s", ANTHROPIC, "x9" * 5
+        )
+    finally:
+        logging.getLogger().handlers.clear()
+    err = capsys.readouterr().err
+    assert "upstream refused key" in err and ANTHROPIC not in err and "Hunter2Hunter2" not in err
