@@ -20,6 +20,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from caelum_mcp.errors import CaelumError, ToolInputError
+from caelum_mcp.redaction import redact_secrets
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.tools.knowledge.memory import GLOBAL_SCOPE, MAX_NOTE_CHARS, MemoryStore, Note
 from caelum_mcp.tools.knowledge.store import is_damaged_store
@@ -140,8 +141,9 @@ async def _memory(args: MemoryInput, ctx: ToolContext, state: KnowledgeState) ->
         if not args.text or not args.text.strip():
             raise ToolInputError("remember needs `text`: the note to keep")
         scope = _scopes(args, ctx, writing=True)[0]
-        vector = await _vector_of(ctx, model, args.text.strip())
-        note, is_new = await anyio.to_thread.run_sync(lambda: store.remember(args.text or "", tags, scope, vector))
+        text = redact_secrets(args.text.strip())  # a note is stored: a secret in it never is
+        vector = await _vector_of(ctx, model, text)
+        note, is_new = await anyio.to_thread.run_sync(lambda: store.remember(text, tags, scope, vector))
         said = None if is_new else "this note was already kept; its tags were merged"
         if vector is None:
             said = "; ".join(filter(None, [said, "kept without a vector: recall will use words only until one is up"]))

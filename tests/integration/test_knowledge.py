@@ -231,3 +231,16 @@ async def test_memory_remembers_recalls_forgets_and_survives_a_restart(tmp_path:
         assert len(by_query["removed"]) == 1
         after = await call(client, "memory", {"action": "recall", "query": "staging database tuesdays", "project": p})
         assert after["notes"] == []
+
+
+async def test_a_secret_in_a_note_is_never_stored(tmp_path: Path) -> None:
+    """The note's output and its embedding were redacted, but the notes database kept it verbatim."""
+    secret = "ghp_" + "Ab3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3hJ6"
+    async with session(tmp_path, [embedding_host()]) as (client, _):
+        kept = await call(client, "memory", {"action": "remember", "text": f"CI token is {secret}", "scope": "global"})
+        assert secret not in json.dumps(kept) and "CI token is" in kept["notes"][0]["text"]
+    assert files_holding(tmp_path, secret.encode()) == []
+
+
+def files_holding(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
