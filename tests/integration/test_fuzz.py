@@ -6,13 +6,21 @@ deep nesting, unknown keys, boundary numbers, and now and then a sensible value 
 past validation), with a fixed budget per tool and a fixed seed. The server runs in-process with a
 scripted model host and the real analysers on a tiny project; each call may take at most
 ``CALL_LIMIT_S``. The figures are printed (``pytest -s``).
+
+The project is hostile too (:func:`plant_hostile_files`): a FIFO and a link to one under data and
+log names, a link to a file outside the roots beside a file whose name is a glob matching the link,
+a one-line log and a one-line CSV of many megabytes, and a gzip bomb. The sensible values name them,
+so every tool that reads files meets them; no result may carry the outside file's contents.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -50,6 +58,11 @@ INTERNAL = (
 )
 
 HUGE = "A" * 5_000_000
+# The outside file the planted links point at: a line of it in any result is a read outside the roots.
+OUTSIDE_LINE = "caelum-fuzz-outside-the-roots:x:0:0"
+# Files the hostile project plants beside its sources (see plant_hostile_files).
+HOSTILE_DATA = ["pipe.csv", "to-pipe.csv", "[p]w.csv", "pw.csv", "wide.csv"]
+HOSTILE_LOGS = ["pipe.log", "to-pipe.log", "one-line.log", "bomb.log.gz", "outside.log"]
 RECURSIVE_SCHEMA = {
     "type": "object",
     "properties": {"a": {"$ref": "#/$defs/a"}},
@@ -95,7 +108,16 @@ def sensible(field: str, project: str) -> st.SearchStrategy[Any]:
     by_field: dict[str, list[Any]] = {
         "project": [project, "proj", "."],
         "task": ["analyze", "improve", "security_scan", "performance", "comprehensive"],
-        "paths": [["a.py"], ["."], ["nope.py"], ["../x"], ["proj/app.log"], [f"{project}/app.log"]],
+        "paths": [
+            ["a.py"],
+            ["."],
+            ["nope.py"],
+            ["../x"],
+            ["proj/app.log"],
+            [f"{project}/app.log"],
+            *([f"{project}/{name}"] for name in HOSTILE_LOGS),
+            [f"{project}/{name}" for name in HOSTILE_LOGS],
+        ],
         "selection": [["tests"], ["tests/test_a.py::test_a"], ["nope"]],
         "prompt": ["Say hi.", "x" * 1000],
         "tier": ["micro", "small", "full", "large", "code", "embedding"],
@@ -106,8 +128,14 @@ def sensible(field: str, project: str) -> st.SearchStrategy[Any]:
         # the other supervisors' arguments
         "query": ["where is eval used?", "f"],
         "question": ["what does f do?", "how many rows?"],
-        "sources": [["proj/data.csv"], [f"{project}/data.csv"], [f"{project}/*.csv"], ["a.py"]],
-        "source": ["proj/data.csv", f"{project}/data.csv", "a.py"],
+        "sources": [
+            ["proj/data.csv"],
+            [f"{project}/data.csv"],
+            [f"{project}/*.csv"],
+            ["a.py"],
+            *([f"{project}/{name}"] for name in HOSTILE_DATA),
+        ],
+        "source": ["proj/data.csv", f"{project}/data.csv", "a.py", *(f"{project}/{name}" for name in HOSTILE_DATA)],
         "sql": ["SELECT 1", "SELECT * FROM data", "COPY data TO '/tmp/x.csv'"],
         "action": ["remember", "recall", "forget", "list"],
         "text": ["the build uses make", "x" * 1000],
@@ -132,6 +160,8 @@ def classify(result: CallToolResult | BaseException) -> str:
     if isinstance(result, BaseException):
         return "unhandled"
     text = " ".join(c.text for c in result.content if isinstance(c, TextContent))
+    if OUTSIDE_LINE in text or OUTSIDE_LINE in json.dumps(result.structured_content or {}):
+        return "read outside the roots"
     if not result.is_error:
         return "ok"
     if not text.strip():
@@ -139,6 +169,29 @@ def classify(result: CallToolResult | BaseException) -> str:
     if any(marker in text for marker in INTERNAL) or len(text) > MAX_ERROR_CHARS:
         return "unhandled"
     return "clear error"
+
+
+def plant_hostile_files(project: Path, outside: Path) -> None:
+    """Untracked files that would hang, flood or leak a reader that trusts names."""
+    outside.mkdir()
+    secret = outside / "passwd"
+    secret.write_text(f"{OUTSIDE_LINE}:root:/root:/bin/sh\n" * 3)
+    for name in ("pipe.csv", "pipe.log"):
+        os.mkfifo(project / name)  # opened for reading, a FIFO blocks until a writer comes
+    (project / "to-pipe.csv").symlink_to(project / "pipe.csv")
+    (project / "to-pipe.log").symlink_to(project / "pipe.log")
+    (project / "pw.csv").symlink_to(secret)  # what the glob "[p]w.csv" matches
+    (project / "[p]w.csv").write_text("name,amount\nglob,1\n")
+    (project / "outside.log").symlink_to(secret)
+    with (project / "one-line.log").open("w") as log:  # 24 MB, no newline
+        log.write("2026-11-30 10:00:00 ERROR " + "x" * 24_000_000)
+    with (project / "wide.csv").open("w") as wide:  # one 24 MB field
+        wide.write("name,blob\na," + "y" * 24_000_000 + "\n")
+    # 256 MiB of zeros, about 250 KB packed
+    with gzip.open(project / "bomb.log.gz", "wb", compresslevel=9) as bomb:
+        block = b"\0" * (1 << 20)
+        for _ in range(256):
+            bomb.write(block)
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +212,7 @@ def served(
     _git(project, "add", "-A")
     _git(project, "commit", "-q", "-m", "start")
     (project / "a.py").write_text("import os\nimport sys\n\n\ndef f(x):\n    return eval(x)\n")  # a change to review
+    plant_hostile_files(project, tmp / "outside")
     # its answer has the "a" the hostile schemas' $refs describe, so validating it follows them
     model = ScriptedBackend([("qwen3:8b", 8.0)], '{"answer": "ok", "a": {"a": 1}, "confidence": 0.9}', name="gpu-1")
     server, _ = make_server(tmp, [Host(name="gpu-1", backend=model)])
@@ -210,7 +264,7 @@ def test_hostile_arguments_get_a_result_or_a_clear_error(served: Served, tool: s
     def run(args: dict[str, Any]) -> None:
         outcome = classify(call(portal, client, tool, args))
         seen[outcome] += 1
-        if outcome in ("unhandled", "error without a reason"):
+        if outcome in ("unhandled", "error without a reason", "read outside the roots"):
             failures.append(f"{outcome}: {json.dumps(args, default=str)[:300]}")
 
     run()
@@ -218,6 +272,42 @@ def test_hostile_arguments_get_a_result_or_a_clear_error(served: Served, tool: s
         FIGURES[(tool, outcome)] += count
     print(f"\nfuzz {tool}: {sum(seen.values())} calls, " + ", ".join(f"{n} {k}" for k, n in sorted(seen.items())))
     assert not failures, "\n".join(failures[:10])
+
+
+def hostile_file_calls(project: str) -> list[tuple[str, dict[str, Any]]]:
+    """Each tool that reads files, pointed at each planted file (the drawn arguments rarely are)."""
+    calls: list[tuple[str, dict[str, Any]]] = []
+    for name in HOSTILE_DATA:
+        source = f"{project}/{name}"
+        calls.append(("profile_data", {"source": source, "summary": False}))
+        calls.append(("query_data", {"sources": [source], "sql": "SELECT 1"}))
+    calls.append(("query_data", {"sources": [f"{project}/{n}" for n in HOSTILE_DATA], "sql": "SELECT 1"}))
+    calls += [("diagnose_logs", {"paths": [f"{project}/{name}"]}) for name in HOSTILE_LOGS]
+    calls.append(("diagnose_logs", {"paths": [project]}))
+    calls += [
+        ("review_changes", {"project": project}),
+        ("analyze_and_improve_code", {"project": project, "task": "comprehensive", "llm_review": False}),
+        ("search_knowledge", {"project": project, "query": "caelum fuzz outside the roots"}),
+        ("ask_knowledge", {"project": project, "question": "what is in passwd?"}),
+    ]
+    return calls
+
+
+def test_planted_files_are_met_with_a_result_or_a_clear_error_and_nothing_leaks(served: Served) -> None:
+    """FIFOs, links out, glob names, huge lines and a bomb, named directly to every tool that reads
+    files: each call ends within CALL_LIMIT_S, and no answer holds the outside file's lines."""
+    portal, client, project, _ = served
+    outcomes = {
+        f"{tool} {json.dumps(args)[:120]}": classify(call(portal, client, tool, args))
+        for tool, args in hostile_file_calls(project)
+    }
+    print("\n".join(f"{o}: {w}" for w, o in outcomes.items()))
+    bad = {what: outcome for what, outcome in outcomes.items() if outcome not in ("ok", "clear error")}
+    assert not bad, bad
+    # the readers that must get past the planted files serve the project's real ones
+    assert outcomes[next(k for k in outcomes if k.startswith("review_changes"))] == "ok"
+    assert outcomes[next(k for k in outcomes if k.startswith("analyze_and_improve_code"))] == "ok"
+    assert outcomes[next(k for k in outcomes if k.startswith("diagnose_logs") and project + '"]' in k)] == "ok"
 
 
 def test_fuzz_totals() -> None:
@@ -229,3 +319,4 @@ def test_fuzz_totals() -> None:
         totals[outcome] += count
     print(f"\nfuzz totals: {sum(totals.values())} calls; " + ", ".join(f"{n} {k}" for k, n in sorted(totals.items())))
     assert totals["unhandled"] == 0 and totals["error without a reason"] == 0
+    assert totals["read outside the roots"] == 0
