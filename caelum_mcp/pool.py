@@ -434,15 +434,7 @@ class Pool:
             load = host.outstanding / slots
             for name, info in host.models.items():
                 tiers = host.tiers_of(name, overrides)
-                if model is not None:
-                    if name != model and name.split(":")[0] != model:
-                        continue
-                elif tier is None:
-                    if Tier.EMBEDDING in tiers:
-                        continue
-                elif tier not in tiers:
-                    continue
-                if min_rank and model_size_rank(tiers) < min_rank:
+                if not _model_fits(name, tiers, model=model, tier=tier, min_rank=min_rank):
                     continue
                 # a model already loaded on the host avoids a swap that would stall its other requests
                 rank = (group, expected, load, 0 if info.loaded else 1, host.name)
@@ -752,20 +744,8 @@ class Pool:
                 continue
             for name in other.models:
                 tiers = other.tiers_of(name, overrides)
-                if model is not None:
-                    if name != model and name.split(":")[0] != model:
-                        continue
-                elif tier is None:
-                    if Tier.EMBEDDING in tiers:
-                        continue
-                elif any_size:
-                    if tiers.isdisjoint(SIZE_TIERS):
-                        continue
-                elif tier not in tiers:
-                    continue
-                if min_rank and model_size_rank(tiers) < min_rank:
-                    continue
-                return True
+                if _model_fits(name, tiers, model=model, tier=tier, min_rank=min_rank, any_size=any_size):
+                    return True
         return False
 
     def _attempt_failed(self, call: _Call, host: Host, exc: BackendError) -> None:
@@ -1006,3 +986,23 @@ def _peers(host: Host, hosts: Iterable[Host]) -> Iterable[Host]:
     for other in hosts:
         if other is not host and other.enabled and not models.isdisjoint(other.models):
             yield other
+
+
+def _model_fits(
+    name: str, tiers: frozenset[Tier], *, model: str | None, tier: Tier | None, min_rank: int, any_size: bool = False
+) -> bool:
+    """Whether the model ``name`` (of ``tiers``) serves a request for ``model`` or ``tier``: a named
+    model by name or family, no tier any chat model, ``any_size`` any size tier, else that tier;
+    never one smaller than ``min_rank``."""
+    if model is not None:
+        if name != model and name.split(":")[0] != model:
+            return False
+    elif tier is None:
+        if Tier.EMBEDDING in tiers:
+            return False
+    elif any_size:
+        if tiers.isdisjoint(SIZE_TIERS):
+            return False
+    elif tier not in tiers:
+        return False
+    return not (min_rank and model_size_rank(tiers) < min_rank)
