@@ -194,14 +194,38 @@ async def _ask(ctx: ToolContext, base: LLMTask, name: str, model: str | None, an
         claude_only=claude,
         on_text=on_text,
     )
+    if not claude and not ctx.llm.availability(task).local:
+        up = default_models(ctx, base)
+        # The router would add that Claude is not allowed: true, but this tool chose that, not the caller.
+        return ModelRun(
+            name=name,
+            status="skipped",
+            error=f"no healthy host serves {model!r} now; pull it on a host or pick one that is up "
+            f"({', '.join(up) or 'none is up: start a host'})",
+        )
     try:
         routed = await ctx.llm.run(task)
     except TaskSkippedError as exc:
         return ModelRun(name=name, status="skipped", error=str(exc))
     except CaelumError as exc:
-        return ModelRun(name=name, status="failed", error=str(exc))
+        return ModelRun(name=name, status="failed", error=_local_only(str(exc)) if not claude else str(exc))
     first_ms = (first[0] - started) * 1000 if first else None
-    return _run_of(name, routed, first_ms, answer_chars, schema=base.output_schema is not None)
+    run = _run_of(name, routed, first_ms, answer_chars, schema=base.output_schema is not None)
+    if run.status == "low_confidence" and not claude:
+        why = (
+            f"confidence {run.confidence} is below the router's threshold; compare_models shows each model's "
+            "own answer and never hands it on to Claude (add include_claude=true to compare with Claude)"
+        )
+        return run.model_copy(update={"error": why})
+    return run
+
+
+def _local_only(message: str) -> str:
+    """The router's failure message without its Claude half: for a local model compare_models turns
+    Claude off itself, so "Claude not allowed (allow_claude=false)" would blame a setting the caller
+    never made."""
+    local, sep, _claude = message.rpartition(". Claude: ")
+    return f"{local} (compare_models asks this model only, never Claude)" if sep else message
 
 
 def _run_of(name: str, routed: RoutedResult, first_ms: float | None, answer_chars: int, *, schema: bool) -> ModelRun:

@@ -16,6 +16,7 @@ import pytest
 from mcp import Client
 
 from caelum_mcp.backends.scripted import ReplyFunction, ScriptedBackend, ScriptedReply
+from caelum_mcp.errors import HostServerError
 from caelum_mcp.hosts import Host
 from caelum_mcp.types import ChatRequest
 
@@ -148,3 +149,30 @@ async def test_a_model_nobody_serves_and_claude_unconfigured_are_reported_not_ra
     assert runs["ghost:70b"]["status"] == "skipped" and "ghost:70b" in runs["ghost:70b"]["error"]
     assert runs["claude"]["status"] == "skipped" and "ANTHROPIC_API_KEY" in runs["claude"]["error"]
     assert out["agreement"]["method"] == "none"
+
+
+async def test_runs_that_go_wrong_give_their_own_reason_not_allow_claude(tmp_path: Path) -> None:
+    # compare_models turns Claude off for local models itself; the caller set no allow_claude.
+    unsure = Host(
+        name="gpu-unsure",
+        backend=ScriptedBackend(
+            [("unsure:8b", 8.0)],
+            ScriptedReply(json.dumps({"answer": "Maybe Lyon?", "confidence": 0.05}), logprob=-6.0),
+            name="gpu-unsure",
+        ),
+    )
+    broken = Host(
+        name="gpu-broken",
+        backend=ScriptedBackend(
+            [("broken:8b", 8.0)], HostServerError("gpu-broken: HTTP 500: the GPU fell over"), name="gpu-broken"
+        ),
+    )
+    server, _ = make_server(tmp_path, [host(0, "Paris.", 0.01), unsure, broken])
+    async with Client(server) as client:
+        out = await call(client, {"prompt": "Capital?", "models": ["m0:8b", "ghost:70b", "unsure:8b", "broken:8b"]})
+    runs = {r["name"]: r for r in out["runs"]}
+    for name in ("ghost:70b", "unsure:8b", "broken:8b"):
+        assert "allow_claude" not in (runs[name]["error"] or ""), runs[name]
+    assert runs["ghost:70b"]["status"] == "skipped" and "m0:8b" in runs["ghost:70b"]["error"]
+    assert runs["unsure:8b"]["status"] == "low_confidence" and "confidence" in runs["unsure:8b"]["error"]
+    assert runs["broken:8b"]["status"] == "failed" and runs["broken:8b"]["error"]
