@@ -42,13 +42,14 @@ from typing import Literal, get_args
 import anyio.to_thread
 from pydantic import Field
 
+from caelum_mcp.embedding_sync import current_sync
 from caelum_mcp.errors import BudgetExceededError, ConfigError
 from caelum_mcp.llm import CallCost  # re-exported: supervisors read it through ctx.llm
 from caelum_mcp.types import Frozen, Usage
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _BUSY_TIMEOUT_MS = 5000
 _MAX_ERROR_CHARS = 300  # error text is a hint for the operator, not a place for model output
 # Sums of float dollars drift by ~1e-16: a call that fits exactly must not be refused for that.
@@ -220,14 +221,27 @@ class HostUsage(Frozen):
     mean_latency_ms: float
 
 
+class EmbeddingUsage(Frozen):
+    """Embedding work, apart from model calls: a query's embedding is a row, and so is a whole
+    background sync of a project's index (its batches summed, see :func:`embedding_sync`)."""
+
+    rows: int
+    failed: int
+    input_tokens: int
+    seconds: float = Field(description="time spent embedding, every batch summed")
+
+
 class LedgerSummary(Frozen):
     """Figures over the ledger (since ``since`` when given).
 
-    A call counts as failed when its path is ``failed`` or ``ok`` is false; local and Claude
-    counts are of the calls that did not fail, so ``calls = local + claude + failed``. Local means
-    served by a local host, confident or not (``low_confidence_calls`` says how many were not).
+    ``calls`` and the figures beside it are model calls (prompts answered or not); embedding work
+    is counted apart in ``embedding`` and tool calls in ``tool_calls``. A call counts as failed
+    when its path is ``failed`` or ``ok`` is false; local and Claude counts are of the calls that
+    did not fail, so ``calls = local + claude + failed``. Local means served by a local host,
+    confident or not (``low_confidence_calls`` says how many were not).
     """
 
+    tool_calls: int = Field(description="tool calls made by a client (not those a tool made through another)")
     calls: int
     local_calls: int
     low_confidence_calls: int
@@ -243,6 +257,7 @@ class LedgerSummary(Frozen):
     claude_cost_usd: float = Field(description="Real money spent, every call counted.")
     savings_usd: float = Field(description="Counterfactual Claude cost of the calls served locally.")
     claude_spend_today_usd: float
+    embedding: EmbeddingUsage
     by_model: list[ModelUsage]
     by_host: list[HostUsage]
     since: float | None
@@ -307,8 +322,9 @@ CREATE INDEX IF NOT EXISTS reservations_expires ON reservations (expires);
 # Version 4: running totals of the calls per (model, provider, host, outcome, path), kept by
 # triggers in the same transaction as each row, so the all-time figures of ``pool_status`` read a
 # few dozen rows instead of scanning every call (2.4 s at 1M rows, on the event loop). A database
-# written by an older version is summed once when it is opened.
-_ROLLUP_KEYS = ("model", "provider", "host", "outcome", "path")
+# written by an older version is summed once when it is opened. Version 5 adds the tier to the
+# key (NULL kept as ''), so that embedding work is counted apart from model calls.
+_ROLLUP_KEYS = ("model", "provider", "host", "outcome", "path", "tier")
 _ROLLUP_SUMS = (
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
     "latency_ms", "cost_usd", "counterfactual_cost_usd",
@@ -316,21 +332,28 @@ _ROLLUP_SUMS = (
 _KEYS = ", ".join(_ROLLUP_KEYS)
 
 
+def _key_of(row: str, key: str) -> str:
+    # A key column of a WITHOUT ROWID table cannot hold NULL; a row without a tier has NULL there.
+    return f"coalesce({row}.tier, '')" if key == "tier" else f"{row}.{key}"
+
+
 def _rollup_add(row: str, sign: str) -> str:
     """The statement adding (``sign`` "+") or taking away ("-") the ``row`` ("new"/"old") of calls."""
     if sign == "+":
-        values = ", ".join([f"{row}.{k}" for k in _ROLLUP_KEYS] + ["1"] + [f"{row}.{c}" for c in _ROLLUP_SUMS])
+        values = ", ".join([_key_of(row, k) for k in _ROLLUP_KEYS] + ["1"] + [f"{row}.{c}" for c in _ROLLUP_SUMS])
         updates = ", ".join(["calls = calls + 1"] + [f"{c} = {c} + excluded.{c}" for c in _ROLLUP_SUMS])
         return f"INSERT INTO call_rollup VALUES ({values}) ON CONFLICT ({_KEYS}) DO UPDATE SET {updates};"  # noqa: S608 - fixed column names
     updates = ", ".join(["calls = calls - 1"] + [f"{c} = {c} - {row}.{c}" for c in _ROLLUP_SUMS])
-    where = " AND ".join(f"{k} = {row}.{k}" for k in _ROLLUP_KEYS)
+    where = " AND ".join(f"{k} = {_key_of(row, k)}" for k in _ROLLUP_KEYS)
     return f"UPDATE call_rollup SET {updates} WHERE {where};"  # noqa: S608 - fixed column names
 
 
 _ROLLUP_TOTALS = ", ".join(f"total({c})" if c.endswith(("_ms", "_usd")) else f"sum({c})" for c in _ROLLUP_SUMS)
-_SCHEMA_V4 = f"""
+_ROLLUP_GROUP = ", ".join(_key_of("calls", k) for k in _ROLLUP_KEYS)
+_ROLLUP_TABLE = f"""
 CREATE TABLE IF NOT EXISTS call_rollup (
     model TEXT NOT NULL, provider TEXT NOT NULL, host TEXT NOT NULL, outcome TEXT NOT NULL, path TEXT NOT NULL,
+    tier TEXT NOT NULL,
     calls INTEGER NOT NULL,
     input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
     cache_read_tokens INTEGER NOT NULL, cache_write_tokens INTEGER NOT NULL,
@@ -350,11 +373,17 @@ AFTER UPDATE OF {_KEYS}, {", ".join(_ROLLUP_SUMS)} ON calls BEGIN
 END;
 DELETE FROM call_rollup;
 INSERT INTO call_rollup
-    SELECT {_KEYS}, count(*), {_ROLLUP_TOTALS} FROM calls GROUP BY {_KEYS};
+    SELECT {_ROLLUP_GROUP}, count(*), {_ROLLUP_TOTALS} FROM calls GROUP BY {_ROLLUP_GROUP};
 """  # noqa: S608 - fixed column names
+# A version 3 database goes through both: the table of version 4 is replaced at once.
+_SCHEMA_V4 = _ROLLUP_TABLE
+_SCHEMA_V5 = (
+    "DROP TRIGGER IF EXISTS calls_rollup_insert;\nDROP TRIGGER IF EXISTS calls_rollup_delete;\n"
+    "DROP TRIGGER IF EXISTS calls_rollup_update;\nDROP TABLE IF EXISTS call_rollup;\n" + _ROLLUP_TABLE
+)
 
 # version -> statements that bring a database from version-1 to version. Version 1 is the base.
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5}
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -419,7 +448,7 @@ _TOTALS = """
            total(cost_usd),
            total(CASE WHEN outcome = 'local' THEN counterfactual_cost_usd END)
     FROM (SELECT *, input_tokens + output_tokens + cache_read_tokens + cache_write_tokens AS total_tokens
-          FROM calls WHERE {ts} >= ?)"""
+          FROM calls WHERE {ts} >= ? AND tier IS NOT 'embedding')"""
 
 _BY_MODEL = """
     SELECT model, provider, count(*), sum(input_tokens), sum(output_tokens), total(cost_usd),
@@ -448,7 +477,7 @@ _ALL_TIME_TOTALS = """
            total(cost_usd),
            total(CASE WHEN outcome = 'local' THEN counterfactual_cost_usd END)
     FROM (SELECT *, input_tokens + output_tokens + cache_read_tokens + cache_write_tokens AS total_tokens
-          FROM call_rollup WHERE calls > 0)"""
+          FROM call_rollup WHERE calls > 0 AND tier != 'embedding')"""
 
 _ALL_TIME_BY_MODEL = """
     SELECT model, provider, sum(calls), sum(input_tokens), sum(output_tokens), total(cost_usd),
@@ -461,10 +490,24 @@ _ALL_TIME_BY_HOST = """
     FROM call_rollup WHERE host != '' AND calls > 0
     GROUP BY host ORDER BY sum(calls) DESC, host"""
 
+_EMBEDDING = """
+    SELECT count(*), coalesce(sum(outcome = 'failed'), 0), coalesce(sum(input_tokens), 0), total(latency_ms)
+    FROM calls WHERE {ts} >= ? AND tier = 'embedding'"""
+_ALL_TIME_EMBEDDING = """
+    SELECT coalesce(sum(calls), 0), coalesce(sum(CASE WHEN outcome = 'failed' THEN calls END), 0),
+           coalesce(sum(input_tokens), 0), total(latency_ms)
+    FROM call_rollup WHERE tier = 'embedding' AND calls > 0"""
+# Through the parent index (and the start-time one for a window): top-level calls only.
+_TOOL_CALLS = "SELECT count(*) FROM tool_calls WHERE parent_id IS NULL AND {started} >= ?"
+_ALL_TIME_TOOL_CALLS = "SELECT count(*) FROM tool_calls WHERE parent_id IS NULL"
+
 # The summary queries: over a recent window through the ``ts`` index, over all time from the totals.
 _SUMMARY_QUERIES = {
-    True: tuple(q.format(ts="ts") for q in (_TOTALS, _BY_MODEL, _BY_HOST)),
-    False: (_ALL_TIME_TOTALS, _ALL_TIME_BY_MODEL, _ALL_TIME_BY_HOST),
+    True: (
+        *(q.format(ts="ts") for q in (_TOTALS, _BY_MODEL, _BY_HOST, _EMBEDDING)),
+        _TOOL_CALLS.format(started="started"),
+    ),
+    False: (_ALL_TIME_TOTALS, _ALL_TIME_BY_MODEL, _ALL_TIME_BY_HOST, _ALL_TIME_EMBEDDING, _ALL_TIME_TOOL_CALLS),
 }
 
 
@@ -591,6 +634,33 @@ class Ledger:
         self._notify(entry)
         return rowid
 
+    def record_embedding(self, entry: LedgerEntry) -> int | None:
+        """Append an embedding request's row; inside
+        :func:`~caelum_mcp.embedding_sync.embedding_sync` an answered one is added to the sync's
+        single row for its host and model instead (written when the sync ends; None then)."""
+        tally = current_sync()
+        if tally is None or not entry.ok:
+            return self.record(entry)
+        key = (id(self), entry.host, entry.model)
+        held = tally.pending.get(key)
+        if held is None:
+            tally.pending[key] = (self.record, entry.model_copy(update={"task": tally.task}))
+            return None
+        total: LedgerEntry = held[1]
+        tally.pending[key] = (
+            self.record,
+            total.model_copy(
+                update={
+                    "ts": entry.ts,
+                    "attempts": total.attempts + entry.attempts,
+                    "input_tokens": total.input_tokens + entry.input_tokens,
+                    "output_tokens": total.output_tokens + entry.output_tokens,
+                    "latency_ms": total.latency_ms + entry.latency_ms,
+                }
+            ),
+        )
+        return None
+
     def annotate(self, row_id: int, *, confidence: float | None = None, path: ExecutionPath | None = None) -> None:
         """Add what is known only after a call's row was written: the confidence its answer scored,
         and ``local_low_confidence`` when that answer was handed back below the threshold."""
@@ -695,7 +765,7 @@ class Ledger:
         All time reads the running totals (a few rows), a window the calls in it through the
         ``ts`` index; either is a blocking read, so async code calls it in a worker thread."""
         params: tuple[float, ...] = (since,) if since is not None else ()
-        totals_sql, by_model_sql, by_host_sql = _SUMMARY_QUERIES[since is not None]
+        totals_sql, by_model_sql, by_host_sql, embedding_sql, tool_calls_sql = _SUMMARY_QUERIES[since is not None]
         start, end = utc_day_bounds(time.time() if now is None else now)
         with self._connection() as conn:
             # One read transaction: every figure comes from the same snapshot of the file.
@@ -704,12 +774,15 @@ class Ledger:
                 t = conn.execute(totals_sql, params).fetchone()
                 models = conn.execute(by_model_sql, params).fetchall()
                 hosts = conn.execute(by_host_sql, params).fetchall()
+                embedding = conn.execute(embedding_sql, params).fetchone()
+                tool_calls = int(conn.execute(tool_calls_sql, params).fetchone()[0])
                 today = conn.execute(_SPEND_BETWEEN, (start, end)).fetchone()[0]
             finally:
                 if conn.in_transaction:
                     conn.execute("COMMIT")
         local, claude = int(t[1]), int(t[3])
         return LedgerSummary(
+            tool_calls=tool_calls,
             calls=t[0],
             local_calls=local,
             low_confidence_calls=t[2],
@@ -725,6 +798,9 @@ class Ledger:
             claude_cost_usd=t[11],
             savings_usd=t[12],
             claude_spend_today_usd=today,
+            embedding=EmbeddingUsage(
+                rows=embedding[0], failed=embedding[1], input_tokens=embedding[2], seconds=round(embedding[3] / 1000, 3)
+            ),
             by_model=[
                 ModelUsage(
                     model=m[0],

@@ -337,7 +337,8 @@ class Router:
         batch_size: int = EMBED_BATCH,
     ) -> Embeddings:
         """Vectors for ``texts`` from the pool's ``embedding`` tier (or ``model``), sent in batches
-        of ``batch_size``; one ledger row per batch. Raises NoHostAvailableError when no embedding
+        of ``batch_size``; one ledger row per batch, or one per sync inside
+        :func:`~caelum_mcp.embedding_sync.embedding_sync`. Raises NoHostAvailableError when no embedding
         model is up (callers fall back to lexical search and say so)."""
         vectors: list[tuple[float, ...]] = []
         used_model = host = ""
@@ -367,7 +368,7 @@ class Router:
             vectors.extend(response.embeddings)
             used_model = response.model
             tokens += response.usage.input_tokens
-            self.ledger.record(
+            self.ledger.record_embedding(
                 model_call_row(
                     task=task,
                     path="local",

@@ -505,6 +505,8 @@ def fill(ledger: Ledger) -> list[int]:
         ledger.record(entry(path="failed", ok=False, error="timed out", output_tokens=0, counterfactual_cost_usd=0)),
         ledger.record(entry(ok=False, error="bad body", host="gpu-2")),
         ledger.record(entry(model="", host="", input_tokens=0, output_tokens=0, counterfactual_cost_usd=0)),
+        ledger.record(entry(tier=None)),  # a row without a tier (NULL) is in the totals' key as ''
+        ledger.record(entry(tier="embedding", model="nomic-embed-text", output_tokens=0, counterfactual_cost_usd=0)),
     ]
     ledger.annotate(rows[1], confidence=0.2, path="local_low_confidence")
     ledger.annotate(rows[0], confidence=0.95)
@@ -512,9 +514,10 @@ def fill(ledger: Ledger) -> list[int]:
 
 
 def assert_same_figures(running: LedgerSummary, scanned: LedgerSummary) -> None:
-    lists = {"by_model", "by_host", "since"}
+    lists = {"by_model", "by_host", "since", "embedding"}
     a, b = running.model_dump(exclude=lists), scanned.model_dump(exclude=lists)
     assert a == pytest.approx(b)
+    assert running.embedding.model_dump() == pytest.approx(scanned.embedding.model_dump())
     for key in ("by_model", "by_host"):
         x, y = running.model_dump()[key], scanned.model_dump()[key]
         assert len(x) == len(y) and all(p == pytest.approx(q) for p, q in zip(x, y, strict=True)), key
@@ -542,12 +545,13 @@ def test_running_totals_equal_a_scan_of_the_rows_after_inserts_updates_and_delet
     with Ledger(tmp_path / "ledger.db") as ledger:
         rows = fill(ledger)
         running = ledger.summary(now=NOON)
-        assert (running.calls, running.claude_calls, running.failed_calls, running.low_confidence_calls) == (8, 2, 2, 1)
+        assert (running.calls, running.claude_calls, running.failed_calls, running.low_confidence_calls) == (9, 2, 2, 1)
+        assert (running.embedding.rows, running.embedding.input_tokens) == (1, 1000)
         assert_same_figures(running, ledger.summary(since=0.0, now=NOON))
         with sqlite3.connect(ledger.path) as raw:  # e.g. a user pruning old rows by hand
-            raw.execute("DELETE FROM calls WHERE id IN (?, ?)", (rows[3], rows[2]))
+            raw.execute("DELETE FROM calls WHERE id IN (?, ?, ?)", (rows[3], rows[2], rows[9]))
         after = ledger.summary(now=NOON)
-        assert (after.calls, after.claude_calls) == (6, 1)
+        assert (after.calls, after.claude_calls, after.embedding.rows) == (7, 1, 0)
         assert_same_figures(after, ledger.summary(since=0.0, now=NOON))
         assert after.claude_cost_usd == pytest.approx(0.5)
 

@@ -69,17 +69,22 @@ _TREE_ROWS = """
            latency_ms, cost_usd, counterfactual_cost_usd, ok, error, call_id
     FROM calls WHERE call_id IN (SELECT id FROM tree) ORDER BY ts, id LIMIT ?"""
 
-# Rows added since the last look, per UTC day (days since the epoch: UTC has no DST) and outcome.
+# Rows added since the last look, per UTC day (days since the epoch: UTC has no DST), outcome and
+# whether they are embedding work (counted apart from model calls).
 _NEW_ROWS_BY_DAY = """
-    SELECT CAST(ts / 86400 AS INTEGER), outcome, count(*),
+    SELECT CAST(ts / 86400 AS INTEGER), outcome, tier IS 'embedding', count(*),
            coalesce(sum(path = 'local_low_confidence'), 0),
            coalesce(sum(input_tokens + output_tokens + cache_read_tokens + cache_write_tokens), 0),
            total(cost_usd), total(counterfactual_cost_usd)
-    FROM calls WHERE id > ? AND id <= ? GROUP BY 1, 2"""
+    FROM calls WHERE id > ? AND id <= ? GROUP BY 1, 2, 3"""
+# Top-level tool calls added since the last look (``tool_calls`` rows are only added, so their
+# rowids only grow too).
+_NEW_TOOL_CALLS = "SELECT count(*) FROM tool_calls WHERE rowid > ? AND rowid <= ? AND parent_id IS NULL"
 
 _HOST_LATENCY = """
     SELECT host, CAST((ts - ?) / ? AS INTEGER) AS bucket, count(*), avg(latency_ms), max(latency_ms)
     FROM calls WHERE ts >= ? AND host != '' AND outcome != 'failed' AND latency_ms > 0
+          AND tier IS NOT 'embedding'
     GROUP BY host, bucket ORDER BY host, bucket"""
 
 _ENTRY_FIELDS = tuple(LedgerEntry.model_fields)
@@ -128,8 +133,10 @@ class DayFigures(Frozen):
 
 
 class Totals(Frozen):
-    """Every model call in the ledger, counted as :class:`~caelum_mcp.ledger.LedgerSummary` does."""
+    """Every model call in the ledger, counted as :class:`~caelum_mcp.ledger.LedgerSummary` does:
+    tool calls and embedding work apart from model calls."""
 
+    tool_calls: int = 0
     calls: int = 0
     local_calls: int = 0
     low_confidence_calls: int = 0
@@ -139,6 +146,9 @@ class Totals(Frozen):
     claude_tokens: int = 0
     claude_cost_usd: float = 0.0
     savings_usd: float = 0.0
+    embedding_rows: int = 0
+    embedding_failed: int = 0
+    embedding_tokens: int = 0
 
     @property
     def local_share(self) -> float:
@@ -163,6 +173,9 @@ class _Day:
     claude_tokens: int = 0
     cost: float = 0.0
     savings: float = 0.0
+    embedding: int = 0
+    embedding_failed: int = 0
+    embedding_tokens: int = 0
 
 
 class LedgerHistory:
@@ -173,6 +186,8 @@ class LedgerHistory:
         self._conn = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA query_only = ON")
         self._seen_id = 0
+        self._seen_tool_rowid = 0
+        self._tool_calls = 0
         self._days: dict[int, _Day] = {}
 
     # running totals ----------------------------------------------------------------------------
@@ -181,16 +196,25 @@ class LedgerHistory:
         """Fold the rows added since the last look into the per-day figures (caller holds the lock)."""
         self._conn.execute("BEGIN")
         try:
+            newest_tool = self._conn.execute("SELECT coalesce(max(rowid), 0) FROM tool_calls").fetchone()[0]
+            if newest_tool > self._seen_tool_rowid:
+                found = self._conn.execute(_NEW_TOOL_CALLS, (self._seen_tool_rowid, newest_tool)).fetchone()[0]
+                self._tool_calls += int(found)
+                self._seen_tool_rowid = newest_tool
             newest = self._conn.execute("SELECT coalesce(max(id), 0) FROM calls").fetchone()[0]
             if newest <= self._seen_id:
                 return
             rows = self._conn.execute(_NEW_ROWS_BY_DAY, (self._seen_id, newest)).fetchall()
         finally:
             self._conn.execute("COMMIT")
-        for day, outcome, count, low, tokens, cost, counterfactual in rows:
+        for day, outcome, embedding, count, low, tokens, cost, counterfactual in rows:
             acc = self._days.setdefault(int(day), _Day())
             acc.cost += cost  # every call's real money counts, failed ones included
-            if outcome == "local":
+            if embedding:
+                acc.embedding += count
+                acc.embedding_tokens += tokens
+                acc.embedding_failed += count if outcome == "failed" else 0
+            elif outcome == "local":
                 acc.local += count
                 acc.low += low
                 acc.local_tokens += tokens
@@ -207,7 +231,9 @@ class LedgerHistory:
         with self._lock:
             self._catch_up()
             days = list(self._days.values())
+            tool_calls = self._tool_calls
         return Totals(
+            tool_calls=tool_calls,
             calls=sum(d.local + d.claude + d.failed for d in days),
             local_calls=sum(d.local for d in days),
             low_confidence_calls=sum(d.low for d in days),
@@ -217,6 +243,9 @@ class LedgerHistory:
             claude_tokens=sum(d.claude_tokens for d in days),
             claude_cost_usd=round(sum(d.cost for d in days), 6),
             savings_usd=round(sum(d.savings for d in days), 6),
+            embedding_rows=sum(d.embedding for d in days),
+            embedding_failed=sum(d.embedding_failed for d in days),
+            embedding_tokens=sum(d.embedding_tokens for d in days),
         )
 
     def daily(self, days: int = 14, now: float | None = None) -> list[DayFigures]:

@@ -42,7 +42,10 @@ class BudgetView(Frozen):
 
 
 class ShareView(Frozen):
-    calls: int
+    """Tool calls, model calls and embedding work, each counted apart."""
+
+    tool_calls: int = Field(description="tool calls made by a client")
+    calls: int = Field(description="model calls (embedding work is not one)")
     local_calls: int
     low_confidence_calls: int
     claude_calls: int
@@ -52,6 +55,9 @@ class ShareView(Frozen):
     savings_usd: float
     local_tokens: int
     claude_tokens: int
+    embedding_rows: int = Field(description="embedding work: a background index sync, or a query, is one")
+    embedding_failed: int
+    embedding_tokens: int
 
 
 class CallView(Frozen):
@@ -154,6 +160,7 @@ def build_snapshot(state: AppState, telemetry: Telemetry, history: LedgerHistory
             reserved_usd=round(figures.reserved_usd, 6),
         ),
         share=ShareView(
+            tool_calls=summary.tool_calls,
             calls=summary.calls,
             local_calls=summary.local_calls,
             low_confidence_calls=summary.low_confidence_calls,
@@ -164,6 +171,9 @@ def build_snapshot(state: AppState, telemetry: Telemetry, history: LedgerHistory
             savings_usd=summary.savings_usd,
             local_tokens=summary.local_tokens,
             claude_tokens=summary.claude_tokens,
+            embedding_rows=summary.embedding_rows,
+            embedding_failed=summary.embedding_failed,
+            embedding_tokens=summary.embedding_tokens,
         ),
         daily=history.daily(DAYS_SHOWN, now),
         calls=[call_view(c, telemetry.executions(c.id)) for c in history.recent_tool_calls(recent)],

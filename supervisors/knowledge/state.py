@@ -36,6 +36,7 @@ from typing import Literal, TypeVar
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
+from caelum_mcp.embedding_sync import embedding_sync
 from caelum_mcp.errors import CaelumError
 from caelum_mcp.supervisors.base import LLMService, ToolContext
 from caelum_mcp.tools.knowledge.indexer import IndexReport, embed_missing, sync_index
@@ -105,9 +106,11 @@ class Background:
 
     async def _run(self, index: ProjectIndex, model: str) -> None:
         try:
-            await embed_missing(
-                index.store, embedder_for(self._llm, model), model, _quiet, group_seconds=BACKGROUND_GROUP_S
-            )
+            # One ledger row for the whole sync: a mid-size project is thousands of paced groups.
+            with embedding_sync("embed (index sync)"):
+                await embed_missing(
+                    index.store, embedder_for(self._llm, model), model, _quiet, group_seconds=BACKGROUND_GROUP_S
+                )
         except CaelumError as exc:  # the next sync tries again; search stays lexical for the rest
             log.warning("embedding %s with %s stopped: %s", index.root.name, model, exc)
         except sqlite3.Error as exc:  # a damaged index (a search sets it aside), or one set aside meanwhile
@@ -263,7 +266,8 @@ def embedding_model(ctx: ToolContext, settings: KnowledgeSettings, stored: Seque
 
 
 def embedder_for(llm: LLMService, model: str) -> Embedder:
-    """Texts to vectors through the LLM service (batched there, one ledger row per batch)."""
+    """Texts to vectors through the LLM service (batched there; one ledger row per batch, or one
+    per sync in the background task)."""
 
     async def embed(texts: Sequence[str]) -> tuple[str, Sequence[Sequence[float]]]:
         result = await llm.embed(texts, model=model)

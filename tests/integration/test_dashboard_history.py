@@ -72,3 +72,34 @@ def test_a_tool_calls_row_counts_its_childrens_model_calls(tmp_path: Path) -> No
         one = history.tool_call_summary("child00000000001")
         assert one is not None and one.model_calls == 1 and one.outcome == "ok"
         assert history.tool_call("nope") is None
+
+
+def embedding_row(tokens: int, *, ok: bool = True) -> LedgerEntry:
+    if not ok:
+        return failed_call_row(task="embed", error="down", host="embed", model="nomic-embed-text", tier="embedding")
+    return model_call_row(
+        task="embed", path="local", provider="ollama", host="embed", model="nomic-embed-text", tier="embedding",
+        usage=Usage(input_tokens=tokens), latency_ms=900, cost=0.0, counterfactual=0.0,
+    )  # fmt: skip
+
+
+def test_tool_calls_model_calls_and_embedding_work_are_counted_apart(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    now = time.time()
+    with Ledger(path) as ledger, LedgerHistory(path) as history:
+        ledger.start_tool_call("search0000000001", "search_knowledge")
+        ledger.start_tool_call("child00000000001", "delegate_task", parent_id="search0000000001")
+        ledger.record(local_row("child00000000001", 100, now))
+        for tokens in (40, 60):
+            ledger.record(embedding_row(tokens))
+        ledger.record(embedding_row(0, ok=False))
+        for summary in (ledger.summary(), ledger.summary(since=now - 60)):  # all time (running totals), a window
+            assert (summary.tool_calls, summary.calls, summary.local_calls, summary.failed_calls) == (1, 1, 1, 0)
+            assert (summary.embedding.rows, summary.embedding.failed, summary.embedding.input_tokens) == (3, 1, 100)
+            assert summary.local_tokens == 110  # the model call's tokens only
+        totals = history.totals()
+        assert (totals.tool_calls, totals.calls, totals.local_calls, totals.failed_calls) == (1, 1, 1, 0)
+        assert (totals.embedding_rows, totals.embedding_failed, totals.embedding_tokens) == (3, 1, 100)
+        # a summed embedding sync's time is no host's call latency
+        assert [p.calls for p in history.host_latency(now=now + 1)["gpu-a"]] == [1]
+        assert "embed" not in history.host_latency(now=now + 1)

@@ -79,6 +79,8 @@ async def test_stdio_serves_the_dashboard_and_json_logs_carry_the_request_id(tmp
     (row,) = [c for c in snapshot["calls"] if c["id"] == call.id]
     assert (row["tool"], row["host"], row["model"]) == ("delegate_task", "fake-gpu", "qwen3-8b-instruct")
     assert [h["status"]["name"] for h in snapshot["hosts"]] == ["fake-gpu"]
+    share = snapshot["share"]  # tool calls, model calls and embedding work, each apart
+    assert (share["tool_calls"], share["calls"], share["embedding_rows"]) == (1, 1, 0)
     assert 'caelum_tool_calls_total{outcome="ok",tool="delegate_task"} 1.0' in metrics
 
     lines = [line for line in stderr.read_text().splitlines() if line.startswith("{")]

@@ -160,7 +160,31 @@ async def test_hybrid_search_pages_with_a_cursor_and_says_which_signal_found_eac
         )
         assert {r["span"].split(":")[0] for r in docs["results"]} == {"docs/operations.md"}
         rows = holder.require().ledger.summary()
-        assert rows.calls >= 2  # the chunk batch and the queries were embedded through the pool
+        assert rows.embedding.rows >= 2  # the chunk batch and the queries were embedded through the pool
+
+
+async def test_a_background_sync_that_embeds_in_many_groups_writes_one_ledger_row(tmp_path: Path) -> None:
+    files = {f"pkg/handler_{i:03}.py": f"def handle_{i}(request):\n    return request.scale({i})\n" for i in range(90)}
+    project = write(tmp_path / "work" / "many", files)
+    async with session(tmp_path, [embedding_host()]) as (client, holder):
+        await search_when_embedded(client, {"query": "handle request", "project": str(project)})
+        ledger = holder.require().ledger
+        with anyio.fail_after(10):  # the row is written as the background task ends, just after the last group
+            while True:
+                syncs = [r for r in ledger.recent(500) if r.task == "embed (index sync)"]
+                if syncs:
+                    break
+                await anyio.sleep(0.05)
+        (sync,) = syncs  # paced groups of 3, 6, 12 ... chunks: many requests, one row
+        assert sync.attempts >= 4 and sync.input_tokens > 0 and sync.tier == "embedding"
+        rows = [r for r in ledger.recent(500) if r.tier == "embedding"]
+        assert len(rows) < sync.attempts  # the queries' embeddings are a row each, the sync's groups are not
+        status = await call(client, "pool_status", {})
+        figures = status["ledger"]
+        # no model call was made: embedding work and tool calls are counted apart from model calls
+        assert (figures["calls"], figures["local_calls"]) == (0, 0)
+        assert figures["embedding"]["rows"] == len(rows) and figures["embedding"]["input_tokens"] > 0
+        assert figures["tool_calls"] >= 2
 
 
 async def test_ask_cites_only_retrieved_passages_and_quotes_that_are_in_them(tmp_path: Path) -> None:

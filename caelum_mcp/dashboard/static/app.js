@@ -125,7 +125,10 @@
 
   function renderTotals(share) {
     const rows = [
-      ["calls", num(share.calls)],
+      ["tool calls", num(share.tool_calls)],
+      ["model calls", num(share.calls)],
+      ["embedding work (index syncs and queries)", `${num(share.embedding_rows)}, ${num(share.embedding_tokens)} tokens` +
+        (share.embedding_failed ? `, ${num(share.embedding_failed)} failed` : "")],
       ["local tokens", num(share.local_tokens)],
       ["Claude tokens", num(share.claude_tokens)],
       ["Claude cost", usd(share.claude_cost_usd)],
