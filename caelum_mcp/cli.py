@@ -11,11 +11,14 @@ is open); one there is named on stderr as ignored. ``serve --root`` names the fo
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import shutil
+import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
@@ -27,7 +30,13 @@ import anyio
 import httpx2
 
 from caelum_mcp import __version__
-from caelum_mcp.config import Config, ignored_project_config, load_config, too_broad_for_default_root
+from caelum_mcp.config import (
+    DEFAULT_OLLAMA_URL,
+    Config,
+    ignored_project_config,
+    load_config,
+    too_broad_for_default_root,
+)
 from caelum_mcp.errors import CaelumError
 from caelum_mcp.logs import LogFormat, setup_logging
 
@@ -43,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
         "~/.config/caelum/caelum.toml; a ./caelum.toml is read only when named here)",
     )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="log at debug level and show the full traceback of an error (also: CAELUM_LOG_LEVEL=debug)",
+    )
     p.add_argument(
         "--log-format",
         choices=["text", "json"],
@@ -93,7 +107,12 @@ def _setup_logging(level: str, log_format: LogFormat = "text") -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run one command; an error that stops it is one line on stderr (what and how to fix) and a
+    non-zero exit, its traceback only with ``--debug`` or ``CAELUM_LOG_LEVEL=debug``."""
     args = _parser().parse_args(argv)
+    debug = args.debug or args.log_level == "debug" or os.environ.get("CAELUM_LOG_LEVEL", "").lower() == "debug"
+    if args.debug:
+        args.log_level = "debug"
     try:
         overrides: dict[str, Any] = {}
         if args.command == "serve":
@@ -107,18 +126,103 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.log_format is not None:
             overrides["server.log_format"] = args.log_format
         config = load_config(args.config, overrides=overrides)
+        debug = debug or config.log_level == "debug"
         _setup_logging(args.log_level or config.log_level, config.server.log_format)
+        if not debug:
+            logging.getLogger("uvicorn.error").addFilter(OneLineErrors())
+        if args.command in ("serve", "doctor"):
+            check_data_dir(config)
         ignored = ignored_project_config(config)
         if ignored:
             log.warning("%s", ignored)
         commands = {"serve": _serve, "doctor": _doctor, "status": _status, "call": _call, "setup": _setup}
         code = commands[args.command](config, args)
-    except CaelumError as exc:
-        print(f"caelum-mcp: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:  # an exception group too: anyio wraps what a task raised
+        if debug:
+            raise
+        print(f"caelum-mcp: {startup_problem(exc)}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(_leaf(exc), CaelumError) else 1) from None
     raise SystemExit(code)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first innermost exception of a group (anyio wraps a task's error in one or more)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def startup_problem(exc: BaseException) -> str:
+    """One line for an error that stopped a command: our own errors say what to do already;
+    anything else is named with where to see more."""
+    leaf = _leaf(exc)
+    if isinstance(leaf, CaelumError):
+        return str(leaf)
+    what = " ".join(str(leaf).split()) or "no message"
+    return f"{type(leaf).__name__}: {what} (run again with --debug for the traceback, and report it if unclear)"
+
+
+class OneLineErrors(logging.Filter):
+    """Shortens uvicorn's error records (a failed start logs whole tracebacks) to one line each;
+    left off with ``--debug``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Application startup failed"):
+            return False  # the record before it said why; that line is the one to read
+        if record.exc_info and record.exc_info[1] is not None:
+            message = f"{message.strip().splitlines()[0] if message.strip() else 'error'}: " + startup_problem(
+                record.exc_info[1]
+            )
+        elif "Traceback (most recent call last)" in message:
+            message = [line for line in message.splitlines() if line.strip()][-1].strip()
+            # "caelum_mcp.errors.ConfigError: ..." : our errors' text already says what to do
+            if message.startswith("caelum_mcp.") and ": " in message:
+                message = message.split(": ", 1)[1]
+        record.msg, record.args, record.exc_info, record.exc_text = message, (), None, None
+        return True
+
+
+def check_data_dir(config: Config) -> None:
+    """A clear error when the data folder (ledger, caches, model logs) cannot be made or written."""
+    folder = config.data_dir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise CaelumError(
+            f"the data folder {folder} cannot be used ({exc.strerror or exc}); point data_dir in the config, "
+            "CAELUM_DATA_DIR or XDG_DATA_HOME at a folder you can write, or fix its permissions"
+        ) from exc
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for the HTTP server, or a clear error saying how to free or
+    choose another address (bound here, before anything is printed, so the failure comes first)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            fix = (
+                f"port {port} on {host} is already in use (another caelum-mcp or program listens there); stop it, "
+                "or choose a free port: --port N (make run PORT=N), or [server] port in the config"
+            )
+        elif exc.errno == errno.EACCES:
+            fix = f"port {port} needs privileges on this system; choose one above 1023 with --port N"
+        else:
+            fix = (
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}); give an address of this machine "
+                "with --host (the default 127.0.0.1 works everywhere)"
+            )
+        raise CaelumError(fix) from None
+    return sock
 
 
 # serve ----------------------------------------------------------------------------------------
@@ -193,17 +297,26 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         )
     import uvicorn
 
-    host, port = config.server.host, config.server.port
+    host = config.server.host
+    sock = listen_socket(host, config.server.port)
+    port = sock.getsockname()[1]  # the real one when --port 0 asked for any free port
     app = http_app(config, host=host, port=port, token=token)
     shown = f"[{host}]" if ":" in host else host
     path = "/mcp" if transport == "http" else "/sse"
-    print(connection_help(config, f"http://{shown}:{port}{path}"), file=sys.stderr, flush=True)
     # log_config=None: uvicorn's lines go through our handler, so a JSON log stays JSON
     settings = uvicorn.Config(
         app, host=host, port=port, log_level="warning", log_config=None, lifespan="on", timeout_graceful_shutdown=5
     )
     server = uvicorn.Server(settings)
     stop = server.handle_exit
+    start = server.startup
+
+    async def startup(sockets: list[socket.socket] | None = None) -> None:
+        await start(sockets)
+        # only once the app has started: a failed start must not be preceded by "serving at"
+        print(connection_help(config, f"http://{shown}:{port}{path}"), file=sys.stderr, flush=True)
+
+    server.startup = startup  # type: ignore[method-assign]
 
     def handle_exit(sig: int, frame: FrameType | None) -> None:
         # uvicorn waits for open responses before it stops: end the dashboard's event streams first
@@ -211,7 +324,8 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         stop(sig, frame)
 
     server.handle_exit = handle_exit  # type: ignore[method-assign]
-    server.run()
+    with sock:
+        server.run(sockets=[sock])  # a failed start exits with uvicorn's code 3, after logging why
     return 0
 
 
@@ -233,6 +347,14 @@ def _doctor(config: Config, args: argparse.Namespace) -> int:
             print(f"config: {report.config_source}")
             print(f"data dir: {config.data_dir}")
             for h in report.hosts:
+                if not h.healthy and _is_implicit_ollama(config, h.name, h.url):
+                    # Nobody asked for this host: its absence is news, not a failure.
+                    print(
+                        f"[INFO] host {h.name} ({h.kind}) {h.url}: not found (no Ollama answers at the default "
+                        "address); install and start Ollama (https://ollama.com), or configure your hosts "
+                        "([[hosts]] in the config, or OLLAMA_HOST)"
+                    )
+                    continue
                 mark = "OK  " if h.healthy else "FAIL"
                 print(f"[{mark}] host {h.name} ({h.kind}) {h.url} version={h.version or '-'} breaker={h.breaker}")
                 if h.last_error:
@@ -267,6 +389,11 @@ def _doctor(config: Config, args: argparse.Namespace) -> int:
             return 0 if can_serve else 1
 
     return anyio.run(run)
+
+
+def _is_implicit_ollama(config: Config, name: str, url: str) -> bool:
+    """Whether host ``name`` is the Ollama tried at the default address because no host is configured."""
+    return not config.hosts and config.implicit_ollama and name == "ollama" and url.rstrip("/") == DEFAULT_OLLAMA_URL
 
 
 # status ---------------------------------------------------------------------------------------
@@ -313,8 +440,7 @@ async def remote_client(url: str, config: Config) -> AsyncIterator[Any]:
 
 def _leaf_message(exc: BaseException) -> str:
     """The innermost meaningful message of an exception group (anyio wraps transport errors)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
+    exc = _leaf(exc)
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -388,6 +514,10 @@ def _call(config: Config, args: argparse.Namespace) -> int:
             return remote_client(args.url, config)
         env = {k: v for k, v in os.environ.items() if k.startswith(("CAELUM_", "ANTHROPIC_", "OLLAMA_"))}
         env.update({"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "")})
+        # The server must read the same config and write the same ledger as this command would:
+        # without these it falls back to ~/.config and ~/.local/share, a second ledger.
+        env.update({k: os.environ[k] for k in ("XDG_CONFIG_HOME", "XDG_DATA_HOME") if k in os.environ})
+        env["CAELUM_DATA_DIR"] = os.path.abspath(config.data_dir)
         if config_path:
             env["CAELUM_CONFIG"] = config_path
         return Client(StdioServerParameters(command=sys.executable, args=["-m", "caelum_mcp", "serve"], env=env))
