@@ -100,8 +100,13 @@ def server_entry(
     dashboard_port: int | None = None,
     python: str | None = None,
     roots: Sequence[Path] = (),
+    shared_from: Path | None = None,
 ) -> dict[str, Any]:
-    """The client's entry for this server; ``roots`` (absolute folders) become ``serve --root``."""
+    """The client's entry for this server; ``roots`` (absolute folders) become ``serve --root``.
+
+    ``shared_from`` (the project folder, for a ``.mcp.json`` the team shares): the entry must work on
+    every member's machine, so it names ``caelum-mcp`` as found on PATH, roots and a config inside
+    the project relative to it (Claude Code starts the server there), and no file of this machine."""
     if transport == "http":
         if client == "claude-desktop":
             raise CaelumError(
@@ -118,17 +123,36 @@ def server_entry(
         if token_env:
             entry["headers"] = {"Authorization": f"Bearer ${{{token_env}}}"}
         return entry
-    command = install_command(python)
+    command = install_command(python) if shared_from is None else [PORTABLE_COMMAND]
     args = command[1:]
     if config.source != "defaults":
-        args += ["--config", str(Path(config.source).expanduser().absolute())]
+        source = Path(config.source).expanduser().absolute()
+        if shared_from is None:
+            args += ["--config", str(source)]
+        elif source.is_relative_to(shared_from):  # else each member's own config file is read
+            args += ["--config", str(source.relative_to(shared_from))]
     args += ["serve", "--transport", "stdio"]
     if dashboard_port is not None:
         args += ["--dashboard-port", str(dashboard_port)]
     for root in roots:
-        args += ["--root", str(root)]
+        args += ["--root", str(root) if shared_from is None else _inside_project(root, shared_from, "--root")]
     entry = {"command": command[0], "args": args, "env": {}}
     return {"type": "stdio", **entry} if client == "claude-code" else entry
+
+
+PORTABLE_COMMAND = "caelum-mcp"
+
+
+def _inside_project(path: Path, project: Path, what: str) -> str:
+    """``path`` relative to ``project`` for a shared entry, or an error: a path outside the project
+    exists on this machine only."""
+    try:
+        return str(path.relative_to(project)) or "."
+    except ValueError:
+        raise CaelumError(
+            f"{what} {path} is outside the project {project}, and --scope project writes .mcp.json for everyone "
+            "who opens it: give a folder inside the project, or use --scope user or local for this machine's paths"
+        ) from None
 
 
 def default_url(config: Config) -> str:
@@ -224,16 +248,35 @@ def plan_setup(
         )
     folders = [_root_folder(r, cwd) for r in roots]
     path = client_config_path(client, scope, home=home, cwd=cwd, environ=environ, platform=platform or sys.platform)
+    shared = client == "claude-code" and scope == "project"
     entry = server_entry(
-        client, transport, config, url=url, dashboard_port=dashboard_port, python=python, roots=folders
+        client,
+        transport,
+        config,
+        url=url,
+        dashboard_port=dashboard_port,
+        python=python,
+        roots=folders,
+        shared_from=cwd if shared else None,
     )
     key: tuple[str, ...] = ("mcpServers", name)
     if client == "claude-code" and scope == "local":
         key = ("projects", str(cwd), "mcpServers", name)
     before = read_json_object(path)
     plan = SetupPlan(client, scope, path, key, entry, before, with_entry(before, key, entry, path))
-    if client == "claude-code" and scope == "project":
+    if shared:
         plan.notes.append("Claude Code asks each user to approve servers from .mcp.json before it connects")
+        if transport == "stdio":
+            plan.notes.append(
+                f"the entry runs `{PORTABLE_COMMAND}` from PATH so that it works on every machine: each user installs "
+                "it (e.g. `uv tool install caelum-mcp`, `pipx install .`) or starts Claude Code with the venv active"
+            )
+            source = Path(config.source).expanduser().absolute() if config.source != "defaults" else None
+            if source is not None and not source.is_relative_to(cwd):
+                plan.notes.append(
+                    f"the config {source} is outside the project, so the entry leaves it out: each user's server "
+                    "reads their own (~/.config/caelum/caelum.toml or $CAELUM_CONFIG)"
+                )
     if transport == "http":
         plan.notes.append(f"the server must be running for the client to connect ({entry['url']}; `make run`)")
         if "headers" in entry:

@@ -324,3 +324,36 @@ async def test_claude_code_connects_over_http_with_the_token_variable(
         refused = await anyio.to_thread.run_sync(lambda: claude_mcp_list(claude_cli, home, tmp_path))
     assert f"caelum: {served.mcp} (HTTP) - ✔ Connected" in connected, connected
     assert "Connected" not in refused and "CAELUM_SETUP_TOKEN" in refused, refused
+
+
+def test_a_project_scope_entry_names_no_path_of_this_machine(tmp_path: Path, config: Config) -> None:
+    # .mcp.json is committed and opened by the whole team: an absolute venv or home path works on one machine.
+    home, project = tmp_path / "home", tmp_path / "proj"
+    (project / "src").mkdir(parents=True)
+    shared = plan_setup(
+        "claude-code", config, scope="project", home=home, cwd=project, environ={}, roots=["src", project]
+    )
+    apply_plan(shared)
+    entry = json.loads((project / ".mcp.json").read_text())["mcpServers"]["caelum"]
+    assert entry["command"] == "caelum-mcp" and entry["args"] == [
+        "serve",
+        "--transport",
+        "stdio",
+        "--root",
+        "src",
+        "--root",
+        ".",
+    ]
+    assert str(tmp_path) not in json.dumps(entry)
+    assert any("PATH" in note for note in shared.notes) and any("outside the project" in n for n in shared.notes)
+
+    project_config = project / "caelum.toml"
+    project_config.write_text('embedded = "off"\n')
+    inside = plan_setup("claude-code", load_config(project_config, environ={}), scope="project", home=home, cwd=project)
+    assert inside.entry["args"][:2] == ["--config", "caelum.toml"]
+
+    with pytest.raises(CaelumError, match="outside the project"):
+        plan_setup("claude-code", config, scope="project", home=home, cwd=project, environ={}, roots=[tmp_path])
+
+    mine = plan_setup("claude-code", config, scope="user", home=home, cwd=project, environ={})
+    assert Path(mine.entry["command"]).is_absolute()  # this machine's own entry keeps its exact install
