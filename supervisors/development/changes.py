@@ -87,7 +87,7 @@ class ReviewOutput(ToolOutput):
     head: str
     files: list[ChangedFile]
     findings: list[Finding] = Field(description="static findings on added or changed lines only")
-    comments: list[ReviewComment]
+    comments: list[ReviewComment] = Field(description="the LLM's anchored comments (static findings: `findings`)")
     summary: str
     left_out: LeftOut = Field(default_factory=LeftOut)
     notes: list[str] = Field(default_factory=list, description="changed files not read, and why (links out, FIFOs)")
@@ -115,12 +115,8 @@ async def review_changes(args: ReviewInput, ctx: ToolContext) -> ReviewOutput:
     findings = await _findings_on(root, changed_lines, ctx)
     listed = findings[:MAX_FINDINGS]
     await ctx.report(2, 4, f"{len(findings)} findings on changed lines; asking the LLM for review comments")
-    comments = [
-        ReviewComment(
-            file=f.file, line=f.line, severity=f.severity, comment=f"[{f.rule}] {f.message}", source="analyzers"
-        )
-        for f in listed
-    ]
+    # The static findings are in ``findings`` only: repeating each as a comment sent it twice.
+    comments: list[ReviewComment] = []
     summary = _summary(changes, len(findings))
     step: LLMStep | None = None
     excerpt = DiffExcerpt("", 0, 0)

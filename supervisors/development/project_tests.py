@@ -114,12 +114,43 @@ def failure_reports(failures: Sequence[TestCaseResult], budget_tokens: int = FAI
             detail=case.detail,
             detail_lines_cut=case.detail_lines_cut,
         )
-        size = result_size(report.model_dump())
+        size = result_size(report.model_dump()) + 1  # and the comma before it
         if reports and spent + size > budget_tokens:
             break
         reports.append(report)
         spent += size
     return reports
+
+
+# Shorter lines (blank ones, "_____", a lone bracket) say nothing on their own and are kept.
+_MIN_SHARED_LINE = 8
+
+
+def tail_without_failures(tail: str, reports: Sequence[FailureReport]) -> str:
+    """pytest's last output less the lines that ``reports`` already carry: its FAILURES section
+    repeats each traceback that ``failures`` holds, and sending it twice doubled a failing run's
+    result. Each run of such lines becomes one marker; the rest (the short summary, warnings,
+    a crash's own text) stays."""
+    carried = {
+        line.strip()
+        for report in reports
+        for line in (report.detail or "").splitlines()
+        if len(line.strip()) >= _MIN_SHARED_LINE
+    }
+    if not carried:
+        return tail
+    out: list[str] = []
+    dropped = 0
+    for line in [*tail.splitlines(), None]:
+        if line is not None and line.strip() in carried:
+            dropped += 1
+            continue
+        if dropped:
+            out.append(f"… [{dropped} lines of the failure text in `failures`] …")
+            dropped = 0
+        if line is not None:
+            out.append(line)
+    return "\n".join(out)
 
 
 def compact_listing(cases: Sequence[TestCaseResult], budget_tokens: int = TESTS_TOKENS) -> list[ListedTest]:
@@ -129,7 +160,7 @@ def compact_listing(cases: Sequence[TestCaseResult], budget_tokens: int = TESTS_
     spent = 0
     for case in ordered:
         entry = ListedTest(node_id=case.node_id, outcome=case.outcome, duration_s=round(case.duration_s, 3))
-        spent += result_size(entry.model_dump())
+        spent += result_size(entry.model_dump()) + 1  # and the comma before it
         if spent > budget_tokens:
             break
         listing.append(entry)
@@ -191,6 +222,6 @@ async def run_project_tests(args: RunTestsInput, ctx: ToolContext) -> RunTestsOu
         tests=listed,
         tests_omitted=result.totals.tests - len(listed),
         triage=triage,
-        output_tail=result.output_tail,
+        output_tail=tail_without_failures(result.output_tail, reports),
         llm=step,
     )

@@ -150,7 +150,7 @@ async def test_analyze_reports_planted_problems_with_progress_and_cache(tmp_path
         for rec in out["recommendations"]:
             assert (project / rec["file"]).is_file()
         # no local model can review code and Claude is not configured: skipped at once, saying what to add
-        assert out["llm"]["status"] == "skipped" and out["llm"]["execution"] is None
+        assert out["llm"]["status"] == "skipped" and out["llm"].get("execution") is None
         assert "tier full" in out["llm"]["note"] and "ANTHROPIC_API_KEY" in out["llm"]["note"]
         assert any("lint" in m for m in progress) and any("security" in m for m in progress)
         assert all(not s["cached"] for s in out["stages"])
@@ -284,6 +284,9 @@ async def test_review_changes_only_flags_changed_lines(tmp_path: Path) -> None:
         assert all(f["line"] == 5 for f in out["findings"]), "the unused import on line 1 was not changed"
         for c in out["comments"]:
             assert c["file"] == "app.py" and c["line"] == 5
+        text = json.dumps(out)
+        for f in out["findings"]:  # each finding once: not again as a comment
+            assert text.count(json.dumps(f["message"])[1:-1]) == 1, f["message"]
         assert progress
         res = await call(client, "review_changes", {"project": str(repo), "base": "no-such-rev"})
         assert res.is_error
@@ -309,6 +312,9 @@ async def test_run_project_tests_reports_failures(tmp_path: Path) -> None:
         assert out["totals"]["passed"] == 1 and out["totals"]["failed"] == 1
         (failure,) = out["failures"]
         assert failure["node_id"].endswith("test_add") and "assert" in (failure["detail"] or failure["message"])
+        # the traceback is sent once, in `failures`: pytest's output tail keeps its summary, not a second copy
+        assert "where 0 = add(2, 2)" in failure["detail"] and "where 0 = add(2, 2)" not in out["output_tail"]
+        assert "1 failed, 1 passed" in out["output_tail"]
         for item in out["triage"]:
             assert item["test"] == failure["node_id"]
         assert out["llm"]["status"] == "skipped" and "tier small" in out["llm"]["note"]
