@@ -40,7 +40,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from caelum_mcp.app import AppState
-from caelum_mcp.budget import fit_to_budget
+from caelum_mcp.budget import fit_to_budget, round_floats
 from caelum_mcp.config import RESULT_TOKENS_CAP
 from caelum_mcp.errors import CaelumError, ToolInputError
 from caelum_mcp.llm import Availability, CallCost, Embeddings, LLMTask, ProgressFn, RoutedResult
@@ -264,10 +264,12 @@ class ToolRuntime:
         return min(budget, RESULT_TOKENS_CAP)
 
     def fit(self, name: str, result: ToolOutput, budget_tokens: int) -> dict[str, Any]:
-        """``result`` as JSON data, secrets redacted, within ``budget_tokens``; what was cut is in
-        ``omitted`` and ``more`` (both left out when nothing was cut)."""
+        """``result`` as JSON data, secrets redacted, nested null fields and float noise dropped
+        (:func:`without_optional_nulls`, :func:`~caelum_mcp.budget.round_floats`), within
+        ``budget_tokens``; what was cut is in ``omitted`` and ``more`` (both left out when nothing
+        was cut)."""
         tool = self.get(name).tool
-        data = redact_all(result.model_dump(mode="json"))
+        data = round_floats(without_optional_nulls(result, redact_all(result.model_dump(mode="json"))))
         data.pop("omitted", None)
         data.pop("more", None)
         fitted = fit_to_budget(data, max(200, budget_tokens - _NOTE_TOKENS))
@@ -296,6 +298,31 @@ class ToolRuntime:
             )
             for s in self.supervisors
         ]
+
+
+def without_optional_nulls(value: Any, data: Any, *, top: bool = True) -> Any:
+    """``data`` (``value`` dumped as JSON data) without the null fields the output schema lets it
+    leave out below its top level: a field of a nested model that is None and has a default. Such
+    nulls repeat in every item of a list (a 40-column profile carried 160); the top level keeps
+    every field, so a client reads ``out["llm"]`` as before. A required null stays (the result
+    would fail its schema), and so does a null item of a list (a row's empty cell) or of a plain
+    dict. ``data`` is changed in place and returned."""
+    if isinstance(value, BaseModel) and isinstance(data, dict):
+        for name, info in type(value).model_fields.items():
+            if name not in data:
+                continue
+            if data[name] is None and not top and not info.is_required():
+                del data[name]
+            else:
+                without_optional_nulls(getattr(value, name, None), data[name], top=False)
+    elif isinstance(value, list | tuple) and isinstance(data, list):
+        for item, dumped in zip(value, data, strict=False):
+            without_optional_nulls(item, dumped, top=False)
+    elif isinstance(value, dict) and isinstance(data, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and key in data:
+                without_optional_nulls(item, data[key], top=False)
+    return data
 
 
 # arguments ----------------------------------------------------------------------------------------

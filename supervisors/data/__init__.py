@@ -62,7 +62,7 @@ class DataSupervisor(Supervisor):
                 output_model=ProfileDataOutput,
                 handler=profile_data,
                 uses_roots=True,
-                more_hint="profile one table (`table`) or a file with fewer columns",
+                more_hint="name the columns left out in `columns` (every name is in `column_names`), or one table",
             ),
         )
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,7 +22,7 @@ from caelum_mcp.grounding import check_items, cited_list_schema, output_cap
 from caelum_mcp.llm import GroundingResult, TaskKind
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.supervisors.llm_steps import LLMStep, run_cited_list, summary_of
-from caelum_mcp.tools.data.models import DataSourceError
+from caelum_mcp.tools.data.models import ColumnInfo, DataSourceError
 from caelum_mcp.tools.data.profile import ColumnProfile, TableProfile, profile_table
 from caelum_mcp.tools.data.session import open_session
 from caelum_mcp.tools.data.sources import resolve_sources
@@ -30,6 +30,7 @@ from caelum_mcp.tools.data.sources import resolve_sources
 from .settings import DataSettings, session_limits
 
 TABLE = "(table)"
+MAX_COLUMNS_ASKED = 2_000
 MAX_ANOMALIES = 6
 ANOMALIES = cited_list_schema(
     "anomalies",
@@ -55,6 +56,12 @@ class ProfileDataInput(BaseModel):
 
     source: str = Field(description="a file, folder or glob inside the allowed roots (formats as query_data)")
     table: str | None = Field(default=None, max_length=200, description="which table, when the source holds several")
+    columns: list[Annotated[str, Field(max_length=300)]] | None = Field(
+        default=None,
+        max_length=MAX_COLUMNS_ASKED,
+        description="show only these columns (names as in `column_names`); a wide table's profile is cut to "
+        "its budget from the last column on, and this gets the rest",
+    )
     summary: bool = Field(default=True, description="ask the LLM for a short summary of anomalies")
     allow_claude: bool = True
 
@@ -67,6 +74,9 @@ class Anomaly(BaseModel):
 
 class ProfileDataOutput(ToolOutput):
     profile: TableProfile
+    column_names: list[str] = Field(
+        default_factory=list, description="every column of the table, in order: pick some with `columns`"
+    )
     other_tables: list[str] = Field(default_factory=list, description="the source's other tables (profile by name)")
     anomalies: list[Anomaly] = Field(default_factory=list, description="the LLM's grounded findings")
     summary: str | None = None
@@ -87,14 +97,37 @@ async def profile_data(args: ProfileDataInput, ctx: ToolContext) -> ProfileDataO
         names = list(session.tables)
         name = _pick(names, args.table)
         await ctx.report(1, 3, f"profiling {name}")
-        profile = await session.call(lambda s: profile_table(s, name))
+        every = session.tables[name].columns
+        wanted = _columns(every, args.columns)
+        profile = await session.call(lambda s: profile_table(s, name, wanted))
         notes = list(session.notes)
-    out = ProfileDataOutput(profile=profile, other_tables=[n for n in names if n != name], notes=notes)
+    out = ProfileDataOutput(
+        profile=profile,
+        column_names=[c.name for c in every],
+        other_tables=[n for n in names if n != name],
+        notes=notes,
+    )
     if args.summary:
         await ctx.report(2, 3, "summarising anomalies")
         await _summarise(out, ctx, args.allow_claude)
     await ctx.report(3, 3, "done")
     return out
+
+
+def _columns(columns: Sequence[ColumnInfo], asked: Sequence[str] | None) -> list[str] | None:
+    """The table's columns named in ``asked`` (case-insensitive, in the table's order; None: all);
+    a name the table lacks is a :class:`DataSourceError` that lists the ones it has."""
+    if asked is None:
+        return None
+    by_name = {c.name.lower(): c.name for c in columns}
+    missing = [a for a in asked if a.lower() not in by_name]
+    if missing:
+        listed = ", ".join(c.name for c in columns[:60]) + (" …" if len(columns) > 60 else "")
+        raise DataSourceError(
+            f"no column {', '.join(repr(m[:100]) for m in missing[:5])} in the table; its columns: {listed}"
+        )
+    chosen = {a.lower() for a in asked}
+    return [c.name for c in columns if c.name.lower() in chosen]
 
 
 def _pick(names: list[str], wanted: str | None) -> str:

@@ -70,13 +70,14 @@ class QueryDataOutput(ToolOutput):
     seconds: float = 0.0
 
 
-def rows_chars(max_rows: int) -> int:
-    """The character budget of the rows: the default result budget's share, more for a bigger ask."""
-    return 7_500 if max_rows <= DEFAULT_ROWS else min(45_000, max_rows * 150)
+def rows_tokens(max_rows: int) -> int:
+    """The token budget of the rows (counted as every result is): the default result budget's
+    share, more for a bigger ask."""
+    return 2_500 if max_rows <= DEFAULT_ROWS else min(15_000, max_rows * 50)
 
 
 def result_tokens(args: QueryDataInput) -> int | None:
-    return None if args.max_rows <= DEFAULT_ROWS else rows_chars(args.max_rows) // 3 + 2_000
+    return None if args.max_rows <= DEFAULT_ROWS else rows_tokens(args.max_rows) + 2_000
 
 
 def table_line(table: TableInfo) -> str:
@@ -91,7 +92,7 @@ async def query_data(args: QueryDataInput, ctx: ToolContext) -> QueryDataOutput:
     # One budget for the whole call: the repair rounds' queries and the tables' description share
     # it, so a call that tries one runaway query after another still stops at query_timeout_s.
     limits = session_limits(
-        settings, timeout_s=settings.query_timeout_s, max_rows=args.max_rows, rows_chars=rows_chars(args.max_rows)
+        settings, timeout_s=settings.query_timeout_s, max_rows=args.max_rows, rows_tokens=rows_tokens(args.max_rows)
     )
     limits = replace(limits, call_budget_s=settings.query_timeout_s)
     await ctx.report(0, 3, f"opening {len(resolved.files)} source(s)")

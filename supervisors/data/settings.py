@@ -47,12 +47,12 @@ class DataSettings(BaseModel):
 
 
 def session_limits(
-    settings: DataSettings, *, timeout_s: float, max_rows: int = 50, rows_chars: int = 7_500
+    settings: DataSettings, *, timeout_s: float, max_rows: int = 50, rows_tokens: int = 2_500
 ) -> SessionLimits:
     return SessionLimits(
         timeout_s=timeout_s,
         max_rows=max_rows,
-        rows_chars=rows_chars,
+        rows_tokens=rows_tokens,
         memory_limit=settings.memory_limit,
         max_temp_size=settings.max_temp_size,
         threads=settings.threads,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from caelum_mcp.budget import estimate_tokens, fit_to_budget, result_size
+from caelum_mcp.budget import estimate_tokens, fit_to_budget, result_size, round_floats
 
 SEVERITIES = ("critical", "high", "medium", "low")
 
@@ -46,12 +46,41 @@ def checked(data: dict[str, Any], budget: int, **kwargs: Any) -> Any:
     return fitted
 
 
-def test_estimate_is_three_characters_a_token_and_more_for_other_scripts() -> None:
+def test_estimate_is_three_letters_a_token_and_more_for_digits_punctuation_and_other_scripts() -> None:
     assert estimate_tokens("") == 0
     assert estimate_tokens("abc" * 1000) == 1000
     assert estimate_tokens("ab") == 1  # rounded up
     assert estimate_tokens("日本語" * 100) > 300  # CJK: more than a token a character
     assert estimate_tokens("é" * 300) > estimate_tokens("e" * 300)
+    assert estimate_tokens("the cat sat " * 100) < estimate_tokens("0123456789" * 100)
+
+
+def test_numeric_json_is_counted_at_two_characters_a_token_or_more() -> None:
+    # The published Claude tokenizer (the anthropic SDK's, up to 0.34) reads compact numeric JSON at
+    # 1.9-2.1 characters a token; counted at 3 a token, a 40-column SELECT * went over its budget.
+    rows = [[round(i * 7.31 + j * 0.0173, 4) if j % 3 else i * 100_003 + j for j in range(40)] for i in range(30)]
+    for data in ({"rows": rows}, [-1.5, 2.25, 1e-7, 3], {"n": 1234567, "share": 0.4167}):
+        text = json.dumps(data, separators=(",", ":"))
+        assert estimate_tokens(text) >= len(text) / 2, text[:80]
+
+
+def test_the_estimate_adds_up_across_pieces() -> None:
+    # fit_to_budget's arithmetic relies on it: a list weighs its items, brackets and commas
+    items = [{"a": 1.5, "b": "x y"}, "日本", 42, [None, True]]
+    whole = json.dumps(items, separators=(",", ":"), ensure_ascii=False)
+    assert fit_to_budget({"items": items}, 10_000).tokens == result_size({"items": items})
+    assert estimate_tokens(whole) <= sum(estimate_tokens(json.dumps(i, ensure_ascii=False)) for i in items) + 3
+
+
+def test_floats_are_rounded_to_ten_significant_digits_and_nothing_else_changes() -> None:
+    data = {"mean": 33.333333333333336, "sum": 0.1 + 0.2, "rows": [[1, 2.0, None, "0.30000000000000004"]], "n": 7}
+    assert round_floats(data) == {
+        "mean": 33.33333333,
+        "sum": 0.3,
+        "rows": [[1, 2.0, None, "0.30000000000000004"]],
+        "n": 7,
+    }
+    assert round_floats({"inf": float("inf"), "big": 1.2345678901234e20}) == {"inf": float("inf"), "big": 1.23456789e20}
 
 
 def test_a_result_that_fits_is_returned_unchanged() -> None:

@@ -20,7 +20,7 @@ from caelum_mcp.app import open_app
 from caelum_mcp.budget import result_size
 from caelum_mcp.errors import CaelumError, ToolInputError
 from caelum_mcp.llm import LLMTask, TaskKind
-from caelum_mcp.runtime import ToolRuntime
+from caelum_mcp.runtime import ToolRuntime, without_optional_nulls
 from caelum_mcp.supervisors.base import ExternalTool, InternalTool, Supervisor, SupervisorEnv, ToolContext, ToolOutput
 from caelum_mcp.types import ChatMessage
 
@@ -255,3 +255,33 @@ async def test_a_supervisor_owns_its_config_section(tmp_path: Path, monkeypatch:
     async with running(tmp_path, **{"sample.threshold": 9}) as runtime:
         result = await runtime.invoke("echo", {"text": "hi"}, roots=roots(tmp_path))
     assert isinstance(result, EchoOutput) and result.threshold == 9
+
+
+class _Cell(BaseModel):
+    value: float | None = None
+    note: str | None = None
+
+
+class _Inner(BaseModel):
+    sql: str | None = Field(description="required, may be null")
+    error: str | None = None
+
+
+class _Shaped(ToolOutput):
+    error: str | None = None
+    inner: _Inner
+    cells: list[_Cell] = Field(default_factory=list)
+    rows: list[list[Any]] = Field(default_factory=list)
+    by_name: dict[str, _Cell | None] = Field(default_factory=dict)
+
+
+def test_nested_optional_null_fields_are_dropped_and_required_ones_and_null_cells_kept() -> None:
+    out = _Shaped(
+        inner=_Inner(sql=None), cells=[_Cell(value=1.5), _Cell(note="x")], rows=[[1, None]], by_name={"a": None}
+    )
+    data = without_optional_nulls(out, out.model_dump(mode="json"))
+    assert data["inner"] == {"sql": None}  # the output schema requires `sql`
+    assert data["error"] is None  # the top level keeps every field
+    assert data["cells"] == [{"value": 1.5}, {"note": "x"}]
+    assert data["rows"] == [[1, None]] and data["by_name"] == {"a": None}  # positions and plain dicts keep their nulls
+    assert _Shaped.model_validate(data) == out  # what was dropped was each field's default

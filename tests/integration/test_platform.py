@@ -92,7 +92,7 @@ async def test_with_only_the_embedded_micro_model_security_scan_skips_the_review
         assert out["metrics"]["files"] == 30
         assert {"B608", "B602", "B307"} <= {f["rule"] for f in out["findings"]}
         step = out["llm"]
-        assert step["status"] == "skipped" and step["execution"] is None
+        assert step["status"] == "skipped" and step.get("execution") is None  # a nested null field is left out
         assert "tier full" in step["note"] and "smollm2:135m" in step["note"] and "ANTHROPIC_API_KEY" in step["note"]
         state = holder.require()
         assert "embedded" in state.pool.hosts  # the micro model was up, and was not asked

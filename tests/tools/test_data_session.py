@@ -159,7 +159,7 @@ async def test_a_cancelled_call_interrupts_its_query(shop: Path) -> None:
 
 
 def test_results_are_capped_by_rows_and_characters_with_counts(shop: Path) -> None:
-    session = session_over(shop, max_rows=3, max_cell_chars=10, rows_chars=400)
+    session = session_over(shop, max_rows=3, max_cell_chars=10, rows_tokens=130)
     try:
         result = session.run("SELECT * FROM sales ORDER BY order_id")
         assert (result.row_count, len(result.rows), result.rows_omitted) == (7, 3, 4)

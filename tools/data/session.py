@@ -49,6 +49,8 @@ import anyio
 import duckdb
 import pydantic_core
 
+from caelum_mcp.budget import estimate_tokens
+
 from . import copies
 from .models import (
     ColumnInfo,
@@ -71,13 +73,14 @@ _LIST_ITEMS = 50  # items of a LIST/ARRAY cell shown
 
 @dataclass(frozen=True)
 class SessionLimits:
-    """The caps of one session. ``rows_chars`` bounds the rows a result brings back as JSON text
-    (about 3 characters a token); ``max_rows`` bounds their count."""
+    """The caps of one session. ``rows_tokens`` bounds the rows a result brings back, as JSON
+    counted by :func:`caelum_mcp.budget.estimate_tokens` (the count every result is fitted by);
+    ``max_rows`` bounds their count."""
 
     timeout_s: float = 30.0
     max_rows: int = 50
     max_cell_chars: int = 300
-    rows_chars: int = 24_000
+    rows_tokens: int = 8_000
     memory_limit: str = "2GB"
     max_temp_size: str = "4GB"
     threads: int = 0  # 0: DuckDB's default (every core)
@@ -613,14 +616,14 @@ class DataSession:
     # results -------------------------------------------------------------------------------------
 
     def _fit_rows(self, raw: Sequence[tuple[Any, ...]]) -> tuple[list[list[Any]], int]:
-        """Rows as JSON data within ``rows_chars`` (the first row always), and the cells cut."""
+        """Rows as JSON data within ``rows_tokens`` (the first row always), and the cells cut."""
         rows: list[list[Any]] = []
         spent = cut = 0
         for record in raw:
             counter = [0]
             row = [json_cell(value, self.limits.max_cell_chars, counter) for value in record]
-            size = len(pydantic_core.to_json(row))
-            if rows and spent + size > self.limits.rows_chars:
+            size = estimate_tokens(pydantic_core.to_json(row).decode())
+            if rows and spent + size > self.limits.rows_tokens:
                 break
             rows.append(row)
             spent += size
