@@ -41,11 +41,12 @@ def _weight(text: str) -> int:
     # token), a space 1 (it joins the word after it), a digit or any other ASCII character 4 (1.5
     # a token), a byte of a non-ASCII character 3 (CJK: 1.5 tokens a character). Measured with the
     # Claude tokenizer that is published (the anthropic SDK's, up to 0.34), compact numeric JSON
-    # runs 1.9-2.1 characters a token (a 40-column SELECT *: 2.0), paths and findings 2.9, prose
-    # 3.4, code 3.8; a flat 3 characters a token under-counted numbers by a third, where these
-    # weights count 1.0-1.4 times the real tokens of every one of those (1.3 for prose, 1.5 for
-    # code); only lists of one-digit numbers (1.2 characters a token) stay under. ``translate``
-    # and ``count`` run in C: a few milliseconds for megabytes.
+    # runs 1.5-2.1 characters a token (a 40-column SELECT *: 2.0), paths 2.9, prose 3.4, code
+    # 3.8; a flat 3 characters a token under-counted numbers by a third, where these weights count
+    # 1.0-1.4 times the real tokens of numeric JSON, 1.2 of prose, 1.3 of code, 1.4 of paths, 1.7
+    # of findings' sentences; only lists of one-digit numbers (1.2 characters a token: 0.83) and
+    # hex digests (0.98) stay under. ``translate`` and ``count`` run in C: a few milliseconds for
+    # megabytes.
     if text.isascii():
         data = text.encode("ascii")
         non_ascii = 0
