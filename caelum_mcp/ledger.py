@@ -456,8 +456,11 @@ _BY_MODEL = """
     FROM calls WHERE {ts} >= ? AND model != ''
     GROUP BY model, provider ORDER BY count(*) DESC, model, provider"""
 
+# A host's mean latency is that of its model calls when it made any: a background sync's embedding
+# row holds the whole sync's time.
 _BY_HOST = """
-    SELECT host, count(*), sum(outcome = 'failed'), avg(latency_ms)
+    SELECT host, count(*), sum(outcome = 'failed'),
+           coalesce(avg(CASE WHEN tier IS NOT 'embedding' THEN latency_ms END), avg(latency_ms))
     FROM calls WHERE {ts} >= ? AND host != ''
     GROUP BY host ORDER BY count(*) DESC, host"""
 
@@ -486,7 +489,10 @@ _ALL_TIME_BY_MODEL = """
     GROUP BY model, provider ORDER BY sum(calls) DESC, model, provider"""
 
 _ALL_TIME_BY_HOST = """
-    SELECT host, sum(calls), sum(CASE WHEN outcome = 'failed' THEN calls ELSE 0 END), total(latency_ms) / sum(calls)
+    SELECT host, sum(calls), sum(CASE WHEN outcome = 'failed' THEN calls ELSE 0 END),
+           coalesce(total(CASE WHEN tier != 'embedding' THEN latency_ms END)
+                    / nullif(sum(CASE WHEN tier != 'embedding' THEN calls ELSE 0 END), 0),
+                    total(latency_ms) / sum(calls))
     FROM call_rollup WHERE host != '' AND calls > 0
     GROUP BY host ORDER BY sum(calls) DESC, host"""
 

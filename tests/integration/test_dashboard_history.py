@@ -93,13 +93,18 @@ def test_tool_calls_model_calls_and_embedding_work_are_counted_apart(tmp_path: P
         for tokens in (40, 60):
             ledger.record(embedding_row(tokens))
         ledger.record(embedding_row(0, ok=False))
+        # a whole background sync on the chat host: one row holding ten minutes of batches
+        ledger.record(embedding_row(10).model_copy(update={"host": "gpu-a", "latency_ms": 600_000.0}))
         for summary in (ledger.summary(), ledger.summary(since=now - 60)):  # all time (running totals), a window
             assert (summary.tool_calls, summary.calls, summary.local_calls, summary.failed_calls) == (1, 1, 1, 0)
-            assert (summary.embedding.rows, summary.embedding.failed, summary.embedding.input_tokens) == (3, 1, 100)
+            assert (summary.embedding.rows, summary.embedding.failed, summary.embedding.input_tokens) == (4, 1, 110)
             assert summary.local_tokens == 110  # the model call's tokens only
+            hosts = {h.host: h for h in summary.by_host}
+            assert hosts["gpu-a"].mean_latency_ms == 120  # its model calls' latency, not the sync's ten minutes
+            assert hosts["embed"].mean_latency_ms == 600  # a host that only embeds: its requests' mean
         totals = history.totals()
         assert (totals.tool_calls, totals.calls, totals.local_calls, totals.failed_calls) == (1, 1, 1, 0)
-        assert (totals.embedding_rows, totals.embedding_failed, totals.embedding_tokens) == (3, 1, 100)
+        assert (totals.embedding_rows, totals.embedding_failed, totals.embedding_tokens) == (4, 1, 110)
         # a summed embedding sync's time is no host's call latency
         assert [p.calls for p in history.host_latency(now=now + 1)["gpu-a"]] == [1]
         assert "embed" not in history.host_latency(now=now + 1)
