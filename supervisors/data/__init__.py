@@ -47,7 +47,7 @@ class DataSupervisor(Supervisor):
                 output_model=QueryDataOutput,
                 handler=query_data,
                 uses_roots=True,
-                more_hint="raise `max_rows`, or select fewer columns or aggregate in the SQL",
+                more_hint="raise `max_rows`, page with LIMIT … OFFSET in `sql`, or select fewer columns or aggregate",
                 result_tokens=result_tokens,
             ),
             ExternalTool(

@@ -156,6 +156,11 @@ async def _answer_question(
 def _output(result: QueryResult, tables: list[str], notes: list[str]) -> QueryDataOutput:
     if result.cells_cut:
         notes.append(f"{result.cells_cut} long value(s) cut; select fewer or shorter columns to see them whole")
+    if result.rows_omitted:
+        notes.append(
+            f"{result.rows_omitted} more row(s) not shown: raise `max_rows` (at most 1,000), or page with "
+            f"LIMIT … OFFSET {len(result.rows)} in `sql`"
+        )
     if not result.row_count_exact:
         notes.append(
             f"more than {result.row_count - 1} rows: counting them all ran past the time limit, so row_count is "

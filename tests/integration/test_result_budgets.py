@@ -50,6 +50,16 @@ async def test_a_40_column_numeric_select_star_stays_within_its_token_budget(tmp
     wide_csv(root / "wide.csv")
     async with session(tmp_path, []) as (client, _):
         out, text = await call(client, "query_data", {"sources": ["wide.csv"], "sql": "SELECT * FROM wide"})
+        shown = len(out["rows"])
+        (hint,) = [n for n in out["notes"] if "OFFSET" in n]  # what was left out can be fetched
+        assert f"OFFSET {shown}" in hint
+        page, _ = await call(
+            client,
+            "query_data",
+            {"sources": ["wide.csv"], "sql": f"SELECT * FROM wide LIMIT 5 OFFSET {shown}", "max_rows": 5},
+        )
+        next_line = (root / "wide.csv").read_text().splitlines()[1 + shown]
+        assert page["rows"][0][0] == int(next_line.split(",")[0])  # the first row not shown before
     assert json.loads(text) == out  # the text the model reads is the structured result
     assert len(out["columns"]) == WIDTH and out["rows"] and out["row_count"] == 300
     assert out["rows_omitted"] == 300 - len(out["rows"])  # what did not fit is counted
