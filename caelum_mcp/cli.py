@@ -472,6 +472,12 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         f"failed {summary.failed_calls}); local share {summary.local_share:.0%}"
     )
     print(f"tokens: local {summary.local_tokens}, Claude {summary.claude_tokens}")
+    print(f"tool calls: {summary.tool_calls}")
+    e = summary.embedding
+    print(
+        f"embedding (apart from the calls): {e.rows} rows, {e.failed} failed, "
+        f"{e.input_tokens} tokens, {e.seconds:.1f} s"
+    )
     print(
         f"Claude cost ${summary.claude_cost_usd:.4f} (today ${summary.claude_spend_today_usd:.4f}); "
         f"saved by running locally ${summary.savings_usd:.4f}"

@@ -123,6 +123,7 @@ def test_status_shows_the_calls_in_the_ledger(delegated: tuple[Path, Run]) -> No
     run = caelum(tmp, "status")
     assert run.code == 0, run
     assert f"calls: {attempts} (local {attempts}, Claude 0, failed 0)" in run.out
+    assert "tool calls: 1" in run.out and "embedding (apart from the calls): 0 rows" in run.out
     assert "smollm2:135m" in run.out
     as_json = caelum(tmp, "status", "--json")
     assert json.loads(as_json.out)["calls"] == attempts
