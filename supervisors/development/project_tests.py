@@ -132,17 +132,17 @@ def tail_without_failures(tail: str, reports: Sequence[FailureReport]) -> str:
     result. Each run of such lines becomes one marker; the rest (the short summary, warnings,
     a crash's own text) stays."""
     carried = {
-        line.strip()
+        _shared_key(line)
         for report in reports
         for line in (report.detail or "").splitlines()
-        if len(line.strip()) >= _MIN_SHARED_LINE
+        if len(_shared_key(line)) >= _MIN_SHARED_LINE
     }
     if not carried:
         return tail
     out: list[str] = []
     dropped = 0
     for line in [*tail.splitlines(), None]:
-        if line is not None and line.strip() in carried:
+        if line is not None and _shared_key(line) in carried:
             dropped += 1
             continue
         if dropped:
@@ -151,6 +151,15 @@ def tail_without_failures(tail: str, reports: Sequence[FailureReport]) -> str:
         if line is not None:
             out.append(line)
     return "\n".join(out)
+
+
+def _shared_key(line: str) -> str:
+    """A line as both copies show it: the traceback marks explanation lines ``E   ``, the short
+    summary (which pytest prints whole where ``CI`` is set) does not."""
+    text = line.strip()
+    if text[:1] == "E" and text[1:2] in (" ", "\t"):
+        text = text[1:].strip()
+    return text
 
 
 def compact_listing(cases: Sequence[TestCaseResult], budget_tokens: int = TESTS_TOKENS) -> list[ListedTest]:
