@@ -7,15 +7,13 @@ so no config or ledger of the machine's user is read.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
-import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fakes.cli_runs import Run, cli_env, run_cli
 from mcp import Client, StdioServerParameters
 
 from caelum_mcp import __version__
@@ -24,28 +22,6 @@ pytestmark = pytest.mark.model
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 150
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def __str__(self) -> str:  # what a failing assertion shows
-        return f"exit {self.code}\n--- stdout\n{self.out[-3000:]}\n--- stderr\n{self.err[-3000:]}"
-
-
-def cli_env(tmp: Path, **extra: str) -> dict[str, str]:
-    home = tmp / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(home),
-        "CAELUM_DATA_DIR": str(tmp / "data"),
-        "CAELUM_IMPLICIT_OLLAMA": "false",  # whatever listens on 11434 here must not change the outcome
-        **extra,
-    }
 
 
 def dead_host(name: str = "gpu-1") -> dict[str, str]:
@@ -57,15 +33,9 @@ def dead_host(name: str = "gpu-1") -> dict[str, str]:
 
 
 def caelum(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Run:
-    proc = subprocess.run(
-        [sys.executable, "-m", "caelum_mcp", *args],
-        env=env if env is not None else cli_env(tmp, CAELUM_EMBEDDED="on"),
-        cwd=tmp,
-        capture_output=True,
-        timeout=TIMEOUT_S,
-        check=False,
+    return run_cli(
+        args, env=env if env is not None else cli_env(tmp, CAELUM_EMBEDDED="on"), cwd=tmp, timeout_s=TIMEOUT_S
     )
-    return Run(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
 
 
 @pytest.fixture(scope="module")

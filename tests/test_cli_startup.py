@@ -9,62 +9,27 @@ model and the implicit Ollama off.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fakes.cli_runs import Run, cli_env, run_cli
 
 pytestmark = pytest.mark.slow  # each case starts the CLI in a subprocess
 
 TIMEOUT_S = 120
 
 
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def err_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.strip()]
-
-    def __str__(self) -> str:  # what a failing assertion shows
-        return f"exit {self.code}\n--- stdout\n{self.out[-3000:]}\n--- stderr\n{self.err[-3000:]}"
-
-
 def env_for(tmp: Path, **extra: str) -> dict[str, str]:
-    home = tmp / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(home),
-        "CAELUM_DATA_DIR": str(tmp / "data"),
-        "CAELUM_EMBEDDED": "off",
-        "CAELUM_IMPLICIT_OLLAMA": "false",
-        "CAELUM_LOG_LEVEL": "warning",  # the lines a failure adds, not the info lines of a start
-        **extra,
-    }
+    # the lines a failure adds, not the info lines of a start
+    return cli_env(tmp, CAELUM_EMBEDDED="off", CAELUM_LOG_LEVEL="warning", **extra)
 
 
 def caelum(tmp: Path, *args: str, env: dict[str, str], timeout_s: float = TIMEOUT_S) -> Run:
     work = tmp / "work"
     work.mkdir(exist_ok=True)
-    proc = subprocess.run(
-        [sys.executable, "-m", "caelum_mcp", *args],
-        env=env,
-        cwd=work,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=timeout_s,
-        check=False,
-    )
-    return Run(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+    return run_cli(args, env=env, cwd=work, timeout_s=timeout_s)
 
 
 def assert_one_clear_line(run: Run, *fix: str) -> None:
