@@ -149,7 +149,7 @@ async def wait_marked(mark: str, *, alive: bool, within_s: float = 10.0) -> bool
 async def test_timeout_kills_descendants_that_left_the_group(tmp_path: Path, spawner: str, mark: str) -> None:
     result = await run_command([sys.executable, "-c", spawner, mark, "300"], cwd=tmp_path, timeout_s=2)
     assert result.timed_out
-    assert await wait_marked(mark, alive=False, within_s=5), "a descendant outlived the timeout"
+    assert await wait_marked(mark, alive=False, within_s=15), "a descendant outlived the timeout"
     assert result.leftovers_killed >= 1
 
 
@@ -163,7 +163,8 @@ async def test_cancelling_kills_descendants_that_left_the_group(tmp_path: Path, 
             assert await wait_marked(mark, alive=True), "the daemon never started"
             tg.cancel_scope.cancel()
     assert not outer.cancelled_caught
-    assert await wait_marked(mark, alive=False, within_s=5), "a descendant outlived the cancellation"
+    # 15 s: once, under a CPU load on every core, the kill took longer than 5 s to show
+    assert await wait_marked(mark, alive=False, within_s=15), "a descendant outlived the cancellation"
 
 
 @ESCAPES
