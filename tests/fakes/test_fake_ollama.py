@@ -115,11 +115,8 @@ def test_midstream_failure_sends_chunks_then_an_error_line(fake: FakeOllama, htt
 async def test_max_in_flight_counts_concurrent_chats() -> None:
     with FakeOllama(delay_s=0.2) as fake:
         async with httpx2.AsyncClient(timeout=5.0) as client:
-            started = time.perf_counter()
             await asyncio.gather(*(client.post(fake.url + CHAT, json=chat_body()) for _ in range(4)))
-            elapsed = time.perf_counter() - started
         assert fake.max_in_flight == 4 and fake.in_flight == 0  # served in parallel, not one after another
-        assert elapsed >= 0.2
         assert fake.count(CHAT) == 4 and fake.request_count == 4
         fake.reset_stats()
         assert (fake.max_in_flight, fake.count(CHAT), fake.requests) == (0, 0, ())

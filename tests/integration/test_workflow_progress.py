@@ -6,25 +6,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mcp import Client
 
 from .test_development import make_server, write
+from .test_workflow import call
 
 pytestmark = pytest.mark.slow
 PY = sys.executable
-
-
-async def call(client: Client, tool: str, args: dict[str, Any], seen: list[str] | None = None) -> Any:
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        if seen is not None:
-            seen.append(message or "")
-
-    res = await client.call_tool(tool, args, progress_callback=on_progress)
-    assert not res.is_error, res.content
-    return res.structured_content
 
 
 async def test_heartbeats_name_the_step_running_now_not_the_one_that_failed(tmp_path: Path) -> None:
