@@ -22,10 +22,19 @@ two calls, or two processes sharing the data directory, cannot both take the las
 call ends its row is written and its reservation removed in one transaction (:meth:`Ledger.settle`).
 Every reservation expires: a process that dies mid-call does not hold its share of the budget for
 longer than the call could have run.
+
+Each answered model call also names the task kind it was made for, and the ledger keeps running
+counts per (model, kind) of the answers and of their confidence to the hundredth
+(:meth:`Ledger.kind_figures`): what ``pool_status`` shows as answers and local share per model and
+kind. The ``calibration_labels`` table holds labelled outcomes from real use (a Claude audit of a
+local answer, an escalation, a benchmark): the answer's raw signals as numbers, whether it was
+right, never the prompt or the answers (:meth:`Ledger.add_label`, :meth:`Ledger.labels`); ``caelum-mcp
+calibrate`` refits the calibrators from them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sqlite3
@@ -37,10 +46,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import anyio.to_thread
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from caelum_mcp.embedding_sync import current_sync
 from caelum_mcp.errors import BudgetExceededError, ConfigError
@@ -49,7 +58,7 @@ from caelum_mcp.types import Frozen, Usage
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _BUSY_TIMEOUT_MS = 5000
 _MAX_ERROR_CHARS = 300  # error text is a hint for the operator, not a place for model output
 # Sums of float dollars drift by ~1e-16: a call that fits exactly must not be refused for that.
@@ -57,6 +66,7 @@ _MONEY_EPSILON = 1e-9
 
 ExecutionPath = Literal["local", "claude", "local_low_confidence", "failed"]
 Outcome = Literal["local", "claude", "failed"]
+LabelSource = Literal["audit", "escalation", "bench"]
 LOCAL_PATHS: frozenset[str] = frozenset({"local", "local_low_confidence"})
 
 
@@ -84,6 +94,7 @@ class LedgerEntry(Frozen):
     ok: bool = True
     error: str | None = None
     call_id: str | None = Field(default=None, description="The tool call the model call was made for.")
+    kind: str | None = Field(default=None, description="The task kind the call was made for (None: not known).")
 
     @property
     def outcome(self) -> Outcome:
@@ -111,8 +122,9 @@ def model_call_row(
     counterfactual: float,
     attempts: int = 1,
     call_id: str | None = None,
+    kind: str | None = None,
 ) -> LedgerEntry:
-    """The row of one answered model call (local or Claude)."""
+    """The row of one answered model call (local or Claude); ``kind`` is the task kind it was for."""
     return LedgerEntry(
         ts=time.time(),
         task=task,
@@ -131,6 +143,7 @@ def model_call_row(
         cost_usd=cost,
         counterfactual_cost_usd=counterfactual,
         call_id=call_id,
+        kind=kind,
     )
 
 
@@ -263,6 +276,80 @@ class LedgerSummary(Frozen):
     since: float | None
 
 
+# Agreement detail is field names and flags: field names longer than this, or more of them, are cut.
+_MAX_DETAIL_NAMES = 12
+_MAX_DETAIL_NAME_CHARS = 80
+
+
+class CalibrationLabel(Frozen):
+    """One labelled outcome of a local answer: its raw signals and whether it was right.
+
+    ``signals`` is the answer's :class:`~caelum_mcp.confidence.Signals` as a dict of numbers and
+    flags only (anything else is refused, so no prompt or answer text can be stored); ``label`` is
+    None when the reference answer could not be read (Claude's reply was not valid), so the row
+    counts as seen but not as labelled. ``agreement`` says how the answers compared: flags, counts
+    and the names of the schema fields that differed, never their values.
+    """
+
+    ts: float = Field(description="Unix seconds, UTC.")
+    model: str = Field(min_length=1)
+    kind: str = Field(min_length=1)
+    signals: dict[str, float | int | bool | None]
+    label: bool | None
+    source: LabelSource
+    claude_model: str | None = None
+    agreement: dict[str, Any] | None = None
+
+    @field_validator("signals", mode="before")
+    @classmethod
+    def _numbers_only(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            text = [k for k, v in value.items() if v is not None and not isinstance(v, bool | int | float)]
+            if text:
+                raise ValueError(f"signals hold numbers and flags only; {', '.join(map(str, text[:5]))} are not")
+        return value
+
+    @field_validator("agreement")
+    @classmethod
+    def _bounded_detail(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        detail: dict[str, Any] = {}
+        for key, item in value.items():
+            if isinstance(item, list | tuple):
+                detail[key] = [str(n)[:_MAX_DETAIL_NAME_CHARS] for n in item[:_MAX_DETAIL_NAMES]]
+            elif item is None or isinstance(item, bool | int | float):
+                detail[key] = item
+            else:
+                raise ValueError(f"agreement detail {key!r} must be a flag, a number or a list of field names")
+        return detail
+
+
+class LabelCounts(Frozen):
+    """The labelled outcomes the ledger holds for one (model, kind)."""
+
+    model: str
+    kind: str
+    rows: int = Field(description="outcomes recorded, labelled or not")
+    labelled: int = Field(description="outcomes with a label (the reference answer was readable)")
+    correct: int = Field(description="labelled outcomes that were right")
+
+
+class KindFigures(Frozen):
+    """One model's answers for one task kind, from the running counts.
+
+    ``scored`` answers had a confidence recorded; ``cleared`` of those reached the threshold asked
+    for (read to the hundredth: a threshold of 0.755 counts as 0.76).
+    """
+
+    model: str
+    kind: str
+    outcome: Literal["local", "claude"]
+    answers: int
+    scored: int
+    cleared: int
+
+
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS calls (
     id INTEGER PRIMARY KEY,
@@ -382,8 +469,76 @@ _SCHEMA_V5 = (
     "DROP TRIGGER IF EXISTS calls_rollup_update;\nDROP TABLE IF EXISTS call_rollup;\n" + _ROLLUP_TABLE
 )
 
+
+# Version 6: the task kind of each call, running counts of the answers per (model, kind, outcome)
+# and confidence hundredth (-1: not scored), kept by triggers like the totals above (a confidence
+# is annotated after its row is written, so an update moves the row's count between buckets), and
+# the labelled outcomes from real use that ``caelum-mcp calibrate`` refits from.
+def _kind_bucket(row: str) -> str:
+    # + 1e-6: 0.29 * 100 is 28.999999999999996 in binary floating point, and must count as 29.
+    return f"CASE WHEN {row}.confidence IS NULL THEN -1 ELSE CAST({row}.confidence * 100 + 1e-6 AS INTEGER) END"
+
+
+def _kind_counted(row: str) -> str:
+    return f"{row}.kind IS NOT NULL AND {row}.outcome != 'failed' AND {row}.tier IS NOT 'embedding'"
+
+
+def _kind_add(row: str) -> str:
+    values = f"{row}.model, {row}.kind, {row}.outcome, {_kind_bucket(row)}, 1"
+    return (
+        f"INSERT INTO kind_rollup VALUES ({values}) "  # noqa: S608 - fixed column names
+        "ON CONFLICT (model, kind, outcome, bucket) DO UPDATE SET answers = answers + 1;"
+    )
+
+
+def _kind_take(row: str) -> str:
+    return (
+        "UPDATE kind_rollup SET answers = answers - 1 "  # noqa: S608 - fixed column names
+        f"WHERE model = {row}.model AND kind = {row}.kind AND outcome = {row}.outcome "
+        f"AND bucket = {_kind_bucket(row)};"
+    )
+
+
+_KIND_WATCHED = "model, kind, outcome, tier, confidence"
+_SCHEMA_V6 = f"""
+ALTER TABLE calls ADD COLUMN kind TEXT;
+CREATE TABLE IF NOT EXISTS kind_rollup (
+    model TEXT NOT NULL, kind TEXT NOT NULL, outcome TEXT NOT NULL, bucket INTEGER NOT NULL,
+    answers INTEGER NOT NULL,
+    PRIMARY KEY (model, kind, outcome, bucket)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS calls_kind_insert AFTER INSERT ON calls WHEN {_kind_counted("new")} BEGIN
+    {_kind_add("new")}
+END;
+CREATE TRIGGER IF NOT EXISTS calls_kind_delete AFTER DELETE ON calls WHEN {_kind_counted("old")} BEGIN
+    {_kind_take("old")}
+END;
+CREATE TRIGGER IF NOT EXISTS calls_kind_update_old AFTER UPDATE OF {_KIND_WATCHED} ON calls
+WHEN {_kind_counted("old")} BEGIN
+    {_kind_take("old")}
+END;
+CREATE TRIGGER IF NOT EXISTS calls_kind_update_new AFTER UPDATE OF {_KIND_WATCHED} ON calls
+WHEN {_kind_counted("new")} BEGIN
+    {_kind_add("new")}
+END;
+CREATE TABLE IF NOT EXISTS calibration_labels (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    model TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    signals TEXT NOT NULL,
+    label INTEGER,
+    source TEXT NOT NULL,
+    claude_model TEXT,
+    agreement TEXT
+);
+CREATE INDEX IF NOT EXISTS calibration_labels_pair ON calibration_labels (model, kind);
+"""
+
 # version -> statements that bring a database from version-1 to version. Version 1 is the base.
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5}
+_MIGRATIONS: dict[int, str] = {
+    1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5, 6: _SCHEMA_V6,
+}  # fmt: skip
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -403,7 +558,7 @@ def _statements(script: str) -> Iterator[str]:
 _COLUMNS = (
     "ts", "task", "path", "provider", "host", "model", "tier", "attempts", "confidence",
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "latency_ms",
-    "cost_usd", "counterfactual_cost_usd", "ok", "error", "call_id",
+    "cost_usd", "counterfactual_cost_usd", "ok", "error", "call_id", "kind",
 )  # fmt: skip
 assert _COLUMNS == tuple(LedgerEntry.model_fields)
 assert LOCAL_PATHS | {"claude", "failed"} == set(get_args(ExecutionPath))
@@ -411,16 +566,32 @@ assert LOCAL_PATHS | {"claude", "failed"} == set(get_args(ExecutionPath))
 _INSERT = """
     INSERT INTO calls (ts, task, path, provider, host, model, tier, attempts, confidence,
                        input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
-                       latency_ms, cost_usd, counterfactual_cost_usd, ok, error, call_id, outcome)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+                       latency_ms, cost_usd, counterfactual_cost_usd, ok, error, call_id, kind, outcome)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 _SELECT_RECENT = """
     SELECT ts, task, path, provider, host, model, tier, attempts, confidence,
            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
-           latency_ms, cost_usd, counterfactual_cost_usd, ok, error, call_id
+           latency_ms, cost_usd, counterfactual_cost_usd, ok, error, call_id, kind
     FROM calls ORDER BY ts DESC, id DESC LIMIT ?"""
 
 _SPEND_BETWEEN = "SELECT total(cost_usd) FROM calls WHERE ts >= ? AND ts < ?"
+
+# Per (model, kind, outcome): answers, those scored, those at or above a confidence hundredth.
+_KIND_FIGURES = """
+    SELECT model, kind, outcome, sum(answers), coalesce(sum(CASE WHEN bucket >= 0 THEN answers END), 0),
+           coalesce(sum(CASE WHEN bucket >= ? THEN answers END), 0)
+    FROM kind_rollup WHERE answers > 0
+    GROUP BY model, kind, outcome ORDER BY sum(answers) DESC, model, kind, outcome"""
+
+_LABEL_COLUMNS = ("ts", "model", "kind", "signals", "label", "source", "claude_model", "agreement")
+assert _LABEL_COLUMNS == tuple(CalibrationLabel.model_fields)
+_SELECT_LABELS = """
+    SELECT ts, model, kind, signals, label, source, claude_model, agreement
+    FROM calibration_labels WHERE model = ? AND kind = ? {labelled} ORDER BY ts, id"""
+_LABEL_COUNTS = """
+    SELECT model, kind, count(*), count(label), coalesce(sum(label), 0)
+    FROM calibration_labels GROUP BY model, kind ORDER BY count(label) DESC, model, kind"""
 _RESERVED = "SELECT total(amount_usd) FROM reservations WHERE expires > ?"
 
 _CALL_TREE_COST = """
@@ -676,6 +847,57 @@ class Ledger:
                 (None if confidence is None else min(1.0, max(0.0, confidence)), path, row_id),
             )
 
+    def kind_figures(self, threshold: float) -> list[KindFigures]:
+        """Each model's answers per task kind, all time, from the running counts (a few rows):
+        how many, how many were scored, and how many reached ``threshold`` (to the hundredth)."""
+        bucket = math.ceil(min(1.0, max(0.0, threshold)) * 100 - 1e-6)
+        with self._connection() as conn:
+            rows = conn.execute(_KIND_FIGURES, (bucket,)).fetchall()
+        return [
+            KindFigures(model=r[0], kind=r[1], outcome=r[2], answers=r[3], scored=r[4], cleared=r[5])
+            for r in rows
+            if r[2] in ("local", "claude")
+        ]
+
+    def add_label(self, label: CalibrationLabel) -> int:
+        """Append one labelled outcome; committed (durably) before this returns. Returns its id."""
+        values = (
+            label.ts,
+            label.model,
+            label.kind,
+            json.dumps(label.signals, sort_keys=True),
+            None if label.label is None else int(label.label),
+            label.source,
+            label.claude_model,
+            None if label.agreement is None else json.dumps(label.agreement, sort_keys=True),
+        )
+        with self._connection() as conn:
+            rowid = conn.execute(
+                "INSERT INTO calibration_labels (ts, model, kind, signals, label, source, claude_model, agreement) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            ).lastrowid
+        assert rowid is not None
+        return rowid
+
+    async def aadd_label(self, label: CalibrationLabel) -> int:
+        """:meth:`add_label` from async code (the commit runs in a worker thread)."""
+        return await anyio.to_thread.run_sync(self.add_label, label)
+
+    def labels(self, model: str, kind: str, *, labelled_only: bool = True) -> list[CalibrationLabel]:
+        """The outcomes recorded for (``model``, ``kind``), oldest first (through the pair's index);
+        only those with a label unless ``labelled_only`` is false."""
+        sql = _SELECT_LABELS.format(labelled="AND label IS NOT NULL" if labelled_only else "")
+        with self._connection() as conn:
+            rows = conn.execute(sql, (model, kind)).fetchall()
+        return [_label_of(row) for row in rows]
+
+    def label_counts(self) -> list[LabelCounts]:
+        """Per (model, kind): outcomes recorded, labelled, and right; most labelled first."""
+        with self._connection() as conn:
+            rows = conn.execute(_LABEL_COUNTS).fetchall()
+        return [LabelCounts(model=r[0], kind=r[1], rows=r[2], labelled=r[3], correct=r[4]) for r in rows]
+
     async def arecord(self, entry: LedgerEntry) -> int:
         """:meth:`record` from async code: the commit (an fsync, ~0.3 ms) runs in a worker thread, so
         the event loop serves other requests meanwhile. Committed when this returns; a cancelled
@@ -901,6 +1123,14 @@ class Ledger:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _label_of(row: tuple[Any, ...]) -> CalibrationLabel:
+    data = dict(zip(_LABEL_COLUMNS, row, strict=True))
+    data["signals"] = json.loads(data["signals"])
+    data["label"] = None if data["label"] is None else bool(data["label"])
+    data["agreement"] = None if data["agreement"] is None else json.loads(data["agreement"])
+    return CalibrationLabel.model_validate(data)
 
 
 def _money(value: float) -> str:

@@ -565,6 +565,11 @@ def test_a_ledger_written_before_the_totals_is_summed_when_opened(tmp_path: Path
         for trigger in ("calls_rollup_insert", "calls_rollup_delete", "calls_rollup_update"):
             raw.execute(f"DROP TRIGGER {trigger}")
         raw.execute("DROP TABLE call_rollup")
+        for trigger in ("calls_kind_insert", "calls_kind_delete", "calls_kind_update_old", "calls_kind_update_new"):
+            raw.execute(f"DROP TRIGGER {trigger}")  # and nothing of version 6
+        raw.execute("DROP TABLE kind_rollup")
+        raw.execute("DROP TABLE calibration_labels")
+        raw.execute("ALTER TABLE calls DROP COLUMN kind")
         raw.execute("UPDATE schema_version SET version = 3")
     with Ledger(path) as reopened:
         assert_same_figures(reopened.summary(now=NOON), expected)

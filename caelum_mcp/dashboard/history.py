@@ -66,7 +66,7 @@ _TREE_ROWS = """
     )
     SELECT ts, task, path, provider, host, model, tier, attempts, confidence,
            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
-           latency_ms, cost_usd, counterfactual_cost_usd, ok, error, call_id
+           latency_ms, cost_usd, counterfactual_cost_usd, ok, error, call_id, kind
     FROM calls WHERE call_id IN (SELECT id FROM tree) ORDER BY ts, id LIMIT ?"""
 
 # Rows added since the last look, per UTC day (days since the epoch: UTC has no DST), outcome and
