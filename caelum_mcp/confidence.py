@@ -19,6 +19,11 @@ with three rules: no signal at all gives S = 0.5 (unknown); a self-reported numb
 0.6, so it can never clear the default threshold (0.75) by itself; and a grounding score below 0.5
 caps C at the grounding score, because an answer that cites things that do not exist is wrong
 however sure the model sounds.
+
+That formula is the *raw* score (``ConfidenceParts.raw_score``). The score a tool reports is the
+calibrated probability that the answer is right, mapped from every raw signal of the answer
+(:class:`Signals`) by :mod:`caelum_mcp.calibration`; ``[router] calibration = false`` reports the raw
+score instead. :class:`Signals` lives here, below the calibration module, so that both can use it.
 """
 
 from __future__ import annotations
@@ -36,8 +41,35 @@ GROUNDING_CAP_BELOW = 0.5
 REPAIRED_VALIDITY = 0.9
 
 
+class Signals(Frozen):
+    """Every raw signal of one answer; all optional except ``valid`` and ``repaired``.
+
+    ``token_*`` and ``entropy`` come from :func:`caelum_mcp.calibration.token_signals`; ``grounding``
+    is the task's own check (0..1); ``agreement`` is the share of ``samples`` temperature samples
+    whose answer equals the first (None: not sampled).
+    """
+
+    valid: bool
+    repaired: bool = False
+    self_reported: float | None = Field(default=None, ge=0, le=1)
+    token_mean: float | None = Field(default=None, ge=0, le=1)
+    token_min: float | None = Field(default=None, ge=0, le=1)
+    token_tail: float | None = Field(default=None, ge=0, le=1)
+    entropy: float | None = Field(default=None, ge=0, le=1)
+    grounding: float | None = Field(default=None, ge=0, le=1)
+    agreement: float | None = Field(default=None, ge=0, le=1)
+    samples: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+
+
 class ConfidenceParts(Frozen):
-    """Every input of the score, and the score."""
+    """Every input of the score, and the score.
+
+    ``score`` is what the router compares with the threshold: the calibrated P(correct) where
+    calibration is on, else ``raw_score``. ``raw_score`` is the fixed-weight formula of this module
+    (None only for parts built before it was kept apart); ``calibration`` names the table entry or
+    prior that mapped the signals (None: not calibrated).
+    """
 
     score: float = Field(ge=0, le=1)
     validity: float = Field(ge=0, le=1)
@@ -46,6 +78,9 @@ class ConfidenceParts(Frozen):
     token_probability: float | None = None
     grounding: float | None = None
     grounding_problems: tuple[str, ...] = ()
+    raw_score: float | None = Field(default=None, ge=0, le=1)
+    signals: Signals | None = None
+    calibration: str | None = None
 
 
 def mean_token_probability(logprobs: Sequence[TokenLogprob] | None) -> float | None:
@@ -97,6 +132,7 @@ def score(
         result = min(result, grounding)
     return ConfidenceParts(
         score=round(result, 4),
+        raw_score=round(result, 4),
         validity=validity,
         repaired=repaired,
         self_reported=self_reported,
@@ -104,3 +140,20 @@ def score(
         grounding=grounding,
         grounding_problems=tuple(grounding_problems),
     )
+
+
+def raw_score(signals: Signals) -> float:
+    """The fixed-weight formula of this module over ``signals`` (the mean token probability is the
+    token part; the other token signals and agreement are the calibrator's alone)."""
+    return score(
+        valid=signals.valid,
+        repaired=signals.repaired,
+        self_reported=signals.self_reported,
+        token_probability=signals.token_mean,
+        grounding=signals.grounding,
+    ).score
+
+
+def clamp_unit(value: float | None) -> float | None:
+    """``value`` clamped into [0, 1]; None for None, NaN or infinity."""
+    return _clamp(value)

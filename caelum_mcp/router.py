@@ -67,7 +67,8 @@ import anyio
 
 from caelum_mcp.answers import parse_answer, self_reported, strip_confidence, task_schema, with_schema_instruction
 from caelum_mcp.backends.base import Backend
-from caelum_mcp.confidence import ConfidenceParts, mean_token_probability, score
+from caelum_mcp.calibration import token_signals
+from caelum_mcp.confidence import ConfidenceParts, Signals, score
 from caelum_mcp.config import Config
 from caelum_mcp.errors import (
     AllHostsFailedError,
@@ -666,6 +667,7 @@ class Router:
             counterfactual=priced,
             attempts=1,
             call_id=run.call_id,
+            kind=run.task.kind.value,
         )
 
     def _record_local_failures(
@@ -715,14 +717,27 @@ class Router:
             except Exception as exc:  # a broken check must not lose the answer
                 log.exception("grounding check of %s failed", task.name)
                 grounding = GroundingResult(score=0.0, problems=(f"grounding check failed: {exc}",))
-        return score(
+        tokens = token_signals(response.logprobs)
+        parts = score(
             valid=error is None,
             repaired=repaired,
             self_reported=self_reported(output),
-            token_probability=mean_token_probability(response.logprobs),
+            token_probability=tokens["token_mean"],
             grounding=grounding.score if grounding else None,
             grounding_problems=grounding.problems if grounding else (),
         )
+        signals = Signals(
+            valid=error is None,
+            repaired=repaired,
+            self_reported=parts.self_reported,
+            grounding=parts.grounding,
+            token_mean=tokens["token_mean"],
+            token_min=tokens["token_min"],
+            token_tail=tokens["token_tail"],
+            entropy=tokens["entropy"],
+            output_tokens=response.usage.output_tokens,
+        )
+        return parts.model_copy(update={"signals": signals})
 
     def _result(
         self, run: _Run, cand: _Candidate, path: FinalPath, reason: str | None, *, timed_out: bool = False

@@ -112,8 +112,16 @@ class Usage(Frozen):
 
 
 class TokenLogprob(Frozen):
+    """One generated token and its log-probability.
+
+    ``top`` holds the log-probabilities of the host's top-k candidates at that position, as the host
+    lists them (they normally include the chosen token); empty when the host gave none. Confidence
+    reads the entropy of that short list (:func:`caelum_mcp.calibration.token_signals`).
+    """
+
     token: str
     logprob: float
+    top: tuple[float, ...] = ()
 
 
 class ChatResponse(Frozen):

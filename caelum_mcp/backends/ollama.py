@@ -53,6 +53,9 @@ from caelum_mcp.types import (
 # Ollama answers 499 "request canceled" only for a request still queued for its scheduler when the
 # caller (in practice a proxy that timed out) gave up: the host was saturated, so treat it as busy.
 _STATUS_REQUEST_CANCELED = 499
+# Top candidates asked per token: confidence reads their entropy (caelum_mcp.calibration); the
+# same five as the OpenAI-compatible backend so both hosts give the signal the same meaning.
+TOP_LOGPROBS = 5
 
 
 class _Wire(BaseModel):
@@ -69,9 +72,14 @@ class _WireMessage(_Wire):
     thinking: str | None = None
 
 
+class _WireTopLogprob(_Wire):
+    logprob: float
+
+
 class _WireLogprob(_Wire):
     token: str
     logprob: float
+    top_logprobs: list[_WireTopLogprob] | None = None
 
 
 class _WireChat(_Wire):
@@ -168,6 +176,8 @@ class OllamaBackend(Backend):
             payload["options"] = options
         if request.logprobs:
             payload["logprobs"] = True
+            # The top candidates per token give confidence its entropy signal (Ollama allows 0..20).
+            payload["top_logprobs"] = TOP_LOGPROBS
         return payload
 
     async def chat(self, request: ChatRequest, *, limit_s: float | None = None) -> ChatResponse:
@@ -353,7 +363,10 @@ def _json_line(line: str, host: str) -> Any:
 def _logprobs(entries: list[_WireLogprob] | None) -> tuple[TokenLogprob, ...] | None:
     if not entries:
         return None
-    return tuple(TokenLogprob(token=e.token, logprob=e.logprob) for e in entries)
+    return tuple(
+        TokenLogprob(token=e.token, logprob=e.logprob, top=tuple(t.logprob for t in e.top_logprobs or ()))
+        for e in entries
+    )
 
 
 def _model_info(model: _WireModel, *, loaded: bool) -> ModelInfo:

@@ -43,8 +43,9 @@ from caelum_mcp.types import (
     size_from_model_name,
 )
 
-# Only the chosen token's probability feeds confidence; one alternative keeps replies small.
-_TOP_LOGPROBS = 1
+# Confidence reads the entropy over each position's top candidates (caelum_mcp.calibration); five
+# separate a confident token from a coin toss while keeping replies small (~100 bytes a token).
+TOP_LOGPROBS = 5
 
 
 # wire shapes (only the fields we read; servers add many more) -------------------------------
@@ -57,9 +58,14 @@ class _Wire(BaseModel):
 _W = TypeVar("_W", bound=_Wire)
 
 
+class _WireTopLogprob(_Wire):
+    logprob: float
+
+
 class _WireLogprob(_Wire):
     token: str
     logprob: float
+    top_logprobs: list[_WireTopLogprob] | None = None
 
 
 class _WireLogprobs(_Wire):
@@ -143,7 +149,10 @@ def _usage(wire: _WireUsage | None) -> Usage:
 def _logprobs(wire: _WireLogprobs | None) -> list[TokenLogprob]:
     if wire is None or not wire.content:
         return []
-    return [TokenLogprob(token=lp.token, logprob=lp.logprob) for lp in wire.content]
+    return [
+        TokenLogprob(token=lp.token, logprob=lp.logprob, top=tuple(t.logprob for t in lp.top_logprobs or ()))
+        for lp in wire.content
+    ]
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -203,7 +212,7 @@ class OpenAIBackend(Backend):
             }
         if request.logprobs:
             body["logprobs"] = True
-            body["top_logprobs"] = _TOP_LOGPROBS
+            body["top_logprobs"] = TOP_LOGPROBS
         if request.max_tokens is not None:
             body["max_tokens"] = request.max_tokens
         if request.temperature is not None:

@@ -57,14 +57,19 @@ DEFAULT_REPLY = '{"answer": "ok"}'
 class ScriptedReply:
     """One scripted answer.
 
-    ``logprob`` is given to every output token (None: the host returns no logprobs); ``usage``
-    replaces the computed token counts; ``delay_s`` is slept (cancellably) before answering, spread
-    over the chunks when streamed.
+    ``logprob`` is given to every output token (None: the host returns no logprobs);
+    ``token_logprobs`` instead gives the tokens one each, in order (the last repeats when the reply
+    has more tokens), for a reply whose weakest token matters; ``top`` is every token's top-k
+    candidate logprobs (:attr:`~caelum_mcp.types.TokenLogprob.top`). ``usage`` replaces the computed
+    token counts; ``delay_s`` is slept (cancellably) before answering, spread over the chunks when
+    streamed.
     """
 
     content: str
     delay_s: float = 0.0
     logprob: float | None = None
+    token_logprobs: tuple[float, ...] | None = None
+    top: tuple[float, ...] = ()
     finish_reason: str = "stop"
     usage: Usage | None = None
 
@@ -155,9 +160,13 @@ class ScriptedBackend(Backend):
 
     def _response(self, request: ChatRequest, reply: ScriptedReply) -> ChatResponse:
         logprobs = None
-        if request.logprobs and reply.logprob is not None:
+        if request.logprobs and (reply.token_logprobs or reply.logprob is not None):
             tokens = _pieces(reply.content, CHARS_PER_TOKEN)
-            logprobs = tuple(TokenLogprob(token=t, logprob=reply.logprob) for t in tokens)
+            given = reply.token_logprobs or (reply.logprob or 0.0,)
+            logprobs = tuple(
+                TokenLogprob(token=t, logprob=given[min(i, len(given) - 1)], top=reply.top)
+                for i, t in enumerate(tokens)
+            )
         usage = reply.usage or Usage(
             input_tokens=_input_tokens(m.content for m in request.messages),
             output_tokens=_output_tokens(reply.content),

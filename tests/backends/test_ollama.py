@@ -14,7 +14,7 @@ import pytest
 from fakes.ollama_server import DEFAULT_SENTENCE, FakeOllama
 
 from caelum_mcp.backends.base import BACKENDS
-from caelum_mcp.backends.ollama import OllamaBackend
+from caelum_mcp.backends.ollama import TOP_LOGPROBS, OllamaBackend
 from caelum_mcp.errors import (
     BackendError,
     BadRequestError,
@@ -177,9 +177,44 @@ async def test_logprobs_are_requested_and_mapped(wired: Any) -> None:
     backend, wire = wired({"/api/chat": reply("chat_logprobs.json")})
     answer = await backend.chat(ask(logprobs=True))
     assert wire.body()["logprobs"] is True
+    assert wire.body()["top_logprobs"] == TOP_LOGPROBS  # the entropy signal needs the alternatives
     assert answer.logprobs == (
-        TokenLogprob(token="Paris", logprob=-0.0004729),
-        TokenLogprob(token=".", logprob=-0.1187),
+        TokenLogprob(token="Paris", logprob=-0.0004729, top=(-0.0004729, -7.8221)),
+        TokenLogprob(token=".", logprob=-0.1187, top=(-0.1187, -2.1906)),
+    )
+
+
+async def test_streamed_logprobs_keep_their_top_candidates(wired: Any) -> None:
+    lines = [
+        {
+            "model": "m",
+            "message": {"role": "assistant", "content": "Hi"},
+            "done": False,
+            "logprobs": [
+                {
+                    "token": "Hi",
+                    "logprob": -0.5,
+                    "top_logprobs": [{"token": "Hi", "logprob": -0.5}, {"token": "Yo", "logprob": -1.2}],
+                }
+            ],
+        },
+        {
+            "model": "m",
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": "stop",
+            "logprobs": [{"token": "", "logprob": -0.1}],
+        },
+    ]
+    body = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    stream = httpx2.Response(200, content=body, headers={"content-type": "application/x-ndjson"})
+    backend, wire = wired({"/api/chat": stream})
+    chunks = await collect(backend, ask(logprobs=True))
+    final = chunks[-1].response
+    assert wire.body()["top_logprobs"] == TOP_LOGPROBS
+    assert final is not None and final.logprobs == (
+        TokenLogprob(token="Hi", logprob=-0.5, top=(-0.5, -1.2)),
+        TokenLogprob(token="", logprob=-0.1),
     )
 
 

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 from caelum_mcp.backends.base import BACKENDS
-from caelum_mcp.backends.openai import OpenAIBackend
+from caelum_mcp.backends.openai import TOP_LOGPROBS, OpenAIBackend
 from caelum_mcp.errors import (
     HostConnectError,
     HostOverloadedError,
@@ -20,7 +20,7 @@ from caelum_mcp.errors import (
     ModelNotFoundError,
     StreamInterruptedError,
 )
-from caelum_mcp.types import ChatRequest, EmbedRequest, StreamChunk
+from caelum_mcp.types import ChatRequest, EmbedRequest, StreamChunk, TokenLogprob
 
 MODEL = "smollm2"  # llama.cpp serves one model and ignores the name
 
@@ -88,6 +88,8 @@ async def test_logprobs_are_returned_per_token(llama_url: str, http: httpx2.Asyn
     assert len(response.logprobs) == response.usage.output_tokens
     assert all(lp.logprob <= 0 for lp in response.logprobs)
     assert all(lp.token for lp in response.logprobs)
+    # llama.cpp lists the top candidates per token; confidence reads their entropy
+    assert all(len(lp.top) == TOP_LOGPROBS and max(lp.top) <= 0 for lp in response.logprobs)
 
 
 @pytest.mark.slow
@@ -170,7 +172,7 @@ async def test_request_body_carries_schema_logprobs_and_stop() -> None:
         "type": "json_schema",
         "json_schema": {"name": "output", "schema": schema, "strict": True},
     }
-    assert body["logprobs"] is True and body["top_logprobs"] == 1
+    assert body["logprobs"] is True and body["top_logprobs"] == TOP_LOGPROBS
     assert body["stop"] == ["\n\n"] and body["max_tokens"] == 16 and body["stream"] is False
     assert response.thinking == "hmm"
     assert response.logprobs == ()  # asked for, none sent
@@ -302,7 +304,8 @@ async def test_stream_error_status_before_first_chunk_is_mapped() -> None:
 
 async def test_stream_aggregates_usage_and_logprobs() -> None:
     seen: list[dict[str, object]] = []
-    lp = {"content": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105], "top_logprobs": []}]}
+    top = [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105]}, {"token": "Yo", "logprob": -1.5, "bytes": [89, 111]}]
+    lp = {"content": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105], "top_logprobs": top}]}
     events = sse(
         {"model": "m", "choices": [{"index": 0, "delta": {"content": "Hi"}, "logprobs": lp}]},
         {"model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
@@ -319,7 +322,27 @@ async def test_stream_aggregates_usage_and_logprobs() -> None:
     final = chunks[-1].response
     assert final is not None and final.content == "Hi" and final.finish_reason == "stop"
     assert final.usage.input_tokens == 9 and final.usage.output_tokens == 1
-    assert final.logprobs is not None and [x.logprob for x in final.logprobs] == [-0.5]
+    assert final.logprobs == (TokenLogprob(token="Hi", logprob=-0.5, top=(-0.5, -1.5)),)
+
+
+async def test_top_logprobs_are_kept_per_token() -> None:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        entries = [
+            {
+                "token": "A",
+                "logprob": -0.1,
+                "top_logprobs": [{"token": "A", "logprob": -0.1}, {"token": "B", "logprob": -2.4}],
+            },
+            {"token": "!", "logprob": -0.3},  # a server may leave the list out
+        ]
+        choice = {"index": 0, "finish_reason": "stop", "message": {"content": "A!"}, "logprobs": {"content": entries}}
+        return httpx2.Response(200, json={"model": "m", "choices": [choice]})
+
+    response = await mock_backend(handler).chat(ask("x", logprobs=True))
+    assert response.logprobs == (
+        TokenLogprob(token="A", logprob=-0.1, top=(-0.1, -2.4)),
+        TokenLogprob(token="!", logprob=-0.3),
+    )
 
 
 async def test_health_falls_back_to_models_without_health_endpoint() -> None:

@@ -110,6 +110,18 @@ async def test_logprobs_only_when_requested_and_scripted() -> None:
     assert (await backend.chat(ask(logprobs=True))).logprobs is None  # requested, not scripted
 
 
+async def test_per_token_logprobs_and_top_candidates_can_be_scripted() -> None:
+    reply = ScriptedReply("abcdefghij", token_logprobs=(-0.1, -2.0), top=(-0.1, -2.5))
+    response = await ScriptedBackend(MODELS, [reply]).chat(ask(logprobs=True))
+    assert response.logprobs is not None
+    # the last scripted logprob repeats for the tokens beyond the list
+    assert [(t.token, t.logprob, t.top) for t in response.logprobs] == [
+        ("abcd", -0.1, (-0.1, -2.5)),
+        ("efgh", -2.0, (-0.1, -2.5)),
+        ("ij", -2.0, (-0.1, -2.5)),
+    ]
+
+
 async def test_scripted_exceptions_are_raised_each_time() -> None:
     busy = HostOverloadedError("busy", host="box", status=503)
     backend = ScriptedBackend(MODELS, [busy, HostTimeoutError("slow", host="box"), "fine"])
