@@ -1,0 +1,419 @@
+"""Build the gate's labelled task files (``tasks/<source>.jsonl``) from public sources.
+
+Run once per source when it is added; the output is committed and never rebuilt over committed rows
+(recordings are keyed by task id). Every selection rule here is applied to the whole source before
+the split, so nothing is chosen by looking at the test split, and every gold label comes from the
+source itself (or from executing a gold query over the source's own database).
+
+    .venv/bin/python bench/data/gate/build_tasks.py gsm8k quixbugs_py loghub_triage loghub_fields
+
+Sources are read from local copies: the public GitHub snapshots that the session's ``fetch`` tool
+brought to ``/work/.mirror/<owner>+<name>/repo`` (a bare git directory; read with ``git show``) and
+the Loghub 2k sample at ``../shared/data/loghub-2k``. SOURCES.md records URL, commit and licence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import difflib
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TASKS = HERE / "tasks"
+MIRROR = Path("/work/.mirror")
+LOGHUB = HERE.parents[2].parent / "shared" / "data" / "loghub-2k"
+PROMPT_CHARS = 900  # system + prompt: ~250 tokens on the pinned model's ~22 prompt tokens/s
+
+
+def split_of(group: str) -> str:
+    """dev or test from a hash of the group (used only until :func:`balance_splits` runs)."""
+    return "dev" if hashlib.sha256(group.encode()).digest()[0] % 2 == 0 else "test"
+
+
+def balance_splits(rows: list[dict[str, Any]]) -> None:
+    """Give whole groups to dev or test, in the order of their hashes, each to the split with fewer tasks.
+
+    A source with few large groups (a log system's segments) splits near 50/50 this way, where a
+    plain hash parity can give 30/70; the order depends only on the group names, never on answers.
+    Rows whose builder fixed the split (a kind split by source) are left alone."""
+    sizes: dict[str, int] = {}
+    for row in rows:
+        if row.get("_hash_split"):
+            sizes[row["group"]] = sizes.get(row["group"], 0) + 1
+    counts = {"dev": 0, "test": 0}
+    chosen: dict[str, str] = {}
+    for group in sorted(sizes, key=lambda g: hashlib.sha256(g.encode()).hexdigest()):
+        split = "dev" if counts["dev"] <= counts["test"] else "test"
+        chosen[group] = split
+        counts[split] += sizes[group]
+    for row in rows:
+        if row.pop("_hash_split", False):
+            row["split"] = chosen[row["group"]]
+
+
+def git_show(repo: str, commit: str, path: str) -> str:
+    git_dir = MIRROR / repo / "repo"
+    return subprocess.run(
+        ["git", "-C", str(git_dir), "show", f"{commit}:{path}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+
+
+def obj(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+def task(
+    source: str,
+    n: int,
+    *,
+    group: str,
+    kind: str,
+    prompt: str,
+    schema: dict[str, Any],
+    gold: dict[str, Any],
+    grader: str,
+    verifier: dict[str, Any] | None,
+    max_tokens: int,
+    system: str | None = None,
+    split: str | None = None,
+) -> dict[str, Any]:
+    size = len(prompt) + len(system or "")
+    if size > PROMPT_CHARS:
+        raise ValueError(f"{source}/{n}: system + prompt is {size} characters (limit {PROMPT_CHARS})")
+    return {
+        "id": f"{source}/{n}",
+        "source": source,
+        "group": group,
+        "split": split or split_of(group),
+        "_hash_split": split is None,
+        "kind": kind,
+        "system": system,
+        "prompt": prompt,
+        "schema": schema,
+        "gold": gold,
+        "grader": grader,
+        "verifier": verifier,
+        "max_tokens": max_tokens,
+    }
+
+
+# --- general: GSM8K test (openai/grade-school-math, MIT) --------------------------------------
+
+GSM8K_COMMIT = "3101c7d5072418e28b9008a6636bde82a006892c"
+
+
+def build_gsm8k() -> Iterator[dict[str, Any]]:
+    """Every 10th test problem of at most 320 characters, the first 60 of them; gold = the ``####`` number."""
+    text = git_show("openai+grade-school-math", GSM8K_COMMIT, "grade_school_math/data/test.jsonl")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    n = 0
+    for index, row in enumerate(rows):
+        if index % 10 or len(row["question"]) > 320:
+            continue
+        answer = row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
+        prompt = f"{row['question']}\n\nWork it out and put only the final number in `answer`."
+        yield task(
+            "gsm8k",
+            n,
+            group=f"gsm8k:test:{index}",
+            kind="general",
+            prompt=prompt,
+            schema=obj({"answer": {"type": "number", "description": "the final number, no units"}}),
+            gold={"answer": float(answer)},
+            grader="number",
+            verifier=None,
+            max_tokens=64,
+        )
+        n += 1
+        if n == 60:
+            return
+
+
+# --- review: QuixBugs (jkoppel/QuixBugs, MIT) -------------------------------------------------
+
+QUIXBUGS_COMMIT = "4257f44b0ff1181dedaedee6a447e133219fcebf"
+
+
+def _code_part(source: str) -> list[str]:
+    """The program's lines before its trailing docstring, blank lines at either end removed."""
+    code = source.split('\n"""', 1)[0].split("\n'''", 1)[0]
+    lines = code.splitlines()
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
+def _purpose(source: str) -> str:
+    """The docstring's first non-empty line (the program's title) and its Output section, one line."""
+    if '"""' not in source:
+        return ""
+    doc = source.split('"""', 2)[1]
+    lines = [line.strip() for line in doc.splitlines()]
+    title = next((line for line in lines if line), "")
+    output = ""
+    if "Output:" in lines:
+        after = lines[lines.index("Output:") + 1 :]
+        taken = []
+        for line in after:
+            if not line or line.endswith(":"):
+                break
+            taken.append(line)
+        output = " ".join(taken)
+    return f"{title}. Output: {output}" if output else title
+
+
+def _one_line_fix(buggy: list[str], fixed: list[str]) -> int | None:
+    """1-based line of the buggy program that the fix replaces, when the fix replaces exactly one line.
+
+    Comment-only and blank lines of the corrected program are ignored (QuixBugs' corrections keep
+    commented-out alternatives)."""
+    fixed_code = [line for line in fixed if line.strip() and not line.strip().startswith("#")]
+    kept = [(i, line) for i, line in enumerate(buggy) if line.strip() and not line.strip().startswith("#")]
+    matcher = difflib.SequenceMatcher(a=[line for _, line in kept], b=fixed_code, autojunk=False)
+    changes = [op for op in matcher.get_opcodes() if op[0] != "equal"]
+    if len(changes) != 1:
+        return None
+    tag, a0, a1, b0, b1 = changes[0]
+    if tag != "replace" or a1 - a0 != 1 or b1 - b0 != 1:
+        return None
+    return kept[a0][0] + 1
+
+
+def build_quixbugs_py() -> Iterator[dict[str, Any]]:
+    """Python programs whose fix replaces one line; gold = that line's number in the numbered listing."""
+    names = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(MIRROR / "jkoppel+QuixBugs" / "repo"),
+            "ls-tree",
+            "--name-only",
+            QUIXBUGS_COMMIT,
+            "python_programs/",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    n = 0
+    for path in sorted(names):
+        name = Path(path).name
+        if name.endswith("_test.py") or name == "node.py" or not name.endswith(".py"):
+            continue
+        buggy_source = git_show("jkoppel+QuixBugs", QUIXBUGS_COMMIT, path)
+        try:
+            fixed_source = git_show("jkoppel+QuixBugs", QUIXBUGS_COMMIT, f"correct_python_programs/{name}")
+        except subprocess.CalledProcessError:
+            continue
+        buggy = _code_part(buggy_source)
+        line = _one_line_fix(buggy, _code_part(fixed_source))
+        if line is None:
+            continue
+        purpose = _purpose(buggy_source)
+        numbered = "\n".join(f"{i + 1:>2} {text}" for i, text in enumerate(buggy))
+        prompt = (
+            f"Code review: this Python function has exactly one buggy line. Intended behaviour: {purpose}\n\n"
+            f"{numbered}\n\nWhich line number is wrong? Give it in `line` and the corrected line in `fix`."
+        )
+        if len(prompt) > PROMPT_CHARS:
+            continue
+        yield task(
+            "quixbugs_py",
+            n,
+            group=f"quixbugs:{name.removesuffix('.py')}",
+            kind="review",
+            prompt=prompt,
+            schema=obj(
+                {
+                    "line": {"type": "integer", "description": "the buggy line's number"},
+                    "fix": {"type": "string", "description": "the corrected line"},
+                }
+            ),
+            gold={"line": line},
+            grader="line",
+            verifier={"type": "line_in_listing", "lines": len(buggy)},
+            max_tokens=96,
+        )
+        n += 1
+
+
+# --- triage and extraction: Loghub 2k samples (logpai/loghub) ---------------------------------
+
+SEGMENT = 250  # lines per group: a window never spans two groups, and a group is in one split only
+TRIAGE_WINDOW = 6
+LINE_CHARS = 112
+TRIAGE_SYSTEMS: dict[str, tuple[set[str], set[str]]] = {
+    # system: (severities that mark the failing line, severities the other lines may have)
+    "Hadoop": ({"ERROR", "FATAL"}, {"INFO", "WARN"}),
+    "Zookeeper": ({"ERROR"}, {"INFO", "WARN"}),
+    "HDFS": ({"WARN"}, {"INFO"}),
+}
+
+
+def _loghub(system: str) -> tuple[list[str], list[dict[str, str]]]:
+    raw = (LOGHUB / system / f"{system}_2k.log").read_text(encoding="utf-8", errors="replace").splitlines()
+    with (LOGHUB / system / f"{system}_2k.log_structured.csv").open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if len(raw) != len(rows):
+        raise ValueError(f"{system}: {len(raw)} raw lines against {len(rows)} structured rows")
+    return raw, rows
+
+
+def _clip(line: str, component: str) -> str:
+    """The line cut to LINE_CHARS, but never inside its component (the answer must be readable)."""
+    end = line.find(component)
+    keep = max(LINE_CHARS, end + len(component) + 8) if end >= 0 else LINE_CHARS
+    return line[:keep]
+
+
+def build_loghub_triage() -> Iterator[dict[str, Any]]:
+    """Windows of 6 consecutive lines with exactly one line at the failing severity.
+
+    Gold (from Loghub's structured CSV): that line's number in the excerpt and its component."""
+    n = 0
+    for system, (failing, others) in TRIAGE_SYSTEMS.items():
+        raw, rows = _loghub(system)
+        taken_until = -1
+        windows = 0
+        for hit in range(len(rows)):
+            if rows[hit]["Level"] not in failing:
+                continue
+            # The failing line's place in the window varies with its line number, so "line 3" is no rule.
+            offsets = [(hit * 5 + k) % TRIAGE_WINDOW for k in range(TRIAGE_WINDOW)]
+            found = None
+            for offset in offsets:
+                start = hit - offset
+                if start <= taken_until or start < 0 or start + TRIAGE_WINDOW > len(rows):
+                    continue
+                if start // SEGMENT != (start + TRIAGE_WINDOW - 1) // SEGMENT:
+                    continue
+                levels = [row["Level"] for row in rows[start : start + TRIAGE_WINDOW]]
+                if sum(level in failing for level in levels) == 1 and all(lv in failing | others for lv in levels):
+                    found = start
+                    break
+            if found is None:
+                continue
+            start = found
+            window = rows[start : start + TRIAGE_WINDOW]
+            hits = [hit - start]
+            taken_until = start + TRIAGE_WINDOW - 1
+            excerpt = "\n".join(
+                f"{i + 1}: {_clip(line, row['Component'])}"
+                for i, (line, row) in enumerate(zip(raw[start : start + TRIAGE_WINDOW], window, strict=True))
+            )
+            prompt = (
+                f"Our {system} service misbehaved. Log excerpt:\n{excerpt}\n\n"
+                "Which line (1-6) reports the failure, and which component logged it?"
+            )
+            if len(prompt) > PROMPT_CHARS:
+                continue
+            windows += 1
+            if system == "Hadoop" and windows % 3:
+                continue  # its ERROR lines come in runs: every third window keeps it from crowding out the rest
+            yield task(
+                "loghub_triage",
+                n,
+                group=f"loghub_triage:{system}:{start // SEGMENT}",
+                kind="triage",
+                prompt=prompt,
+                schema=obj(
+                    {
+                        "line": {"type": "integer", "description": "the line number in the excerpt (1-6)"},
+                        "component": {"type": "string", "description": "the logger/class that wrote it"},
+                    }
+                ),
+                gold={"line": hits[0] + 1, "component": window[hits[0]]["Component"]},
+                grader="triage_line_component",
+                verifier={"type": "triage_line_component", "lines": TRIAGE_WINDOW},
+                max_tokens=64,
+            )
+            n += 1
+
+
+FIELD_SYSTEMS: dict[str, dict[str, str]] = {
+    # system: {answer field: structured CSV column}
+    "Hadoop": {"date": "Date", "time": "Time", "level": "Level", "component": "Component"},
+    "HDFS": {"date": "Date", "time": "Time", "pid": "Pid", "level": "Level", "component": "Component"},
+    "Spark": {"date": "Date", "time": "Time", "level": "Level", "component": "Component"},
+    "Linux": {"month": "Month", "day": "Date", "time": "Time", "component": "Component", "pid": "PID"},
+    "OpenSSH": {"month": "Date", "day": "Day", "time": "Time", "pid": "Pid"},
+}
+FIELDS_PER_SYSTEM = 12
+
+
+def build_loghub_fields() -> Iterator[dict[str, Any]]:
+    """One raw line per 160 lines of each system (12 a system); gold = Loghub's parsed fields."""
+    n = 0
+    for system, fields in FIELD_SYSTEMS.items():
+        raw, rows = _loghub(system)
+        step = len(rows) // FIELDS_PER_SYSTEM
+        for index in range(step // 2, len(rows), step)[:FIELDS_PER_SYSTEM]:
+            row = rows[index]
+            gold = {field: row[column] for field, column in fields.items()}
+            if not all(value.strip() for value in gold.values()):
+                continue
+            line = raw[index][:300]
+            names = ", ".join(fields)
+            prompt = (
+                f"Parse this {system} log line into fields ({names}); copy each value exactly as written.\n\n{line}"
+            )
+            yield task(
+                "loghub_fields",
+                n,
+                group=f"loghub_fields:{system}:{index // SEGMENT}",
+                kind="extraction",
+                prompt=prompt,
+                schema=obj({field: {"type": "string"} for field in fields}),
+                gold=gold,
+                grader="fields",
+                verifier={"type": "values_in_prompt"},
+                max_tokens=96,
+            )
+            n += 1
+
+
+BUILDERS: dict[str, Callable[[], Iterator[dict[str, Any]]]] = {
+    "gsm8k": build_gsm8k,
+    "quixbugs_py": build_quixbugs_py,
+    "loghub_triage": build_loghub_triage,
+    "loghub_fields": build_loghub_fields,
+}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sources", nargs="+", choices=sorted(BUILDERS))
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite a source file that exists (never once committed)"
+    )
+    args = parser.parse_args(argv)
+    TASKS.mkdir(parents=True, exist_ok=True)
+    for source in args.sources:
+        path = TASKS / f"{source}.jsonl"
+        if path.exists() and not args.force:
+            print(f"{path} exists: committed tasks are never rebuilt (--force only before the first commit)")
+            continue
+        rows = list(BUILDERS[source]())
+        balance_splits(rows)
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        splits = {s: sum(row["split"] == s for row in rows) for s in ("dev", "test")}
+        print(f"{source}: {len(rows)} tasks {splits}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

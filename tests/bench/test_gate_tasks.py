@@ -1,0 +1,169 @@
+"""The gate's labelled task set (bench/data/gate): every task loads and is well formed, graders accept
+the gold and reject wrong answers, verifiers run, and no group is in both splits."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import jsonschema
+import pytest
+
+from caelum_mcp.llm import GroundingResult
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gate_tasks", ROOT / "bench" / "gate_tasks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gate_tasks"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+gt = _load_module()
+TASKS = gt.load_tasks()
+BY_ID = {task.id: task for task in TASKS}
+
+
+def wrong_output(task: Any) -> dict[str, Any]:
+    """An answer that is wrong in the way a model goes wrong: off by one, another label, a near span."""
+    gold = gt.gold_output(task)
+    if task.grader == "number":
+        return {key: value + 1 for key, value in gold.items()}
+    if task.grader in ("line", "triage_line_component"):
+        return {**gold, "line": gold["line"] % task.verifier["lines"] + 1}
+    if task.grader == "fields":
+        key = next(iter(gold))
+        return {**gold, key: gold[key] + "0"}
+    if task.grader == "label":
+        other = next(label for label in task.verifier["labels"] if gt.norm_text(label) != gt.norm_text(gold["label"]))
+        return {"label": other}
+    if task.grader == "span":
+        return {"answer": "none of the above"}
+    if task.grader == "sql":
+        return {"sql": "SELECT 1 WHERE 0"}
+    raise AssertionError(f"no wrong answer for grader {task.grader}")
+
+
+def test_the_set_is_big_and_varied_enough() -> None:
+    kinds = Counter(task.kind.value for task in TASKS)
+    assert len(TASKS) >= 100
+    assert len(kinds) >= 4, kinds
+    for kind, count in kinds.items():
+        splits = Counter(task.split for task in TASKS if task.kind.value == kind)
+        # about half of every kind on each side, so each kind can be fitted on dev and scored on test
+        assert min(splits["dev"], splits["test"]) >= 0.3 * count, (kind, splits)
+
+
+@pytest.mark.parametrize("task_id", sorted(BY_ID))
+def test_task_is_well_formed_and_graded_fairly(task_id: str) -> None:
+    task = BY_ID[task_id]
+    gold = gt.gold_output(task)
+    jsonschema.validate(gold, task.schema)
+    assert "confidence" not in task.schema["properties"]
+    assert gt.grade(task, gold), "the gold answer must grade as right"
+    assert not gt.grade(task, wrong_output(task)), "a wrong answer must grade as wrong"
+    assert not gt.grade(task, {}), "an empty answer must grade as wrong"
+    assert not gt.grade(task, None)
+    check = gt.grounding_check(task)
+    if check is not None:
+        assert check(gold).score == 1.0, check(gold).problems
+        assert isinstance(check({}), GroundingResult)
+        assert check({}).score < 1.0
+
+
+def test_no_group_is_in_both_splits_and_ids_are_unique() -> None:
+    splits: dict[str, set[str]] = {}
+    for task in TASKS:
+        splits.setdefault(task.group, set()).add(task.split)
+    assert all(len(s) == 1 for s in splits.values())
+    assert len(BY_ID) == len(TASKS)
+
+
+def test_prompts_fit_the_cpu_budget() -> None:
+    for task in TASKS:
+        assert len(task.prompt) + len(task.system or "") <= 900, task.id
+        assert task.max_tokens <= 96, task.id
+
+
+def test_loader_rejects_a_malformed_row_with_what_to_fix(tmp_path: Path) -> None:
+    row = json.loads((gt.TASKS_DIR / "gsm8k.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    cases = {
+        "kind": ({**row, "kind": "poetry"}, "kind 'poetry'"),
+        "confidence": (
+            {**row, "schema": {**row["schema"], "properties": {**row["schema"]["properties"], "confidence": {}}}},
+            "confidence",
+        ),
+        "long": ({**row, "prompt": "x" * 901}, "901 characters"),
+        "split": ({**row, "split": "train"}, "dev or test"),
+        "field": ({k: v for k, v in row.items() if k != "gold"}, re.escape("missing ['gold']")),
+    }
+    for name, (bad, message) in cases.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "gsm8k.jsonl").write_text(json.dumps(bad) + "\n", encoding="utf-8")
+        with pytest.raises(gt.TaskError, match=message):
+            gt.load_tasks(directory)
+
+
+def test_loader_rejects_a_group_in_both_splits(tmp_path: Path) -> None:
+    row = json.loads((gt.TASKS_DIR / "gsm8k.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    twin = {**row, "id": "gsm8k/999", "split": "test" if row["split"] == "dev" else "dev"}
+    (tmp_path / "gsm8k.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(twin) + "\n", encoding="utf-8")
+    with pytest.raises(gt.TaskError, match="in both splits"):
+        gt.load_tasks(tmp_path)
+
+
+def test_graders_are_fair_to_json_answers() -> None:
+    number = next(task for task in TASKS if task.grader == "number")
+    value = number.gold["answer"]
+    assert gt.grade(number, {"answer": str(int(value)) if value == int(value) else str(value)})
+    assert gt.grade(number, {"answer": value + 1e-9})
+    fields = next(task for task in TASKS if task.grader == "fields")
+    shouted = {key: f"  {str(value).upper()} " for key, value in fields.gold.items()}
+    assert gt.grade(fields, shouted)
+    triage = next(task for task in TASKS if task.grader == "triage_line_component" and "." in task.gold["component"])
+    short = triage.gold["component"].rsplit(".", 1)[1]
+    assert gt.grade(triage, {"line": str(triage.gold["line"]), "component": short})
+    assert not gt.grade(triage, {"line": triage.gold["line"], "component": "SomethingElse"})
+
+
+def test_verifiers_use_only_the_prompt() -> None:
+    triage = next(task for task in TASKS if task.grader == "triage_line_component")
+    check = gt.grounding_check(triage)
+    assert check is not None
+    other_line = triage.gold["line"] % 6 + 1
+    # the gold component is on the gold line; a line that exists but does not name it half-grounds
+    named_elsewhere = (
+        gt.last_segment(triage.gold["component"]) in gt._excerpt_lines(triage.prompt)[other_line].casefold()
+    )
+    result = check({"line": other_line, "component": triage.gold["component"]})
+    assert result.score == (1.0 if named_elsewhere else 0.5)
+    assert check({"line": 7, "component": triage.gold["component"]}).score == 0.0
+    extraction = next(task for task in TASKS if task.grader == "fields")
+    check = gt.grounding_check(extraction)
+    assert check is not None
+    invented = {key: "zzqx" for key in extraction.schema["properties"]}
+    assert check(invented).score == 0.0
+    review = next(task for task in TASKS if task.grader == "line")
+    check = gt.grounding_check(review)
+    assert check is not None
+    assert check({"line": 999}).score == 0.0
+
+
+def test_result_sets_compare_as_multisets_unless_ordered() -> None:
+    want = [(1, "Rock"), (2, "Jazz")]
+    assert gt.result_sets_equal([(2, "jazz"), (1.0, "ROCK")], want, ordered=False)
+    assert not gt.result_sets_equal([(2, "jazz"), (1.0, "ROCK")], want, ordered=True)
+    assert gt.result_sets_equal([(9, 1, "Rock"), (9, 2, "Jazz")], want, ordered=True)
+    assert not gt.result_sets_equal([(1, "Rock")], want, ordered=False)
+    assert not gt.result_sets_equal([(1, "Rock"), (1, "Rock")], want, ordered=False)
