@@ -386,11 +386,114 @@ def build_loghub_fields() -> Iterator[dict[str, Any]]:
             n += 1
 
 
+# --- classification: banking77 (dev) and CLINC150 (test), split by source ---------------------
+
+BANKING77_COMMIT = "57ec275d8078af65b7731c2a98be812d844a6d6b"
+CLINC_COMMIT = "828f8093932c8fe6ca7936c3d2e52903b1c523de"
+CHOICES = 6
+PER_INTENT_SOURCE = 32
+
+
+def _choices(gold: str, labels: list[str], key: str) -> list[str]:
+    """The gold label and CHOICES - 1 others, picked and ordered by a hash of the utterance."""
+
+    def rank(label: str) -> str:
+        return hashlib.sha256(f"{key}|{label}".encode()).hexdigest()
+
+    others = sorted((label for label in labels if label != gold), key=rank)[: CHOICES - 1]
+    return sorted([gold, *others], key=rank)
+
+
+def _intent_tasks(source: str, rows: list[tuple[str, str]], split: str, what: str) -> Iterator[dict[str, Any]]:
+    labels = sorted({label for _, label in rows})
+    step = len(rows) // PER_INTENT_SOURCE
+    for n, index in enumerate(range(step // 2, len(rows), step)):
+        if n == PER_INTENT_SOURCE:
+            return
+        text, gold = rows[index]
+        choices = _choices(gold, labels, text)
+        prompt = (
+            f'{what}: "{text.strip()}"\n\nWhich intent is this? Answer with exactly one label from: '
+            + ", ".join(choices)
+            + "."
+        )
+        yield task(
+            source,
+            n,
+            group=f"{source}:{gold}",
+            kind="classification",
+            prompt=prompt,
+            schema=obj({"label": {"type": "string", "enum": choices}}),
+            gold={"label": gold},
+            grader="label",
+            verifier={"type": "label_allowed", "labels": choices},
+            max_tokens=32,
+            split=split,
+        )
+
+
+def build_banking77() -> Iterator[dict[str, Any]]:
+    """32 test utterances evenly spaced over the file (it is sorted by intent); dev by source."""
+    text = git_show("PolyAI-LDN+task-specific-datasets", BANKING77_COMMIT, "banking_data/test.csv")
+    rows = [(row["text"], row["category"]) for row in csv.DictReader(text.splitlines())]
+    yield from _intent_tasks("banking77", rows, "dev", "A customer wrote to our bank's support")
+
+
+def build_clinc150() -> Iterator[dict[str, Any]]:
+    """32 in-scope test utterances evenly spaced over the file (sorted by intent); test by source."""
+    data = json.loads(git_show("clinc+oos-eval", CLINC_COMMIT, "data/data_full.json"))
+    rows = [(text, label) for text, label in data["test"]]
+    yield from _intent_tasks("clinc150", rows, "test", "A user said to our voice assistant")
+
+
+# --- qa: SQuAD 2.0 dev sample (via deepset-ai/haystack's test data) ---------------------------
+
+HAYSTACK_COMMIT = "3ffdb0a9a3a11d581401415e58bf04b29d888ecd"
+PASSAGE_CHARS = 600
+QUESTIONS_PER_PASSAGE = 2
+
+
+def build_squad() -> Iterator[dict[str, Any]]:
+    """Answerable questions (the first two) of every passage of at most 600 characters.
+
+    Gold = every crowd answer of the question; group = the passage (the sample has two articles)."""
+    data = json.loads(git_show("deepset-ai+haystack", HAYSTACK_COMMIT, "test/samples/squad/small.json"))
+    n = 0
+    for article in data["data"]:
+        for number, paragraph in enumerate(article["paragraphs"]):
+            context = paragraph["context"]
+            if len(context) > PASSAGE_CHARS:
+                continue
+            answerable = [qa for qa in paragraph["qas"] if not qa.get("is_impossible") and qa["answers"]]
+            for qa in answerable[:QUESTIONS_PER_PASSAGE]:
+                answers = list(dict.fromkeys(answer["text"] for answer in qa["answers"]))
+                prompt = (
+                    f"Passage:\n{context}\n\nQuestion: {qa['question'].strip()}\n"
+                    "Answer with the shortest span copied from the passage."
+                )
+                yield task(
+                    "squad",
+                    n,
+                    group=f"squad:{article['title']}:{number}",
+                    kind="qa",
+                    prompt=prompt,
+                    schema=obj({"answer": {"type": "string", "description": "a span of the passage"}}),
+                    gold={"answers": answers},
+                    grader="span",
+                    verifier={"type": "span_in_passage", "passage": context},
+                    max_tokens=48,
+                )
+                n += 1
+
+
 BUILDERS: dict[str, Callable[[], Iterator[dict[str, Any]]]] = {
     "gsm8k": build_gsm8k,
     "quixbugs_py": build_quixbugs_py,
     "loghub_triage": build_loghub_triage,
     "loghub_fields": build_loghub_fields,
+    "banking77": build_banking77,
+    "clinc150": build_clinc150,
+    "squad": build_squad,
 }
 
 
