@@ -167,3 +167,21 @@ def test_result_sets_compare_as_multisets_unless_ordered() -> None:
     assert gt.result_sets_equal([(9, 1, "Rock"), (9, 2, "Jazz")], want, ordered=True)
     assert not gt.result_sets_equal([(1, "Rock")], want, ordered=False)
     assert not gt.result_sets_equal([(1, "Rock"), (1, "Rock")], want, ordered=False)
+
+
+def test_sql_is_graded_by_its_result_on_a_read_only_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    count = BY_ID["chinook/0"]  # How many tracks are there?
+    database = gt.database_path(count.gold["database"])
+    before = database.read_bytes()
+    assert gt.grade(count, {"sql": "select count(TrackId) as tracks from Track t"})
+    assert not gt.grade(count, {"sql": "SELECT COUNT(*) FROM Album"})
+    assert not gt.grade(count, {"sql": "DELETE FROM Track"})
+    assert not gt.grade(count, {"sql": "SELECT nonsense FROM"})
+    assert database.read_bytes() == before
+    check = gt.grounding_check(count)
+    assert check is not None
+    assert check({"sql": "SELECT 1 FROM Track WHERE 0"}).score == 0.5
+    assert check({"sql": "DROP TABLE Track"}).score == 0.0
+    monkeypatch.setattr(gt, "SQL_TIMEOUT_S", 0.2)
+    endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT COUNT(*) FROM n"
+    assert not gt.grade(count, {"sql": endless})

@@ -5,7 +5,7 @@ Run once per source when it is added; the output is committed and never rebuilt 
 the split, so nothing is chosen by looking at the test split, and every gold label comes from the
 source itself (or from executing a gold query over the source's own database).
 
-    .venv/bin/python bench/data/gate/build_tasks.py gsm8k quixbugs_py loghub_triage loghub_fields
+    .venv/bin/python bench/data/gate/build_tasks.py gsm8k quixbugs_py loghub_triage loghub_fields banking77 clinc150 squad chinook
 
 Sources are read from local copies: the public GitHub snapshots that the session's ``fetch`` tool
 brought to ``/work/.mirror/<owner>+<name>/repo`` (a bare git directory; read with ``git show``) and
@@ -19,8 +19,10 @@ import csv
 import difflib
 import hashlib
 import json
+import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -486,6 +488,282 @@ def build_squad() -> Iterator[dict[str, Any]]:
                 n += 1
 
 
+# --- sql: Chinook (lerocha/chinook-database), a trimmed SQLite copy -----------------------------
+
+CHINOOK_COMMIT = "7f67772503d71ba90f19283c38e93923addb43fa"
+CHINOOK_DB = "chinook.sqlite"
+CHINOOK_TABLES = {
+    # table: columns kept (addresses, phone and fax numbers and the playlists are dropped to keep the
+    # schema in the prompt short)
+    "Artist": ["ArtistId", "Name"],
+    "Album": ["AlbumId", "Title", "ArtistId"],
+    "Genre": ["GenreId", "Name"],
+    "MediaType": ["MediaTypeId", "Name"],
+    "Track": ["TrackId", "Name", "AlbumId", "MediaTypeId", "GenreId", "Composer", "Milliseconds", "UnitPrice"],
+    "Customer": ["CustomerId", "FirstName", "LastName", "Company", "City", "Country", "Email", "SupportRepId"],
+    "Employee": ["EmployeeId", "FirstName", "LastName", "Title", "ReportsTo", "HireDate", "City"],
+    "Invoice": ["InvoiceId", "CustomerId", "InvoiceDate", "BillingCity", "BillingCountry", "Total"],
+    "InvoiceLine": ["InvoiceLineId", "InvoiceId", "TrackId", "UnitPrice", "Quantity"],
+}
+# (question, gold query, ordered): the questions are this project's, the answers are the rows the
+# gold query returns on the public Chinook data. "ordered" where the question asks for an order.
+CHINOOK_QUESTIONS: list[tuple[str, str, bool]] = [
+    ("How many tracks are there?", "SELECT COUNT(*) FROM Track", False),
+    ("How many customers live in Brazil?", "SELECT COUNT(*) FROM Customer WHERE Country = 'Brazil'", False),
+    ("List the names of all media types.", "SELECT Name FROM MediaType", False),
+    ("What is the title of album 1?", "SELECT Title FROM Album WHERE AlbumId = 1", False),
+    (
+        "How many albums does the artist 'Iron Maiden' have?",
+        "SELECT COUNT(*) FROM Album a JOIN Artist r ON r.ArtistId = a.ArtistId WHERE r.Name = 'Iron Maiden'",
+        False,
+    ),
+    ("Which countries do our customers come from? Each country once.", "SELECT DISTINCT Country FROM Customer", False),
+    ("What is the total of all invoices?", "SELECT SUM(Total) FROM Invoice", False),
+    ("What is the average invoice total?", "SELECT AVG(Total) FROM Invoice", False),
+    (
+        "How many tracks belong to the genre 'Jazz'?",
+        "SELECT COUNT(*) FROM Track t JOIN Genre g ON g.GenreId = t.GenreId WHERE g.Name = 'Jazz'",
+        False,
+    ),
+    (
+        "Give the first and last names of employees whose title is 'Sales Support Agent'.",
+        "SELECT FirstName, LastName FROM Employee WHERE Title = 'Sales Support Agent'",
+        False,
+    ),
+    ("What is the longest track's name?", "SELECT Name FROM Track ORDER BY Milliseconds DESC LIMIT 1", False),
+    (
+        "Which 2 countries have the most customers? Country and count, most first.",
+        "SELECT Country, COUNT(*) AS n FROM Customer GROUP BY Country ORDER BY n DESC LIMIT 2",
+        True,
+    ),
+    (
+        "How many invoices were billed to the city 'Paris'?",
+        "SELECT COUNT(*) FROM Invoice WHERE BillingCity = 'Paris'",
+        False,
+    ),
+    (
+        "List the album titles by the artist 'AC/DC'.",
+        "SELECT a.Title FROM Album a JOIN Artist r ON r.ArtistId = a.ArtistId WHERE r.Name = 'AC/DC'",
+        False,
+    ),
+    ("How many tracks cost more than 0.99?", "SELECT COUNT(*) FROM Track WHERE UnitPrice > 0.99", False),
+    (
+        "What is the total invoiced per billing country? Country and total.",
+        "SELECT BillingCountry, SUM(Total) FROM Invoice GROUP BY BillingCountry",
+        False,
+    ),
+    (
+        "Which customer (first and last name) spent the most in total?",
+        "SELECT c.FirstName, c.LastName FROM Customer c JOIN Invoice i ON i.CustomerId = c.CustomerId "
+        "GROUP BY c.CustomerId ORDER BY SUM(i.Total) DESC LIMIT 1",
+        False,
+    ),
+    ("How many employees report to employee 2?", "SELECT COUNT(*) FROM Employee WHERE ReportsTo = 2", False),
+    (
+        "What are the names of the 5 genres with the most tracks, most first?",
+        "SELECT g.Name FROM Genre g JOIN Track t ON t.GenreId = g.GenreId GROUP BY g.GenreId "
+        "ORDER BY COUNT(*) DESC LIMIT 5",
+        True,
+    ),
+    ("How many customers have no company?", "SELECT COUNT(*) FROM Customer WHERE Company IS NULL", False),
+    ("What is the average track length in minutes?", "SELECT AVG(Milliseconds) / 60000.0 FROM Track", False),
+    ("List the emails of customers in Canada.", "SELECT Email FROM Customer WHERE Country = 'Canada'", False),
+    ("How many invoice lines does invoice 10 have?", "SELECT COUNT(*) FROM InvoiceLine WHERE InvoiceId = 10", False),
+    (
+        "Which artist has the most albums? Just the name.",
+        "SELECT r.Name FROM Artist r JOIN Album a ON a.ArtistId = r.ArtistId GROUP BY r.ArtistId "
+        "ORDER BY COUNT(*) DESC LIMIT 1",
+        False,
+    ),
+    ("How many tracks have no composer?", "SELECT COUNT(*) FROM Track WHERE Composer IS NULL", False),
+    ("What is the largest single invoice total?", "SELECT MAX(Total) FROM Invoice", False),
+    ("How many invoices were issued in 2023?", "SELECT COUNT(*) FROM Invoice WHERE InvoiceDate LIKE '2023%'", False),
+    (
+        "Total sales per year, as year and total, oldest year first.",
+        "SELECT strftime('%Y', InvoiceDate) AS y, SUM(Total) FROM Invoice GROUP BY y ORDER BY y",
+        True,
+    ),
+    (
+        "How many customers does each support rep look after? Rep's first name and count.",
+        "SELECT e.FirstName, COUNT(*) FROM Employee e JOIN Customer c ON c.SupportRepId = e.EmployeeId "
+        "GROUP BY e.EmployeeId",
+        False,
+    ),
+    (
+        "Which tracks are on the album 'Big Ones'? Track names.",
+        "SELECT t.Name FROM Track t JOIN Album a ON a.AlbumId = t.AlbumId WHERE a.Title = 'Big Ones'",
+        False,
+    ),
+    ("How many distinct artists have at least one album?", "SELECT COUNT(DISTINCT ArtistId) FROM Album", False),
+    (
+        "How many tracks use the media type 'Protected AAC audio file'?",
+        "SELECT COUNT(*) FROM Track t JOIN MediaType m ON m.MediaTypeId = t.MediaTypeId "
+        "WHERE m.Name = 'Protected AAC audio file'",
+        False,
+    ),
+    (
+        "What is the number of units sold of track 1 across all invoices?",
+        "SELECT SUM(Quantity) FROM InvoiceLine WHERE TrackId = 1",
+        False,
+    ),
+    (
+        "Which cities in the USA do customers live in? Each once.",
+        "SELECT DISTINCT City FROM Customer WHERE Country = 'USA'",
+        False,
+    ),
+    (
+        "List the 3 shortest tracks' names, shortest first.",
+        "SELECT Name FROM Track ORDER BY Milliseconds ASC LIMIT 3",
+        True,
+    ),
+    (
+        "What is the total revenue from tracks of the genre 'Rock'? Use unit price times quantity.",
+        "SELECT SUM(il.UnitPrice * il.Quantity) FROM InvoiceLine il JOIN Track t ON t.TrackId = il.TrackId "
+        "JOIN Genre g ON g.GenreId = t.GenreId WHERE g.Name = 'Rock'",
+        False,
+    ),
+    (
+        "How many albums have more than 20 tracks?",
+        "SELECT COUNT(*) FROM (SELECT AlbumId FROM Track GROUP BY AlbumId HAVING COUNT(*) > 20)",
+        False,
+    ),
+    (
+        "Who is employee 2's manager? First and last name.",
+        "SELECT m.FirstName, m.LastName FROM Employee e JOIN Employee m ON m.EmployeeId = e.ReportsTo "
+        "WHERE e.EmployeeId = 2",
+        False,
+    ),
+    (
+        "How many customers have never been invoiced?",
+        "SELECT COUNT(*) FROM Customer WHERE CustomerId NOT IN (SELECT CustomerId FROM Invoice)",
+        False,
+    ),
+    (
+        "What is the average number of tracks per album?",
+        "SELECT COUNT(*) * 1.0 / COUNT(DISTINCT AlbumId) FROM Track",
+        False,
+    ),
+    (
+        "Which employees were hired in 2002? First and last names.",
+        "SELECT FirstName, LastName FROM Employee WHERE HireDate LIKE '2002%'",
+        False,
+    ),
+    (
+        "Which billing country had the highest invoice total sum? Just the country.",
+        "SELECT BillingCountry FROM Invoice GROUP BY BillingCountry ORDER BY SUM(Total) DESC LIMIT 1",
+        False,
+    ),
+    (
+        "How many tracks did the composer 'Jimi Hendrix' write (composer exactly that)?",
+        "SELECT COUNT(*) FROM Track WHERE Composer = 'Jimi Hendrix'",
+        False,
+    ),
+    (
+        "List the names of genres that have fewer than 20 tracks.",
+        "SELECT g.Name FROM Genre g JOIN Track t ON t.GenreId = g.GenreId GROUP BY g.GenreId HAVING COUNT(*) < 20",
+        False,
+    ),
+]
+
+
+def build_chinook_db(path: Path) -> None:
+    """The trimmed Chinook database at ``path``: CHINOOK_TABLES' columns copied from the public file."""
+    full = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(MIRROR / "lerocha+chinook-database" / "repo"),
+            "show",
+            f"{CHINOOK_COMMIT}:ChinookDatabase/DataSources/Chinook_Sqlite.sqlite",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "full.sqlite"
+        source.write_bytes(full)
+        target = sqlite3.connect(path)
+        target.execute("ATTACH DATABASE ? AS src", (str(source),))
+        for table, columns in CHINOOK_TABLES.items():
+            names = ", ".join(columns)
+            target.execute(f"CREATE TABLE {table} AS SELECT {names} FROM src.{table} ORDER BY {columns[0]}")
+        target.commit()
+        target.execute("DETACH DATABASE src")
+        target.execute("VACUUM")
+        target.close()
+
+
+def chinook_schema_text() -> str:
+    return "\n".join(f"{table}({', '.join(columns)})" for table, columns in CHINOOK_TABLES.items())
+
+
+def build_chinook() -> Iterator[dict[str, Any]]:
+    """One task per question: the schema, the question; gold = the gold query's rows on the trimmed DB."""
+    db = HERE / "db" / CHINOOK_DB
+    if not db.exists():
+        build_chinook_db(db)
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    schema = chinook_schema_text()
+    for n, (question, gold_sql, ordered) in enumerate(CHINOOK_QUESTIONS):
+        rows = [list(row) for row in connection.execute(gold_sql).fetchall()]
+        if "LIMIT" in gold_sql:
+            _check_no_tie(connection, gold_sql)
+        prompt = f"SQLite database, tables:\n{schema}\n\nWrite one SQL query that answers: {question}"
+        yield task(
+            "chinook",
+            n,
+            group=f"chinook:q{n}",
+            kind="sql",
+            prompt=prompt,
+            schema=obj({"sql": {"type": "string", "description": "one SQLite SELECT statement"}}),
+            gold={"database": CHINOOK_DB, "sql": gold_sql, "rows": rows, "ordered": ordered},
+            grader="sql",
+            verifier={"type": "sql_runs", "database": CHINOOK_DB},
+            max_tokens=96,
+        )
+    connection.close()
+
+
+def _check_no_tie(connection: sqlite3.Connection, gold_sql: str) -> None:
+    """A top-k question is ambiguous when the k-th and the next row tie on the ordering: refuse it.
+
+    TIE_KEYS gives, for each gold query with a LIMIT, a query of its ordering key's first k + 1 values."""
+    k = int(gold_sql.rsplit("LIMIT", 1)[1])
+    keys = [row[0] for row in connection.execute(TIE_KEYS[gold_sql]).fetchall()]
+    if len(keys) != k + 1 or keys[k - 1] == keys[k]:
+        raise ValueError(f"ties at the limit (keys {keys}): {gold_sql}")
+
+
+def _tie_keys() -> dict[str, str]:
+    by_question = {
+        "What is the longest track's name?": "SELECT Milliseconds FROM Track ORDER BY 1 DESC LIMIT 2",
+        "Which 2 countries have the most customers? Country and count, most first.": (
+            "SELECT COUNT(*) FROM Customer GROUP BY Country ORDER BY 1 DESC LIMIT 3"
+        ),
+        "Which customer (first and last name) spent the most in total?": (
+            "SELECT SUM(Total) FROM Invoice GROUP BY CustomerId ORDER BY 1 DESC LIMIT 2"
+        ),
+        "What are the names of the 5 genres with the most tracks, most first?": (
+            "SELECT COUNT(*) FROM Track GROUP BY GenreId ORDER BY 1 DESC LIMIT 6"
+        ),
+        "Which artist has the most albums? Just the name.": (
+            "SELECT COUNT(*) FROM Album GROUP BY ArtistId ORDER BY 1 DESC LIMIT 2"
+        ),
+        "List the 3 shortest tracks' names, shortest first.": "SELECT Milliseconds FROM Track ORDER BY 1 LIMIT 4",
+        "Which billing country had the highest invoice total sum? Just the country.": (
+            "SELECT SUM(Total) FROM Invoice GROUP BY BillingCountry ORDER BY 1 DESC LIMIT 2"
+        ),
+    }
+    gold_of = {question: gold for question, gold, _ in CHINOOK_QUESTIONS}
+    return {gold_of[question]: key for question, key in by_question.items()}
+
+
+TIE_KEYS = _tie_keys()
+
+
 BUILDERS: dict[str, Callable[[], Iterator[dict[str, Any]]]] = {
     "gsm8k": build_gsm8k,
     "quixbugs_py": build_quixbugs_py,
@@ -494,6 +772,7 @@ BUILDERS: dict[str, Callable[[], Iterator[dict[str, Any]]]] = {
     "banking77": build_banking77,
     "clinc150": build_clinc150,
     "squad": build_squad,
+    "chinook": build_chinook,
 }
 
 
