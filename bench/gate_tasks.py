@@ -136,12 +136,20 @@ def as_int(value: Any) -> int | None:
     return int(number) if number is not None and number == int(number) else None
 
 
-def last_segment(name: Any) -> str:
-    """A component's own name: ``org.apache.x.RMContainerAllocator`` and ``3888:QuorumCnxManager$Listener``
-    give ``rmcontainerallocator`` and ``quorumcnxmanager`` (package, host and inner class dropped)."""
+def component_names(name: Any) -> set[str]:
+    """The class names a logger name stands for: ``org.apache.x.RMContainerAllocator`` gives
+    ``{"rmcontainerallocator"}``, ``dfs.DataNode$DataXceiver`` gives ``{"datanode", "dataxceiver"}``
+    and ``3888:QuorumCnxManager$Listener`` ``{"quorumcnxmanager", "listener"}`` (package and host dropped)."""
     text = str(name).strip().strip("[]():")
     parts = [part for part in re.split(r"[.:/\\\s]+", text) if part]
-    return parts[-1].split("$")[0].casefold() if parts else ""
+    return {piece.casefold() for piece in parts[-1].split("$") if piece} if parts else set()
+
+
+def same_component(answer: Any, gold: Any) -> bool:
+    """Whether ``answer`` names the gold logger: its class names are all among the gold's (the
+    outer class, the inner class or both, with or without the package)."""
+    names = component_names(answer)
+    return bool(names) and names <= component_names(gold)
 
 
 def token_f1(prediction: str, gold: str) -> float:
@@ -201,9 +209,10 @@ def result_sets_equal(got: Sequence[Sequence[Any]], want: Sequence[Sequence[Any]
     got_rows = [tuple(_cell(v) for v in row) for row in got]
     want_rows = [tuple(_cell(v) for v in row) for row in want]
     if got_rows and want_rows and len(got_rows[0]) != len(want_rows[0]):
-        got_rows = _project(got_rows, want_rows)
-        if got_rows is None:
+        projected = _project(got_rows, want_rows)
+        if projected is None:
             return False
+        got_rows = projected
     if ordered:
         return got_rows == want_rows
     return Counter(got_rows) == Counter(want_rows)
@@ -235,19 +244,22 @@ def _grade_number(task: GateTask, output: Mapping[str, Any]) -> bool:
 
 
 def _grade_line(task: GateTask, output: Mapping[str, Any]) -> bool:
-    return as_int(output.get("line")) == task.gold["line"]
+    return as_int(output.get("line")) == int(task.gold["line"])
 
 
 def _grade_triage(task: GateTask, output: Mapping[str, Any]) -> bool:
-    if as_int(output.get("line")) != task.gold["line"]:
-        return False
-    return bool(last_segment(output.get("component", ""))) and last_segment(output.get("component")) == last_segment(
-        task.gold["component"]
+    return as_int(output.get("line")) == task.gold["line"] and same_component(
+        output.get("component", ""), task.gold["component"]
     )
 
 
+def compact(value: Any) -> str:
+    """:func:`norm_text` without any spaces: ``081109`` answers ``08-11-09`` and ``18:01:53,885`` ``18:01:53.885``."""
+    return norm_text(value).replace(" ", "")
+
+
 def _grade_fields(task: GateTask, output: Mapping[str, Any]) -> bool:
-    return all(key in output and norm_text(output[key]) == norm_text(value) for key, value in task.gold.items())
+    return all(key in output and compact(output[key]) == compact(value) for key, value in task.gold.items())
 
 
 def _grade_label(task: GateTask, output: Mapping[str, Any]) -> bool:
@@ -263,9 +275,21 @@ def _grade_span(task: GateTask, output: Mapping[str, Any]) -> bool:
     return any(norm_answer(answer) == norm_answer(g) or token_f1(str(answer), g) >= 0.8 for g in answers)
 
 
-def _grade_sql(task: GateTask, output: Mapping[str, Any]) -> bool:
+_FENCE = re.compile(r"^\s*```(?:sql|sqlite)?\s*|\s*```\s*$", re.IGNORECASE)
+
+
+def answer_sql(output: Mapping[str, Any]) -> str | None:
+    """The answer's SQL without a Markdown code fence around it; None when there is none."""
     sql = output.get("sql")
-    if not isinstance(sql, str) or not sql.strip():
+    if not isinstance(sql, str):
+        return None
+    sql = _FENCE.sub("", sql).strip()
+    return sql or None
+
+
+def _grade_sql(task: GateTask, output: Mapping[str, Any]) -> bool:
+    sql = answer_sql(output)
+    if sql is None:
         return False
     try:
         rows = run_sql(task.gold["database"], sql)
@@ -331,19 +355,19 @@ def _verify_triage(task: GateTask, output: Mapping[str, Any]) -> GroundingResult
     excerpt = _excerpt_lines(task.prompt)
     if line is None or line not in excerpt or line > int(task.verifier_spec["lines"]):
         return GroundingResult(score=0.0, problems=(f"line {output.get('line')!r} is not in the excerpt",))
-    name = last_segment(output.get("component", ""))
-    if not name or name not in excerpt[line].casefold():
+    names = component_names(output.get("component", ""))
+    if not names or not all(name in excerpt[line].casefold() for name in names):
         return GroundingResult(score=0.5, problems=(f"component {output.get('component')!r} is not on line {line}",))
     return GroundingResult(score=1.0)
 
 
 def _verify_values_in_prompt(task: GateTask, output: Mapping[str, Any]) -> GroundingResult:
-    body = norm_text(task.prompt)
+    body = compact(task.prompt)
     fields = list(task.schema["properties"])
     problems = [
         f"{field}: {output.get(field)!r} is not in the text"
         for field in fields
-        if not norm_text(output.get(field, "")) or norm_text(output.get(field, "")) not in body
+        if not compact(output.get(field, "")) or compact(output.get(field, "")) not in body
     ]
     return GroundingResult(score=(len(fields) - len(problems)) / len(fields), problems=tuple(problems))
 
@@ -364,8 +388,8 @@ def _verify_label_allowed(task: GateTask, output: Mapping[str, Any]) -> Groundin
 
 
 def _verify_sql_runs(task: GateTask, output: Mapping[str, Any]) -> GroundingResult:
-    sql = output.get("sql")
-    if not isinstance(sql, str) or not sql.strip():
+    sql = answer_sql(output)
+    if sql is None:
         return GroundingResult(score=0.0, problems=("no SQL",))
     try:
         rows = run_sql(task.verifier_spec["database"], sql)

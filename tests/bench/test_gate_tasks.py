@@ -135,6 +135,16 @@ def test_graders_are_fair_to_json_answers() -> None:
     short = triage.gold["component"].rsplit(".", 1)[1]
     assert gt.grade(triage, {"line": str(triage.gold["line"]), "component": short})
     assert not gt.grade(triage, {"line": triage.gold["line"], "component": "SomethingElse"})
+    inner = next(task for task in TASKS if task.grader == "triage_line_component" and "$" in task.gold["component"])
+    outer, inner_name = inner.gold["component"].rsplit(".", 1)[-1].split("$")
+    for named in (inner_name, outer, f"{outer}${inner_name}", inner.gold["component"]):
+        assert gt.grade(inner, {"line": inner.gold["line"], "component": named}), named
+    assert not gt.grade(inner, {"line": inner.gold["line"], "component": f"{outer}$PacketResponder"})
+    hdfs = next(task for task in TASKS if task.grader == "fields" and "HDFS" in task.prompt)
+    date = hdfs.gold["date"]
+    assert gt.grade(hdfs, {**hdfs.gold, "date": f"{date[:2]}-{date[2:4]}-{date[4:]}"})
+    sql = BY_ID["chinook/0"]
+    assert gt.grade(sql, {"sql": "```sql\nSELECT COUNT(*) FROM Track;\n```"})
 
 
 def test_verifiers_use_only_the_prompt() -> None:
@@ -143,8 +153,9 @@ def test_verifiers_use_only_the_prompt() -> None:
     assert check is not None
     other_line = triage.gold["line"] % 6 + 1
     # the gold component is on the gold line; a line that exists but does not name it half-grounds
-    named_elsewhere = (
-        gt.last_segment(triage.gold["component"]) in gt._excerpt_lines(triage.prompt)[other_line].casefold()
+    named_elsewhere = all(
+        name in gt._excerpt_lines(triage.prompt)[other_line].casefold()
+        for name in gt.component_names(triage.gold["component"])
     )
     result = check({"line": other_line, "component": triage.gold["component"]})
     assert result.score == (1.0 if named_elsewhere else 0.5)
