@@ -5,7 +5,8 @@ Run once per source when it is added; the output is committed and never rebuilt 
 the split, so nothing is chosen by looking at the test split, and every gold label comes from the
 source itself (or from executing a gold query over the source's own database).
 
-    .venv/bin/python bench/data/gate/build_tasks.py gsm8k quixbugs_py loghub_triage loghub_fields banking77 clinc150 squad chinook
+    .venv/bin/python bench/data/gate/build_tasks.py gsm8k quixbugs_py quixbugs_java loghub_triage \\
+        loghub_fields banking77 clinc150 squad chinook
 
 Sources are read from local copies: the public GitHub snapshots that the session's ``fetch`` tool
 brought to ``/work/.mirror/<owner>+<name>/repo`` (a bare git directory; read with ``git show``) and
@@ -19,6 +20,7 @@ import csv
 import difflib
 import hashlib
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -177,13 +179,13 @@ def _purpose(source: str) -> str:
     return f"{title}. Output: {output}" if output else title
 
 
-def _one_line_fix(buggy: list[str], fixed: list[str]) -> int | None:
+def _one_line_fix(buggy: list[str], fixed: list[str], comment: tuple[str, ...] = ("#",)) -> int | None:
     """1-based line of the buggy program that the fix replaces, when the fix replaces exactly one line.
 
     Comment-only and blank lines of the corrected program are ignored (QuixBugs' corrections keep
     commented-out alternatives)."""
-    fixed_code = [line for line in fixed if line.strip() and not line.strip().startswith("#")]
-    kept = [(i, line) for i, line in enumerate(buggy) if line.strip() and not line.strip().startswith("#")]
+    fixed_code = [line for line in fixed if line.strip() and not line.strip().startswith(comment)]
+    kept = [(i, line) for i, line in enumerate(buggy) if line.strip() and not line.strip().startswith(comment)]
     matcher = difflib.SequenceMatcher(a=[line for _, line in kept], b=fixed_code, autojunk=False)
     changes = [op for op in matcher.get_opcodes() if op[0] != "equal"]
     if len(changes) != 1:
@@ -249,6 +251,85 @@ def build_quixbugs_py() -> Iterator[dict[str, Any]]:
             grader="line",
             verifier={"type": "line_in_listing", "lines": len(buggy)},
             max_tokens=96,
+        )
+        n += 1
+
+
+JAVA_COMMENT = ("//", "/*", "*", "*/")
+
+
+def _java_code(source: str) -> list[str]:
+    """The class from its declaration on (package, imports and the template comment dropped)."""
+    lines = source.splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(r"\s*(public\s+)?(abstract\s+)?class\s", line))
+    body = lines[start:]
+    while body and not body[-1].strip():
+        body.pop()
+    return body
+
+
+def build_quixbugs_java() -> Iterator[dict[str, Any]]:
+    """The Java versions, as the Python ones: a one-line correction, the Python docstring's purpose.
+
+    A program already in ``quixbugs_py.jsonl`` keeps its split there (the group is the program)."""
+    committed = TASKS / "quixbugs_py.jsonl"
+    split_of_group = {
+        row["group"]: row["split"]
+        for row in (json.loads(line) for line in committed.read_text(encoding="utf-8").splitlines() if line)
+    }
+    repo = MIRROR / "jkoppel+QuixBugs" / "repo"
+    names = subprocess.run(
+        ["git", "-C", str(repo), "ls-tree", "--name-only", QUIXBUGS_COMMIT, "java_programs/"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    n = 0
+    for path in sorted(names):
+        name = Path(path).name
+        if not name.endswith(".java"):
+            continue
+        program = name.removesuffix(".java").lower()
+        try:
+            fixed_source = git_show("jkoppel+QuixBugs", QUIXBUGS_COMMIT, f"correct_java_programs/{name}")
+            python_source = git_show("jkoppel+QuixBugs", QUIXBUGS_COMMIT, f"python_programs/{program}.py")
+        except subprocess.CalledProcessError:
+            continue
+        try:
+            buggy = _java_code(git_show("jkoppel+QuixBugs", QUIXBUGS_COMMIT, path))
+            fixed = _java_code(fixed_source)
+        except StopIteration:
+            continue
+        line = _one_line_fix(buggy, fixed, JAVA_COMMENT)
+        if line is None:
+            continue
+        numbered = "\n".join(f"{i + 1:>2} {text}" for i, text in enumerate(buggy))
+        prompt = (
+            "Code review: this Java method has exactly one buggy line. Intended behaviour: "
+            f"{_purpose(python_source)}\n\n{numbered}\n\n"
+            "Which line number is wrong? Give it in `line` and the corrected line in `fix`."
+        )
+        if len(prompt) > PROMPT_CHARS:
+            continue
+        group = f"quixbugs:{program}"
+        yield task(
+            "quixbugs_java",
+            n,
+            group=group,
+            kind="review",
+            prompt=prompt,
+            schema=obj(
+                {
+                    "line": {"type": "integer", "description": "the buggy line's number"},
+                    "fix": {"type": "string", "description": "the corrected line"},
+                }
+            ),
+            gold={"line": line},
+            grader="line",
+            verifier={"type": "line_in_listing", "lines": len(buggy)},
+            max_tokens=96,
+            split=split_of_group.get(group),
         )
         n += 1
 
@@ -767,6 +848,7 @@ TIE_KEYS = _tie_keys()
 BUILDERS: dict[str, Callable[[], Iterator[dict[str, Any]]]] = {
     "gsm8k": build_gsm8k,
     "quixbugs_py": build_quixbugs_py,
+    "quixbugs_java": build_quixbugs_java,
     "loghub_triage": build_loghub_triage,
     "loghub_fields": build_loghub_fields,
     "banking77": build_banking77,
