@@ -86,11 +86,6 @@ class GateTask:
         """The verifier's parameters (empty for a task without a verifier)."""
         return self.verifier or {}
 
-    def messages(self) -> list[dict[str, str]]:
-        """The chat messages to send: the system message (if any) and the prompt."""
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        return [*head, {"role": "user", "content": self.prompt}]
-
 
 # --- normalisation ------------------------------------------------------------------------------
 
