@@ -157,6 +157,20 @@ class RouterConfig(Section):
     default_tier: Tier = Field(default=Tier.SMALL, description="one of micro, small, full, large, code")
     max_tokens: int = Field(default=1024, ge=16, le=32768)
     temperature: float = Field(default=0.2, ge=0, le=2)
+    audit_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="share of locally served answers also sent to Claude, in the background and inside the daily "
+        "budget, to label them for calibration (0 = off)",
+    )
+    competence_target: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="a task kind starts on the smallest local model whose measured accuracy at the threshold "
+        "reaches this; measured models below it are skipped",
+    )
     tasks: dict[TaskKind, TaskNeedsConfig] = Field(
         default_factory=dict,
         description="per task kind (general, classification, extraction, summary, qa, triage, sql, review, "

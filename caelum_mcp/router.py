@@ -66,6 +66,7 @@ from typing import Any
 import anyio
 
 from caelum_mcp.answers import parse_answer, self_reported, strip_confidence, task_schema, with_schema_instruction
+from caelum_mcp.audit import Auditor
 from caelum_mcp.backends.base import Backend
 from caelum_mcp.calibration import token_signals
 from caelum_mcp.confidence import ConfidenceParts, Signals, score
@@ -197,6 +198,7 @@ class Router:
         self.config = config
         self.claude = claude
         self.budget = BudgetGuard(ledger, config.claude.daily_budget_usd)
+        self.audit = Auditor(self)  # calibration labels: escalations, and a sample of local answers
 
     @property
     def claude_price(self) -> ModelPrice | None:
@@ -742,6 +744,7 @@ class Router:
     def _result(
         self, run: _Run, cand: _Candidate, path: FinalPath, reason: str | None, *, timed_out: bool = False
     ) -> RoutedResult:
+        self.audit.observe(run, cand, path)
         if path == "local_low_confidence" and cand.row_id is not None:
             # The answer handed back below the threshold: its row says so (the ledger's low-confidence count).
             self.ledger.annotate(cand.row_id, path="local_low_confidence")
