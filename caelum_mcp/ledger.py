@@ -532,7 +532,7 @@ CREATE TABLE IF NOT EXISTS calibration_labels (
     claude_model TEXT,
     agreement TEXT
 );
-CREATE INDEX IF NOT EXISTS calibration_labels_pair ON calibration_labels (model, kind);
+CREATE INDEX IF NOT EXISTS calibration_labels_pair ON calibration_labels (model, kind, label);
 """
 
 # version -> statements that bring a database from version-1 to version. Version 1 is the base.

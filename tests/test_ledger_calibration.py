@@ -160,3 +160,16 @@ def test_a_label_holds_numbers_and_field_names_never_text() -> None:
     )  # fmt: skip
     assert long.agreement is not None
     assert len(long.agreement["differing"]) == 12 and all(len(n) <= 80 for n in long.agreement["differing"])
+
+
+def test_the_per_kind_reads_never_scan_the_calls_or_the_labels_rows(tmp_path: Path) -> None:
+    """pool_status and every dashboard snapshot read them: the running counts and the pair index only."""
+    from caelum_mcp.ledger import _KIND_FIGURES, _LABEL_COUNTS
+
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        ledger.record(answered())
+    with sqlite3.connect(tmp_path / "ledger.db") as raw:
+        for sql, params in ((_KIND_FIGURES, (75,)), (_LABEL_COUNTS, ())):
+            plan = [row[3] for row in raw.execute("EXPLAIN QUERY PLAN " + sql, params)]
+            assert not [step for step in plan if "calls" in step.split()], plan
+            assert not [step for step in plan if step.startswith("SCAN calibration_labels") and "COVERING" not in step]
