@@ -39,9 +39,31 @@ def test_compare_models_bench_prints_the_ratio_to_the_slowest_model() -> None:
     assert len(re.findall(r"^  [12] +3 ", out, re.M)) == 2, out  # two rounds, three hosts each
 
 
+# The bench copies radon (~5,700 lines) by default: four full lint/security/test passes of it took
+# over a minute of the suite. The figures and verdicts are printed the same for any project.
+TINY_PROJECT = {
+    "calc.py": (
+        '"""A small module: enough for every step of the pre-commit workflow to have work."""\n\n\n'
+        "def add(a: int, b: int) -> int:\n    return a + b\n\n\n"
+        "def mean(values: list[float]) -> float:\n"
+        '    if not values:\n        raise ValueError("no values")\n    return sum(values) / len(values)\n'
+    ),
+    "test_calc.py": (
+        "from calc import add, mean\n\n\n"
+        "def test_add():\n    assert add(2, 3) == 5\n\n\n"
+        "def test_mean():\n    assert mean([1.0, 2.0, 3.0]) == 2.0\n"
+    ),
+}
+
+
 @pytest.mark.slow
-def test_workflow_bench_prints_every_figure_and_verdict() -> None:
-    out = run("workflow.py", "--rounds", "1")
+def test_workflow_bench_prints_every_figure_and_verdict(tmp_path: Path) -> None:
+    project = tmp_path / "tiny"
+    project.mkdir()
+    for name, text in TINY_PROJECT.items():
+        (project / name).write_text(text)
+    out = run("workflow.py", "--rounds", "1", "--project", str(project))
+    assert f"a copy of {project.resolve()} (" in out, out
     assert re.search(r"pre-commit workflow \(run_workflow\) +\d+\.\d\d s", out), out
     assert re.search(r"wall <= longest branch \+ 5 % \+ 0\.2 s \(\d+\.\d\d s\): (PASS|FAIL)", out), out
     assert re.search(r"engine overhead: \d+\.\d ms a step \(target <= 50 ms\): (PASS|FAIL)", out), out
