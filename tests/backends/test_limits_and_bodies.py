@@ -131,7 +131,7 @@ async def test_a_hanging_claude_call_ends_at_its_limit() -> None:
     started = time.monotonic()
     with pytest.raises(HostTimeoutError):
         await _claude(handler).chat(ASK, limit_s=0.3)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # well short of the 30 s hang, with room for a loaded machine
 
 
 async def test_a_scripted_reply_slower_than_the_limit_times_out() -> None:
@@ -139,5 +139,5 @@ async def test_a_scripted_reply_slower_than_the_limit_times_out() -> None:
     started = time.monotonic()
     with pytest.raises(HostTimeoutError, match="scripted to take 5 s"):
         await backend.chat(ASK, limit_s=0.2)
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 4  # short of the scripted 5 s, with room for a loaded machine
     assert (await backend.chat(ASK, limit_s=0.2)).content == "on time"

@@ -55,11 +55,11 @@ def engine(wf: WorkflowSpec, work: Recorder, **kw: Any) -> WorkflowEngine:
 async def test_independent_steps_run_together_and_needs_wait() -> None:
     wf = spec({"a": {}, "b": {}, "c": {}, "d": {"needs": ["a", "b", "c"]}})
     work = Recorder({"a": 0.2, "b": 0.2, "c": 0.2})
-    started = time.perf_counter()
     steps = await engine(wf, work).run()
-    assert time.perf_counter() - started < 0.55  # three 0.2 s steps at once, not one after another
     assert [s.status for s in steps] == ["passed"] * 4
-    assert work.overlap("a", "b") and work.overlap("b", "c")
+    # All three at once, not one after another: every one started before any of them ended (a
+    # 0.55 s bound on the wall time said the same with 50 ms to spare, too little on a loaded machine).
+    assert max(work.spans[x][0] for x in "abc") < min(work.spans[x][1] for x in "abc")
     assert work.spans["d"][0] >= max(work.spans[x][1] for x in "abc")
 
 
