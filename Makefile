@@ -9,7 +9,7 @@ PORT   ?= 8765
 INSPECTOR := .tools/node_modules/.bin/mcp-inspector
 CLAUDE_CLI := .tools/node_modules/.bin/claude
 
-.PHONY: install inspector run run-stdio test test-fast lint typecheck format bench doctor clean
+.PHONY: install inspector run run-stdio test test-fast lint typecheck format bench bench-model doctor clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -89,6 +89,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/query_data.py --speed --security
 	$(BIN)/python bench/dashboard.py
 	$(BIN)/python bench/knowledge.py --no-ask
+
+# The model-dependent benchmarks (gate, cascade, query_data --accuracy, logs --model-pass, knowledge
+# ask) against the pinned Qwen2.5-Coder-1.5B, assembled by ../shared/models and served on a free
+# loopback port for the run (bench/bench_model.sh). Not in `make test` or CI: hours on a 2-core CPU.
+bench-model: $(STAMP)
+	PY=$(CURDIR)/$(BIN)/python bench/bench_model.sh
 
 clean:
 	rm -rf $(VENV) .tools build *.egg-info .pytest_cache .mypy_cache .ruff_cache
