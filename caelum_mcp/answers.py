@@ -18,17 +18,22 @@ import copy
 import json
 import urllib.parse
 from collections.abc import Iterator
-from typing import Any
-
-import jsonschema
-import jsonschema.exceptions
-import referencing
-import referencing.exceptions
-import referencing.jsonschema
+from typing import TYPE_CHECKING, Any
 
 from caelum_mcp.errors import InvalidSchemaError
+from caelum_mcp.lazy_imports import lazy_module
 from caelum_mcp.llm import LLMTask
 from caelum_mcp.types import ChatMessage
+
+if TYPE_CHECKING:
+    import jsonschema
+    import jsonschema.exceptions
+    import referencing
+    import referencing.exceptions
+    import referencing.jsonschema
+else:  # loaded with the first schema check, not with the server
+    jsonschema = lazy_module("jsonschema")
+    referencing = lazy_module("referencing")
 
 _SCHEMA_ECHO_CHARS = 200
 

@@ -20,7 +20,6 @@ from collections import Counter
 from typing import Any, Literal
 
 import anyio
-import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from caelum_mcp.errors import CaelumError, TaskSkippedError
@@ -113,6 +112,8 @@ def object_schema(value: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     if value.get("type") != "object":
         raise ValueError('json_schema must describe an object: {"type": "object", "properties": {...}}')
+    import jsonschema  # here: only a call that passes a schema pays for the import
+
     try:
         jsonschema.validators.validator_for(value).check_schema(value)
     except jsonschema.SchemaError as exc:

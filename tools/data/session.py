@@ -43,13 +43,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
-import duckdb
 import pydantic_core
 
 from caelum_mcp.budget import estimate_tokens
+from caelum_mcp.lazy_imports import lazy_module
 
 from . import copies
 from .models import (
@@ -64,6 +64,11 @@ from .models import (
 )
 from .sources import ResolvedSources, SourceFile, line_over, regular_file, table_name
 from .sql_guard import CheckedSelect, check_select, check_stored_sql, stored_view_query
+
+if TYPE_CHECKING:
+    import duckdb
+else:
+    duckdb = lazy_module("duckdb")  # loads with the first data call, not with the server
 
 T = TypeVar("T")
 MAX_TABLES = 128

@@ -18,8 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .ranking import FusedHit, fuse
 from .terms import FTS_TOKENIZER, fts_query, index_text, query_terms
 from .vectors import cosine_top, unit
@@ -155,6 +153,8 @@ class MemoryStore:
                 raise
 
     def _put_vector(self, note_id: int, model: str, vector: Sequence[float]) -> None:
+        import numpy as np  # on first use: the server starts without numpy
+
         self._db.execute(
             "INSERT OR REPLACE INTO note_vectors (note_id, model, vector) VALUES (?, ?, ?)",
             (note_id, model, np.asarray(vector, dtype=np.float32).tobytes()),
@@ -235,6 +235,8 @@ class MemoryStore:
     ) -> list[RecalledNote]:
         """The notes in ``scopes`` (with every tag in ``tags``) that best match ``query``, fusing BM25
         with cosine similarity when ``query_vector`` (model, vector) is given."""
+        import numpy as np  # on first use: the server starts without numpy
+
         terms = query_terms(query)
         marks = ",".join("?" * len(scopes))
         lexical: list[tuple[int, float]] = []

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 from .ranking import (
     DEFAULT_LEXICAL_WEIGHT,
@@ -70,6 +72,8 @@ def retrieve(
 
     The semantic signal runs only with a ``query_vector`` and the ``model`` that made it.
     """
+    import numpy as np  # on first use: the server starts without numpy
+
     terms = query_terms(query)
     pool = params.candidates + offset + limit
     lexical: list[tuple[int, float]] = []

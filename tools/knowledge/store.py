@@ -21,9 +21,11 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 from .chunking import Chunk
 from .terms import FTS_TOKENIZER, fts_query, index_text
@@ -227,6 +229,8 @@ class KnowledgeStore:
         return [(str(h), int(i)) for h, i in rows]
 
     def put_vectors(self, model: str, items: Sequence[tuple[str, Sequence[float]]]) -> None:
+        import numpy as np  # on first use: the server starts without numpy
+
         with self._lock, self._transaction():
             self._db.executemany(
                 "INSERT OR REPLACE INTO vectors (hash, model, vector) VALUES (?, ?, ?)",
@@ -244,6 +248,8 @@ class KnowledgeStore:
 
     def vector_matrix(self, model: str) -> VectorMatrix:
         """The unit vectors of every chunk that has one for ``model`` (cached until the next write)."""
+        import numpy as np  # on first use: the server starts without numpy
+
         with self._lock:
             cached = self._matrices.get(model)
             if cached is not None and cached[0] == self._generation:

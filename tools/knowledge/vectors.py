@@ -15,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 from .chunking import Chunk
 
@@ -70,6 +71,8 @@ def text_hash(text: str) -> str:
 
 
 def unit(vector: Sequence[float] | npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
+    import numpy as np  # on first use: the server starts without numpy
+
     arr = np.asarray(vector, dtype=np.float32)
     norm = float(np.linalg.norm(arr))
     return arr / norm if norm else arr
@@ -80,6 +83,8 @@ def cosine_top(
 ) -> list[tuple[int, float]]:
     """(row, cosine) of the ``k`` rows most similar to ``query`` (rows and query are unit vectors),
     best first; rows where ``mask`` is False are left out."""
+    import numpy as np  # on first use: the server starts without numpy
+
     if matrix.size == 0 or k <= 0 or matrix.shape[1] != query.shape[0]:
         return []
     scores = matrix @ query
