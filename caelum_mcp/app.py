@@ -9,18 +9,18 @@ supervisors never import it (they get typed services through their ``ToolContext
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx2
 
-from caelum_mcp.backends.anthropic import AnthropicBackend
 from caelum_mcp.backends.base import BACKENDS, Backend
 from caelum_mcp.backends.ollama import OllamaBackend
 from caelum_mcp.backends.openai import OpenAIBackend
@@ -28,13 +28,24 @@ from caelum_mcp.cache import ResultCache
 from caelum_mcp.config import DEFAULT_OLLAMA_URL, Config, HostConfig
 from caelum_mcp.embedded import EMBEDDED_MODEL_NAME, EmbeddedServer, EmbeddedUnavailableError
 from caelum_mcp.embedded_backend import EmbeddedBackend
-from caelum_mcp.embedding_model import EMBEDDING_MODEL_NAME, ensure_embedding_gguf
 from caelum_mcp.hosts import CircuitBreaker, Host
 from caelum_mcp.ledger import Ledger
 from caelum_mcp.pool import Pool
 from caelum_mcp.router import Router
 from caelum_mcp.status import PoolAdministration
-from caelum_mcp.types import Tier
+from caelum_mcp.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbedRequest,
+    EmbedResponse,
+    HealthReport,
+    ModelInfo,
+    StreamChunk,
+    Tier,
+)
+
+if TYPE_CHECKING:
+    from caelum_mcp.backends.anthropic import AnthropicBackend
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +71,12 @@ class AppState:
     embedded_note: str = ""
     embedded_embeddings: EmbeddedServer | None = None
     started_at: float = field(default_factory=time.time)
+    # Set once the first health checks have answered (or STARTUP_PROBE_WAIT_S passed) and the
+    # embedded model, where one is needed, has started: tool calls wait for it (see open_app).
+    ready: anyio.Event = field(default_factory=anyio.Event)
+    # Set by the first tool call: what loads in the background waits for it, so that it never
+    # competes with the answers to ``initialize`` and ``tools/list`` for the CPU.
+    first_call: anyio.Event = field(default_factory=anyio.Event)
 
 
 def make_http_client(config: Config) -> httpx2.AsyncClient:
@@ -106,20 +123,88 @@ def build_pool(
     )
 
 
-def make_claude(config: Config, http: httpx2.AsyncClient) -> Backend | None:
+# Imported on first use, off the event loop: the Anthropic SDK alone took 2-4 s to import on a
+# loaded 2-core machine, most of the time a client gives a server to answer ``initialize``.
+ANTHROPIC_BACKEND_MODULE = "caelum_mcp.backends.anthropic"
+
+
+class DeferredBackend(Backend):
+    """A backend built when it is first used, its module imported in a worker thread.
+
+    Every call goes to the real backend, so callers see no difference but the first call's wait
+    for the import; :meth:`prepare` starts it ahead. ``build`` runs on the event loop's thread once
+    the module is imported (an SDK client must be made where it will be used).
+    """
+
+    kind = "anthropic"
+
+    def __init__(
+        self, module: str, build: Callable[[], Backend], base_url: str, client: httpx2.AsyncClient, *, name: str
+    ) -> None:
+        super().__init__(base_url, client, name=name)
+        self._module = module
+        self._build = build
+        self._backend: Backend | None = None
+        self._lock = anyio.Lock()
+
+    async def prepare(self) -> Backend:
+        """The real backend, imported and built now if it was not yet."""
+        if self._backend is None:
+            async with self._lock:
+                if self._backend is None:
+                    await anyio.to_thread.run_sync(importlib.import_module, self._module)
+                    self._backend = self._build()
+        return self._backend
+
+    async def chat(self, request: ChatRequest, *, limit_s: float | None = None) -> ChatResponse:
+        return await (await self.prepare()).chat(request, limit_s=limit_s)
+
+    async def stream(self, request: ChatRequest, *, limit_s: float | None = None) -> AsyncIterator[StreamChunk]:
+        chunks = (await self.prepare()).stream(request, limit_s=limit_s)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:  # a consumer that stops early closes the real stream (its HTTP response) too
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def list_models(self) -> list[ModelInfo]:
+        return await (await self.prepare()).list_models()
+
+    async def health(self) -> HealthReport:
+        return await (await self.prepare()).health()
+
+    async def embed(self, request: EmbedRequest, *, limit_s: float | None = None) -> EmbedResponse:
+        return await (await self.prepare()).embed(request, limit_s=limit_s)
+
+    async def aclose(self) -> None:
+        if self._backend is not None:  # never built: nothing was opened
+            await self._backend.aclose()
+
+
+def make_claude(config: Config, http: httpx2.AsyncClient) -> DeferredBackend | None:
+    """Claude's backend when a key is configured, built at its first use (:class:`DeferredBackend`)."""
     claude = config.claude
     if not claude.configured or claude.api_key is None:
         return None
-    return AnthropicBackend(
-        claude.base_url or "",
-        http,
-        name="claude",
-        api_key=claude.api_key.get_secret_value(),
-        model=claude.model,
-        max_retries=claude.max_retries,
-        timeout_s=claude.timeout_s,
-        structured_output=claude.structured_output,
-    )
+    api_key = claude.api_key.get_secret_value()
+
+    def build() -> AnthropicBackend:
+        from caelum_mcp.backends.anthropic import AnthropicBackend
+
+        return AnthropicBackend(
+            claude.base_url or "",
+            http,
+            name="claude",
+            api_key=api_key,
+            model=claude.model,
+            max_retries=claude.max_retries,
+            timeout_s=claude.timeout_s,
+            structured_output=claude.structured_output,
+        )
+
+    return DeferredBackend(ANTHROPIC_BACKEND_MODULE, build, claude.base_url or "", http, name="claude")
 
 
 async def start_embedded(state: AppState) -> None:
@@ -134,6 +219,11 @@ async def start_embedded(state: AppState) -> None:
         state.embedded_note = str(exc)
         log.warning("%s", exc)
         return
+    except BaseException:  # the server stopped while the child started: stop the child too
+        with anyio.CancelScope(shield=True):
+            await server.astop()
+        raise
+    state.embedded = server  # from here on, open_app's exit stops it
     backend = OpenAIBackend(url, state.http, name="embedded")
     host = Host(
         name="embedded",
@@ -144,7 +234,6 @@ async def start_embedded(state: AppState) -> None:
     )
     state.pool.add_host(host)
     await state.pool.refresh_host(host)
-    state.embedded = server
     state.embedded_note = f"running at {url}"
     log.info("embedded model %s serving at %s", EMBEDDED_MODEL_NAME, url)
 
@@ -152,6 +241,8 @@ async def start_embedded(state: AppState) -> None:
 async def start_embedded_embeddings(state: AppState) -> None:
     """Start the embedded embedding model (all-MiniLM-L6-v2, converted to GGUF on first use) and
     add it to the pool as an embedding-tier host; without its weights, note what to install."""
+    from caelum_mcp.embedding_model import EMBEDDING_MODEL_NAME, ensure_embedding_gguf  # numpy: only here
+
     config = state.config
     try:
         gguf = await anyio.to_thread.run_sync(ensure_embedding_gguf, config.data_dir / "models")
@@ -174,6 +265,11 @@ async def start_embedded_embeddings(state: AppState) -> None:
     except EmbeddedUnavailableError as exc:
         state.embedded_note += f"; embedding model: {exc}"
         return
+    except BaseException:  # the server stopped while the child started: stop the child too
+        with anyio.CancelScope(shield=True):
+            await server.astop()
+        raise
+    state.embedded_embeddings = server  # from here on, open_app's exit stops it
     host = Host(
         name="embedded-embeddings",
         backend=EmbeddedBackend(server, state.http, name="embedded-embeddings"),  # restarts a dead process
@@ -183,7 +279,6 @@ async def start_embedded_embeddings(state: AppState) -> None:
     )
     state.pool.add_host(host)
     await state.pool.refresh_host(host)
-    state.embedded_embeddings = server
     state.embedded_note += f"; embeddings ({EMBEDDING_MODEL_NAME}) at {url}"
 
 
@@ -212,6 +307,16 @@ async def watch_embedded(state: AppState, interval_s: float = 2.0) -> None:
         state.embedded_note = f"restarted at {server.url}"
 
 
+async def prepare_in_background(backend: DeferredBackend, after: anyio.Event) -> None:
+    """Build ``backend`` once ``after`` is set (the first tool call), so that a call escalating to
+    it later need not wait for its import; a failure is logged, and the call tries again."""
+    await after.wait()
+    try:
+        await backend.prepare()
+    except Exception:
+        log.warning("could not load the %s backend ahead of its first call", backend.name, exc_info=True)
+
+
 def _has_healthy_chat_host(pool: Pool) -> bool:
     return any(
         any(Tier.EMBEDDING not in h.tiers_of(m, pool.tier_overrides) for m in h.models) for h in pool.healthy_hosts()
@@ -225,6 +330,7 @@ async def open_app(
     environ: dict[str, str] | None = None,
     health_loop: bool = True,
     extra_hosts: Sequence[Host] = (),
+    start_in_background: bool = False,
 ) -> AsyncIterator[AppState]:
     """Build everything the server needs; close all of it on exit, whatever happened.
 
@@ -232,10 +338,16 @@ async def open_app(
     application, e.g. with :class:`~caelum_mcp.backends.scripted.ScriptedBackend`).
 
     The first health checks run in the background, each within the pool's ``health_timeout_s``:
-    with ``health_loop`` (the server) this returns after at most :data:`STARTUP_PROBE_WAIT_S`, a
-    host still being probed then counting as unknown (so ``embedded = "auto"`` starts the embedded
+    with ``health_loop`` (the server) the start waits for them at most :data:`STARTUP_PROBE_WAIT_S`,
+    a host still being probed then counting as unknown (so ``embedded = "auto"`` starts the embedded
     model when no other chat host has answered yet); without it (``doctor``, ``status``: one look)
-    it waits for every host's answer or time limit.
+    it waits for every host's answer or time limit. ``state.ready`` is set when that wait is over.
+
+    ``start_in_background`` (the MCP server, which must answer ``initialize`` at once and makes its
+    tool calls wait for ``ready``): this returns without waiting for the health checks, except, with
+    ``embedded = "auto"``, until a chat host is healthy (or every host has answered, or the wait is
+    over) to know whether the embedded model is needed; a host that hangs then holds up nothing.
+    Without it, ``ready`` is set before this returns.
     """
     import os
 
@@ -267,17 +379,34 @@ async def open_app(
     )
     try:
         async with anyio.create_task_group() as tg:
-            probed = anyio.Event()
+            # The first health checks, side by side, each within the pool's own limit.
+            hosts = [h for h in pool.hosts.values() if h.enabled]
+            left = len(hosts)
+            all_probed, decidable = anyio.Event(), anyio.Event()
 
-            async def first_probes() -> None:
+            async def first_probe(host: Host) -> None:
+                nonlocal left
                 try:
-                    await pool.refresh_all()
+                    await pool.refresh_host(host)
                 finally:
-                    probed.set()
+                    left -= 1
+                    if left == 0:
+                        all_probed.set()
+                    if left == 0 or _has_healthy_chat_host(pool):
+                        decidable.set()  # whether the embedded model is needed is known
 
-            tg.start_soon(first_probes)
-            with anyio.move_on_after(STARTUP_PROBE_WAIT_S if health_loop else math.inf):
-                await probed.wait()
+            for host in hosts:
+                tg.start_soon(first_probe, host)
+            if not hosts:
+                all_probed.set()
+                decidable.set()
+            probe_wait_ends = anyio.current_time() + (STARTUP_PROBE_WAIT_S if health_loop else math.inf)
+            if not start_in_background:
+                with anyio.move_on_after(probe_wait_ends - anyio.current_time()):
+                    await all_probed.wait()
+            elif config.embedded == "auto":  # the rest of the wait goes on behind the tool calls' gate
+                with anyio.move_on_after(probe_wait_ends - anyio.current_time()):
+                    await decidable.wait()
             if config.embedded == "on" or (config.embedded == "auto" and not _has_healthy_chat_host(pool)):
                 await start_embedded(state)
                 if state.embedded is not None:
@@ -290,6 +419,18 @@ async def open_app(
                 tg.start_soon(pool.run_health_checks, config.pool.health_interval_s)
             if state.embedded is not None:
                 tg.start_soon(watch_embedded, state)
+
+            async def ready_once_probed() -> None:
+                with anyio.move_on_after(probe_wait_ends - anyio.current_time()):
+                    await all_probed.wait()
+                state.ready.set()
+
+            if start_in_background:
+                tg.start_soon(ready_once_probed)
+            else:
+                state.ready.set()
+            if isinstance(claude, DeferredBackend):
+                tg.start_soon(prepare_in_background, claude, state.first_call)
             try:
                 yield state
             finally:

@@ -61,7 +61,7 @@ from caelum_mcp.metrics import metrics_port
 from caelum_mcp.runtime import ToolRuntime, validate_arguments
 from caelum_mcp.schemas import compact_schema
 from caelum_mcp.supervisors import SUPERVISORS
-from caelum_mcp.supervisors.base import ExternalTool
+from caelum_mcp.supervisors.base import ExternalTool, ToolOutput
 from caelum_mcp.tools.code.secrets import redact_secrets
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,11 @@ class StateHolder:
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[AppState]:
-        """Open the app and hand its services to the tools; close both on exit."""
-        async with open_app(self.config, extra_hosts=self.extra_hosts) as state, self.runtime.serving(state):
+        """Open the app and hand its services to the tools; close both on exit. The client's
+        ``initialize`` is answered at once: the first health checks go on in the background, and
+        tool calls wait for them (:func:`~caelum_mcp.app.open_app`'s ``start_in_background``)."""
+        opened = open_app(self.config, extra_hosts=self.extra_hosts, start_in_background=True)
+        async with opened as state, self.runtime.serving(state):
             self.state = state
             try:
                 with self.telemetry.watching(state):
@@ -231,6 +234,7 @@ def build_tool(tool: ExternalTool[Any, Any], runtime: ToolRuntime, telemetry: Te
     async def handler(ctx: Context, **kwargs: Any) -> CallToolResult:
         listed = kwargs.pop(ROOTS_PARAM, None)
         state = cast(AppState, ctx.request_context.lifespan_context)
+        state.first_call.set()
         roots = state.config.resolved_roots()
         if tool.uses_roots:
             roots = roots + tuple(r for r in await client_roots(ctx, listed) if r not in roots)
@@ -238,9 +242,12 @@ def build_tool(tool: ExternalTool[Any, Any], runtime: ToolRuntime, telemetry: Te
         call_id, started, outcome, result = new_request_id(), time.perf_counter(), "cancelled", None
         try:
             args = validate_arguments(input_model, kwargs)
-            result = await progress.run(
-                lambda: runtime.invoke(tool.name, args, roots=roots, progress=progress.report, call_id=call_id)
-            )
+
+            async def work() -> ToolOutput:
+                await state.ready.wait()  # the server's first health checks (STARTUP_PROBE_WAIT_S at most)
+                return await runtime.invoke(tool.name, args, roots=roots, progress=progress.report, call_id=call_id)
+
+            result = await progress.run(work)
             data = runtime.fit(tool.name, result, runtime.budget_for(tool.name, args))
             outcome = "ok"
         except CaelumError as exc:

@@ -80,3 +80,35 @@ async def test_a_hung_host_does_not_hold_up_initialize_and_calls_go_to_the_worki
     print(f"initialize answered after {initialized:.2f} s")
     assert initialized < 20.0, initialized
     assert hung.chats == 0, "no model call went to a host that never answered its health check"
+
+
+async def test_the_server_state_opens_without_waiting_for_a_hung_host_and_tool_calls_wait_for_ready(
+    tmp_path: Path,
+) -> None:
+    """In process: ``open_app(start_in_background=True)`` (what the MCP server's lifespan enters
+    before it answers ``initialize``) returns while the hung host's first health check is still
+    running; with ``embedded = "auto"`` it waits only for the healthy host's answer, which settles
+    that no embedded model is needed. ``ready`` (what tool calls wait for) comes once the first
+    health checks' wait is over, the hung host then unknown. Before: the open waited the whole
+    ``STARTUP_PROBE_WAIT_S`` for the hung host."""
+    from caelum_mcp.app import open_app
+    from caelum_mcp.config import load_config
+
+    with FaultHost(fault=Fault("silent")) as hung, FaultHost() as healthy:
+        config = load_config(
+            str(config_with(tmp_path, hung.url, healthy.url)),
+            environ={},
+            overrides={"data_dir": str(tmp_path / "data"), "embedded": "auto"},
+        )
+        async with open_app(config, start_in_background=True) as state:
+            assert not state.ready.is_set(), "open_app waited for the hung host's health check"
+            assert [h.name for h in state.pool.healthy_hosts()] == ["works"]
+            assert state.embedded is None and state.embedded_note == "not needed: another local host is healthy"
+            with anyio.fail_after(30):
+                await state.ready.wait()
+            assert [h.name for h in state.pool.healthy_hosts()] == ["works"]
+            assert hung.by_path["/health"] >= 1 and state.pool.hosts["hung"].last_health is None  # still unknown
+
+        # without it (tests, bench): ready when open_app returns, as before
+        async with open_app(config) as state:
+            assert state.ready.is_set()
