@@ -126,13 +126,18 @@ def _leaks(payload: Any) -> bool:
     return SECRET in text or "root:x:0:0" in text
 
 
-@pytest.mark.slow  # ~8 s: 48 calls, one of which runs into the time limit
+# The runaway statement needs a short limit; 1 s was too short on a loaded machine for the sources
+# to open ("opening the sources ran past the time limit of 1 s" instead of the refusal expected).
+LIMIT_S = 3.0
+
+
+@pytest.mark.slow  # ~10 s: 48 calls, one of which runs into the time limit
 async def test_every_hostile_statement_is_refused_and_nothing_changes(arena: dict[str, Path]) -> None:
     root, out, tmp = arena["root"], arena["out"], arena["tmp"]
     before = digest(root)
     sources = ["shop/sales.csv", "shop/warehouse.duckdb"]
     refused = 0
-    async with session(tmp, [], data={"query_timeout_s": 1.0}) as (client, _):
+    async with session(tmp, [], data={"query_timeout_s": LIMIT_S}) as (client, _):
         for template, expected in HOSTILE_SQL:
             sql = template.format(root=root, out=out)
             res = await client.call_tool("query_data", {"sources": sources, "sql": sql})
@@ -154,7 +159,7 @@ async def test_every_hostile_question_ends_in_a_clear_error_and_nothing_changes(
     root, out, tmp = arena["root"], arena["out"], arena["tmp"]
     before = digest(root)
     backend = ScriptedBackend([("qwen2.5-coder:7b", 7.0)], obedient_model, name="gpu-1")
-    async with session(tmp, [gpu_host(backend)], data={"query_timeout_s": 1.0, "repair_rounds": 0}) as (client, _):
+    async with session(tmp, [gpu_host(backend)], data={"query_timeout_s": LIMIT_S, "repair_rounds": 0}) as (client, _):
         for template, expected in HOSTILE_QUESTIONS:
             question = template.format(root=root, out=out)
             res = await client.call_tool("query_data", {"sources": ["shop/sales.csv"], "question": question})
