@@ -157,6 +157,21 @@ class RouterConfig(Section):
     default_tier: Tier = Field(default=Tier.SMALL, description="one of micro, small, full, large, code")
     max_tokens: int = Field(default=1024, ge=16, le=32768)
     temperature: float = Field(default=0.2, ge=0, le=2)
+    calibration: bool = Field(
+        default=True,
+        description="report confidence as the calibrated probability that the answer is right (the shipped "
+        "calibration, overridden by <data dir>/calibration.json); false = the raw fixed-weight score",
+    )
+    agreement_samples: int = Field(
+        default=2,
+        ge=0,
+        le=8,
+        description="extra samples of an answer whose calibrated confidence is in its uncertain band, compared "
+        "with it (0 = never sample)",
+    )
+    agreement_temperature: float = Field(
+        default=0.7, ge=0, le=2, description="sampling temperature of the agreement samples"
+    )
     audit_rate: float = Field(
         default=0.0,
         ge=0,

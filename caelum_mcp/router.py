@@ -10,8 +10,11 @@ smallest tier that can do it, an output cap, a time budget). The router:
 2. runs it on the smallest eligible local tier (a code model first when the task prefers one),
    asking for JSON that matches the schema plus a ``confidence`` field, with logprobs;
 3. parses and validates the output, with at most one repair attempt, and scores confidence
-   (:mod:`caelum_mcp.confidence`) with the task's grounding check; returns when it clears the
-   threshold;
+   (:mod:`caelum_mcp.confidence`) with the task's grounding check: the raw signals mapped to the
+   calibrated probability that the answer is right for that model and task kind
+   (:mod:`caelum_mcp.calibration`; ``[router] calibration = false`` keeps the raw score), with
+   ``agreement_samples`` more samples of the same model compared with it when that probability
+   is in the calibration's uncertain band; returns when it clears the threshold;
 4. otherwise tries the next larger eligible local tier (``router.escalate_local``), keeping the
    best local answer;
 5. then Claude, through the same parse → repair → score path;
@@ -68,7 +71,7 @@ import anyio
 from caelum_mcp.answers import parse_answer, self_reported, strip_confidence, task_schema, with_schema_instruction
 from caelum_mcp.audit import Auditor
 from caelum_mcp.backends.base import Backend
-from caelum_mcp.calibration import token_signals
+from caelum_mcp.calibration import USER_FILE, CalibrationTable, token_signals
 from caelum_mcp.confidence import ConfidenceParts, Signals, score
 from caelum_mcp.config import Config
 from caelum_mcp.errors import (
@@ -192,12 +195,23 @@ class Router:
         config: Config,
         *,
         claude: Backend | None = None,
+        calibration: CalibrationTable | None = None,
     ) -> None:
+        """``calibration`` defaults to the shipped table overridden by ``<data dir>/calibration.json``
+        (read only when ``[router] calibration`` is on)."""
         self.pool = pool
         self.ledger = ledger
         self.config = config
         self.claude = claude
         self.budget = BudgetGuard(ledger, config.claude.daily_budget_usd)
+        threshold = config.router.confidence_threshold
+        if calibration is None:
+            calibration = (
+                CalibrationTable.load(config.data_dir / USER_FILE, threshold=threshold)
+                if config.router.calibration
+                else CalibrationTable(threshold=threshold)
+            )
+        self.calibration = calibration
         self.audit = Auditor(self)  # calibration labels: escalations, and a sample of local answers
 
     @property
@@ -506,6 +520,8 @@ class Router:
                 output, error = parse_answer(second.response.content, run.validator)
             repaired = True
         parts = await self._score(run.task, output, error, repaired, reply.response)
+        if self.config.router.calibration:
+            parts = await self._calibrated(run, parts, output, request, first, local)
         row_id = reply.row_id
         if row_id is not None:  # the row of the answer that was scored gets its confidence
             await anyio.to_thread.run_sync(lambda: self.ledger.annotate(row_id, confidence=parts.score))
@@ -541,22 +557,27 @@ class Router:
             temperature=temperature if temperature is not None else self.config.router.temperature,
         )
 
-    async def _call(self, run: _Run, request: ChatRequest, local: _Local | None) -> _Reply | None:
+    async def _call(
+        self, run: _Run, request: ChatRequest, local: _Local | None, *, stream: bool = True
+    ) -> _Reply | None:
         """One model call, recorded in the ledger whatever happens (cancellation included); None
         when it produced no answer (the reason is in ``run.errors``). Its messages are redacted here,
-        the one place every request passes on its way to a model."""
+        the one place every request passes on its way to a model. ``stream=False`` keeps a local
+        call's text from the task's ``on_text`` (an agreement sample is not the answer)."""
         request = await redacted_request(request)
         if local is None:
             return await self._call_claude(run, request)
-        return await self._call_local(run, request, local)
+        return await self._call_local(run, request, local, stream=stream)
 
-    async def _call_local(self, run: _Run, request: ChatRequest, local: _Local) -> _Reply | None:
+    async def _call_local(
+        self, run: _Run, request: ChatRequest, local: _Local, *, stream: bool = True
+    ) -> _Reply | None:
         """One local call through the pool (streamed when the task wants its text as it comes);
         every attempt, failed or not, is in the ledger."""
         started = time.perf_counter()
         trace = CallTrace()
         try:
-            if run.task.on_text is not None:
+            if run.task.on_text is not None and stream:
                 reply = await self._stream_local(run, request, local, run.task.on_text, trace)
                 latency_ms = (time.perf_counter() - started) * 1000
             else:
@@ -741,6 +762,103 @@ class Router:
         )
         return parts.model_copy(update={"signals": signals})
 
+    async def _calibrated(
+        self,
+        run: _Run,
+        parts: ConfidenceParts,
+        output: dict[str, Any] | None,
+        request: ChatRequest,
+        first: _Reply,
+        local: _Local | None,
+    ) -> ConfidenceParts:
+        """``parts`` with ``score`` the calibrated P(correct) of ``first.model``'s answer on the task's
+        kind (:meth:`CalibrationTable.lookup`). When that probability lies in the entry's uncertain
+        band, ``agreement_samples`` more answers of the same model are drawn first (local answers
+        only: Claude's cost money) and the entry's with-agreement calibrator gives the score."""
+        signals = parts.signals
+        if signals is None:  # _score always sets them; a raw score stands without them
+            return parts
+        entry, label = self.calibration.lookup(first.model, run.task.kind.value)
+        probability = entry.base.probability(signals)
+        k = self.config.router.agreement_samples
+        band, with_agreement = entry.band, entry.with_agreement
+        if (
+            local is not None
+            and output is not None
+            and k > 0
+            and with_agreement is not None
+            and band is not None
+            and band[0] <= probability <= band[1]
+            and run.time_left() > 0
+        ):
+            pinned = _Local(tier=None, model=first.model, min_tier=None)
+            agreement, samples = await self._sample_agreement(run, request, pinned, output, k)
+            if agreement is not None:
+                signals = signals.model_copy(update={"agreement": agreement, "samples": samples})
+                probability = with_agreement.probability(signals)
+                label += f"; agreement {agreement:.2f} over {samples} samples"
+        return parts.model_copy(update={"score": round(probability, 4), "signals": signals, "calibration": label})
+
+    async def sample_agreement(
+        self,
+        task: LLMTask,
+        first_output: dict[str, Any],
+        k: int,
+        *,
+        model: str | None = None,
+        call_id: str | None = None,
+    ) -> tuple[float | None, int, float]:
+        """(agreement, samples, elapsed_ms): ``k`` samples of ``task`` at ``[router]
+        agreement_temperature``, in parallel through the pool, on ``model`` (default: the task's
+        model, else the first local step the router would take), within the task's time budget;
+        agreement is the share of the samples that answered whose normalised answer equals
+        ``first_output`` (None when none answered). Each sample is a ledger row tagged ``call_id``.
+        The benchmark's way to measure agreement and its cost on recorded answers."""
+        schema, validator = task_schema(task.output_schema)
+        needs = self.needs(task)
+        run = _Run(
+            task=task,
+            needs=needs,
+            schema=schema,
+            validator=validator,
+            call_id=call_id,
+            deadline=time.monotonic() + needs.time_budget_s,
+        )
+        pinned = model or task.model
+        if pinned:
+            step = _Local(tier=None, model=pinned, min_tier=None)
+        else:
+            plan = self._local_plan(task, needs)
+            if not plan:
+                raise NoHostAvailableError(f"{task.name}: {self._no_local_reason(task, needs)}")
+            step = plan[0]
+        started = time.perf_counter()
+        agreement, samples = await self._sample_agreement(run, self._request(run, step), step, first_output, k)
+        return agreement, samples, round((time.perf_counter() - started) * 1000, 1)
+
+    async def _sample_agreement(
+        self, run: _Run, request: ChatRequest, local: _Local, first_output: dict[str, Any], k: int
+    ) -> tuple[float | None, int]:
+        """``k`` samples of ``request`` in parallel at the agreement temperature: (share whose
+        answer equals ``first_output``, samples that answered). A sample that does not parse
+        disagrees; one that failed to answer is not counted."""
+        sample = request.model_copy(update={"temperature": self.config.router.agreement_temperature, "logprobs": False})
+        first = _normalised(first_output)
+        answers: list[bool] = []
+
+        async def one() -> None:
+            reply = await self._call(run, sample, local, stream=False)
+            if reply is not None:
+                output, error = parse_answer(reply.response.content, run.validator)
+                answers.append(error is None and output is not None and _normalised(output) == first)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(k):
+                group.start_soon(one)
+        if not answers:
+            return None, 0
+        return sum(answers) / len(answers), len(answers)
+
     def _result(
         self, run: _Run, cand: _Candidate, path: FinalPath, reason: str | None, *, timed_out: bool = False
     ) -> RoutedResult:
@@ -795,6 +913,22 @@ async def _redacted_texts(texts: Sequence[str]) -> tuple[str, ...]:
 
 def _base(model: str) -> str:
     return model.split(":")[0]
+
+
+def _normalised(output: dict[str, Any]) -> Any:
+    """An answer as agreement compares it: the model's ``confidence`` field dropped, strings
+    casefolded and stripped, all the way down."""
+    return _normal({k: v for k, v in output.items() if k != "confidence"})
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.strip().casefold()
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    return value
 
 
 def _cost_bound(

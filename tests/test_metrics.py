@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from fakes.calibration_tables import write_calibrated_as_raw
 from integration.dashboard_server import seed_ledger, serving, two_hosts
 from mcp import Client
 from prometheus_client.parser import text_string_to_metric_families
@@ -60,6 +61,8 @@ async def calls(mcp_url: str, arguments: Iterable[dict[str, Any]]) -> list[Any]:
 
 async def test_counters_move_by_what_the_calls_did(tmp_path: Path) -> None:
     seed_ledger(tmp_path / "data" / "ledger.sqlite3", days=2)
+    # Both models measured and their raw score found calibrated: one answer clears, one does not.
+    write_calibrated_as_raw(tmp_path / "data")
     async with serving(tmp_path, two_hosts()) as served:
         before = await scrape(served.base)
         results = await calls(

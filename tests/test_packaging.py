@@ -67,6 +67,7 @@ def test_the_wheel_holds_and_imports_every_module(tmp_path: Path) -> None:
     static = {f"caelum_mcp/dashboard/static/{p.name}" for p in (ROOT / "caelum_mcp/dashboard/static").iterdir()}
     assert {"caelum_mcp/dashboard/static/index.html", "caelum_mcp/dashboard/static/app.js"} <= static
     assert static <= set(names), f"missing from the wheel: {sorted(static - set(names))}"
+    assert "caelum_mcp/calibration_default.json" in names  # the shipped calibration table
 
     target = tmp_path / "site"
     install = subprocess.run(
@@ -83,6 +84,8 @@ def test_the_wheel_holds_and_imports_every_module(tmp_path: Path) -> None:
         "files = {m: importlib.import_module(m).__file__ for m in mods}\n"
         "import importlib.resources as res\n"
         "assert res.files('caelum_mcp.dashboard').joinpath('static', 'index.html').is_file()\n"
+        "from caelum_mcp.calibration import CalibrationTable\n"
+        "assert CalibrationTable.load().problems == []\n"
         "print(json.dumps(files))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from caelum_mcp.calibration import token_signals
+from caelum_mcp.calibration import (
+    FEATURES,
+    FEATURES_WITH_AGREEMENT,
+    MIN_ROWS,
+    CalibrationEntry,
+    CalibrationError,
+    CalibrationTable,
+    Calibrator,
+    Prior,
+    Signals,
+    feature_vector,
+    fit,
+    metrics,
+    token_signals,
+)
+from caelum_mcp.confidence import raw_score
 from caelum_mcp.types import TokenLogprob
 
 
@@ -50,3 +68,269 @@ def test_no_usable_tokens_gives_no_signals() -> None:
     assert token_signals([TokenLogprob(token="x", logprob=float("nan"))]) == empty
     # a positive logprob (a server's rounding) counts as certainty, never above 1
     assert token_signals([TokenLogprob(token="x", logprob=0.01)])["token_mean"] == 1.0
+
+
+# features and fitting -----------------------------------------------------------------------------
+
+
+def sig(**kw: object) -> Signals:
+    return Signals(**{"valid": True, **kw})  # type: ignore[arg-type]
+
+
+def test_feature_vector_order_and_missing_indicators() -> None:
+    bare = feature_vector(sig(), with_agreement=True)
+    assert len(bare) == len(FEATURES_WITH_AGREEMENT)
+    named = dict(zip(FEATURES_WITH_AGREEMENT, bare, strict=True))
+    for missing in ("self_reported_missing", "tokens_missing", "entropy_missing", "grounding_missing"):
+        assert named[missing] == 1.0
+    assert named["agreement_missing"] == 1.0 and named["agreement"] == 0.0
+    full = sig(
+        repaired=True,
+        self_reported=0.8,
+        token_mean=0.99,
+        token_min=0.2,
+        token_tail=0.3,
+        entropy=0.4,
+        grounding=1.0,
+        agreement=0.5,
+        samples=2,
+        output_tokens=1024,
+    )
+    named = dict(zip(FEATURES_WITH_AGREEMENT, feature_vector(full, with_agreement=True), strict=True))
+    assert named["repaired"] == 1.0 and named["self_reported"] == 0.8 and named["self_reported_missing"] == 0.0
+    assert named["token_mean_nines"] == pytest.approx(0.5)  # two nines of four
+    assert (named["token_min"], named["token_tail"], named["entropy"], named["grounding"]) == (0.2, 0.3, 0.4, 1.0)
+    assert named["output_tokens_log"] == pytest.approx(1.0)
+    assert named["agreement"] == 0.5 and named["agreement_missing"] == 0.0
+    assert len(feature_vector(full, with_agreement=False)) == len(FEATURES)
+
+
+def synthetic(n: int, seed: int) -> tuple[list[Signals], list[bool], list[float]]:
+    """Answers whose true P(correct) is a known logistic function of the weakest token and grounding."""
+    rng = np.random.default_rng(seed)
+    signals, labels, truth = [], [], []
+    for _ in range(n):
+        token_min = float(rng.uniform(0.05, 1.0))
+        grounding = float(rng.choice([0.0, 0.5, 1.0]))
+        p = 1 / (1 + math.exp(-(-4.0 + 5.0 * token_min + 2.5 * grounding)))
+        signals.append(sig(token_min=token_min, token_mean=0.9, token_tail=0.9, grounding=grounding))
+        labels.append(bool(rng.random() < p))
+        truth.append(p)
+    return signals, labels, truth
+
+
+def test_logistic_fit_recovers_a_known_relationship() -> None:
+    signals, labels, _ = synthetic(4000, seed=1)
+    calibrator = fit(signals, labels, with_agreement=False)
+    named = dict(zip(FEATURES, calibrator.weights, strict=True))
+    assert named["token_min"] == pytest.approx(5.0, abs=0.6)
+    assert named["grounding"] == pytest.approx(2.5, abs=0.4)
+    held_out, held_labels, truth = synthetic(2000, seed=2)
+    predicted = [calibrator.probability(s) for s in held_out]
+    assert float(np.mean(np.abs(np.array(predicted) - np.array(truth)))) < 0.03
+    measured = metrics(predicted, held_labels, 0.75)
+    assert measured["ece"] is not None and measured["ece"] < 0.04
+    # the same data gives the same calibrator, to the last digit
+    assert fit(signals, labels, with_agreement=False) == calibrator
+
+
+def test_isotonic_fit_is_monotone_and_recovers_a_calibrated_score() -> None:
+    rng = np.random.default_rng(3)
+    signals, labels = [], []
+    for _ in range(3000):
+        g = float(rng.uniform(0, 1))
+        signals.append(sig(grounding=g))  # raw score = grounding alone
+        labels.append(bool(rng.random() < g))
+    calibrator = fit(signals, labels, with_agreement=False, method="isotonic")
+    assert list(calibrator.ys) == sorted(calibrator.ys)
+    for g in (0.2, 0.5, 0.8):
+        assert calibrator.probability(sig(grounding=g)) == pytest.approx(g, abs=0.08)
+    with pytest.raises(CalibrationError, match="agreement"):
+        fit(signals, labels, with_agreement=True, method="isotonic")
+
+
+def test_fit_needs_enough_valid_answers() -> None:
+    rows = [sig(token_mean=0.9)] * (MIN_ROWS - 1) + [Signals(valid=False)] * 30
+    with pytest.raises(CalibrationError, match=f"only {MIN_ROWS - 1} labelled valid answers"):
+        fit(rows, [True] * len(rows), with_agreement=False)
+    with pytest.raises(CalibrationError, match="labels"):
+        fit(rows, [True], with_agreement=False)
+
+
+def test_an_invalid_answer_is_worth_nothing_under_every_calibrator() -> None:
+    signals, labels, _ = synthetic(100, seed=4)
+    invalid = Signals(valid=False, self_reported=1.0, grounding=1.0)
+    assert fit(signals, labels, with_agreement=False).probability(invalid) == 0.0
+    assert Prior().calibrator(0.75).probability(invalid) == 0.0
+
+
+def test_agreement_moves_the_with_agreement_calibrator() -> None:
+    rng = np.random.default_rng(5)
+    signals, labels = [], []
+    for _ in range(600):
+        agreement = float(rng.choice([0.0, 0.5, 1.0]))
+        signals.append(sig(token_mean=0.95, agreement=agreement, samples=2))
+        labels.append(bool(rng.random() < 0.2 + 0.7 * agreement))
+    calibrator = fit(signals, labels, with_agreement=True)
+    agree = calibrator.probability(sig(token_mean=0.95, agreement=1.0, samples=2))
+    disagree = calibrator.probability(sig(token_mean=0.95, agreement=0.0, samples=2))
+    assert agree == pytest.approx(0.9, abs=0.06) and disagree == pytest.approx(0.2, abs=0.06)
+
+
+# metrics ------------------------------------------------------------------------------------------
+
+
+def test_metrics_match_hand_computed_values() -> None:
+    probs = [0.9, 0.8, 0.3, 0.2, 0.75]
+    labels = [True, False, True, False, True]
+    got = metrics(probs, labels, 0.75)
+    assert got["n"] == 5 and got["accuracy"] == pytest.approx(0.6)
+    # right answers {0.9, 0.3, 0.75} above wrong ones {0.8, 0.2}: 4 of 6 pairs
+    assert got["auroc"] == pytest.approx(4 / 6)
+    # every answer alone in its bin: (0.1 + 0.8 + 0.7 + 0.2 + 0.25) / 5
+    assert got["ece"] == pytest.approx(0.41)
+    assert got["brier"] == pytest.approx((0.01 + 0.64 + 0.49 + 0.04 + 0.0625) / 5)
+    assert got["clear_share"] == pytest.approx(0.6) and got["clear_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_metrics_bins_ties_and_edges() -> None:
+    # two answers share the [0.6, 0.7) bin: |0.65 - 0.5|
+    assert metrics([0.61, 0.69], [True, False], 0.75)["ece"] == pytest.approx(0.15)
+    assert metrics([1.0], [True], 0.75)["ece"] == pytest.approx(0.0)  # 1.0 falls in the last bin
+    assert metrics([0.5, 0.5], [True, False], 0.75)["auroc"] == pytest.approx(0.5)  # a tie counts half
+    one_class = metrics([0.2, 0.4], [True, True], 0.75)
+    assert one_class["auroc"] is None and one_class["clear_accuracy"] is None and one_class["clear_share"] == 0.0
+    assert metrics([], [], 0.75)["n"] == 0
+
+
+# the table ----------------------------------------------------------------------------------------
+
+
+def logistic(bias: float, **weights: float) -> Calibrator:
+    return Calibrator(
+        kind="logistic", features=FEATURES, weights=tuple(weights.get(f, 0.0) for f in FEATURES), bias=bias
+    )
+
+
+def entry(model: str, kind: str, base: Calibrator, **kw: object) -> CalibrationEntry:
+    return CalibrationEntry(model=model, kind=kind, base=base, **{"n": 100, "accuracy": 0.7, **kw})  # type: ignore[arg-type]
+
+
+def test_save_then_load_round_trips_and_the_user_file_overrides_entry_by_entry(tmp_path: Path) -> None:
+    shipped = tmp_path / "default.json"
+    CalibrationTable([entry("m", "qa", logistic(1.0)), entry("m", "sql", logistic(2.0))], prior=Prior(margin=0.1)).save(
+        shipped
+    )
+    user = tmp_path / "data" / "calibration.json"
+    CalibrationTable([entry("m", "qa", logistic(-1.0)), entry("n", "qa", logistic(0.5))]).save(user)
+    assert not list(user.parent.glob(".*tmp"))  # the atomic write leaves no temporary file
+    table = CalibrationTable.load(user, default_path=shipped, threshold=0.75)
+    assert table.problems == []
+    assert table.entries[("m", "qa")].base.bias == -1.0 and table.origins[("m", "qa")] == "user"
+    assert table.entries[("m", "sql")].base.bias == 2.0 and table.origins[("m", "sql")] == "default"
+    assert table.entries[("n", "qa")].base.bias == 0.5
+    found, label = table.lookup("m", "sql")
+    assert found == table.entries[("m", "sql")] and label.startswith("measured m/sql") and "default" in label
+    # the user's file wrote a prior of its own (the default one), which wins over the shipped one
+    assert table.prior == Prior()
+    again = tmp_path / "again.json"
+    table.save(again)
+    reloaded = CalibrationTable.load(None, default_path=again)
+    assert reloaded.entries == table.entries
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("{not json", "not a calibration table"),
+        ('{"version": 9, "entries": []}', "version 9"),
+        (
+            '{"version": 1, "entries": [{"model": "m", "kind": "qa", "base": {"kind": "logistic", '
+            '"features": ["old"], "weights": [1.0]}}]}',
+            "refit it",
+        ),
+    ],
+)
+def test_a_corrupt_user_file_is_moved_aside_with_one_line_and_defaults_are_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, why: str
+) -> None:
+    shipped = tmp_path / "default.json"
+    CalibrationTable([entry("m", "qa", logistic(1.0))]).save(shipped)
+    user = tmp_path / "calibration.json"
+    user.write_text(text)
+    with caplog.at_level(logging.WARNING, logger="caelum_mcp.calibration"):
+        table = CalibrationTable.load(user, default_path=shipped)
+    assert not user.exists()
+    aside = list(tmp_path.glob("calibration.json.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_text() == text
+    assert len(table.problems) == 1 and "\n" not in table.problems[0]
+    assert (
+        why in table.problems[0] and aside[0].name in table.problems[0] and "caelum-mcp calibrate" in table.problems[0]
+    )
+    assert [r.getMessage() for r in caplog.records] == table.problems
+    assert table.entries[("m", "qa")].base.bias == 1.0  # the shipped table still holds
+
+
+def test_the_shipped_default_holds_no_fitted_entries_and_documents_its_prior() -> None:
+    table = CalibrationTable.load(None, threshold=0.75)
+    assert table.problems == [] and table.entries == {}
+    assert "threshold - margin" in table.prior.note and table.prior.margin > 0
+    found, label = table.lookup("qwen2.5-coder:1.5b", "extraction")
+    assert found.base.kind == "prior" and label.startswith("prior for unmeasured qwen2.5-coder:1.5b/extraction")
+
+
+def test_with_nothing_measured_the_prior_keeps_the_raw_score_below_the_threshold_unless_verified() -> None:
+    table = CalibrationTable(threshold=0.75)
+    prior, _ = table.lookup("m", "qa")
+    sure = sig(self_reported=1.0, token_mean=0.999)
+    assert raw_score(sure) > 0.9
+    assert prior.base.probability(sure) == pytest.approx(0.70)  # capped below 0.75
+    weak = sig(self_reported=0.3, token_mean=0.4)
+    assert prior.base.probability(weak) == pytest.approx(raw_score(weak))  # below the cap: unchanged
+    verified = sig(self_reported=1.0, token_mean=0.999, grounding=1.0)
+    assert prior.base.probability(verified) == pytest.approx(raw_score(verified)) and raw_score(verified) > 0.75
+    assert CalibrationTable(threshold=0.5).lookup("m", "qa")[0].base.cap == pytest.approx(0.45)
+
+
+def random_signals(n: int, seed: int) -> list[Signals]:
+    rng = np.random.default_rng(seed)
+    return [
+        sig(
+            self_reported=float(rng.uniform()),
+            token_mean=float(rng.uniform(0.5, 1)),
+            token_min=float(rng.uniform()),
+            token_tail=float(rng.uniform()),
+            grounding=None if rng.random() < 0.5 else float(rng.uniform()),
+            output_tokens=int(rng.integers(1, 200)),
+        )
+        for _ in range(n)
+    ]
+
+
+def test_an_unmeasured_pair_never_reads_higher_than_the_family_it_falls_back_to() -> None:
+    family = entry("*", "extraction", logistic(3.0, token_min=2.0), clear_accuracy=0.86)
+    pooled = entry("*", "*", logistic(2.0, grounding=1.0), clear_accuracy=None, accuracy=0.6)
+    measured = entry("qwen2.5-coder:1.5b", "extraction", logistic(4.0))
+    table = CalibrationTable([family, pooled, measured])
+    own, label = table.lookup("qwen2.5-coder:1.5b", "extraction")
+    assert own == measured and label.startswith("measured")
+    fallback, label = table.lookup("llama3.2:3b", "extraction")
+    assert label.startswith("family */extraction for unmeasured llama3.2:3b/extraction, capped at 0.86")
+    pooled_fallback, label = table.lookup("llama3.2:3b", "sql")
+    assert label.startswith("all models and kinds */* for unmeasured llama3.2:3b/sql, capped at 0.60")
+    for s in random_signals(500, seed=6):
+        assert fallback.base.probability(s) <= min(family.base.probability(s), 0.86)
+        assert pooled_fallback.base.probability(s) <= min(pooled.base.probability(s), 0.6)
+    assert max(fallback.base.probability(s) for s in random_signals(500, seed=6)) == pytest.approx(0.86)
+
+
+def test_entries_refuse_inconsistent_calibrators() -> None:
+    with_agreement = Calibrator(kind="logistic", features=FEATURES_WITH_AGREEMENT, weights=(0.0,) * 14)
+    with pytest.raises(ValueError, match="base must not use agreement"):
+        entry("m", "qa", with_agreement)
+    with pytest.raises(ValueError, match="with_agreement must be"):
+        entry("m", "qa", logistic(0.0), with_agreement=logistic(0.0))
+    with pytest.raises(ValueError, match="band"):
+        entry("m", "qa", logistic(0.0), band=(0.8, 0.4))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        Calibrator(kind="isotonic", xs=(0.0, 1.0), ys=(0.9, 0.1))

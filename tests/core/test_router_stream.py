@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from fakes.calibration_tables import calibrated_as_raw
 
 from caelum_mcp.backends.ollama import OllamaBackend
 from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
@@ -54,7 +55,7 @@ async def test_a_streamed_task_reports_growing_text_and_is_recorded_like_any_cal
     pool = await scripted_pool(scripted_host("gpu", [("qwen3:8b", 8.0)], ScriptedReply(ANSWER, logprob=-0.05)))
     texts = Texts()
     with Ledger(tmp_path / "l.db") as ledger:
-        router = Router(pool, ledger, make_config(tmp_path))
+        router = Router(pool, ledger, make_config(tmp_path), calibration=calibrated_as_raw())
         streamed = await router.run(task(texts), call_id="c1")
         plain = await router.run(task(), call_id="c2")
         rows = {row.call_id: row for row in ledger.recent(5)}
@@ -74,7 +75,8 @@ async def test_a_host_that_fails_before_the_first_token_is_failed_over(tmp_path:
     pool.hosts["down"].latency_ewma_ms, pool.hosts["up"].latency_ewma_ms = 1.0, 50.0  # "down" is tried first
     texts = Texts()
     with Ledger(tmp_path / "l.db") as ledger:
-        result = await Router(pool, ledger, make_config(tmp_path)).run(task(texts), call_id="c")
+        router = Router(pool, ledger, make_config(tmp_path), calibration=calibrated_as_raw())
+        result = await router.run(task(texts), call_id="c")
         rows = ledger.recent(5)
     assert result.execution.host == "up" and result.execution.attempts == 2
     assert texts.seen[-1] == ANSWER

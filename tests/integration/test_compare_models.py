@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
+from fakes.calibration_tables import write_calibrated_as_raw
 from mcp import Client
 
 from caelum_mcp.backends.scripted import ReplyFunction, ScriptedBackend, ScriptedReply
@@ -83,6 +84,8 @@ async def call(client: Client, args: dict[str, Any], seen: list[str] | None = No
 async def test_five_models_answer_at_once_and_the_odd_one_out_is_flagged(tmp_path: Path) -> None:
     together = AllAtOnce(len(ANSWERS))
     hosts = [host(i, text, delay, together=together) for i, (text, delay) in enumerate(ANSWERS)]
+    # The model measured and its raw score found calibrated (the shipped table has no entries).
+    write_calibrated_as_raw(tmp_path / "data")
     server, holder = make_server(tmp_path, hosts)
     seen: list[str] = []
     async with Client(server) as client:
@@ -141,6 +144,7 @@ async def test_text_agreement_uses_the_pools_embedding_model_and_repeats_are_lab
 
 
 async def test_a_model_nobody_serves_and_claude_unconfigured_are_reported_not_raised(tmp_path: Path) -> None:
+    write_calibrated_as_raw(tmp_path / "data")  # m0 measured: its raw score is its P(correct)
     server, _ = make_server(tmp_path, [host(0, "Paris.", 0.01)])
     async with Client(server) as client:
         out = await call(client, {"prompt": "Capital?", "models": ["m0:8b", "ghost:70b"], "include_claude": True})

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from fakes.calibration_tables import write_calibrated_as_raw
 from mcp import Client
 
 from caelum_mcp.ledger import Ledger
@@ -48,6 +49,7 @@ async def test_the_dashboard_shows_hosts_charts_and_a_new_call_live(
 ) -> None:
     find_chromium()
     seed_ledger(tmp_path / "data" / "ledger.sqlite3")
+    write_calibrated_as_raw(tmp_path / "data")  # both models measured: one answer clears, one does not
     async with serving(tmp_path, two_hosts()) as served:
         async with Client(served.mcp) as client:  # some traffic first: latency points, a low-confidence call
             for model in ("qwen3:8b", "llama3.2:3b", "qwen3:8b"):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.calibration_tables import write_calibrated_as_raw
 from mcp import Client
 
 from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
@@ -102,6 +103,7 @@ async def test_with_only_the_embedded_micro_model_security_scan_skips_the_review
 async def test_with_a_capable_host_the_review_runs_grounded(tmp_path: Path) -> None:
     project = write(tmp_path / "work" / "planted", PLANTED)
     backend = ScriptedBackend([("qwen3:8b", 8.0)], capable_model, name="gpu-1")
+    write_calibrated_as_raw(tmp_path / "data")  # qwen3:8b measured: its raw score is its P(correct)
     async with session(tmp_path, [gpu_host(backend)]) as (client, holder):
         res = await client.call_tool("analyze_and_improve_code", {"project": str(project), "task": "security_scan"})
         assert not res.is_error, res.content

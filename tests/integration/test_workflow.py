@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.calibration_tables import write_calibrated_as_raw
 from mcp import Client
 
 from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
@@ -231,6 +232,7 @@ async def test_the_summary_cites_step_results_and_the_run_cost_comes_from_the_le
         }
     }
     host = Host(name="gpu", backend=ScriptedBackend([("qwen3:4b", 4.0)], summariser, name="gpu"))
+    write_calibrated_as_raw(tmp_path / "data")  # qwen3:4b measured: its raw score is its P(correct)
     server, holder = make_server(tmp_path, [host], workflows={"quick": quick})
     async with Client(server) as client:
         out = await call(client, "run_workflow", {"workflow": "quick", "project": str(project)})
