@@ -234,3 +234,22 @@ async def test_samples_that_fail_are_not_counted(tmp_path: Path) -> None:
     # one sample failed to answer (not counted), the other did not parse (disagrees)
     assert signals is not None and (signals.agreement, signals.samples) == (0.0, 1)
     assert len(backend.requests) == 3
+
+
+async def test_a_streamed_task_shows_only_its_answer_not_the_samples(tmp_path: Path) -> None:
+    first = json.dumps({"city": "Paris", "confidence": 0.9})
+    replies = [ScriptedReply(first, logprob=-0.05), json.dumps({"city": "Lyon", "confidence": 0.9})]
+    host = scripted_host("gpu", SMALL, replies, limit=2)
+    pool = await scripted_pool(host)
+    seen: list[str] = []
+
+    async def on_text(text: str) -> None:
+        seen.append(text)
+
+    streamed = dataclasses.replace(task(), on_text=on_text)
+    with Ledger(tmp_path / "l.db") as ledger:
+        router = Router(pool, ledger, make_config(tmp_path), calibration=table(band=(0.0, 1.0)))
+        result = await router.run(streamed)
+    signals = result.execution.confidence_parts.signals
+    assert signals is not None and (signals.agreement, signals.samples) == (0.0, 2)
+    assert seen and seen[-1] == first and not any("Lyon" in text for text in seen)
