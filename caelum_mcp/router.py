@@ -843,14 +843,14 @@ class Router:
         answer equals ``first_output``, samples that answered). A sample that does not parse
         disagrees; one that failed to answer is not counted."""
         sample = request.model_copy(update={"temperature": self.config.router.agreement_temperature, "logprobs": False})
-        first = _normalised(first_output)
+        first = _normalised(first_output, run.schema)
         answers: list[bool] = []
 
         async def one() -> None:
             reply = await self._call(run, sample, local, stream=False)
             if reply is not None:
                 output, error = parse_answer(reply.response.content, run.validator)
-                answers.append(error is None and output is not None and _normalised(output) == first)
+                answers.append(error is None and output is not None and _normalised(output, run.schema) == first)
 
         async with anyio.create_task_group() as group:
             for _ in range(k):
@@ -915,10 +915,13 @@ def _base(model: str) -> str:
     return model.split(":")[0]
 
 
-def _normalised(output: dict[str, Any]) -> Any:
-    """An answer as agreement compares it: the model's ``confidence`` field dropped, strings
-    casefolded and stripped, all the way down."""
-    return _normal({k: v for k, v in output.items() if k != "confidence"})
+def _normalised(output: dict[str, Any], schema: dict[str, Any]) -> Any:
+    """An answer as agreement compares it: the schema's fields only (all of them when it names
+    none), the model's ``confidence`` field dropped, strings casefolded and stripped, all the way
+    down."""
+    fields = schema.get("properties")
+    named = fields if isinstance(fields, dict) and fields else None
+    return _normal({k: v for k, v in output.items() if k != "confidence" and (named is None or k in named)})
 
 
 def _normal(value: Any) -> Any:

@@ -253,3 +253,15 @@ async def test_a_streamed_task_shows_only_its_answer_not_the_samples(tmp_path: P
     signals = result.execution.confidence_parts.signals
     assert signals is not None and (signals.agreement, signals.samples) == (0.0, 2)
     assert seen and seen[-1] == first and not any("Lyon" in text for text in seen)
+
+
+async def test_agreement_compares_the_schemas_fields_only(tmp_path: Path) -> None:
+    replies = [json.dumps({"city": " PARIS", "why": "it is the capital", "confidence": 0.2})]
+    host = scripted_host("gpu", SMALL, replies)
+    pool = await scripted_pool(host)
+    with Ledger(tmp_path / "l.db") as ledger:
+        router = Router(pool, ledger, make_config(tmp_path))
+        first = {"city": "Paris", "why": "largest city", "confidence": 0.9}
+        agreement, samples, _ = await router.sample_agreement(task(), first, 1)
+    # "why" is not in the task's schema: a free extra field does not make two answers differ
+    assert (agreement, samples) == (1.0, 1)
