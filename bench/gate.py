@@ -1,0 +1,867 @@
+"""The gate (issue 21): record a real model's answers once, calibrate the confidence offline.
+
+Three steps over the labelled set of ``bench/gate_tasks.py`` (``bench/data/gate/tasks/``):
+
+``--record``
+    Every task through the product's own path (``open_app`` → :class:`~caelum_mcp.router.Router`)
+    against one OpenAI-compatible host (``--url``, default the embedded server on port 18900)
+    serving ``--model`` as tier small, Claude off, calibration off (the raw signals are the
+    product's), a 900 s time budget (quality is measured, not speed). One JSON line per task is
+    appended to ``bench/data/gate/recordings/<model>.jsonl``: id, source, split, kind, model,
+    correct, signals (the :class:`~caelum_mcp.calibration.Signals` dump), raw_score, output (first
+    300 characters), latency_ms, output_tokens, recorded_at. Ids already there are skipped, so an
+    interrupted run picks up where it stopped; tasks go out interleaved by kind and split, so a
+    partial recording is balanced.
+``--regrade``
+    Labels, grounding and raw scores recomputed from the recorded outputs by the current graders
+    and verifiers (no model: the answer depends on neither).
+``--record-agreement``
+    For tasks whose base probability (fitted on dev without agreement) is inside ``--band``, k
+    temperature samples through :meth:`Router.sample_agreement`, appended to
+    ``<model>.agreement.jsonl`` (id, agreement, samples, elapsed_ms, base_probability).
+``--replay``
+    No model: fits a calibrator per kind on the dev split (a kind with fewer than 20 valid dev
+    answers, or only right or only wrong ones, uses the fit over every dev row), scores the test
+    split and prints, per kind and overall: n, accuracy, AUROC and ECE raw → calibrated, the share
+    clearing the threshold and its accuracy; then the AUROC without each signal and what the
+    agreement samples cost.
+    ``--write-default`` also writes ``caelum_mcp/calibration_default.json`` from those fits.
+
+Run (the model served at ``--url``; ``make bench-model`` assembles and serves it)::
+
+    .venv/bin/python bench/gate.py --record [--limit N]
+    .venv/bin/python bench/gate.py --record-agreement
+    .venv/bin/python bench/gate.py --replay [--json] [--write-default]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import inspect
+import json
+import logging
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+
+from caelum_mcp import confidence
+from caelum_mcp.app import AppState, open_app
+from caelum_mcp.calibration import (
+    ANY,
+    MIN_ROWS,
+    CalibrationEntry,
+    CalibrationTable,
+    Calibrator,
+    Signals,
+    fit,
+    metrics,
+    now_iso,
+)
+from caelum_mcp.config import Config, RouterConfig, load_config
+from caelum_mcp.errors import CaelumError
+from caelum_mcp.hosts import Host
+from caelum_mcp.llm import ExecutionRecord, GroundingCheck, LLMTask, TaskKind
+from caelum_mcp.types import ChatMessage, Tier
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDINGS = ROOT / "bench" / "data" / "gate" / "recordings"
+DEFAULT_TABLE = ROOT / "caelum_mcp" / "calibration_default.json"
+DEFAULT_URL = "http://127.0.0.1:18900"
+DEFAULT_MODEL = "qwen2.5-coder:1.5b"
+THRESHOLD = RouterConfig().confidence_threshold
+TIME_BUDGET_S = 900.0
+OUTPUT_CHARS = 300
+DEFAULT_BAND = (0.4, 0.9)
+AGREEMENT_SAMPLES = 2
+# The signals an answer may lack (None); the ablation drops each in turn. valid/repaired are always there.
+OPTIONAL_SIGNALS = ("self_reported", "token_mean", "token_min", "token_tail", "entropy", "grounding", "agreement")
+
+Grader = Callable[[Any, dict[str, Any]], bool]
+GroundingFor = Callable[[Any], GroundingCheck | None]
+
+log = logging.getLogger("gate")
+
+
+# tasks ------------------------------------------------------------------------------------------
+
+
+def field_of(task: Any, name: str) -> Any:
+    """One field of a labelled task, whether the loader gives mappings or objects."""
+    return task[name] if isinstance(task, Mapping) else getattr(task, name)
+
+
+def llm_task(task: Any, grounding: GroundingCheck | None) -> LLMTask:
+    """The router's task for one labelled task: its prompt and schema, tier small at the least, 900 s,
+    no Claude; the temperature is the router's own default, as for a tool's task."""
+    system = field_of(task, "system")
+    messages = (
+        *((ChatMessage(role="system", content=system),) if system else ()),
+        ChatMessage(role="user", content=field_of(task, "prompt")),
+    )
+    kind = TaskKind(field_of(task, "kind"))
+    return LLMTask(
+        name=f"gate:{kind}",
+        kind=kind,
+        messages=messages,
+        output_schema=field_of(task, "schema"),
+        grounding=grounding,
+        min_tier=Tier.SMALL,
+        max_output_tokens=int(field_of(task, "max_tokens")),
+        time_budget_s=TIME_BUDGET_S,
+        allow_claude=False,
+    )
+
+
+def _stable_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def interleaved(tasks: Iterable[Any]) -> list[Any]:
+    """Tasks in recording order: one of each (kind, split) in turn, each group in a fixed shuffled
+    order (by a hash of the id, so sources mix), so whatever part gets recorded is balanced."""
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for task in sorted(tasks, key=lambda t: _stable_hash(str(field_of(t, "id")))):
+        groups.setdefault((str(field_of(task, "kind")), str(field_of(task, "split"))), []).append(task)
+    keys = sorted(groups)
+    longest = max((len(g) for g in groups.values()), default=0)
+    return [groups[key][i] for i in range(longest) for key in keys if i < len(groups[key])]
+
+
+def task_fingerprint(task: Any) -> str:
+    """A hash of what the model is shown (system, prompt, schema, output cap): a recorded answer to
+    an id whose fingerprint changed answers another question and is recorded again."""
+    shown = [field_of(task, name) for name in ("system", "prompt", "schema", "max_tokens")]
+    return _stable_hash(json.dumps(shown, sort_keys=True, ensure_ascii=False))[:16]
+
+
+def model_slug(model: str) -> str:
+    """A model name as a file name: ``qwen2.5-coder:1.5b`` → ``qwen2.5-coder-1.5b``."""
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in model)
+
+
+# recordings -------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL file (none when it does not exist). A last line cut short by a killed
+    run is left out (:func:`drop_stale` removes it from the file before the next append)."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        log.warning("%s: leaving out a last line cut short (%d characters)", path, len(text) - text.rfind("\n") - 1)
+        text = text[: text.rfind("\n") + 1]
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise SystemExit(f"{path}:{number}: not JSON ({exc}); fix or delete that line and run again") from exc
+    return rows
+
+
+def latest(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per id, the last one written (two recorders run by mistake on one file would both
+    write a row; the later answer counts), in first-seen order."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        by_id[row["id"]] = dict(row)
+    return list(by_id.values())
+
+
+def drop_stale(path: Path, tasks: Sequence[Any]) -> set[str]:
+    """The ids recorded in ``path`` for the tasks as they are now; rows recorded for a task whose
+    prompt has changed since are removed from the file (they answer another question)."""
+    current = {field_of(t, "id"): task_fingerprint(t) for t in tasks}
+    with locked(path):
+        rows = read_jsonl(path)
+        stale = [r for r in rows if r["id"] in current and r.get("task_sha") != current[r["id"]]]
+        cut_short = path.exists() and not path.read_text(encoding="utf-8").endswith("\n") and path.stat().st_size > 0
+        if stale:
+            log.warning("%s: %d rows answer a prompt changed since; they will be recorded again", path, len(stale))
+        if stale or cut_short:
+            rows = [r for r in rows if r not in stale]
+            write_jsonl(path, rows)
+    return {r["id"] for r in rows}
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold ``path``'s lock file: a recorder appending and a regrade rewriting never interleave."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_suffix(path.suffix + ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def append_jsonl(path: Path, row: Mapping[str, Any]) -> None:
+    with locked(path), path.open("a", encoding="utf-8") as out:
+        out.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def gate_config(data_dir: Path, *, url: str | None, model: str) -> Config:
+    """The product's config for a recording: one openai-kind host at ``url`` (none for a test's
+    in-process host) serving ``model`` as tier small; no Claude, no embedded model, calibration and
+    agreement sampling off, and pool limits that a 900 s budget can use."""
+    config_file = data_dir / "caelum.toml"
+    config_file.write_text("# written by bench/gate.py: everything is in the overrides\n", encoding="utf-8")
+    router: dict[str, Any] = {"escalate_local": False}
+    if "calibration" in RouterConfig.model_fields:
+        router["calibration"] = False
+    if "agreement_samples" in RouterConfig.model_fields:
+        router["agreement_samples"] = 0
+    hosts = [] if url is None else [{"name": "gate", "kind": "openai", "url": url, "max_concurrency": 2}]
+    overrides: dict[str, Any] = {
+        "data_dir": str(data_dir / "data"),
+        "embedded": "off",
+        "implicit_ollama": False,
+        "hosts": hosts,
+        "tiers": {model: Tier.SMALL.value},
+        "claude": {"enabled": False},
+        "pool": {"call_deadline_s": TIME_BUDGET_S, "first_byte_timeout_s": TIME_BUDGET_S},
+        "router": router,
+    }
+    return load_config(config_file, environ={}, overrides=overrides)
+
+
+@dataclass
+class RecordSummary:
+    planned: int = 0
+    skipped: int = 0  # already recorded
+    recorded: int = 0
+    correct: int = 0
+    failed: list[str] = field(default_factory=list)  # "id: error", not written (the next run retries them)
+    seconds: float = 0.0
+
+
+def recording_row(task: Any, model: str, correct: bool, execution: ExecutionRecord, output: str) -> dict[str, Any]:
+    parts = execution.confidence_parts
+    if parts.signals is None:
+        raise RuntimeError(f"the router reported no signals for {field_of(task, 'id')}")
+    return {
+        "id": field_of(task, "id"),
+        "task_sha": task_fingerprint(task),
+        "source": field_of(task, "source"),
+        "split": field_of(task, "split"),
+        "kind": str(field_of(task, "kind")),
+        "model": model,
+        "correct": bool(correct),
+        "signals": {k: round(v, 4) if isinstance(v, float) else v for k, v in parts.signals.model_dump().items()},
+        "raw_score": float(parts.raw_score if parts.raw_score is not None else parts.score),
+        "output": output[:OUTPUT_CHARS],
+        "latency_ms": round(float(execution.latency_ms), 1),
+        "output_tokens": int(execution.output_tokens),
+        "recorded_at": now_iso(),
+    }
+
+
+def _output_text(output: dict[str, Any] | None, text: str) -> str:
+    return json.dumps(output, ensure_ascii=False, sort_keys=True) if output is not None else text
+
+
+async def record(
+    state: AppState,
+    tasks: Sequence[Any],
+    out: Path,
+    *,
+    model: str,
+    grade: Grader,
+    grounding_for: GroundingFor,
+    concurrency: int = 2,
+    stream: TextIO = sys.stderr,
+) -> RecordSummary:
+    """Run every task not yet in ``out`` through ``state.router`` and append its row; see the module docstring."""
+    done = drop_stale(out, tasks)
+    todo = [t for t in interleaved(tasks) if field_of(t, "id") not in done]
+    summary = RecordSummary(planned=len(todo), skipped=len(tasks) - len(todo))
+    print(f"recording {len(todo)} tasks to {out} ({summary.skipped} already there), {concurrency} at a time",
+          file=stream, flush=True)  # fmt: skip
+    started = time.perf_counter()
+    queue = iter(todo)
+
+    async def one(task: Any) -> None:
+        task_id = field_of(task, "id")
+        t0 = time.perf_counter()
+        try:
+            routed = await state.router.run(llm_task(task, grounding_for(task)))
+            correct = routed.output is not None and bool(grade(task, routed.output))
+        except CaelumError as exc:
+            summary.failed.append(f"{task_id}: {exc}")
+            print(f"  {task_id}: no answer, not recorded: {str(exc)[:200]}", file=stream, flush=True)
+            return
+        row = recording_row(task, model, correct, routed.execution, _output_text(routed.output, routed.text))
+        append_jsonl(out, row)
+        summary.recorded += 1
+        summary.correct += correct
+        finished = summary.recorded + len(summary.failed)
+        elapsed = time.perf_counter() - started
+        left = (len(todo) - finished) * elapsed / finished
+        eta = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=left)).strftime("%H:%M")
+        print(
+            f"[{finished:>4}/{len(todo)}] {row['kind']:<14} {row['split']:<4} {task_id:<28} "
+            f"{'right' if correct else 'WRONG'} raw {row['raw_score']:.2f} {time.perf_counter() - t0:5.1f} s | "
+            f"accuracy {summary.correct}/{summary.recorded} | ETA {eta} UTC ({left / 60:.0f} min)",
+            file=stream,
+            flush=True,
+        )
+
+    async def worker() -> None:
+        for task in queue:  # a shared iterator: each task goes to one worker
+            await one(task)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(max(1, concurrency)):
+            tg.start_soon(worker)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+# --regrade ---------------------------------------------------------------------------------------
+
+
+async def regrade(
+    rows: Sequence[Mapping[str, Any]], tasks: Sequence[Any], *, grade: Grader, grounding_for: GroundingFor
+) -> tuple[list[dict[str, Any]], int, int]:
+    """The rows with label, grounding and raw score recomputed from their recorded output by the
+    current graders and verifiers (the answer does not depend on them: calibration is off and one
+    model answers), and split, source and kind taken from the task files. Returns (rows, how many
+    changed, how many were dropped: their task is gone or its prompt changed). A valid answer cut
+    at 300 characters cannot be regraded and keeps its label."""
+    by_id = {field_of(t, "id"): t for t in tasks}
+    kept: list[dict[str, Any]] = []
+    changed = dropped = 0
+    for old in rows:
+        task = by_id.get(old["id"])
+        if task is None or old.get("task_sha") != task_fingerprint(task):
+            dropped += 1
+            continue
+        row = dict(
+            old, split=field_of(task, "split"), source=field_of(task, "source"), kind=str(field_of(task, "kind"))
+        )
+        signals = Signals.model_validate(row["signals"])
+        output = _parsed(row["output"]) if signals.valid else None
+        if not signals.valid:
+            row["correct"] = False
+        elif output is not None:
+            row["correct"] = bool(grade(task, output))
+            check = grounding_for(task)
+            grounding = None
+            if check is not None:
+                result = check(output)
+                grounding = (await result if inspect.isawaitable(result) else result).score
+            signals = signals.model_copy(update={"grounding": None if grounding is None else round(grounding, 4)})
+            row["signals"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in signals.model_dump().items()}
+            row["raw_score"] = confidence.score(
+                valid=signals.valid,
+                repaired=signals.repaired,
+                self_reported=signals.self_reported,
+                token_probability=signals.token_mean,
+                grounding=signals.grounding,
+            ).score
+        changed += row != old
+        kept.append(row)
+    return kept, changed, dropped
+
+
+def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Replace ``path`` with ``rows`` in one step (a reader never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows), "utf-8")
+    tmp.replace(path)
+
+
+# fitting and scoring ----------------------------------------------------------------------------
+
+
+def signals_of(row: Mapping[str, Any], agreement: Mapping[str, Mapping[str, Any]] | None = None) -> Signals:
+    """A recorded row's signals, with its agreement samples where they were recorded."""
+    extra = (agreement or {}).get(row["id"])
+    data = dict(row["signals"])
+    if extra is not None:
+        data["agreement"] = extra["agreement"]
+        data["samples"] = extra["samples"]
+    return Signals.model_validate(data)
+
+
+def without(signals: Signals, name: str | None) -> Signals:
+    return signals if name is None else signals.model_copy(update={name: None})
+
+
+@dataclass
+class KindFit:
+    """The calibrators one kind's test rows are scored with, and where they came from."""
+
+    scope: str  # "kind" (its own dev rows) or "pooled" (every dev row)
+    base: Calibrator
+    with_agreement: Calibrator | None
+    dev_rows: int
+
+
+def _fit_or_none(signals: list[Signals], labels: list[bool], *, with_agreement: bool) -> Calibrator | None:
+    """A fit, or None where too few valid answers (or only right or only wrong ones) were recorded."""
+    valid = [label for s, label in zip(signals, labels, strict=True) if s.valid]
+    if with_agreement:
+        valid = [label for s, label in zip(signals, labels, strict=True) if s.valid and s.agreement is not None]
+    if len(valid) < MIN_ROWS or len(set(valid)) < 2:
+        return None
+    return fit(signals, labels, with_agreement=with_agreement)
+
+
+@dataclass
+class Fits:
+    """Per kind, the calibrators its rows are scored with; ``pooled`` is the fit on every dev row."""
+
+    kinds: dict[str, KindFit]
+    pooled: KindFit
+
+
+def fit_kinds(dev: Sequence[tuple[str, Signals, bool]], kinds: Iterable[str], *, drop: str | None = None) -> Fits:
+    """One fit per kind from its dev rows (pooled over every dev row where a kind has too few valid
+    answers or only one label); ``drop`` leaves one signal out (the ablation)."""
+    all_signals = [without(s, drop) for _, s, _ in dev]
+    all_labels = [label for _, _, label in dev]
+    pooled_base = _fit_or_none(all_signals, all_labels, with_agreement=False)
+    if pooled_base is None:
+        raise SystemExit(
+            f"cannot fit: {len(dev)} dev rows ({sum(s.valid for s in all_signals)} valid, {sum(all_labels)} right); "
+            "a fit needs at least 20 valid answers, right and wrong ones (record more tasks first)"
+        )
+    pooled = KindFit(
+        "pooled", pooled_base, _fit_or_none(all_signals, all_labels, with_agreement=True), len(all_signals)
+    )
+    fits = {}
+    for kind in sorted(set(kinds)):
+        rows = [(without(s, drop), label) for k, s, label in dev if k == kind]
+        signals, labels = [s for s, _ in rows], [label for _, label in rows]
+        own = _fit_or_none(signals, labels, with_agreement=False)
+        if own is None:
+            fits[kind] = KindFit("pooled", pooled.base, pooled.with_agreement, len(rows))
+        else:
+            agree = _fit_or_none(signals, labels, with_agreement=True)
+            fits[kind] = KindFit("kind", own, agree or pooled.with_agreement, len(rows))
+    return Fits(fits, pooled)
+
+
+def probability(fitted: KindFit, signals: Signals) -> float:
+    """The calibrated P(correct): with agreement where it was sampled and a calibrator knows it."""
+    chosen = fitted
+    if signals.agreement is not None and chosen.with_agreement is not None:
+        return chosen.with_agreement.probability(signals)
+    return chosen.base.probability(signals)
+
+
+@dataclass(frozen=True)
+class Scored:
+    id: str
+    kind: str
+    correct: bool
+    raw: float
+    base: float  # calibrated without agreement
+    final: float  # calibrated, with agreement where sampled
+
+
+def _dev_test(
+    rows: Sequence[Mapping[str, Any]], agreement: Mapping[str, Mapping[str, Any]]
+) -> tuple[list[tuple[str, Signals, bool]], list[tuple[Mapping[str, Any], Signals]]]:
+    dev = [(r["kind"], signals_of(r, agreement), bool(r["correct"])) for r in rows if r["split"] == "dev"]
+    test = [(r, signals_of(r, agreement)) for r in rows if r["split"] == "test"]
+    return dev, test
+
+
+def score_test(
+    rows: Sequence[Mapping[str, Any]], agreement: Mapping[str, Mapping[str, Any]], *, drop: str | None = None
+) -> tuple[list[Scored], Fits]:
+    dev, test = _dev_test(rows, agreement)
+    fits = fit_kinds(dev, [r["kind"] for r in rows], drop=drop)
+    scored = []
+    for row, signals in test:
+        reduced = without(signals, drop)
+        fitted = fits.kinds[row["kind"]]
+        scored.append(
+            Scored(
+                id=row["id"],
+                kind=row["kind"],
+                correct=bool(row["correct"]),
+                raw=float(row["raw_score"]),
+                base=fitted.base.probability(without(reduced, "agreement")),
+                final=probability(fitted, reduced),
+            )
+        )
+    return scored, fits
+
+
+def _metrics(probs: Sequence[float], labels: Sequence[bool], threshold: float) -> dict[str, Any]:
+    return dict(metrics(list(probs), list(labels), threshold))
+
+
+def replay(
+    rows: Sequence[Mapping[str, Any]],
+    agreement: Sequence[Mapping[str, Any]] = (),
+    *,
+    threshold: float = THRESHOLD,
+) -> dict[str, Any]:
+    """Every figure of ``--replay``, as a JSON-able dict."""
+    by_id = {a["id"]: a for a in agreement}
+    scored, fits = score_test(rows, by_id)
+    if not scored:
+        raise SystemExit("no test rows recorded yet: record some tasks of the test split first")
+    kinds = sorted({s.kind for s in scored})
+    table: dict[str, Any] = {}
+    for name, members in [*((k, [s for s in scored if s.kind == k]) for k in kinds), ("overall", scored)]:
+        labels = [s.correct for s in members]
+        table[name] = {
+            "raw": _metrics([s.raw for s in members], labels, threshold),
+            "calibrated": _metrics([s.final for s in members], labels, threshold),
+            "fit": "per kind"
+            if name == "overall"
+            else f"{fits.kinds[name].scope} ({fits.kinds[name].dev_rows} dev rows)",
+        }
+    labels = [s.correct for s in scored]
+    full_auroc = _metrics([s.final for s in scored], labels, threshold)["auroc"]
+    ablation = {"all signals": full_auroc}
+    present = {n for r in rows for n in OPTIONAL_SIGNALS if r["signals"].get(n) is not None}
+    if by_id:
+        present.add("agreement")
+    for name in OPTIONAL_SIGNALS:
+        if name in present:
+            reduced, _ = score_test(rows, by_id, drop=name)
+            ablation[f"without {name}"] = _metrics([s.final for s in reduced], labels, threshold)["auroc"]
+    return {
+        "model": rows[0]["model"] if rows else None,
+        "threshold": threshold,
+        "rows": {"dev": sum(r["split"] == "dev" for r in rows), "test": len(scored)},
+        "kinds": table,
+        "ablation": ablation,
+        "agreement_cost": agreement_cost(rows, by_id),
+    }
+
+
+def agreement_cost(rows: Sequence[Mapping[str, Any]], by_id: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Model time with the agreement samples over model time without, per task (1.0 where none
+    were drawn): the median over every recorded task and over the sampled ones."""
+    ratios, sampled = [], []
+    for row in rows:
+        base = float(row["latency_ms"])
+        extra = by_id.get(row["id"])
+        ratio = 1.0 if extra is None or base <= 0 else (base + float(extra["elapsed_ms"])) / base
+        ratios.append(ratio)
+        if extra is not None:
+            sampled.append(ratio)
+    return {
+        "tasks": len(rows),
+        "sampled": len(sampled),
+        "median_ratio_all": statistics.median(ratios) if ratios else None,
+        "median_ratio_sampled": statistics.median(sampled) if sampled else None,
+    }
+
+
+# printing ---------------------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.0f} %"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+
+def print_replay(result: Mapping[str, Any], out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    threshold = result["threshold"]
+    print(
+        f"model {result['model']}: fitted on {result['rows']['dev']} dev rows, scored on {result['rows']['test']} "
+        f"test rows; threshold {threshold:.2f}",
+        file=out,
+    )
+    head = (
+        f"{'kind':<15}{'n':>4}{'acc.':>7}{'AUROC raw→cal':>16}{'ECE raw→cal':>15}"
+        f"{'clears raw→cal':>16}{'acc. of those raw→cal':>23}  fit"
+    )
+    print(head, file=out)
+    for name, figures in result["kinds"].items():
+        raw, cal = figures["raw"], figures["calibrated"]
+        print(
+            f"{name:<15}{cal['n']:>4}{_pct(cal['accuracy']):>7}"
+            f"{_num(raw['auroc']) + ' → ' + _num(cal['auroc']):>16}"
+            f"{_num(raw['ece']) + ' → ' + _num(cal['ece']):>15}"
+            f"{_pct(raw['clear_share']) + ' → ' + _pct(cal['clear_share']):>16}"
+            f"{_pct(raw['clear_accuracy']) + ' → ' + _pct(cal['clear_accuracy']):>23}  {figures['fit']}",
+            file=out,
+        )
+    print("\nablation (test AUROC, calibrated, each signal left out of fit and score):", file=out)
+    for name, value in result["ablation"].items():
+        print(f"  {name:<24}{_num(value)}", file=out)
+    cost = result["agreement_cost"]
+    if cost["sampled"]:
+        print(
+            f"\nagreement samples: {cost['sampled']} of {cost['tasks']} tasks sampled; model time with/without, "
+            f"median over all tasks {cost['median_ratio_all']:.2f}x, over the sampled ones "
+            f"{cost['median_ratio_sampled']:.2f}x",
+            file=out,
+        )
+    else:
+        print("\nagreement samples: none recorded (bench/gate.py --record-agreement)", file=out)
+
+
+# --write-default --------------------------------------------------------------------------------
+
+
+def write_default(
+    rows: Sequence[Mapping[str, Any]],
+    agreement: Sequence[Mapping[str, Any]],
+    path: Path,
+    *,
+    band: tuple[float, float],
+    threshold: float = THRESHOLD,
+) -> CalibrationTable:
+    """The calibration table shipped with the package, from this model's fits on dev with their
+    test figures: an entry per (model, kind); the same per ("*", kind), the family an unmeasured
+    model falls back to (capped at what it measured); and ("*", "*") pooled over every kind."""
+    by_id = {a["id"]: a for a in agreement}
+    scored, fits = score_test(rows, by_id)
+    model = str(rows[0]["model"])
+    fitted_at = now_iso()
+    source = f"bench/gate.py: fitted on the dev split of recordings/{model_slug(model)}.jsonl, measured on test"
+
+    def entry(
+        model_name: str, kind: str, fitted: KindFit, probs: Sequence[float], labels: Sequence[bool]
+    ) -> CalibrationEntry:
+        figures = _metrics(probs, labels, threshold)
+        return CalibrationEntry(
+            model=model_name,
+            kind=kind,
+            base=fitted.base,
+            with_agreement=fitted.with_agreement,
+            band=band if fitted.with_agreement is not None else None,
+            n=figures["n"],
+            accuracy=figures["accuracy"],
+            clear_accuracy=figures["clear_accuracy"],
+            ece=figures["ece"],
+            auroc=figures["auroc"],
+            threshold=threshold,
+            fitted_at=fitted_at,
+            source=f"{source} ({fitted.scope} fit)",
+        )
+
+    entries = []
+    for kind, fitted in fits.kinds.items():
+        members = [s for s in scored if s.kind == kind]
+        probs, labels = [s.final for s in members], [s.correct for s in members]
+        entries += [entry(model, kind, fitted, probs, labels), entry(ANY, kind, fitted, probs, labels)]
+    test = [(signals_of(r, by_id), bool(r["correct"])) for r in rows if r["split"] == "test"]
+    pooled_probs = [probability(fits.pooled, s) for s, _ in test]
+    entries.append(entry(ANY, ANY, fits.pooled, pooled_probs, [label for _, label in test]))
+    table = CalibrationTable(entries, threshold=threshold)
+    table.save(path)
+    return table
+
+
+# --record-agreement -----------------------------------------------------------------------------
+
+
+async def record_agreement(
+    state: AppState,
+    tasks: Sequence[Any],
+    rows: Sequence[Mapping[str, Any]],
+    out: Path,
+    *,
+    band: tuple[float, float],
+    samples: int,
+    grounding_for: GroundingFor,
+    limit: int | None = None,
+    stream: TextIO = sys.stderr,
+) -> int:
+    """k samples for each recorded task whose base probability lies in ``band``; returns how many
+    were appended. A row whose output was cut at 300 characters cannot be compared and is left out."""
+    done = {row["id"] for row in read_jsonl(out)}
+    dev, _ = _dev_test(rows, {})
+    fits = fit_kinds(dev, [r["kind"] for r in rows])
+    by_id = {field_of(t, "id"): t for t in tasks}
+    todo = []
+    for row in interleaved(rows):
+        signals = signals_of(row)
+        base = fits.kinds[row["kind"]].base.probability(signals)
+        first = _parsed(row["output"]) if signals.valid else None
+        if row["id"] in done or row["id"] not in by_id or first is None or not band[0] <= base <= band[1]:
+            continue
+        todo.append((row, base, first))
+    todo = todo[:limit] if limit is not None else todo
+    print(f"agreement: {len(todo)} tasks in the band {band[0]:.2f}..{band[1]:.2f} to sample", file=stream, flush=True)
+    written = 0
+    for row, base, first in todo:
+        task = by_id[row["id"]]
+        try:
+            agreement, count, elapsed_ms = await state.router.sample_agreement(
+                llm_task(task, grounding_for(task)), first, samples
+            )
+        except CaelumError as exc:
+            print(f"  {row['id']}: not sampled: {str(exc)[:200]}", file=stream, flush=True)
+            continue
+        if agreement is None:
+            print(f"  {row['id']}: no sample answered, not recorded", file=stream, flush=True)
+            continue
+        append_jsonl(
+            out,
+            {
+                "id": row["id"],
+                "model": row["model"],
+                "agreement": agreement,
+                "samples": count,
+                "elapsed_ms": round(float(elapsed_ms), 1),
+                "base_probability": round(base, 4),
+                "recorded_at": now_iso(),
+            },
+        )
+        written += 1
+        print(f"[{written:>4}/{len(todo)}] {row['id']:<28} agreement {agreement:.2f} {elapsed_ms / 1000:.1f} s",
+              file=stream, flush=True)  # fmt: skip
+    return written
+
+
+def _parsed(output: str) -> dict[str, Any] | None:
+    """A recorded output as the object it was, None when it was not one or was cut short."""
+    try:
+        value = json.loads(output)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# main -------------------------------------------------------------------------------------------
+
+
+def _load_gate_tasks() -> tuple[list[Any], Grader, GroundingFor]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import gate_tasks  # type: ignore[import-not-found,unused-ignore]  # bench/ is not a package
+
+    return list(gate_tasks.load_tasks()), gate_tasks.grade, gate_tasks.grounding_check
+
+
+async def _with_app(url: str, model: str, body: Callable[[AppState], Any], extra_hosts: Sequence[Host] = ()) -> Any:
+    with tempfile.TemporaryDirectory(prefix="caelum-gate-") as work:
+        config = gate_config(Path(work), url=url, model=model)
+        async with open_app(config, environ={}, health_loop=False, extra_hosts=extra_hosts) as state:
+            served = [m for h in state.pool.healthy_hosts() for m in h.models]
+            if model not in served:
+                raise SystemExit(
+                    f"{url} does not serve {model!r} (it serves: {', '.join(served) or 'nothing reachable'}); "
+                    "start the model server (make bench-model does) or pass --url/--model"
+                )
+            return await body(state)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--record", action="store_true", help="run the labelled tasks not yet recorded")
+    parser.add_argument("--regrade", action="store_true", help="relabel the recording with the current graders")
+    parser.add_argument("--record-agreement", action="store_true", help="sample agreement in the uncertain band")
+    parser.add_argument("--replay", action="store_true", help="fit on dev, score on test, print the table")
+    parser.add_argument("--write-default", action="store_true", help=f"with --replay: write {DEFAULT_TABLE.name}")
+    parser.add_argument("--json", action="store_true", help="print the replay as JSON")
+    parser.add_argument("--url", default=DEFAULT_URL, help="the OpenAI-compatible server (default %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="the model it serves (default %(default)s)")
+    parser.add_argument("--recordings", type=Path, default=RECORDINGS, help="folder of the recordings")
+    parser.add_argument("--limit", type=int, default=None, help="record (or sample) at most this many new tasks")
+    parser.add_argument("--concurrency", type=int, default=2, help="tasks in flight (the server's slots)")
+    parser.add_argument("--band", type=float, nargs=2, default=DEFAULT_BAND, metavar=("LOW", "HIGH"))
+    parser.add_argument("--samples", type=int, default=AGREEMENT_SAMPLES, help="agreement samples per task")
+    parser.add_argument("--table", type=Path, default=DEFAULT_TABLE, help="where --write-default writes")
+    args = parser.parse_args(argv)
+    if not (args.record or args.regrade or args.record_agreement or args.replay):
+        parser.error("say what to do: --record, --regrade, --record-agreement and/or --replay")
+    if args.write_default and not args.replay:
+        parser.error("--write-default needs --replay (it writes the fits the replay prints)")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    recording = args.recordings / f"{model_slug(args.model)}.jsonl"
+    agreement_file = args.recordings / f"{model_slug(args.model)}.agreement.jsonl"
+    band = (float(args.band[0]), float(args.band[1]))
+
+    if args.record or args.regrade or args.record_agreement:
+        tasks, grade, grounding_for = _load_gate_tasks()
+        if args.regrade:
+            with locked(recording):
+                rows, changed, dropped = anyio.run(
+                    lambda: regrade(latest(read_jsonl(recording)), tasks, grade=grade, grounding_for=grounding_for)
+                )
+                write_jsonl(recording, rows)
+            print(f"regraded {recording}: {changed} rows changed, {dropped} dropped (task gone or changed)",
+                  file=sys.stderr)  # fmt: skip
+        if args.record:
+            todo = tasks
+            if args.limit is not None:
+                done = {r["id"] for r in read_jsonl(recording)}
+                todo = [t for t in tasks if field_of(t, "id") in done]
+                todo += [t for t in interleaved(tasks) if field_of(t, "id") not in done][: args.limit]
+
+            async def run_record(state: AppState) -> RecordSummary:
+                return await record(
+                    state,
+                    todo,
+                    recording,
+                    model=args.model,
+                    grade=grade,
+                    grounding_for=grounding_for,
+                    concurrency=args.concurrency,
+                )
+
+            summary = anyio.run(_with_app, args.url, args.model, run_record)
+            print(
+                f"recorded {summary.recorded} tasks ({summary.correct} right) in {summary.seconds:.0f} s; "
+                f"{summary.skipped} were already there; {len(summary.failed)} gave no answer",
+                file=sys.stderr,
+            )
+        if args.record_agreement:
+            rows = latest(r for r in read_jsonl(recording) if r["model"] == args.model)
+
+            async def run_agreement(state: AppState) -> int:
+                return await record_agreement(
+                    state,
+                    tasks,
+                    rows,
+                    agreement_file,
+                    band=band,
+                    samples=args.samples,
+                    grounding_for=grounding_for,
+                    limit=args.limit,
+                )
+
+            anyio.run(_with_app, args.url, args.model, run_agreement)
+
+    if args.replay:
+        rows = latest(r for r in read_jsonl(recording) if r["model"] == args.model)
+        if not rows:
+            raise SystemExit(f"no recording at {recording}: run bench/gate.py --record first")
+        agreement = latest(read_jsonl(agreement_file))
+        started = time.perf_counter()
+        result = replay(rows, agreement)
+        result["seconds"] = round(time.perf_counter() - started, 2)
+        if args.json:
+            print(json.dumps(result, indent=2, sort_keys=True))
+        else:
+            print_replay(result)
+            print(f"\nreplayed in {result['seconds']:.1f} s")
+        if args.write_default:
+            write_default(rows, agreement, args.table, band=band)
+            print(f"wrote {args.table}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

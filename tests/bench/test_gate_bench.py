@@ -1,0 +1,359 @@
+"""bench/gate.py without a model: recording through the real router over a scripted host, regrading,
+and the replay's fits and table on a synthetic recording."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import math
+import random
+import re
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import redirect_stdout
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.calibration import CalibrationTable
+from caelum_mcp.confidence import Signals, raw_score
+from caelum_mcp.hosts import Host
+from caelum_mcp.llm import GroundingResult
+from caelum_mcp.types import ChatRequest
+
+GATE = Path(__file__).resolve().parents[2] / "bench" / "gate.py"
+MODEL = "scripted-coder:1.5b"
+
+
+def load_gate() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gate_bench_under_test", GATE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+gate = load_gate()
+
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+
+
+def sum_task(n: int, kind: str, split: str) -> dict[str, Any]:
+    """A hand-made task in the gate's format (tests only: never committed as data)."""
+    return {
+        "id": f"hand/{n}",
+        "source": "hand",
+        "group": f"hand:{n}",
+        "split": split,
+        "kind": kind,
+        "system": "Answer with the number only.",
+        "prompt": f"What is {n} plus 1?",
+        "schema": SCHEMA,
+        "gold": {"answer": n + 1},
+        "grader": "number",
+        "verifier": {"type": "small"},
+        "max_tokens": 32,
+    }
+
+
+def right_answer(task: Any, output: dict[str, Any]) -> bool:
+    return bool(output.get("answer") == task["gold"]["answer"])
+
+
+def small_numbers(task: Any) -> Callable[[dict[str, Any]], GroundingResult]:
+    """A grounding check: the answer is a number below 100 (what a prompt-only verifier may check)."""
+
+    def check(output: dict[str, Any]) -> GroundingResult:
+        ok = isinstance(output.get("answer"), int) and output["answer"] < 100
+        return GroundingResult(score=1.0 if ok else 0.0)
+
+    return check
+
+
+def odd_ones_wrong(request: ChatRequest) -> ScriptedReply:
+    """Right for even n, off by one for odd n; sure of itself either way (a weak last token when wrong)."""
+    n = int(re.search(r"What is (\d+) plus", request.messages[-1].content).group(1))  # type: ignore[union-attr]
+    wrong = n % 2 == 1
+    content = json.dumps({"answer": n if wrong else n + 1, "confidence": 0.95})
+    return ScriptedReply(content, token_logprobs=(-0.01, -0.02, -1.5 if wrong else -0.05), top=(-0.01, -3.0))
+
+
+async def run_record(tasks: Sequence[dict[str, Any]], out: Path, backend: ScriptedBackend, **kwargs: Any) -> Any:
+    async def body(state: Any) -> Any:
+        return await gate.record(
+            state,
+            tasks,
+            out,
+            model=MODEL,
+            grade=right_answer,
+            grounding_for=small_numbers,
+            stream=io.StringIO(),
+            **kwargs,
+        )
+
+    return await gate._with_app(None, MODEL, body, extra_hosts=[Host(name="scripted", backend=backend)])
+
+
+@pytest.mark.slow
+async def test_record_writes_labelled_rows_with_signals_and_resumes_without_redoing_ids(tmp_path: Path) -> None:
+    tasks = [sum_task(n, kind, split) for n, kind, split in [(2, "qa", "dev"), (3, "qa", "test"), (4, "sql", "dev")]]
+    out = tmp_path / "recordings" / "m.jsonl"
+    backend = ScriptedBackend([(MODEL, 1.5)], odd_ones_wrong, name="scripted")
+
+    summary = await run_record(tasks, out, backend)
+
+    rows = {row["id"]: row for row in gate.read_jsonl(out)}
+    assert set(rows) == {"hand/2", "hand/3", "hand/4"} and summary.recorded == 3 and summary.correct == 2
+    assert [rows[i]["correct"] for i in ("hand/2", "hand/3", "hand/4")] == [True, False, True]
+    for row in rows.values():
+        assert row["model"] == MODEL and row["source"] == "hand" and row["output_tokens"] > 0
+        signals = Signals.model_validate(row["signals"])
+        assert signals.valid and signals.self_reported == 0.95 and signals.grounding == 1.0
+        assert signals.token_mean is not None and signals.entropy is not None
+        assert row["raw_score"] == pytest.approx(raw_score(signals), abs=1e-3)
+        assert json.loads(row["output"]) == {"answer": 3 if row["id"] == "hand/3" else int(row["id"][5:]) + 1}
+    # the wrong answer hangs on its weak last token: the recording keeps that signal apart
+    assert rows["hand/3"]["signals"]["token_min"] < 0.3 < rows["hand/2"]["signals"]["token_min"]
+    # the tasks went to the model as the router sends them: schema instruction, the task's output cap
+    assert all(r.max_tokens == 32 and r.logprobs for r in backend.requests)
+    assert "What is 2 plus 1?" in backend.requests[0].messages[-1].content or any(
+        "What is 2 plus 1?" in r.messages[-1].content for r in backend.requests
+    )
+
+    # resumed: nothing recorded twice; a new task and one whose prompt changed are (re)recorded
+    asked = len(backend.requests)
+    changed = dict(tasks[2], prompt="What is 4 plus 1? Think.")
+    summary = await run_record([tasks[0], tasks[1], changed, sum_task(6, "qa", "test")], out, backend)
+    assert summary.skipped == 2 and summary.recorded == 2
+    assert len(backend.requests) == asked + 2
+    again = gate.read_jsonl(out)
+    assert sorted(r["id"] for r in again) == ["hand/2", "hand/3", "hand/4", "hand/6"]
+    assert next(r for r in again if r["id"] == "hand/4")["task_sha"] == gate.task_fingerprint(changed)
+
+
+async def test_record_drops_a_last_line_cut_short_and_records_that_task_again(tmp_path: Path) -> None:
+    out = tmp_path / "m.jsonl"
+    backend = ScriptedBackend([(MODEL, 1.5)], odd_ones_wrong, name="scripted")
+    await run_record([sum_task(2, "qa", "dev")], out, backend)
+    out.write_text(out.read_text() + '{"id": "hand/8", "correct": tr', encoding="utf-8")  # a killed run
+
+    await run_record([sum_task(2, "qa", "dev"), sum_task(8, "qa", "dev")], out, backend)
+
+    assert [r["id"] for r in gate.read_jsonl(out)] == ["hand/2", "hand/8"]
+    assert out.read_text().endswith("\n")
+
+
+def test_interleaved_order_takes_each_kind_and_split_in_turn() -> None:
+    tasks = [sum_task(n, kind, split) for n, (kind, split) in enumerate([("qa", "dev")] * 5 + [("sql", "test")] * 2)]
+    order = [(t["kind"], t["split"]) for t in gate.interleaved(tasks)]
+    assert order[:4] == [("qa", "dev"), ("sql", "test"), ("qa", "dev"), ("sql", "test")]
+    assert sorted(t["id"] for t in gate.interleaved(tasks)) == sorted(t["id"] for t in tasks)
+
+
+async def test_regrade_relabels_from_the_recorded_output_and_drops_changed_tasks(tmp_path: Path) -> None:
+    tasks = [sum_task(2, "qa", "dev"), sum_task(3, "qa", "dev"), sum_task(4, "qa", "test")]
+    out = tmp_path / "m.jsonl"
+    await run_record(tasks, out, ScriptedBackend([(MODEL, 1.5)], odd_ones_wrong, name="scripted"))
+    rows = gate.read_jsonl(out)
+
+    def lenient(task: Any, output: dict[str, Any]) -> bool:  # a fixed grader: off by one counts
+        return bool(abs(output["answer"] - task["gold"]["answer"]) <= 1)
+
+    def strict_grounding(task: Any) -> Callable[[dict[str, Any]], GroundingResult]:
+        return lambda output: GroundingResult(score=0.0 if output["answer"] % 2 else 1.0)
+
+    moved = [dict(tasks[0], split="test"), tasks[1], dict(tasks[2], prompt="Another question")]
+    kept, changed, dropped = await gate.regrade(rows, moved, grade=lenient, grounding_for=strict_grounding)
+
+    by_id = {r["id"]: r for r in kept}
+    assert dropped == 1 and set(by_id) == {"hand/2", "hand/3"} and changed == 2
+    assert by_id["hand/3"]["correct"] is True  # was wrong under the strict grader
+    assert by_id["hand/2"]["split"] == "test"  # the task file's split wins
+    assert by_id["hand/3"]["signals"]["grounding"] == 0.0  # answer 3 is odd
+    assert by_id["hand/3"]["raw_score"] == pytest.approx(
+        raw_score(Signals.model_validate(by_id["hand/3"]["signals"])), abs=1e-4
+    )
+    assert by_id["hand/3"]["raw_score"] < 0.5  # grounding below 0.5 caps the raw score
+
+
+# replay -----------------------------------------------------------------------------------------
+
+
+def synthetic_recording(n: int, seed: int = 7) -> list[dict[str, Any]]:
+    """Answers that all sound sure (self-report 1.0, mean token probability ~0.95: raw scores near
+    0.9) while only those whose weakest token is strong are mostly right: miscalibrated by build."""
+    # The weakest token's probability decides: P(right) = sigmoid(12 (token_min - 0.45)).
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        kind = ("qa", "extraction", "sql")[i % 3]
+        token_min = rng.random()
+        correct = rng.random() < 1 / (1 + math.exp(-12 * (token_min - 0.45)))
+        signals = Signals(
+            valid=True,
+            self_reported=1.0,
+            token_mean=0.93 + 0.05 * rng.random(),
+            token_min=token_min,
+            token_tail=rng.random(),  # uninformative, like the rest: token_min alone tells right from wrong
+            entropy=0.3 * rng.random(),
+            grounding=None,
+            output_tokens=20,
+        )
+        rows.append(
+            {
+                "id": f"syn/{i}",
+                "task_sha": "x",
+                "source": "syn",
+                "split": "dev" if i % 2 == 0 else "test",
+                "kind": kind,
+                "model": MODEL,
+                "correct": correct,
+                "signals": signals.model_dump(),
+                "raw_score": raw_score(signals),
+                "output": "{}",
+                "latency_ms": 1000.0,
+                "output_tokens": 20,
+                "recorded_at": "2026-01-01T00:00:00Z",
+            }
+        )
+    return rows
+
+
+def write_recording(folder: Path, rows: Sequence[dict[str, Any]], agreement: Sequence[dict[str, Any]] = ()) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    gate.write_jsonl(folder / f"{gate.model_slug(MODEL)}.jsonl", rows)
+    if agreement:
+        gate.write_jsonl(folder / f"{gate.model_slug(MODEL)}.agreement.jsonl", agreement)
+
+
+def run_main(*args: str) -> str:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert gate.main(list(args)) == 0
+    return out.getvalue()
+
+
+@pytest.mark.slow
+def test_replay_prints_the_table_and_calibration_beats_the_raw_score(tmp_path: Path) -> None:
+    folder = tmp_path / "recordings"
+    write_recording(folder, synthetic_recording(600))
+
+    table = run_main("--replay", "--recordings", str(folder), "--model", MODEL)
+    result = json.loads(run_main("--replay", "--json", "--recordings", str(folder), "--model", MODEL))
+
+    for kind, n in (("qa", 100), ("extraction", 100), ("sql", 100), ("overall", 300)):
+        assert re.search(rf"^{kind} +{n} +\d+ % +[\d.]+ → [\d.]+ +[\d.]+ → [\d.]+ ", table, re.M), table
+    assert "AUROC raw→cal" in table and "ECE raw→cal" in table and "ablation" in table
+    overall = result["kinds"]["overall"]
+    assert overall["raw"]["n"] == overall["calibrated"]["n"] == 300
+    assert overall["raw"]["clear_share"] == 1.0  # raw: everything clears 0.75
+    assert overall["calibrated"]["ece"] < overall["raw"]["ece"] / 2
+    assert overall["calibrated"]["auroc"] > 0.75
+    cleared = overall["calibrated"]["clear_accuracy"]
+    assert cleared is not None and cleared > overall["raw"]["clear_accuracy"]
+    # each kind has 100 dev rows: fitted on its own; the ablation shows token_min carries the signal
+    assert all(result["kinds"][k]["fit"].startswith("kind") for k in ("qa", "extraction", "sql"))
+    assert result["ablation"]["without token_min"] < result["ablation"]["all signals"]
+    assert result["agreement_cost"]["sampled"] == 0
+
+
+def test_replay_pools_a_kind_with_few_dev_rows_and_uses_recorded_agreement(tmp_path: Path) -> None:
+    rows = synthetic_recording(600)
+    for row in rows[:30]:
+        row["kind"] = "review"  # 15 dev rows: below the minimum, so the pooled fit scores it
+    rng = random.Random(3)
+    agreement = [
+        {"id": r["id"], "agreement": (1.0 if r["correct"] else 0.0) if rng.random() < 0.9 else 0.5,
+         "samples": 2, "elapsed_ms": 1500.0}
+        for r in rows
+    ]  # fmt: skip
+    folder = tmp_path / "recordings"
+    write_recording(folder, rows, agreement)
+
+    result = json.loads(run_main("--replay", "--json", "--recordings", str(folder), "--model", MODEL))
+
+    assert result["kinds"]["review"]["fit"].startswith("pooled")
+    assert "without agreement" in result["ablation"]
+    assert result["ablation"]["all signals"] > result["ablation"]["without agreement"]
+    assert result["agreement_cost"] == {
+        "tasks": 600,
+        "sampled": 600,
+        "median_ratio_all": 2.5,
+        "median_ratio_sampled": 2.5,
+    }
+
+
+def test_write_default_writes_a_table_the_router_can_load(tmp_path: Path) -> None:
+    folder = tmp_path / "recordings"
+    write_recording(folder, synthetic_recording(600))
+    target = tmp_path / "calibration_default.json"
+
+    run_main("--replay", "--write-default", "--table", str(target), "--recordings", str(folder), "--model", MODEL)
+
+    table = CalibrationTable.load(None, default_path=target)
+    assert not table.problems
+    entry, label = table.lookup(MODEL, "qa")
+    assert label.startswith(f"measured {MODEL}/qa") and entry.n == 100 and entry.auroc is not None
+    sure_but_weak = Signals(valid=True, self_reported=1.0, token_mean=0.95, token_min=0.05, token_tail=0.15,
+                            entropy=0.28, output_tokens=20)  # fmt: skip
+    assert entry.base.probability(sure_but_weak) < 0.5 < raw_score(sure_but_weak)
+    family, label = table.lookup("another:7b", "sql")
+    assert label.startswith("family */sql") and family.base.cap is not None
+    _, label = table.lookup("another:7b", "summary")
+    assert label.startswith("all models and kinds")
+
+
+def test_replay_says_what_to_do_without_enough_rows(tmp_path: Path) -> None:
+    folder = tmp_path / "recordings"
+    write_recording(folder, synthetic_recording(12))
+    with pytest.raises(SystemExit, match="at least 20 valid answers"):
+        gate.main(["--replay", "--recordings", str(folder), "--model", MODEL])
+    with pytest.raises(SystemExit, match=r"run bench/gate\.py --record first"):
+        gate.main(["--replay", "--recordings", str(tmp_path / "none"), "--model", MODEL])
+
+
+@pytest.mark.slow
+async def test_record_agreement_samples_only_the_band_and_appends_what_it_measured(tmp_path: Path) -> None:
+    rows = synthetic_recording(120)
+    tasks = []
+    for n, row in enumerate(rows):  # each row answers a hand-made task; the recorded answer is n + 1
+        row["id"] = f"hand/{n}"
+        row["output"] = json.dumps({"answer": n + 1})
+        tasks.append(sum_task(n, row["kind"], row["split"]))
+    fits = gate.fit_kinds(gate._dev_test(rows, {})[0], [r["kind"] for r in rows])
+    base = {r["id"]: fits.kinds[r["kind"]].base.probability(gate.signals_of(r)) for r in rows}
+    band = (0.3, 0.7)
+    inside = {i for i, p in base.items() if band[0] <= p <= band[1]}
+    assert 0 < len(inside) < len(rows)
+
+    def sampled(request: ChatRequest) -> ScriptedReply:  # samples agree on even n only
+        assert request.temperature == 0.7 and not request.logprobs
+        n = int(re.search(r"What is (\d+) plus", request.messages[-1].content).group(1))  # type: ignore[union-attr]
+        return ScriptedReply(json.dumps({"answer": n + 1 if n % 2 == 0 else -1, "confidence": 0.9}))
+
+    backend = ScriptedBackend([(MODEL, 1.5)], sampled, name="scripted")
+    out = tmp_path / "m.agreement.jsonl"
+
+    async def body(state: Any) -> int:
+        return int(
+            await gate.record_agreement(
+                state, tasks, rows, out, band=band, samples=2, grounding_for=small_numbers, stream=io.StringIO()
+            )
+        )
+
+    written = await gate._with_app(None, MODEL, body, extra_hosts=[Host(name="scripted", backend=backend)])
+
+    recorded = {r["id"]: r for r in gate.read_jsonl(out)}
+    assert written == len(inside) and set(recorded) == inside
+    assert len(backend.requests) == 2 * len(inside)
+    for task_id, row in recorded.items():
+        assert row["samples"] == 2 and row["elapsed_ms"] >= 0
+        assert row["agreement"] == (1.0 if int(task_id[5:]) % 2 == 0 else 0.0)
+        assert row["base_probability"] == pytest.approx(base[task_id], abs=1e-4)
+    # run again: nothing is sampled twice
+    assert await gate._with_app(None, MODEL, body, extra_hosts=[Host(name="scripted", backend=backend)]) == 0
