@@ -1,4 +1,4 @@
-"""The ``caelum-mcp`` command: serve, doctor, status, call, setup.
+"""The ``caelum-mcp`` command: serve, doctor, status, call, setup, calibrate.
 
 Logs go to stderr (``--log-format json``: one object a line, with the tool call's request id); on
 stdio, stdout belongs to the MCP protocol.
@@ -96,6 +96,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("args", nargs="*", help="key=value arguments; values are read as JSON when they parse")
     c.add_argument("--url", help="a running server's streamable HTTP URL (default: start one over stdio)")
 
+    cal = sub.add_parser(
+        "calibrate", help="refit the calibrated confidence per model and task kind from labelled answers"
+    )
+    cal.add_argument(
+        "--recordings",
+        action="append",
+        default=[],
+        metavar="FILE.jsonl",
+        help="also fit on benchmark recordings (bench/data/gate/recordings/<model>.jsonl; repeatable)",
+    )
+    cal.add_argument("--dry-run", action="store_true", help="print the refit without writing calibration.json")
+
     from caelum_mcp.client_setup import add_setup_arguments
 
     add_setup_arguments(sub.add_parser("setup", help="add this server to Claude Code or Claude Desktop"))
@@ -135,7 +147,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         ignored = ignored_project_config(config)
         if ignored:
             log.warning("%s", ignored)
-        commands = {"serve": _serve, "doctor": _doctor, "status": _status, "call": _call, "setup": _setup}
+        commands = {
+            "serve": _serve,
+            "doctor": _doctor,
+            "status": _status,
+            "call": _call,
+            "setup": _setup,
+            "calibrate": _calibrate,
+        }
         code = commands[args.command](config, args)
     except KeyboardInterrupt:
         code = 130
@@ -442,6 +461,60 @@ def _leaf_message(exc: BaseException) -> str:
     """The innermost meaningful message of an exception group (anyio wraps transport errors)."""
     exc = _leaf(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def _calibrate(config: Config, args: argparse.Namespace) -> int:
+    """Refit the calibration table from the ledger's labels and the recordings named
+    (:mod:`caelum_mcp.refit`); print the table, and write ``<data dir>/calibration.json`` unless
+    ``--dry-run``."""
+    from caelum_mcp.calibration import DEFAULT_PATH, USER_FILE, CalibrationError, CalibrationTable
+    from caelum_mcp.ledger import Ledger
+    from caelum_mcp.refit import format_table, ledger_labels, recorded_labels, refit_all, updated_table
+
+    ledger_path = config.data_dir / "ledger.sqlite3"
+    labelled = []
+    if ledger_path.is_file():
+        with Ledger(ledger_path) as ledger:
+            labelled += ledger_labels(ledger)
+    from_ledger = len(labelled)
+    for name in args.recordings:
+        labelled += recorded_labels(Path(name).expanduser())
+    if not labelled:
+        raise CaelumError(
+            f"no labelled answers to calibrate from: the ledger {ledger_path} holds none"
+            + (" and the recordings none" if args.recordings else "")
+            + "; with Claude configured set [router] audit_rate (e.g. 0.05) so local answers get labelled, "
+            "or pass --recordings FILE.jsonl (bench/gate.py --record)"
+        )
+    user_path = config.data_dir / USER_FILE
+    threshold = config.router.confidence_threshold
+    known: dict[tuple[str, str], Any] = {}
+    prior, mine = None, []
+    for path in (DEFAULT_PATH, user_path):
+        if not path.is_file():
+            continue
+        try:
+            table_prior, entries = CalibrationTable.read(path)
+        except CalibrationError as exc:
+            print(f"note: {exc}; {'it is replaced' if path == user_path else 'its entries are not reused'}")
+            continue
+        known.update((e.key, e) for e in entries)
+        if path == user_path:
+            prior, mine = table_prior, entries
+    refits = refit_all(labelled, threshold=threshold, existing=known)
+    print(format_table(refits, threshold))
+    print(f"labelled answers: {from_ledger} from the ledger, {len(labelled) - from_ledger} from recordings")
+    fitted = [r for r in refits if r.entry is not None]
+    if not fitted:
+        raise CaelumError(
+            "nothing refitted: no model and task kind has enough labelled answers yet (see 'not refitted' above)"
+        )
+    if args.dry_run:
+        print(f"dry run: {user_path} not written ({len(fitted)} entries would be refitted)")
+        return 0
+    updated_table(mine, prior, refits, threshold).save(user_path)
+    print(f"wrote {user_path}: {len(fitted)} entries refitted; restart the server to use them")
+    return 0
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
