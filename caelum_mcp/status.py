@@ -3,6 +3,13 @@
 :class:`PoolAdministration` is what the ai supervisor gets as its ``pool_admin`` service: these
 snapshots and the one switch (a host in or out of rotation). It is built from the parts it reads,
 so this module does not depend on the composition root (:mod:`caelum_mcp.app`).
+
+The report's ``kinds`` table (:func:`kind_table`) is per model and task kind: the answers the
+ledger counted, the share of a local model's answers that cleared the threshold (served locally),
+the labels real use gave (:mod:`caelum_mcp.audit`), what the calibration measured (accuracy, ECE,
+AUROC, at which threshold), which entry or prior calibrates the pair, and whether routing treats the
+model as competent for the kind (:mod:`caelum_mcp.competence`). At most :data:`MAX_KIND_ROWS` rows,
+most answered first.
 """
 
 from __future__ import annotations
@@ -13,11 +20,17 @@ from collections.abc import Callable
 import anyio.to_thread
 from pydantic import Field
 
+from caelum_mcp.calibration import USER_FILE, CalibrationTable
+from caelum_mcp.competence import assess
 from caelum_mcp.config import Config
 from caelum_mcp.hosts import Host
-from caelum_mcp.ledger import Ledger, LedgerSummary
+from caelum_mcp.ledger import KindFigures, LabelCounts, Ledger, LedgerSummary
 from caelum_mcp.pool import Pool
 from caelum_mcp.types import Frozen
+
+# Rows of the per-model-and-kind table: a pool of a dozen models over nine kinds fits; beyond it
+# the least answered pairs are left out (the result budget may cut further).
+MAX_KIND_ROWS = 60
 
 
 class ModelStatus(Frozen):
@@ -72,6 +85,34 @@ class ClaudeStatus(Frozen):
     spent_today_usd: float
 
 
+class KindStatus(Frozen):
+    """One model on one task kind: what it answered, what it measured, how it is calibrated.
+
+    ``local_share``: of a local model's scored answers, the share that cleared the threshold (served
+    locally, not escalated). ``labels``/``labelled_accuracy``: answers labelled by real use (Claude
+    audits, escalations) and the share right. ``measured_*``, ``clear_accuracy`` (among answers that
+    cleared), ``ece``, ``auroc``: the pair's own calibration entry, held out; ``threshold`` is the one
+    they are at (the configured one when unmeasured). ``calibration``: the entry or prior used.
+    ``competent``: measured at or above ``[router] competence_target`` (None: not measured).
+    """
+
+    model: str
+    kind: str
+    local: bool
+    answers: int
+    local_share: float | None
+    labels: int
+    labelled_accuracy: float | None
+    measured_accuracy: float | None
+    clear_accuracy: float | None
+    ece: float | None
+    auroc: float | None = None
+    measured_n: int = 0
+    threshold: float
+    calibration: str
+    competent: bool | None = None
+
+
 class StatusReport(Frozen):
     uptime_s: float
     config_source: str
@@ -81,6 +122,7 @@ class StatusReport(Frozen):
     hosts: list[HostStatus]
     claude: ClaudeStatus
     ledger: LedgerSummary
+    kinds: list[KindStatus] = Field(default_factory=list, description="per model and task kind")
 
 
 def host_status(host: Host, pool: Pool) -> HostStatus:
@@ -119,8 +161,85 @@ def host_status(host: Host, pool: Pool) -> HostStatus:
     )
 
 
+def kind_table(
+    figures: list[KindFigures],
+    labels: list[LabelCounts],
+    table: CalibrationTable | None,
+    config: Config,
+    local_models: set[str],
+) -> list[KindStatus]:
+    """The per-(model, kind) rows: every pair the ledger counted answers or labels for, and every
+    local model of the pool on each kind the table measured it on; most answered first."""
+    answered: dict[tuple[str, str], KindFigures] = {}
+    claude_pairs: set[tuple[str, str]] = set()
+    for figure in figures:
+        key = (figure.model, figure.kind)
+        if figure.outcome == "claude":
+            claude_pairs.add(key)
+        held = answered.get(key)
+        if held is None:
+            answered[key] = figure
+        else:  # a model that answered both as a local and a Claude model (a renamed host): add them up
+            answered[key] = held.model_copy(
+                update={
+                    "answers": held.answers + figure.answers,
+                    "scored": held.scored + figure.scored,
+                    "cleared": held.cleared + figure.cleared,
+                }
+            )
+    labelled = {(c.model, c.kind): c for c in labels}
+    measured = {key for key in table.entries if key[0] in local_models} if table is not None else set()
+    pairs = sorted({*answered, *labelled, *measured}, key=lambda k: (-_answers(answered.get(k)), k))
+    threshold = config.router.confidence_threshold
+    rows = []
+    for model, kind in pairs[:MAX_KIND_ROWS]:
+        f = answered.get((model, kind))
+        c = labelled.get((model, kind))
+        local = (model, kind) not in claude_pairs and model != config.claude.model
+        entry, label = (None, "calibration off: the raw score") if table is None else table.lookup(model, kind)
+        exact = table is not None and (model, kind) in table.entries
+        verdict = (
+            assess(table, model, kind, target=config.router.competence_target, threshold=threshold)
+            if table is not None and local
+            else None
+        )
+        rows.append(
+            KindStatus(
+                model=model,
+                kind=kind,
+                local=local,
+                answers=f.answers if f is not None else 0,
+                local_share=round(f.cleared / f.scored, 4) if local and f is not None and f.scored else None,
+                labels=c.labelled if c is not None else 0,
+                labelled_accuracy=round(c.correct / c.labelled, 4) if c is not None and c.labelled else None,
+                measured_accuracy=_rounded(entry.accuracy) if entry is not None and exact else None,
+                clear_accuracy=_rounded(entry.clear_accuracy) if entry is not None and exact else None,
+                ece=_rounded(entry.ece) if entry is not None and exact else None,
+                auroc=_rounded(entry.auroc) if entry is not None and exact else None,
+                measured_n=entry.n if entry is not None and exact else 0,
+                threshold=entry.threshold if entry is not None and exact else threshold,
+                calibration=label,
+                competent=verdict.competent if verdict is not None else None,
+            )
+        )
+    return rows
+
+
+def _answers(f: KindFigures | None) -> int:
+    return f.answers if f is not None else 0
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 class PoolAdministration:
-    """Pool views and the enable switch, over the running pool, ledger and config."""
+    """Pool views and the enable switch, over the running pool, ledger and config.
+
+    ``calibration`` is the table the router calibrates with; by default the same files the router
+    reads at start (the shipped table, overridden by ``<data dir>/calibration.json``), or none when
+    ``[router] calibration`` is off.
+    """
 
     def __init__(
         self,
@@ -131,7 +250,13 @@ class PoolAdministration:
         claude_configured: bool,
         embedded_note: Callable[[], str] = lambda: "",
         started_at: float | None = None,
+        calibration: CalibrationTable | None = None,
     ) -> None:
+        if calibration is None and config.router.calibration:
+            calibration = CalibrationTable.load(
+                config.data_dir / USER_FILE, threshold=config.router.confidence_threshold
+            )
+        self.calibration = calibration
         self.config = config
         self.pool = pool
         self.ledger = ledger
@@ -141,14 +266,27 @@ class PoolAdministration:
 
     def status(self) -> StatusReport:
         """The snapshot, reading the ledger here: for the CLI; async code calls :meth:`astatus`."""
-        return self._report(self.ledger.summary())
+        return self._report(*self._read())
 
     async def astatus(self) -> StatusReport:
         """The snapshot, with the ledger read in a worker thread so that the event loop keeps
         serving other calls while SQLite works."""
-        return self._report(await anyio.to_thread.run_sync(self.ledger.summary))
+        return self._report(*await anyio.to_thread.run_sync(self._read))
 
-    def _report(self, ledger: LedgerSummary) -> StatusReport:
+    def kinds(self) -> list[KindStatus]:
+        """The per-(model, kind) table alone (blocking: two small reads of the ledger)."""
+        return self._kinds(
+            self.ledger.kind_figures(self.config.router.confidence_threshold), self.ledger.label_counts()
+        )
+
+    def _read(self) -> tuple[LedgerSummary, list[KindStatus]]:
+        return self.ledger.summary(), self.kinds()
+
+    def _kinds(self, figures: list[KindFigures], labels: list[LabelCounts]) -> list[KindStatus]:
+        local = {name for host in self.pool.hosts.values() for name in host.models}
+        return kind_table(figures, labels, self.calibration, self.config, local)
+
+    def _report(self, ledger: LedgerSummary, kinds: list[KindStatus]) -> StatusReport:
         config = self.config
         return StatusReport(
             uptime_s=round(time.time() - self.started_at, 1),
@@ -165,6 +303,7 @@ class PoolAdministration:
                 spent_today_usd=round(ledger.claude_spend_today_usd, 6),
             ),
             ledger=ledger,
+            kinds=kinds,
         )
 
     async def set_host_enabled(self, name: str, enabled: bool) -> HostStatus:

@@ -1,5 +1,6 @@
 """What the dashboard shows, as one JSON document: the pool's hosts, the day's budget, the local and
-Claude share, figures per day, and the latest tool calls; plus one call's execution record.
+Claude share, figures per day, the latest tool calls, and per model and task kind the answers, local
+share, labels and calibration (:func:`~caelum_mcp.status.kind_table`); plus one call's execution record.
 
 Built from the running state (pool, ledger summary, config), the ledger's history
 (:class:`~caelum_mcp.dashboard.history.LedgerHistory`) and the execution records the telemetry
@@ -19,7 +20,7 @@ from caelum_mcp.dashboard.history import DayFigures, LatencyPoint, LedgerHistory
 from caelum_mcp.dashboard.telemetry import Telemetry
 from caelum_mcp.ledger import LedgerEntry, ToolCallRecord
 from caelum_mcp.llm import ExecutionRecord
-from caelum_mcp.status import HostStatus, host_status
+from caelum_mcp.status import HostStatus, KindStatus, host_status
 from caelum_mcp.types import Frozen
 
 LATENCY_WINDOW_S = 3600
@@ -92,6 +93,9 @@ class Snapshot(Frozen):
     share: ShareView
     daily: list[DayFigures]
     calls: list[CallView]
+    kinds: list[KindStatus] = Field(
+        default_factory=list, description="per model and task kind: answers, local share, measured accuracy"
+    )
 
 
 class CallDetail(Frozen):
@@ -177,6 +181,7 @@ def build_snapshot(state: AppState, telemetry: Telemetry, history: LedgerHistory
         ),
         daily=history.daily(DAYS_SHOWN, now),
         calls=[call_view(c, telemetry.executions(c.id)) for c in history.recent_tool_calls(recent)],
+        kinds=admin.kinds(),
     )
 
 

@@ -241,6 +241,35 @@
     $("calls").tBodies[0].replaceChildren(...rows);
   }
 
+  function renderKinds(kinds, threshold) {
+    $("kinds-threshold").textContent = threshold;
+    $("kinds-empty").hidden = kinds.length > 0;
+    const share = (v) => (v === null || v === undefined ? "–" : pct(v));
+    const rows = kinds.map((k) => {
+      const routing = !k.local ? badge("claude", "Claude")
+        : k.competent === true ? badge("healthy", "competent")
+        : k.competent === false ? badge("down", "skipped")
+        : el("span", { class: "muted" }, "min_tier (prior)");
+      const labelled = k.labels ? `${num(k.labels)} (${share(k.labelled_accuracy)})` : "–";
+      const measured = k.measured_accuracy === null ? "–"
+        : `${share(k.measured_accuracy)}, ${share(k.clear_accuracy)} of cleared (n=${num(k.measured_n)})`;
+      return el(
+        "tr", { dataset: { model: k.model, kind: k.kind } },
+        el("td", {}, k.model),
+        el("td", {}, k.kind),
+        el("td", { class: "num" }, num(k.answers)),
+        el("td", { class: "num" }, share(k.local_share)),
+        el("td", { class: "num" }, labelled),
+        el("td", { class: "num" }, measured),
+        el("td", { class: "num" }, k.ece === null ? "–" : k.ece.toFixed(3)),
+        el("td", { class: "num" }, k.threshold.toFixed(2)),
+        el("td", {}, routing),
+        el("td", { class: "muted" }, k.calibration),
+      );
+    });
+    $("kinds").tBodies[0].replaceChildren(...rows);
+  }
+
   // execution record ------------------------------------------------------------------------------
 
   function fields(pairs) {
@@ -351,6 +380,7 @@
     renderDaily(snap.daily);
     renderHosts(snap.hosts, snap.tiers_available);
     renderCalls(snap.calls);
+    renderKinds(snap.kinds || [], snap.threshold);
     firstRender = false;
     document.body.dataset.rendered = String(Number(document.body.dataset.rendered || 0) + 1);
   }
