@@ -9,7 +9,10 @@ answers), the measurement decides instead:
   that cleared the threshold (``clear_accuracy``) reaches ``[router] competence_target`` (default
   0.9): it may start the kind's tasks whatever its size, below ``min_tier`` too;
 - a measured model below the target is **skipped** for the kind, whatever its size: the task goes
-  up to the next model, or to Claude;
+  up to the next model, or to Claude. Where nothing else could take it (no other local model, and
+  Claude not available), the static rule stands instead: the model answers as it did before it
+  was measured, and its calibrated confidence says how far to trust that (below the threshold the
+  answer comes back marked ``local_low_confidence``), rather than no answer at all;
 - an unmeasured model keeps the static rule: eligible from ``min_tier`` up (the prior).
 
 A measurement counts only at the threshold it was taken at or a stricter one: an entry measured at
@@ -21,6 +24,7 @@ model first among equals when the kind prefers one), each model once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from caelum_mcp.calibration import MIN_ROWS, CalibrationTable
@@ -97,16 +101,21 @@ class CompetencePlan:
         """Each model once, in order (a model served by two hosts is one step; the pool picks the host)."""
         return list(dict.fromkeys(e.model for e in self.models))
 
-    def skipped_note(self) -> str:
-        return "; ".join(c.reason for c in self.skipped)
-
 
 def competence_plan(
-    pool: Pool, table: CalibrationTable | None, task: LLMTask, needs: TaskNeeds, router: RouterConfig
+    pool: Pool,
+    table: CalibrationTable | None,
+    task: LLMTask,
+    needs: TaskNeeds,
+    router: RouterConfig,
+    *,
+    claude_available: Callable[[], bool],
 ) -> CompetencePlan | None:
     """The local models for ``task`` by measured competence on its kind; None when the static
-    ``min_tier`` rule stands: nothing in the pool is measured on the kind, calibration is off, or
-    the task names its own model or the tier to start on (the caller's choice is kept)."""
+    ``min_tier`` rule stands: nothing in the pool is measured on the kind, calibration is off, the
+    task names its own model or the tier to start on (the caller's choice is kept), or every
+    model left is one measured below the target and ``claude_available()`` says Claude cannot
+    take the task either (asked only then: it reads the day's budget)."""
     if table is None or not router.calibration or task.model or task.tier is not None or task.claude_only:
         return None
     kind = task.kind.value
@@ -125,15 +134,14 @@ def competence_plan(
     ]
     chosen.sort(key=lambda e: (size_rank(e.size), _parameters(pool, e), not (needs.prefer_code and e.code), e.model))
     skipped = tuple(sorted((v for v in verdicts.values() if v.measured and not v.competent), key=lambda v: v.model))
+    if not chosen and skipped and not claude_available():
+        return None  # nothing else could answer: the measured model answers, scored for what it is
     return CompetencePlan(models=tuple(chosen), skipped=skipped)
 
 
-def competent_models(
-    pool: Pool, table: CalibrationTable | None, task: LLMTask, needs: TaskNeeds, router: RouterConfig
-) -> list[Eligible]:
-    """The local models that may run ``task`` now: by measured competence where its kind is
-    measured, else every model from ``min_tier`` up."""
-    plan = competence_plan(pool, table, task, needs, router)
+def competent_models(plan: CompetencePlan | None, pool: Pool, needs: TaskNeeds) -> list[Eligible]:
+    """The local models that may run the task now: ``plan``'s (:func:`competence_plan`), or every
+    model from ``min_tier`` up when there is none."""
     return pool.eligible_models(min_tier=needs.min_tier) if plan is None else list(plan.models)
 
 
@@ -142,11 +150,3 @@ def _parameters(pool: Pool, e: Eligible) -> float:
     info = host.models.get(e.model) if host is not None else None
     size = info.parameters_b if info is not None else None
     return size if size is not None else float("inf")
-
-
-def competent_note(plan: CompetencePlan, hosts: str) -> str:
-    """Why no local model may run the kind's task, and what to do."""
-    return (
-        f"{plan.skipped_note()}; no unmeasured model of a sufficient tier is up either (hosts and models: "
-        f"{hosts}); serve a larger model, or lower [router] competence_target"
-    )

@@ -72,7 +72,7 @@ from caelum_mcp.answers import parse_answer, self_reported, strip_confidence, ta
 from caelum_mcp.audit import Auditor
 from caelum_mcp.backends.base import Backend
 from caelum_mcp.calibration import USER_FILE, CalibrationTable, token_signals
-from caelum_mcp.competence import competence_plan, competent_models, competent_note
+from caelum_mcp.competence import CompetencePlan, competence_plan, competent_models
 from caelum_mcp.confidence import ConfidenceParts, Signals, score
 from caelum_mcp.config import Config
 from caelum_mcp.errors import (
@@ -241,7 +241,7 @@ class Router:
         elif task.model:
             local = [e for e in self.pool.eligible_models() if e.model == task.model or _base(e.model) == task.model]
         else:
-            local = competent_models(self.pool, self.calibration, task, needs, self.config.router)
+            local = competent_models(self._competence(task, needs), self.pool, needs)
         blocker = self._claude_blocker(task, needs)
         reason = None
         if task.claude_only and blocker is not None:
@@ -260,9 +260,6 @@ class Router:
         hosts = self.pool.describe_models()
         if task.model:
             return f"no enabled, healthy host serves model {task.model!r} (hosts and models: {hosts})"
-        competent = competence_plan(self.pool, self.calibration, task, needs, self.config.router)
-        if competent is not None and competent.skipped:
-            return f"no local model is competent for {task.kind} tasks: {competent_note(competent, hosts)}"
         if needs.min_tier is Tier.MICRO:
             return f"no enabled, healthy host serves a chat model (hosts and models: {hosts})"
         return (
@@ -282,7 +279,7 @@ class Router:
         plan: list[_Local] = []
         if task.tier is not None and task.tier not in SIZE_TIERS:  # code (or another speciality) asked for
             return [_Local(tier=task.tier, model=None, min_tier=minimum)]
-        competent = competence_plan(self.pool, self.calibration, task, needs, self.config.router)
+        competent = self._competence(task, needs)
         if competent is not None:  # the kind is measured: smallest competent model first, each once
             steps = [_Local(tier=None, model=m, min_tier=None) for m in competent.model_order]
             return steps if self.config.router.escalate_local else steps[:1]
@@ -298,6 +295,18 @@ class Router:
         if self.config.router.escalate_local:
             plan += [_Local(tier=t, model=None, min_tier=minimum) for t in sizes if size_rank(t) > size_rank(first)]
         return plan
+
+    def _competence(self, task: LLMTask, needs: TaskNeeds) -> CompetencePlan | None:
+        """The kind's local models by measured competence (:mod:`caelum_mcp.competence`); None
+        where the static ``min_tier`` rule stands."""
+        return competence_plan(
+            self.pool,
+            self.calibration,
+            task,
+            needs,
+            self.config.router,
+            claude_available=lambda: self._claude_blocker(task, needs) is None,
+        )
 
     def _has_untried(self, run: _Run, step: _Local) -> bool:
         """Whether ``step`` could reach a model this run has not asked yet (an answer once judged

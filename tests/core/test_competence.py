@@ -118,31 +118,32 @@ async def test_the_plan_tries_competent_models_smallest_first_then_unmeasured_on
         assert backends[SMALL].requests == []
 
 
-async def test_with_no_competent_local_model_claude_answers_or_the_task_is_skipped_saying_why(tmp_path: Path) -> None:
+async def test_with_no_competent_local_model_claude_answers_and_without_claude_the_static_rule_stands(
+    tmp_path: Path,
+) -> None:
+    """The 8B is measured below the target on review: with Claude the task goes there and the 8B is
+    never asked; without Claude nothing else could answer, so the 8B does, as it did before it was
+    measured (its calibrated confidence says how far to trust it), rather than no answer."""
     bodies: list[dict[str, Any]] = []
     claude = mock_claude([json.dumps({"answer": "42", "confidence": 0.95})], bodies)
-    table = CalibrationTable([entry(FULL, "review", 0.7)])
-    router, backends, ledger = await setup(tmp_path, entry(FULL, "review", 0.7))
+    below = entry(FULL, "review", 0.7)
+    router, backends, ledger = await setup(tmp_path, below, **{"claude.api_key": "sk-test"})
     with ledger:
-        with pytest.raises(TaskSkippedError) as caught:
-            await router.run(task(TaskKind.REVIEW))
-        message = str(caught.value)
-        assert "no local model is competent for review tasks" in message
-        assert (
-            f"{FULL} measured on review: 70% right at threshold 0.75 (n=40), below the competence target 90%" in message
-        )
-        assert "competence_target" in message
-        assert all(b.requests == [] for b in backends.values())
-        with_claude = Router(
-            router.pool,
-            ledger,
-            make_config(tmp_path, **{"claude.api_key": "sk-test"}),
-            claude=claude,
-            calibration=table,
-        )
+        with_claude = Router(router.pool, ledger, router.config, claude=claude, calibration=router.calibration)
+        assert with_claude.availability(task(TaskKind.REVIEW)).local_models == ()
         result = await with_claude.run(task(TaskKind.REVIEW))
         assert result.execution.path == "claude" and len(bodies) == 1
         assert all(b.requests == [] for b in backends.values())
+        without = Router(router.pool, ledger, make_config(tmp_path), calibration=CalibrationTable([below]))
+        result = await without.run(task(TaskKind.REVIEW))
+        assert result.execution.model == FULL and len(backends[FULL].requests) == 1
+    # below its min_tier, a measured model is no last resort: the static rule skips the task at once
+    router, backends, ledger = await setup(tmp_path, entry(TINY, "review", 0.5))
+    with ledger:
+        router.pool.set_enabled("gpu-2", False)
+        with pytest.raises(TaskSkippedError, match="review task needs a local model of tier full"):
+            await router.run(task(TaskKind.REVIEW))
+        assert backends[TINY].requests == []
 
 
 @pytest.mark.parametrize(
