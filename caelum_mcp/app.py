@@ -366,6 +366,8 @@ async def open_app(
         ledger=ledger,
         claude_configured=claude is not None,
         embedded_note=lambda: state.embedded_note,
+        # the table the router calibrates with, so pool_status shows what the answers were scored by
+        calibration=router.calibration if config.router.calibration else None,
     )
     state = AppState(
         config=config,
@@ -437,6 +439,8 @@ async def open_app(
                 tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
+            # audits in flight end first: their budget holds are settled while the ledger is open
+            await router.audit.aclose()
             await pool.aclose()
             if claude is not None:
                 await claude.aclose()

@@ -69,7 +69,7 @@ from typing import Any
 import anyio
 
 from caelum_mcp.answers import parse_answer, self_reported, strip_confidence, task_schema, with_schema_instruction
-from caelum_mcp.audit import Auditor
+from caelum_mcp.audit import Auditor, compare_answers
 from caelum_mcp.backends.base import Backend
 from caelum_mcp.calibration import USER_FILE, CalibrationTable, token_signals
 from caelum_mcp.competence import CompetencePlan, competence_plan, competent_models
@@ -828,8 +828,8 @@ class Router:
         """(agreement, samples, elapsed_ms): ``k`` samples of ``task`` at ``[router]
         agreement_temperature``, in parallel through the pool, on ``model`` (default: the task's
         model, else the first local step the router would take), within the task's time budget;
-        agreement is the share of the samples that answered whose normalised answer equals
-        ``first_output`` (None when none answered). Each sample is a ledger row tagged ``call_id``.
+        agreement is the share of the samples that answered which agree with ``first_output`` as
+        :func:`caelum_mcp.audit.compare_answers` compares answers (None when none answered). Each sample is a ledger row tagged ``call_id``.
         The benchmark's way to measure agreement and its cost on recorded answers."""
         schema, validator = task_schema(task.output_schema)
         needs = self.needs(task)
@@ -860,14 +860,15 @@ class Router:
         answer equals ``first_output``, samples that answered). A sample that does not parse
         disagrees; one that failed to answer is not counted."""
         sample = request.model_copy(update={"temperature": self.config.router.agreement_temperature, "logprobs": False})
-        first = _normalised(first_output, run.schema)
         answers: list[bool] = []
 
         async def one() -> None:
             reply = await self._call(run, sample, local, stream=False)
             if reply is not None:
                 output, error = parse_answer(reply.response.content, run.validator)
-                answers.append(error is None and output is not None and _normalised(output, run.schema) == first)
+                # the audit's comparison: schema fields, strings casefolded, numbers within a tolerance
+                agree, _ = compare_answers(output if error is None else None, first_output, run.schema)
+                answers.append(agree is True)
 
         async with anyio.create_task_group() as group:
             for _ in range(k):
@@ -930,25 +931,6 @@ async def _redacted_texts(texts: Sequence[str]) -> tuple[str, ...]:
 
 def _base(model: str) -> str:
     return model.split(":")[0]
-
-
-def _normalised(output: dict[str, Any], schema: dict[str, Any]) -> Any:
-    """An answer as agreement compares it: the schema's fields only (all of them when it names
-    none), the model's ``confidence`` field dropped, strings casefolded and stripped, all the way
-    down."""
-    fields = schema.get("properties")
-    named = fields if isinstance(fields, dict) and fields else None
-    return _normal({k: v for k, v in output.items() if k != "confidence" and (named is None or k in named)})
-
-
-def _normal(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.strip().casefold()
-    if isinstance(value, dict):
-        return {k: _normal(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_normal(v) for v in value]
-    return value
 
 
 def _cost_bound(
