@@ -318,7 +318,7 @@ async def test_a_cancelled_call_stops_its_work(arena: dict[str, Path], sources: 
             cancelled = time.monotonic()
             tg.cancel_scope.cancel()  # the client gives up; the session stays open
         assert time.monotonic() - cancelled < 10, "the cancelled call waited for its work to finish"
-        for _ in range(200):
+        for _ in range(600):  # 30 s: the worker's clean-up can take seconds on a loaded machine
             if not private_folders():
                 break
             await anyio.sleep(0.05)
