@@ -120,12 +120,14 @@ def http_port() -> Iterator[int]:
 
 
 def probes(port: int, count: int, failing: int = 0) -> list[dict[str, Any]]:
+    """``count`` HTTP probes of :func:`http_port`, the first ``failing`` of them on /fail. Each gets
+    10 s: the default 1 s ran out on a loaded machine (one server thread answers them in turn), and
+    the verdict then said "no answer" where the test expects the HTTP status."""
     found: list[dict[str, Any]] = []
     for i in range(count):
         path = "fail" if i < failing else "ok"
-        found.append(
-            {"name": f"svc{i}", "kind": "http", "url": f"http://127.0.0.1:{port}/{path}", "body_contains": "ok"}
-        )
+        url = f"http://127.0.0.1:{port}/{path}"
+        found.append({"name": f"svc{i}", "kind": "http", "url": url, "body_contains": "ok", "timeout_s": 10})
     return found
 
 
