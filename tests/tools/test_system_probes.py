@@ -68,22 +68,31 @@ def closed_port() -> int:
     return port
 
 
+# The probes that answer get 10 s, the 1 s default being near what a loaded machine takes to start a
+# Python command or to have the one server thread reply; "slow" and "cmd-hangs" keep 0.5 s.
+ANSWERS_S = 10.0
+
+
 async def test_http_tcp_and_command_probes_in_parallel(http_port: int, tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{http_port}"
     probes = [
-        HttpProbe(name="ok", url=f"{base}/ok", body_contains='"ok"'),
-        HttpProbe(name="down", url=f"{base}/down"),
-        HttpProbe(name="down-expected", url=f"{base}/down", expect_status=(503,)),
-        HttpProbe(name="chunked", url=f"{base}/chunked", body_contains="hello world"),
-        HttpProbe(name="wrong-body", url=f"{base}/ok", body_contains="healthy"),
-        HttpProbe(name="redirect", url=f"{base}/redirect"),
-        HttpProbe(name="not-http", url=f"{base}/garbage"),
+        HttpProbe(name="ok", url=f"{base}/ok", body_contains='"ok"', timeout_s=ANSWERS_S),
+        HttpProbe(name="down", url=f"{base}/down", timeout_s=ANSWERS_S),
+        HttpProbe(name="down-expected", url=f"{base}/down", expect_status=(503,), timeout_s=ANSWERS_S),
+        HttpProbe(name="chunked", url=f"{base}/chunked", body_contains="hello world", timeout_s=ANSWERS_S),
+        HttpProbe(name="wrong-body", url=f"{base}/ok", body_contains="healthy", timeout_s=ANSWERS_S),
+        HttpProbe(name="redirect", url=f"{base}/redirect", timeout_s=ANSWERS_S),
+        HttpProbe(name="not-http", url=f"{base}/garbage", timeout_s=ANSWERS_S),
         HttpProbe(name="slow", url=f"{base}/slow", timeout_s=0.5),
         HttpProbe(name="refused", url=f"http://127.0.0.1:{closed_port()}/", on_failure="WARN"),
-        TcpProbe(name="tcp", host="127.0.0.1", port=http_port),
+        TcpProbe(name="tcp", host="127.0.0.1", port=http_port, timeout_s=ANSWERS_S),
         TcpProbe(name="tcp-closed", host="127.0.0.1", port=closed_port()),
-        CommandProbe(name="cmd", argv=(sys.executable, "-c", "print('all good')"), output_contains="good"),
-        CommandProbe(name="cmd-fails", argv=(sys.executable, "-c", "import sys; print('bad'); sys.exit(3)")),
+        CommandProbe(
+            name="cmd", argv=(sys.executable, "-c", "print('all good')"), output_contains="good", timeout_s=ANSWERS_S
+        ),
+        CommandProbe(
+            name="cmd-fails", argv=(sys.executable, "-c", "import sys; print('bad'); sys.exit(3)"), timeout_s=ANSWERS_S
+        ),
         CommandProbe(name="cmd-missing", argv=("/nonexistent/caelum-probe",)),
         CommandProbe(name="cmd-hangs", argv=(sys.executable, "-c", "import time; time.sleep(30)"), timeout_s=0.5),
     ]
