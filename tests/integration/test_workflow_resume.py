@@ -68,8 +68,19 @@ def steps_in_store(data: Path) -> dict[str, str]:
         return dict(conn.execute("SELECT step, status FROM steps").fetchall())
 
 
+def output_saved(data: Path, step: str) -> bool:
+    """Whether ``step``'s output file is on disk: the server writes it off the run's critical path,
+    just after the step's row says passed, and a resume can reuse only a step whose output it finds
+    (on a loaded machine the kill came in between and lint ran again)."""
+    db = data / "supervisors" / "workflow" / "runs.sqlite3"
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT output_ref FROM steps WHERE step = ?", (step,)).fetchone()
+    return bool(row and row[0]) and (db.parent / row[0]).is_file()
+
+
 def run_until_killed(tmp_path: Path, config: Path, project: Path) -> None:
-    """Start the run over HTTP and SIGKILL the server once the first step passed and the second runs."""
+    """Start the run over HTTP and SIGKILL the server once the first step passed (its output saved)
+    and the second runs."""
     servers = start_server(tmp_path, {"CAELUM_CONFIG": str(config)})
     served = next(servers)
     argv = [sys.executable, "-m", "caelum_mcp", "call", "--url", served.mcp, "run_workflow", "workflow=gated"]
@@ -82,7 +93,9 @@ def run_until_killed(tmp_path: Path, config: Path, project: Path) -> None:
     )
     try:
         deadline = time.monotonic() + 90
-        while steps_in_store(tmp_path / "data") != {"lint": "passed", "wait": "running"}:
+        while steps_in_store(tmp_path / "data") != {"lint": "passed", "wait": "running"} or not output_saved(
+            tmp_path / "data", "lint"
+        ):
             assert caller.poll() is None, caller.stderr.read().decode() if caller.stderr else ""
             assert time.monotonic() < deadline, f"the run did not reach its second step:\n{tail(served.log)}"
             time.sleep(0.1)
