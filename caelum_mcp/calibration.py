@@ -69,6 +69,7 @@ __all__ = [
     "DEFAULT_PATH",
     "FEATURES",
     "FEATURES_WITH_AGREEMENT",
+    "MIN_KIND_ROWS",
     "MIN_ROWS",
     "TAIL_SHARE",
     "CalibrationEntry",
@@ -80,6 +81,7 @@ __all__ = [
     "feature_vector",
     "fit",
     "metrics",
+    "shift_to_kind",
     "token_signals",
 ]
 
@@ -90,6 +92,8 @@ log = logging.getLogger(__name__)
 TAIL_SHARE = 0.10
 # Fewer labelled answers than this cannot tell a calibrator's slope from noise.
 MIN_ROWS = 20
+# A kind's own level (one number: :func:`shift_to_kind`) over a pooled fit needs this many.
+MIN_KIND_ROWS = 8
 # The shipped table; the user's own <data dir>/calibration.json overrides it entry by entry.
 DEFAULT_PATH = Path(__file__).resolve().parent / "calibration_default.json"
 USER_FILE = "calibration.json"
@@ -315,6 +319,46 @@ def fit(
         weights=tuple(round(float(w), 8) for w in weights),
         bias=round(float(bias), 8),
     )
+
+
+def shift_to_kind(
+    pooled: Calibrator, signals: Sequence[Signals], labels: Sequence[bool], *, l2: float = 1.0
+) -> Calibrator:
+    """``pooled`` (a logistic calibrator fitted on several task kinds) with its bias refitted on one
+    kind's labelled answers: the weights (how the signals rank answers) stay those of the pooled
+    fit, one number moves the level to that kind's accuracy.
+
+    For a kind with too few rows of its own for a whole fit (:data:`MIN_ROWS`): kinds differ most
+    in how often a model is right at all (a 1.5B model answers intent classification far better
+    than arithmetic), which one pooled level cannot say, while one parameter is learnt from a few
+    rows. The shift is penalised by ``l2``/2 · shift² (toward the pooled level) against Platt's
+    smoothed targets, by Newton's method from zero; at least :data:`MIN_KIND_ROWS` valid answers.
+    """
+    if pooled.kind != "logistic":
+        raise CalibrationError("only a logistic calibrator can be shifted to a kind")
+    if len(signals) != len(labels):
+        raise CalibrationError(f"{len(signals)} answers but {len(labels)} labels")
+    rows = [(s, bool(y)) for s, y in zip(signals, labels, strict=True) if s.valid]
+    if len(rows) < MIN_KIND_ROWS:
+        raise CalibrationError(
+            f"only {len(rows)} labelled valid answers of this kind; a shift needs at least {MIN_KIND_ROWS}"
+        )
+    ys = np.array([1.0 if y else 0.0 for _, y in rows])
+    targets = _platt_targets(ys)
+    weights = np.array(pooled.weights)
+    z0 = np.array(
+        [pooled.bias + float(weights @ feature_vector(s, with_agreement=pooled.uses_agreement)) for s, _ in rows]
+    )
+    shift = 0.0
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z0 + shift, -40.0, 40.0)))
+        gradient = float((p - targets).sum()) + l2 * shift
+        hessian = float((p * (1 - p)).sum()) + l2
+        step = gradient / hessian
+        shift -= step
+        if abs(step) < 1e-10:
+            break
+    return pooled.model_copy(update={"bias": round(pooled.bias + shift, 8)})
 
 
 def _platt_targets(ys: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ import pytest
 from caelum_mcp.calibration import (
     FEATURES,
     FEATURES_WITH_AGREEMENT,
+    MIN_KIND_ROWS,
     MIN_ROWS,
     CalibrationEntry,
     CalibrationError,
@@ -22,6 +23,7 @@ from caelum_mcp.calibration import (
     feature_vector,
     fit,
     metrics,
+    shift_to_kind,
     token_signals,
 )
 from caelum_mcp.confidence import raw_score
@@ -334,3 +336,26 @@ def test_entries_refuse_inconsistent_calibrators() -> None:
         entry("m", "qa", logistic(0.0), band=(0.8, 0.4))
     with pytest.raises(ValueError, match="non-decreasing"):
         Calibrator(kind="isotonic", xs=(0.0, 1.0), ys=(0.9, 0.1))
+
+
+def test_a_kind_shift_moves_the_level_to_the_kind_and_keeps_the_ranking() -> None:
+    """A pooled fit over kinds of different accuracy, shifted to the weaker kind with few rows of its
+    own: the weights stay, the level drops to that kind's accuracy (the pooled one overstates it)."""
+    signals, labels, _ = synthetic(3000, seed=7)
+    pooled = fit(signals, labels, with_agreement=False)
+    rng = np.random.default_rng(8)
+    weak, weak_labels = [], []
+    for _ in range(40):  # a kind the model gets right far less often at the same signals
+        token_min = float(rng.uniform(0.05, 1.0))
+        weak.append(sig(token_min=token_min, token_mean=0.9, token_tail=0.9, grounding=1.0))
+        weak_labels.append(bool(rng.random() < 1 / (1 + math.exp(-(-7.0 + 5.0 * token_min + 2.5)))))
+    shifted = shift_to_kind(pooled, weak, weak_labels)
+    assert shifted.weights == pooled.weights and shifted.bias < pooled.bias - 1.0
+    mean_pooled = float(np.mean([pooled.probability(s) for s in weak]))
+    mean_shifted = float(np.mean([shifted.probability(s) for s in weak]))
+    assert abs(mean_shifted - float(np.mean(weak_labels))) < abs(mean_pooled - float(np.mean(weak_labels)))
+    assert abs(mean_shifted - float(np.mean(weak_labels))) < 0.1
+    with pytest.raises(CalibrationError, match=f"at least {MIN_KIND_ROWS}"):
+        shift_to_kind(pooled, weak[: MIN_KIND_ROWS - 1], weak_labels[: MIN_KIND_ROWS - 1])
+    with pytest.raises(CalibrationError, match="logistic"):
+        shift_to_kind(fit(signals, labels, with_agreement=False, method="isotonic"), weak, weak_labels)
