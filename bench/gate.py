@@ -21,7 +21,8 @@ Three steps over the labelled set of ``bench/gate_tasks.py`` (``bench/data/gate/
     ``<model>.agreement.jsonl`` (id, agreement, samples, elapsed_ms, base_probability).
 ``--replay``
     No model: fits a calibrator per kind on the dev split (a kind with fewer than 20 valid dev
-    answers, or only right or only wrong ones, uses the fit over every dev row), scores the test
+    answers, or only right or only wrong ones, uses the fit over every dev row, its level moved
+    to the kind's accuracy where it has at least 8), scores the test
     split and prints, per kind and overall: n, accuracy, AUROC and ECE raw → calibrated, the share
     clearing the threshold and its accuracy; then the AUROC without each signal and what the
     agreement samples cost.
@@ -60,6 +61,7 @@ from caelum_mcp import confidence
 from caelum_mcp.app import AppState, open_app
 from caelum_mcp.calibration import (
     ANY,
+    MIN_KIND_ROWS,
     MIN_ROWS,
     CalibrationEntry,
     CalibrationTable,
@@ -68,6 +70,7 @@ from caelum_mcp.calibration import (
     fit,
     metrics,
     now_iso,
+    shift_to_kind,
 )
 from caelum_mcp.config import Config, RouterConfig, load_config
 from caelum_mcp.errors import CaelumError
@@ -407,7 +410,7 @@ def without(signals: Signals, name: str | None) -> Signals:
 class KindFit:
     """The calibrators one kind's test rows are scored with, and where they came from."""
 
-    scope: str  # "kind" (its own dev rows) or "pooled" (every dev row)
+    scope: str  # "kind" (its own dev rows), "pooled" (every dev row), "pooled, shifted" (level moved to the kind)
     base: Calibrator
     with_agreement: Calibrator | None
     dev_rows: int
@@ -451,7 +454,14 @@ def fit_kinds(dev: Sequence[tuple[str, Signals, bool]], kinds: Iterable[str], *,
         signals, labels = [s for s, _ in rows], [label for _, label in rows]
         own = _fit_or_none(signals, labels, with_agreement=False)
         if own is None:
-            fits[kind] = KindFit("pooled", pooled.base, pooled.with_agreement, len(rows))
+            # Too few rows for a fit of its own: the pooled ranking, its level moved to this kind's
+            # accuracy where there are enough rows for that one number (kinds differ most in it).
+            valid = [label for s, label in rows if s.valid]
+            if len(valid) >= MIN_KIND_ROWS:
+                shifted = shift_to_kind(pooled.base, signals, labels)
+                fits[kind] = KindFit("pooled, shifted", shifted, pooled.with_agreement, len(rows))
+            else:
+                fits[kind] = KindFit("pooled", pooled.base, pooled.with_agreement, len(rows))
         else:
             agree = _fit_or_none(signals, labels, with_agreement=True)
             fits[kind] = KindFit("kind", own, agree or pooled.with_agreement, len(rows))
