@@ -370,13 +370,7 @@ async def regrade(
                 grounding = (await result if inspect.isawaitable(result) else result).score
             signals = signals.model_copy(update={"grounding": None if grounding is None else round(grounding, 4)})
             row["signals"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in signals.model_dump().items()}
-            row["raw_score"] = confidence.score(
-                valid=signals.valid,
-                repaired=signals.repaired,
-                self_reported=signals.self_reported,
-                token_probability=signals.token_mean,
-                grounding=signals.grounding,
-            ).score
+            row["raw_score"] = confidence.raw_score(signals)
         changed += row != old
         kept.append(row)
     return kept, changed, dropped

@@ -829,8 +829,9 @@ class Router:
         agreement_temperature``, in parallel through the pool, on ``model`` (default: the task's
         model, else the first local step the router would take), within the task's time budget;
         agreement is the share of the samples that answered which agree with ``first_output`` as
-        :func:`caelum_mcp.audit.compare_answers` compares answers (None when none answered). Each sample is a ledger row tagged ``call_id``.
-        The benchmark's way to measure agreement and its cost on recorded answers."""
+        :func:`caelum_mcp.audit.compare_answers` compares answers (None when none answered). Each
+        sample is a ledger row tagged ``call_id``. The benchmark's way to measure agreement and its
+        cost on recorded answers."""
         schema, validator = task_schema(task.output_schema)
         needs = self.needs(task)
         run = _Run(
