@@ -634,10 +634,12 @@ def write_default(
     *,
     band: tuple[float, float],
     threshold: float = THRESHOLD,
+    family: bool = True,
 ) -> CalibrationTable:
     """The calibration table shipped with the package, from this model's fits on dev with their
-    test figures: an entry per (model, kind); the same per ("*", kind), the family an unmeasured
-    model falls back to (capped at what it measured); and ("*", "*") pooled over every kind."""
+    test figures: an entry per (model, kind); with ``family``, the same per ("*", kind), the family an
+    unmeasured model falls back to (capped at what it measured), and ("*", "*") pooled over every
+    kind. Without it, models other than this one keep the prior."""
     by_id = {a["id"]: a for a in agreement}
     scored, fits = score_test(rows, by_id)
     model = str(rows[0]["model"])
@@ -668,10 +670,13 @@ def write_default(
     for kind, fitted in fits.kinds.items():
         members = [s for s in scored if s.kind == kind]
         probs, labels = [s.final for s in members], [s.correct for s in members]
-        entries += [entry(model, kind, fitted, probs, labels), entry(ANY, kind, fitted, probs, labels)]
-    test = [(signals_of(r, by_id), bool(r["correct"])) for r in rows if r["split"] == "test"]
-    pooled_probs = [probability(fits.pooled, s) for s, _ in test]
-    entries.append(entry(ANY, ANY, fits.pooled, pooled_probs, [label for _, label in test]))
+        entries.append(entry(model, kind, fitted, probs, labels))
+        if family:
+            entries.append(entry(ANY, kind, fitted, probs, labels))
+    if family:
+        test = [(signals_of(r, by_id), bool(r["correct"])) for r in rows if r["split"] == "test"]
+        pooled_probs = [probability(fits.pooled, s) for s, _ in test]
+        entries.append(entry(ANY, ANY, fits.pooled, pooled_probs, [label for _, label in test]))
     table = CalibrationTable(entries, threshold=threshold)
     table.save(path)
     return table
@@ -786,6 +791,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=2, help="tasks in flight (the server's slots)")
     parser.add_argument("--band", type=float, nargs=2, default=DEFAULT_BAND, metavar=("LOW", "HIGH"))
     parser.add_argument("--samples", type=int, default=AGREEMENT_SAMPLES, help="agreement samples per task")
+    parser.add_argument(
+        "--no-family",
+        action="store_true",
+        help="with --write-default: entries for the recorded model only (other models keep the prior)",
+    )
     parser.add_argument("--table", type=Path, default=DEFAULT_TABLE, help="where --write-default writes")
     args = parser.parse_args(argv)
     if not (args.record or args.regrade or args.record_agreement or args.replay):
@@ -862,7 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_replay(result)
             print(f"\nreplayed in {result['seconds']:.1f} s")
         if args.write_default:
-            write_default(rows, agreement, args.table, band=band)
+            write_default(rows, agreement, args.table, band=band, family=not args.no_family)
             print(f"wrote {args.table}", file=sys.stderr)
     return 0
 

@@ -358,3 +358,20 @@ async def test_record_agreement_samples_only_the_band_and_appends_what_it_measur
         assert row["base_probability"] == pytest.approx(base[task_id], abs=1e-4)
     # run again: nothing is sampled twice
     assert await gate._with_app(None, MODEL, body, extra_hosts=[Host(name="scripted", backend=backend)]) == 0
+
+
+def test_write_default_without_family_leaves_other_models_on_the_prior(tmp_path: Path) -> None:
+    folder = tmp_path / "recordings"
+    write_recording(folder, synthetic_recording(600))
+    target = tmp_path / "calibration_default.json"
+
+    run_main(
+        "--replay", "--write-default", "--no-family", "--table", str(target), "--recordings", str(folder),
+        "--model", MODEL,
+    )  # fmt: skip
+
+    table = CalibrationTable.load(None, default_path=target)
+    _, label = table.lookup(MODEL, "qa")
+    assert label.startswith(f"measured {MODEL}/qa")
+    entry, label = table.lookup("another:7b", "sql")
+    assert entry.base.kind == "prior", label
