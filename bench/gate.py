@@ -66,6 +66,7 @@ from caelum_mcp.calibration import (
     CalibrationEntry,
     CalibrationTable,
     Calibrator,
+    Prior,
     Signals,
     fit,
     metrics,
@@ -627,6 +628,19 @@ def print_replay(result: Mapping[str, Any], out: TextIO | None = None) -> None:
 # --write-default --------------------------------------------------------------------------------
 
 
+# The rule the shipped table gives answers with nothing measured (caelum_mcp/calibration.py), kept
+# with its note whichever entries a recording adds.
+_SHIPPED_PRIOR = Prior(
+    note="An answer of a model x kind with no entry keeps its raw score but reads at most threshold - "
+    "margin (below the threshold, so it escalates or comes back marked local_low_confidence) unless the "
+    "task's own check verified it (grounding >= verified_grounding). The raw score passed wrong answers "
+    "about half the time when measured (issue 21), so an unmeasured answer must not clear on how sure it "
+    "sounds. The entries are written by `python bench/gate.py --replay --write-default --no-family` from "
+    "the committed recordings (fitted on dev, figures measured on test); `caelum-mcp calibrate` writes the "
+    "user's own <data dir>/calibration.json, which overrides this file entry by entry."
+)
+
+
 def write_default(
     rows: Sequence[Mapping[str, Any]],
     agreement: Sequence[Mapping[str, Any]],
@@ -677,7 +691,7 @@ def write_default(
         test = [(signals_of(r, by_id), bool(r["correct"])) for r in rows if r["split"] == "test"]
         pooled_probs = [probability(fits.pooled, s) for s, _ in test]
         entries.append(entry(ANY, ANY, fits.pooled, pooled_probs, [label for _, label in test]))
-    table = CalibrationTable(entries, threshold=threshold)
+    table = CalibrationTable(entries, prior=_SHIPPED_PRIOR, threshold=threshold)
     table.save(path)
     return table
 

@@ -273,12 +273,17 @@ def test_a_corrupt_user_file_is_moved_aside_with_one_line_and_defaults_are_used(
     assert table.entries[("m", "qa")].base.bias == 1.0  # the shipped table still holds
 
 
-def test_the_shipped_default_holds_no_fitted_entries_and_documents_its_prior() -> None:
+def test_the_shipped_default_holds_the_pinned_models_entries_and_documents_its_prior() -> None:
+    """The shipped table: entries fitted from the committed recordings of the pinned model only, so
+    every other model (unmeasured) gets the documented prior, never the 1.5B model's figures."""
     table = CalibrationTable.load(None, threshold=0.75)
-    assert table.problems == [] and table.entries == {}
+    assert table.problems == []
+    assert table.entries and {model for model, _ in table.entries} == {"qwen2.5-coder:1.5b"}
     assert "threshold - margin" in table.prior.note and table.prior.margin > 0
     found, label = table.lookup("qwen2.5-coder:1.5b", "extraction")
-    assert found.base.kind == "prior" and label.startswith("prior for unmeasured qwen2.5-coder:1.5b/extraction")
+    assert found.base.kind == "logistic" and label.startswith("measured qwen2.5-coder:1.5b/extraction")
+    found, label = table.lookup("llama3.1:8b", "extraction")
+    assert found.base.kind == "prior" and label.startswith("prior for unmeasured llama3.1:8b/extraction")
 
 
 def test_with_nothing_measured_the_prior_keeps_the_raw_score_below_the_threshold_unless_verified() -> None:
