@@ -14,7 +14,9 @@ Commands never outlive the server. Each command running is listed in this proces
 :mod:`caelum_mcp.shutdown`) and with a guard: a small watchdog process (started with the first
 command, in its own session) that reads the list over a pipe. When the server dies in any way,
 ``kill -9`` included, the pipe closes and the guard kills the groups of the commands still listed,
-and the processes carrying their run markers, then exits. A caller may also be told each command's
+and the processes carrying their run markers, then exits. The guard hears of each command's run
+marker before the command starts, so one whose pid it was never told (the server died in between)
+is still found by its marker. A caller may also be told each command's
 pid as it starts and ends (:data:`COMMAND_WATCH`): a workflow step records them, so that a resumed
 run can stop a copy that is still alive.
 """
@@ -69,25 +71,30 @@ _running_lock = threading.Lock()
 _GUARD_CODE = f"""
 import os, signal, sys
 live = {{}}
+pending = set()
 for line in sys.stdin.buffer:
     parts = line.split()
     if len(parts) != 3 or not parts[1].isdigit():
         continue
-    if parts[0] == b"+":
-        live[int(parts[1])] = parts[2].decode("ascii", "replace")
+    marker = parts[2].decode("ascii", "replace")
+    if parts[0] == b"m":
+        pending.add(marker)
+    elif parts[0] == b"+":
+        live[int(parts[1])] = marker
     else:
         live.pop(int(parts[1]), None)
+        pending.discard(marker)
 for pid in live:
     try:
         os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
-if live:
+markers = set(live.values()) | pending
+if markers:
     try:
         import psutil
     except ImportError:
         sys.exit(0)
-    markers = set(live.values())
     for proc in psutil.process_iter():
         try:
             if proc.environ().get({RUN_MARKER_VAR!r}) in markers:
@@ -112,7 +119,8 @@ class _Guard:
         return proc.pid if proc is not None and proc.poll() is None else None
 
     def tell(self, line: str) -> None:
-        """Send one ``+ pid marker`` or ``- pid marker`` line; a guard that cannot be started or
+        """Send one ``m 0 marker`` (a command is about to start with that run marker), ``+ pid
+        marker`` or ``- pid marker`` line; a guard that cannot be started or
         written to is restarted once per line, else given up on quietly (the commands still die
         with their timeouts, cancellations and the SIGTERM handler)."""
         if sys.platform == "win32":
@@ -394,15 +402,22 @@ async def run_command(
     stderr = _CappedBuffer(max_output_bytes)
     marker = uuid.uuid4().hex
     started = time.monotonic()
-    process = await anyio.open_process(
-        list(args),
-        cwd=cwd,
-        env={**(os.environ if env is None else env), RUN_MARKER_VAR: marker},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    # The guard hears of the marker before the command exists: a server killed between the start
+    # and the ``+ pid`` line still leaves the guard a way to find the command (by its marker).
+    _guard.tell(f"m 0 {marker}")
+    try:
+        process = await anyio.open_process(
+            list(args),
+            cwd=cwd,
+            env={**(os.environ if env is None else env), RUN_MARKER_VAR: marker},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except BaseException:
+        _guard.tell(f"- 0 {marker}")
+        raise
     descendants = _Descendants(process.pid, marker)
     finished = False
     timed_out = False

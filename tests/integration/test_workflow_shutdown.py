@@ -140,7 +140,8 @@ def test_sigkill_to_the_server_stops_the_running_step(tmp_path: Path) -> None:
     try:
         server.kill()  # nothing in the server runs after this: its guard process cleans up
         server.wait(timeout=10)
-        assert gone_within(step, 5), "the step outlived its server's SIGKILL"
+        # the guard may have to find it by its run marker (a process scan): room for a loaded machine
+        assert gone_within(step, 30), "the step outlived its server's SIGKILL"
     finally:
         stop(step)
 

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import anyio
 import pytest
 from fakes.escapees import marked, until
 
-from caelum_mcp.tools.process import COMMAND_WATCH, guard_pid, kill_running_commands, run_command
+from caelum_mcp.tools.process import (
+    _GUARD_CODE,
+    COMMAND_WATCH,
+    RUN_MARKER_VAR,
+    guard_pid,
+    kill_running_commands,
+    run_command,
+)
 
 # A child that starts a grandchild in the same process group, records both pids, then sleeps.
 SPAWNER = """
@@ -232,3 +241,26 @@ async def test_running_commands_are_killed_by_the_shutdown_hook_and_a_guard_watc
     assert time.monotonic() - started < 10
     (outcome,) = result
     assert getattr(outcome, "returncode", None) == -9 and kill_running_commands() == 0
+
+
+@pytest.mark.slow
+def test_the_guard_kills_a_command_whose_start_it_heard_of_but_not_its_pid(tmp_path: Path) -> None:
+    """The server died between starting a command and telling the guard its pid (under load that
+    gap was long enough for a workflow step to outlive a kill -9): the guard, told the run marker
+    before the start, still finds the command by it when its pipe closes."""
+    marker = uuid.uuid4().hex
+    command = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"],
+        env={**os.environ, RUN_MARKER_VAR: marker},
+        start_new_session=True,
+    )
+    guard = subprocess.Popen([sys.executable, "-c", _GUARD_CODE], stdin=subprocess.PIPE, cwd="/")
+    try:
+        assert guard.stdin is not None
+        guard.stdin.write(f"m 0 {marker}\n".encode("ascii"))
+        guard.stdin.close()  # the server is gone: no "+ pid" line ever came
+        assert guard.wait(timeout=60) == 0
+        assert command.wait(timeout=30) == -9
+    finally:
+        command.kill()
+        guard.kill()
