@@ -503,7 +503,7 @@ def fill_ledger(ledger: Ledger, rows: int) -> None:
                 now - 30 * 86_400 * (rows - i) / rows, "delegate_task", "claude" if claude else "local",
                 "anthropic" if claude else "ollama", "" if claude else hosts[i % 3],
                 "claude-sonnet-4-5" if claude else "qwen3:8b", None, 1, 0.9, 800, 120, 0, 0, 350.0,
-                0.004 if claude else 0.0, 0.004, 1, None, None, "claude" if claude else "local",
+                0.004 if claude else 0.0, 0.004, 1, None, None, "general", "claude" if claude else "local",
             )  # fmt: skip
 
     conn = sqlite3.connect(ledger.path, isolation_level=None)
