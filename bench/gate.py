@@ -73,11 +73,12 @@ from caelum_mcp.calibration import (
     now_iso,
     shift_to_kind,
 )
-from caelum_mcp.config import Config, RouterConfig, load_config
+from caelum_mcp.config import ClaudeConfig, Config, RouterConfig, load_config
 from caelum_mcp.errors import CaelumError
 from caelum_mcp.hosts import Host
 from caelum_mcp.llm import ExecutionRecord, GroundingCheck, LLMTask, TaskKind
-from caelum_mcp.types import ChatMessage, Tier
+from caelum_mcp.pricing import CHARS_PER_TOKEN, DEFAULT_PRICES, ModelPrice, cost_usd
+from caelum_mcp.types import ChatMessage, Tier, Usage
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDINGS = ROOT / "bench" / "data" / "gate" / "recordings"
@@ -85,6 +86,7 @@ DEFAULT_TABLE = ROOT / "caelum_mcp" / "calibration_default.json"
 DEFAULT_URL = "http://127.0.0.1:18900"
 DEFAULT_MODEL = "qwen2.5-coder:1.5b"
 THRESHOLD = RouterConfig().confidence_threshold
+CLAUDE_MODEL = ClaudeConfig().model  # the model escalations go to by default
 TIME_BUDGET_S = 900.0
 OUTPUT_CHARS = 300
 DEFAULT_BAND = (0.4, 0.9)
@@ -104,6 +106,16 @@ log = logging.getLogger("gate")
 def field_of(task: Any, name: str) -> Any:
     """One field of a labelled task, whether the loader gives mappings or objects."""
     return task[name] if isinstance(task, Mapping) else getattr(task, name)
+
+
+def prompt_characters(tasks: Iterable[Any]) -> dict[str, int]:
+    """Per task id, the characters a model reads: system, prompt and the JSON schema."""
+    return {
+        field_of(t, "id"): len(field_of(t, "system") or "")
+        + len(field_of(t, "prompt"))
+        + len(json.dumps(field_of(t, "schema") or {}))
+        for t in tasks
+    }
 
 
 def llm_task(task: Any, grounding: GroundingCheck | None) -> LLMTask:
@@ -520,8 +532,11 @@ def replay(
     agreement: Sequence[Mapping[str, Any]] = (),
     *,
     threshold: float = THRESHOLD,
+    prompt_chars: Mapping[str, int] | None = None,
+    claude_model: str = CLAUDE_MODEL,
 ) -> dict[str, Any]:
-    """Every figure of ``--replay``, as a JSON-able dict."""
+    """Every figure of ``--replay``, as a JSON-able dict; with ``prompt_chars`` (task id → characters
+    of its prompt), also the local share and the estimated Claude cost against all-Claude."""
     by_id = {a["id"]: a for a in agreement}
     scored, fits = score_test(rows, by_id)
     if not scored:
@@ -554,7 +569,51 @@ def replay(
         "kinds": table,
         "ablation": ablation,
         "agreement_cost": agreement_cost(rows, by_id),
+        "routing": None
+        if prompt_chars is None
+        else {
+            "claude_model": claude_model,
+            "kinds": routing_cost(scored, rows, prompt_chars, price=DEFAULT_PRICES[claude_model], threshold=threshold),
+        },
     }
+
+
+def routing_cost(
+    scored: Sequence[Scored],
+    rows: Sequence[Mapping[str, Any]],
+    prompt_chars: Mapping[str, int],
+    *,
+    price: ModelPrice,
+    threshold: float,
+) -> dict[str, Any]:
+    """Per kind and overall on the test split: the share of tasks served locally under the calibrated
+    gate (their P(correct) clears ``threshold``), and the Claude cost of escalating the rest against
+    sending every task to Claude. Estimated, not billed: input tokens are the prompt's characters
+    (system, prompt and schema) over :data:`caelum_mcp.pricing.CHARS_PER_TOKEN`, output tokens the
+    local answer's own count (Claude's answer to a short schema is about as long)."""
+    output_tokens = {r["id"]: int(r.get("output_tokens") or 0) for r in rows}
+
+    def claude_usd(task_id: str) -> float:
+        usage = Usage(
+            input_tokens=max(1, prompt_chars.get(task_id, 0) // CHARS_PER_TOKEN), output_tokens=output_tokens[task_id]
+        )
+        return cost_usd(usage, price)
+
+    table: dict[str, Any] = {}
+    kinds = sorted({s.kind for s in scored})
+    for name, members in [*((k, [s for s in scored if s.kind == k]) for k in kinds), ("overall", list(scored))]:
+        local = [s for s in members if s.final >= threshold]
+        all_claude = sum(claude_usd(s.id) for s in members)
+        gated = sum(claude_usd(s.id) for s in members if s.final < threshold)
+        table[name] = {
+            "n": len(members),
+            "local_share": len(local) / len(members) if members else None,
+            "local_accuracy": sum(s.correct for s in local) / len(local) if local else None,
+            "all_claude_usd": round(all_claude, 6),
+            "gated_usd": round(gated, 6),
+            "saved_share": 1 - gated / all_claude if all_claude > 0 else None,
+        }
+    return table
 
 
 def agreement_cost(rows: Sequence[Mapping[str, Any]], by_id: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -623,6 +682,21 @@ def print_replay(result: Mapping[str, Any], out: TextIO | None = None) -> None:
         )
     else:
         print("\nagreement samples: none recorded (bench/gate.py --record-agreement)", file=out)
+    routing = result.get("routing")
+    if routing:
+        print(
+            f"\nrouting at {threshold:.2f} (calibrated): served locally, and the Claude cost of the rest against "
+            f"all-Claude ({routing['claude_model']}, estimated from prompt characters and answer tokens)",
+            file=out,
+        )
+        print(f"{'kind':<15}{'n':>4}{'local':>8}{'acc. local':>12}{'all-Claude $':>14}{'gated $':>10}{'saved':>8}",
+              file=out)  # fmt: skip
+        for name, row in routing["kinds"].items():
+            print(
+                f"{name:<15}{row['n']:>4}{_pct(row['local_share']):>8}{_pct(row['local_accuracy']):>12}"
+                f"{row['all_claude_usd']:>14.4f}{row['gated_usd']:>10.4f}{_pct(row['saved_share']):>8}",
+                file=out,
+            )
 
 
 # --write-default --------------------------------------------------------------------------------
@@ -878,7 +952,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"no recording at {recording}: run bench/gate.py --record first")
         agreement = latest(read_jsonl(agreement_file))
         started = time.perf_counter()
-        result = replay(rows, agreement)
+        tasks, _, _ = _load_gate_tasks()
+        result = replay(rows, agreement, prompt_chars=prompt_characters(tasks))
         result["seconds"] = round(time.perf_counter() - started, 2)
         if args.json:
             print(json.dumps(result, indent=2, sort_keys=True))

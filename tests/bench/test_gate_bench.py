@@ -375,3 +375,20 @@ def test_write_default_without_family_leaves_other_models_on_the_prior(tmp_path:
     assert label.startswith(f"measured {MODEL}/qa")
     entry, label = table.lookup("another:7b", "sql")
     assert entry.base.kind == "prior", label
+
+
+def test_routing_cost_charges_claude_only_for_what_does_not_clear() -> None:
+    gate = load_gate()
+    scored = [
+        gate.Scored(id="a", kind="qa", correct=True, raw=0.9, base=0.9, final=0.9),
+        gate.Scored(id="b", kind="qa", correct=False, raw=0.9, base=0.5, final=0.5),
+        gate.Scored(id="c", kind="sql", correct=True, raw=0.9, base=0.2, final=0.2),
+    ]
+    rows = [{"id": i, "output_tokens": 100} for i in "abc"]
+    price = gate.ModelPrice(input=2.0, output=10.0)
+    # 4,000 characters = 1,000 input tokens: $0.002 in + $0.001 out per task
+    table = gate.routing_cost(scored, rows, dict.fromkeys("abc", 4000), price=price, threshold=0.75)
+    assert table["qa"]["local_share"] == 0.5 and table["qa"]["local_accuracy"] == 1.0
+    assert math.isclose(table["qa"]["all_claude_usd"], 0.006) and math.isclose(table["qa"]["gated_usd"], 0.003)
+    assert table["sql"]["local_share"] == 0.0 and table["sql"]["local_accuracy"] is None
+    assert math.isclose(table["overall"]["saved_share"], 1 / 3)
