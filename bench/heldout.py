@@ -537,6 +537,8 @@ def replay(
         "live": metrics([float(r["confidence"]) for r in rows], labels, threshold),
         "calibrated": metrics(probs, labels, threshold),
         "sampled": sum(1 for s in signals if s.agreement is not None),
+        # with the table unchanged since recording, every answer: the replay computes what the router did
+        "matches_live": sum(1 for r, p in zip(rows, probs, strict=True) if abs(float(r["confidence"]) - p) < 1e-3),
     }
 
 
@@ -573,6 +575,8 @@ def print_replay(result: Mapping[str, Any], out: TextIO | None = None) -> None:
           file=out)  # fmt: skip
     for model, label in result["calibration"].items():
         print(f"calibration now for {model}: {label}", file=out)
+    print(f"the replay gives the live confidence on {result['matches_live']} of {n} answers "
+          "(all of them while the table is the one the server had)", file=out)  # fmt: skip
     if result["sampled"]:
         print(f"agreement sampled on {result['sampled']} answers", file=out)
     header = f"{'score':<26} {'AUROC':>6} {'ECE':>6} {'clears':>7} {'right of clearing':>18}  targets"

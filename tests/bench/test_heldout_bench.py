@@ -189,6 +189,7 @@ def test_replay_scores_the_stored_signals_with_the_table_given() -> None:
     assert cal["ece"] == pytest.approx((2 * 0.05 + 2 * abs((p09 + 0.2) / 2 - 0.5) + 2 * 0.04) / 6)
     # live: what the server reported at the time, not the table
     assert (live["clear_share"], live["clear_accuracy"]) == (pytest.approx(4 / 6), pytest.approx(3 / 4))
+    assert result["matches_live"] == 1  # only the invalid answer read 0 live and reads 0 now
 
     # Refit the table: the same recording re-scores without a model.
     flat = Calibrator(kind="isotonic", xs=(0.0, 1.0), ys=(0.1, 0.1))
