@@ -4,7 +4,8 @@
 streams: while the model writes, the text so far arrives in progress notifications (at most four a
 second, the latest :data:`PARTIAL_CHARS` characters). ``compare_models`` (:mod:`.ai_compare`) runs
 one prompt on several models at once. ``pool_status`` and ``set_host_enabled`` use the
-``pool_admin`` service, which only this supervisor is handed.
+``pool_admin`` service, which only this supervisor is handed. ``run_batch`` and ``batch_status``
+(:mod:`.ai_batch`) run one template over many inputs across the pool, resumably.
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from caelum_mcp.errors import CaelumError
 from caelum_mcp.llm import ExecutionRecord, LLMTask, TaskKind
 from caelum_mcp.status import HostStatus, StatusReport
-from caelum_mcp.supervisors.base import ExternalTool, Supervisor, ToolContext, ToolOutput
+from caelum_mcp.supervisors.base import ExternalTool, Supervisor, SupervisorEnv, ToolContext, ToolOutput
 from caelum_mcp.types import ChatMessage, Tier
 
+from .ai_batch import BatchOutput, BatchService, BatchStatusInput, RunBatchInput, batch_status, start_batch
 from .ai_compare import CompareModelsInput, CompareModelsOutput, compare_models, object_schema
 
 PARTIAL_CHARS = 400
@@ -180,6 +185,38 @@ class AISupervisor(Supervisor):
     description = "Send work to the local model pool (with the Claude fallback) and inspect the pool."
     pool_admin = True
 
+    def __init__(self) -> None:
+        self._batches: dict[Path, BatchService] = {}
+
+    def _service(self, ctx: ToolContext) -> BatchService:
+        # Opened by the lifespan; a handler run without the server gets a store but cannot run batches.
+        service = self._batches.get(ctx.state_dir)
+        if service is None:
+            service = self._batches[ctx.state_dir] = BatchService(ctx.state_dir, ctx.llm, None)
+        return service
+
+    @asynccontextmanager
+    async def lifespan(self, env: SupervisorEnv) -> AsyncIterator[None]:
+        try:
+            async with anyio.create_task_group() as tg:  # batches outlive the calls that start them
+                service = BatchService(env.state_dir, env.llm, tg)
+                self._batches[env.state_dir] = service
+                tg.start_soon(service.resume_all)  # batches a stopped server left unfinished
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:  # after the batches' tasks ended: they write to the store
+            for service in self._batches.values():
+                service.close()
+            self._batches.clear()
+
+    async def _run_batch(self, args: RunBatchInput, ctx: ToolContext) -> BatchOutput:
+        return await start_batch(args, ctx, self._service(ctx))
+
+    async def _batch_status(self, args: BatchStatusInput, ctx: ToolContext) -> BatchOutput:
+        return await batch_status(args, ctx, self._service(ctx))
+
     def external_tools(self) -> Sequence[ExternalTool[Any, Any]]:
         return (
             ExternalTool(
@@ -212,6 +249,32 @@ class AISupervisor(Supervisor):
                 idempotent=False,
                 open_world=True,
                 more_hint="compare fewer `models`, or lower `answer_chars`",
+            ),
+            ExternalTool(
+                name="run_batch",
+                title="Run one prompt template over many inputs",
+                description=(
+                    "Run a template over a JSONL/CSV file, a glob of files or a list, across every pool host; "
+                    "results JSONL (DuckDB-readable), one row an item. Small batches wait with progress, large "
+                    "ones return a batch_id; resumes after a restart. dry_run: items, tokens, time, Claude cost."
+                ),
+                input_model=RunBatchInput,
+                output_model=BatchOutput,
+                handler=self._run_batch,
+                read_only=False,
+                idempotent=False,
+                open_world=True,
+                uses_roots=True,
+            ),
+            ExternalTool(
+                name="batch_status",
+                title="Progress of a batch, or cancel it",
+                description="A run_batch batch's counts, ETA and results file; `cancel` stops new items.",
+                input_model=BatchStatusInput,
+                output_model=BatchOutput,
+                handler=self._batch_status,
+                read_only=False,
+                idempotent=False,
             ),
             ExternalTool(
                 name="pool_status",
