@@ -82,7 +82,8 @@ SAMPLES = {
         ["03-17 16:13:38.811  1702  2395 D WindowManager: printFreezingDisplayLogsopening app wtoken = AppWindowToken"],
         (datetime(2024, 3, 17, 16, 13, 38, 811000), "debug", "WindowManager", "printFreezingDisplayLogsopening app wtoken = AppWindowToken"),  # noqa: E501
     ),
-    "generic": (
+    # no known format fits: the header is inferred from the lines (tools/logs/header.py)
+    "inferred": (
         [
             "[10.30 16:49:06] chrome.exe - proxy.cse.cuhk.edu.hk:5070 open through proxy proxy.cse.cuhk.edu.hk:5070 HTTPS",  # noqa: E501
             "[10.30 16:49:07] chrome.exe *64 - proxy.cse.cuhk.edu.hk:5070 close, 403 bytes sent, lifetime <1 sec>",

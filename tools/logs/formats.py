@@ -35,9 +35,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .header import HeaderLayout, HeaderReader, infer_header
 from .timestamps import SHAPES, SHAPES_BY_NAME, TimestampShape, from_epoch, parse_any
 
 DETECT_SHARE = 0.6
+LEVEL_MARGIN = 0.1  # of the sample: how many more levels a known format must read to be kept over inference
 SAMPLE_LINES = 200
 
 # canonical levels, most severe first
@@ -128,6 +130,10 @@ def _regex_format(name: str, pattern: str, shape: TimestampShape | None, referen
 def _status_level(status: str) -> str:
     return "error" if status.startswith("5") else "warning" if status.startswith("4") else "info"
 
+
+# formats that know more than a header's shape: an access log's message is its request and
+# status, RFC 5424's structured data and nginx's ``*connection`` number are header
+_SEMANTIC_FORMATS = frozenset(("syslog-rfc5424", "access-log", "nginx-error"))
 
 _SYSLOG_TS = (
     r"(?:[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d(?:\.\d+)?"
@@ -307,26 +313,63 @@ def _detect_generic(sample: Sequence[str], reference: datetime) -> tuple[LineFor
     return _generic_format(layout, reference), share
 
 
+INFERRED = "inferred"
+
+
+def inferred_format(layout: HeaderLayout, reference: datetime, name: str = INFERRED) -> LineFormat:
+    """Lines read with a header layout inferred from their file (:mod:`.header`), under ``name``
+    (a known format's when the file also fits one, so that a user sees a familiar name)."""
+    reader = HeaderReader(layout, reference)
+
+    def parse(line: str) -> ParsedLine | None:
+        parts = reader.read(line)
+        if parts is None:
+            return None
+        return ParsedLine(parts.time, canonical_level(parts.level), parts.source, parts.message)
+
+    return LineFormat(name, parse)
+
+
 def detect_format(sample: Sequence[str], reference: datetime) -> LineFormat:
     """The format that fits ``sample`` (a file's first non-empty lines) best; see the module docstring."""
     lines = [line for line in sample if line.strip()][:SAMPLE_LINES]
     if not lines:
         return _generic_format(_GenericLayout(None, False, False), reference)
-    candidates: list[tuple[LineFormat, float]] = []
     json_format = _json_format(reference)
-    candidates.append((json_format, _share(json_format, lines)))
+    json_share = _share(json_format, lines)
+    if json_share >= DETECT_SHARE:
+        return json_format
+    candidates: list[tuple[LineFormat, float]] = [(json_format, json_share)]
     for name, pattern in _REGEX_FORMATS:
         shape = _common_shape(pattern, lines)
         fmt = _regex_format(name, pattern, shape, reference)
         candidates.append((fmt, _share(fmt, lines)))
-    for fmt, share in candidates:
-        if share >= DETECT_SHARE:
-            return fmt
+    known = next((fmt for fmt, share in candidates if share >= DETECT_SHARE), None)
+    if known is not None and known.name in _SEMANTIC_FORMATS:
+        return known
+    layout = infer_header(lines)
+    if layout is not None and layout.share >= DETECT_SHARE:
+        inferred = inferred_format(layout, reference, known.name if known is not None else INFERRED)
+        # a known format stays only where it reads more levels: lines of several layouts in one
+        # file, where the layout most lines share misses the others' level
+        if known is None or _levels(known, lines) <= _levels(inferred, lines) + LEVEL_MARGIN * len(lines):
+            return inferred
+    if known is not None:
+        return known
     candidates.append(_detect_generic(lines, reference))
     best, share = max(candidates, key=lambda c: c[1])
     if share > 0:
         return best
     return _generic_format(_GenericLayout(None, False, False), reference)
+
+
+def _levels(fmt: LineFormat, lines: Sequence[str]) -> int:
+    """How many of ``lines`` ``fmt`` reads a level from."""
+    count = 0
+    for line in lines:
+        parsed = fmt.parse(line)
+        count += parsed is not None and parsed.level is not None
+    return count
 
 
 def _share(fmt: LineFormat, lines: Sequence[str]) -> float:

@@ -56,6 +56,9 @@ SHAPES: tuple[TimestampShape, ...] = (
     _shape("yy/mm/dd", rf"(?P<yy>\d\d)/(?P<m>\d\d)/(?P<d>\d\d) {_HMS}{_FRACTION}"),
     _shape("yymmdd", r"(?P<yy>\d\d)(?P<m>[01]\d)(?P<d>[0-3]\d) (?P<H>[0-2]\d)(?P<M>[0-5]\d)(?P<S>[0-5]\d)\b"),
     _shape("yyyymmdd-hms", rf"(?P<y>\d{{4}})(?P<m>[01]\d)(?P<d>[0-3]\d)-{_HMS}{_FRACTION}"),
+    _shape("dd.mm.yyyy", rf"(?P<d>[0-3]\d)\.(?P<m>[01]\d)\.(?P<y>\d{{4}})[ T:,]{_HMS}{_FRACTION}{_ZONE}"),
+    _shape("mm/dd/yyyy", rf"(?P<m>[01]\d)/(?P<d>[0-3]\d)/(?P<y>\d{{4}})[ T:,]{_HMS}{_FRACTION}{_ZONE}"),
+    _shape("dd/mm/yyyy", rf"(?P<d>[0-3]\d)/(?P<m>[01]\d)/(?P<y>\d{{4}})[ T:,]{_HMS}{_FRACTION}{_ZONE}"),
     _shape("mm-dd", rf"(?P<m>[01]\d)-(?P<d>[0-3]\d) {_HMS}{_FRACTION}", has_year=False),
     _shape("mm.dd", rf"(?P<m>[01]\d)\.(?P<d>[0-3]\d) {_HMS}{_FRACTION}", has_year=False),
 )
