@@ -154,6 +154,8 @@ async def run_retrieval(
             params=settings.retrieval(),
         )
     )
+    if result.note:  # the vectors are still being built: the ranking is lexical so far
+        note = "; ".join(filter(None, [note, result.note]))
     return result, model, note
 
 

@@ -13,11 +13,17 @@ two labelled sets (``bench/knowledge.py``), not guessed: z-score with w = 0.6 ha
 nDCG@10 (0.511; min-max's best, at w = 0.7, 0.504), and RRF did best with k = 10 (0.490). See the
 README's benchmark section; the benchmark says when its dev choice and these defaults differ. Each fused hit
 says which signals ranked it near their top (``found_by``).
+
+While the vectors are still being built, ``unembedded`` names the candidates that have none: the
+semantic signal cannot have returned them, and the lowest semantic value would push a chunk down
+only because its turn to be embedded has not come. Such a candidate is ranked by the lexical
+signal alone (its lexical value stands in for the semantic one; with RRF, its lexical rank counts
+for both), so a partial build never buries what BM25 alone would have shown.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -64,10 +70,13 @@ def fuse(
     normalisation: Normalisation = DEFAULT_NORMALISATION,
     rrf_k: int = DEFAULT_RRF_K,
     found_depth: int = FOUND_DEPTH,
+    unembedded: Collection[int] = frozenset(),
 ) -> list[FusedHit]:
     """One ranking from two (each a list of (id, score), best first); best first, ties by id.
 
-    ``found_by`` names the signals that ranked the item within their top ``found_depth``."""
+    ``found_by`` names the signals that ranked the item within their top ``found_depth``;
+    ``unembedded`` the candidates without a vector, ranked by the lexical signal alone (see the
+    module docstring)."""
     lex_raw = dict(lexical)
     sem_raw = dict(semantic)
     ids = list(dict.fromkeys([*lex_raw, *sem_raw]))
@@ -76,6 +85,9 @@ def fuse(
         lex_rank = {i: r for r, (i, _) in enumerate(lexical, start=1)}
         sem_rank = {i: r for r, (i, _) in enumerate(semantic, start=1)}
         for i in ids:
+            if i in unembedded and semantic:
+                scores[i] = 2.0 / (rrf_k + lex_rank[i]) if i in lex_rank else 0.0
+                continue
             scores[i] = sum(1.0 / (rrf_k + rank[i]) for rank in (lex_rank, sem_rank) if i in rank)
     else:
         (lex_n, lex_missing), (sem_n, sem_missing) = (
@@ -88,7 +100,9 @@ def fuse(
         elif not lexical:
             w = 0.0
         for i in ids:
-            scores[i] = w * lex_n.get(i, lex_missing) + (1 - w) * sem_n.get(i, sem_missing)
+            lex_value = lex_n.get(i, lex_missing)
+            sem_value = lex_value if i in unembedded else sem_n.get(i, sem_missing)
+            scores[i] = w * lex_value + (1 - w) * sem_value
     lex_pos = {i: r for r, (i, _) in enumerate(lexical, start=1)}
     sem_pos = {i: r for r, (i, _) in enumerate(semantic, start=1)}
     hits = []

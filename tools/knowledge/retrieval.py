@@ -4,6 +4,13 @@
 query, so this stays free of models): FTS5 returns up to ``candidates`` chunks by BM25, numpy up to
 ``candidates`` by cosine, and :func:`~.ranking.fuse` ranks their union. ``paths`` restricts both to
 files under the given prefixes.
+
+While the vectors are being built (a background task embeds a fresh project for minutes), the
+semantic signal covers only some chunks. Below :data:`MIN_HYBRID_COVERAGE` of them hybrid search
+ranks by BM25 alone, and ``note`` says so; above it, the chunks still without a vector are ranked
+by BM25 alone inside the fused ranking (``unembedded``, :func:`~.ranking.fuse`). Either way a
+partial build does not rank below lexical search, which it did when every unembedded chunk took
+the lowest semantic value.
 """
 
 from __future__ import annotations
@@ -27,10 +34,13 @@ from .ranking import (
     fuse,
 )
 from .store import KnowledgeStore, StoredChunk
-from .terms import query_terms
+from .terms import lexical_terms, query_terms
 from .vectors import cosine_top
 
 DEFAULT_CANDIDATES = 100
+# The share of the index's chunks with a vector from which a hybrid search uses the semantic signal
+# (bench/knowledge.py --partial measures hybrid search at 10 % to 90 % against lexical alone).
+MIN_HYBRID_COVERAGE = 0.5
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,8 @@ class Retrieved:
     chunks: dict[int, StoredChunk]
     signals: tuple[Signal, ...]
     terms: list[str]
+    coverage: float | None = None  # share of the chunks with a vector for the model, when one was given
+    note: str | None = None  # why a signal asked for did not run
 
 
 def _under(path: str, prefixes: Sequence[str]) -> bool:
@@ -70,7 +82,9 @@ def retrieve(
 ) -> Retrieved:
     """The fused ranking for ``query``; hits ``offset``..``offset + limit`` come with their chunks.
 
-    The semantic signal runs only with a ``query_vector`` and the ``model`` that made it.
+    The semantic signal runs only with a ``query_vector`` and the ``model`` that made it, and in a
+    hybrid search only once :data:`MIN_HYBRID_COVERAGE` of the chunks have a vector (``note`` says
+    when it was left out, ``coverage`` how far the build is).
     """
     import numpy as np  # on first use: the server starts without numpy
 
@@ -79,19 +93,33 @@ def retrieve(
     lexical: list[tuple[int, float]] = []
     semantic: list[tuple[int, float]] = []
     used: list[Signal] = []
+    coverage: float | None = None
+    note: str | None = None
+    unembedded: set[int] = set()
+    vm = None
+    if "semantic" in signals and query_vector is not None and model:
+        coverage = vector_coverage(store.vector_models().get(model, 0), store.counts()[1])
+        if "lexical" in signals and coverage < MIN_HYBRID_COVERAGE:
+            note = (
+                f"vectors cover {coverage:.0%} of the chunks so far: lexical ranking until"
+                f" {MIN_HYBRID_COVERAGE:.0%} have one"
+            )
+        else:
+            vm = store.vector_matrix(model)
     if "lexical" in signals and terms:
         wanted = pool * 4 if paths else pool  # room for the filter below
-        lexical = store.lexical(terms, wanted)
+        lexical = store.lexical(lexical_terms(query), wanted)
         if paths:
             paths_of = {i: c.path for i, c in store.chunks([i for i, _ in lexical]).items()}
             lexical = [(i, s) for i, s in lexical if _under(paths_of.get(i, ""), paths)]
         lexical = lexical[:pool]
         used.append("lexical")
-    if "semantic" in signals and query_vector is not None and model:
-        vm = store.vector_matrix(model)
+    if vm is not None and query_vector is not None:
         mask = np.array([_under(p, paths) for p in vm.paths], dtype=bool) if paths else None
         semantic = [(int(vm.ids[row]), score) for row, score in cosine_top(vm.matrix, query_vector, pool, mask)]
         used.append("semantic")
+        if coverage is not None and coverage < 1.0:
+            unembedded = without_vector([i for i, _ in lexical], vm.ids)
     hits = fuse(
         lexical,
         semantic,
@@ -99,6 +127,33 @@ def retrieve(
         lexical_weight=params.lexical_weight,
         normalisation=params.normalisation,
         rrf_k=params.rrf_k,
+        unembedded=unembedded,
     )
     page = hits[offset : offset + limit]
-    return Retrieved(hits=hits, chunks=store.chunks(h.id for h in page), signals=tuple(used), terms=terms)
+    return Retrieved(
+        hits=hits,
+        chunks=store.chunks(h.id for h in page),
+        signals=tuple(used),
+        terms=terms,
+        coverage=coverage,
+        note=note,
+    )
+
+
+def vector_coverage(with_vector: int, chunks: int) -> float:
+    """The share of ``chunks`` that have a vector (1.0 for an empty index: nothing is missing)."""
+    return min(1.0, with_vector / chunks) if chunks else 1.0
+
+
+def without_vector(ids: Sequence[int], with_vector: npt.NDArray[np.int64]) -> set[int]:
+    """Those of ``ids`` not in ``with_vector`` (sorted ascending, as :meth:`.store.KnowledgeStore.vector_matrix`
+    returns them)."""
+    import numpy as np  # on first use: the server starts without numpy
+
+    if not ids:
+        return set()
+    wanted = np.asarray(ids, dtype=np.int64)
+    if with_vector.size == 0:
+        return {int(i) for i in wanted}
+    at = np.minimum(np.searchsorted(with_vector, wanted), with_vector.size - 1)
+    return {int(i) for i, hit in zip(wanted, with_vector[at] == wanted, strict=True) if not hit}
