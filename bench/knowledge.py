@@ -7,13 +7,18 @@ MCP client) and the real index code (``caelum_mcp.tools.knowledge``).
 
 1. Retrieval quality, nDCG@10 and recall@10 on the test split, for lexical only (FTS5 BM25),
    semantic only (cosine), hybrid (convex, and RRF), and a reference BM25 (``rank_bm25.BM25Okapi``
-   over the same units, lower-cased word tokens without stop words):
+   over the code chunks, and over Cranfield's whole documents whatever the chunking; lower-cased
+   word tokens without stop words, no stemming); then hybrid while the vectors are being built
+   (``--partial``: 10 % to 90 % of the chunks embedded, in the order the background task embeds
+   them), the product's ranking against lexical alone and against the fusion before partial builds
+   were handled:
    (a) 54 questions about starlette's code and docs with gold file and line spans
        (``bench/data/knowledge/code_questions.json``; a retrieved chunk is relevant when it overlaps
        a gold span of the same file, each gold span counted once);
    (b) the Cranfield collection (1,400 abstracts, 225 queries, human relevance judgements; every
        judged document relevant, binary).
-   Fusion weights are chosen on the dev split (every third question/query), never on test.
+   Fusion weights (and the coverage from which hybrid search uses the vectors) are chosen on the dev
+   split (every third question/query), never on test.
 2. Speed: search p95 at >= 20,000 chunks with the query embedded by the real model each time;
    re-indexing after one changed file; files per second for a cold index of a ~60k-line repository;
    what a search and a recall wait while the background task embeds a fresh project
@@ -24,6 +29,8 @@ MCP client) and the real index code (``caelum_mcp.tools.knowledge``).
 
     .venv/bin/python bench/knowledge.py                # everything (first run ~15 min: embeddings)
     .venv/bin/python bench/knowledge.py --only quality --tune
+    .venv/bin/python bench/knowledge.py --only quality --sets code --partial 0.25,0.5,0.9
+    .venv/bin/python bench/knowledge.py --only quality --lexical-only   # no embedding: seconds
     .venv/bin/python bench/knowledge.py --only background --compare-unpaced
     .venv/bin/python bench/knowledge.py --quick        # small subsets (smoke test)
     .venv/bin/python bench/knowledge.py --config gpu.toml --embedding-model nomic-embed-text
@@ -64,9 +71,9 @@ from caelum_mcp.server import create_server
 from caelum_mcp.tools.knowledge.indexer import sync_index
 from caelum_mcp.tools.knowledge.memory import GLOBAL_SCOPE, MEMORY_LEXICAL_WEIGHT, MemoryStore
 from caelum_mcp.tools.knowledge.ranking import DEFAULT_LEXICAL_WEIGHT, DEFAULT_NORMALISATION, DEFAULT_RRF_K, fuse
-from caelum_mcp.tools.knowledge.retrieval import retrieve
+from caelum_mcp.tools.knowledge.retrieval import MIN_HYBRID_COVERAGE, RetrievalParams, retrieve
 from caelum_mcp.tools.knowledge.store import KnowledgeStore
-from caelum_mcp.tools.knowledge.terms import STOPWORDS, query_terms
+from caelum_mcp.tools.knowledge.terms import STOPWORDS, lexical_terms, query_terms
 from caelum_mcp.tools.knowledge.vectors import cosine_top, unit
 
 DATA = Path(__file__).parent / "data" / "knowledge"
@@ -104,7 +111,9 @@ class Collection:
     store: KnowledgeStore
     queries: list[Query]
     judge: Any  # (query, [chunk ids]) -> (ndcg, recall)
-    units: dict[int, str]  # chunk id -> text, for the reference BM25 (documents for Cranfield)
+    units: dict[int, str]  # chunk id -> text, for the reference BM25 (for Cranfield: a document's
+    # whole text under its first chunk's id, so the reference does not depend on the chunking)
+    root: Path | None = None  # the indexed folder (the partial-build rows copy its index)
 
 
 def code_judge(questions: dict[str, list[dict[str, Any]]], store: KnowledgeStore) -> Any:
@@ -227,13 +236,80 @@ async def rankings(
 ) -> dict[str, tuple[list[tuple[int, float]], list[tuple[int, float]]]]:
     """Per query: the lexical and semantic candidate lists (computed once, fused many ways)."""
     vm = coll.store.vector_matrix(MODEL)
-    texts = [q.text for q in coll.queries]
-    _, vectors = await bench.embed(texts)
+    vectors = await query_vectors(bench, coll)
     out = {}
     for q, v in zip(coll.queries, vectors, strict=True):
-        lexical = coll.store.lexical(query_terms(q.text), CANDIDATES)
+        lexical = coll.store.lexical(lexical_terms(q.text), CANDIDATES)
         semantic = [(int(vm.ids[r]), s) for r, s in cosine_top(vm.matrix, unit(v), CANDIDATES)]
         out[q.id] = (lexical, semantic)
+    return out
+
+
+_QUERY_VECTORS: dict[str, list[Any]] = {}
+
+
+async def query_vectors(bench: Bench, coll: Collection) -> list[Any]:
+    """The collection's queries embedded (once per run)."""
+    if coll.name not in _QUERY_VECTORS:
+        _, vectors = await bench.embed([q.text for q in coll.queries])
+        _QUERY_VECTORS[coll.name] = list(vectors)
+    return _QUERY_VECTORS[coll.name]
+
+
+def partial_copy(store: KnowledgeStore, share: float, path: Path) -> KnowledgeStore:
+    """A copy of ``store`` as it stands while the background task has embedded ``share`` of its
+    chunks: it embeds them in the order of ``missing_vectors`` (by chunk id), so the vectors of the
+    later chunk hashes are dropped."""
+    import sqlite3
+
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    target = sqlite3.connect(path)
+    with sqlite3.connect(store.path) as source:
+        source.backup(target)
+    order = [h for h, _ in target.execute("SELECT hash, MIN(id) FROM chunks GROUP BY hash ORDER BY MIN(id)")]
+    keep = set(order[: round(share * len(order))])
+    target.executemany("DELETE FROM vectors WHERE hash = ? AND model = ?", [(h, MODEL) for h in order if h not in keep])
+    target.commit()
+    target.close()
+    return KnowledgeStore(path)
+
+
+async def partial_build(bench: Bench, coll: Collection, shares: Sequence[float]) -> dict[str, Any]:
+    """Hybrid search while the vectors are being built: per share of chunks embedded, the product's
+    ranking (``retrieve`` on a copy of the index holding only those vectors) against lexical alone
+    and against the fusion before partial builds were handled (an unembedded chunk took the lowest
+    semantic value)."""
+    vectors = await query_vectors(bench, coll)
+    lexical = {q.id: [i for i, _ in coll.store.lexical(lexical_terms(q.text), CANDIDATES)] for q in coll.queries}
+    lex = {split: evaluate(coll, lexical, split)[0] for split in ("dev", "test")}
+    out: dict[str, Any] = {"lexical": lex}
+    print(
+        f"\n{coll.name}, hybrid while the vectors are built (test nDCG@10, dev in brackets); lexical alone"
+        f" {lex['test']:.3f} ({lex['dev']:.3f}); the product is lexical below {MIN_HYBRID_COVERAGE:.0%}"
+    )
+    for share in shares:
+        part = partial_copy(coll.store, share, bench.cache / f"partial-{coll.name.split()[0]}-{share}.sqlite3")
+        vm = part.vector_matrix(MODEL)
+        product: dict[str, list[int]] = {}
+        before: dict[str, list[int]] = {}
+        for q, v in zip(coll.queries, vectors, strict=True):
+            found = retrieve(part, q.text, limit=K, query_vector=unit(v), model=MODEL, params=RetrievalParams())
+            product[q.id] = [h.id for h in found.hits]
+            lexical_hits = part.lexical(query_terms(q.text), CANDIDATES)  # one of each term, as before
+            semantic = [(int(vm.ids[r]), sc) for r, sc in cosine_top(vm.matrix, unit(v), CANDIDATES)]
+            before[q.id] = [h.id for h in fuse(lexical_hits, semantic)]
+        part.close()
+        row = {
+            f"{name} {split}": evaluate(coll, ranked, split)[0]
+            for name, ranked in (("product", product), ("before", before))
+            for split in ("dev", "test")
+        }
+        out[f"{share:.2f}"] = row
+        print(
+            f"  {share:4.0%} embedded: product {row['product test']:.3f} ({row['product dev']:.3f}),"
+            f" fusion before {row['before test']:.3f} ({row['before dev']:.3f})"
+        )
     return out
 
 
@@ -262,7 +338,21 @@ def reference_bm25(coll: Collection) -> dict[str, list[int]]:
     return out
 
 
-async def quality(bench: Bench, colls: list[Collection], tune: bool) -> dict[str, Any]:
+def lexical_quality(colls: list[Collection]) -> dict[str, Any]:
+    """Lexical search against the reference BM25 alone: no embedding model needed (seconds)."""
+    results: dict[str, Any] = {}
+    for coll in colls:
+        lexical = {q.id: [i for i, _ in coll.store.lexical(lexical_terms(q.text), CANDIDATES)] for q in coll.queries}
+        runs = {"lexical (FTS5 BM25)": lexical, "reference BM25 (rank_bm25 Okapi)": reference_bm25(coll)}
+        table = {name: {s: evaluate(coll, ranked, s)[0] for s in ("dev", "test")} for name, ranked in runs.items()}
+        results[coll.name] = table
+        print(f"\n{coll.name}: nDCG@10 on test (dev)")
+        for name, r in table.items():
+            print(f"  {name:45s} {r['test']:.3f}   ({r['dev']:.3f})")
+    return results
+
+
+async def quality(bench: Bench, colls: list[Collection], tune: bool, partial: Sequence[float] = ()) -> dict[str, Any]:
     """The table per set; the convex normalisation and weight (and RRF's k) chosen on dev."""
     results: dict[str, Any] = {}
     weights = [round(0.1 * i, 1) for i in range(11)]
@@ -321,12 +411,14 @@ async def quality(bench: Bench, colls: list[Collection], tune: bool) -> dict[str
                 qs = [q for q in coll.queries if q.split == "dev"]
                 for lw in (1.0, 2.0, 4.0):
                     ranked = {
-                        q.id: [i for i, _ in coll.store.lexical(query_terms(q.text), CANDIDATES, label_weight=lw)]
+                        q.id: [i for i, _ in coll.store.lexical(lexical_terms(q.text), CANDIDATES, label_weight=lw)]
                         for q in qs
                     }
                     scores = [coll.judge(q, ranked[q.id])[0] for q in qs]
                     print(f"  label weight {lw}: code dev lexical nDCG@10 {statistics.fmean(scores):.3f}")
     results["chosen"] = {"normalisation": shared[0], "lexical_weight": shared[1], "rrf_k": shared_k}
+    if partial:
+        results["partial_build"] = {c.name: await partial_build(bench, c, partial) for c in colls}
     return results
 
 
@@ -638,18 +730,23 @@ async def main(args: argparse.Namespace) -> int:
     bench = Bench(cache, qa_micro=not args.no_ask, config=args.config)
     results: dict[str, Any] = {}
     async with Client(bench.server) as client:
-        missing = bench.missing_model()
+        missing = None if args.lexical_only else bench.missing_model()
         if missing is not None:
             print(f"knowledge bench: {missing}", file=sys.stderr)
             return 2
         if args.only in (None, "quality"):
-            code_store = KnowledgeStore(cache / "code.sqlite3")
-            await bench.index(code_store, star)
-            units = {i: f"{c.path} {c.symbol}\n{c.text}" for i, c in code_store.all_chunks().items()}
-            gold = {q["id"]: q["gold"] for q in questions}
-            colls = [
-                Collection("code questions (starlette)", code_store, code_queries, code_judge(gold, code_store), units)
-            ]
+            colls = []
+            if "code" in args.sets:
+                code_store = KnowledgeStore(cache / "code.sqlite3")
+                await bench.index(code_store, star, embed=not args.lexical_only)
+                units = {i: f"{c.path} {c.symbol}\n{c.text}" for i, c in code_store.all_chunks().items()}
+                gold = {q["id"]: q["gold"] for q in questions}
+                colls.append(
+                    Collection(
+                        "code questions (starlette)", code_store, code_queries, code_judge(gold, code_store), units
+                    )
+                )
+        if args.only in (None, "quality") and "prose" in args.sets:
             docs, cran_queries, qrels = load_cranfield(DATA / "cranfield")
             if args.quick:
                 cran_queries = cran_queries[:15]
@@ -658,11 +755,22 @@ async def main(args: argparse.Namespace) -> int:
             cran_root = cache / "work" / ("cranfield-quick" if args.quick else "cranfield")
             write_files(cran_root, {f"cran/{int(i):04d}.txt": t for i, t in docs.items()})
             cran_store = KnowledgeStore(cache / f"{cran_root.name}.sqlite3")
-            await bench.index(cran_store, cran_root)
-            cran_units = {i: c.text for i, c in cran_store.all_chunks().items()}
+            await bench.index(cran_store, cran_root, embed=not args.lexical_only)
+            first_chunk: dict[str, int] = {}
+            for i, c in sorted(cran_store.all_chunks().items()):
+                first_chunk.setdefault(c.path, i)
+            cran_units = {
+                first_chunk[path]: text
+                for path, text in ((f"cran/{int(i):04d}.txt", t) for i, t in docs.items())
+                if path in first_chunk  # an empty document (one is) has no chunk
+            }
             qs = [Query(str(n), t, "dev" if n % 3 == 1 else "test") for n, t in enumerate(cran_queries, start=1)]
             colls.append(Collection("Cranfield", cran_store, qs, doc_judge(qrels, cran_store), cran_units))
-            results["quality"] = await quality(bench, colls, args.tune)
+        if args.only in (None, "quality"):
+            if args.lexical_only:
+                results["quality"] = lexical_quality(colls)
+            else:
+                results["quality"] = await quality(bench, colls, args.tune, args.partial)
             for c in colls:
                 c.store.close()
         if args.only in (None, "speed"):
@@ -691,6 +799,23 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--cache", default=str(default_cache), help="embeddings and indexes kept between runs")
     p.add_argument("--only", choices=["quality", "speed", "background", "memory", "ask"])
+    p.add_argument(
+        "--sets",
+        type=lambda v: v.split(","),
+        default=["code", "prose"],
+        help="the labelled sets measured for quality: code, prose (Cranfield) or code,prose (the default)",
+    )
+    p.add_argument(
+        "--partial",
+        type=lambda v: [float(x) for x in v.split(",") if x],
+        default=[0.1, 0.25, 0.5, 0.75, 0.9],
+        help="shares of the chunks embedded for the partial-build rows ('' for none)",
+    )
+    p.add_argument(
+        "--lexical-only",
+        action="store_true",
+        help="quality: lexical search and the reference BM25 only, nothing embedded (seconds, not minutes)",
+    )
     p.add_argument("--tune", action="store_true", help="also print the path/symbol column weight on the dev split")
     p.add_argument("--quick", action="store_true", help="small subsets: a smoke test, not figures")
     p.add_argument("--cold-embed", action="store_true", help="also embed the cold-indexed repository (minutes)")
