@@ -193,6 +193,8 @@ class AISupervisor(Supervisor):
         service = self._batches.get(ctx.state_dir)
         if service is None:
             service = self._batches[ctx.state_dir] = BatchService(ctx.state_dir, ctx.llm, None)
+        if ctx.pool_admin is not None:
+            service.pool_admin = ctx.pool_admin
         return service
 
     @asynccontextmanager

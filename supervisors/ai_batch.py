@@ -28,7 +28,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from caelum_mcp.errors import CaelumError, NoHostAvailableError, TaskSkippedError, ToolInputError
 from caelum_mcp.llm import LLMTask, TaskKind
 from caelum_mcp.pricing import CHARS_PER_TOKEN, DEFAULT_PRICES, price_for
-from caelum_mcp.supervisors.base import LLMService, ToolContext, ToolOutput
+from caelum_mcp.supervisors.base import LLMService, PoolAdmin, ToolContext, ToolOutput
 from caelum_mcp.tools.paths import resolve_project, resolves_inside, shown
 from caelum_mcp.types import ChatMessage, Tier
 
@@ -64,6 +64,10 @@ INLINE_S = 120.0  # ... and only when expected within this time; a waiting call 
 MAX_ITEMS = 100_000
 DEFAULT_ITEM_BYTES = 100_000
 HOST_POLL_S = 2.0
+CONTROL_S = 2.0  # how often a running batch fits its concurrency to the pool's measured latencies
+# A fast host is queued at most this many times its slots (its wait stays within a slow host's time).
+MAX_OVERSUBSCRIBE = 4
+MAX_CONCURRENCY = 512
 FIRST_ERRORS = 5
 _RUNNING_HERE: set[str] = set()  # batches this process runs (two servers in one process: tests)
 
@@ -132,7 +136,7 @@ class BatchOutput(ToolOutput):
     low_confidence: int = 0
     errors: int = 0
     in_flight: int = 0
-    repeated: int = Field(default=0, description="items sent twice (in flight at a crash)")
+    repeated: int = Field(default=0, description="items started twice (in flight at a crash)")
     concurrency: int = 0
     results: str | None = Field(default=None, description="results JSONL, one row an item as it finishes")
     elapsed_s: float | None = None
@@ -228,8 +232,33 @@ def _prompt_chars(kind: str, template: Template, raw: RawItem) -> int:
 # running ------------------------------------------------------------------------------------
 
 
+def fill_concurrency(hosts: list[tuple[int, float | None]]) -> int:
+    """Items in flight that keep every serving host's slots busy: ``(slots, latency ms)`` each.
+
+    The pool sends a request to the host with the lowest expected completion time (latency times
+    its queue once its slots are taken), so a slow host gets work only once the fast hosts' queues
+    make them slower than it. Each host therefore needs ``slots x slowest / its latency`` requests
+    (at most :data:`MAX_OVERSUBSCRIBE` times its slots); a host not measured yet counts its slots.
+    """
+    measured = [latency for _, latency in hosts if latency]
+    slowest = max(measured, default=0.0)
+    total = 0.0
+    for slots, latency in hosts:
+        factor = min(max(slowest / latency, 1.0), MAX_OVERSUBSCRIBE) if latency else 1.0
+        total += slots * factor
+    return max(1, min(MAX_CONCURRENCY, math.ceil(total)))
+
+
+async def pool_concurrency(pool_admin: PoolAdmin, llm: LLMService, probe: LLMTask) -> int | None:
+    """:func:`fill_concurrency` over the hosts that serve ``probe`` now; None when none does."""
+    serving = {entry.rsplit("@", 1)[1] for entry in llm.availability(probe).local_models if "@" in entry}
+    report = await pool_admin.astatus()
+    hosts = [(h.max_concurrency, h.latency_ewma_ms) for h in report.hosts if h.name in serving and h.enabled]
+    return fill_concurrency(hosts) if hosts else None
+
+
 def owner_identity() -> tuple[int, float]:
-    return os.getpid(), psutil.Process().create_time()
+    return os.getpid(), float(psutil.Process().create_time())
 
 
 def owner_gone(row: BatchRow) -> bool:
@@ -237,7 +266,8 @@ def owner_gone(row: BatchRow) -> bool:
     if row.owner_pid == os.getpid():
         return row.id not in _RUNNING_HERE
     try:
-        return abs(psutil.Process(row.owner_pid).create_time() - row.owner_started) > 1.0
+        started = float(psutil.Process(row.owner_pid).create_time())
+        return abs(started - row.owner_started) > 1.0
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return True
 
@@ -254,6 +284,14 @@ class ActiveBatch:
     changed: anyio.Event = field(default_factory=anyio.Event)
     started: float = field(default_factory=time.monotonic)
     done_here: int = 0
+    concurrency: int = 0
+    drained: bool = False  # no pending item was left to claim
+    wake: anyio.Event = field(default_factory=anyio.Event)  # cancelled or drained: the controller ends
+
+    def stop(self) -> None:
+        """Cancel: no new items are taken; those in flight finish and are kept."""
+        self.cancel.set()
+        self.wake.set()
 
     def touch(self) -> None:
         self.changed.set()
@@ -349,9 +387,14 @@ async def run_item(item: ClaimedItem, row: BatchRow, template: Template, llm: LL
     )
 
 
-async def run_batch_items(store: BatchStore, active: ActiveBatch, llm: LLMService) -> None:
-    """Run every pending item of a batch to its end (or until cancelled), writing results as they come."""
+async def run_batch_items(
+    store: BatchStore, active: ActiveBatch, llm: LLMService, pool_admin: Callable[[], PoolAdmin | None]
+) -> None:
+    """Run every pending item of a batch to its end (or until cancelled), writing results as they
+    come. Its concurrency starts at the stored figure and follows the pool's measured latencies
+    (:func:`fill_concurrency`) while ``pool_admin()`` gives the pool's view."""
     row = await anyio.to_thread.run_sync(store.batch, active.batch_id)
+    limiter = anyio.CapacityLimiter(max(1, row.concurrency))
     template = Template(row.spec["template"])
     results = Path(row.results)
     send, receive = anyio.create_memory_object_stream[dict[str, Any]](max_buffer_size=math.inf)
@@ -370,15 +413,24 @@ async def run_batch_items(store: BatchStore, active: ActiveBatch, llm: LLMServic
     async def worker(results_out: anyio.abc.ObjectSendStream[dict[str, Any]]) -> None:
         async with results_out:
             while not active.cancel.is_set():
-                async with claim_lock:
-                    claimed = await anyio.to_thread.run_sync(store.claim, row.id, 1)
-                if not claimed:
-                    return
-                try:
-                    result = await run_item(claimed[0], row, template, llm)
-                except NoHostNow as exc:
-                    await anyio.to_thread.run_sync(store.unclaim, row.id, [claimed[0].index])
-                    await wait_for_host(str(exc))
+                reason = ""
+                result: dict[str, Any] | None = None
+                async with limiter:
+                    if active.cancel.is_set():
+                        return
+                    async with claim_lock:
+                        claimed = await anyio.to_thread.run_sync(store.claim, row.id, 1)
+                    if not claimed:
+                        active.drained = True
+                        active.wake.set()
+                        return
+                    try:
+                        result = await run_item(claimed[0], row, template, llm)
+                    except NoHostNow as exc:
+                        await anyio.to_thread.run_sync(store.unclaim, row.id, [claimed[0].index])
+                        reason = str(exc)
+                if result is None:
+                    await wait_for_host(reason)
                     continue
                 await results_out.send(result)
 
@@ -405,11 +457,36 @@ async def run_batch_items(store: BatchStore, active: ActiveBatch, llm: LLMServic
         finally:
             out.close()
 
+    spawned = 0
+
+    def spawn(tg: anyio.abc.TaskGroup, target: int) -> None:
+        nonlocal spawned
+        limiter.total_tokens = target
+        while spawned < target:
+            spawned += 1
+            tg.start_soon(worker, send.clone())
+
+    async def control(tg: anyio.abc.TaskGroup) -> None:
+        probe = item_task(row.spec, row.id, "probe", "probe")
+        wait_s = CONTROL_S / 4  # the first look comes soon: the first answers measured the hosts
+        while not active.drained and not active.cancel.is_set():
+            with anyio.move_on_after(wait_s):
+                await active.wake.wait()
+            wait_s = CONTROL_S
+            admin = pool_admin()
+            if admin is None or active.drained or active.cancel.is_set():
+                continue
+            target = await pool_concurrency(admin, llm, probe)
+            if target is not None and target != limiter.total_tokens:
+                spawn(tg, target)
+                active.concurrency = target
+
     async with anyio.create_task_group() as tg:
         tg.start_soon(writer)
-        async with send:
-            for _ in range(max(1, row.concurrency)):
-                tg.start_soon(worker, send.clone())
+        async with send:  # open while the controller may start workers (each holds a clone)
+            spawn(tg, max(1, row.concurrency))
+            active.concurrency = row.concurrency
+            await control(tg)
 
 
 class BatchService:
@@ -422,6 +499,10 @@ class BatchService:
         self.llm = llm
         self.tg = tg
         self.active: dict[str, ActiveBatch] = {}
+        # The pool's view, handed to each call of the ai supervisor's tools (not to the lifespan):
+        # a batch resumed at start runs at its stored concurrency until the first call brings it.
+        self.pool_admin: PoolAdmin | None = None
+        self.resuming = anyio.Lock()
 
     def close(self) -> None:
         self.store.close()
@@ -437,7 +518,7 @@ class BatchService:
     async def _run(self, active: ActiveBatch, llm: LLMService) -> None:
         batch_id = active.batch_id
         try:
-            await run_batch_items(self.store, active, llm)
+            await run_batch_items(self.store, active, llm, lambda: self.pool_admin)
             row = await anyio.to_thread.run_sync(self.store.batch, batch_id)
             cancelled = active.cancel.is_set() or row.status == "cancelled"
             status: Literal["done", "cancelled"] = "cancelled" if cancelled else "done"
@@ -453,19 +534,20 @@ class BatchService:
 
     async def resume(self, batch_id: str) -> bool:
         """Take over ``batch_id`` if it is unfinished and its runner is gone; True when resumed."""
-        row = await anyio.to_thread.run_sync(self.store.batch, batch_id)
-        if row.status != "running" or batch_id in self.active or not owner_gone(row):
-            return False
+        async with self.resuming:  # the start's resume and a batch_status call may ask at once
+            row = await anyio.to_thread.run_sync(self.store.batch, batch_id)
+            if row.status != "running" or batch_id in self.active or not owner_gone(row):
+                return False
 
-        def mend() -> None:
-            self.store.take_over(batch_id, owner_identity())
-            self.store.requeue(batch_id)
-            self.store.write_results(batch_id, Path(row.results))
+            def mend() -> None:
+                self.store.take_over(batch_id, owner_identity())
+                self.store.requeue(batch_id)
+                self.store.write_results(batch_id, Path(row.results))
 
-        await anyio.to_thread.run_sync(mend)
-        log.info("resuming batch %s", batch_id)
-        self.start(batch_id, self.llm)
-        return True
+            await anyio.to_thread.run_sync(mend)
+            log.info("resuming batch %s", batch_id)
+            self.start(batch_id, self.llm)
+            return True
 
     async def resume_all(self) -> None:
         for batch_id in await anyio.to_thread.run_sync(self.store.unfinished):
@@ -492,11 +574,13 @@ async def estimate(ctx: ToolContext, probe: LLMTask, items: int, input_tokens: i
     report = await ctx.pool_admin.astatus()
     measured = {h.host: h for h in report.ledger.by_host}
     hosts = []
+    fill: list[tuple[int, float | None]] = []
     for host in report.hosts:
         if host.name in serving and host.enabled:
             usage = measured.get(host.name)
             seconds = usage.mean_latency_ms / 1000 if usage and usage.calls and usage.mean_latency_ms > 0 else None
             hosts.append(HostRate(host=host.name, slots=host.max_concurrency, s_per_item=seconds))
+            fill.append((host.max_concurrency, host.latency_ewma_ms))
     rate = sum(h.slots / h.s_per_item for h in hosts if h.s_per_item)
     expected = round(items / rate, 2) if rate and items else (0.0 if not items else None)
     notes = []
@@ -513,7 +597,7 @@ async def estimate(ctx: ToolContext, probe: LLMTask, items: int, input_tokens: i
             notes.append(f"the daily Claude budget caps spend at ${left:.2f} more today")
     elif not allow_claude:
         ceiling = 0.0
-    concurrency = max(1, sum(h.slots for h in hosts))
+    concurrency = fill_concurrency(fill) if fill else 1
     return Estimate(input_tokens, expected, ceiling, hosts, concurrency, "; ".join(notes) or None)
 
 
@@ -623,7 +707,7 @@ async def wait_with_progress(ctx: ToolContext, service: BatchService, active: Ac
                 extra = f", {counts.error} errors" if counts.error else ""
                 await ctx.report(counts.done, total, f"{counts.done}/{total} items done{extra}")
     except anyio.get_cancelled_exc_class():
-        active.cancel.set()
+        active.stop()
         raise
 
 
@@ -657,7 +741,7 @@ async def status_of(service: BatchService, batch_id: str) -> BatchOutput:
         errors=counts.error,
         in_flight=counts.running,
         repeated=repeated,
-        concurrency=row.concurrency,
+        concurrency=active.concurrency if active is not None and active.concurrency else row.concurrency,
         results=row.results,
         elapsed_s=elapsed,
         eta_s=eta,
@@ -680,7 +764,7 @@ async def batch_status(args: BatchStatusInput, ctx: ToolContext, service: BatchS
     if args.cancel:
         active = service.active.get(batch_id)
         if active is not None:
-            active.cancel.set()
+            active.stop()
             with anyio.move_on_after(INLINE_S):  # the items in flight finish and are kept
                 await active.finished.wait()
         else:

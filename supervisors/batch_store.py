@@ -274,7 +274,8 @@ class BatchStore:
         return Counts(total=sum(tally.values()), **tally)
 
     def attempts_over_one(self, batch_id: str) -> int:
-        """Items sent more than once (after a crash, the ones that were in flight)."""
+        """Items started more than once (after a crash, the ones that were in flight: some of them
+        may have been waiting in the pool for a slot, never sent to a host)."""
         with self._lock:
             return int(
                 self._conn.execute(
