@@ -104,6 +104,18 @@ async def test_inline_batch_keeps_ids_and_order_and_duckdb_reads_the_results(tmp
         out = await call(
             client, "run_batch", {"template": "Say ITEM<{{ item.name }}>", "items": items, "id_field": "id"}, notes
         )
+        (tmp_path / "work" / "results").mkdir()
+        mine = await call(
+            client, "run_batch", {"template": "ITEM<{{ item }}>", "items": [1, 2, 3], "output": "results/r.jsonl"}
+        )
+        asked = await call(
+            client,
+            "query_data",
+            {"sources": [mine["results"]], "sql": "SELECT status, COUNT(*) AS n FROM r GROUP BY status"},
+        )
+        again = await error_of(
+            client, "run_batch", {"template": "ITEM<{{ item }}>", "items": [1], "output": "results/r.jsonl"}
+        )
     assert out["status"] == "done" and out["total"] == 12 and out["ok"] == 12 and out["errors"] == 0
     assert out["concurrency"] == 4  # both hosts' slots
     assert "12/12 items done" in notes
@@ -113,10 +125,13 @@ async def test_inline_batch_keeps_ids_and_order_and_duckdb_reads_the_results(tmp
         assert row["id"] == f"k{row['index']}" and row["answer"] == f"echo n{row['index']}", row
         assert row["status"] == "ok" and row["host"] in ("a", "b") and row["model"] == "m:8b"
         assert row["input_tokens"] > 0 and row["cost_usd"] == 0
-    assert sum(fast.seen.values()) + sum(slow.seen.values()) == 12
+    assert sum(n for k, n in (fast.seen + slow.seen).items() if k.startswith("n")) == 12  # each item once
     assert fast.seen and slow.seen  # the work went to both hosts
     table = duckdb.sql(f"SELECT id, status, answer FROM read_json_auto('{out['results']}') ORDER BY index").fetchall()
     assert table[0] == ("k0", "ok", "echo n0") and len(table) == 12
+    assert mine["results"] == str((tmp_path / "work" / "results" / "r.jsonl").resolve())
+    assert asked["rows"] == [["ok", 3]]  # query_data reads an output under the roots
+    assert "exists" in again  # results are never overwritten
 
 
 @pytest.mark.slow  # a server start each: over a second
