@@ -299,14 +299,23 @@ def infer_header(sample: Sequence[str]) -> HeaderLayout | None:
     layout = _infer(split, "")
     leading = _dominant([fields[0].separator for fields in split if fields])
     if leading[0] in _DELIMITERS and leading[1] >= ANCHOR_SHARE * len(split):
-        delimited = _infer([split_delimited(line, leading[0]) for line in lines], leading[0])
-        if delimited is not None and (layout is None or _cut_size(delimited) >= _cut_size(layout)):
+        delimited_split = [split_delimited(line, leading[0]) for line in lines]
+        delimited = _infer(delimited_split, leading[0])
+        # the reading that cuts further into the lines wins; a tie goes to the delimiter
+        if delimited is not None and (
+            layout is None or _mean_cut(delimited, delimited_split) >= _mean_cut(layout, split)
+        ):
             layout = delimited
     return layout
 
 
-def _cut_size(layout: HeaderLayout) -> tuple[float, int]:
-    return (round(layout.share, 1), layout.size + (1 if layout.colon_reach or layout.dash_reach else 0))
+def _mean_cut(layout: HeaderLayout, split: list[list[Field]]) -> float:
+    """Where ``layout`` ends the header, in characters, on average over the lines."""
+    total = 0
+    for fields in split:
+        cut = match_header(layout, fields)[1]
+        total += fields[cut - 1].end if cut else 0
+    return total / max(1, len(split))
 
 
 def _infer(split: list[list[Field]], delimiter: str) -> HeaderLayout | None:
@@ -444,7 +453,7 @@ class HeaderReader:
     def __init__(self, layout: HeaderLayout, reference: datetime) -> None:
         self.layout = layout
         self.reference = reference
-        self._limit = min(MAX_FIELDS, layout.size + max(layout.colon_reach, layout.dash_reach) + 1)
+        self._limit = min(MAX_FIELDS, layout.size + max(layout.colon_reach, layout.dash_reach) + 2)
         self._shape: int | None = None
 
     def read(self, line: str) -> HeaderParts | None:
@@ -453,16 +462,25 @@ class HeaderReader:
         matched, cut = match_header(self.layout, fields)
         if matched == 0:
             return None
+        # a level right after the header is header too, though too few lines have one to make it
+        # part of the layout: when unsure, the header is kept out of the message
+        if (
+            cut < len(fields)
+            and fields[cut].kind == "L"
+            and fields[cut].separator != "end"
+            and all(f.kind != "L" for f in fields[:cut])
+        ):
+            cut += 1
         header = fields[:cut]
         message = line[header[-1].end :] if header else line
         message = _unwrap(message)
         times = [f.text.strip("[]") for f in header if f.kind == "T"]
-        level = next((f.text.strip("[]<>()") for f in header if f.kind == "L"), None)
+        level = next((f.text.strip("[]<>()\"' ") for f in header if f.kind == "L"), None)
         if level is not None and "=" in level:
             level = level.partition("=")[2].strip('"')
         source = None
         for field in reversed(header):
-            text = field.text.partition("=")[2] if field.key else field.text
+            text = (field.text.partition("=")[2] if field.key else field.text).strip('"')
             if field.kind == "W" and any(c.isalpha() for c in text):
                 source = _PID_SUFFIX.sub("", text) or text
                 break
