@@ -207,6 +207,8 @@ async def test_the_supervisors_resource_lists_every_supervisor_and_its_tools(tmp
     assert {t["name"] for t in catalog["ai"]["external_tools"]} == {
         "delegate_task",
         "compare_models",
+        "run_batch",
+        "batch_status",
         "pool_status",
         "set_host_enabled",
     }
