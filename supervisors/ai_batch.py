@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from caelum_mcp.errors import CaelumError, NoHostAvailableError, TaskSkippedError, ToolInputError
 from caelum_mcp.llm import LLMTask, TaskKind
 from caelum_mcp.pricing import CHARS_PER_TOKEN, DEFAULT_PRICES, price_for
+from caelum_mcp.redaction import redact_all, redact_secrets
 from caelum_mcp.supervisors.base import LLMService, PoolAdmin, ToolContext, ToolOutput
 from caelum_mcp.tools.paths import resolve_project, resolves_inside, shown
 from caelum_mcp.types import ChatMessage, Tier
@@ -214,7 +215,9 @@ class Source:
                 raise ToolInputError(f"over {MAX_ITEMS:,} items; split the input into several batches")
             if raw.error is None:
                 tally[0] += system_chars + _prompt_chars(self.kind, template, raw)
-            yield raw.item_id, None if raw.error is not None else json.dumps(raw.value, ensure_ascii=False), raw.error
+            # Kept redacted: the store never holds a secret, and the router would redact the prompt anyway.
+            payload = None if raw.error is not None else json.dumps(redact_all(raw.value), ensure_ascii=False)
+            yield redact_secrets(raw.item_id), payload, raw.error
 
 
 def _prompt_chars(kind: str, template: Template, raw: RawItem) -> int:
@@ -435,6 +438,7 @@ async def run_batch_items(
                 await results_out.send(result)
 
     def write(rows: list[dict[str, Any]], out: Any) -> None:
+        rows = [redact_all(r) for r in rows]
         store.finish(row.id, rows)  # committed first: a crash before the append is mended on resume
         out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         out.flush()
@@ -629,8 +633,8 @@ async def start_batch(args: RunBatchInput, ctx: ToolContext, service: BatchServi
     template = Template(args.template)
     source = await anyio.to_thread.run_sync(Source.of, args, ctx.roots)
     spec = {
-        "template": args.template,
-        "system": args.system,
+        "template": redact_secrets(args.template),
+        "system": redact_secrets(args.system) if args.system else None,
         "json_schema": args.json_schema,
         "tier": args.tier.value if args.tier else None,
         "model": args.model,

@@ -28,6 +28,7 @@ from caelum_mcp.types import ChatRequest
 from .test_development import make_server
 
 ITEM = re.compile(r"ITEM<(.*?)>", re.DOTALL)
+AWS_KEY_ID = "AKIA" + "QX7TLMZ4RW2NB5KD"  # a made-up key of the real format
 
 
 class Echo:
@@ -99,6 +100,7 @@ async def wait_until_finished(client: Client, batch_id: str, limit_s: float = 60
 async def test_inline_batch_keeps_ids_and_order_and_duckdb_reads_the_results(tmp_path: Path) -> None:
     fast, slow = Echo(0.01), Echo(0.05)
     items = [{"name": f"n{i}", "id": f"k{i}"} for i in range(12)]
+    items[5]["key"] = AWS_KEY_ID
     notes: list[str] = []
     async with Client(server(tmp_path, [echo_host("a", fast), echo_host("b", slow)])) as client:
         out = await call(
@@ -132,6 +134,8 @@ async def test_inline_batch_keeps_ids_and_order_and_duckdb_reads_the_results(tmp
     assert mine["results"] == str((tmp_path / "work" / "results" / "r.jsonl").resolve())
     assert asked["rows"] == [["ok", 3]]  # query_data reads an output under the roots
     assert "exists" in again  # results are never overwritten
+    kept = [p for p in (tmp_path / "data").rglob("*") if p.is_file()] + [Path(mine["results"])]
+    assert not [p for p in kept if AWS_KEY_ID.encode() in p.read_bytes()]  # the store and results hold no secret
 
 
 @pytest.mark.slow  # a server start each: over a second
