@@ -3,6 +3,8 @@
 
     .venv/bin/python bench/logs.py                       # everything (~1 min here)
     .venv/bin/python bench/logs.py --data DIR            # GA on any folder laid out like loghub-2k
+    .venv/bin/python bench/logs.py --only robustness     # GA on the dev logs re-written (bench/log_reformat.py)
+    .venv/bin/python bench/logs.py --only loso           # leave-one-system-out choice of the header reader's shares
     .venv/bin/python bench/logs.py --model-pass          # + the model pass, with the configured pool
     .venv/bin/python bench/logs.py --only ga speed       # some parts
 """
@@ -30,12 +32,14 @@ import anyio
 
 from caelum_mcp.budget import result_size
 from caelum_mcp.config import load_config
+from caelum_mcp.tools.logs import header as log_header
 from caelum_mcp.tools.logs.diagnosis import CollectedLogs, collect_logs, mine
 from caelum_mcp.tools.logs.mining import DEFAULT_SPLIT_THRESHOLD, Drain3Miner, grouping_accuracy, mine_templates
 from caelum_mcp.tools.logs.refine import apply_decisions, candidates
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub-2k"
 GA_TARGET, GA_STRETCH, SPEED_TARGET, HEALTH_P95_TARGET, HEALTH_TOKENS_TARGET = 0.85, 0.90, 25_000, 1.5, 2_000
+LOSO_TARGET, LOSO_FLOOR, ROBUSTNESS_TARGET = 0.90, 0.80, 0.85
 
 
 # grouping accuracy ------------------------------------------------------------------------------
@@ -181,6 +185,104 @@ def run_ga(data: Path, model_pass: bool, config_path: str | None) -> float:
     return average["caelum"]
 
 
+# robustness and leave-one-system-out ----------------------------------------------------------
+
+
+def product_ga(log: Path, truth_csv: Path) -> float:
+    """The product path's grouping accuracy on one log: raw lines read, parsed, masked, mined."""
+    truth, _ = read_truth(truth_csv)
+    collected = collect_logs([(log, log.name)])
+    mt, _ = mine(collected)
+    return grouping_accuracy(truth, line_labels(collected, signatures_of(collected, mt), len(truth)))
+
+
+def run_robustness(data: Path) -> float:
+    """GA of the product path on every development log re-written under other headers."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from log_reformat import LAYOUTS, write_set
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_set(data, Path(tmp))
+        found = systems(Path(tmp))
+        print(f"\n== Robustness: {len(found)} re-written logs ({len(LAYOUTS)} layouts x the systems in {data})")
+        scores: dict[str, dict[str, float]] = {}
+        for name, log, truth_csv in found:
+            system, _, layout = name.partition("-")
+            scores.setdefault(layout, {})[system] = product_ga(log, truth_csv)
+    names = sorted({system for by_system in scores.values() for system in by_system})
+    print(f"{'layout':16} " + " ".join(f"{n[:9]:>9}" for n in names) + f" {'average':>8}")
+    for layout in LAYOUTS:
+        row = scores.get(layout, {})
+        cells = " ".join(f"{row[n]:9.3f}" if n in row else f"{'-':>9}" for n in names)
+        print(f"{layout:16} {cells} {statistics.fmean(row.values()):8.3f}")
+    every = [ga for row in scores.values() for ga in row.values()]
+    average = statistics.fmean(every)
+    verdict = "PASS" if average >= ROBUSTNESS_TARGET else "FAIL"
+    print(f"robustness average GA: {average:.3f}, lowest {min(every):.3f} (target >= {ROBUSTNESS_TARGET}): {verdict}")
+    return average
+
+
+# the header reader's only settings: how many lines must agree on an anchor, on a component:
+LOSO_GRID: dict[str, tuple[float, ...]] = {"ANCHOR_SHARE": (0.6, 0.7, 0.8, 0.9), "COLON_SHARE": (0.4, 0.6, 0.8)}
+
+
+def _grid() -> list[dict[str, float]]:
+    combos: list[dict[str, float]] = [{}]
+    for name, values in LOSO_GRID.items():
+        combos = [{**combo, name: value} for combo in combos for value in values]
+    return combos
+
+
+def run_loso(data: Path) -> tuple[float, float]:
+    """Leave-one-system-out: for each development system, the header reader's settings are chosen
+    on the other systems (their logs and their re-written logs) and then scored on it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from log_reformat import write_set
+
+    combos = _grid()
+    defaults = {name: getattr(log_header, name) for name in LOSO_GRID}
+    print(f"\n== Leave-one-system-out over {len(combos)} settings of {', '.join(LOSO_GRID)} (defaults {defaults})")
+    with tempfile.TemporaryDirectory() as tmp:
+        write_set(data, Path(tmp))
+        files = [(n, log, t, False) for n, log, t in systems(data)]
+        files += [(n.partition("-")[0], log, t, True) for n, log, t in systems(Path(tmp))]
+        # table[k][i]: GA of file i under setting k
+        table: list[list[float]] = []
+        try:
+            for combo in combos:
+                for name, value in combo.items():
+                    setattr(log_header, name, value)
+                table.append([product_ga(log, truth) for _, log, truth, _ in files])
+        finally:
+            for name, value in defaults.items():
+                setattr(log_header, name, value)
+    names = sorted({f[0] for f in files})
+    print(f"{'held out':12} {'chosen on the others':34} {'dev GA':>7} {'re-written GA':>14}")
+    dev_scores, robust_scores = [], []
+    for held in names:
+        train = [i for i, f in enumerate(files) if f[0] != held]
+        best = max(range(len(combos)), key=lambda k: (statistics.fmean(table[k][i] for i in train), -k))
+        dev = [table[best][i] for i, f in enumerate(files) if f[0] == held and not f[3]]
+        robust = [table[best][i] for i, f in enumerate(files) if f[0] == held and f[3]]
+        dev_scores += dev
+        robust_scores += robust
+        chosen = ", ".join(f"{k}={v}" for k, v in combos[best].items())
+        print(f"{held:12} {chosen:34} {statistics.fmean(dev):7.3f} {statistics.fmean(robust):14.3f}")
+    average, lowest = statistics.fmean(dev_scores), min(dev_scores)
+    robust_average = statistics.fmean(robust_scores)
+    ok = average >= LOSO_TARGET and lowest >= LOSO_FLOOR
+    print(
+        f"leave-one-system-out GA: average {average:.3f}, lowest {lowest:.3f} "
+        f"(target average >= {LOSO_TARGET}, none below {LOSO_FLOOR}): {'PASS' if ok else 'FAIL'}"
+    )
+    verdict = "PASS" if robust_average >= ROBUSTNESS_TARGET else "FAIL"
+    print(
+        f"leave-one-system-out GA on the re-written logs: {robust_average:.3f} "
+        f"(target >= {ROBUSTNESS_TARGET}): {verdict}"
+    )
+    return average, robust_average
+
+
 # mining speed ---------------------------------------------------------------------------------
 
 
@@ -310,7 +412,12 @@ def run_health(runs: int, probe_count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of system folders (loghub-2k layout)")
-    parser.add_argument("--only", nargs="+", choices=("ga", "speed", "health"), default=("ga", "speed", "health"))
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=("ga", "robustness", "loso", "speed", "health"),
+        default=("ga", "robustness", "speed", "health"),
+    )
     parser.add_argument("--repeat", type=int, default=3, help="mining speed: rounds (the best counts)")
     parser.add_argument("--health-runs", type=int, default=20)
     parser.add_argument("--probes", type=int, default=10)
@@ -321,6 +428,10 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPU cores, load average {load:.2f}")
     if "ga" in args.only:
         run_ga(args.data, args.model_pass, args.config)
+    if "robustness" in args.only:
+        run_robustness(args.data)
+    if "loso" in args.only:
+        run_loso(args.data)
     if "speed" in args.only:
         run_speed(args.data, args.repeat)
     if "health" in args.only:

@@ -109,3 +109,19 @@ def test_hostile_lines_cost_bounded_time_and_leave_the_header_found(tmp_path: Pa
     assert got[0].message == "request 0 served" and got[0].level == "info" and got[0].source == "web"
     assert got[-1].message == "request 149 served"
     assert all(len(entry.message) <= 4_000 for entry in got)
+
+
+def test_a_colon_far_into_the_message_is_not_taken_for_a_component() -> None:
+    # the header ends at the epoch time; "Disk Quota Warning:" is the message's own wording
+    lines = [
+        f"{70000 + i} worker-{i % 5} {1714557600 + i} "
+        + (f"Disk Quota Warning: user u{i} is at 9{i}% of quota" if i % 2 else f"job {i} finished")
+        for i in range(10)
+    ]
+    assert parts(lines, 1) == (
+        datetime(2024, 5, 1, 10, 0, 1),
+        None,
+        "worker-1",
+        "Disk Quota Warning: user u1 is at 91% of quota",
+    )
+    assert parts(lines, 0)[3] == "job 0 finished"

@@ -42,6 +42,7 @@ MAX_FIELDS = 14  # fields of a line looked at
 HEAD_CHARS = 512  # characters of a line the header may span
 _COLON_REACH = 4  # fields past the last anchor a ``component:`` may be
 _TAIL_REACH = 3  # fields a `` - `` may end after the header
+_LEAD_REACH = 7  # fields before the first anchor
 
 _LEVEL_WORDS = frozenset(
     "trace debug dbg fine finer finest verbose info inf information notice warn warning wrn error err severe "
@@ -346,7 +347,9 @@ def _infer(split: list[list[Field]], delimiter: str) -> HeaderLayout | None:
         if colon and not strong:
             break  # the component: the colon tail below finds it line by line
         if not (strong or separated):
-            if position - last_anchor > _COLON_REACH:
+            # words may lead up to the first anchor (a label, a record number, a host) or sit
+            # between anchors; more of them than that are the message
+            if position - last_anchor > (_LEAD_REACH if last_anchor < 0 else _COLON_REACH):
                 break
             kinds.append("")
             separators.append("")
@@ -379,10 +382,12 @@ def _infer(split: list[list[Field]], delimiter: str) -> HeaderLayout | None:
         size += 1
     colon_reach = dash_reach = 0
     if not ended:
-        with_colon = sum(_reach(fields, size, "colon") > 0 for fields in voting)
+        # a component sits right after the header or after a host: most lines put the colon at
+        # the same place, one field later at most (a component with a space: ``syslogd 1.4.1:``)
+        offset, with_colon = _dominant([str(_reach(fields, size, "colon")) for fields in voting])
         with_dash = sum(_reach(fields, size, "dash") > 0 for fields in voting)
-        if with_colon >= COLON_SHARE * total:
-            colon_reach = _COLON_REACH
+        if offset in ("1", "2") and with_colon >= COLON_SHARE * total:
+            colon_reach = int(offset) + 1
         elif with_dash >= DASH_SHARE * total:
             dash_reach = _TAIL_REACH
     layout = HeaderLayout(tuple(kinds), tuple(separators), colon_reach, dash_reach, 0.0, delimiter, tuple(keys))
@@ -391,9 +396,10 @@ def _infer(split: list[list[Field]], delimiter: str) -> HeaderLayout | None:
     return HeaderLayout(layout.kinds, layout.separators, colon_reach, dash_reach, share, delimiter, tuple(keys))
 
 
-def _reach(fields: Sequence[Field], start: int, separator: str) -> int:
-    """1 + the index past ``start`` of the first field followed by ``separator`` within reach, or 0."""
-    reach = _COLON_REACH if separator == "colon" else _TAIL_REACH
+def _reach(fields: Sequence[Field], start: int, separator: str, reach: int = 0) -> int:
+    """1 + the index past ``start`` of the first field followed by ``separator`` within ``reach``
+    fields (default: as far as such a field is looked for), or 0."""
+    reach = reach or (_COLON_REACH if separator == "colon" else _TAIL_REACH)
     for offset, field in enumerate(fields[start : start + reach]):
         if field.separator == separator:
             return offset + 1
@@ -430,7 +436,7 @@ def match_header(layout: HeaderLayout, fields: Sequence[Field]) -> tuple[int, in
     cut = taken
     if position == layout.size:
         if layout.colon_reach:
-            cut += _reach(fields, taken, "colon")
+            cut += _reach(fields, taken, "colon", layout.colon_reach)
         elif layout.dash_reach:
             cut += _reach(fields, taken, "dash")
     return position, cut
