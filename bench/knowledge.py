@@ -10,8 +10,8 @@ MCP client) and the real index code (``caelum_mcp.tools.knowledge``).
    over the code chunks, and over Cranfield's whole documents whatever the chunking; lower-cased
    word tokens without stop words, no stemming); then hybrid while the vectors are being built
    (``--partial``: 10 % to 90 % of the chunks embedded, in the order the background task embeds
-   them), the product's ranking against lexical alone and against the fusion before partial builds
-   were handled:
+   them, and 100 %), the product's ranking against lexical alone and against the fusion before
+   partial builds were handled:
    (a) 54 questions about starlette's code and docs with gold file and line spans
        (``bench/data/knowledge/code_questions.json``; a retrieved chunk is relevant when it overlaps
        a gold span of the same file, each gold span counted once);
@@ -277,9 +277,10 @@ def partial_copy(store: KnowledgeStore, share: float, path: Path) -> KnowledgeSt
 
 async def partial_build(bench: Bench, coll: Collection, shares: Sequence[float]) -> dict[str, Any]:
     """Hybrid search while the vectors are being built: per share of chunks embedded, the product's
-    ranking (``retrieve`` on a copy of the index holding only those vectors) against lexical alone
-    and against the fusion before partial builds were handled (an unembedded chunk took the lowest
-    semantic value)."""
+    ranking (``retrieve`` on a copy of the index holding only those vectors), the same without its
+    coverage threshold (the fused ranking, chunks without a vector ranked by BM25 alone), lexical
+    alone, and the fusion before partial builds were handled (an unembedded chunk took the lowest
+    semantic value; one of each query term)."""
     vectors = await query_vectors(bench, coll)
     lexical = {q.id: [i for i, _ in coll.store.lexical(lexical_terms(q.text), CANDIDATES)] for q in coll.queries}
     lex = {split: evaluate(coll, lexical, split)[0] for split in ("dev", "test")}
@@ -289,28 +290,38 @@ async def partial_build(bench: Bench, coll: Collection, shares: Sequence[float])
         f" {lex['test']:.3f} ({lex['dev']:.3f}); the product is lexical below {MIN_HYBRID_COVERAGE:.0%}"
     )
     for share in shares:
-        part = partial_copy(coll.store, share, bench.cache / f"partial-{coll.name.split()[0]}-{share}.sqlite3")
+        copy = bench.cache / f"partial-{coll.name.split()[0]}.sqlite3"
+        part = partial_copy(coll.store, share, copy)
         vm = part.vector_matrix(MODEL)
-        product: dict[str, list[int]] = {}
-        before: dict[str, list[int]] = {}
+        runs: dict[str, dict[str, list[int]]] = {"product": {}, "fused": {}, "before": {}}
         for q, v in zip(coll.queries, vectors, strict=True):
-            found = retrieve(part, q.text, limit=K, query_vector=unit(v), model=MODEL, params=RetrievalParams())
-            product[q.id] = [h.id for h in found.hits]
+            for name, params in (("product", RetrievalParams()), ("fused", RetrievalParams(min_hybrid_coverage=0.0))):
+                found = retrieve(part, q.text, limit=K, query_vector=unit(v), model=MODEL, params=params)
+                runs[name][q.id] = [h.id for h in found.hits]
             lexical_hits = part.lexical(query_terms(q.text), CANDIDATES)  # one of each term, as before
             semantic = [(int(vm.ids[r]), sc) for r, sc in cosine_top(vm.matrix, unit(v), CANDIDATES)]
-            before[q.id] = [h.id for h in fuse(lexical_hits, semantic)]
+            runs["before"][q.id] = [h.id for h in fuse(lexical_hits, semantic)]
         part.close()
-        row = {
-            f"{name} {split}": evaluate(coll, ranked, split)[0]
-            for name, ranked in (("product", product), ("before", before))
-            for split in ("dev", "test")
-        }
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{copy}{suffix}").unlink(missing_ok=True)
+        row = {f"{name} {split}": evaluate(coll, runs[name], split)[0] for name in runs for split in ("dev", "test")}
         out[f"{share:.2f}"] = row
         print(
             f"  {share:4.0%} embedded: product {row['product test']:.3f} ({row['product dev']:.3f}),"
+            f" fused at any coverage {row['fused test']:.3f} ({row['fused dev']:.3f}),"
             f" fusion before {row['before test']:.3f} ({row['before dev']:.3f})"
         )
     return out
+
+
+def chosen_coverage(partial: dict[str, dict[str, Any]], shares: Sequence[float]) -> float:
+    """The lowest share of chunks embedded from which the fused ranking is at least lexical search
+    on every set's dev split, at that share and every higher one (1.0 when none)."""
+    ok = [all(p[f"{s:.2f}"]["fused dev"] >= p["lexical"]["dev"] for p in partial.values()) for s in sorted(shares)]
+    for n, share in enumerate(sorted(shares)):
+        if all(ok[n:]):
+            return share
+    return 1.0
 
 
 def evaluate(coll: Collection, ranked: dict[str, list[int]], split: str) -> tuple[float, float]:
@@ -343,7 +354,12 @@ def lexical_quality(colls: list[Collection]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for coll in colls:
         lexical = {q.id: [i for i, _ in coll.store.lexical(lexical_terms(q.text), CANDIDATES)] for q in coll.queries}
-        runs = {"lexical (FTS5 BM25)": lexical, "reference BM25 (rank_bm25 Okapi)": reference_bm25(coll)}
+        once = {q.id: [i for i, _ in coll.store.lexical(query_terms(q.text), CANDIDATES)] for q in coll.queries}
+        runs = {
+            "lexical (FTS5 BM25)": lexical,
+            "lexical, each query term once (before)": once,
+            "reference BM25 (rank_bm25 Okapi)": reference_bm25(coll),
+        }
         table = {name: {s: evaluate(coll, ranked, s)[0] for s in ("dev", "test")} for name, ranked in runs.items()}
         results[coll.name] = table
         print(f"\n{coll.name}: nDCG@10 on test (dev)")
@@ -419,6 +435,9 @@ async def quality(bench: Bench, colls: list[Collection], tune: bool, partial: Se
     results["chosen"] = {"normalisation": shared[0], "lexical_weight": shared[1], "rrf_k": shared_k}
     if partial:
         results["partial_build"] = {c.name: await partial_build(bench, c, partial) for c in colls}
+        chosen = chosen_coverage(results["partial_build"], partial)
+        results["partial_build"]["chosen_min_coverage"] = chosen
+        print(f"\nhybrid from {chosen:.0%} embedded chosen on dev (MIN_HYBRID_COVERAGE is {MIN_HYBRID_COVERAGE:.0%})")
     return results
 
 
@@ -748,11 +767,15 @@ async def main(args: argparse.Namespace) -> int:
                 )
         if args.only in (None, "quality") and "prose" in args.sets:
             docs, cran_queries, qrels = load_cranfield(DATA / "cranfield")
-            if args.quick:
-                cran_queries = cran_queries[:15]
-                keep = {d for q in range(1, 16) for d in qrels.get(str(q), set())}
-                docs = {i: t for i, t in docs.items() if f"cran/{int(i):04d}.txt" in keep or int(i) % 20 == 0}
-            cran_root = cache / "work" / ("cranfield-quick" if args.quick else "cranfield")
+            subset = 15 if args.quick else args.cranfield_queries
+            if subset < len(cran_queries):
+                # the first queries, the documents judged for them and every 20th (or 10th) other one
+                every = 20 if args.quick else 10
+                cran_queries = cran_queries[:subset]
+                keep = {d for q in range(1, subset + 1) for d in qrels.get(str(q), set())}
+                docs = {i: t for i, t in docs.items() if f"cran/{int(i):04d}.txt" in keep or int(i) % every == 0}
+            name = "cranfield-quick" if args.quick else "cranfield" if subset >= 225 else f"cranfield-{subset}q"
+            cran_root = cache / "work" / name
             write_files(cran_root, {f"cran/{int(i):04d}.txt": t for i, t in docs.items()})
             cran_store = KnowledgeStore(cache / f"{cran_root.name}.sqlite3")
             await bench.index(cran_store, cran_root, embed=not args.lexical_only)
@@ -808,8 +831,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--partial",
         type=lambda v: [float(x) for x in v.split(",") if x],
-        default=[0.1, 0.25, 0.5, 0.75, 0.9],
+        default=[0.1, 0.25, 0.5, 0.75, 0.9, 1.0],
         help="shares of the chunks embedded for the partial-build rows ('' for none)",
+    )
+    p.add_argument(
+        "--cranfield-queries",
+        type=int,
+        default=225,
+        help="Cranfield's first N queries only, with the documents judged for them and every 10th other one"
+        " (a subset that embeds in minutes; its figures are not the whole collection's)",
     )
     p.add_argument(
         "--lexical-only",

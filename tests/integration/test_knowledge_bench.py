@@ -85,3 +85,31 @@ def test_an_embedding_model_nobody_serves_is_named_before_anything_runs(tmp_path
     assert done.returncode == 2, done.stderr[-2000:]
     assert "no host serves the embedding model 'nosuch'" in done.stderr and "all-minilm" in done.stderr
     assert not (tmp_path / "memory-bench.sqlite3").exists()
+
+
+@pytest.mark.slow
+def test_a_partial_copy_keeps_the_vectors_the_background_task_embeds_first(bench: ModuleType, tmp_path: Path) -> None:
+    from caelum_mcp.tools.knowledge.chunking import Chunk
+    from caelum_mcp.tools.knowledge.store import FileState, KnowledgeStore, NewChunk
+
+    store = KnowledgeStore(tmp_path / "full.sqlite3")
+    for n in range(10):
+        chunk = Chunk(f"d{n}.txt", 1, 1, "", "paragraph", f"text {n}")
+        store.replace_file(chunk.path, FileState(f"h{n}", 6, 0), [NewChunk(chunk, f"e{n}")])
+    store.put_vectors(bench.MODEL, [(f"e{n}", [1.0, float(n)]) for n in range(10)])
+    part = bench.partial_copy(store, 0.3, tmp_path / "part.sqlite3")
+    assert [h for h, _ in part.missing_vectors(bench.MODEL)] == [f"e{n}" for n in range(3, 10)]
+    assert store.vector_models() == {bench.MODEL: 10}  # the original keeps every vector
+    part.close()
+    store.close()
+
+
+@pytest.mark.slow
+def test_the_coverage_chosen_is_where_fusion_stays_at_least_lexical_on_every_set(bench: ModuleType) -> None:
+    def rows(fused: list[float]) -> dict[str, object]:
+        return {"lexical": {"dev": 0.5}, **{f"{s:.2f}": {"fused dev": f} for s, f in zip(shares, fused, strict=True)}}
+
+    shares = [0.1, 0.5, 0.9]
+    assert bench.chosen_coverage({"a": rows([0.4, 0.5, 0.6]), "b": rows([0.6, 0.6, 0.6])}, shares) == 0.5
+    assert bench.chosen_coverage({"a": rows([0.6, 0.4, 0.6])}, shares) == 0.9  # every higher share too
+    assert bench.chosen_coverage({"a": rows([0.6, 0.6, 0.4])}, shares) == 1.0

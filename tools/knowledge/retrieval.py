@@ -50,6 +50,7 @@ class RetrievalParams:
     normalisation: Normalisation = DEFAULT_NORMALISATION
     rrf_k: int = DEFAULT_RRF_K
     candidates: int = DEFAULT_CANDIDATES
+    min_hybrid_coverage: float = MIN_HYBRID_COVERAGE
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def retrieve(
     """The fused ranking for ``query``; hits ``offset``..``offset + limit`` come with their chunks.
 
     The semantic signal runs only with a ``query_vector`` and the ``model`` that made it, and in a
-    hybrid search only once :data:`MIN_HYBRID_COVERAGE` of the chunks have a vector (``note`` says
+    hybrid search only once ``params.min_hybrid_coverage`` of the chunks have a vector (``note`` says
     when it was left out, ``coverage`` how far the build is).
     """
     import numpy as np  # on first use: the server starts without numpy
@@ -99,10 +100,10 @@ def retrieve(
     vm = None
     if "semantic" in signals and query_vector is not None and model:
         coverage = vector_coverage(store.vector_models().get(model, 0), store.counts()[1])
-        if "lexical" in signals and coverage < MIN_HYBRID_COVERAGE:
+        if "lexical" in signals and coverage < params.min_hybrid_coverage:
             note = (
                 f"vectors cover {coverage:.0%} of the chunks so far: lexical ranking until"
-                f" {MIN_HYBRID_COVERAGE:.0%} have one"
+                f" {params.min_hybrid_coverage:.0%} have one"
             )
         else:
             vm = store.vector_matrix(model)
