@@ -65,6 +65,7 @@ INLINE_S = 120.0  # ... and only when expected within this time; a waiting call 
 MAX_ITEMS = 100_000
 DEFAULT_ITEM_BYTES = 100_000
 HOST_POLL_S = 2.0
+CANCEL_WAIT_S = 30.0  # batch_status(cancel) waits this long for the items in flight, then says 'running'
 CONTROL_S = 2.0  # how often a running batch fits its concurrency to the pool's measured latencies
 # A fast host is queued at most this many times its slots (its wait stays within a slow host's time).
 MAX_OVERSUBSCRIBE = 4
@@ -676,7 +677,8 @@ async def start_batch(args: RunBatchInput, ctx: ToolContext, service: BatchServi
             store.add_items, batch_id, source.stored_rows(template, system_chars, tally)
         )
     except BaseException:
-        await anyio.to_thread.run_sync(store.set_status, batch_id, "failed", "its input could not be read")
+        with anyio.CancelScope(shield=True):  # a cancelled call too leaves no batch that looks alive
+            await anyio.to_thread.run_sync(store.set_status, batch_id, "failed", "its input could not be read")
         raise
     est = await estimate(ctx, probe, total, tally[0] // CHARS_PER_TOKEN, args.allow_claude)
     results.touch()
@@ -769,7 +771,7 @@ async def batch_status(args: BatchStatusInput, ctx: ToolContext, service: BatchS
         active = service.active.get(batch_id)
         if active is not None:
             active.stop()
-            with anyio.move_on_after(INLINE_S):  # the items in flight finish and are kept
+            with anyio.move_on_after(CANCEL_WAIT_S):  # the items in flight finish and are kept
                 await active.finished.wait()
         else:
             row = await anyio.to_thread.run_sync(service.store.batch, batch_id)

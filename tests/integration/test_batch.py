@@ -314,3 +314,24 @@ async def test_a_batch_stopped_mid_run_resumes_without_redoing_finished_items(tm
     assert len(twice) <= in_flight  # only what was in flight ran again; nothing finished was redone
     rows = rows_of(out["results"])
     assert sorted(r["index"] for r in rows) == list(range(60))  # each once, the torn line mended
+
+
+@pytest.mark.slow
+async def test_items_wait_while_no_model_can_take_them_instead_of_failing(tmp_path: Path) -> None:
+    echo = Echo(0.05)
+    items = [{"name": f"n{i}"} for i in range(40)]
+    async with Client(server(tmp_path, [echo_host("a", echo, slots=2)])) as client:
+        started = await call(client, "run_batch", {"template": "ITEM<{{ item.name }}>", "items": items, "wait": False})
+        with anyio.fail_after(30):
+            while (await call(client, "batch_status", {}))["done"] < 4:  # noqa: ASYNC110 - polling a tool
+                await anyio.sleep(0.02)
+        await call(client, "set_host_enabled", {"host": "a", "enabled": False})
+        with anyio.fail_after(30):
+            while "waiting for a model" not in ((paused := await call(client, "batch_status", {}))["note"] or ""):  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        assert paused["status"] == "running" and paused["errors"] == 0 and paused["done"] < 40
+        await call(client, "set_host_enabled", {"host": "a", "enabled": True})
+        out = await wait_until_finished(client, started["batch_id"])
+    assert (out["status"], out["ok"], out["errors"]) == ("done", 40, 0)
+    assert out["note"] is None  # the wait is over
+    assert sorted(r["index"] for r in rows_of(out["results"])) == list(range(40))
