@@ -26,7 +26,7 @@ import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -158,9 +158,10 @@ def gguf_tensor_name(name: str) -> str | None:
     return None
 
 
-def convert_bert_to_gguf(source: Path, target: Path) -> None:
+def convert_bert_to_gguf(source: Path, target: Path, *, encoder: Literal["q8_0", "f16"] = "q8_0") -> None:
     """Write the BERT sentence-embedding model in ``source`` (config.json, model.safetensors,
-    vocab.txt, 1_Pooling) as a GGUF file at ``target``."""
+    vocab.txt, 1_Pooling) as a GGUF file at ``target``; ``encoder="f16"`` writes the encoder's
+    matrices in F16, as the first version did (``bench/embedding_speed.py`` compares the two)."""
     config = json.loads((source / "config.json").read_text())
     vocab = (source / "vocab.txt").read_text(encoding="utf-8").splitlines()
     tensors: list[tuple[str, Tensor]] = []
@@ -169,7 +170,7 @@ def convert_bert_to_gguf(source: Path, target: Path) -> None:
         if new is None:
             continue
         matrix = array.ndim == 2 and new.endswith(".weight")
-        if matrix and new.startswith("blk.") and array.shape[1] % _Q8_BLOCK == 0:
+        if encoder == "q8_0" and matrix and new.startswith("blk.") and array.shape[1] % _Q8_BLOCK == 0:
             tensors.append((new, Q8Tensor(array)))  # the encoder's matrix products: the time is there
         elif matrix and not new.startswith("token_types"):
             # Embedding tables are only looked up: F16 (half the size); llama.cpp reads token types in F32.
@@ -181,7 +182,7 @@ def convert_bert_to_gguf(source: Path, target: Path) -> None:
     kv: list[tuple[str, int, Any]] = [
         ("general.architecture", _STRING, "bert"),
         ("general.name", _STRING, "all-MiniLM-L6-v2"),
-        ("general.file_type", _U32, _FILE_TYPE_Q8_0),
+        ("general.file_type", _U32, _FILE_TYPE_Q8_0 if encoder == "q8_0" else 1),  # 1: mostly F16
         ("bert.context_length", _U32, config["max_position_embeddings"]),
         ("bert.embedding_length", _U32, config["hidden_size"]),
         ("bert.feed_forward_length", _U32, config["intermediate_size"]),
