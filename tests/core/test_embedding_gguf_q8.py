@@ -14,6 +14,7 @@ from caelum_mcp.embedding_model import (
     GGML_F32,
     GGML_Q8_0,
     Q8Tensor,
+    Tensor,
     ensure_embedding_gguf,
     find_minilm_weights,
     read_gguf_tensor_types,
@@ -46,7 +47,7 @@ def test_q8_0_refuses_a_matrix_whose_rows_do_not_fill_blocks() -> None:
 
 def test_the_tensor_types_are_written_and_read_back(tmp_path: Path) -> None:
     out = io.BytesIO()
-    tensors = [
+    tensors: list[tuple[str, Tensor]] = [
         ("blk.0.attn_q.weight", Q8Tensor(np.ones((2, 32), dtype=np.float32))),
         ("token_embd.weight", np.ones((3, 4), dtype=np.float16)),
         ("blk.0.attn_q.bias", np.ones(4, dtype=np.float32)),
