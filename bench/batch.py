@@ -18,6 +18,15 @@ Rows:
     .venv/bin/python bench/batch.py                         # 1,000 items, kill at 50 %, 10,000 for RSS
     .venv/bin/python bench/batch.py --items 300 --rss-items 2000 --only throughput rss
 
+Measured on the shared 2-core machine (load average ~5, a model recording beside it), 2026-12-07:
+
+    throughput | 1000 items in 38.8 s = 25.8/s of 27.5/s summed capacity: 93.7 % end to end (start
+      and tail included), 96.6 % from 10 % to 90 % done (target >= 95 %: PASS); split h0 734, h1 177,
+      h2 89 (the capacity's shares: 727, 182, 91)
+    kill -9 at 50 % | killed with 502 done, 22 in flight; lost 0, sent twice 8 (<= 22), results rows
+      1000 (duplicates 0): PASS
+    rss over 10000 items | before 98 MiB; at 10 % 111, 50 % 113, 100 % 115 MiB (+4 MiB); 159 s
+
 Timings move with the machine's load: on a shared machine the server's own CPU time per item
 (a few ms) competes with everything else, so the throughput row is best read with the machine idle.
 """
@@ -46,6 +55,7 @@ from mcp import Client, StdioServerParameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from fakes.calibration_tables import write_calibrated_as_raw
 from fakes.fault_host import FaultHost
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +114,8 @@ def server_params(folder: Path, hosts: list[FaultHost]) -> StdioServerParameters
         f'\n[[hosts]]\nname = "h{i}"\nkind = "openai"\nurl = "{h.url}"\nmax_concurrency = {h.slots}\n'
         for i, h in enumerate(hosts)
     )
+    # The fake model counts as measured and calibrated, so its sure answers clear the gate (ok).
+    write_calibrated_as_raw(folder / "data")
     config = folder / "caelum.toml"
     config.write_text(
         f'embedded = "off"\nimplicit_ollama = false\nallowed_roots = ["{folder / "work"}"]\n'
