@@ -192,7 +192,7 @@ async def test_inputs_and_outputs_outside_the_roots_are_refused(tmp_path: Path) 
 
 
 @pytest.mark.slow  # a server start each: over a second
-async def test_a_glob_of_files_runs_each_file_text_with_its_path_as_id(tmp_path: Path) -> None:
+async def test_a_glob_runs_each_file_text_with_its_path_as_id_and_a_schema_answer_is_data(tmp_path: Path) -> None:
     project = tmp_path / "work" / "proj"
     (project / "src").mkdir(parents=True)
     (project / ".venv").mkdir()
@@ -212,8 +212,14 @@ async def test_a_glob_of_files_runs_each_file_text_with_its_path_as_id(tmp_path:
                 "max_item_bytes": 1000,
             },
         )
+        schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+        shaped = await call(
+            client, "run_batch", {"template": "ITEM<{{ item }}>", "items": ["x"], "json_schema": schema}
+        )
     rows = {r["id"]: r for r in rows_of(out["results"])}
     assert sorted(rows) == ["src/a.py", "src/b.py", "src/big.py"]
+    (structured,) = rows_of(shaped["results"])
+    assert structured["data"] == {"answer": "echo x"} and structured["answer"] is None
     assert rows["src/a.py"]["answer"] == "echo alpha" and rows["src/b.py"]["answer"] == "echo beta {{ id }}"
     assert "over the 1,000-byte item limit" in rows["src/big.py"]["error"]
 
