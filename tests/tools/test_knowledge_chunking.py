@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from textwrap import dedent
 
-from caelum_mcp.tools.knowledge.chunking import MAX_CHARS, MAX_LINES, chunk_file
+from caelum_mcp.tools.knowledge.chunking import MAX_CHARS, MAX_LINE_PIECES, MAX_LINES, chunk_file
 from caelum_mcp.tools.knowledge.terms import expand_word, fts_query, index_text, query_terms
 
 PYTHON = dedent(
@@ -117,6 +117,22 @@ def test_plain_text_by_paragraph_and_every_chunk_within_the_caps() -> None:
         assert c.end_line - c.start_line + 1 <= MAX_LINES and len(c.text) <= MAX_CHARS
     huge = chunk_file("data.py", "x = [" + "1, " * 5000 + "]\n")
     assert all(len(c.text) <= MAX_CHARS for c in huge)
+
+
+def test_a_paragraph_on_one_long_line_is_searched_to_its_end() -> None:
+    """Prose written one paragraph per line (Markdown allows it): past MAX_CHARS the line used to be
+    cut, and its last words were in no passage. Code keeps only the start of such a line."""
+    words = [f"w{n:04d}" for n in range(2000)]  # 12,000 characters
+    line = " ".join(words)
+    for path, text in (("notes.txt", f"Title\n\n{line}\n"), ("guide.md", f"# Guide\n\n{line}\n")):
+        chunks = chunk_file(path, text)
+        pieces = [c for c in chunks if c.start_line == 3]
+        assert len(pieces) == 4 and all(c.end_line == 3 and len(c.text) <= MAX_CHARS for c in pieces)
+        assert " ".join(c.text for c in pieces).split() == words  # every word once, none cut in two
+    minified = chunk_file("app.js", "var a=" + "1," * 5000 + "2;\n")
+    assert len(minified) == 1 and len(minified[0].text) == MAX_CHARS
+    endless = chunk_file("log.txt", "x " * 100_000)
+    assert len(endless) == MAX_LINE_PIECES  # bounded: a pathological line does not flood the index
 
 
 def test_empty_files_have_no_chunks() -> None:

@@ -11,6 +11,11 @@
 
 Every chunk stays under :data:`MAX_LINES` lines and about :data:`MAX_CHARS` characters, so that a
 passage fits a prompt and an embedding model's input. Line numbers are 1-based and inclusive.
+
+A single line over :data:`MAX_CHARS` is cut to its start in code (minified code is not worth a
+hundred passages), but in prose (a paragraph written on one line, as Markdown allows) it is split
+at spaces into consecutive passages of the same line, up to :data:`MAX_LINE_PIECES` of them: what
+lay past the cut was never searched.
 """
 
 from __future__ import annotations
@@ -23,10 +28,15 @@ from typing import Literal
 
 ChunkKind = Literal["function", "class", "method", "module", "block", "section", "paragraph"]
 
+# Bumped when the same file would be cut differently: an index chunked by another version re-chunks
+# every file at its next sync (keeping the vectors of the chunks that come out the same).
+CHUNKING_VERSION = "2"  # 2: an overlong prose line is split, no longer cut
 MAX_LINES = 80
 MAX_CHARS = 4000
 _SMALL_LINES = 12  # blocks and paragraphs below this are merged with their neighbours
 _HEADER_LINES = 3  # a class header this short is not a passage of its own
+MAX_LINE_PIECES = 16  # passages one overlong prose line becomes at most (then the rest is cut)
+_PROSE_KINDS = ("section", "paragraph")
 
 PYTHON_SUFFIXES = (".py", ".pyi")
 MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdx")
@@ -281,9 +291,31 @@ def _windows(path: str, lines: list[str], start: int, end: int, symbol: str, kin
         window_end = min(end, window_start + MAX_LINES - 1)
         while window_end > window_start and _chars(lines, window_start, window_end) > MAX_CHARS:
             window_end = window_start + (window_end - window_start) // 2
-        out.append(_chunk(path, lines, window_start, window_end, symbol, kind))
+        if window_end == window_start and kind in _PROSE_KINDS and len(lines[window_start - 1]) > MAX_CHARS:
+            out += [
+                Chunk(path=path, start_line=window_start, end_line=window_start, symbol=symbol, kind=kind, text=piece)
+                for piece in _line_pieces(lines[window_start - 1])
+            ]
+        else:
+            out.append(_chunk(path, lines, window_start, window_end, symbol, kind))
         window_start = window_end + 1
     return out
+
+
+def _line_pieces(line: str) -> list[str]:
+    """``line`` in consecutive pieces of at most :data:`MAX_CHARS` characters, cut at a space where
+    there is one in the piece's second half; at most :data:`MAX_LINE_PIECES` of them."""
+    pieces: list[str] = []
+    rest = line
+    while rest.strip() and len(pieces) < MAX_LINE_PIECES:
+        if len(rest) <= MAX_CHARS:
+            pieces.append(rest)
+            break
+        cut = rest.rfind(" ", MAX_CHARS // 2, MAX_CHARS)
+        cut = MAX_CHARS if cut < 0 else cut
+        pieces.append(rest[:cut])
+        rest = rest[cut:].lstrip(" ")
+    return [p for p in pieces if p.strip()]
 
 
 def _chunk(path: str, lines: list[str], start: int, end: int, symbol: str, kind: ChunkKind) -> Chunk:

@@ -8,6 +8,10 @@
 - ``vectors``: one vector per (chunk hash, model), so an unchanged chunk is never embedded twice,
   even after its file changed elsewhere or was renamed.
 
+An index whose files were chunked by another version of :mod:`.chunking` (``meta.chunking``; none
+before version 2) has every file marked unread when it is opened, so the next sync re-chunks them
+all; the vectors stay, keyed by what is embedded, so only chunks that changed are embedded again.
+
 A file's chunks and FTS rows are replaced in one transaction, so a reader (or a crash) never sees
 half a file. All methods are synchronous and thread-safe (one connection behind a lock): call them
 through a worker thread from async code.
@@ -27,7 +31,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-from .chunking import Chunk
+from .chunking import CHUNKING_VERSION, Chunk
 from .terms import FTS_TOKENIZER, fts_query, index_text
 
 SCHEMA_VERSION = "1"
@@ -144,6 +148,9 @@ class KnowledgeStore:
                     # an index is derived from the project's files: one of another layout is rebuilt
                     raise sqlite3.DatabaseError(f"index schema {version}, not {SCHEMA_VERSION}")
                 self.set_meta("schema", SCHEMA_VERSION)
+                if self.meta("chunking") != CHUNKING_VERSION:
+                    self._db.execute("UPDATE files SET hash = '', mtime_ns = -1")  # re-chunked at the next sync
+                    self.set_meta("chunking", CHUNKING_VERSION)
         except BaseException:
             self._db.close()  # the caller may move the file aside: nothing of ours holds it open
             raise
