@@ -27,8 +27,9 @@ from caelum_mcp.status import HostStatus, StatusReport
 from caelum_mcp.supervisors.base import ExternalTool, Supervisor, SupervisorEnv, ToolContext, ToolOutput
 from caelum_mcp.types import ChatMessage, Tier
 
-from .ai_batch import BatchOutput, BatchService, BatchStatusInput, RunBatchInput, batch_status, start_batch
+from .ai_batch import BatchOutput, BatchStatusInput, RunBatchInput, batch_status, start_batch
 from .ai_compare import CompareModelsInput, CompareModelsOutput, compare_models, object_schema
+from .batch_runner import BatchService
 
 PARTIAL_CHARS = 400
 PARTIAL_EVERY_S = 0.25

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from caelum_mcp.errors import ToolInputError
-from caelum_mcp.supervisors.ai_batch import MAX_OVERSUBSCRIBE, fill_concurrency
 from caelum_mcp.supervisors.batch_inputs import Template, bounded_lines, read_csv, read_jsonl
+from caelum_mcp.supervisors.batch_runner import MAX_OVERSUBSCRIBE, fill_concurrency
 
 
 def test_template_substitutes_fields_and_never_evaluates() -> None:
