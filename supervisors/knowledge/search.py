@@ -3,7 +3,9 @@
 The project's index is brought up to date first (:func:`.state.ensure_synced`); the query is then
 embedded when an embedding model is up and the index has vectors for it, and the lexical (FTS5,
 BM25) and semantic (cosine) rankings are fused. Each passage says which signals found it. Without
-an embedding model the search is lexical only and ``note`` says so. Snippets are trimmed around the
+an embedding model, or while too few chunks have a vector yet
+(:data:`caelum_mcp.tools.knowledge.retrieval.MIN_HYBRID_COVERAGE`), the search is lexical only and
+``note`` says so. Snippets are trimmed around the
 lines that match (``lines_cut`` counts the rest of the chunk) and ``next_cursor`` pages on.
 """
 
