@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
+import psutil
 import pytest
 
 from caelum_mcp.errors import ToolInputError
 from caelum_mcp.supervisors.batch_inputs import Template, bounded_lines, read_csv, read_jsonl
-from caelum_mcp.supervisors.batch_runner import MAX_OVERSUBSCRIBE, fill_concurrency
+from caelum_mcp.supervisors.batch_runner import (
+    _RUNNING_HERE,
+    MAX_OVERSUBSCRIBE,
+    fill_concurrency,
+    owner_gone,
+    owner_identity,
+)
+from caelum_mcp.supervisors.batch_store import BatchRow
 
 
 def test_template_substitutes_fields_and_never_evaluates() -> None:
@@ -65,3 +76,35 @@ def test_concurrency_keeps_every_host_busy_under_the_pools_rule() -> None:
     assert fill_concurrency([(4, None), (2, None)]) == 6  # nothing measured yet: the slots
     assert fill_concurrency([(2, 10.0), (1, 10_000.0)]) == 2 * MAX_OVERSUBSCRIBE + 1
     assert fill_concurrency([(3, 50.0)]) == 3
+
+
+def test_a_batch_is_taken_over_only_when_its_runner_is_gone() -> None:
+    def row(pid: int, started: float, batch_id: str = "b1") -> BatchRow:
+        return BatchRow(
+            id=batch_id,
+            created=0.0,
+            finished=None,
+            status="running",
+            spec={},
+            source="",
+            total=0,
+            concurrency=1,
+            results="",
+            owner_pid=pid,
+            owner_started=started,
+            note=None,
+        )
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(child.stdout)
+    parent = psutil.Process(os.getppid())
+    assert owner_gone(row(dead, 0.0))
+    assert not owner_gone(row(parent.pid, parent.create_time()))  # another live server runs it
+    assert owner_gone(row(parent.pid, parent.create_time() - 3600))  # the pid was reused by another process
+    me, started = owner_identity()
+    assert owner_gone(row(me, started, "not-here"))  # this process, but its runner ended (a server stopped)
+    _RUNNING_HERE.add("here")
+    try:
+        assert not owner_gone(row(me, started, "here"))
+    finally:
+        _RUNNING_HERE.discard("here")
