@@ -174,6 +174,9 @@ async def throughput(folder: Path, items: int) -> str:
                 await until(client, started["batch_id"], items * share // 100, every_s=0.05)
                 marks.append(time.monotonic())
             out = await until(client, started["batch_id"], items)
+            # The same batch estimated now that the ledger has measured every host.
+            estimate = await tool(client, "run_batch", {"template": TEMPLATE, "file": str(inputs), "dry_run": True})
+    measured = ", ".join(f"{h['host']} {h['s_per_item']:.2f} s x{h['slots']}" for h in estimate["hosts"])
     rate = out["done"] / out["elapsed_s"]
     steady = items * 0.8 / (marks[1] - marks[0])
     split = ", ".join(
@@ -185,7 +188,11 @@ async def throughput(folder: Path, items: int) -> str:
         f"throughput | {items} items in {out['elapsed_s']:.1f} s = {rate:.1f}/s of {p.capacity:.1f}/s summed "
         f"capacity: {share:.1f} % end to end (start and tail included), {steady_share:.1f} % from 10 % to 90 % "
         f"done (target >= 95 %: {'PASS' if steady_share >= 95 else 'FAIL'}); split {split}; "
-        f"ok {out['ok']}, low confidence {out['low_confidence']}, errors {out['errors']}"
+        f"ok {out['ok']}, low confidence {out['low_confidence']}, errors {out['errors']}\n"
+        f"estimate | dry_run of the same batch afterwards: {estimate['expected_local_s']:.1f} s expected against "
+        f"{out['elapsed_s']:.1f} s measured ({100 * (estimate['expected_local_s'] / out['elapsed_s'] - 1):+.0f} %); "
+        f"hosts {measured}; "
+        f"{estimate['input_tokens']} input tokens"
     )
 
 

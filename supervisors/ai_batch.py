@@ -118,7 +118,7 @@ class BatchStatusInput(BaseModel):
 class HostRate(BaseModel):
     host: str
     slots: int
-    s_per_item: float | None = Field(description="measured seconds a call (ledger mean); null: unmeasured")
+    s_per_item: float | None = Field(description="measured seconds a call; null: unmeasured")
 
 
 class BatchOutput(ToolOutput):
@@ -229,8 +229,9 @@ def _prompt_chars(kind: str, template: Template, raw: RawItem) -> int:
 
 
 async def estimate(ctx: ToolContext, probe: LLMTask, items: int, input_tokens: int, allow_claude: bool) -> Estimate:
-    """Expected time from each serving host's measured seconds a call and its slots, and what the
-    batch would cost if every item went to Claude (at the full output allowance)."""
+    """Expected time from each serving host's measured seconds a call (the pool's latency average,
+    else the ledger's mean) and its slots, and what the batch would cost if every item went to
+    Claude (at the full output allowance)."""
     availability = ctx.llm.availability(probe)
     if not availability.runnable:
         raise CaelumError(f"no model can run this batch: {availability.reason}")
@@ -245,8 +246,16 @@ async def estimate(ctx: ToolContext, probe: LLMTask, items: int, input_tokens: i
     fill: list[tuple[int, float | None]] = []
     for host in report.hosts:
         if host.name in serving and host.enabled:
+            # The pool's average is the host's own time a call; the ledger's mean (kept across
+            # restarts) also holds the time calls waited for a slot, so it is only the fallback.
             usage = measured.get(host.name)
-            seconds = usage.mean_latency_ms / 1000 if usage and usage.calls and usage.mean_latency_ms > 0 else None
+            seconds = (
+                host.latency_ewma_ms / 1000
+                if host.latency_ewma_ms
+                else usage.mean_latency_ms / 1000
+                if usage and usage.calls and usage.mean_latency_ms > 0
+                else None
+            )
             hosts.append(HostRate(host=host.name, slots=host.max_concurrency, s_per_item=seconds))
             fill.append((host.max_concurrency, host.latency_ewma_ms))
     rate = sum(h.slots / h.s_per_item for h in hosts if h.s_per_item)
