@@ -10,7 +10,8 @@ not from the server's own figures.
 Rows:
 
 - ``throughput``: a batch over the three hosts; items a second against their summed capacity
-  (target >= 95 %), and how the items split between them;
+  (target >= 95 %), and how the items split between them; then ``estimate``: the same batch's
+  ``dry_run`` once the hosts are measured, against the time it took;
 - ``kill -9``: the server killed at 50 % of a batch, a new one started on the same data folder; the
   batch resumes; items lost (target 0) and items sent twice (target <= those in flight at the kill);
 - ``rss``: the server's resident memory while a large batch runs (at 10 %, 50 % and 100 %).
@@ -20,11 +21,12 @@ Rows:
 
 Measured on the shared 2-core machine (load average ~5, a model recording beside it), 2026-12-07:
 
-    throughput | 1000 items in 38.8 s = 25.8/s of 27.5/s summed capacity: 93.7 % end to end (start
-      and tail included), 96.6 % from 10 % to 90 % done (target >= 95 %: PASS); split h0 734, h1 177,
-      h2 89 (the capacity's shares: 727, 182, 91)
-    kill -9 at 50 % | killed with 502 done, 22 in flight; lost 0, sent twice 8 (<= 22), results rows
-      1000 (duplicates 0): PASS
+    throughput | 1000 items in 38.9 s = 25.7/s of 27.5/s summed capacity: 93.5 % end to end (start
+      and tail included), 96.8 % from 10 % to 90 % done (target >= 95 %: PASS); split h0 726,
+      h1 184, h2 90 (the capacity's shares: 727, 182, 91); ok 1000
+    estimate | dry_run of the same batch afterwards: 37.0 s expected against 38.9 s measured (-5 %)
+    kill -9 at 50 % | killed with 501 done, 22 in flight; resumed to done in 24.6 s with the
+      restart; lost 0, sent twice 8 (<= 22 in flight), results rows 1000 (duplicates 0): PASS
     rss over 10000 items | before 98 MiB; at 10 % 111, 50 % 113, 100 % 115 MiB (+4 MiB); 159 s
 
 Timings move with the machine's load: on a shared machine the server's own CPU time per item
