@@ -11,7 +11,9 @@ one prompt on several models at once. ``pool_status`` and ``set_host_enabled`` u
 from __future__ import annotations
 
 import json
+import logging
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -30,6 +32,8 @@ from caelum_mcp.types import ChatMessage, Tier
 from .ai_batch import BatchOutput, BatchStatusInput, RunBatchInput, batch_status, start_batch
 from .ai_compare import CompareModelsInput, CompareModelsOutput, compare_models, object_schema
 from .batch_runner import BatchService
+
+log = logging.getLogger(__name__)
 
 PARTIAL_CHARS = 400
 PARTIAL_EVERY_S = 0.25
@@ -188,11 +192,17 @@ class AISupervisor(Supervisor):
 
     def __init__(self) -> None:
         self._batches: dict[Path, BatchService] = {}
+        self._batch_problem: dict[Path, str] = {}
 
     def _service(self, ctx: ToolContext) -> BatchService:
         # Opened by the lifespan; a handler run without the server gets a store but cannot run batches.
         service = self._batches.get(ctx.state_dir)
         if service is None:
+            problem = self._batch_problem.get(ctx.state_dir)
+            if problem is not None:
+                raise CaelumError(
+                    f"the batch store in {ctx.state_dir} could not be opened ({problem}); check the folder"
+                )
             service = self._batches[ctx.state_dir] = BatchService(ctx.state_dir, ctx.llm, None)
         if ctx.pool_admin is not None:
             service.pool_admin = ctx.pool_admin
@@ -202,9 +212,14 @@ class AISupervisor(Supervisor):
     async def lifespan(self, env: SupervisorEnv) -> AsyncIterator[None]:
         try:
             async with anyio.create_task_group() as tg:  # batches outlive the calls that start them
-                service = BatchService(env.state_dir, env.llm, tg)
-                self._batches[env.state_dir] = service
-                tg.start_soon(service.resume_all)  # batches a stopped server left unfinished
+                try:
+                    service = BatchService(env.state_dir, env.llm, tg)
+                except (OSError, sqlite3.Error) as exc:  # the pool tools serve regardless; run_batch says why
+                    log.exception("the batch store in %s could not be opened", env.state_dir)
+                    self._batch_problem[env.state_dir] = str(exc)
+                else:
+                    self._batches[env.state_dir] = service
+                    tg.start_soon(service.resume_all)  # batches a stopped server left unfinished
                 try:
                     yield
                 finally:
@@ -213,6 +228,7 @@ class AISupervisor(Supervisor):
             for service in self._batches.values():
                 service.close()
             self._batches.clear()
+            self._batch_problem.clear()
 
     async def _run_batch(self, args: RunBatchInput, ctx: ToolContext) -> BatchOutput:
         return await start_batch(args, ctx, self._service(ctx))

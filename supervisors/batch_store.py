@@ -11,11 +11,16 @@ finished are those that were in flight: :meth:`BatchStore.requeue` puts them bac
 and nothing finished is redone. The results JSONL is written from here after each commit; a crash
 between the commit and the append is mended by :meth:`BatchStore.write_results`, which rewrites the
 file from the rows when a batch resumes.
+
+A store SQLite cannot read (a corrupt or foreign file) never stops the server: it is moved aside
+as ``batches.sqlite3.corrupt-<UTC time>`` (with its ``-wal``/``-shm`` files), a warning is logged
+and an empty store is started.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -26,6 +31,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from caelum_mcp.types import Frozen
+
+log = logging.getLogger(__name__)
 
 BatchStatus = Literal["running", "done", "cancelled", "failed"]
 Outcome = Literal["ok", "low_confidence", "error"]
@@ -104,12 +111,44 @@ class BatchStore:
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / STORE_FILE
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._lock = threading.Lock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
+        self.moved_aside: Path | None = None
+        try:
+            self._conn = self._open()
+        except sqlite3.DatabaseError as exc:
+            self.moved_aside = self._move_aside()
+            log.warning(
+                "the batch store could not be read (%s); it was moved aside to %s and an empty one started "
+                "(its batches no longer resume; their results files are kept)",
+                exc,
+                self.moved_aside,
+            )
+            self._conn = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing committed
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _move_aside(self) -> Path:
+        suffix = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.corrupt-{suffix}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{suffix}-{n}")
+        for extra in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + extra)
+            if side.exists():
+                side.replace(target.with_name(target.name + extra))
+        self.path.replace(target)
+        return target
 
     def close(self) -> None:
         with self._lock:

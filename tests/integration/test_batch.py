@@ -352,3 +352,16 @@ async def test_items_wait_while_no_model_can_take_them_instead_of_failing(tmp_pa
     assert (out["status"], out["ok"], out["errors"]) == ("done", 40, 0)
     assert out["note"] is None  # the wait is over
     assert sorted(r["index"] for r in rows_of(out["results"])) == list(range(40))
+
+
+@pytest.mark.slow
+async def test_a_damaged_batch_store_is_moved_aside_and_the_server_serves(tmp_path: Path) -> None:
+    store = tmp_path / "data" / "supervisors" / "ai" / "batches.sqlite3"
+    store.parent.mkdir(parents=True)
+    store.write_bytes(b"\x00garbage" * 2000)
+    async with Client(server(tmp_path, [echo_host("a", Echo())])) as client:
+        out = await call(client, "run_batch", {"template": "ITEM<{{ item }}>", "items": ["x", "y"]})
+        assert (await call(client, "pool_status", {}))["hosts"]
+    assert out["status"] == "done" and out["ok"] == 2
+    (aside,) = store.parent.glob("batches.sqlite3.corrupt-*")
+    assert aside.read_bytes().startswith(b"\x00garbage")

@@ -21,7 +21,7 @@ from caelum_mcp.supervisors.batch_runner import (
     owner_gone,
     owner_identity,
 )
-from caelum_mcp.supervisors.batch_store import BatchRow
+from caelum_mcp.supervisors.batch_store import BatchRow, BatchStore
 
 
 def test_template_substitutes_fields_and_never_evaluates() -> None:
@@ -108,3 +108,16 @@ def test_a_batch_is_taken_over_only_when_its_runner_is_gone() -> None:
         assert not owner_gone(row(me, started, "here"))
     finally:
         _RUNNING_HERE.discard("here")
+
+
+def test_a_store_sqlite_cannot_read_is_moved_aside_and_a_new_one_serves(tmp_path: Path) -> None:
+    (tmp_path / "batches.sqlite3").write_bytes(b"\x00garbage" * 2000)
+    store = BatchStore(tmp_path)
+    try:
+        assert store.moved_aside is not None and store.moved_aside.read_bytes().startswith(b"\x00garbage")
+        assert store.moved_aside.name.startswith("batches.sqlite3.corrupt-")
+        store.create("b1", {"template": "t"}, "inline", tmp_path / "r.jsonl", 2, (1, 0.0))
+        assert store.add_items("b1", [("a", "1", None), ("b", None, "too big")]) == 2
+        assert store.counts("b1").pending == 2
+    finally:
+        store.close()
