@@ -1,10 +1,11 @@
 """``run_batch`` and ``batch_status``: one prompt template over many inputs, across the whole pool.
 
 A batch is read (streamed, :mod:`.batch_inputs`) into the batch store (:mod:`.batch_store`) when
-the call comes in, then run (:mod:`.batch_runner`) by a task that outlives the call: ``concurrency`` workers (the summed
-slots of the hosts that serve the tier) each take the next pending item and run it through
-``ctx.llm.run``, so the pool spreads the items by free slots (a slow host takes fewer) and the
-confidence gate applies per item (Claude only when ``allow_claude``, inside the daily budget). A
+the call comes in, then run (:mod:`.batch_runner`) by a task that outlives the call: workers (as
+many as keep every host that serves the tier busy: its slots, more for a fast host) each take the
+next pending item and run it through ``ctx.llm.run``, so the pool spreads the items (a slow host
+takes fewer) and the confidence gate applies per item (Claude only when ``allow_claude``, inside
+the daily budget). A
 low-confidence answer is kept and marked ``low_confidence``; a bad item (too big, not JSON, a
 malformed CSV row, a field the template needs and the item lacks) gets an ``error`` row and the
 rest runs.
@@ -272,8 +273,10 @@ async def estimate(ctx: ToolContext, probe: LLMTask, items: int, input_tokens: i
         if report.claude.daily_budget_usd is not None:
             left = max(0.0, report.claude.daily_budget_usd - report.claude.spent_today_usd)
             notes.append(f"the daily Claude budget caps spend at ${left:.2f} more today")
-    elif not allow_claude:
+    else:
         ceiling = 0.0
+        if allow_claude:
+            notes.append("Claude is off or not configured: nothing escalates")
     concurrency = fill_concurrency(fill) if fill else 1
     return Estimate(input_tokens, expected, ceiling, hosts, concurrency, "; ".join(notes) or None)
 
