@@ -257,11 +257,21 @@ def run_loso(data: Path) -> tuple[float, float]:
             for name, value in defaults.items():
                 setattr(log_header, name, value)
     names = sorted({f[0] for f in files})
+    print(f"{'setting':34} {'dev GA':>7} {'re-written GA':>14}   (every system: how much the choice matters)")
+    for k, combo in enumerate(combos):
+        dev_all = statistics.fmean(table[k][i] for i, f in enumerate(files) if not f[3])
+        robust_all = statistics.fmean(table[k][i] for i, f in enumerate(files) if f[3])
+        setting = ", ".join(f"{name}={value}" for name, value in combo.items())
+        print(f"{setting:34} {dev_all:7.3f} {robust_all:14.3f}")
     print(f"{'held out':12} {'chosen on the others':34} {'dev GA':>7} {'re-written GA':>14}")
     dev_scores, robust_scores = [], []
     for held in names:
         train = [i for i, f in enumerate(files) if f[0] != held]
-        best = max(range(len(combos)), key=lambda k: (statistics.fmean(table[k][i] for i in train), -k))
+        # a tie goes to the shipped setting, then to the first of the grid
+        best = max(
+            range(len(combos)),
+            key=lambda k: (statistics.fmean(table[k][i] for i in train), combos[k] == defaults, -k),
+        )
         dev = [table[best][i] for i, f in enumerate(files) if f[0] == held and not f[3]]
         robust = [table[best][i] for i, f in enumerate(files) if f[0] == held and f[3]]
         dev_scores += dev

@@ -3,8 +3,10 @@ internal tools for ``diagnose_logs``.
 
 - :mod:`.reading`: plain, ``.gz`` and rotated files, streamed, with line numbers;
 - :mod:`.timestamps`: the ways logs write times, parsed;
-- :mod:`.formats`: the line format of a file detected from a sample (syslog, JSON lines, journald
-  exports, Apache/nginx access and error logs, Python logging, Java/log4j, a generic fallback),
+- :mod:`.header`: a file's line header (time, level, pid, host, thread, component) inferred from
+  its first lines, whatever the separators and timestamp forms;
+- :mod:`.formats`: the line format of a file detected from a sample (the inferred header; JSON
+  lines, journald exports, access logs, RFC 5424 and nginx errors, which say more than a header),
   and each entry's time, level, source and message;
 - :mod:`.masking`: ids, addresses, numbers, hex, paths, durations and sizes replaced by ``<*>``;
 - :mod:`.mining`: messages grouped into templates (signatures);

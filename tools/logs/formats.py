@@ -1,23 +1,24 @@
 """A log file's line format, detected from a sample, and each line's time, level, source and message.
 
-Formats recognised (:data:`FORMATS`, tried in this order on the first lines of each file; the
-first that fits at least :data:`DETECT_SHARE` of them is used, else the one that fits most):
+The header of a line (time, level, pid, host, thread, component) is inferred from the file itself
+(:mod:`.header`): the first lines are aligned field by field, whatever their separators and
+timestamp forms. A few known formats say more than a header's shape can, and are used when they
+fit at least :data:`DETECT_SHARE` of the sample:
 
 - ``json``: JSON lines (also ``journalctl -o json``): the time, level, message and source are read
   from the usual keys (``timestamp``/``time``/``@timestamp``/``__REALTIME_TIMESTAMP``,
   ``level``/``severity``/``PRIORITY``, ``message``/``msg``/``MESSAGE``, ``logger``/``name``/
   ``SYSLOG_IDENTIFIER``);
-- ``syslog-rfc5424`` and ``syslog`` (RFC 3164, ``journalctl`` short output, rsyslog with ISO times);
-- ``access-log``: Apache/nginx common and combined formats; the level comes from the status
-  (5xx error, 4xx warning);
-- ``apache-error`` (2.2 and 2.4) and ``nginx-error``;
-- ``python-logging``: ``asctime - name - LEVEL - message`` and the ``LEVEL:name:message`` default;
-- ``java``: Log4j/Logback/java.util.logging-style ``time [pid] LEVEL [thread] logger: message``
-  (and ``time [thread] LEVEL logger - message``);
-- ``logcat``: Android ``threadtime``;
-- ``generic``: any known timestamp near the start of the line, an optional level after it, and a
-  ``source - `` or ``a|b|message`` prefix when most lines have one;
-- ``plain``: no timestamp; a level word near the start is still found.
+- ``syslog-rfc5424`` (its structured data is header) and ``access-log`` (Apache/nginx common and
+  combined: the message is the request and status, the level comes from the status);
+- ``nginx-error`` (its ``*connection`` number is header).
+
+Otherwise the inferred header reads the file, named after the known format that fits it too
+(``syslog``, ``java``, ``apache-error``, ``python-logging``, ``logcat``...) or ``inferred``; a
+known format reads it instead only where it finds clearly more levels (lines of several layouts in
+one file). Where no header can be inferred, the older recognisers remain: ``generic`` (a known
+timestamp near the start, a level, a ``source - `` or ``a|b|message`` prefix) and ``plain`` (no
+timestamp; a level word near the start is still found).
 
 journald's export format (``journalctl -o export``) is read by :mod:`.reading`, which turns each
 entry into the same fields. A line that does not fit the file's format is a *continuation* of the

@@ -31,6 +31,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
+from typing import NamedTuple
 
 from .timestamps import SHAPES, from_epoch, parse_any
 
@@ -73,18 +75,23 @@ _TIMESTAMP = (
     r")"
 )
 _BOUNDARY = r"(?=[\s|,;\]\)>\"]|:\s|:$|$)"
-_FIELD = re.compile(
-    rf"(?P<ts>{_TIMESTAMP}){_BOUNDARY}"
-    r"|(?P<br>\[(?:[^\[\]]|\[[^\[\]]*\]){0,200}\]|<[^<>\s]{1,64}>|\((?:[^()]|\([^()]*\)){0,120}\))"
+_FIELD_REST = (
+    r"(?P<br>\[(?:[^\[\]]|\[[^\[\]]*\]){0,200}\]|<[^<>\s]{1,64}>|\((?:[^()]|\([^()]*\)){0,120}\))"
     r"|(?P<q>\"[^\"]{0,200}\")"
     r"|(?P<kv>[A-Za-z_][\w.-]{0,30}=(?:\"[^\"]{0,200}\"|[^\s|,;]*))"
     r"|(?P<w>[^\s|,;]{1,200})"
 )
+_FIELD = re.compile(rf"(?P<ts>{_TIMESTAMP}){_BOUNDARY}|{_FIELD_REST}")
+# a field that cannot start a time (most words) skips the timestamp alternatives: the cost of a
+# line is mostly these matches
+_FIELD_NO_TIME = re.compile(_FIELD_REST)
+_TIME_INITIALS = frozenset("0123456789JFMASONDTW")
 # what separates one field from the next; named by kind (" " is plain prose's own separator)
 _SEPARATOR = re.compile(
     r"(?P<colon>\s*:(?:\s+|$))|(?P<pipe>\s*\|\s*)|(?P<semi>\s*;\s*)|(?P<comma>\s*,\s*)"
     r"|(?P<dash>\s+-(?:\s+|$))|(?P<tab>\s*\t\s*)|(?P<spaces>\s{2,})|(?P<space>\s)"
 )
+_NOT_PLAIN_AFTER_SPACE = frozenset(" \t-:|,;")
 _HEADER_SEPARATORS = frozenset(("pipe", "semi", "comma", "dash", "tab", "spaces"))
 _MESSAGE_KEYS = frozenset(("msg", "message", "MESSAGE", "text", "event"))
 _LOGGER = re.compile(r"[A-Za-z_$][\w$-]*(?:\.[A-Za-z_$][\w$-]*)+")
@@ -92,11 +99,11 @@ _EPOCH_SECONDS = (9.0e8, 2.2e9)
 _PID_SUFFIX = re.compile(r"\[\d+\]$")
 
 
-@dataclass(frozen=True, slots=True)
-class Field:
+class Field(NamedTuple):
     """One field of a line's start: its kind (``T`` time, ``L`` level, ``B`` bracketed, ``W``
     word), its text, the separator after it and where the text after that separator starts."""
 
+    # a tuple: every line makes a dozen of these, and a frozen dataclass costs twice as much
     kind: str
     text: str
     separator: str
@@ -118,19 +125,27 @@ def _is_epoch(text: str) -> bool:
 def _is_level(word: str) -> bool:
     if len(word) == 1:
         return word in _LEVEL_LETTERS
+    if len(word) > 24 or not word[0].isalpha():
+        return False
     lowered = word.lower()
     if lowered in _LEVEL_WORDS:
         return True
     # Apache 2.4's [core:error], syslog-ng's <kern.warn>
-    return any(lowered.rpartition(sep)[2] in _LEVEL_WORDS for sep in (":", ".") if sep in lowered)
+    if ":" in lowered and lowered.rpartition(":")[2] in _LEVEL_WORDS:
+        return True
+    return "." in lowered and lowered.rpartition(".")[2] in _LEVEL_WORDS
 
 
+@lru_cache(maxsize=8192)
 def _kind_of_word(word: str) -> str:
-    if _is_level(word):
-        return "L"
-    if word[:1].isdigit() and _FIELD_TIME.fullmatch(word) and (not word.isdigit() or _is_epoch(word)):
-        return "T"
-    return "W"
+    # cached: a file's header words (levels, hosts, components) repeat on every line
+    if not word:
+        return "W"
+    if word[0].isdigit():
+        if _FIELD_TIME.fullmatch(word) and (not word.isdigit() or _is_epoch(word)):
+            return "T"
+        return "W"
+    return "L" if _is_level(word) else "W"
 
 
 _FIELD_TIME = re.compile(_TIMESTAMP)
@@ -192,53 +207,63 @@ def split_fields(line: str, limit: int = MAX_FIELDS, delimiter: str = "") -> lis
     if delimiter:
         return split_delimited(line, delimiter, limit)
     fields: list[Field] = []
-    size = min(len(line), HEAD_CHARS)
-    pos = len(line) - len(line.lstrip(" \t"))
+    append = fields.append
+    length = len(line)
+    size = min(length, HEAD_CHARS)
+    pos = length - len(line.lstrip(" \t"))
+    with_time, without_time, separator_at = _FIELD.match, _FIELD_NO_TIME.match, _SEPARATOR.match
     while pos < size and len(fields) < limit:
-        match = _FIELD.match(line, pos, size)
+        match = (with_time if line[pos] in _TIME_INITIALS else without_time)(line, pos, size)
         if match is None:  # a separator character where a field should start: an empty field
-            sep = _SEPARATOR.match(line, pos, size)
+            sep = separator_at(line, pos, size)
             if sep is None or sep.end() == pos:
                 break
-            fields.append(Field("W", "", sep.lastgroup or "space", sep.end()))
+            append(Field("W", "", sep.lastgroup or "space", sep.end()))
             pos = sep.end()
             continue
         key = ""
         group = match.lastgroup
         text = match.group()
         end = match.end()
-        if group == "ts":
+        if group == "w":
+            if text[-1] == ":" and len(text) > 1:
+                text = text[:-1]
+                end -= 1
+            kind = _kind_of_word(text)
+        elif group == "ts":
             kind = "T" if not text.isdigit() or _is_epoch(text) else "W"
         elif group == "br":
-            inner = text[1:-1].strip()
-            kind = "B"
-            if inner and _is_level(inner):
-                kind = "L"
-            elif inner and inner[0].isdigit() and _FIELD_TIME.fullmatch(inner):
-                kind = "T" if not inner.isdigit() or _is_epoch(inner) else "B"
-            elif inner[:3].isalpha() and _FIELD_TIME.fullmatch(inner):
-                kind = "T"
+            kind = _kind_of_bracketed(text[1:-1].strip())
         elif group == "kv":
             key, _, value = text.partition("=")
             value = value.strip('"')
             kind = _kind_of_word(value) if value else "W"
-        elif group == "q":
+        else:
             kind = _kind_of_word(text[1:-1]) if len(text) > 2 else "W"
+        if end + 1 < length and line[end] == " " and line[end + 1] not in _NOT_PLAIN_AFTER_SPACE:
+            separator, after = "space", end + 1  # the common case, without a match
         else:
-            if text.endswith(":") and len(text) > 1:
-                text = text[:-1]
-                end -= 1
-            kind = _kind_of_word(text)
-        sep = _SEPARATOR.match(line, end) if end < len(line) else None
-        if sep is None:
-            separator, after = ("end" if end >= len(line) else "none"), end
-        else:
-            separator, after = sep.lastgroup or "space", sep.end()
-        fields.append(Field(kind, text, separator, after, key))
+            sep = separator_at(line, end) if end < length else None
+            if sep is None:
+                separator, after = ("end" if end >= length else "none"), end
+            else:
+                separator, after = sep.lastgroup or "space", sep.end()
+        append(Field(kind, text, separator, after, key))
         if separator == "none" and after == pos:
             break
         pos = after
     return fields
+
+
+@lru_cache(maxsize=8192)
+def _kind_of_bracketed(inner: str) -> str:
+    if inner and _is_level(inner):
+        return "L"
+    if inner and inner[0].isdigit() and _FIELD_TIME.fullmatch(inner):
+        return "T" if not inner.isdigit() or _is_epoch(inner) else "B"
+    if inner[:3].isalpha() and _FIELD_TIME.fullmatch(inner):
+        return "T"
+    return "B"
 
 
 @dataclass(frozen=True)
