@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import anyio
@@ -33,6 +34,23 @@ class Embeds(Protocol):
     async def embed(self, request: EmbedRequest, *, limit_s: float | None = None) -> EmbedResponse: ...
 
 
+# The first instance redoes an extra instance's piece once it has run this many times as long as
+# the first instance took for as many inputs (an extra one runs niced: a busy machine can starve it).
+BACKUP_AFTER = 1.5
+
+
+@dataclass(eq=False)
+class _Piece:
+    start: int
+    size: int
+    owner: int
+    began: float
+    done: bool = False
+    backed_up: bool = False
+    finished: anyio.Event = field(default_factory=anyio.Event)
+    runs: list[anyio.CancelScope] = field(default_factory=list)
+
+
 async def embed_across(
     instances: Sequence[Embeds], request: EmbedRequest, *, limit_s: float | None, host: str = ""
 ) -> EmbedResponse:
@@ -42,7 +60,10 @@ async def embed_across(
     over twice the number of instances (at least one input): big pieces first (few requests),
     small ones at the end, so that an instance slowed down by other work (or by its lower
     priority) takes fewer pieces and the batch ends at about the same time everywhere. The first
-    instance takes the first piece; one input (a query) goes to it alone. The first error ends the
+    instance takes the first piece; one input (a query) goes to it alone. When no piece is left,
+    the first instance redoes a piece another instance has held for :data:`BACKUP_AFTER` times
+    as long as the first needs for it (whichever answers first is kept, the other request is
+    cancelled), so that a starved instance never holds the batch up. The first error ends the
     batch and is raised as it is (the pool counts it against the host); ``limit_s`` bounds the
     whole batch.
     """
@@ -53,35 +74,71 @@ async def embed_across(
     vectors: list[tuple[float, ...] | None] = [None] * len(inputs)
     tokens = [0]
     models: list[str] = []
-    taken = [0]
+    pieces: list[_Piece] = []
+    first_rate: list[float] = []  # seconds per input of the first instance's pieces
     failures: list[Exception] = []
 
-    async def work(instance: Embeds, scope: anyio.CancelScope) -> None:
-        while taken[0] < len(inputs):
-            start = taken[0]
-            size = max(1, math.ceil((len(inputs) - start) / (2 * len(instances))))
-            taken[0] = start + size
-            left = None if deadline is None else max(0.001, deadline - time.monotonic())
-            piece = request.model_copy(update={"inputs": inputs[start : start + size]})
+    async def run(piece: _Piece, index: int, batch: anyio.CancelScope) -> None:
+        """One request for ``piece`` to instance ``index``; the first answer for a piece is kept."""
+        left = None if deadline is None else max(0.001, deadline - time.monotonic())
+        began = time.monotonic()
+        answer: EmbedResponse | None = None
+        with anyio.CancelScope() as scope:
+            piece.runs.append(scope)
             try:
-                answer = await instance.embed(piece, limit_s=left)
-            except Exception as exc:  # raised below, as it is, once the other pieces are stopped
-                failures.append(exc)
-                scope.cancel()
-                return
-            if len(answer.embeddings) != size:
-                failures.append(
-                    MalformedResponseError(f"asked for {size} embeddings, got {len(answer.embeddings)}", host=host)
+                answer = await instances[index].embed(
+                    request.model_copy(update={"inputs": inputs[piece.start : piece.start + piece.size]}), limit_s=left
                 )
-                scope.cancel()
+            except Exception as exc:  # raised below, as it is, once the other pieces are stopped
+                if not piece.done:
+                    failures.append(exc)
+                    batch.cancel()
                 return
-            vectors[start : start + size] = answer.embeddings
-            tokens[0] += answer.usage.input_tokens
-            models.append(answer.model)
+        if answer is None or piece.done:  # the other request for this piece answered first
+            return
+        if len(answer.embeddings) != piece.size:
+            failures.append(
+                MalformedResponseError(f"asked for {piece.size} embeddings, got {len(answer.embeddings)}", host=host)
+            )
+            batch.cancel()
+            return
+        piece.done = True
+        piece.finished.set()
+        for other in piece.runs:
+            if other is not scope:
+                other.cancel()
+        vectors[piece.start : piece.start + piece.size] = answer.embeddings
+        tokens[0] += answer.usage.input_tokens
+        models.append(answer.model)
+        if index == 0:
+            first_rate.append((time.monotonic() - began) / piece.size)
+
+    async def work(index: int, batch: anyio.CancelScope) -> None:
+        while True:
+            taken = sum(p.size for p in pieces)
+            if taken < len(inputs):
+                size = max(1, math.ceil((len(inputs) - taken) / (2 * len(instances))))
+                piece = _Piece(taken, size, index, time.monotonic())
+                pieces.append(piece)
+                await run(piece, index, batch)
+                continue
+            if index != 0 or not first_rate:
+                return
+            pending = [p for p in pieces if not p.done and not p.backed_up and p.owner != 0]
+            if not pending:
+                return
+            oldest = min(pending, key=lambda p: p.began)
+            due = oldest.began + BACKUP_AFTER * max(first_rate) * oldest.size - time.monotonic()
+            if due > 0:
+                with anyio.move_on_after(due):
+                    await oldest.finished.wait()
+                continue
+            oldest.backed_up = True
+            await run(oldest, 0, batch)
 
     async with anyio.create_task_group() as group:
-        for instance in instances[: max(1, len(inputs))]:
-            group.start_soon(work, instance, group.cancel_scope)
+        for index in range(min(len(instances), max(1, len(inputs)))):
+            group.start_soon(work, index, group.cancel_scope)
     if failures:
         raise failures[0]
     return EmbedResponse(

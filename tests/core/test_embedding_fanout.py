@@ -23,6 +23,7 @@ class Instance:
         self.overlapped = False  # another instance was busy while this one was
         self.peers: list[Instance] = []
         self.limits: list[float | None] = []
+        self.cancelled = 0
 
     async def embed(self, request: EmbedRequest, *, limit_s: float | None = None) -> EmbedResponse:
         self.pieces.append(request.inputs)
@@ -30,7 +31,11 @@ class Instance:
         self.busy = True
         self.overlapped |= any(p.busy for p in self.peers if p is not self)
         try:
-            await anyio.sleep(self.seconds_per_input * len(request.inputs))
+            try:
+                await anyio.sleep(self.seconds_per_input * len(request.inputs))
+            except anyio.get_cancelled_exc_class():
+                self.cancelled += 1
+                raise
             if self.fail_on in request.inputs:
                 raise HostUnavailableError("instance down", host="embedded-embeddings")
         finally:
@@ -64,12 +69,21 @@ async def test_the_inputs_are_spread_over_every_instance_at_once_and_come_back_i
     assert pair[0].pieces[0] == texts(10)  # the first instance takes the first piece
 
 
-async def test_a_slow_instance_takes_fewer_pieces_and_the_batch_does_not_wait_for_it() -> None:
-    fast, slow = instances(0.002, 0.03)  # as a low-priority instance on a busy machine
-    await embed_across([fast, slow], EmbedRequest(model="m", inputs=texts(60)), limit_s=None)
-    done_fast, done_slow = (sum(len(p) for p in one.pieces) for one in (fast, slow))
-    # an even split would leave 30 to the slow one; it takes one piece while the fast one does the rest
-    assert done_fast + done_slow == 60 and done_slow == 12 and len(slow.pieces) == 1
+async def test_a_starved_instance_takes_one_piece_and_the_first_redoes_it_rather_than_wait() -> None:
+    fast, slow = instances(0.002, 0.05)  # as a niced instance on a busy machine
+    answer = await embed_across([fast, slow], EmbedRequest(model="m", inputs=texts(60)), limit_s=None)
+    assert [v[0] for v in answer.embeddings] == [float(i + 1) for i in range(60)]
+    assert len(slow.pieces) == 1 and len(slow.pieces[0]) == 12  # a quarter of the 45 left
+    assert slow.pieces[0] in fast.pieces  # redone by the first instance
+    assert slow.cancelled == 1  # and its own request dropped: the batch did not wait 12 x 0.05 s
+    assert all(v[1] == 0.0 for v in answer.embeddings)  # every vector came from the first instance
+
+
+async def test_instances_as_fast_as_each_other_do_no_work_twice() -> None:
+    pair = instances(0.04, 0.04)
+    await embed_across(pair, EmbedRequest(model="m", inputs=texts(16)), limit_s=None)
+    sizes = [len(p) for one in pair for p in one.pieces]
+    assert sum(sizes) == 16 and not any(one.cancelled for one in pair)
 
 
 async def test_one_input_goes_to_the_first_instance_alone() -> None:
