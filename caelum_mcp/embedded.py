@@ -14,7 +14,9 @@ server with several threads would be the simpler way to use the cores, but its t
 each other at every step, and they collapse as soon as anything else wants a core; single-thread
 servers only share the cores. Every server after the first runs at a lower priority
 (:data:`EXTRA_INSTANCE_NICE`, on Linux), so that it takes only the CPU nothing else in the server
-wants, and the first, which takes a query alone, keeps today's priority.
+wants, and the first, which takes a query alone, keeps today's priority. (Where the kernel groups
+processes by session, "autogroup", priority counts among the server's own processes; other
+sessions get their share of the cores whatever runs here.)
 
 Run as a program: ``python -m caelum_mcp.embedded [--model PATH] [--port N[,N...]] [--instances N]``.
 """
