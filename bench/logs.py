@@ -32,6 +32,7 @@ import anyio
 
 from caelum_mcp.budget import result_size
 from caelum_mcp.config import load_config
+from caelum_mcp.tools.logs import formats as log_formats
 from caelum_mcp.tools.logs import header as log_header
 from caelum_mcp.tools.logs.diagnosis import CollectedLogs, collect_logs, mine
 from caelum_mcp.tools.logs.mining import DEFAULT_SPLIT_THRESHOLD, Drain3Miner, grouping_accuracy, mine_templates
@@ -62,6 +63,14 @@ def read_truth(path: Path) -> tuple[list[str], list[str]]:
     with path.open(encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     return [r["EventId"] for r in rows], [r["Content"] for r in rows]
+
+
+def inferred_header(log: Path) -> str:
+    """The header :mod:`caelum_mcp.tools.logs.header` infers from ``log`` 's first lines, in words."""
+    with log.open(encoding="utf-8", errors="replace") as f:
+        sample = [line.rstrip("\n") for _, line in zip(range(log_formats.SAMPLE_LINES), f, strict=False)]
+    layout = log_header.infer_header(sample)
+    return layout.describe() if layout is not None else "none (a known format or plain lines)"
 
 
 def line_labels(collected: CollectedLogs, entry_labels: list[Any], lines: int) -> list[Any]:
@@ -111,6 +120,7 @@ def run_ga(data: Path, model_pass: bool, config_path: str | None) -> float:
     print(header)
     totals: dict[str, list[float]] = {"caelum": [], "drain3": [], "bare": [], "content": [], "model": []}
     skipped: set[str] = set()
+    headers: dict[str, str] = {}
     state = None
 
     async def body() -> None:
@@ -134,6 +144,7 @@ def run_ga(data: Path, model_pass: bool, config_path: str | None) -> float:
             totals["bare"].append(ga_bare)
             totals["content"].append(ga_content)
             fmt = collected.files[0].format
+            headers[name] = inferred_header(log)
             row = (
                 f"{name:12} {len(truth):6d} {fmt:>14} {ga:7.3f} {ga_drain:7.3f} {ga_bare:6.3f} {ga_content:8.3f} "
                 f"{len(set(truth)):7d} {len(set(ours)):6d}"
@@ -171,6 +182,9 @@ def run_ga(data: Path, model_pass: bool, config_path: str | None) -> float:
     line = f"{'average':12} {'':6} {'':>14} {average['caelum']:7.3f} {average['drain3']:7.3f} {average['bare']:6.3f}"
     line += f" {average['content']:8.3f}"
     print(line)
+    print("the header inferred from each file's first lines (tools/logs/header.py):")
+    for name, described in headers.items():
+        print(f"  {name:12} {described}")
     for note in sorted(skipped):
         print(f"model pass skipped: {note}")
     verdict = "PASS" if average["caelum"] >= GA_TARGET else "FAIL"
