@@ -269,9 +269,11 @@ def _kind_of_bracketed(inner: str) -> str:
 @dataclass(frozen=True)
 class HeaderLayout:
     """What :func:`infer_header` found: per header position the kind it must have (``T``/``L``,
-    or ``""`` for any field) and the separator it must be followed by (``""`` for any);
-    ``colon_reach`` is how many fields past the header a ``component:`` may end it (0: none),
-    ``dash_reach`` the same for a `` - `` ending a short prefix."""
+    or ``""`` for any field), the separator it must be followed by and the ``key=`` it must have
+    (``""``: any); ``colon_reach`` is how many fields past the header a ``component:`` may end it
+    (0: none), ``dash_reach`` the same for a `` - `` ending a short prefix; ``share`` is how much
+    of the sample matches the layout; ``delimiter`` the only separator of fields, if one is
+    (``pipe``, ``comma``, ``semi``, ``tab``)."""
 
     kinds: tuple[str, ...]
     separators: tuple[str, ...]
@@ -315,9 +317,10 @@ def infer_header(sample: Sequence[str]) -> HeaderLayout | None:
     """The header layout most of ``sample`` (a file's first lines) share, or None when the lines
     have no header that can be told apart from their messages (see the module docstring).
 
-    Lines are first cut at every separator; when most of them start with two or more fields
-    followed by one delimiter (``|``, ``,``, ``;``, a tab), they are cut again at that delimiter
-    only, so that a field may hold spaces (``IPC Server handler``), and the longer header wins."""
+    Lines are first cut at every separator; when most of them have one delimiter (``|``, ``,``,
+    ``;``, a tab) after their first field, they are cut again at that delimiter only, so that a
+    field may hold spaces (``IPC Server handler``), and the reading whose header ends further
+    into the lines wins."""
     lines = [line for line in sample if line.strip()]
     if not lines:
         return None
