@@ -34,7 +34,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 from .header import HeaderLayout, HeaderReader, infer_header
 from .timestamps import SHAPES, SHAPES_BY_NAME, TimestampShape, from_epoch, parse_any
@@ -70,6 +71,7 @@ _JAVA_TAIL = (
 _CONTINUATION = re.compile(r"^(?:\s|at\s|Caused by\b|\.\.\.\s|Traceback\b|During handling\b)")
 
 
+@lru_cache(maxsize=1024)
 def canonical_level(word: str | None) -> str | None:
     """``word`` (``WARN``, ``err``, ``E``, ``3``) as one of :data:`LEVELS`, or None."""
     if not word:
@@ -81,9 +83,10 @@ def canonical_level(word: str | None) -> str | None:
     return _LEVEL_WORDS.get(word)
 
 
-@dataclass(frozen=True)
-class ParsedLine:
+class ParsedLine(NamedTuple):
     """One line's parts; ``message`` is the whole line when the format does not fit it."""
+
+    # a tuple: one is made per line, and a frozen dataclass costs three times as much
 
     time: datetime | None
     level: str | None
@@ -341,11 +344,17 @@ def detect_format(sample: Sequence[str], reference: datetime) -> LineFormat:
     if json_share >= DETECT_SHARE:
         return json_format
     candidates: list[tuple[LineFormat, float]] = [(json_format, json_share)]
+    known: LineFormat | None = None
     for name, pattern in _REGEX_FORMATS:
         shape = _common_shape(pattern, lines)
         fmt = _regex_format(name, pattern, shape, reference)
-        candidates.append((fmt, _share(fmt, lines)))
-    known = next((fmt for fmt, share in candidates if share >= DETECT_SHARE), None)
+        share = _share(fmt, lines)
+        candidates.append((fmt, share))
+        if share >= DETECT_SHARE:
+            # the first that fits is the known format; the others' shares only count where no
+            # format fits (the last resort below), so they are not measured here
+            known = fmt
+            break
     if known is not None and known.name in _SEMANTIC_FORMATS:
         return known
     layout = infer_header(lines)

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
-from typing import NamedTuple
+from functools import lru_cache, partial
+from typing import NamedTuple, cast
 
 from .timestamps import SHAPES, from_epoch, parse_any
 
@@ -75,22 +75,29 @@ _TIMESTAMP = (
     r")"
 )
 _BOUNDARY = r"(?=[\s|,;\]\)>\"]|:\s|:$|$)"
-_FIELD_REST = (
-    r"(?P<br>\[(?:[^\[\]]|\[[^\[\]]*\]){0,200}\]|<[^<>\s]{1,64}>|\((?:[^()]|\([^()]*\)){0,120}\))"
-    r"|(?P<q>\"[^\"]{0,200}\")"
-    r"|(?P<kv>[A-Za-z_][\w.-]{0,30}=(?:\"[^\"]{0,200}\"|[^\s|,;]*))"
-    r"|(?P<w>[^\s|,;]{1,200})"
-)
+# a field's forms after a time, tried in this order (the compiled layouts below reuse them)
+_BRACKETED = r"\[(?:[^\[\]]|\[[^\[\]]*\]){0,200}\]|<[^<>\s]{1,64}>|\((?:[^()]|\([^()]*\)){0,120}\)"
+_QUOTED = r"\"[^\"]{0,200}\""
+_KEY_VALUE = r"[A-Za-z_][\w.-]{0,30}=(?:\"[^\"]{0,200}\"|[^\s|,;]*)"
+_WORD = r"[^\s|,;]{1,200}"
+_FIELD_REST = rf"(?P<br>{_BRACKETED})|(?P<q>{_QUOTED})|(?P<kv>{_KEY_VALUE})|(?P<w>{_WORD})"
 _FIELD = re.compile(rf"(?P<ts>{_TIMESTAMP}){_BOUNDARY}|{_FIELD_REST}")
 # a field that cannot start a time (most words) skips the timestamp alternatives: the cost of a
 # line is mostly these matches
 _FIELD_NO_TIME = re.compile(_FIELD_REST)
 _TIME_INITIALS = frozenset("0123456789JFMASONDTW")
 # what separates one field from the next; named by kind (" " is plain prose's own separator)
-_SEPARATOR = re.compile(
-    r"(?P<colon>\s*:(?:\s+|$))|(?P<pipe>\s*\|\s*)|(?P<semi>\s*;\s*)|(?P<comma>\s*,\s*)"
-    r"|(?P<dash>\s+-(?:\s+|$))|(?P<tab>\s*\t\s*)|(?P<spaces>\s{2,})|(?P<space>\s)"
+_SEPARATORS = (
+    ("colon", r"\s*:(?:\s+|$)"),
+    ("pipe", r"\s*\|\s*"),
+    ("semi", r"\s*;\s*"),
+    ("comma", r"\s*,\s*"),
+    ("dash", r"\s+-(?:\s+|$)"),
+    ("tab", r"\s*\t\s*"),
+    ("spaces", r"\s{2,}"),
+    ("space", r"\s"),
 )
+_SEPARATOR = re.compile("|".join(f"(?P<{name}>{pattern})" for name, pattern in _SEPARATORS))
 _NOT_PLAIN_AFTER_SPACE = frozenset(" \t-:|,;")
 _HEADER_SEPARATORS = frozenset(("pipe", "semi", "comma", "dash", "tab", "spaces"))
 _MESSAGE_KEYS = frozenset(("msg", "message", "MESSAGE", "text", "event"))
@@ -109,6 +116,10 @@ class Field(NamedTuple):
     separator: str
     end: int
     key: str = ""
+
+
+# a Field from a tuple of its values, for a third of what Field(...) costs (a line makes a dozen)
+_new_field: Callable[[tuple[str, str, str, int, str]], Field] = partial(tuple.__new__, Field)
 
 
 def _is_epoch(text: str) -> bool:
@@ -212,6 +223,7 @@ def split_fields(line: str, limit: int = MAX_FIELDS, delimiter: str = "") -> lis
     size = min(length, HEAD_CHARS)
     pos = length - len(line.lstrip(" \t"))
     with_time, without_time, separator_at = _FIELD.match, _FIELD_NO_TIME.match, _SEPARATOR.match
+    new_field = _new_field
     while pos < size and len(fields) < limit:
         match = (with_time if line[pos] in _TIME_INITIALS else without_time)(line, pos, size)
         if match is None:  # a separator character where a field should start: an empty field
@@ -230,16 +242,8 @@ def split_fields(line: str, limit: int = MAX_FIELDS, delimiter: str = "") -> lis
                 text = text[:-1]
                 end -= 1
             kind = _kind_of_word(text)
-        elif group == "ts":
-            kind = "T" if not text.isdigit() or _is_epoch(text) else "W"
-        elif group == "br":
-            kind = _kind_of_bracketed(text[1:-1].strip())
-        elif group == "kv":
-            key, _, value = text.partition("=")
-            value = value.strip('"')
-            kind = _kind_of_word(value) if value else "W"
         else:
-            kind = _kind_of_word(text[1:-1]) if len(text) > 2 else "W"
+            kind, key = _kind_and_key(group or "", text)
         if end + 1 < length and line[end] == " " and line[end + 1] not in _NOT_PLAIN_AFTER_SPACE:
             separator, after = "space", end + 1  # the common case, without a match
         else:
@@ -248,11 +252,29 @@ def split_fields(line: str, limit: int = MAX_FIELDS, delimiter: str = "") -> lis
                 separator, after = ("end" if end >= length else "none"), end
             else:
                 separator, after = sep.lastgroup or "space", sep.end()
-        append(Field(kind, text, separator, after, key))
+        append(new_field((kind, text, separator, after, key)))
         if separator == "none" and after == pos:
             break
         pos = after
     return fields
+
+
+def _kind_and_key(form: str, text: str) -> tuple[str, str]:
+    """The kind and key of a field that matched ``form`` (the group of :data:`_FIELD` it matched,
+    or ``empty``); a word's text is without its trailing colon already."""
+    if form == "w":
+        return _kind_of_word(text), ""
+    if form == "ts":
+        return ("T" if not text.isdigit() or _is_epoch(text) else "W"), ""
+    if form == "br":
+        return _kind_of_bracketed(text[1:-1].strip()), ""
+    if form == "kv":
+        key, _, value = text.partition("=")
+        value = value.strip('"')
+        return (_kind_of_word(value) if value else "W"), key
+    if form == "q":
+        return (_kind_of_word(text[1:-1]) if len(text) > 2 else "W"), ""
+    return "W", ""
 
 
 @lru_cache(maxsize=8192)
@@ -470,9 +492,229 @@ def match_header(layout: HeaderLayout, fields: Sequence[Field]) -> tuple[int, in
     return position, cut
 
 
-@dataclass(frozen=True)
-class HeaderParts:
+MAX_SHAPES = 8  # compiled shapes a reader keeps (lines of other shapes are split field by field)
+SHAPE_REPEATS = 2  # lines that must share a shape before it is compiled
+LEARN_LINES = 512  # split lines after which a reader stops compiling shapes
+
+# A form's pattern must match where split_fields' alternation picks that form: the forms tried
+# before it must not match there. Each guard below says so for less than those forms' whole
+# patterns cost (compiling a time pattern per field costs milliseconds); where one is stricter
+# than needed, the line is left to the splitter, never read differently.
+_TIME_GATE = "(?=[" + re.escape("".join(sorted(_TIME_INITIALS))) + "])"
+# where no time starts: a time starts with a day's or month's name or with a run of digits that
+# one of :data:`_TIMESTAMP`'s forms continues (``12/``, ``12:``, ``2015-``, ``081109 ``...); runs
+# of 1 to 7 digits are told apart by the character after them, longer ones are left to the splitter
+_NO_TIME = (
+    f"(?:(?![0-9])(?!{_DOW}|{_MON})"
+    r"|(?=[0-9](?:"
+    r"(?![\d/:])"  # 1 digit: not 1/Oct/2000 nor 1:05
+    r"|:(?!\d\d)"  # 1 digit and a colon: not 1:05 (task 1: done)
+    r"|\d(?![\d/.:-])"  # 2 digits: not 17/06/09, 06-14 15:16, 12:30
+    r"|\d:(?!\d\d)"
+    r"|\d[.-](?!\d\d[/.\- ])"  # 10.251.39.1 (not 10.30 17:02 nor 18.10.2015)
+    r"|\d\d(?!\d)"
+    r"|\d\d\d(?![\d/.-])"  # 4 digits: not 2015-, 2015/, 2015.
+    r"|\d{4}(?!\d)"
+    r"|\d{5}(?![\d ])"  # 6 digits: not 081109 203615
+    r"|\d{6}(?!\d)"
+    r")))"
+)
+_FORM_PATTERNS = {
+    "ts": f"{_TIME_GATE}{_TIMESTAMP}{_BOUNDARY}",
+    "br": f"(?=[\\[<(])(?:{_BRACKETED})",  # no time starts with a bracket
+    "q": f'(?="){_QUOTED}',
+    "kv": f"{_NO_TIME}{_KEY_VALUE}",
+}
+# a word is cut as split_fields cuts it: ``w`` a word that does not end with a colon (the
+# splitter's 200 characters at most, taken whole), ``wc`` one whose colon the splitter leaves to
+# the separator (at most 199 characters before it, so that the word is not cut at its limit);
+# neither a time, a bracketed group, a quoted string nor a key=value starts there
+# (a key=value's value may be empty, so its key alone says whether one starts; no key is followed
+# by more than 30 of its characters, so the possessive key gives up nothing it would match with)
+_NOT_WORD_BEFORE = f'{_NO_TIME}(?![\\[<("])(?![A-Za-z_][\\w.-]{{0,30}}+=)'
+_WORD_FORMS = {
+    "w": r"[^\s|,;]{1,200}+(?<!:)",
+    "wc": r"[^\s|,;]{1,199}(?=:(?![^\s|,;]))",  # the longest start before a colon that ends it
+}
+_SEPARATOR_NAMES = tuple(name for name, _ in _SEPARATORS)
+_SEPARATOR_PATTERNS = dict(_SEPARATORS)
+_ANY_SEPARATOR = "|".join(pattern for _, pattern in _SEPARATORS)
+# split_fields' shortcut for a plain space: a space before a character no separator starts with
+_PLAIN_SPACE = " (?=[^" + re.escape("".join(sorted(_NOT_PLAIN_AFTER_SPACE))) + "])"
+
+
+def _first_of(names: Sequence[str], patterns: dict[str, str], name: str) -> str:
+    """A pattern that matches where ``name``'s alternative is the first of ``names`` to match,
+    as in an alternation of them: the ones before it must not match there; atomic, so that a
+    later field cannot make it match differently."""
+    earlier = [patterns[other] for other in names[: names.index(name)]]
+    guard = f"(?!{'|'.join(earlier)})" if earlier else ""
+    return f"{guard}(?>{patterns[name]})"
+
+
+def _field_pattern(form: str, index: int) -> str:
+    if form == "empty":  # no field starts here (every field starts elsewhere): the separator alone
+        return rf"(?=[\s|,;])(?P<f{index}>)"
+    if form in _WORD_FORMS:
+        return f"{_NOT_WORD_BEFORE}(?P<f{index}>(?>{_WORD_FORMS[form]}))"
+    return f"(?P<f{index}>(?>{_FORM_PATTERNS[form]}))"
+
+
+def _separator_pattern(separator: str, index: int, after_field: bool) -> str:
+    if separator == "end":
+        return rf"(?P<s{index}>)\Z"
+    if separator == "none":  # nothing separates the field from the next one
+        return rf"(?!\Z)(?!{_ANY_SEPARATOR})(?P<s{index}>)"
+    first = _first_of(_SEPARATOR_NAMES, _SEPARATOR_PATTERNS, separator)
+    if not after_field:  # an empty field's separator: the separators alone are tried
+        return f"(?P<s{index}>{first})"
+    # after a field, split_fields takes a plain space before it tries the separators
+    if separator == "space":
+        return f"(?P<s{index}>{_PLAIN_SPACE}|(?!{_PLAIN_SPACE}){first})"
+    return f"(?!{_PLAIN_SPACE})(?P<s{index}>{first})"
+
+
+def _kind_of_time(text: str) -> str:
+    return "T" if not text.isdigit() or _is_epoch(text) else "W"
+
+
+def _kind_of_quoted(text: str) -> str:
+    return _kind_of_word(text[1:-1]) if len(text) > 2 else "W"
+
+
+def _kind_of_pair(text: str) -> str:
+    kind, key = _kind_and_key("kv", text)
+    return kind + key
+
+
+# a field's kind (and key) from its text, by form: one string, the kind's letter first
+_KIND_OF_FORM: dict[str, Callable[[str], str]] = {
+    "ts": _kind_of_time,
+    "br": lambda text: _kind_of_bracketed(text[1:-1].strip()),
+    "q": _kind_of_quoted,
+    "kv": _kind_of_pair,
+    "w": _kind_of_word,
+    "wc": _kind_of_word,
+    "empty": lambda text: "W",
+}
+
+
+class CompiledShape:
+    """One regular expression for the lines whose first fields have the same forms and
+    separators: where it matches, the fields are the first ones :func:`split_fields` would cut,
+    for the cost of one match. The forms are the groups of :data:`_FIELD` (a word as ``w`` or
+    ``wc``, see :data:`_WORD_FORMS`) or ``empty``; a ``complete`` shape has all of a line's
+    fields (the line ends after the last), else the line may go on."""
+
+    def __init__(self, forms: tuple[str, ...], separators: tuple[str, ...], complete: bool) -> None:
+        self.forms = forms
+        self.separators = separators
+        self.complete = complete
+        pieces = [r"[ \t]*+"]
+        for index, (form, separator) in enumerate(zip(forms, separators, strict=True)):
+            pieces.append(_field_pattern(form, index))
+            pieces.append(_separator_pattern(separator, index, after_field=form != "empty"))
+        if complete:
+            pieces.append(r"\Z")
+        self.pattern = re.compile("".join(pieces))
+        groups = self.pattern.groupindex
+        #: the groups of the fields' texts (``several``: more than one, as match.group gives them)
+        self.text_groups = tuple(groups[f"f{i}"] for i in range(len(forms)))
+        self.several = len(forms) > 1
+        #: the group each field's separator is, whose end is where the next field starts
+        self.end_groups = tuple(groups[f"s{i}"] for i in range(len(forms)))
+        #: each field's kind letter followed by its key (``key=value`` fields only), from its text
+        self.kind_of = tuple(_KIND_OF_FORM[form] for form in forms)
+
+    def match(self, line: str) -> tuple[re.Match[str], tuple[str, ...]] | None:
+        """The match and the fields' texts, or None where the shape does not fit ``line`` (at
+        most :data:`HEAD_CHARS` characters long)."""
+        match = self.pattern.match(line)
+        if match is None:
+            return None
+        if not self.several:
+            return match, (match.group(self.text_groups[0]),)
+        return match, match.group(*self.text_groups)
+
+    def kinds(self, texts: tuple[str, ...]) -> tuple[str, ...]:
+        """Each field's kind letter followed by its key (``key=value`` fields only)."""
+        return tuple([kind_of(text) for kind_of, text in zip(self.kind_of, texts, strict=True)])
+
+    def fields(self, line: str) -> list[Field] | None:
+        """``line``'s first fields, as :func:`split_fields` cuts them, or None where the shape
+        does not fit."""
+        found = self.match(line)
+        if found is None:
+            return None
+        match, texts = found
+        return [
+            Field(kind[0], text, separator, match.end(group), kind[1:])
+            for kind, text, separator, group in zip(
+                self.kinds(texts), texts, self.separators, self.end_groups, strict=True
+            )
+        ]
+
+
+class _Plan(NamedTuple):
+    """What a shape's lines with the same kinds give: the header's fields (``cut``, 0: the line
+    does not fit the header, -1: the shape's fields cannot tell), the group the message starts
+    after, the time fields, the level field (-1: none) and the fields a source may be, last first
+    (with whether each is a ``key=value``)."""
+
+    cut: int
+    message_after: int = 0
+    times: tuple[int, ...] = ()
+    level: int = -1
+    sources: tuple[tuple[int, bool], ...] = ()
+
+
+@lru_cache(maxsize=256)
+def compiled_shape(forms: tuple[str, ...], separators: tuple[str, ...], complete: bool) -> CompiledShape:
+    """The :class:`CompiledShape` of these forms and separators (cached: every file of a layout
+    has the same few)."""
+    return CompiledShape(forms, separators, complete)
+
+
+def field_forms(line: str, fields: Sequence[Field]) -> tuple[str, ...] | None:
+    """The form of each of ``fields`` (:func:`split_fields` of ``line``), as
+    :class:`CompiledShape` names them, or None for a line longer than :data:`HEAD_CHARS`."""
+    length = len(line)
+    if length > HEAD_CHARS:
+        return None
+    forms = []
+    pos = length - len(line.lstrip(" \t"))
+    for field in fields:
+        if not field.text:
+            forms.append("empty")
+        else:
+            match = (_FIELD if line[pos] in _TIME_INITIALS else _FIELD_NO_TIME).match(line, pos, length)
+            if match is None:
+                return None
+            form = match.lastgroup or ""
+            if form == "w" and len(field.text) < len(match.group()):
+                form = "wc"
+            forms.append(form)
+        pos = field.end
+    return tuple(forms)
+
+
+class _Beyond(Exception):
+    """A decision looked at a field past the ones a shape holds."""
+
+
+class _UnknownField:
+    # stands for a field past a shape's: reading it means the shape cannot decide the line
+    def __getattr__(self, name: str) -> str:
+        raise _Beyond(name)
+
+
+_UNKNOWN = cast(Field, _UnknownField())
+
+
+class HeaderParts(NamedTuple):
     """A line's header read with a layout: the time, level word, source and message."""
+
+    # a tuple: one is made per line, and a frozen dataclass costs three times as much
 
     time: datetime | None
     level: str | None
@@ -482,20 +724,88 @@ class HeaderParts:
 
 class HeaderReader:
     """Reads lines with one :class:`HeaderLayout`: the message is what follows the header fields a
-    line matches; times are parsed in the shape the first one had."""
+    line matches; times are parsed in the shape the first one had.
 
-    def __init__(self, layout: HeaderLayout, reference: datetime) -> None:
+    A line is cut into fields by a :class:`CompiledShape` (one regular expression) where one
+    fits, else by :func:`split_fields`; the shapes are those of the lines read so far
+    (:data:`MAX_SHAPES`), each as long as the header needs. Both give the same fields, so
+    ``compiled=False`` changes the speed only."""
+
+    def __init__(self, layout: HeaderLayout, reference: datetime, *, compiled: bool = True) -> None:
         self.layout = layout
         self.reference = reference
         self._limit = min(MAX_FIELDS, layout.size + max(layout.colon_reach, layout.dash_reach) + 2)
         self._shape: int | None = None
+        self._last_time_text: str | None = None
+        self._last_time: datetime | None = None
+        # the delimited reading cuts with str.find already; only the field splitter is compiled
+        self._learning = compiled and not layout.delimiter
+        self._shapes: list[tuple[CompiledShape, dict[tuple[str, ...], _Plan]]] = []
+        self._seen: Counter[tuple[tuple[str, ...], tuple[str, ...], bool]] = Counter()
+        self._unlearned = 0
 
     def read(self, line: str) -> HeaderParts | None:
         """The line's parts, or None when its first field does not fit the header."""
+        if self._shapes and len(line) <= HEAD_CHARS:
+            for shape, plans in self._shapes:
+                match = shape.pattern.match(line)
+                if match is None:
+                    continue
+                texts = match.group(*shape.text_groups) if shape.several else (match.group(shape.text_groups[0]),)
+                # what the header takes depends on the fields' kinds and keys only: the shape
+                # fixes their separators and how many there are
+                kinds = tuple([kind_of(text) for kind_of, text in zip(shape.kind_of, texts)])  # noqa: B905
+                plan = plans.get(kinds)
+                if plan is None:
+                    plan = plans[kinds] = self._plan(shape, line)
+                if plan.cut > 0:
+                    return self._planned_parts(line, match, texts, plan)
+                if plan.cut == 0:
+                    return None
+                break
         fields = split_fields(line, self._limit, self.layout.delimiter)
+        if self._learning:
+            self._learn(line, fields)
+        return self._parts(line, fields, self._cut(fields))
+
+    def _plan(self, shape: CompiledShape, line: str) -> _Plan:
+        """The :class:`_Plan` of the lines of ``shape`` whose kinds are ``line``'s."""
+        fields = shape.fields(line)
+        if fields is None:  # never: the line was matched
+            return _Plan(-1)
+        cut = self._decide(fields, shape.complete)
+        if cut <= 0:
+            return _Plan(cut)
+        header = fields[:cut]
+        kinds = [f.kind for f in header]
+        return _Plan(
+            cut,
+            shape.end_groups[cut - 1],
+            tuple(i for i, kind in enumerate(kinds) if kind == "T"),
+            next((i for i, kind in enumerate(kinds) if kind == "L"), -1),
+            tuple((i, bool(header[i].key)) for i in reversed(range(cut)) if kinds[i] == "W"),
+        )
+
+    def _planned_parts(self, line: str, match: re.Match[str], texts: tuple[str, ...], plan: _Plan) -> HeaderParts:
+        """:meth:`_parts` of a line a compiled shape matched, by its plan."""
+        message = _unwrap(line[match.end(plan.message_after) :])
+        level = _level_word(texts[plan.level]) if plan.level >= 0 else None
+        source = None
+        for index, keyed in plan.sources:
+            source = _source_of(texts[index], keyed)
+            if source is not None:
+                break
+        times = plan.times
+        if not times:
+            return HeaderParts(None, level, source, message)
+        text = texts[times[0]].strip("[]") if len(times) == 1 else " ".join([texts[i].strip("[]") for i in times])
+        return HeaderParts(self._time(text), level, source, message)
+
+    def _cut(self, fields: list[Field]) -> int:
+        """How many of ``fields`` are header (0: the line does not fit the header)."""
         matched, cut = match_header(self.layout, fields)
         if matched == 0:
-            return None
+            return 0
         # a level right after the header is header too, though too few lines have one to make it
         # part of the layout: when unsure, the header is kept out of the message
         if (
@@ -505,22 +815,68 @@ class HeaderReader:
             and all(f.kind != "L" for f in fields[:cut])
         ):
             cut += 1
+        return cut
+
+    def _decide(self, first: list[Field], complete: bool) -> int:
+        """:meth:`_cut` of a line whose first fields are ``first`` (all of them when
+        ``complete``), or -1 when it depends on fields past those."""
+        if complete:
+            return self._cut(first)
+        try:
+            # fields past the first stand for any: the decision must not read them
+            return self._cut(first + [_UNKNOWN] * (self._limit - len(first)))
+        except _Beyond:
+            return -1
+
+    def _learn(self, line: str, fields: list[Field]) -> None:
+        """Compiles the shape of ``line``'s first fields, as many as decide its header, once
+        :data:`SHAPE_REPEATS` lines have had it."""
+        self._unlearned += 1
+        if len(self._shapes) >= MAX_SHAPES or self._unlearned > LEARN_LINES:
+            self._learning = False
+            self._seen.clear()
+            return
+        forms = field_forms(line, fields)
+        if not forms:
+            return
+        separators = tuple(f.separator for f in fields)
+        count = next((n for n in range(1, len(fields)) if self._decide(fields[:n], False) >= 0), len(fields))
+        key = (forms[:count], separators[:count], count < self._limit and count == len(fields))
+        if key[2] and self._decide(fields[:count], False) >= 0:
+            key = (key[0], key[1], False)
+        self._seen[key] += 1
+        if self._seen[key] != SHAPE_REPEATS:
+            return
+        shape = compiled_shape(*key)
+        if shape.fields(line) == fields[:count]:  # it reads this very line as the splitter does
+            self._shapes.append((shape, {}))
+
+    def _parts(self, line: str, fields: list[Field], cut: int) -> HeaderParts | None:
+        if cut == 0:
+            return None
         header = fields[:cut]
         message = line[header[-1].end :] if header else line
         message = _unwrap(message)
         times = [f.text.strip("[]") for f in header if f.kind == "T"]
-        level = next((f.text.strip("[]<>()\"' ") for f in header if f.kind == "L"), None)
-        if level is not None and "=" in level:
-            level = level.partition("=")[2].strip('"')
+        level = next((_level_word(f.text) for f in header if f.kind == "L"), None)
         source = None
         for field in reversed(header):
-            text = (field.text.partition("=")[2] if field.key else field.text).strip('"')
-            if field.kind == "W" and any(c.isalpha() for c in text):
-                source = _PID_SUFFIX.sub("", text) or text
-                break
+            if field.kind == "W":
+                source = _source_of(field.text, bool(field.key))
+                if source is not None:
+                    break
         return HeaderParts(self._time(" ".join(times)) if times else None, level, source, message)
 
     def _time(self, text: str) -> datetime | None:
+        # lines in a burst share their time's text: the last one's reading is reused (the same
+        # text read again right away is read with the same shape, so the result is the same)
+        if text == self._last_time_text:
+            return self._last_time
+        when = self._read_time(text)
+        self._last_time_text, self._last_time = text, when
+        return when
+
+    def _read_time(self, text: str) -> datetime | None:
         if "=" in text:
             text = " ".join(part.partition("=")[2].strip('"') for part in text.split())
         if self._shape is not None:
@@ -536,6 +892,25 @@ class HeaderReader:
             return from_epoch(float(text))
         # a date and a time in fields of their own that no single shape writes: the time alone
         return parse_any(text, self.reference)
+
+
+@lru_cache(maxsize=1024)
+def _level_word(text: str) -> str:
+    """The level a level field's text (``[WARN]``, ``level=error``) names; cached: a file has few."""
+    level = text.strip("[]<>()\"' ")
+    if "=" in level:
+        level = level.partition("=")[2].strip('"')
+    return level
+
+
+@lru_cache(maxsize=4096)
+def _source_of(text: str, keyed: bool) -> str | None:
+    """The source a word field (a ``key=value`` one when ``keyed``) names, or None when it has no
+    letter (a pid, a number); cached: a file's hosts and programs repeat."""
+    text = (text.partition("=")[2] if keyed else text).strip('"')
+    if any(c.isalpha() for c in text):
+        return _PID_SUFFIX.sub("", text) or text
+    return None
 
 
 def _unwrap(message: str) -> str:

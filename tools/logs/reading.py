@@ -226,7 +226,7 @@ def _text_entries(path: Path, fmt: LineFormat, limits: ReadLimits, stats: ReadSt
     with open_binary(path) as stream:
         for number, raw in enumerate(bounded_lines(stream, limits, stats), start=1):
             line = _decoded(raw)
-            if not line.strip():
+            if not line or line.isspace():  # as line.strip() would be empty, without the copy
                 continue
             parsed: ParsedLine | None = fmt.parse(line)
             # inside a stack trace (a continuation seen already) every unparsed line continues it:
