@@ -466,7 +466,12 @@ def fit_kinds(dev: Sequence[tuple[str, Signals, bool]], kinds: Iterable[str], *,
             valid = [label for s, label in rows if s.valid]
             if len(valid) >= MIN_KIND_ROWS:
                 shifted = shift_to_kind(pooled.base, signals, labels)
-                fits[kind] = KindFit("pooled, shifted", shifted, pooled.with_agreement, len(rows))
+                # the agreement fit's level moves to the kind as well: without it an answer whose
+                # samples agree would read at the pooled level, whatever this kind's accuracy
+                agree_shifted = (
+                    None if pooled.with_agreement is None else shift_to_kind(pooled.with_agreement, signals, labels)
+                )
+                fits[kind] = KindFit("pooled, shifted", shifted, agree_shifted, len(rows))
             else:
                 fits[kind] = KindFit("pooled", pooled.base, pooled.with_agreement, len(rows))
         else:

@@ -392,3 +392,21 @@ def test_routing_cost_charges_claude_only_for_what_does_not_clear() -> None:
     assert math.isclose(table["qa"]["all_claude_usd"], 0.006) and math.isclose(table["qa"]["gated_usd"], 0.003)
     assert table["sql"]["local_share"] == 0.0 and table["sql"]["local_accuracy"] is None
     assert math.isclose(table["overall"]["saved_share"], 1 / 3)
+
+
+def test_a_shifted_kind_moves_its_agreement_calibrator_to_its_own_level_too() -> None:
+    # 30 dev rows: sql (10) always right, qa (10) always wrong, extraction (10) half; all sampled, all agreeing:
+    # too few rows a kind for a fit of its own, enough for a shift of the pooled fits' level
+    dev = []
+    for i in range(30):
+        kind = ("sql", "qa", "extraction")[i % 3]
+        right = kind == "sql" or (kind == "extraction" and i % 2 == 0)
+        signals = Signals(valid=True, self_reported=0.9, token_mean=0.95, token_min=0.5, agreement=1.0, samples=2)
+        dev.append((kind, signals, right))
+    fits = gate.fit_kinds(dev, ["sql", "qa", "extraction"])
+    sure = Signals(valid=True, self_reported=0.9, token_mean=0.95, token_min=0.5, agreement=1.0, samples=2)
+    assert fits.kinds["sql"].scope == "pooled, shifted"
+    sql, qa = fits.kinds["sql"].with_agreement, fits.kinds["qa"].with_agreement
+    assert sql is not None and qa is not None
+    # the same agreeing answer reads high where the kind is always right and low where it never is
+    assert sql.probability(sure) > 0.75 > 0.25 > qa.probability(sure)
