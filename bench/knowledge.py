@@ -316,9 +316,11 @@ async def partial_build(bench: Bench, coll: Collection, shares: Sequence[float])
 
 def chosen_coverage(partial: dict[str, dict[str, Any]], shares: Sequence[float]) -> float:
     """The lowest share of chunks embedded from which the fused ranking is at least lexical search
-    on every set's dev split, at that share and every higher one (1.0 when none)."""
-    ok = [all(p[f"{s:.2f}"]["fused dev"] >= p["lexical"]["dev"] for p in partial.values()) for s in sorted(shares)]
-    for n, share in enumerate(sorted(shares)):
+    on every set's dev split, at that share and every higher one below 100 % (1.0 when none). With
+    every vector built the question is the fusion weight's, chosen on its own (``quality``)."""
+    partial_shares = sorted(s for s in shares if s < 1.0)
+    ok = [all(p[f"{s:.2f}"]["fused dev"] >= p["lexical"]["dev"] for p in partial.values()) for s in partial_shares]
+    for n, share in enumerate(partial_shares):
         if all(ok[n:]):
             return share
     return 1.0

@@ -109,7 +109,9 @@ def test_the_coverage_chosen_is_where_fusion_stays_at_least_lexical_on_every_set
     def rows(fused: list[float]) -> dict[str, object]:
         return {"lexical": {"dev": 0.5}, **{f"{s:.2f}": {"fused dev": f} for s, f in zip(shares, fused, strict=True)}}
 
-    shares = [0.1, 0.5, 0.9]
-    assert bench.chosen_coverage({"a": rows([0.4, 0.5, 0.6]), "b": rows([0.6, 0.6, 0.6])}, shares) == 0.5
-    assert bench.chosen_coverage({"a": rows([0.6, 0.4, 0.6])}, shares) == 0.9  # every higher share too
-    assert bench.chosen_coverage({"a": rows([0.6, 0.6, 0.4])}, shares) == 1.0
+    shares = [0.1, 0.5, 0.9, 1.0]
+    assert bench.chosen_coverage({"a": rows([0.4, 0.5, 0.6, 0.6]), "b": rows([0.6, 0.6, 0.6, 0.6])}, shares) == 0.5
+    assert bench.chosen_coverage({"a": rows([0.6, 0.4, 0.6, 0.6])}, shares) == 0.9  # every higher share too
+    assert bench.chosen_coverage({"a": rows([0.6, 0.6, 0.4, 0.6])}, shares) == 1.0
+    # with every vector built, the fusion weight decides: that row does not move the threshold
+    assert bench.chosen_coverage({"a": rows([0.6, 0.6, 0.6, 0.4])}, shares) == 0.1
