@@ -528,6 +528,37 @@ def score_test(
     return scored, fits
 
 
+CV_FOLDS = 8
+
+
+def dev_cross_validation(
+    rows: Sequence[Mapping[str, Any]], agreement: Mapping[str, Mapping[str, Any]], *, folds: int = CV_FOLDS
+) -> dict[str, float]:
+    """Log loss and Brier score of the calibrated P(correct) on the dev split, each dev row scored
+    by fits on the other folds (a row's fold: a hash of its id): how a signal is judged without
+    looking at the test split."""
+    dev = [r for r in rows if r["split"] == "dev"]
+    probs: dict[str, float] = {}
+    for fold in range(folds):
+        fold_of = [int(hashlib.sha256(str(r["id"]).encode()).hexdigest(), 16) % folds for r in dev]
+        train = [r for r, f in zip(dev, fold_of, strict=True) if f != fold]
+        held = [r for r, f in zip(dev, fold_of, strict=True) if f == fold]
+        if not held:
+            continue
+        fits = fit_kinds(
+            [(r["kind"], signals_of(r, agreement), bool(r["correct"])) for r in train], [r["kind"] for r in rows]
+        )
+        for r in held:
+            probs[r["id"]] = probability(fits.kinds[r["kind"]], signals_of(r, agreement))
+    labels = [1.0 if r["correct"] else 0.0 for r in dev]
+    clipped = [min(1 - 1e-3, max(1e-3, probs[r["id"]])) for r in dev]
+    n = max(1, len(dev))
+    return {
+        "log_loss": -sum(y * math.log(p) + (1 - y) * math.log(1 - p) for y, p in zip(labels, clipped, strict=True)) / n,
+        "brier": sum((p - y) ** 2 for y, p in zip(labels, clipped, strict=True)) / n,
+    }
+
+
 def _metrics(probs: Sequence[float], labels: Sequence[bool], threshold: float) -> dict[str, Any]:
     return dict(metrics(list(probs), list(labels), threshold))
 
@@ -574,6 +605,9 @@ def replay(
         "kinds": table,
         "ablation": ablation,
         "agreement_cost": agreement_cost(rows, by_id),
+        "agreement_on_dev": None
+        if not by_id
+        else {"with": dev_cross_validation(rows, by_id), "without": dev_cross_validation(rows, {})},
         "routing": None
         if prompt_chars is None
         else {
@@ -687,6 +721,14 @@ def print_replay(result: Mapping[str, Any], out: TextIO | None = None) -> None:
         )
     else:
         print("\nagreement samples: none recorded (bench/gate.py --record-agreement)", file=out)
+    on_dev = result.get("agreement_on_dev")
+    if on_dev:
+        print(
+            f"agreement on dev ({CV_FOLDS}-fold cross-validation, what decides whether it ships): log loss "
+            f"{on_dev['with']['log_loss']:.4f} with, {on_dev['without']['log_loss']:.4f} without; Brier "
+            f"{on_dev['with']['brier']:.4f} with, {on_dev['without']['brier']:.4f} without",
+            file=out,
+        )
     routing = result.get("routing")
     if routing:
         print(
@@ -889,6 +931,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="with --write-default: entries for the recorded model only (other models keep the prior)",
     )
+    parser.add_argument(
+        "--no-agreement",
+        action="store_true",
+        help="with --replay: fit, score and write without the agreement samples (entries without a band: "
+        "the router then never samples for them)",
+    )
     parser.add_argument("--table", type=Path, default=DEFAULT_TABLE, help="where --write-default writes")
     args = parser.parse_args(argv)
     if not (args.record or args.regrade or args.record_agreement or args.replay):
@@ -955,7 +1003,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = latest(r for r in read_jsonl(recording) if r["model"] == args.model)
         if not rows:
             raise SystemExit(f"no recording at {recording}: run bench/gate.py --record first")
-        agreement = latest(read_jsonl(agreement_file))
+        agreement = [] if args.no_agreement else latest(read_jsonl(agreement_file))
         started = time.perf_counter()
         tasks, _, _ = _load_gate_tasks()
         result = replay(rows, agreement, prompt_chars=prompt_characters(tasks))

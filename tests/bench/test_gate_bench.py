@@ -410,3 +410,12 @@ def test_a_shifted_kind_moves_its_agreement_calibrator_to_its_own_level_too() ->
     assert sql is not None and qa is not None
     # the same agreeing answer reads high where the kind is always right and low where it never is
     assert sql.probability(sure) > 0.75 > 0.25 > qa.probability(sure)
+
+
+def test_the_dev_cross_validation_never_reads_the_test_split() -> None:
+    rows = synthetic_recording(120)
+    before = gate.dev_cross_validation(rows, {})
+    flipped = [{**r, "correct": not r["correct"]} if r["split"] == "test" else r for r in rows]
+    assert gate.dev_cross_validation(flipped, {}) == before
+    # and it measures something: token_min decides by build, so the fits beat a coin (log loss 0.693)
+    assert before["log_loss"] < 0.6 and 0 < before["brier"] < 0.25
