@@ -362,7 +362,10 @@ class Config(Section):
         description="with no [[hosts]]: use an Ollama at $OLLAMA_HOST or http://127.0.0.1:11434 if it answers",
     )
     embedded_threads: int = Field(
-        default=0, ge=0, description="CPU threads for the embedded model; 0 = half the cores, at least 1"
+        default=0,
+        ge=0,
+        description="CPU threads for the embedded chat model (0 = half the cores, at least 1); the embedding model "
+        "runs this many single-thread instances (0 = one per core, the extra ones at low priority)",
     )
     allowed_roots: tuple[Path, ...] = Field(
         default=(),
