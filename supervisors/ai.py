@@ -30,7 +30,7 @@ from caelum_mcp.supervisors.base import ExternalTool, Supervisor, SupervisorEnv,
 from caelum_mcp.types import ChatMessage, Tier
 
 from .ai_batch import BatchOutput, BatchStatusInput, RunBatchInput, batch_status, start_batch
-from .ai_compare import CompareModelsInput, CompareModelsOutput, compare_models, object_schema
+from .ai_compare import CompareModelsInput, CompareModelsOutput, chat_tier, compare_models, object_schema
 from .batch_runner import BatchService
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,7 @@ class DelegateTaskInput(BaseModel):
     @field_validator("tier")
     @classmethod
     def _chat_tier(cls, value: Tier | None) -> Tier | None:
-        if value is Tier.EMBEDDING:
-            raise ValueError("embedding models do not chat; use micro, small, full, large or code")
-        return value
+        return chat_tier(value)
 
 
 class DelegateTaskOutput(ToolOutput):

@@ -44,7 +44,7 @@ from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.tools.paths import resolve_project, shown
 from caelum_mcp.types import Tier
 
-from .ai_compare import object_schema
+from .ai_compare import chat_tier, object_schema
 from .batch_inputs import (
     RawItem,
     Template,
@@ -97,9 +97,7 @@ class RunBatchInput(BaseModel):
     @field_validator("tier")
     @classmethod
     def _chat_tier(cls, value: Tier | None) -> Tier | None:
-        if value is Tier.EMBEDDING:
-            raise ValueError("embedding models do not chat; use micro, small, full, large or code")
-        return value
+        return chat_tier(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> RunBatchInput:

@@ -26,7 +26,7 @@ from caelum_mcp.errors import CaelumError, TaskSkippedError
 from caelum_mcp.llm import LLMTask, RoutedResult, TaskKind
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.tools.compare import agreement as agree
-from caelum_mcp.types import ChatMessage
+from caelum_mcp.types import ChatMessage, Tier
 
 MAX_MODELS = 8
 CLAUDE = "claude"
@@ -118,6 +118,13 @@ def object_schema(value: dict[str, Any] | None) -> dict[str, Any] | None:
         jsonschema.validators.validator_for(value).check_schema(value)
     except jsonschema.SchemaError as exc:
         raise ValueError(f"json_schema is not a valid JSON schema: {exc.message}") from exc
+    return value
+
+
+def chat_tier(value: Tier | None) -> Tier | None:
+    """``value`` unless it is the embedding tier, which cannot chat (ValueError naming the others)."""
+    if value is Tier.EMBEDDING:
+        raise ValueError("embedding models do not chat; use micro, small, full, large or code")
     return value
 
 

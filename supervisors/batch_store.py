@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+from caelum_mcp.damaged import move_sqlite_aside
 from caelum_mcp.types import Frozen
 
 log = logging.getLogger(__name__)
@@ -137,18 +138,9 @@ class BatchStore:
         return conn
 
     def _move_aside(self) -> Path:
-        suffix = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        target = self.path.with_name(f"{self.path.name}.corrupt-{suffix}")
-        n = 1
-        while target.exists():
-            n += 1
-            target = self.path.with_name(f"{self.path.name}.corrupt-{suffix}-{n}")
-        for extra in ("-wal", "-shm"):
-            side = self.path.with_name(self.path.name + extra)
-            if side.exists():
-                side.replace(target.with_name(target.name + extra))
-        self.path.replace(target)
-        return target
+        """Rename the store (and its WAL and shared-memory files) with a UTC time suffix; returns
+        the new name of the store file."""
+        return move_sqlite_aside(self.path)
 
     def close(self) -> None:
         with self._lock:

@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+from caelum_mcp.damaged import move_sqlite_aside
 from caelum_mcp.types import Frozen
 
 log = logging.getLogger(__name__)
@@ -217,18 +218,7 @@ class RunStore:
     def _move_aside(self) -> Path:
         """Rename the store (and its WAL and shared-memory files) with a UTC time suffix; returns
         the new name of the store file."""
-        suffix = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        target = self.path.with_name(f"{self.path.name}.corrupt-{suffix}")
-        n = 1
-        while target.exists():
-            n += 1
-            target = self.path.with_name(f"{self.path.name}.corrupt-{suffix}-{n}")
-        for extra in ("-wal", "-shm"):
-            side = self.path.with_name(self.path.name + extra)
-            if side.exists():
-                side.replace(target.with_name(target.name + extra))
-        self.path.replace(target)
-        return target
+        return move_sqlite_aside(self.path)
 
     def take_notices(self) -> list[str]:
         """The notices not yet shown (a store moved aside), oldest first; they are removed."""
