@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
+
+from caelum_mcp.damaged import move_sqlite_aside
 
 from .chunking import CHUNKING_VERSION, Chunk
 from .terms import FTS_TOKENIZER, fts_query, index_text
@@ -77,18 +78,7 @@ def set_aside(path: Path) -> Path:
     ``<name>.corrupt-<UTC time>`` beside it, as the workflow run store does, so that a fresh one
     can be created under the old name and what the old one held can still be recovered by hand.
     Returns the new name."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while aside.exists():  # twice in one second
-        n += 1
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-    for suffix in ("-wal", "-shm"):
-        companion = path.with_name(path.name + suffix)
-        if companion.exists():
-            companion.rename(aside.with_name(aside.name + suffix))
-    path.rename(aside)
-    return aside
+    return move_sqlite_aside(path)
 
 
 @dataclass(frozen=True)
