@@ -347,6 +347,27 @@ class MetricsConfig(Section):
     )
 
 
+class LedgerConfig(Section):
+    """``[ledger]``: where the cost ledger lives; one PostgreSQL ledger can be shared by several servers."""
+
+    url: SecretStr | None = Field(
+        default=None,
+        description="postgresql://user:password@host:5432/dbname to share one ledger (and one Claude budget) "
+        "between servers; leave it out for the SQLite file in the data folder",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_only(cls, value: SecretStr | None) -> SecretStr | None:
+        # The value may hold a password: the message never repeats it.
+        if value is not None and urlsplit(value.get_secret_value().strip()).scheme not in ("postgresql", "postgres"):
+            raise ValueError(
+                "the ledger URL must start with postgresql:// (e.g. postgresql://caelum@db.internal/caelum); "
+                "leave it out for the SQLite ledger in the data folder"
+            )
+        return value
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "caelum"
@@ -382,6 +403,7 @@ class Config(Section):
     server: ServerConfig = ServerConfig()
     dashboard: DashboardConfig = DashboardConfig()
     metrics: MetricsConfig = MetricsConfig()
+    ledger: LedgerConfig = LedgerConfig()
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     source: str = Field(default="defaults", exclude=True, description="where this config came from")
     sections: dict[str, Any] = Field(
@@ -701,7 +723,7 @@ def describe_validation_error(
             # A whole section or list: showing it could show a secret, and the message names the key.
             lines.append(f"`{key}`: {msg}.{fix}")
             continue
-        shown = "***" if "api_key" in key else json.dumps(value, default=str)[:80]
+        shown = "***" if "api_key" in key or key == "ledger.url" else json.dumps(value, default=str)[:80]
         lines.append(f"`{key}` = {shown}: {msg}.{fix}")
     if len(lines) == 1:
         return f"{source}: invalid configuration: {lines[0]}"
