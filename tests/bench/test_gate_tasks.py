@@ -161,7 +161,7 @@ def test_verifiers_use_only_the_prompt() -> None:
     result = check({"line": other_line, "component": triage.gold["component"]})
     assert result.score == (1.0 if named_elsewhere else 0.5)
     assert check({"line": 7, "component": triage.gold["component"]}).score == 0.0
-    extraction = next(task for task in TASKS if task.grader == "fields")
+    extraction = next(task for task in TASKS if task.grader == "fields" and task.kind == "extraction")
     check = gt.grounding_check(extraction)
     assert check is not None
     invented = {key: "zzqx" for key in extraction.schema["properties"]}
@@ -197,3 +197,20 @@ def test_sql_is_graded_by_its_result_on_a_read_only_database(monkeypatch: pytest
     monkeypatch.setattr(gt, "SQL_TIMEOUT_S", 0.2)
     endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT COUNT(*) FROM n"
     assert not gt.grade(count, {"sql": endless})
+
+
+def test_big_bench_hard_answers_grade_by_their_own_shape() -> None:
+    """A BBH option is right only as the gold option, a number by value, a word list word by word."""
+    bbh = [task for task in TASKS if task.source == "bbh"]
+    assert {task.kind for task in bbh} == {"general"} and all(task.verifier is None for task in bbh)
+    choice = next(task for task in bbh if task.gold["answer"] in task.schema["properties"]["answer"].get("enum", ()))
+    wrong = next(o for o in choice.schema["properties"]["answer"]["enum"] if o != choice.gold["answer"])
+    assert gt.grade(choice, dict(choice.gold)) and not gt.grade(choice, {"answer": wrong})
+    number = next(task for task in bbh if task.grader == "number")
+    assert gt.grade(number, {"answer": number.gold["answer"]})
+    assert not gt.grade(number, {"answer": number.gold["answer"] + 1})
+    words = next(
+        task for task in bbh if task.schema["properties"]["answer"].get("description", "").startswith("the words")
+    )
+    assert gt.grade(words, {"answer": words.gold["answer"]})
+    assert not gt.grade(words, {"answer": " ".join(reversed(words.gold["answer"].split()))})

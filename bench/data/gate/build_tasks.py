@@ -144,6 +144,67 @@ def build_gsm8k() -> Iterator[dict[str, Any]]:
             return
 
 
+# --- general: BIG-Bench Hard (suzgunmirac/BIG-Bench-Hard, MIT) ----------------------------------
+
+BBH_COMMIT = "9ee07bd481feebf959a6b59d61ea57bdcf30964d"
+# Subtasks whose inputs fit the prompt budget and whose answers a grader can check exactly (a label,
+# a number, a word list); causal_judgement and formal_fallacies are left out for length, dyck_languages
+# because its answer is punctuation. (subtask, answer shape): "choice" = one of the (X) options,
+# "number", "words" = a space-separated word list; any other value is the fixed answer set.
+BBH_SUBTASKS: dict[str, str | tuple[str, ...]] = {
+    "boolean_expressions": ("True", "False"),
+    "date_understanding": "choice",
+    "logical_deduction_three_objects": "choice",
+    "multistep_arithmetic_two": "number",
+    "navigate": ("Yes", "No"),
+    "object_counting": "number",
+    "sports_understanding": ("yes", "no"),
+    "tracking_shuffled_objects_three_objects": "choice",
+    "web_of_lies": ("Yes", "No"),
+    "word_sorting": "words",
+}
+BBH_PER_SUBTASK = 6
+BBH_STEP = 40  # examples 20, 60, 100, ... of each subtask's 250
+
+
+def build_bbh() -> Iterator[dict[str, Any]]:
+    """Six examples of each of ten subtasks, evenly spaced; a subtask is one group (dev or test whole),
+    so calibration is judged on kinds of question it never saw. Gold = the subtask's target."""
+    n = 0
+    for subtask, shape in BBH_SUBTASKS.items():
+        examples = json.loads(git_show("suzgunmirac+BIG-Bench-Hard", BBH_COMMIT, f"bbh/{subtask}.json"))["examples"]
+        for index in range(BBH_STEP // 2, BBH_STEP // 2 + BBH_STEP * BBH_PER_SUBTASK, BBH_STEP):
+            question, target = examples[index]["input"].strip(), examples[index]["target"].strip()
+            if shape == "number":
+                schema = obj({"answer": {"type": "number"}})
+                gold: dict[str, Any] = {"answer": float(target)}
+                grader, how, max_tokens = "number", "Put only the final number in `answer`.", 64
+            elif shape == "words":
+                schema = obj({"answer": {"type": "string", "description": "the words, space-separated"}})
+                gold, grader, max_tokens = {"answer": target}, "fields", 96
+                how = "Put only the sorted words, separated by single spaces, in `answer`."
+            else:
+                options = re.findall(r"^(\([A-Z]\))", question, re.MULTILINE) if shape == "choice" else list(shape)
+                if target not in options:
+                    raise ValueError(f"bbh/{subtask}/{index}: target {target!r} not among {options}")
+                schema = obj({"answer": {"type": "string", "enum": options}})
+                gold, grader, max_tokens = {"answer": target}, "fields", 32
+                how = "Put only your answer, one of " + ", ".join(options) + ", in `answer`."
+            yield task(
+                "bbh",
+                n,
+                group=f"bbh:{subtask}",
+                kind="general",
+                prompt=f"{question}\n\n{how}",
+                schema=schema,
+                gold=gold,
+                grader=grader,
+                verifier=None,
+                max_tokens=max_tokens,
+            )
+            n += 1
+
+
 # --- review: QuixBugs (jkoppel/QuixBugs, MIT) -------------------------------------------------
 
 QUIXBUGS_COMMIT = "4257f44b0ff1181dedaedee6a447e133219fcebf"
@@ -847,6 +908,7 @@ TIE_KEYS = _tie_keys()
 
 BUILDERS: dict[str, Callable[[], Iterator[dict[str, Any]]]] = {
     "gsm8k": build_gsm8k,
+    "bbh": build_bbh,
     "quixbugs_py": build_quixbugs_py,
     "quixbugs_java": build_quixbugs_java,
     "loghub_triage": build_loghub_triage,
