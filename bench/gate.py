@@ -938,6 +938,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the router then never samples for them)",
     )
     parser.add_argument("--table", type=Path, default=DEFAULT_TABLE, help="where --write-default writes")
+    parser.add_argument(
+        "--source", action="append", default=None, help="record (or sample) only this source's tasks (repeatable)"
+    )
     args = parser.parse_args(argv)
     if not (args.record or args.regrade or args.record_agreement or args.replay):
         parser.error("say what to do: --record, --regrade, --record-agreement and/or --replay")
@@ -950,6 +953,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.record or args.regrade or args.record_agreement:
         tasks, grade, grounding_for = _load_gate_tasks()
+        if args.source:
+            unknown = set(args.source) - {field_of(t, "source") for t in tasks}
+            if unknown:
+                parser.error(f"no tasks from {', '.join(sorted(unknown))}; the sources are the files in tasks/")
+            if args.regrade:
+                parser.error("--regrade rewrites the whole recording: run it without --source")
+            tasks = [t for t in tasks if field_of(t, "source") in args.source]
         if args.regrade:
             with locked(recording):
                 rows, changed, dropped = anyio.run(
