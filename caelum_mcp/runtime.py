@@ -142,6 +142,7 @@ class ToolRuntime:
                     raise TypeError(f"tool {tool.name!r}: its output model must derive from ToolOutput")
                 self.tools[tool.name] = RegisteredTool(tool, supervisor)
         self._state: AppState | None = None
+        self._supervisor_states: dict[str, object | None] = {}  # what each lifespan yielded
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -157,12 +158,13 @@ class ToolRuntime:
                     cache=state.cache,
                     settings=self.settings_of(state, supervisor),
                 )
-                await stack.enter_async_context(supervisor.lifespan(env))
+                self._supervisor_states[supervisor.name] = await stack.enter_async_context(supervisor.lifespan(env))
             self._state = state
             try:
                 yield
             finally:
                 self._state = None
+                self._supervisor_states.clear()
 
     def require_state(self) -> AppState:
         if self._state is None:
@@ -230,6 +232,7 @@ class ToolRuntime:
             call_id=call_id,
             depth=depth,
             caller=self._call_child,
+            state=self._supervisor_states.get(supervisor.name),
         )
         ledger = state.ledger
         ledger.start_tool_call(call_id, name, parent_id=parent.call_id if parent is not None else None)
