@@ -10,8 +10,8 @@ import httpx2
 import jsonschema
 import pytest
 
-from caelum_mcp.backends.base import BACKENDS
 from caelum_mcp.backends.openai import TOP_LOGPROBS, OpenAIBackend
+from caelum_mcp.backends.registry import backend_class
 from caelum_mcp.errors import (
     HostConnectError,
     HostOverloadedError,
@@ -136,7 +136,7 @@ async def test_dead_port_is_unhealthy_and_chat_fails_over(http: httpx2.AsyncClie
 
 
 def test_registered_under_its_kind() -> None:
-    assert BACKENDS["openai"] is OpenAIBackend
+    assert backend_class("openai") is OpenAIBackend
 
 
 # wire shapes through a mock transport ----------------------------------------------------------
