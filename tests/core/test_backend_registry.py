@@ -7,7 +7,10 @@ a host of the pool.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import types
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Literal, Self
@@ -29,7 +32,7 @@ from caelum_mcp.backends.registry import (
     register_backend,
 )
 from caelum_mcp.config import load_config
-from caelum_mcp.errors import ConfigError
+from caelum_mcp.errors import ConfigError, HostOverloadedError
 from caelum_mcp.types import (
     ChatMessage,
     ChatRequest,
@@ -174,3 +177,60 @@ async def test_each_kind_builds_its_backend_with_its_own_settings() -> None:
         ).hosts[0]
         built = BACKENDS.build(openai, http=http, environ={})
         assert isinstance(built, OpenAIBackend) and built.base_url == "http://127.0.0.1:8080"
+
+
+# the README's worked example -------------------------------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_backend() -> types.ModuleType:
+    found = re.search(r"```python\n# caelum_mcp/backends/tgi.py\n(.*?)```", README.read_text(), re.S)
+    assert found, "the README lost its worked example of a backend"
+    module = types.ModuleType("readme_tgi_example")
+    exec(compile(found.group(1), "README.md: caelum_mcp/backends/tgi.py", "exec", dont_inherit=True), module.__dict__)
+    return module
+
+
+@pytest.fixture
+def tgi() -> Iterator[types.ModuleType]:
+    module = readme_backend()
+    register_backend("tgi", module.TGIBackend)
+    yield module
+    BACKENDS.remove("tgi")
+
+
+async def test_the_readme_backend_serves_a_host_its_config_names(tgi: types.ModuleType, tmp_path: Path) -> None:
+    sent: list[httpx2.Request] = []
+    busy = [False]
+
+    def server(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        if request.url.path == "/info":
+            return httpx2.Response(200, json={"model_id": "HuggingFaceH4/zephyr-7b-beta", "version": "2.4.1"})
+        if busy[0]:
+            return httpx2.Response(503, json={"error": "Model is overloaded"}, headers={"Retry-After": "2"})
+        return httpx2.Response(200, json={"generated_text": "4", "details": {"finish_reason": "eos_token"}})
+
+    text = (
+        "implicit_ollama = false\n[[hosts]]\nname = 'tgi-1'\nkind = 'tgi'\nurl = 'http://127.0.0.1:8080'\n"
+        "api_key_env = 'TGI_TOKEN'\nmax_new_tokens = 256\n"
+    )
+    config = load_config(write(tmp_path / "c.toml", text), environ={})
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(server)) as http:
+        host = build_pool(config, http, {"TGI_TOKEN": "hf_x"}).hosts["tgi-1"]
+        assert isinstance(host.backend, tgi.TGIBackend) and host.backend.max_new_tokens == 256
+        health = await host.backend.health()
+        assert health.ok and health.version == "2.4.1"
+        assert [m.name for m in await host.backend.list_models()] == ["HuggingFaceH4/zephyr-7b-beta"]
+        request = ChatRequest(model="zephyr", messages=(ChatMessage(role="user", content="2+2?"),))
+        assert (await host.backend.chat(request)).content == "4"
+        body = json.loads(sent[-1].content)
+        assert body["parameters"] == {"max_new_tokens": 256} and body["inputs"].endswith("<|assistant|>\n")
+        assert sent[-1].headers["Authorization"] == "Bearer hf_x"
+        busy[0] = True
+        with pytest.raises(HostOverloadedError, match="Model is overloaded") as caught:
+            await host.backend.chat(request)
+        assert caught.value.retry_after_s == 2.0
+    with pytest.raises(ConfigError, match=r"`hosts\[0\]\(name='tgi-1'\).max_new_tokens` = 0"):
+        load_config(write(tmp_path / "c.toml", text.replace("256", "0")), environ={})
