@@ -67,7 +67,7 @@ class Router:
 
     @property
     def claude_price(self) -> ModelPrice | None:
-        return self.config.price_for(self.config.claude.model)
+        return self.planner.services.claude_price
 
     def needs(self, task: LLMTask) -> TaskNeeds:
         """What ``task`` needs: its kind's needs from the config, with the task's own overrides."""
