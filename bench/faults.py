@@ -58,7 +58,7 @@ from caelum_mcp.errors import CaelumError
 from caelum_mcp.hosts import CircuitBreaker, Host
 from caelum_mcp.ledger import _INSERT, Ledger
 from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
-from caelum_mcp.pool import Pool
+from caelum_mcp.pool import Pool, PoolPolicy
 from caelum_mcp.router import Router
 from caelum_mcp.server import StateHolder, create_server
 from caelum_mcp.status import PoolAdministration
@@ -135,7 +135,7 @@ def pool_of(fakes: tuple[FaultHost, ...], http: httpx2.AsyncClient, slots: tuple
         )
         for i, f in enumerate(fakes)
     ]
-    return Pool(hosts, **kw)
+    return Pool(hosts, PoolPolicy(**kw))
 
 
 def config_in(folder: Path, **overrides: Any) -> Config:
@@ -436,8 +436,9 @@ async def health_probes(http: httpx2.AsyncClient, folder: Path) -> Row:
 async def hang_on_chat(http: httpx2.AsyncClient, folder: Path) -> Row:
     row = Row("a host that answers health checks but hangs on chat, beside a healthy one (5 tasks, 15 s)")
     with running(FaultHost(fault=Fault("hang")), FaultHost()) as live:
-        pool = pool_of(live, http)  # the defaults: first-byte limit 120 s, attempts of at least 5 s
-        pool.call_probe_timeout_s = 2.0  # the health check's chat probe (30 s by default)
+        # the defaults (first-byte limit 120 s, attempts of at least 5 s) but the health check's chat
+        # probe (30 s by default)
+        pool = pool_of(live, http, call_probe_timeout_s=2.0)
         await pool.refresh_all()
         pool.hosts["h1"].latency_ewma_ms = 10_000.0
         with Ledger(folder / "hang_on_chat.sqlite3") as ledger:

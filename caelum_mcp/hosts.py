@@ -3,13 +3,14 @@
 :class:`Host` holds what the pool knows about one server (slots, latency, failures by cause, the
 models it lists); :class:`CircuitBreaker` decides whether requests may go to it; the tier helpers
 say what a model is (micro < 2B, small < 6B, full < 14B, large, plus code and embedding) and order
-tiers for fallback and escalation. The pool (:mod:`caelum_mcp.pool`) owns the mutable state.
+tiers for fallback and escalation. The pool (:mod:`caelum_mcp.pool`) owns the mutable state; its
+tier table (:class:`caelum_mcp.pool_selection.TierTable`) is how the pool asks :meth:`Host.tiers_of`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -121,7 +122,7 @@ class Host:
     def load(self) -> float:
         return self.outstanding / self.max_concurrency
 
-    def tiers_of(self, model: str, global_overrides: dict[str, Tier]) -> frozenset[Tier]:
+    def tiers_of(self, model: str, global_overrides: Mapping[str, Tier]) -> frozenset[Tier]:
         """Every tier a model counts as: its size tier plus ``code`` / ``embedding`` (memoised).
 
         Selection asks this for every model of every host on every request, so the answer is
@@ -136,7 +137,7 @@ class Host:
             tiers = self._tiers[model] = frozenset(self._compute_tiers(model, global_overrides))
         return tiers
 
-    def _compute_tiers(self, model: str, global_overrides: dict[str, Tier]) -> set[Tier]:
+    def _compute_tiers(self, model: str, global_overrides: Mapping[str, Tier]) -> set[Tier]:
         override = self.tier_overrides.get(model) or global_overrides.get(model)
         if override is not None:
             return {override}

@@ -42,6 +42,7 @@ from anthropic.types import AssistantMessageParam, Message, MessageParam, UserMe
 from caelum_mcp.backends.base import (
     Backend,
     error_message,
+    register_backend,
     retry_after,
     translate_transport_errors,
 )
@@ -179,6 +180,7 @@ def json_instruction(schema: dict[str, Any]) -> str:
     )
 
 
+@register_backend
 class AnthropicBackend(Backend):
     """Claude through the Messages API (or any server that speaks it, such as llama.cpp)."""
 

@@ -141,7 +141,7 @@ class Telemetry:
         except RuntimeError:
             loop = None
         self.changes.bind(loop)
-        history = LedgerHistory(state.ledger)
+        history = LedgerHistory(state.ledger.path)
         remove = state.ledger.add_observer(self._on_ledger)
         self._state, self.history = state, history
         try:

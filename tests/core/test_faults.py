@@ -30,7 +30,7 @@ from caelum_mcp.errors import DeadlineExceededError, StreamInterruptedError
 from caelum_mcp.hosts import BreakerState, CircuitBreaker, Host
 from caelum_mcp.ledger import Ledger
 from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
-from caelum_mcp.pool import Pool
+from caelum_mcp.pool import Pool, PoolPolicy
 from caelum_mcp.router import Router
 from caelum_mcp.status import host_status
 from caelum_mcp.types import ChatMessage, ChatRequest, Tier
@@ -63,7 +63,7 @@ def pool_of(
         )
         for i, fake in enumerate(fakes)
     ]
-    return Pool(members, **kw)
+    return Pool(members, PoolPolicy(**kw))
 
 
 async def burst(pool: Pool, n: int) -> float:
@@ -459,8 +459,8 @@ async def test_a_host_that_never_answers_holds_up_no_other_hosts_health_checks(h
     checked once in 40 s instead of every round. Target: each probe has its own limit; h1 is
     checked every round, h0 is out after its limit."""
     with hosts(FaultHost(fault=Fault("silent")), FaultHost()) as fakes:
-        pool = pool_of(fakes, http)
-        pool.health_timeout_s = 1.0  # h1 must answer within it too: 0.5 s is near a loaded machine's delays
+        # h1 must answer within the health check's limit too: 0.5 s is near a loaded machine's delays
+        pool = pool_of(fakes, http, health_timeout_s=1.0)
         with anyio.fail_after(20):  # margin: the first round ends at the probe limit, not at 60 s
             await pool.refresh_all()
         hung, works = pool.hosts["h0"], pool.hosts["h1"]
@@ -495,9 +495,8 @@ async def test_a_host_that_hangs_on_chat_costs_a_share_of_the_budget_then_stays_
     time left, the call fails over to h1 within its budget, and h0 comes back only when a real
     (one-token) chat answers, not on a health check alone."""
     with hosts(FaultHost(fault=Fault("hang")), FaultHost()) as fakes:
-        pool = pool_of(fakes, http)  # the default first-byte limit, 120 s
-        pool.min_attempt_s = 0.5
-        pool.call_probe_timeout_s = 2.0  # the recovered host's probe must answer within it, loaded or not
+        # the default first-byte limit, 120 s; the recovered host's probe must answer within 2 s, loaded or not
+        pool = pool_of(fakes, http, min_attempt_s=0.5, call_probe_timeout_s=2.0)
         await pool.refresh_all()
         hung = pool.hosts["h0"]
         pool.hosts["h1"].latency_ewma_ms = 10_000.0  # h0 is tried first
@@ -530,8 +529,7 @@ async def test_a_task_whose_budget_is_under_the_first_byte_limit_fails_over(
     task timed out with the second host idle (delegate_task took 2 min 6 s on a 120 s budget). Target:
     answered by the healthy host within its budget; the ledger names the host that hung."""
     with hosts(FaultHost(fault=Fault("hang")), FaultHost()) as fakes:
-        pool = pool_of(fakes, http)
-        pool.min_attempt_s = 0.5
+        pool = pool_of(fakes, http, min_attempt_s=0.5)
         await pool.refresh_all()
         pool.hosts["h1"].latency_ewma_ms = 10_000.0
         with Ledger(tmp_path / "l.db") as ledger:
@@ -548,8 +546,7 @@ async def test_the_last_host_a_call_can_try_gets_all_the_time_left(http: httpx2.
     the share applies only when another host could take over (h1 serves an embedding model only)."""
     # 1.2 s of a 3 s budget: over its third, with room for a loaded machine (0.4 s of 1 s had 0.6 s).
     with hosts(FaultHost(delay_s=1.2), FaultHost(models=[("nomic-embed-text", 0.1)])) as fakes:
-        pool = pool_of(fakes, http)
-        pool.min_attempt_s = 0.1
+        pool = pool_of(fakes, http, min_attempt_s=0.1)
         await pool.refresh_all()
         result = await pool.chat(HELLO, tier=Tier.FULL, deadline=time.monotonic() + 3.0)
         assert (result.host, result.attempts) == ("h0", 1)

@@ -15,7 +15,7 @@ from caelum_mcp.backends.ollama import OllamaBackend
 from caelum_mcp.embedded import EmbeddedServer
 from caelum_mcp.errors import AllHostsFailedError, BadRequestError, NoHostAvailableError
 from caelum_mcp.hosts import BreakerState, CircuitBreaker, Host
-from caelum_mcp.pool import Pool
+from caelum_mcp.pool import Pool, PoolPolicy
 from caelum_mcp.types import ChatMessage, ChatRequest, ModelInfo, Tier
 
 from .conftest import openai_host
@@ -37,7 +37,7 @@ async def test_host_dies_mid_run_no_request_fails_and_it_comes_back(tmp_path: ob
     """Two real llama.cpp servers; one is stopped during a run of 50 requests."""
     with EmbeddedServer() as a, EmbeddedServer() as b:
         assert a.url and b.url
-        pool = Pool([openai_host("a", a.url, http), openai_host("b", b.url, http)], max_attempts=3)
+        pool = Pool([openai_host("a", a.url, http), openai_host("b", b.url, http)], PoolPolicy(max_attempts=3))
         await pool.refresh_all()
         assert {h.name for h in pool.healthy_hosts()} == {"a", "b"}
         served_by: list[str] = []
@@ -323,9 +323,9 @@ def test_breaker_cooldown_and_half_open_probe() -> None:
 
 def test_pool_records_latency_ewma() -> None:
     h = _host("h", {"m": 1.0})
-    pool = Pool([h], ewma_alpha=0.5)
-    pool._on_success(h, 100.0)
-    pool._on_success(h, 200.0)
+    pool = Pool([h], PoolPolicy(ewma_alpha=0.5))
+    pool.health.on_success(h, 100.0)
+    pool.health.on_success(h, 200.0)
     assert h.latency_ewma_ms == pytest.approx(150.0)
     assert time.monotonic() > 0
 
@@ -424,23 +424,23 @@ def test_pool_defaults_are_the_config_defaults() -> None:
     from caelum_mcp.config import PoolConfig
 
     pool, config = Pool(), PoolConfig()
-    assert pool.call_deadline_s == config.call_deadline_s
-    assert pool.first_byte_timeout_s == config.first_byte_timeout_s
-    assert pool.retry_after_cap_s == config.retry_after_cap_s
-    assert (pool.max_attempts, pool.ewma_alpha) == (config.max_attempts, config.ewma_alpha)
+    assert pool.policy.call_deadline_s == config.call_deadline_s
+    assert pool.policy.first_byte_timeout_s == config.first_byte_timeout_s
+    assert pool.policy.retry_after_cap_s == config.retry_after_cap_s
+    assert (pool.policy.max_attempts, pool.policy.ewma_alpha) == (config.max_attempts, config.ewma_alpha)
 
 
 async def test_a_slot_handed_to_a_waiter_that_is_cancelled_before_it_runs_is_not_lost() -> None:
     host = _scripted("a", 0.0)
     pool = Pool([host])
     await pool.refresh_all()
-    assert pool._claim(host)  # someone else holds the only slot
+    assert pool.slots.claim(host)  # someone else holds the only slot
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:
             tg.start_soon(pool.chat, HELLO)
             await anyio.sleep(0.05)
             assert host.outstanding == 2 and host.free_slots == 0
-            assert pool._release(host), "the waiter takes the slot over"
+            assert pool.slots.release(host), "the waiter takes the slot over"
             scope.cancel()  # in the same step: the waiter never got to use it
     assert (host.in_flight, host.outstanding, host.free_slots) == (0, 0, 1)
     assert (await pool.chat(HELLO)).host == "a"
