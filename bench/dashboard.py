@@ -37,6 +37,7 @@ from caelum_mcp.confidence import ConfidenceParts
 from caelum_mcp.dashboard.snapshot import build_snapshot
 from caelum_mcp.dashboard.telemetry import Telemetry
 from caelum_mcp.ledger import Ledger, model_call_row
+from caelum_mcp.ledger.sqlite_store import SQLiteStore
 from caelum_mcp.llm import ExecutionRecord
 from caelum_mcp.logs import setup_logging
 from caelum_mcp.types import Usage
@@ -54,8 +55,9 @@ def fill_ledger(path: Path, rows: int, days: int = 60) -> None:
     rng = random.Random(7)
     now = time.time()
     with Ledger(path) as ledger:
-        conn = ledger._conn  # bulk insert: one transaction instead of one fsync per row
-        assert conn is not None
+        store = ledger.store  # bulk insert: one transaction instead of one fsync per row
+        assert isinstance(store, SQLiteStore) and store._conn is not None
+        conn = store._conn
         conn.execute("BEGIN")
         for i in range(rows // 4):
             started = now - rng.random() * days * 86400
@@ -78,7 +80,7 @@ def fill_ledger(path: Path, rows: int, days: int = 60) -> None:
                     counterfactual=0.01,
                     call_id=f"t{i:015d}",
                 ).model_copy(update={"ts": started + k})
-                ledger._insert(conn, entry)
+                store._insert(conn, entry)
         conn.execute("COMMIT")
 
 

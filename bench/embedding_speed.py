@@ -12,7 +12,7 @@ Layouts (``--layouts``, run in turn, ``--reps`` times, on the same chunks):
 
 Each run embeds every chunk of the first ``--docs`` Cranfield abstracts (chunked by the indexer)
 through the product's path: :func:`~caelum_mcp.tools.knowledge.indexer.embed_missing` on a real
-:class:`KnowledgeStore`, batches of the router's size (``EMBED_BATCH``), the pool's
+:class:`KnowledgeStore`, batches of the embedding service's size (``EMBED_BATCH``), the pool's
 :class:`~caelum_mcp.embedded_backend.EmbeddedBackend` (which spreads a batch over the instances),
 one request at a time to the host as the pool's ``max_concurrency = 1`` allows. ``--mode full``
 sends the indexer's groups of 128 (a sync that embeds before it returns, as ``bench/knowledge.py``
@@ -54,7 +54,7 @@ import numpy as np
 from caelum_mcp.embedded import EmbeddedServer, embedding_instances
 from caelum_mcp.embedded_backend import EmbeddedBackend
 from caelum_mcp.embedding_model import convert_bert_to_gguf, find_minilm_weights
-from caelum_mcp.router import EMBED_BATCH
+from caelum_mcp.embedding_service import EMBED_BATCH
 from caelum_mcp.tools.knowledge.indexer import embed_missing, sync_index
 from caelum_mcp.tools.knowledge.store import KnowledgeStore
 from caelum_mcp.tools.knowledge.vectors import embedding_input

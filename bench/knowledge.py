@@ -67,6 +67,7 @@ import numpy as np
 from mcp import Client
 
 from caelum_mcp.config import load_config
+from caelum_mcp.embedding_service import EmbeddingService
 from caelum_mcp.server import create_server
 from caelum_mcp.tools.knowledge.indexer import sync_index
 from caelum_mcp.tools.knowledge.memory import GLOBAL_SCOPE, MEMORY_LEXICAL_WEIGHT, MemoryStore
@@ -212,13 +213,15 @@ class Bench:
 
     def missing_model(self) -> str | None:
         """Why the embedding model cannot be measured (no host serves it), or None."""
-        served = sorted(self.holder.require().router.embedding_models())  # model@host
+        state = self.holder.require()
+        served = sorted(EmbeddingService(state.pool, state.ledger).models())  # model@host
         if MODEL in {name.rsplit("@", 1)[0] for name in served}:
             return None
         return f"no host serves the embedding model {MODEL!r}; served: {', '.join(served) or 'none'}"
 
     async def embed(self, texts: Sequence[str]) -> tuple[str, Sequence[Sequence[float]]]:
-        result = await self.holder.require().router.embed(list(texts), model=MODEL)
+        state = self.holder.require()
+        result = await EmbeddingService(state.pool, state.ledger).embed(list(texts), model=MODEL)
         return MODEL, result.vectors
 
     async def index(self, store: KnowledgeStore, root: Path, *, embed: bool = True) -> float:

@@ -16,16 +16,17 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx2
 
-from caelum_mcp.backends.base import BACKENDS, Backend
-from caelum_mcp.backends.ollama import OllamaBackend
+from caelum_mcp.backends.base import Backend, HostConfigBase
+from caelum_mcp.backends.ollama import OllamaHostConfig
 from caelum_mcp.backends.openai import OpenAIBackend
+from caelum_mcp.backends.registry import BACKENDS, build_backend
 from caelum_mcp.cache import ResultCache
-from caelum_mcp.config import DEFAULT_OLLAMA_URL, Config, HostConfig
+from caelum_mcp.config import DEFAULT_OLLAMA_URL, Config
 from caelum_mcp.embedded import EMBEDDED_MODEL_NAME, EmbeddedServer, EmbeddedUnavailableError
 from caelum_mcp.embedded_backend import EmbeddedBackend
 from caelum_mcp.hosts import CircuitBreaker, Host
@@ -54,7 +55,6 @@ log = logging.getLogger(__name__)
 STARTUP_PROBE_WAIT_S = 1.0
 
 __all__ = ["AppState", "open_app"]
-_ = (OllamaBackend, OpenAIBackend)  # imported for their @register_backend side effect
 
 
 @dataclass
@@ -85,15 +85,11 @@ def make_http_client(config: Config) -> httpx2.AsyncClient:
     return httpx2.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
 
 
-def make_host(config: Config, hc: HostConfig, http: httpx2.AsyncClient, environ: dict[str, str]) -> Host:
-    cls = BACKENDS[hc.kind]
-    kwargs: dict[str, Any] = {"name": hc.name, "api_key": hc.api_key(environ)}
-    if hc.kind == "ollama" and hc.keep_alive is not None:
-        kwargs["keep_alive"] = hc.keep_alive
-    backend = cls(hc.url, http, **kwargs)
+def make_host(config: Config, hc: HostConfigBase, http: httpx2.AsyncClient, environ: dict[str, str]) -> Host:
+    """The pool's host for one ``[[hosts]]`` entry, its backend built by its kind's ``from_config``."""
     return Host(
         name=hc.name,
-        backend=backend,
+        backend=build_backend(hc, http=http, environ=environ),
         max_concurrency=hc.max_concurrency,
         enabled=hc.enabled,
         allowed_models=hc.models,
@@ -108,7 +104,7 @@ def build_pool(
     hosts = [make_host(config, hc, http, environ) for hc in config.hosts]
     if not config.hosts and config.implicit_ollama:
         # No hosts configured: a local Ollama at the default address, used if it answers.
-        default = HostConfig(name="ollama", kind="ollama", url=DEFAULT_OLLAMA_URL)
+        default = OllamaHostConfig(name="ollama", url=DEFAULT_OLLAMA_URL)
         hosts.append(make_host(config, default, http, environ))
     hosts.extend(extra_hosts)
     return Pool(hosts, PoolPolicy.from_config(config.pool, config.tiers))
@@ -116,7 +112,7 @@ def build_pool(
 
 # Imported on first use, off the event loop: the Anthropic SDK alone took 2-4 s to import on a
 # loaded 2-core machine, most of the time a client gives a server to answer ``initialize``.
-ANTHROPIC_BACKEND_MODULE = "caelum_mcp.backends.anthropic"
+ANTHROPIC_BACKEND_MODULE = BACKENDS.entry("anthropic").module
 
 
 class DeferredBackend(Backend):

@@ -32,7 +32,7 @@ import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -44,6 +44,9 @@ from pydantic import (
     field_validator,
 )
 
+from caelum_mcp.backends.base import HostConfigBase
+from caelum_mcp.backends.ollama import OllamaHostConfig
+from caelum_mcp.backends.registry import BACKENDS, HostConfig, UnknownBackendError
 from caelum_mcp.errors import ConfigError
 from caelum_mcp.llm import DEFAULT_NEEDS, TaskKind, TaskNeeds
 from caelum_mcp.pricing import DEFAULT_PRICES, ModelPrice, price_for
@@ -59,37 +62,6 @@ LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
 
 class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class HostConfig(Section):
-    name: str = Field(description="a short unique name, e.g. 'gpu-1'")
-    kind: Literal["ollama", "openai"] = Field(
-        default="ollama", description="'ollama' (native API) or 'openai' (llama.cpp, vLLM, LM Studio)"
-    )
-    url: str = Field(description="the server root, e.g. 'http://127.0.0.1:11434'")
-    max_concurrency: int = Field(
-        default=1, ge=1, le=256, description="requests in flight at once (Ollama: OLLAMA_NUM_PARALLEL)"
-    )
-    enabled: bool = True
-    api_key_env: str | None = Field(
-        default=None, description="name of the environment variable holding this host's API key"
-    )
-    keep_alive: str | int | None = Field(default=None, description="Ollama keep_alive, e.g. '10m' or -1")
-    models: tuple[str, ...] = Field(
-        default=(), description="serve only these models (default: every model the host lists)"
-    )
-    tiers: dict[str, Tier] = Field(default_factory=dict, description="model name -> tier, for this host only")
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL such as 'http://127.0.0.1:11434'")
-        return value.rstrip("/")
-
-    def api_key(self, environ: Mapping[str, str]) -> str | None:
-        return environ.get(self.api_key_env) if self.api_key_env else None
 
 
 class PoolConfig(Section):
@@ -574,7 +546,7 @@ def load_config(
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, source, data)) from exc
     if not config.hosts and config.implicit_ollama and "OLLAMA_HOST" in env:
-        default_host = HostConfig(name="ollama", kind="ollama", url=normalize_ollama_host(env["OLLAMA_HOST"]))
+        default_host = OllamaHostConfig(name="ollama", url=normalize_ollama_host(env["OLLAMA_HOST"]))
         config = config.model_copy(update={"hosts": (default_host,)})
     _check_bind(config, env)
     return config
@@ -708,7 +680,7 @@ def describe_validation_error(
         loc = [*prefix, *inner]
         key = _dotted(loc, data)
         if err["type"] == "extra_forbidden":
-            parent = _lookup_model_fields(inner[:-1], root) if root else _lookup_model_fields(loc[:-1])
+            parent = _lookup_model_fields(inner[:-1], root) if root else _lookup_model_fields(loc[:-1], data=data)
             if not loc[:-1]:
                 parent = [*parent, *supervisor_sections()]
             hint = difflib.get_close_matches(loc[-1], parent, n=1)
@@ -717,7 +689,7 @@ def describe_validation_error(
             continue
         value = err.get("input")
         msg = err["msg"].removeprefix("Value error, ")
-        expected = _field_description(inner, root) if root else _field_description(loc)
+        expected = _field_description(inner, root) if root else _field_description(loc, data=data)
         fix = f" Expected: {expected}." if expected else ""
         if isinstance(value, dict | list):
             # A whole section or list: showing it could show a secret, and the message names the key.
@@ -745,17 +717,31 @@ def _dotted(loc: list[str], data: Mapping[str, Any]) -> str:
     return ".".join(out)
 
 
-def _resolve_model(loc: list[str], root: type[BaseModel] | None = None) -> type[BaseModel] | None:
+def _resolve_model(
+    loc: list[str], root: type[BaseModel] | None = None, data: Mapping[str, Any] | None = None
+) -> type[BaseModel] | None:
+    """The model that holds the key at ``loc``; with ``data`` (the file), a ``[[hosts]]`` entry
+    resolves to its own kind's model, so its own keys are known too."""
     model: type[BaseModel] = root or Config
+    node: Any = data
     for part in loc:
         if part.isdigit():
+            node = node[int(part)] if isinstance(node, list) and int(part) < len(node) else None
+            if model is HostConfigBase and isinstance(node, dict):
+                try:
+                    model = BACKENDS.host_config_model(str(node.get("kind", "ollama")))
+                except UnknownBackendError:
+                    pass  # an unknown kind: the keys every kind has
             continue
         field = model.model_fields.get(part)
         if field is None:
             return None
+        node = node.get(part) if isinstance(node, dict) else None
         ann = field.annotation
         inner = getattr(ann, "__args__", None)
         candidates = [ann, *(inner or ())]
+        # An Annotated item (a [[hosts]] entry) is its first argument.
+        candidates = [get_args(c)[0] if get_origin(c) is Annotated else c for c in candidates]
         nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
         if nxt is None:
             return None
@@ -763,16 +749,20 @@ def _resolve_model(loc: list[str], root: type[BaseModel] | None = None) -> type[
     return model
 
 
-def _lookup_model_fields(loc: list[str], root: type[BaseModel] | None = None) -> list[str]:
-    model = _resolve_model(loc, root)
+def _lookup_model_fields(
+    loc: list[str], root: type[BaseModel] | None = None, data: Mapping[str, Any] | None = None
+) -> list[str]:
+    model = _resolve_model(loc, root, data)
     return list(model.model_fields) if model else []
 
 
-def _field_description(loc: list[str], root: type[BaseModel] | None = None) -> str | None:
+def _field_description(
+    loc: list[str], root: type[BaseModel] | None = None, data: Mapping[str, Any] | None = None
+) -> str | None:
     names = [p for p in loc if not p.isdigit()]
     if not names:
         return None
-    model = _resolve_model(names[:-1], root)
+    model = _resolve_model(loc[: len(loc) - 1 - loc[::-1].index(names[-1])], root, data)
     if model is None:
         return None
     field = model.model_fields.get(names[-1])

@@ -42,6 +42,7 @@ from pydantic.fields import FieldInfo
 from caelum_mcp.app import AppState
 from caelum_mcp.budget import fit_to_budget, round_floats
 from caelum_mcp.config import RESULT_TOKENS_CAP
+from caelum_mcp.embedding_service import EmbeddingService
 from caelum_mcp.errors import CaelumError, ToolInputError
 from caelum_mcp.llm import Availability, CallCost, Embeddings, LLMTask, ProgressFn, RoutedResult
 from caelum_mcp.logs import request_scope
@@ -66,10 +67,15 @@ _NOTE_TOKENS = 120
 
 
 class BoundLLM:
-    """The LLM service of one tool call: the router, with the call's id on every ledger row."""
+    """The LLM service of one tool call: the router and the embedding service, with the call's id
+    on every ledger row."""
 
-    def __init__(self, router: Router, call_id: str | None = None) -> None:
+    def __init__(
+        self, router: Router, call_id: str | None = None, *, embeddings: EmbeddingService | None = None
+    ) -> None:
         self.router = router
+        # Embeddings are not the router's: they need only the pool and the ledger it runs on.
+        self.embeddings = embeddings or EmbeddingService(router.pool, router.ledger)
         self.call_id = call_id
 
     async def run(self, task: LLMTask, *, progress: ProgressFn | None = None) -> RoutedResult:
@@ -82,13 +88,13 @@ class BoundLLM:
         return self.router.availability(task)
 
     def embedding_models(self) -> list[str]:
-        return self.router.embedding_models()
+        return self.embeddings.models()
 
     def embedding_problem(self) -> str:
-        return self.router.embedding_problem()
+        return self.embeddings.problem()
 
     async def embed(self, texts: Sequence[str], *, model: str | None = None) -> Embeddings:
-        return await self.router.embed(texts, model=model, call_id=self.call_id)
+        return await self.embeddings.embed(texts, model=model, call_id=self.call_id)
 
     async def call_cost(self) -> CallCost:
         if self.call_id is None:
@@ -136,6 +142,7 @@ class ToolRuntime:
                     raise TypeError(f"tool {tool.name!r}: its output model must derive from ToolOutput")
                 self.tools[tool.name] = RegisteredTool(tool, supervisor)
         self._state: AppState | None = None
+        self._supervisor_states: dict[str, object | None] = {}  # what each lifespan yielded
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -151,12 +158,13 @@ class ToolRuntime:
                     cache=state.cache,
                     settings=self.settings_of(state, supervisor),
                 )
-                await stack.enter_async_context(supervisor.lifespan(env))
+                self._supervisor_states[supervisor.name] = await stack.enter_async_context(supervisor.lifespan(env))
             self._state = state
             try:
                 yield
             finally:
                 self._state = None
+                self._supervisor_states.clear()
 
     def require_state(self) -> AppState:
         if self._state is None:
@@ -224,6 +232,7 @@ class ToolRuntime:
             call_id=call_id,
             depth=depth,
             caller=self._call_child,
+            state=self._supervisor_states.get(supervisor.name),
         )
         ledger = state.ledger
         ledger.start_tool_call(call_id, name, parent_id=parent.call_id if parent is not None else None)

@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -183,50 +183,49 @@ async def set_host_enabled(args: SetHostEnabledInput, ctx: ToolContext) -> HostS
     return HostStatusOutput.model_validate(status.model_dump())
 
 
+@dataclass
+class AIState:
+    """What the ai supervisor keeps for the server's life: the batch service, or why its store
+    could not be opened (the pool tools serve regardless)."""
+
+    batches: BatchService | None = None
+    problem: str | None = None
+
+
 class AISupervisor(Supervisor):
     name = "ai"
     description = "Send work to the local model pool (with the Claude fallback) and inspect the pool."
     pool_admin = True
 
-    def __init__(self) -> None:
-        self._batches: dict[Path, BatchService] = {}
-        self._batch_problem: dict[Path, str] = {}
-
     def _service(self, ctx: ToolContext) -> BatchService:
-        # Opened by the lifespan; a handler run without the server gets a store but cannot run batches.
-        service = self._batches.get(ctx.state_dir)
-        if service is None:
-            problem = self._batch_problem.get(ctx.state_dir)
-            if problem is not None:
-                raise CaelumError(
-                    f"the batch store in {ctx.state_dir} could not be opened ({problem}); check the folder"
-                )
-            service = self._batches[ctx.state_dir] = BatchService(ctx.state_dir, ctx.llm, None)
+        state = ctx.state_as(AIState)
+        if state.batches is None:
+            raise CaelumError(
+                f"the batch store in {ctx.state_dir} could not be opened ({state.problem}); check the folder"
+            )
         if ctx.pool_admin is not None:
-            service.pool_admin = ctx.pool_admin
-        return service
+            state.batches.pool_admin = ctx.pool_admin
+        return state.batches
 
     @asynccontextmanager
-    async def lifespan(self, env: SupervisorEnv) -> AsyncIterator[None]:
+    async def lifespan(self, env: SupervisorEnv) -> AsyncIterator[AIState]:
+        state = AIState()
         try:
             async with anyio.create_task_group() as tg:  # batches outlive the calls that start them
                 try:
-                    service = BatchService(env.state_dir, env.llm, tg)
+                    state.batches = BatchService(env.state_dir, env.llm, tg)
                 except (OSError, sqlite3.Error) as exc:  # the pool tools serve regardless; run_batch says why
                     log.exception("the batch store in %s could not be opened", env.state_dir)
-                    self._batch_problem[env.state_dir] = str(exc)
+                    state.problem = str(exc)
                 else:
-                    self._batches[env.state_dir] = service
-                    tg.start_soon(service.resume_all)  # batches a stopped server left unfinished
+                    tg.start_soon(state.batches.resume_all)  # batches a stopped server left unfinished
                 try:
-                    yield
+                    yield state
                 finally:
                     tg.cancel_scope.cancel()
         finally:  # after the batches' tasks ended: they write to the store
-            for service in self._batches.values():
-                service.close()
-            self._batches.clear()
-            self._batch_problem.clear()
+            if state.batches is not None:
+                state.batches.close()
 
     async def _run_batch(self, args: RunBatchInput, ctx: ToolContext) -> BatchOutput:
         return await start_batch(args, ctx, self._service(ctx))

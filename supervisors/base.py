@@ -11,6 +11,8 @@ A supervisor declares :class:`ExternalTool` s (a pydantic input model, an output
 - ``roots``: the folders this call may read;
 - ``cache``: the content-hash result cache (:func:`cached`);
 - ``state_dir``: this supervisor's own data folder (indexes, run stores);
+- ``state_as(Type)``: what this supervisor's :meth:`Supervisor.lifespan` yielded (a store, an
+  index, a service that outlives the call), typed;
 - ``settings_as(Model)``: its own config section (``[name]``), validated by ``settings_model``;
 - ``report`` / ``note``: MCP progress;
 - ``call_tool``: another registered external tool, with validated input, this call's progress and
@@ -19,7 +21,9 @@ A supervisor declares :class:`ExternalTool` s (a pydantic input model, an output
   (the ai supervisor).
 
 Handlers never see hosts, HTTP clients, the router or MCP objects, so they are tested without
-them. A supervisor may open and close resources around the server's life in :meth:`Supervisor.lifespan`.
+them. A supervisor that keeps something for the server's life opens it in :meth:`Supervisor.lifespan`
+and yields it; every handler reads it as ``ctx.state_as(ItsStateType)`` (one way for every
+stateful supervisor).
 
 Adding a supervisor is one module (or package) with a :class:`Supervisor` subclass plus one line in
 ``SUPERVISORS`` (``caelum_mcp.supervisors``); the README has a worked example.
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
     from caelum_mcp.types import Tier
 
 M = TypeVar("M", bound=BaseModel)
+S = TypeVar("S")
 InT = TypeVar("InT", bound=BaseModel)
 OutT = TypeVar("OutT", bound="ToolOutput")
 
@@ -162,6 +167,7 @@ class ToolContext:
     call_id: str = ""
     depth: int = 0
     caller: ToolCaller | None = field(default=None, repr=False)
+    state: object | None = field(default=None, repr=False)  # what the supervisor's lifespan yielded
     _last: _Progress = field(default_factory=_Progress, repr=False, compare=False)
 
     async def report(self, progress: float, total: float | None = None, message: str = "") -> None:
@@ -187,6 +193,18 @@ class ToolContext:
     def settings_as(self, model: type[M]) -> M:
         """This supervisor's config section (``Supervisor.settings_model``), typed."""
         return _settings_as(self.settings, model)
+
+    def state_as(self, kind: type[S]) -> S:
+        """What this supervisor's lifespan yielded, as ``kind``; a clear error when the call runs
+        without the server's lifespan (nothing was opened) or the state is of another type."""
+        if isinstance(self.state, kind):
+            return self.state
+        if self.state is None:
+            raise CaelumError(
+                f"this tool needs its supervisor's {kind.__name__}, which the running server opens; "
+                "call it through the server (no state was opened for this call)"
+            )
+        raise TypeError(f"the supervisor's state is a {type(self.state).__name__}, not a {kind.__name__}")
 
     def require_pool_admin(self) -> PoolAdmin:
         if self.pool_admin is None:
@@ -278,15 +296,16 @@ class Supervisor(ABC):
         """The internal tools its external tools use (listed by ``caelum://supervisors``)."""
         return ()
 
-    def lifespan(self, env: SupervisorEnv) -> AbstractAsyncContextManager[None]:
-        """Open what the supervisor keeps for the server's life (an index, a run store) and close
-        it on exit. The default does nothing; override with an ``@asynccontextmanager`` method."""
+    def lifespan(self, env: SupervisorEnv) -> AbstractAsyncContextManager[object | None]:
+        """Open what the supervisor keeps for the server's life (an index, a run store), yield it,
+        and close it on exit; handlers get what was yielded as ``ctx.state_as(Type)``. The default
+        keeps nothing (yields None); override with an ``@asynccontextmanager`` method."""
         return _nothing()
 
 
 @asynccontextmanager
 async def _nothing() -> AsyncIterator[None]:
-    yield
+    yield None
 
 
 async def run_stages(

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from caelum_mcp.backends.ollama import OllamaHostConfig
+from caelum_mcp.backends.openai import OpenAIHostConfig
 from caelum_mcp.config import Config, load_config
 from caelum_mcp.errors import ConfigError
 from caelum_mcp.types import Tier
@@ -189,6 +191,32 @@ def test_host_with_a_bad_url(tmp_path: Path) -> None:
     assert "hosts[0](name='gpu-1').url" in message
     assert '"127.0.0.1:11434"' in message
     assert "http://127.0.0.1:11434" in message  # what to write instead
+
+
+def test_host_entries_load_as_their_kinds_own_model(tmp_path: Path) -> None:
+    # The file format is what it was: no kind means Ollama, and an OpenAI-compatible host with the
+    # keep_alive older files could set still loads (the key never reached its wire).
+    path = write(
+        tmp_path / "c.toml",
+        "[[hosts]]\nname = 'gpu'\nurl = 'http://127.0.0.1:11434/'\nkeep_alive = -1\n"
+        "[[hosts]]\nname = 'cpp'\nkind = 'openai'\nurl = 'http://127.0.0.1:8080'\nkeep_alive = '5m'\n",
+    )
+    gpu, cpp = load_config(path, environ={}).hosts
+    assert isinstance(gpu, OllamaHostConfig) and (gpu.kind, gpu.url, gpu.keep_alive) == (
+        "ollama",
+        "http://127.0.0.1:11434",
+        -1,
+    )
+    assert isinstance(cpp, OpenAIHostConfig) and cpp.kind == "openai"
+    (implicit,) = load_config(environ={"OLLAMA_HOST": "127.0.0.1:11500"}).hosts
+    assert isinstance(implicit, OllamaHostConfig) and implicit.url == "http://127.0.0.1:11500"
+
+
+def test_unknown_host_kind_names_the_kinds_there_are(tmp_path: Path) -> None:
+    message = config_error("[[hosts]]\nname = 'gpu'\nkind = 'vllm'\nurl = 'http://127.0.0.1:8000'\n", tmp_path)
+    assert "`hosts[0](name='gpu').kind` = \"vllm\": unknown host kind" in message
+    assert "'ollama' (Ollama's native API, the default)" in message
+    assert "'openai' (llama.cpp, vLLM, LM Studio, Ollama's /v1)" in message
 
 
 def test_duplicate_host_names(tmp_path: Path) -> None:

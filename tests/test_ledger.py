@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from caelum_mcp.errors import BudgetExceededError, ConfigError
 from caelum_mcp.ledger import SCHEMA_VERSION, BudgetGuard, Ledger, LedgerEntry, LedgerSummary
+from caelum_mcp.ledger.sqlite_store import SQLiteStore
 from caelum_mcp.pricing import ModelPrice, cost_usd, price_for
 from caelum_mcp.types import Usage
 
@@ -484,7 +485,8 @@ def test_tool_call_rows_are_committed_at_once_and_money_rows_stay_fully_durable(
         ledger.finish_tool_call("c1", seconds=0.5, outcome="ok")
         with sqlite3.connect(tmp_path / "ledger.db") as reader:
             assert reader.execute("SELECT outcome FROM tool_calls WHERE id = 'c1'").fetchall() == [("ok",)]
-        with ledger._connection() as conn:
+        assert isinstance(ledger.store, SQLiteStore)
+        with ledger.store._connection() as conn:
             assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     finally:
         ledger.close()
@@ -527,10 +529,10 @@ def test_all_time_figures_never_scan_the_calls(tmp_path: Path) -> None:
     with Ledger(tmp_path / "ledger.db") as ledger:
         fill(ledger)
         statements: list[str] = []
-        assert ledger._conn is not None
-        ledger._conn.set_trace_callback(statements.append)
+        assert isinstance(ledger.store, SQLiteStore) and ledger.store._conn is not None
+        ledger.store._conn.set_trace_callback(statements.append)
         ledger.summary()
-        ledger._conn.set_trace_callback(None)
+        ledger.store._conn.set_trace_callback(None)
         reads = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))]
         assert len(reads) >= 3
         with sqlite3.connect(ledger.path) as raw:

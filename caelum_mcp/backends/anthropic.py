@@ -42,7 +42,6 @@ from anthropic.types import AssistantMessageParam, Message, MessageParam, UserMe
 from caelum_mcp.backends.base import (
     Backend,
     error_message,
-    register_backend,
     retry_after,
     translate_transport_errors,
 )
@@ -180,7 +179,6 @@ def json_instruction(schema: dict[str, Any]) -> str:
     )
 
 
-@register_backend
 class AnthropicBackend(Backend):
     """Claude through the Messages API (or any server that speaks it, such as llama.cpp)."""
 

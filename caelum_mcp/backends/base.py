@@ -1,15 +1,16 @@
-"""The backend seam: one wire protocol per class.
+"""The backend seam: one wire protocol per class, and the settings a ``[[hosts]]`` entry gives it.
 
 A backend is told where to connect (``base_url``, credentials) and is handed its HTTP client from
 outside, so the pool owns connection reuse and tests can pass an ``httpx2.MockTransport``. Every
 failure leaves a backend as a :mod:`caelum_mcp.errors` exception; ``translate_transport_errors``
-is the one choke point for the HTTP stack's own exceptions.
+is the one choke point for the HTTP stack's own exceptions. The wire code the HTTP backends share
+(requests, streaming, status mapping) is :class:`caelum_mcp.backends.http.HttpBackend`; which
+backends exist is :mod:`caelum_mcp.backends.registry`.
 
 Model calls take ``limit_s``: the seconds the call may wait for the host at each step (connect,
 send, and each read), which the pool sets from the call's deadline and its first-byte limit. A
 non-streamed answer arrives in one read, so for ``chat`` it bounds the whole exchange; for a stream
-it bounds the wait for the first piece and between pieces. It is passed to httpx2 as the request's
-own timeouts, which costs nothing per request (an event-loop timer per request would).
+it bounds the wait for the first piece and between pieces.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import json
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Iterator
-from contextlib import AbstractAsyncContextManager, contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar
+from typing import ClassVar, Self
+from urllib.parse import urlsplit
 
 import httpx2
-import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from caelum_mcp.errors import (
     BackendError,
@@ -32,8 +34,6 @@ from caelum_mcp.errors import (
     HostConnectError,
     HostDisconnectedError,
     HostTimeoutError,
-    MalformedResponseError,
-    error_for_status,
 )
 from caelum_mcp.types import (
     ChatRequest,
@@ -43,13 +43,62 @@ from caelum_mcp.types import (
     HealthReport,
     ModelInfo,
     StreamChunk,
+    Tier,
 )
 
 
+class HostConfigBase(BaseModel):
+    """What every ``[[hosts]]`` entry says, whatever its kind; each kind's model adds its own keys.
+
+    A kind's model sets ``kind`` to a ``Literal`` of its name (defaulting to it) and is its backend's
+    ``config_model``; the config file picks the model by ``kind`` (:data:`caelum_mcp.config.HostConfig`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="a short unique name, e.g. 'gpu-1'")
+    kind: str = Field(description="the backend that talks to this host ('ollama' when left out)")
+    url: str = Field(description="the server root, e.g. 'http://127.0.0.1:11434'")
+    max_concurrency: int = Field(
+        default=1, ge=1, le=256, description="requests in flight at once (Ollama: OLLAMA_NUM_PARALLEL)"
+    )
+    enabled: bool = True
+    api_key_env: str | None = Field(
+        default=None, description="name of the environment variable holding this host's API key"
+    )
+    models: tuple[str, ...] = Field(
+        default=(), description="serve only these models (default: every model the host lists)"
+    )
+    tiers: dict[str, Tier] = Field(default_factory=dict, description="model name -> tier, for this host only")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as 'http://127.0.0.1:11434'")
+        return value.rstrip("/")
+
+    def api_key(self, environ: Mapping[str, str]) -> str | None:
+        return environ.get(self.api_key_env) if self.api_key_env else None
+
+    @classmethod
+    def of(cls, config: HostConfigBase) -> Self:
+        """``config`` as this kind's model; a host of another kind is a programming error, said plainly."""
+        if not isinstance(config, cls):
+            raise TypeError(f"host {config.name!r} is of kind {config.kind!r}, not a {cls.__name__}")
+        return config
+
+
 class Backend(ABC):
-    """One wire protocol (Ollama native, OpenAI-compatible, Anthropic Messages)."""
+    """One wire protocol (Ollama native, OpenAI-compatible, Anthropic Messages).
+
+    ``config_model`` is the ``[[hosts]]`` model of a backend a config file can name (None: built
+    only in code, as Claude's and the scripted one are); :meth:`from_config` builds it from one.
+    """
 
     kind: ClassVar[str]
+    config_model: ClassVar[type[HostConfigBase] | None] = None
 
     def __init__(
         self,
@@ -63,8 +112,12 @@ class Backend(ABC):
         self.client = client
         self.name = name or self.base_url
         self._api_key = api_key
-        self._urls: dict[str, httpx2.URL] = {}
-        self._json_headers = {"Content-Type": "application/json", **(self.headers() or {})}
+
+    @classmethod
+    def from_config(cls, config: HostConfigBase, *, http: httpx2.AsyncClient, environ: Mapping[str, str]) -> Self:
+        """The backend a ``[[hosts]]`` entry describes, on the shared client ``http``; ``environ``
+        holds the API key the entry names. A kind with settings of its own overrides this."""
+        return cls(config.url, http, name=config.name, api_key=config.api_key(environ))
 
     @abstractmethod
     async def chat(self, request: ChatRequest, *, limit_s: float | None = None) -> ChatResponse:
@@ -95,74 +148,6 @@ class Backend(ABC):
     async def aclose(self) -> None:
         """Release what the backend itself opened (the HTTP client belongs to the caller)."""
         return None
-
-    # helpers shared by the HTTP backends -------------------------------------------------
-
-    def headers(self) -> dict[str, str] | None:
-        """Per-request headers; None (not ``{}``) without a key, which spares httpx2 a merge per call."""
-        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else None
-
-    def url(self, path: str) -> httpx2.URL:
-        """The endpoint ``base_url + path``, parsed once: httpx2 spends ~11 µs parsing a URL string,
-        about 2 % of a whole loopback request (bench/pool_overhead.py)."""
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = httpx2.URL(self.base_url + path)
-        return url
-
-    def post_json(self, path: str, body: Any, *, limit_s: float | None = None) -> Awaitable[httpx2.Response]:
-        """POST ``body`` as JSON to ``base_url + path`` (``limit_s``: see the module docstring).
-
-        pydantic-core encodes a chat body ~3x faster than the ``json`` module behind httpx2's
-        ``json=``; the bytes are the same compact UTF-8 JSON, except that NaN and infinity become
-        ``null`` instead of failing (no field we send can hold them).
-        """
-        return self.client.post(
-            self.url(path),
-            content=pydantic_core.to_json(body),
-            headers=self._json_headers,
-            extensions=self.timeouts(limit_s),
-        )
-
-    def stream_json(
-        self, path: str, body: Any, *, limit_s: float | None = None
-    ) -> AbstractAsyncContextManager[httpx2.Response]:
-        """``post_json`` with the response streamed: ``async with backend.stream_json(...) as response``."""
-        return self.client.stream(
-            "POST",
-            self.url(path),
-            content=pydantic_core.to_json(body),
-            headers=self._json_headers,
-            extensions=self.timeouts(limit_s),
-        )
-
-    def timeouts(self, limit_s: float | None) -> dict[str, Any] | None:
-        """The request extensions that bound one request to ``limit_s`` seconds a step (None: the
-        client's own timeouts). The connect limit stays the client's when that is shorter."""
-        if limit_s is None:
-            return None
-        limit_s = max(limit_s, 0.001)  # 0 would mean "no wait at all" to some layers, None "forever"
-        connect = self.client.timeout.connect
-        connect = limit_s if connect is None else min(connect, limit_s)
-        return {"timeout": {"connect": connect, "read": limit_s, "write": limit_s, "pool": limit_s}}
-
-    def raise_for_status(self, response: httpx2.Response, body: bytes | None = None) -> None:
-        """Turn an HTTP error status into the error tree, with the server's own message (and, for a
-        busy host, how long it asked us to wait)."""
-        if response.status_code < 400:
-            return
-        text = (body if body is not None else response.content).decode("utf-8", "replace")
-        raise error_for_status(
-            response.status_code, error_message(text), host=self.name, retry_after_s=retry_after(response.headers)
-        )
-
-    def parse_json(self, response: httpx2.Response) -> Any:
-        try:
-            return response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MalformedResponseError(
-                f"expected JSON, got {response.text[:200]!r}", host=self.name, status=response.status_code
-            ) from exc
 
 
 def retry_after(headers: httpx2.Headers, *, now: float | None = None) -> float | None:
@@ -226,12 +211,3 @@ def translate_transport_errors(host: str) -> Iterator[None]:
         raise HostDisconnectedError(f"connection dropped: {exc}", host=host) from exc
     except httpx2.TransportError as exc:
         raise HostConnectError(f"transport error: {exc}", host=host) from exc
-
-
-BACKENDS: dict[str, type[Backend]] = {}
-
-
-def register_backend(cls: type[Backend]) -> type[Backend]:
-    """Class decorator: make a backend available under its ``kind`` in config."""
-    BACKENDS[cls.kind] = cls
-    return cls

@@ -13,27 +13,19 @@ Wire facts this module relies on (Ollama v0.32/v0.33, see ``notes/ollama-api.md`
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import Any, Literal, Self
 
 import httpx2
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import Field
 
-from caelum_mcp.backends.base import (
-    Backend,
-    error_message,
-    register_backend,
-    retry_after,
-    translate_transport_errors,
-)
+from caelum_mcp.backends.base import HostConfigBase, error_message, retry_after
+from caelum_mcp.backends.http import TOP_LOGPROBS, HttpBackend, Wire, WireLogprob, chat_messages, token_logprobs
 from caelum_mcp.errors import (
     BackendError,
     HostOverloadedError,
     HostUnavailableError,
     MalformedResponseError,
-    StreamInterruptedError,
     error_for_status,
 )
 from caelum_mcp.types import (
@@ -41,7 +33,6 @@ from caelum_mcp.types import (
     ChatResponse,
     EmbedRequest,
     EmbedResponse,
-    HealthReport,
     ModelInfo,
     StreamChunk,
     TokenLogprob,
@@ -50,39 +41,27 @@ from caelum_mcp.types import (
     size_from_model_name,
 )
 
+__all__ = ["TOP_LOGPROBS", "OllamaBackend", "OllamaHostConfig"]
+
 # Ollama answers 499 "request canceled" only for a request still queued for its scheduler when the
 # caller (in practice a proxy that timed out) gave up: the host was saturated, so treat it as busy.
 _STATUS_REQUEST_CANCELED = 499
-# Top candidates asked per token: confidence reads their entropy (caelum_mcp.calibration); the
-# same five as the OpenAI-compatible backend so both hosts give the signal the same meaning.
-TOP_LOGPROBS = 5
 
 
-class _Wire(BaseModel):
-    # Ollama adds fields between releases; unknown ones must not break parsing.
-    model_config = ConfigDict(frozen=True, extra="ignore")
+class OllamaHostConfig(HostConfigBase):
+    """A ``[[hosts]]`` entry with ``kind = "ollama"`` (the default kind)."""
+
+    kind: Literal["ollama"] = Field(default="ollama", description="Ollama's native API, the default")
+    keep_alive: str | int | None = Field(default=None, description="Ollama keep_alive, e.g. '10m' or -1")
 
 
-_W = TypeVar("_W", bound=_Wire)
-
-
-class _WireMessage(_Wire):
+class _WireMessage(Wire):
     role: str = "assistant"
     content: str = ""
     thinking: str | None = None
 
 
-class _WireTopLogprob(_Wire):
-    logprob: float
-
-
-class _WireLogprob(_Wire):
-    token: str
-    logprob: float
-    top_logprobs: list[_WireTopLogprob] | None = None
-
-
-class _WireChat(_Wire):
+class _WireChat(Wire):
     model: str = ""
     message: _WireMessage | None = None
     done: bool = False
@@ -90,7 +69,7 @@ class _WireChat(_Wire):
     prompt_eval_count: int = 0
     eval_count: int = 0
     load_duration: int | None = None  # nanoseconds
-    logprobs: list[_WireLogprob] | None = None
+    logprobs: list[WireLogprob] | None = None
     error: str | None = None
 
     @property
@@ -98,7 +77,7 @@ class _WireChat(_Wire):
         return None if self.load_duration is None else self.load_duration / 1e6
 
 
-class _WireDetails(_Wire):
+class _WireDetails(Wire):
     family: str | None = None
     families: list[str] | None = None
     parameter_size: str | None = None
@@ -106,7 +85,7 @@ class _WireDetails(_Wire):
     context_length: int | None = None
 
 
-class _WireModel(_Wire):
+class _WireModel(Wire):
     name: str = ""
     model: str = ""
     size: int | None = None
@@ -114,22 +93,21 @@ class _WireModel(_Wire):
     capabilities: list[str] | None = None
 
 
-class _WireModelList(_Wire):
+class _WireModelList(Wire):
     models: list[_WireModel]
 
 
-class _WireVersion(_Wire):
+class _WireVersion(Wire):
     version: str
 
 
-class _WireEmbed(_Wire):
+class _WireEmbed(Wire):
     model: str = ""
     embeddings: list[list[float]]
     prompt_eval_count: int = 0
 
 
-@register_backend
-class OllamaBackend(Backend):
+class OllamaBackend(HttpBackend):
     """A host speaking Ollama's native HTTP API.
 
     ``keep_alive`` (Go duration string or seconds) is sent with requests that do not set their
@@ -137,6 +115,8 @@ class OllamaBackend(Backend):
     """
 
     kind = "ollama"
+    protocol = "Ollama"
+    config_model = OllamaHostConfig
 
     def __init__(
         self,
@@ -150,13 +130,18 @@ class OllamaBackend(Backend):
         super().__init__(base_url, client, name=name, api_key=api_key)
         self.keep_alive = keep_alive
 
+    @classmethod
+    def from_config(cls, config: HostConfigBase, *, http: httpx2.AsyncClient, environ: Mapping[str, str]) -> Self:
+        host = OllamaHostConfig.of(config)
+        return cls(host.url, http, name=host.name, api_key=host.api_key(environ), keep_alive=host.keep_alive)
+
     # requests ------------------------------------------------------------------------------
 
     def chat_payload(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         """The ``/api/chat`` body for ``request`` (public so tests and tools can inspect it)."""
         payload: dict[str, Any] = {
             "model": request.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": chat_messages(request),
             "stream": stream,
             "think": bool(request.think),
         }
@@ -182,10 +167,10 @@ class OllamaBackend(Backend):
 
     async def chat(self, request: ChatRequest, *, limit_s: float | None = None) -> ChatResponse:
         payload = self.chat_payload(request, stream=False)
-        with self._wire_errors():
+        with self.wire_errors():
             response = await self.post_json("/api/chat", payload, limit_s=limit_s)
         self.raise_for_status(response)
-        wire = self._validate(_WireChat, self.parse_json(response), response.status_code)
+        wire = self.validate(_WireChat, self.parse_json(response), response.status_code)
         if wire.error is not None:
             raise error_for_status(500, wire.error, host=self.name)
         if wire.message is None:
@@ -200,62 +185,46 @@ class OllamaBackend(Backend):
             load_ms=wire.load_ms,
         )
 
-    async def stream(self, request: ChatRequest, *, limit_s: float | None = None) -> AsyncIterator[StreamChunk]:
-        """Stream ``/api/chat``; failures after the first yielded chunk are StreamInterruptedError.
+    def stream(self, request: ChatRequest, *, limit_s: float | None = None) -> AsyncIterator[StreamChunk]:
+        """Stream ``/api/chat``; failures after the first yielded chunk are StreamInterruptedError."""
+        return self.guard_stream(self._stream(request, limit_s))
 
-        Before anything is yielded every failure keeps its own class (503 stays
-        HostOverloadedError), so the pool may still send the request to another host.
-        """
+    async def _stream(self, request: ChatRequest, limit_s: float | None) -> AsyncGenerator[StreamChunk, None]:
         payload = self.chat_payload(request, stream=True)
         content: list[str] = []
         thinking: list[str] = []
-        logprobs: list[_WireLogprob] = []
-        yielded = False
-        try:
-            with self._wire_errors():
-                async with self.stream_json("/api/chat", payload, limit_s=limit_s) as response:
-                    if response.status_code >= 400:
-                        self.raise_for_status(response, await response.aread())
-                    async for line in response.aiter_lines():
-                        if not line.strip():
-                            continue
-                        wire = self._validate(_WireChat, _json_line(line, self.name), response.status_code)
-                        if wire.error is not None:
-                            # An in-stream error has no status of its own; Ollama's non-streaming
-                            # path reports the same failures as 500.
-                            raise error_for_status(500, wire.error, host=self.name)
-                        piece = wire.message or _WireMessage()
-                        content.append(piece.content)
-                        thinking.append(piece.thinking or "")
-                        logprobs.extend(wire.logprobs or ())
-                        if wire.done:
-                            final = ChatResponse(
-                                model=wire.model or request.model,
-                                content="".join(content),
-                                thinking="".join(thinking) or None,
-                                finish_reason=wire.done_reason,
-                                usage=Usage(input_tokens=wire.prompt_eval_count, output_tokens=wire.eval_count),
-                                logprobs=_logprobs(logprobs),
-                                load_ms=wire.load_ms,
-                            )
-                            yielded = True
-                            yield StreamChunk(
-                                content=piece.content,
-                                thinking=piece.thinking or "",
-                                done=True,
-                                response=final,
-                            )
-                            return
-                        if piece.content or piece.thinking:
-                            yielded = True
-                            yield StreamChunk(content=piece.content, thinking=piece.thinking or "")
-            raise MalformedResponseError("chat stream ended without a final 'done' chunk", host=self.name)
-        except BackendError as exc:
-            if yielded and not isinstance(exc, StreamInterruptedError):
-                raise StreamInterruptedError(
-                    f"stream failed after output was sent: {exc.detail}", host=self.name, status=exc.status
-                ) from exc
-            raise
+        logprobs: list[WireLogprob] = []
+        with self.wire_errors():
+            async with self.open_stream("/api/chat", payload, limit_s=limit_s) as response:
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    wire = self.validate(_WireChat, _json_line(line, self.name), response.status_code)
+                    if wire.error is not None:
+                        # An in-stream error has no status of its own; Ollama's non-streaming
+                        # path reports the same failures as 500.
+                        raise error_for_status(500, wire.error, host=self.name)
+                    piece = wire.message or _WireMessage()
+                    content.append(piece.content)
+                    thinking.append(piece.thinking or "")
+                    logprobs.extend(wire.logprobs or ())
+                    if wire.done:
+                        final = ChatResponse(
+                            model=wire.model or request.model,
+                            content="".join(content),
+                            thinking="".join(thinking) or None,
+                            finish_reason=wire.done_reason,
+                            usage=Usage(input_tokens=wire.prompt_eval_count, output_tokens=wire.eval_count),
+                            logprobs=_logprobs(logprobs),
+                            load_ms=wire.load_ms,
+                        )
+                        yield StreamChunk(
+                            content=piece.content, thinking=piece.thinking or "", done=True, response=final
+                        )
+                        return
+                    if piece.content or piece.thinking:
+                        yield StreamChunk(content=piece.content, thinking=piece.thinking or "")
+        raise MalformedResponseError("chat stream ended without a final 'done' chunk", host=self.name)
 
     async def list_models(self) -> list[ModelInfo]:
         """Installed models (``/api/tags``), with ``loaded`` set from ``/api/ps`` when it answers."""
@@ -268,20 +237,9 @@ class OllamaBackend(Backend):
         loaded = {label for m in running for label in (m.name, m.model) if label}
         return [_model_info(m, loaded=bool({m.name, m.model} & loaded)) for m in tags]
 
-    async def health(self) -> HealthReport:
-        started = time.perf_counter()
-        try:
-            with self._wire_errors():
-                response = await self.client.get(self.url("/api/version"), headers=self.headers())
-            self.raise_for_status(response)
-            wire = self._validate(_WireVersion, self.parse_json(response), response.status_code)
-        except BackendError as exc:
-            return HealthReport(ok=False, detail=str(exc))
-        except (httpx2.HTTPError, httpx2.InvalidURL) as exc:
-            # Outside the transport errors (redirect loops, a bad base URL): still only "unhealthy".
-            return HealthReport(ok=False, detail=f"{self.name}: {type(exc).__name__}: {exc}")
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        return HealthReport(ok=True, version=wire.version, latency_ms=latency_ms)
+    async def probe(self) -> str | None:
+        response = await self.get_checked("/api/version")
+        return self.validate(_WireVersion, self.parse_json(response), response.status_code).version
 
     async def embed(self, request: EmbedRequest, *, limit_s: float | None = None) -> EmbedResponse:
         payload: dict[str, Any] = {"model": request.model, "input": list(request.inputs)}
@@ -289,14 +247,11 @@ class OllamaBackend(Backend):
             payload["dimensions"] = request.dimensions
         if self.keep_alive is not None:
             payload["keep_alive"] = self.keep_alive
-        with self._wire_errors():
+        with self.wire_errors():
             response = await self.post_json("/api/embed", payload, limit_s=limit_s)
         self.raise_for_status(response)
-        wire = self._validate(_WireEmbed, self.parse_json(response), response.status_code)
-        if len(wire.embeddings) != len(request.inputs):
-            raise MalformedResponseError(
-                f"asked for {len(request.inputs)} embeddings, got {len(wire.embeddings)}", host=self.name
-            )
+        wire = self.validate(_WireEmbed, self.parse_json(response), response.status_code)
+        self.check_count(len(request.inputs), len(wire.embeddings))
         return EmbedResponse(
             model=wire.model or request.model,
             embeddings=tuple(tuple(vector) for vector in wire.embeddings),
@@ -326,31 +281,9 @@ class OllamaBackend(Backend):
             )
         super().raise_for_status(response, raw)
 
-    @contextmanager
-    def _wire_errors(self) -> Iterator[None]:
-        """translate_transport_errors, plus a body httpx2 could not decode (bad gzip etc.)."""
-        try:
-            with translate_transport_errors(self.name):
-                yield
-        except httpx2.DecodingError as exc:
-            raise MalformedResponseError(f"undecodable response body: {exc}", host=self.name) from exc
-
     async def _get_models(self, path: str) -> list[_WireModel]:
-        with self._wire_errors():
-            response = await self.client.get(self.url(path), headers=self.headers())
-        self.raise_for_status(response)
-        return self._validate(_WireModelList, self.parse_json(response), response.status_code).models
-
-    def _validate(self, model: type[_W], data: Any, status: int) -> _W:
-        try:
-            return model.model_validate(data)
-        except ValidationError as exc:
-            shown = json.dumps(data)[:200] if not isinstance(data, str) else data[:200]
-            raise MalformedResponseError(
-                f"unexpected {model.__name__.removeprefix('_Wire').lower() or 'reply'} shape: {shown}",
-                host=self.name,
-                status=status,
-            ) from exc
+        response = await self.get_checked(path)
+        return self.validate(_WireModelList, self.parse_json(response), response.status_code).models
 
 
 def _json_line(line: str, host: str) -> Any:
@@ -360,13 +293,8 @@ def _json_line(line: str, host: str) -> Any:
         raise MalformedResponseError(f"bad ndjson line {line[:200]!r}", host=host) from exc
 
 
-def _logprobs(entries: list[_WireLogprob] | None) -> tuple[TokenLogprob, ...] | None:
-    if not entries:
-        return None
-    return tuple(
-        TokenLogprob(token=e.token, logprob=e.logprob, top=tuple(t.logprob for t in e.top_logprobs or ()))
-        for e in entries
-    )
+def _logprobs(entries: list[WireLogprob] | None) -> tuple[TokenLogprob, ...] | None:
+    return token_logprobs(entries) if entries else None
 
 
 def _model_info(model: _WireModel, *, loaded: bool) -> ModelInfo:

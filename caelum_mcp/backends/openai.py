@@ -11,31 +11,20 @@ twice. OpenAI's ``prompt_tokens`` includes ``prompt_tokens_details.cached_tokens
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Literal
 
 import httpx2
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from caelum_mcp.backends.base import (
-    Backend,
-    error_message,
-    register_backend,
-    translate_transport_errors,
-)
-from caelum_mcp.errors import (
-    BackendError,
-    MalformedResponseError,
-    StreamInterruptedError,
-    error_for_status,
-)
+from caelum_mcp.backends.base import HostConfigBase, error_message
+from caelum_mcp.backends.http import TOP_LOGPROBS, HttpBackend, Wire, WireLogprob, chat_messages, token_logprobs
+from caelum_mcp.errors import MalformedResponseError, error_for_status
 from caelum_mcp.types import (
     ChatRequest,
     ChatResponse,
     EmbedRequest,
     EmbedResponse,
-    HealthReport,
     ModelInfo,
     StreamChunk,
     TokenLogprob,
@@ -43,94 +32,85 @@ from caelum_mcp.types import (
     size_from_model_name,
 )
 
-# Confidence reads the entropy over each position's top candidates (caelum_mcp.calibration); five
-# separate a confident token from a coin toss while keeping replies small (~100 bytes a token).
-TOP_LOGPROBS = 5
+__all__ = ["TOP_LOGPROBS", "OpenAIBackend", "OpenAIHostConfig"]
+
+
+class OpenAIHostConfig(HostConfigBase):
+    """A ``[[hosts]]`` entry with ``kind = "openai"``: llama.cpp, vLLM, LM Studio, Ollama's ``/v1``."""
+
+    kind: Literal["openai"] = Field(default="openai", description="llama.cpp, vLLM, LM Studio, Ollama's /v1")
+    # Files written when one model held every kind's keys may set it; it never reached the wire.
+    keep_alive: str | int | None = Field(
+        default=None, description="ignored for this kind (only Ollama's native API keeps a model loaded on request)"
+    )
 
 
 # wire shapes (only the fields we read; servers add many more) -------------------------------
 
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _WireLogprobs(Wire):
+    content: list[WireLogprob] | None = None
 
 
-_W = TypeVar("_W", bound=_Wire)
-
-
-class _WireTopLogprob(_Wire):
-    logprob: float
-
-
-class _WireLogprob(_Wire):
-    token: str
-    logprob: float
-    top_logprobs: list[_WireTopLogprob] | None = None
-
-
-class _WireLogprobs(_Wire):
-    content: list[_WireLogprob] | None = None
-
-
-class _WireMessage(_Wire):
+class _WireMessage(Wire):
     content: str | None = None
     # llama.cpp and vLLM call it reasoning_content; Ollama's /v1 and LM Studio call it reasoning.
     reasoning_content: str | None = None
     reasoning: str | None = None
 
 
-class _WireChoice(_Wire):
+class _WireChoice(Wire):
     message: _WireMessage
     finish_reason: str | None = None
     logprobs: _WireLogprobs | None = None
 
 
-class _WireChunkChoice(_Wire):
+class _WireChunkChoice(Wire):
     delta: _WireMessage = _WireMessage()
     finish_reason: str | None = None
     logprobs: _WireLogprobs | None = None
 
 
-class _WirePromptDetails(_Wire):
+class _WirePromptDetails(Wire):
     cached_tokens: int | None = None
 
 
-class _WireUsage(_Wire):
+class _WireUsage(Wire):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     prompt_tokens_details: _WirePromptDetails | None = None
 
 
-class _WireCompletion(_Wire):
+class _WireCompletion(Wire):
     model: str = ""
     choices: list[_WireChoice] = Field(min_length=1)
     usage: _WireUsage | None = None
 
 
-class _WireChunk(_Wire):
+class _WireChunk(Wire):
     model: str = ""
     choices: list[_WireChunkChoice] = []
     usage: _WireUsage | None = None
 
 
-class _WireEmbedding(_Wire):
+class _WireEmbedding(Wire):
     index: int = 0
     embedding: list[float]
 
 
-class _WireEmbeddings(_Wire):
+class _WireEmbeddings(Wire):
     model: str = ""
     data: list[_WireEmbedding]
     usage: _WireUsage | None = None
 
 
-class _WireModel(_Wire):
+class _WireModel(Wire):
     id: str
     meta: dict[str, Any] | None = None  # llama.cpp: n_params, n_ctx, n_ctx_train, size, ftype
     max_model_len: int | None = None  # vLLM
 
 
-class _WireModelList(_Wire):
+class _WireModelList(Wire):
     data: list[_WireModel]
 
 
@@ -146,13 +126,8 @@ def _usage(wire: _WireUsage | None) -> Usage:
     )
 
 
-def _logprobs(wire: _WireLogprobs | None) -> list[TokenLogprob]:
-    if wire is None or not wire.content:
-        return []
-    return [
-        TokenLogprob(token=lp.token, logprob=lp.logprob, top=tuple(t.logprob for t in lp.top_logprobs or ()))
-        for lp in wire.content
-    ]
+def _logprobs(wire: _WireLogprobs | None) -> tuple[TokenLogprob, ...]:
+    return token_logprobs(wire.content) if wire is not None and wire.content else ()
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -176,11 +151,12 @@ def _model_info(wire: _WireModel) -> ModelInfo:
     )
 
 
-@register_backend
-class OpenAIBackend(Backend):
+class OpenAIBackend(HttpBackend):
     """Chat, streaming, model discovery and embeddings over the OpenAI ``/v1`` wire format."""
 
     kind = "openai"
+    protocol = "OpenAI"
+    config_model = OpenAIHostConfig
 
     def __init__(
         self,
@@ -198,11 +174,7 @@ class OpenAIBackend(Backend):
     # chat ------------------------------------------------------------------------------------
 
     def _chat_body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": request.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            "stream": stream,
-        }
+        body: dict[str, Any] = {"model": request.model, "messages": chat_messages(request), "stream": stream}
         if stream:
             body["stream_options"] = {"include_usage": True}
         if request.json_schema is not None:
@@ -222,20 +194,12 @@ class OpenAIBackend(Backend):
         return body
 
     async def chat(self, request: ChatRequest, *, limit_s: float | None = None) -> ChatResponse:
-        with translate_transport_errors(self.name):
+        with self.wire_errors():
             response = await self.post_json(
                 "/v1/chat/completions", self._chat_body(request, stream=False), limit_s=limit_s
             )
         self.raise_for_status(response)
-        # Parsing and validating the bytes in one step (pydantic-core) is the backend's hot path.
-        try:
-            wire = _WireCompletion.model_validate_json(response.content)
-        except ValidationError as exc:
-            raise MalformedResponseError(
-                f"reply is not an OpenAI chat completion: {response.text[:200]!r}",
-                host=self.name,
-                status=response.status_code,
-            ) from exc
+        wire = self.validate_json(_WireCompletion, response)
         choice = wire.choices[0]
         return ChatResponse(
             model=wire.model or request.model,
@@ -243,33 +207,21 @@ class OpenAIBackend(Backend):
             thinking=choice.message.reasoning_content or choice.message.reasoning or None,
             finish_reason=choice.finish_reason,
             usage=_usage(wire.usage),
-            logprobs=tuple(_logprobs(choice.logprobs)) if request.logprobs else None,
+            logprobs=_logprobs(choice.logprobs) if request.logprobs else None,
         )
 
-    async def stream(self, request: ChatRequest, *, limit_s: float | None = None) -> AsyncIterator[StreamChunk]:
+    def stream(self, request: ChatRequest, *, limit_s: float | None = None) -> AsyncIterator[StreamChunk]:
         """Server-sent events; errors after the first piece become ``StreamInterruptedError``."""
-        started = False
-        try:
-            async for chunk in self._stream(request, limit_s):
-                started = started or bool(chunk.content or chunk.thinking)
-                yield chunk
-        except BackendError as exc:
-            if started and not isinstance(exc, StreamInterruptedError):
-                raise StreamInterruptedError(
-                    f"stream broke after output was sent: {exc.detail}", host=self.name, status=exc.status
-                ) from exc
-            raise
+        return self.guard_stream(self._stream(request, limit_s))
 
-    async def _stream(self, request: ChatRequest, limit_s: float | None) -> AsyncIterator[StreamChunk]:
+    async def _stream(self, request: ChatRequest, limit_s: float | None) -> AsyncGenerator[StreamChunk, None]:
         content: list[str] = []
         thinking: list[str] = []
         logprobs: list[TokenLogprob] = []
         model, finish_reason, usage, done = request.model, None, Usage(), False
-        with translate_transport_errors(self.name):
+        with self.wire_errors():
             body = self._chat_body(request, stream=True)
-            async with self.stream_json("/v1/chat/completions", body, limit_s=limit_s) as response:
-                if response.status_code >= 400:
-                    self.raise_for_status(response, await response.aread())
+            async with self.open_stream("/v1/chat/completions", body, limit_s=limit_s) as response:
                 async for line in response.aiter_lines():
                     payload = self._sse_payload(line)
                     if payload is None:
@@ -277,7 +229,7 @@ class OpenAIBackend(Backend):
                     if payload == "[DONE]":
                         done = True
                         break
-                    wire = self._validate(_WireChunk, self._sse_json(payload), response.status_code)
+                    wire = self.validate(_WireChunk, self._sse_json(payload), response.status_code)
                     model = wire.model or model
                     if wire.usage is not None:
                         usage = _usage(wire.usage)
@@ -325,53 +277,32 @@ class OpenAIBackend(Backend):
             raise error_for_status(status, error_message(payload), host=self.name)
         return data
 
-    def _validate(self, model: type[_W], data: Any, status: int) -> _W:
-        try:
-            return model.model_validate(data)
-        except ValidationError as exc:
-            raise MalformedResponseError(
-                f"reply does not have the OpenAI {model.__name__.removeprefix('_Wire')} shape: {str(data)[:200]}",
-                host=self.name,
-                status=status,
-            ) from exc
-
     # models, health, embeddings --------------------------------------------------------------
 
     async def list_models(self) -> list[ModelInfo]:
-        with translate_transport_errors(self.name):
-            response = await self.client.get(self.url("/v1/models"), headers=self.headers())
-        self.raise_for_status(response)
-        wire = self._validate(_WireModelList, self.parse_json(response), response.status_code)
+        response = await self.get_checked("/v1/models")
+        wire = self.validate(_WireModelList, self.parse_json(response), response.status_code)
         return [_model_info(m) for m in wire.data]
 
-    async def health(self) -> HealthReport:
+    async def probe(self) -> str | None:
         """``/health`` where the server has one (llama.cpp, vLLM), else ``/v1/models``."""
-        start = time.perf_counter()
-        try:
-            with translate_transport_errors(self.name):
-                response = await self.client.get(self.url("/health"), headers=self.headers())
-                if response.status_code == 404:
-                    response = await self.client.get(self.url("/v1/models"), headers=self.headers())
-            # llama.cpp answers 503 "Loading model" until it can serve.
-            self.raise_for_status(response)
-        except BackendError as exc:
-            return HealthReport(ok=False, detail=str(exc))
-        except (httpx2.HTTPError, httpx2.InvalidURL) as exc:
-            return HealthReport(ok=False, detail=f"{self.name}: {type(exc).__name__}: {exc}")
-        return HealthReport(ok=True, latency_ms=(time.perf_counter() - start) * 1000)
+        with self.wire_errors():
+            response = await self.client.get(self.url("/health"), headers=self.headers())
+            if response.status_code == 404:
+                response = await self.client.get(self.url("/v1/models"), headers=self.headers())
+        # llama.cpp answers 503 "Loading model" until it can serve.
+        self.raise_for_status(response)
+        return None
 
     async def embed(self, request: EmbedRequest, *, limit_s: float | None = None) -> EmbedResponse:
         body: dict[str, Any] = {"model": request.model, "input": list(request.inputs)}
         if request.dimensions is not None:
             body["dimensions"] = request.dimensions
-        with translate_transport_errors(self.name):
+        with self.wire_errors():
             response = await self.post_json("/v1/embeddings", body, limit_s=limit_s)
         self.raise_for_status(response)
-        wire = self._validate(_WireEmbeddings, self.parse_json(response), response.status_code)
-        if len(wire.data) != len(request.inputs):
-            raise MalformedResponseError(
-                f"asked for {len(request.inputs)} embeddings, got {len(wire.data)}", host=self.name
-            )
+        wire = self.validate(_WireEmbeddings, self.parse_json(response), response.status_code)
+        self.check_count(len(request.inputs), len(wire.data))
         vectors = sorted(wire.data, key=lambda item: item.index)
         return EmbedResponse(
             model=wire.model or request.model,

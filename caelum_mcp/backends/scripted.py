@@ -34,7 +34,7 @@ from typing import TypeAlias
 import anyio
 import httpx2
 
-from caelum_mcp.backends.base import Backend, register_backend
+from caelum_mcp.backends.base import Backend
 from caelum_mcp.errors import HostConnectError, HostTimeoutError
 from caelum_mcp.types import (
     ChatRequest,
@@ -83,7 +83,6 @@ def _refuse(request: httpx2.Request) -> httpx2.Response:
     raise AssertionError(f"ScriptedBackend does not do HTTP (asked for {request.method} {request.url})")
 
 
-@register_backend
 class ScriptedBackend(Backend):
     """Answers from a script; records every request in ``requests`` / ``embed_requests``."""
 

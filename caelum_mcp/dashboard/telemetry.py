@@ -141,7 +141,7 @@ class Telemetry:
         except RuntimeError:
             loop = None
         self.changes.bind(loop)
-        history = LedgerHistory(state.ledger.path)
+        history = LedgerHistory(state.ledger)
         remove = state.ledger.add_observer(self._on_ledger)
         self._state, self.history = state, history
         try:

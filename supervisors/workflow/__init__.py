@@ -29,7 +29,7 @@ from caelum_mcp.tools.workflow.templates import render
 from .definitions import BUILTIN_WORKFLOWS, WorkflowsSettings
 from .history import HistoryInput, HistoryOutput, workflow_history
 from .run import RunWorkflowInput, RunWorkflowOutput, owner_alive, run_workflow
-from .store import RunStore
+from .store import RunStore, WorkflowState
 
 __all__ = ["BUILTIN_WORKFLOWS", "WorkflowSupervisor", "WorkflowsSettings"]
 
@@ -84,7 +84,7 @@ class WorkflowSupervisor(Supervisor):
         )
 
     @asynccontextmanager
-    async def lifespan(self, env: SupervisorEnv) -> AsyncIterator[None]:
+    async def lifespan(self, env: SupervisorEnv) -> AsyncIterator[WorkflowState]:
         def tidy() -> list[str]:
             with RunStore(env.state_dir, check=True) as store:  # a damaged store is moved aside here
                 interrupted = store.mark_interrupted(owner_alive)
@@ -98,4 +98,4 @@ class WorkflowSupervisor(Supervisor):
             interrupted = []
         if interrupted:
             log.warning("workflow runs interrupted by a server that stopped: %s", ", ".join(interrupted))
-        yield
+        yield WorkflowState(env.state_dir)

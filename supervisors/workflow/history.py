@@ -22,7 +22,7 @@ from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.tools.paths import resolve_project
 
 from .run import RUN_ID
-from .store import FlakyStep, RunFilter, RunRecord, RunStatus, RunStore, StepRecord, StepStats
+from .store import FlakyStep, RunFilter, RunRecord, RunStatus, RunStore, StepRecord, StepStats, WorkflowState
 
 MAX_RUNS = 100
 
@@ -107,7 +107,7 @@ async def workflow_history(args: HistoryInput, ctx: ToolContext) -> HistoryOutpu
 
 
 def _read(ctx: ToolContext, args: HistoryInput, where: RunFilter) -> HistoryOutput:
-    with RunStore(ctx.state_dir) as store:
+    with ctx.state_as(WorkflowState).store() as store:
         step_output = None
         if args.run_id is not None:
             if not RUN_ID.match(args.run_id):

@@ -52,7 +52,7 @@ from caelum_mcp.tools.workflow.commands import run_workflow_command
 
 from .definitions import Scalar, WorkflowSpec, WorkflowsSettings
 from .engine import Reused, StepResult, StepRun, Work, WorkflowEngine, timeout_error
-from .store import RunRecord, RunStatus, RunStore, StepRecord
+from .store import RunRecord, RunStatus, RunStore, StepRecord, WorkflowState
 from .summary import SummaryPoint, llm_summary, plain_summary
 
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")
@@ -120,7 +120,7 @@ async def run_workflow(args: RunWorkflowInput, ctx: ToolContext) -> RunWorkflowO
     if spec is None:
         raise ToolInputError(f"no workflow {args.workflow!r}; workflows: {', '.join(sorted(known))}")
     root = resolve_project(args.project, ctx.roots)
-    with RunStore(ctx.state_dir) as store:
+    with ctx.state_as(WorkflowState).store() as store:
         notes = store.take_notices()
         reusable, inputs = _resumed(store, args, root)
         try:

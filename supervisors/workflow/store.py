@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -493,3 +494,14 @@ def _cut(text: str | None) -> str | None:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
+
+@dataclass(frozen=True)
+class WorkflowState:
+    """What the workflow supervisor's lifespan yields: where its run store lives. Each call opens
+    its own connection (:meth:`store`; calls run in worker threads, a SQLite connection stays in one)."""
+
+    state_dir: Path
+
+    def store(self) -> RunStore:
+        return RunStore(self.state_dir)

@@ -12,7 +12,7 @@ import httpx2
 import pytest
 
 from caelum_mcp.backends.anthropic import AnthropicBackend
-from caelum_mcp.backends.base import BACKENDS
+from caelum_mcp.backends.registry import backend_class
 from caelum_mcp.errors import (
     AuthenticationError,
     BadRequestError,
@@ -89,7 +89,7 @@ async def test_health_and_models_of_a_messages_server(llama_url: str, http: http
 
 
 def test_registered_under_its_kind() -> None:
-    assert BACKENDS["anthropic"] is AnthropicBackend
+    assert backend_class("anthropic") is AnthropicBackend
 
 
 # what goes on the wire -------------------------------------------------------------------------

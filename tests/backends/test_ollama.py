@@ -13,8 +13,8 @@ import httpx2
 import pytest
 from fakes.ollama_server import DEFAULT_SENTENCE, FakeOllama
 
-from caelum_mcp.backends.base import BACKENDS
 from caelum_mcp.backends.ollama import TOP_LOGPROBS, OllamaBackend
+from caelum_mcp.backends.registry import backend_class
 from caelum_mcp.errors import (
     BackendError,
     BadRequestError,
@@ -93,7 +93,7 @@ async def collect(backend: OllamaBackend, request: ChatRequest) -> list[StreamCh
 
 
 async def test_registered_under_its_kind() -> None:
-    assert BACKENDS["ollama"] is OllamaBackend
+    assert backend_class("ollama") is OllamaBackend
 
 
 async def test_chat_maps_reply_and_sends_non_streaming_request(wired: Any) -> None:

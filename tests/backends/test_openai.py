@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
+import anyio
 import httpx2
 import jsonschema
 import pytest
 
-from caelum_mcp.backends.base import BACKENDS
 from caelum_mcp.backends.openai import TOP_LOGPROBS, OpenAIBackend
+from caelum_mcp.backends.registry import backend_class
 from caelum_mcp.errors import (
     HostConnectError,
     HostOverloadedError,
@@ -136,7 +138,7 @@ async def test_dead_port_is_unhealthy_and_chat_fails_over(http: httpx2.AsyncClie
 
 
 def test_registered_under_its_kind() -> None:
-    assert BACKENDS["openai"] is OpenAIBackend
+    assert backend_class("openai") is OpenAIBackend
 
 
 # wire shapes through a mock transport ----------------------------------------------------------
@@ -381,3 +383,42 @@ async def test_embeddings_follow_the_index_order() -> None:
     result = await mock_backend(handler).embed(EmbedRequest(model="nomic-embed-text", inputs=("a", "b")))
     assert result.embeddings == ((1.0, 0.0), (0.0, 1.0))
     assert result.usage.input_tokens == 4
+
+
+async def test_an_undecodable_body_is_malformed_not_an_http_library_error() -> None:
+    # A proxy that says gzip and sends something else: before the shared HTTP base only the Ollama
+    # backend mapped this, and httpx2's DecodingError escaped the OpenAI one past the error tree.
+    garbled = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    backend = mock_backend(lambda r: httpx2.Response(200, headers=garbled, content=b"not gzip at all"))
+    with pytest.raises(MalformedResponseError, match="undecodable"):
+        await backend.chat(ask("x"))
+    report = await backend.health()
+    assert not report.ok and "undecodable" in report.detail
+
+
+class HeldStream(httpx2.AsyncByteStream):
+    """Sends its events, then holds the connection open (a model still generating); records its close."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = parts
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for part in self.parts:
+            yield part
+        await anyio.sleep_forever()
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_a_consumer_that_stops_early_closes_the_response() -> None:
+    # The pool stops reading a stream whose caller went away; the host must see the connection
+    # close then (it stops generating), not whenever the garbage collector finalises the generator.
+    held = HeldStream(sse(delta("Hel"), delta("lo")))
+    backend = mock_backend(lambda r: httpx2.Response(200, stream=held))
+    async with aclosing(backend.stream(ask("x"))) as chunks:
+        async for chunk in chunks:
+            assert chunk.content == "Hel"
+            break
+    assert held.closed

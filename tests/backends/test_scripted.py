@@ -10,7 +10,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from caelum_mcp.backends.base import BACKENDS
+from caelum_mcp.backends.registry import backend_class
 from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
 from caelum_mcp.errors import AllHostsFailedError, HostConnectError, HostOverloadedError, HostTimeoutError
 from caelum_mcp.hosts import Host
@@ -31,7 +31,7 @@ async def collect(backend: ScriptedBackend, request: ChatRequest) -> list[Stream
 
 async def test_registered_and_lists_its_models() -> None:
     backend = ScriptedBackend([("qwen3:8b", 8.0), ("nomic-embed-text", None)], name="box")
-    assert BACKENDS["scripted"] is ScriptedBackend
+    assert backend_class("scripted") is ScriptedBackend
     assert backend.name == "box"
     assert backend.base_url == "scripted://box"
     models = await backend.list_models()

@@ -1,4 +1,4 @@
-"""Embeddings through the router: the pool's embedding tier, batched, in order, and in the ledger."""
+"""The embedding service: the pool's embedding tier, batched, in order, and in the ledger."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from caelum_mcp.embedding_service import EmbeddingService
 from caelum_mcp.errors import NoHostAvailableError
 from caelum_mcp.ledger import Ledger
-from caelum_mcp.router import Router
 from caelum_mcp.types import EmbedRequest
 
-from .conftest import backend_of, make_config, scripted_host, scripted_pool
+from .conftest import backend_of, scripted_host, scripted_pool
 
 
 async def test_texts_are_embedded_in_batches_in_order_and_recorded(tmp_path: Path) -> None:
@@ -19,9 +19,9 @@ async def test_texts_are_embedded_in_batches_in_order_and_recorded(tmp_path: Pat
     pool = await scripted_pool(embedder)
     texts = [f"chunk number {i}" for i in range(150)]
     with Ledger(tmp_path / "l.db") as ledger:
-        router = Router(pool, ledger, make_config(tmp_path))
-        assert router.embedding_models() == ["nomic-embed-text@gpu-1"]
-        got = await router.embed(texts, call_id="call-7", batch_size=64)
+        embeddings = EmbeddingService(pool, ledger)
+        assert embeddings.models() == ["nomic-embed-text@gpu-1"]
+        got = await embeddings.embed(texts, call_id="call-7", batch_size=64)
         rows = ledger.recent(10)
     assert (got.model, got.host, len(got.vectors)) == ("nomic-embed-text", "gpu-1", 150)
     assert [len(r.inputs) for r in backend_of(embedder).embed_requests] == [64, 64, 22]
@@ -35,9 +35,9 @@ async def test_texts_are_embedded_in_batches_in_order_and_recorded(tmp_path: Pat
 async def test_with_no_embedding_model_the_caller_is_told(tmp_path: Path) -> None:
     pool = await scripted_pool(scripted_host("gpu-1", [("qwen3:8b", 8.0)]))
     with Ledger(tmp_path / "l.db") as ledger:
-        router = Router(pool, ledger, make_config(tmp_path))
-        assert router.embedding_models() == []
+        embeddings = EmbeddingService(pool, ledger)
+        assert embeddings.models() == []
         with pytest.raises(NoHostAvailableError, match="embedding"):
-            await router.embed(["hello"])
+            await embeddings.embed(["hello"])
         (row,) = ledger.recent(5)
         assert row.path == "failed" and row.tier == "embedding"

@@ -45,6 +45,7 @@ class SampleSettings(BaseModel):
 class EchoOutput(ToolOutput):
     text: str
     answer: str | None = None
+    opened: str | None = None  # what the supervisor's lifespan yielded, read through ctx.state_as
     call_id: str
     has_pool_admin: bool
     state_dir: str
@@ -77,6 +78,7 @@ async def echo(args: EchoInput, ctx: ToolContext) -> EchoOutput:
         answer=answer,
         call_id=ctx.call_id,
         has_pool_admin=ctx.pool_admin is not None,
+        opened=ctx.state_as(SampleState).marker.name if isinstance(ctx.state, SampleState) else None,
         state_dir=str(ctx.state_dir),
         threshold=ctx.settings_as(SampleSettings).threshold,
         items=items,
@@ -86,6 +88,13 @@ async def echo(args: EchoInput, ctx: ToolContext) -> EchoOutput:
 async def outer(args: OuterInput, ctx: ToolContext) -> OuterOutput:
     child = await ctx.call_tool(args.child, args.child_args)
     return OuterOutput(child=child.model_dump())
+
+
+class SampleState:
+    """What Sample's lifespan opens for the server's life."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
 
 
 class Sample(Supervisor):
@@ -106,12 +115,12 @@ class Sample(Supervisor):
         return (InternalTool("echo_text", echo),)
 
     @asynccontextmanager
-    async def lifespan(self, env: SupervisorEnv) -> AsyncIterator[None]:
+    async def lifespan(self, env: SupervisorEnv) -> AsyncIterator[SampleState]:
         marker = env.state_dir / "open"
         marker.write_text("yes")
         self.events.append("opened")
         try:
-            yield
+            yield SampleState(marker)
         finally:
             marker.unlink()
             self.events.append("closed")
@@ -165,7 +174,32 @@ async def test_typed_services_state_dir_lifespan_and_pool_admin_only_where_decla
         assert Path(plain.state_dir) == tmp_path / "supervisors" / "sample"
         assert (Path(plain.state_dir) / "open").read_text() == "yes"
         assert Path(admin.state_dir) == tmp_path / "supervisors" / "admin"
+        # each supervisor's handlers get what its own lifespan yielded, and nothing of another's
+        assert plain.opened == "open" and admin.opened is None
     assert Sample.events == ["opened", "closed"]
+
+
+async def test_state_as_gives_the_lifespans_state_typed_or_says_why_not(tmp_path: Path) -> None:
+    seen: list[Any] = []
+
+    async def needs_state(args: EchoInput, ctx: ToolContext) -> EchoOutput:
+        seen.append(ctx.state_as(SampleState))
+        return await echo(args, ctx)
+
+    class Stateless(Supervisor):
+        name = "stateless"
+        description = "keeps nothing, so a handler asking for state is told why it has none"
+
+        def external_tools(self) -> Sequence[ExternalTool[Any, Any]]:
+            return (ExternalTool("needs_state", "Needs state", "x", EchoInput, EchoOutput, needs_state),)
+
+    async with running(tmp_path, Sample(), Stateless()) as runtime:
+        with pytest.raises(CaelumError, match="needs its supervisor's SampleState, which the running server opens"):
+            await runtime.invoke("needs_state", {"text": "hi"}, roots=roots(tmp_path))
+    assert seen == []
+    wrong = ToolContext(llm=None, limits=None, roots=(), state_dir=tmp_path, state="a string")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="state is a str, not a SampleState"):
+        wrong.state_as(SampleState)
 
 
 async def test_call_tool_validates_reports_progress_and_records_the_child_under_the_parent(tmp_path: Path) -> None:

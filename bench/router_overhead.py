@@ -1,0 +1,152 @@
+"""What the router costs per task on top of the pool call it makes, beside another checkout's router.
+
+One host answered by a :class:`~caelum_mcp.backends.scripted.ScriptedBackend` (in process, no
+HTTP, no delay), a real SQLite ledger in a temporary folder, and the default configuration (the
+shipped calibration table, Claude not configured). Two paths, interleaved in blocks:
+
+- ``pool``:   ``Pool.chat`` with the request the router would send (selection, slots, breaker);
+- ``router``: ``Router.run`` of a task whose answer the host gives at once (availability, ladder
+  planning, redaction, the pool call, parse, score, calibration, the ledger rows, the result).
+
+``router - pool`` is the router's own cost per task. With ``--reference DIR`` (a checkout, e.g.
+``git worktree add /tmp/router-old <commit>``) the same measurement runs on that checkout's code
+in a child process, alternating with this one's round by round so that drift on a shared machine
+lands on both alike. Reports; asserts nothing.
+
+    .venv/bin/python bench/router_overhead.py
+    .venv/bin/python bench/router_overhead.py --reference /tmp/router-old --rounds 5 --calls 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+REPLY = json.dumps({"verdict": "the loader reads the whole file before parsing", "confidence": 0.9})
+SCHEMA = {"type": "object", "properties": {"verdict": {"type": "string"}}, "required": ["verdict"]}
+
+
+def use_checkout(root: Path) -> None:
+    """Import ``caelum_mcp`` from ``root`` instead of the editable install (its finder goes first)."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+    sys.path.insert(0, str(root))
+    import caelum_mcp
+
+    caelum_mcp.__path__.append(str(root))  # caelum_mcp.tools and .supervisors live at the root
+
+
+async def measure(calls: int, warmup: int, folder: str | None) -> dict[str, Any]:
+    """Per-call times (ms) of both paths in this process's ``caelum_mcp``."""
+    import caelum_mcp
+    from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
+    from caelum_mcp.config import load_config
+    from caelum_mcp.hosts import Host
+    from caelum_mcp.ledger import Ledger
+    from caelum_mcp.llm import LLMTask, TaskKind
+    from caelum_mcp.pool import Pool
+    from caelum_mcp.router import Router
+    from caelum_mcp.types import ChatMessage, ChatRequest, Tier
+
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        config = load_config(None, environ={}, overrides={"data_dir": tmp, "implicit_ollama": False})
+        backend = ScriptedBackend([("qwen2.5-coder:1.5b", 1.5)], ScriptedReply(REPLY, logprob=-0.05), name="h1")
+        pool = Pool([Host(name="h1", backend=backend, max_concurrency=4)])
+        await pool.refresh_all()
+        messages = (
+            ChatMessage(role="user", content="Why is this loader slow? def load(p): return parse(open(p).read())"),
+        )
+        task = LLMTask(name="bench", kind=TaskKind.GENERAL, messages=messages, output_schema=SCHEMA, tier=Tier.MICRO)
+        request = ChatRequest(model="", messages=messages, json_schema=SCHEMA, logprobs=True, max_tokens=256)
+        with Ledger(Path(tmp) / "ledger.sqlite3") as ledger:
+            router = Router(pool, ledger, config)
+            path = (await router.run(task)).execution.path
+
+            async def via_router() -> None:
+                await router.run(task)
+
+            async def via_pool() -> None:
+                await pool.chat(request, tier=Tier.MICRO)
+
+            times: dict[str, list[float]] = {"router": [], "pool": []}
+            block = 50
+            for done in range(0, warmup + calls, block):
+                for name, fn in (("pool", via_pool), ("router", via_router)):
+                    for _ in range(block):
+                        started = time.perf_counter()
+                        await fn()
+                        if done >= warmup:
+                            times[name].append((time.perf_counter() - started) * 1000)
+        await pool.aclose()
+    return {"code": str(Path(caelum_mcp.__file__).parent.parent), "path": path, **times}
+
+
+def child(args: argparse.Namespace) -> None:
+    import anyio
+
+    if args.checkout is not None:
+        use_checkout(args.checkout)
+    print(json.dumps(anyio.run(measure, args.calls, args.warmup, args.folder)))
+
+
+def summary(times: list[float]) -> tuple[float, float]:
+    return statistics.median(times), statistics.fmean(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", type=Path, default=None, help="root of another checkout to compare with")
+    parser.add_argument("--rounds", type=int, default=3, help="child processes per checkout, alternating")
+    parser.add_argument("--calls", type=int, default=1000, help="measured calls per path per round")
+    parser.add_argument("--warmup", type=int, default=100, help="calls per path before measuring")
+    parser.add_argument(
+        "--folder",
+        default="/dev/shm" if Path("/dev/shm").is_dir() else None,
+        help="where the scratch ledger lives (default /dev/shm: a disk's fsync would swamp the router's own cost)",
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--checkout", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    sides: list[tuple[str, Path | None]] = [("this checkout", None)]
+    if args.reference is not None:
+        sides.insert(0, (f"reference {args.reference}", args.reference.resolve()))
+    collected: dict[str, dict[str, list[float]]] = {label: {"router": [], "pool": []} for label, _ in sides}
+    paths: dict[str, set[str]] = {label: set() for label, _ in sides}
+    for round_no in range(args.rounds):
+        order = sides if round_no % 2 == 0 else sides[::-1]
+        for label, checkout in order:
+            command = [sys.executable, __file__, "--child", "--calls", str(args.calls), "--warmup", str(args.warmup)]
+            command += ["--folder", args.folder] if args.folder else []
+            if checkout is not None:
+                command += ["--checkout", str(checkout)]
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=900, check=True, env=dict(os.environ)
+            )
+            got = json.loads(done.stdout.strip().splitlines()[-1])
+            paths[label].add(f"{got['path']} ({got['code']})")
+            for name in ("router", "pool"):
+                collected[label][name] += got[name]
+    print(f"{args.rounds} rounds x {args.calls} calls per path, after {args.warmup} warm-up calls (ms per call)")
+    heads = ("pool p50", "router p50", "own p50", "pool mean", "router mean", "own mean")
+    print(f"{'code':<40} " + " ".join(f"{h:>11}" for h in heads))
+    for label, _ in sides:
+        pool_p50, pool_mean = summary(collected[label]["pool"])
+        router_p50, router_mean = summary(collected[label]["router"])
+        figures = (pool_p50, router_p50, router_p50 - pool_p50, pool_mean, router_mean, router_mean - pool_mean)
+        print(f"{label[:40]:<40} " + " ".join(f"{f:11.3f}" for f in figures))
+        print(f"    answered as: {', '.join(sorted(paths[label]))}")
+
+
+if __name__ == "__main__":
+    main()
