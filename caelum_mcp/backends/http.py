@@ -33,9 +33,13 @@ TOP_LOGPROBS = 5
 
 
 class Wire(BaseModel):
-    """A reply shape: only the fields we read, since servers add fields between releases."""
+    """A reply shape: only the fields we read, since servers add fields between releases.
+
+    ``shape`` names it in errors ("reply is not an OpenAI chat completion"); default: the class
+    name without its ``_Wire`` prefix."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
+    shape: ClassVar[str] = ""
 
 
 W = TypeVar("W", bound=Wire)
@@ -198,9 +202,10 @@ class HttpBackend(Backend):
 
     def malformed(self, model: type[Wire], data: Any, status: int | None = None) -> MalformedResponseError:
         shown = data[:200] if isinstance(data, str) else json.dumps(data, default=str)[:200]
-        shape = model.__name__.removeprefix("Wire").removeprefix("_Wire").lower() or "reply"
+        shape = model.shape or model.__name__.removeprefix("_Wire").removeprefix("Wire").lower() or "reply"
+        article = "an" if self.protocol[:1].lower() in "aeiou" else "a"
         return MalformedResponseError(
-            f"reply does not have the {self.protocol} {shape} shape: {shown}", host=self.name, status=status
+            f"reply is not {article} {self.protocol} {shape}: {shown}", host=self.name, status=status
         )
 
     def check_count(self, asked: int, got: int) -> None:

@@ -62,6 +62,7 @@ class _WireMessage(Wire):
 
 
 class _WireChat(Wire):
+    shape = "chat reply"
     model: str = ""
     message: _WireMessage | None = None
     done: bool = False
@@ -94,14 +95,17 @@ class _WireModel(Wire):
 
 
 class _WireModelList(Wire):
+    shape = "model list"
     models: list[_WireModel]
 
 
 class _WireVersion(Wire):
+    shape = "version reply"
     version: str
 
 
 class _WireEmbed(Wire):
+    shape = "embedding reply"
     model: str = ""
     embeddings: list[list[float]]
     prompt_eval_count: int = 0

@@ -82,12 +82,14 @@ class _WireUsage(Wire):
 
 
 class _WireCompletion(Wire):
+    shape = "chat completion"
     model: str = ""
     choices: list[_WireChoice] = Field(min_length=1)
     usage: _WireUsage | None = None
 
 
 class _WireChunk(Wire):
+    shape = "stream event"
     model: str = ""
     choices: list[_WireChunkChoice] = []
     usage: _WireUsage | None = None
@@ -99,6 +101,7 @@ class _WireEmbedding(Wire):
 
 
 class _WireEmbeddings(Wire):
+    shape = "embedding list"
     model: str = ""
     data: list[_WireEmbedding]
     usage: _WireUsage | None = None
@@ -111,6 +114,7 @@ class _WireModel(Wire):
 
 
 class _WireModelList(Wire):
+    shape = "model list"
     data: list[_WireModel]
 
 
