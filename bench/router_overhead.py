@@ -8,10 +8,12 @@ shipped calibration table, Claude not configured). Two paths, interleaved in blo
 - ``router``: ``Router.run`` of a task whose answer the host gives at once (availability, ladder
   planning, redaction, the pool call, parse, score, calibration, the ledger rows, the result).
 
-``router - pool`` is the router's own cost per task. With ``--reference DIR`` (a checkout, e.g.
-``git worktree add /tmp/router-old <commit>``) the same measurement runs on that checkout's code
-in a child process, alternating with this one's round by round so that drift on a shared machine
-lands on both alike. Reports; asserts nothing.
+``router - pool`` is the router's own cost per task, in wall time (p50, mean) and in the process's
+CPU time (every thread's: the ledger writes in worker threads are the router's too).
+
+With ``--reference DIR`` (a checkout, e.g. ``git worktree add /tmp/router-old <commit>``) the same
+measurement runs on that checkout's code in a child process, alternating with this one's round by
+round so that drift on a shared machine lands on both alike. Reports; asserts nothing.
 
     .venv/bin/python bench/router_overhead.py
     .venv/bin/python bench/router_overhead.py --reference /tmp/router-old --rounds 5 --calls 1000
@@ -77,16 +79,21 @@ async def measure(calls: int, warmup: int, folder: str | None) -> dict[str, Any]
                 await pool.chat(request, tier=Tier.MICRO)
 
             times: dict[str, list[float]] = {"router": [], "pool": []}
+            cpu = {"router": 0.0, "pool": 0.0}  # the process's CPU seconds (every thread: the ledger's too)
             block = 50
             for done in range(0, warmup + calls, block):
                 for name, fn in (("pool", via_pool), ("router", via_router)):
+                    cpu_started = time.process_time()
                     for _ in range(block):
                         started = time.perf_counter()
                         await fn()
                         if done >= warmup:
                             times[name].append((time.perf_counter() - started) * 1000)
+                    if done >= warmup:
+                        cpu[name] += time.process_time() - cpu_started
         await pool.aclose()
-    return {"code": str(Path(caelum_mcp.__file__).parent.parent), "path": path, **times}
+    cpu_ms = {f"{name}_cpu": [seconds * 1000 / len(times[name])] for name, seconds in cpu.items()}
+    return {"code": str(Path(caelum_mcp.__file__).parent.parent), "path": path, **times, **cpu_ms}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -121,7 +128,8 @@ def main() -> None:
     sides: list[tuple[str, Path | None]] = [("this checkout", None)]
     if args.reference is not None:
         sides.insert(0, (f"reference {args.reference}", args.reference.resolve()))
-    collected: dict[str, dict[str, list[float]]] = {label: {"router": [], "pool": []} for label, _ in sides}
+    names = ("router", "pool", "router_cpu", "pool_cpu")
+    collected: dict[str, dict[str, list[float]]] = {label: {name: [] for name in names} for label, _ in sides}
     paths: dict[str, set[str]] = {label: set() for label, _ in sides}
     for round_no in range(args.rounds):
         order = sides if round_no % 2 == 0 else sides[::-1]
@@ -135,15 +143,17 @@ def main() -> None:
             )
             got = json.loads(done.stdout.strip().splitlines()[-1])
             paths[label].add(f"{got['path']} ({got['code']})")
-            for name in ("router", "pool"):
+            for name in names:
                 collected[label][name] += got[name]
     print(f"{args.rounds} rounds x {args.calls} calls per path, after {args.warmup} warm-up calls (ms per call)")
-    heads = ("pool p50", "router p50", "own p50", "pool mean", "router mean", "own mean")
+    heads = ("pool p50", "router p50", "own p50", "pool mean", "router mean", "own mean", "own CPU")
     print(f"{'code':<40} " + " ".join(f"{h:>11}" for h in heads))
     for label, _ in sides:
         pool_p50, pool_mean = summary(collected[label]["pool"])
         router_p50, router_mean = summary(collected[label]["router"])
-        figures = (pool_p50, router_p50, router_p50 - pool_p50, pool_mean, router_mean, router_mean - pool_mean)
+        own_cpu = statistics.fmean(collected[label]["router_cpu"]) - statistics.fmean(collected[label]["pool_cpu"])
+        own_p50, own_mean = router_p50 - pool_p50, router_mean - pool_mean
+        figures = (pool_p50, router_p50, own_p50, pool_mean, router_mean, own_mean, own_cpu)
         print(f"{label[:40]:<40} " + " ".join(f"{f:11.3f}" for f in figures))
         print(f"    answered as: {', '.join(sorted(paths[label]))}")
 
