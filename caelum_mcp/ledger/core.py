@@ -49,11 +49,17 @@ POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
 def open_store(location: Path | str) -> LedgerStore:
-    """The store at ``location``: the path of a SQLite file."""
+    """The store at ``location``: a ``postgresql://`` URL, or else the path of a SQLite file."""
     if isinstance(location, str) and "://" in location:
-        raise ConfigError(
-            f"the cost ledger URL's scheme {urlsplit(location).scheme!r} is not supported; use a file path"
-        )
+        scheme = urlsplit(location).scheme
+        if scheme not in POSTGRES_SCHEMES:
+            raise ConfigError(
+                f"the cost ledger URL's scheme {scheme!r} is not supported; use postgresql://, "
+                "or a file path for the SQLite ledger"
+            )
+        from caelum_mcp.ledger.postgres_store import PostgresStore  # psycopg: only when asked for
+
+        return PostgresStore(location)
     return SQLiteStore(Path(location))
 
 
