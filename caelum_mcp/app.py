@@ -342,7 +342,7 @@ async def open_app(
     config.data_dir.mkdir(parents=True, exist_ok=True)
     http = make_http_client(config)
     pool = build_pool(config, http, env, extra_hosts)
-    ledger = Ledger(config.data_dir / "ledger.sqlite3")
+    ledger = Ledger.from_config(config)  # [ledger] url, else ledger.sqlite3 in the data folder
     claude = make_claude(config, http)
     router = Router(pool, ledger, config, claude=claude)
     cache = ResultCache(config.data_dir / "cache.sqlite3")
