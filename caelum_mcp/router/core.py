@@ -115,22 +115,23 @@ class Router:
                 continue
             if progress:
                 await progress(target.announcement(run))
-            cand, passed_over = await self._ask(run, target)
-            if cand is not None and passed_over is None:
-                return self._result(run, cand, target.path, None)
+            outcome = await self._ask(run, target)
+            if isinstance(outcome, Candidate):
+                return self._result(run, outcome, target.path, None)
+            passed_over = outcome
             if run.time_left() <= 0 and run.best is not None:
                 return None  # the answer so far, marked timed out
         return self._fall_back(run, passed_over)
 
-    async def _ask(self, run: Run, target: Target) -> tuple[Candidate | None, str | None]:
-        """``target``'s scored answer and None when it stands, else why the ladder goes on."""
+    async def _ask(self, run: Run, target: Target) -> Candidate | str:
+        """``target``'s scored answer when it stands, else why the ladder goes on."""
         try:
             cand = await self.gate.attempt(run, target)
         except BudgetExceededError as exc:  # calls in flight took what was left meanwhile
-            return None, str(exc)
+            return str(exc)
         if cand is None:
-            return None, target.no_answer(run)
-        return cand, target.verdict(run, cand)
+            return target.no_answer(run)
+        return target.verdict(run, cand) or cand
 
     def _fall_back(self, run: Run, passed_over: str | None) -> RoutedResult:
         """The ladder ended without an answer that stands: the best local one, marked with why the
