@@ -80,17 +80,19 @@ async def measure(calls: int, warmup: int, folder: str | None) -> dict[str, Any]
 
             times: dict[str, list[float]] = {"router": [], "pool": []}
             cpu = {"router": 0.0, "pool": 0.0}  # the process's CPU seconds (every thread: the ledger's too)
-            block = 50
-            for done in range(0, warmup + calls, block):
-                for name, fn in (("pool", via_pool), ("router", via_router)):
+            paths = (("pool", via_pool), ("router", via_router))
+            for _ in range(warmup):
+                for _name, fn in paths:
+                    await fn()
+            block = 50  # calls of one path in a row, then the other's
+            for done in range(0, calls, block):
+                for name, fn in paths:
                     cpu_started = time.process_time()
-                    for _ in range(block):
+                    for _ in range(min(block, calls - done)):
                         started = time.perf_counter()
                         await fn()
-                        if done >= warmup:
-                            times[name].append((time.perf_counter() - started) * 1000)
-                    if done >= warmup:
-                        cpu[name] += time.process_time() - cpu_started
+                        times[name].append((time.perf_counter() - started) * 1000)
+                    cpu[name] += time.process_time() - cpu_started
         await pool.aclose()
     cpu_ms = {f"{name}_cpu": [seconds * 1000 / len(times[name])] for name, seconds in cpu.items()}
     return {"code": str(Path(caelum_mcp.__file__).parent.parent), "path": path, **times, **cpu_ms}
@@ -122,6 +124,10 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--checkout", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1 or args.calls < 1 or args.warmup < 0:
+        parser.error("--rounds and --calls must be at least 1, --warmup at least 0")
+    if args.reference is not None and not (args.reference / "caelum_mcp" / "__init__.py").is_file():
+        parser.error(f"--reference {args.reference} is not a checkout of caelum-mcp (no caelum_mcp/__init__.py)")
     if args.child:
         child(args)
         return
