@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 from pathlib import Path
 
 import pytest
 
+from caelum_mcp.tools.logs import masking
 from caelum_mcp.tools.logs.diagnosis import collect_logs, mine
-from caelum_mcp.tools.logs.masking import mask_message
+from caelum_mcp.tools.logs.masking import mask_message, mask_whole_message
 from caelum_mcp.tools.logs.mining import Drain3Miner, grouping_accuracy, mine_templates
 from caelum_mcp.tools.logs.refine import Decision, apply_decisions, candidates
 
@@ -35,6 +37,57 @@ LOGHUB = Path(os.environ.get("LOGHUB_2K_DIR") or Path(__file__).resolve().parent
 )  # fmt: skip
 def test_masks(message: str, masked: str) -> None:
     assert mask_message(message) == masked
+
+
+# words and separators where masking word by word could part from masking the whole message:
+# dates, sizes and durations written over a space, lookarounds at a word's edge, other white space
+_TRICKY_WORDS = (
+    "Jan", "Jul", "Dec", "July", "10", "3", "03:55:12", "03:55", "2005", "Sun", "Mon,", "Monday", "2015-10-18",
+    "18:01:47,978", "18:01:47", "18:01:47.5Z", "1190", "bytes", "(1.16", "KB)", "KB", "KiB", "B", "MB", "ms", "s",
+    "sec", "secs", "min", "h", "hrs", "<1", "sec>", "35", "12.5", "µs", "us", "ns", "(2", "GB)", "12bytes", "(1.5KB)",
+    "3KB", "7ms", "http://a.b/c", "/var/log", "./x", "~/y", "C:\\x", "host.com:80", "a.b.com", "x.org", "()", "[]",
+    "{}", "f()", "jk2_init", "blk_-123", "ssh2", "user=root", "10.0.0.1", "x", "size", "-", "12-", "-10", "T", "Z",
+    "+01:00", "5.8", "1.5MB", "GiB", "a1b2", "0x1f", ":", ".", "<*>", "<", ">", "(", ")", "'", '"', "|", "08-11",
+    "09", "20:10:40", "2015-10-1", "8-10-18",
+)  # fmt: skip
+_SEPARATORS = (" ", " ", " ", " ", "  ", "\t", " \t", "\xa0", "\n", "", "\x1c", "\u2003")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "size 5.8 KB, from x",  # a size over a space
+        "close, 1190 bytes (1.16 KB) sent",
+        "got 12bytes (1.5KB) back",  # only the bracket is over a space
+        "took 35 ms",
+        "at 2015-10-18 18:01:47,978 done",  # a date and time apart
+        "connection at Sun Jul 10 03:55:12 2005 x",
+        "on Jul  9 10:01 done",  # a month and day two spaces apart
+    ],
+)
+def test_a_message_a_mask_matches_over_a_space_is_masked_whole(message: str) -> None:
+    assert mask_message(message) == mask_whole_message(message)
+    assert mask_message(message) != " ".join(mask_whole_message(word) for word in message.split(" "))
+
+
+@pytest.mark.slow  # 30,000 messages masked both ways
+def test_masking_word_by_word_gives_what_masking_the_whole_message_gives() -> None:
+    rnd = random.Random(20261207)
+    for _ in range(30_000):
+        parts = []
+        for _ in range(rnd.randint(1, 8)):
+            parts += [rnd.choice(_TRICKY_WORDS), rnd.choice(_SEPARATORS)]
+        message = "".join(parts)
+        assert mask_message(message) == mask_whole_message(message), repr(message)
+
+
+def test_the_words_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(masking, "_WORDS", {})
+    monkeypatch.setattr(masking, "_WORDS_KEPT", 3)
+    assert mask_message("a b c d e f 7") == "a b c d e f <*>"
+    assert 0 < len(masking._WORDS) <= 3
+    assert mask_message("x" * 300 + " 7") == "x" * 300 + " <*>"
+    assert "x" * 300 not in masking._WORDS  # a long word is masked each time
 
 
 def test_the_miner_groups_one_event_and_splits_by_few_valued_words() -> None:
