@@ -84,23 +84,28 @@ class Planner:
         return [*local, self.claude]
 
     def local_plan(self, task: LLMTask, needs: TaskNeeds) -> list[LocalTarget]:
-        """The local attempts in order: the smallest eligible tier from where the task wants to
-        start (a code model first if it prefers one), then larger eligible tiers."""
-        services, router = self.services, self.services.config.router
+        """The local attempts in order: the task's own model, or the speciality it asks for, or the
+        kind's models by measured competence, or else by size (:meth:`_by_size`)."""
+        services = self.services
         if task.model:
             return [LocalTarget(services, tier=None, model=task.model, min_tier=None)]
-        minimum = needs.min_tier
-        eligible = services.pool.eligible_models(min_tier=minimum)
-        sizes = sorted({e.size for e in eligible}, key=size_rank)
-        plan: list[LocalTarget] = []
         if task.tier is not None and task.tier not in SIZE_TIERS:  # code (or another speciality) asked for
-            return [LocalTarget(services, tier=task.tier, model=None, min_tier=minimum)]
+            return [LocalTarget(services, tier=task.tier, model=None, min_tier=needs.min_tier)]
         competent = self.competence(task, needs)
         if competent is not None:  # the kind is measured: smallest competent model first, each once
             steps = [LocalTarget(services, tier=None, model=m, min_tier=None) for m in competent.model_order]
-            return steps if router.escalate_local else steps[:1]
+            return steps if services.config.router.escalate_local else steps[:1]
+        return self._by_size(task, needs)
+
+    def _by_size(self, task: LLMTask, needs: TaskNeeds) -> list[LocalTarget]:
+        """The smallest eligible tier from where the task wants to start (a code model first if it
+        prefers one), then larger eligible tiers."""
+        services, router, minimum = self.services, self.services.config.router, needs.min_tier
+        eligible = services.pool.eligible_models(min_tier=minimum)
+        plan: list[LocalTarget] = []
         if needs.prefer_code and task.tier is None and any(e.code for e in eligible):
             plan.append(LocalTarget(services, tier=Tier.CODE, model=None, min_tier=minimum))
+        sizes = sorted({e.size for e in eligible}, key=size_rank)
         if not sizes:
             return plan
         start = task.tier or router.default_tier
