@@ -2,10 +2,11 @@
 
 A backend is told where to connect (``base_url``, credentials) and is handed its HTTP client from
 outside, so the pool owns connection reuse and tests can pass an ``httpx2.MockTransport``. Every
-failure leaves a backend as a :mod:`caelum_mcp.errors` exception; ``translate_transport_errors``
-is the one choke point for the HTTP stack's own exceptions. The wire code the HTTP backends share
-(requests, streaming, status mapping) is :class:`caelum_mcp.backends.http.HttpBackend`; which
-backends exist is :mod:`caelum_mcp.backends.registry`.
+failure leaves a backend as a :mod:`caelum_mcp.errors` exception; :func:`transport_error` is the
+one mapping of the HTTP stack's own exceptions (``translate_transport_errors`` applies it). The
+wire code the HTTP backends share (requests, streaming, status mapping) is
+:class:`caelum_mcp.backends.http.HttpBackend`; which backends exist is
+:mod:`caelum_mcp.backends.registry`.
 
 Model calls take ``limit_s``: the seconds the call may wait for the host at each step (connect,
 send, and each read), which the pool sets from the call's deadline and its first-byte limit. A
@@ -198,16 +199,19 @@ def error_message(text: str) -> str:
 
 @contextmanager
 def translate_transport_errors(host: str) -> Iterator[None]:
-    """Map httpx2's transport exceptions to the error tree (the one choke point for them)."""
+    """Map httpx2's transport exceptions to the error tree (:func:`transport_error`) inside the block."""
     try:
         yield
-    except BackendError:
-        raise
-    except httpx2.TimeoutException as exc:
-        raise HostTimeoutError(f"timed out ({type(exc).__name__})", host=host) from exc
-    except (httpx2.ConnectError, httpx2.ProxyError) as exc:
-        raise HostConnectError(f"cannot connect: {exc}", host=host) from exc
-    except httpx2.RemoteProtocolError as exc:
-        raise HostDisconnectedError(f"connection dropped: {exc}", host=host) from exc
     except httpx2.TransportError as exc:
-        raise HostConnectError(f"transport error: {exc}", host=host) from exc
+        raise transport_error(exc, host) from exc
+
+
+def transport_error(exc: httpx2.TransportError, host: str) -> BackendError:
+    """The error-tree exception for one of httpx2's transport exceptions."""
+    if isinstance(exc, httpx2.TimeoutException):
+        return HostTimeoutError(f"timed out ({type(exc).__name__})", host=host)
+    if isinstance(exc, httpx2.ConnectError | httpx2.ProxyError):
+        return HostConnectError(f"cannot connect: {exc}", host=host)
+    if isinstance(exc, httpx2.RemoteProtocolError):
+        return HostDisconnectedError(f"connection dropped: {exc}", host=host)
+    return HostConnectError(f"transport error: {exc}", host=host)

@@ -14,15 +14,16 @@ from __future__ import annotations
 import json
 import time
 from abc import abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 import httpx2
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from caelum_mcp.backends.base import Backend, error_message, retry_after, translate_transport_errors
+from caelum_mcp.backends.base import Backend, error_message, retry_after, transport_error
 from caelum_mcp.errors import BackendError, MalformedResponseError, StreamInterruptedError, error_for_status
 from caelum_mcp.types import ChatRequest, HealthReport, StreamChunk, TokenLogprob
 
@@ -69,6 +70,29 @@ def chat_messages(request: ChatRequest) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in request.messages]
 
 
+class WireErrors:
+    """httpx2's transport exceptions mapped as :func:`translate_transport_errors` maps them, plus a
+    body httpx2 could not decode (bad gzip etc.) as MalformedResponseError.
+
+    A class rather than a generator context manager: it is entered on every request, and one
+    instance per backend serves them all (it keeps no state between enter and exit).
+    """
+
+    __slots__ = ("host",)
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(exc, httpx2.TransportError):
+            raise transport_error(exc, self.host) from exc
+        if isinstance(exc, httpx2.DecodingError):
+            raise MalformedResponseError(f"undecodable response body: {exc}", host=self.host) from exc
+
+
 class HttpBackend(Backend):
     """A backend speaking JSON over the caller's httpx2 client.
 
@@ -88,6 +112,7 @@ class HttpBackend(Backend):
     ) -> None:
         super().__init__(base_url, client, name=name, api_key=api_key)
         self._urls: dict[str, httpx2.URL] = {}
+        self._wire_errors = WireErrors(self.name)
         self._json_headers = {"Content-Type": "application/json", **(self.headers() or {})}
 
     # requests --------------------------------------------------------------------------------
@@ -159,14 +184,9 @@ class HttpBackend(Backend):
 
     # replies ---------------------------------------------------------------------------------
 
-    @contextmanager
-    def wire_errors(self) -> Iterator[None]:
-        """translate_transport_errors, plus a body httpx2 could not decode (bad gzip etc.)."""
-        try:
-            with translate_transport_errors(self.name):
-                yield
-        except httpx2.DecodingError as exc:
-            raise MalformedResponseError(f"undecodable response body: {exc}", host=self.name) from exc
+    def wire_errors(self) -> WireErrors:
+        """``with backend.wire_errors():`` around an exchange: httpx2's exceptions into the error tree."""
+        return self._wire_errors
 
     def raise_for_status(self, response: httpx2.Response, body: bytes | None = None) -> None:
         """Turn an HTTP error status into the error tree, with the server's own message (and, for a
