@@ -473,8 +473,8 @@ def _calibrate(config: Config, args: argparse.Namespace) -> int:
 
     ledger_path = config.data_dir / "ledger.sqlite3"
     labelled = []
-    if ledger_path.is_file():
-        with Ledger(ledger_path) as ledger:
+    if config.ledger.url is not None or ledger_path.is_file():
+        with Ledger.from_config(config) as ledger:
             labelled += ledger_labels(ledger)
     from_ledger = len(labelled)
     for name in args.recordings:
@@ -531,15 +531,15 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     from caelum_mcp.ledger import Ledger
 
     ledger_path = config.data_dir / "ledger.sqlite3"
-    if not ledger_path.exists():
+    if config.ledger.url is None and not ledger_path.exists():
         print(f"no ledger yet at {ledger_path}: no LLM call has been made with this data dir")
         return 0
-    with Ledger(ledger_path) as ledger:
+    with Ledger.from_config(config) as ledger:  # [ledger] url, else the file in the data dir
         summary = ledger.summary()
     if args.json:
         print(summary.model_dump_json(indent=2))
         return 0
-    print(f"ledger: {ledger_path}")
+    print(f"ledger: {ledger.location}")  # a URL without its password
     print(
         f"calls: {summary.calls} (local {summary.local_calls}, Claude {summary.claude_calls}, "
         f"failed {summary.failed_calls}); local share {summary.local_share:.0%}"

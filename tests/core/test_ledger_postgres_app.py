@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from fakes import postgres
+from fakes.cli_runs import cli_env, run_cli
 from mcp import Client
 
 from caelum_mcp.app import open_app
@@ -87,3 +88,14 @@ async def test_the_dashboard_shows_the_shared_ledger(tmp_path: Path, postgres_ur
             assert (second.share.calls, second.share.claude_calls) == (2, 1)
             assert second.budget.spent_usd == pytest.approx(0.01)
             assert second.daily[-1].cost_usd == pytest.approx(0.01) and second.generated <= time.time()
+
+
+def test_the_status_command_reads_the_shared_ledger_and_hides_its_password(tmp_path: Path, postgres_url: str) -> None:
+    with Ledger(postgres_url) as other_server:
+        other_server.record(answered("gpu-a"))
+    with_password = postgres_url.replace("caelum_test@", "caelum_test:s3cret@")  # trust: any password is taken
+    env = cli_env(tmp_path, CAELUM_LEDGER__URL=with_password)
+    run = run_cli(("status",), env=env, cwd=tmp_path, timeout_s=60)
+    assert run.code == 0, run
+    assert "calls: 1 (local 1" in run.out and "caelum_test:***@127.0.0.1" in run.out, run
+    assert "s3cret" not in run.out + run.err
