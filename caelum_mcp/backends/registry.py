@@ -206,7 +206,7 @@ def _without_tags(exc: ValidationError) -> ValidationError:
         kind = err["type"]
         error_type: str | PydanticCustomError = kind
         if kind not in _PYDANTIC_ERROR_TYPES:  # a validator's own error type: keep its message as it was
-            error_type = PydanticCustomError(kind, err["msg"].replace("{", "{{").replace("}", "}}"))
+            error_type = PydanticCustomError(kind, err["msg"])  # no context: the text is kept verbatim
         detail = InitErrorDetails(type=error_type, loc=err["loc"][1:], input=err["input"])
         if "ctx" in err and kind in _PYDANTIC_ERROR_TYPES:
             detail["ctx"] = err["ctx"]

@@ -17,7 +17,8 @@ from typing import Literal, Self
 
 import httpx2
 import pytest
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from caelum_mcp.app import build_pool, make_host
 from caelum_mcp.backends.base import Backend, HostConfigBase
@@ -47,6 +48,13 @@ from caelum_mcp.types import (
 class EchoHostConfig(HostConfigBase):
     kind: Literal["echo"] = Field(default="echo", description="says back what it was told")
     prefix: str = Field(default="echo: ", description="put before every answer")
+
+    @field_validator("prefix")
+    @classmethod
+    def _says_something(cls, value: str) -> str:
+        if not value:  # a validator's own error type, not one of pydantic's
+            raise PydanticCustomError("empty_prefix", "an empty prefix hides that {this} is an echo", {"this": "it"})
+        return value
 
 
 class EchoBackend(Backend):
@@ -115,6 +123,12 @@ def test_a_registered_kind_validates_its_own_keys(echo: None, tmp_path: Path) ->
     ollama = "[[hosts]]\nname = 'gpu'\nurl = 'http://127.0.0.1:11434'\nprefix = '> '\n"
     with pytest.raises(ConfigError, match=r"unknown key `hosts\[0\]\(name='gpu'\).prefix`"):
         load_config(write(tmp_path / "o.toml", ollama), environ={})
+
+
+def test_a_kinds_own_validation_error_is_reported_at_its_key(echo: None, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path / "c.toml", ECHO_HOST + "prefix = ''\n"), environ={})
+    assert "`hosts[0](name='box').prefix` = \"\": an empty prefix hides that it is an echo." in str(caught.value)
 
 
 def test_without_its_registration_the_kind_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
