@@ -46,7 +46,7 @@ from pydantic import (
 
 from caelum_mcp.backends.base import HostConfigBase
 from caelum_mcp.backends.ollama import OllamaHostConfig
-from caelum_mcp.backends.registry import BACKENDS, HostConfig, UnknownBackendError
+from caelum_mcp.backends.registry import BACKENDS, DEFAULT_HOST_KIND, HostConfig, UnknownBackendError
 from caelum_mcp.errors import ConfigError
 from caelum_mcp.llm import DEFAULT_NEEDS, TaskKind, TaskNeeds
 from caelum_mcp.pricing import DEFAULT_PRICES, ModelPrice, price_for
@@ -729,7 +729,7 @@ def _resolve_model(
             node = node[int(part)] if isinstance(node, list) and int(part) < len(node) else None
             if model is HostConfigBase and isinstance(node, dict):
                 try:
-                    model = BACKENDS.host_config_model(str(node.get("kind", "ollama")))
+                    model = BACKENDS.host_config_model(str(node.get("kind", DEFAULT_HOST_KIND)))
                 except UnknownBackendError:
                     pass  # an unknown kind: the keys every kind has
             continue
