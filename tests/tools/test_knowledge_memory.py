@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from caelum_mcp.tools.knowledge.memory import GLOBAL_SCOPE, MemoryStore
+from caelum_mcp.tools.knowledge.ranking import fuse
 
 PROJECT = "project:/work/app"
 
@@ -47,6 +48,21 @@ def test_remember_recall_by_words_and_by_meaning(store: MemoryStore) -> None:
     assert all(r.note.scope in (PROJECT, GLOBAL_SCOPE) for r in by_meaning)
     assert [r.note.id for r in store.recall("deploys", [GLOBAL_SCOPE])] == [deploy.id]
     assert store.recall("staging", [PROJECT, GLOBAL_SCOPE], tags=["nope"]) == []
+
+
+def test_candidates_are_the_two_rankings_recall_fuses_within_the_scopes(store: MemoryStore) -> None:
+    port, _ = store.remember("The staging database listens on port 5433", [], PROJECT, ("m", vec(1, 0)))
+    tagged, _ = store.remember("Backups run nightly", ["staging"], PROJECT, ("m", vec(0, 1)))
+    other, _ = store.remember("staging staging staging", [], "project:/elsewhere", ("m", vec(1, 0)))
+    lexical, semantic = store.candidates("staging", [PROJECT], ("m", vec(1, 0.2)))
+    # the tag weighs double: one word in the tags outranks one word in a longer text
+    assert [i for i, _ in lexical] == [tagged.id, port.id] and lexical[0][1] > lexical[1][1] > 0
+    assert [i for i, _ in semantic] == [port.id, tagged.id] and semantic[0][1] > 0.9 > semantic[1][1]
+    assert other.id not in {i for i, _ in lexical + semantic}
+    assert store.candidates("staging", [PROJECT])[1] == []  # no query vector: no semantic ranking
+    fused = fuse(lexical, semantic, lexical_weight=0.3)
+    recalled = store.recall("staging", [PROJECT], query_vector=("m", vec(1, 0.2)), lexical_weight=0.3)
+    assert [r.note.id for r in recalled] == [h.id for h in fused]
 
 
 def test_the_same_text_is_one_note_with_merged_tags(store: MemoryStore) -> None:

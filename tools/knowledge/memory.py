@@ -223,18 +223,12 @@ class MemoryStore:
             ).fetchall()
         return [int(r[0]) for r in rows]
 
-    def recall(
-        self,
-        query: str,
-        scopes: Sequence[str],
-        tags: Sequence[str] = (),
-        *,
-        limit: int = 5,
-        query_vector: tuple[str, Sequence[float]] | None = None,
-        lexical_weight: float = MEMORY_LEXICAL_WEIGHT,
-    ) -> list[RecalledNote]:
-        """The notes in ``scopes`` (with every tag in ``tags``) that best match ``query``, fusing BM25
-        with cosine similarity when ``query_vector`` (model, vector) is given."""
+    def candidates(
+        self, query: str, scopes: Sequence[str], query_vector: tuple[str, Sequence[float]] | None = None
+    ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+        """What :meth:`recall` fuses: the notes in ``scopes`` ranked by BM25 over text and tags (tags
+        weigh double) and, when ``query_vector`` (model, vector) is given, by cosine similarity to it;
+        each a list of (note id, score), best first, at most 200 long."""
         import numpy as np  # on first use: the server starts without numpy
 
         terms = query_terms(query)
@@ -261,6 +255,21 @@ class MemoryStore:
                 ids = [int(r[0]) for r in rows]
                 matrix = np.vstack([unit(np.frombuffer(r[1], dtype=np.float32)) for r in rows])
                 semantic = [(ids[row], s) for row, s in cosine_top(matrix, unit(vector), 200)]
+        return lexical, semantic
+
+    def recall(
+        self,
+        query: str,
+        scopes: Sequence[str],
+        tags: Sequence[str] = (),
+        *,
+        limit: int = 5,
+        query_vector: tuple[str, Sequence[float]] | None = None,
+        lexical_weight: float = MEMORY_LEXICAL_WEIGHT,
+    ) -> list[RecalledNote]:
+        """The notes in ``scopes`` (with every tag in ``tags``) that best match ``query``, fusing BM25
+        with cosine similarity when ``query_vector`` (model, vector) is given."""
+        lexical, semantic = self.candidates(query, scopes, query_vector)
         hits: list[FusedHit] = fuse(lexical, semantic, lexical_weight=lexical_weight)
         notes = {n.id: n for n in self.get([h.id for h in hits])}
         out: list[RecalledNote] = []
