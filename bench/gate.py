@@ -61,6 +61,7 @@ from caelum_mcp import confidence
 from caelum_mcp.app import AppState, open_app
 from caelum_mcp.calibration import (
     ANY,
+    DEFAULT_PATH,
     MIN_KIND_ROWS,
     MIN_ROWS,
     CalibrationEntry,
@@ -82,7 +83,7 @@ from caelum_mcp.types import ChatMessage, Tier, Usage
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDINGS = ROOT / "bench" / "data" / "gate" / "recordings"
-DEFAULT_TABLE = ROOT / "caelum_mcp" / "calibration_default.json"
+DEFAULT_TABLE = DEFAULT_PATH
 DEFAULT_URL = "http://127.0.0.1:18900"
 DEFAULT_MODEL = "qwen2.5-coder:1.5b"
 THRESHOLD = RouterConfig().confidence_threshold

@@ -67,7 +67,7 @@ def test_the_wheel_holds_and_imports_every_module(tmp_path: Path) -> None:
     static = {f"caelum_mcp/dashboard/static/{p.name}" for p in (ROOT / "caelum_mcp/dashboard/static").iterdir()}
     assert {"caelum_mcp/dashboard/static/index.html", "caelum_mcp/dashboard/static/app.js"} <= static
     assert static <= set(names), f"missing from the wheel: {sorted(static - set(names))}"
-    assert "caelum_mcp/calibration_default.json" in names  # the shipped calibration table
+    assert "caelum_mcp/calibration/calibration_default.json" in names  # the shipped calibration table
 
     target = tmp_path / "site"
     install = subprocess.run(
