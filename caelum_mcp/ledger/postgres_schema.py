@@ -132,12 +132,18 @@ CREATE TABLE IF NOT EXISTS kind_rollup (
 );
 CREATE OR REPLACE FUNCTION caelum_calls_rollup() RETURNS trigger LANGUAGE plpgsql AS $body$
 BEGIN
+    -- Every writer locks the totals' rows in one order (call_rollup, then kind_rollup; old, then
+    -- new), so two servers writing at once wait for each other instead of deadlocking.
     IF TG_OP IN ('DELETE', 'UPDATE') THEN
         {_rollup_take("OLD")}
-        {_kind_take("OLD")}
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         {_rollup_add("NEW")}
+    END IF;
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        {_kind_take("OLD")}
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
         {_kind_add("NEW")}
     END IF;
     RETURN NULL;

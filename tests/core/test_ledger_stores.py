@@ -265,3 +265,20 @@ def test_the_location_of_a_postgresql_ledger_hides_its_password(request: pytest.
         assert ledger.path is None
         ledger.record(row())
         assert ledger.recent(1)[0].host == "gpu-1"
+
+
+def test_a_dropped_postgresql_connection_is_reopened_by_the_next_call(request: pytest.FixtureRequest) -> None:
+    import psycopg
+
+    url = str(request.getfixturevalue("postgres_url"))
+    with Ledger(url) as ledger:
+        ledger.record(row())
+        with psycopg.connect(url, autocommit=True) as admin:  # the server restarted, or a DBA ended the session
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'caelum-mcp' AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(ConfigError, match=r"\[ledger\] url"):
+            ledger.record(row())  # never retried: it may have committed before the connection dropped
+        ledger.record(row())
+        assert ledger.summary().calls == 2
