@@ -282,3 +282,13 @@ def test_a_dropped_postgresql_connection_is_reopened_by_the_next_call(request: p
             ledger.record(row())  # never retried: it may have committed before the connection dropped
         ledger.record(row())
         assert ledger.summary().calls == 2
+
+
+def test_where_postgresql_is_missing_its_tests_are_skipped_saying_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import fakes.postgres
+
+    monkeypatch.setattr(fakes.postgres, "find_binaries", lambda: None)
+    with pytest.raises(pytest.skip.Exception, match=r"apt-get install postgresql"), fakes.postgres.running_postgres():
+        pass
