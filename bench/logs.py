@@ -7,6 +7,7 @@
     .venv/bin/python bench/logs.py --only loso           # leave-one-system-out choice of the header reader's shares
     .venv/bin/python bench/logs.py --model-pass          # + the model pass, with the configured pool
     .venv/bin/python bench/logs.py --only ga speed       # some parts
+    .venv/bin/python bench/logs.py --only speed --repeat 9 --reference /tmp/old   # beside another checkout
 """
 
 from __future__ import annotations
@@ -310,7 +311,23 @@ def run_loso(data: Path) -> tuple[float, float]:
 # mining speed ---------------------------------------------------------------------------------
 
 
-def run_speed(data: Path, repeat: int) -> None:
+def _speed_paths(reference: Path | None) -> list[tuple[str, Any, Any]]:
+    """(label, a ``tools.logs.diagnosis`` module, a ``tools.logs.mining`` module) per code measured:
+    another checkout's first when ``reference`` names one (``git worktree add DIR <commit>``)."""
+    from caelum_mcp.tools.logs import diagnosis, mining
+
+    paths: list[tuple[str, Any, Any]] = []
+    if reference is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from log_equivalence import load_reference
+
+        root = reference.resolve()
+        paths.append((f"reference {reference}", load_reference(root, "diagnosis"), load_reference(root, "mining")))
+    paths.append(("this checkout", diagnosis, mining))
+    return paths
+
+
+def run_speed(data: Path, repeat: int, reference: Path | None = None) -> None:
     found = systems(data)
     if not found:
         return
@@ -320,21 +337,36 @@ def run_speed(data: Path, repeat: int) -> None:
         messages.extend(read_truth(truth_csv)[1])
         logs.append(log)
     lines = sum(len(log.read_bytes().splitlines()) for log in logs)
+    paths = _speed_paths(reference)
     print(f"\n== Mining speed: {len(messages)} messages of {len(found)} systems, best of {repeat}")
-    mining = []
-    pipeline = []
+    mining: dict[str, list[float]] = {label: [] for label, _, _ in paths}
+    pipeline: dict[str, list[float]] = {label: [] for label, _, _ in paths}
     for _ in range(repeat):
-        started = time.perf_counter()
-        mine_templates(messages)
-        mining.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        collected = collect_logs([(log, log.name) for log in logs])
-        mine(collected)
-        pipeline.append(time.perf_counter() - started)
-    rate = len(messages) / min(mining)
+        # the codes take turns round by round, so that a load that comes and goes weighs on both
+        for label, diagnosis_module, mining_module in paths:
+            started = time.perf_counter()
+            mining_module.mine_templates(messages)
+            mining[label].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            collected = diagnosis_module.collect_logs([(log, log.name) for log in logs])
+            diagnosis_module.mine(collected)
+            pipeline[label].append(time.perf_counter() - started)
+    if reference is not None:
+        width = max(len(f"masking + mining, {label}") for label, _, _ in paths)
+        print(f"{'lines/s':{width}} {'best':>8} {'median':>8}   ({repeat} rounds, taking turns)")
+        for label, _, _ in paths:
+            for part, times, count in (("masking + mining", mining, len(messages)), ("pipeline", pipeline, lines)):
+                best, median = count / min(times[label]), count / statistics.median(times[label])
+                print(f"{part + ', ' + label:{width}} {best:8,.0f} {median:8,.0f}")
+        before, after = paths[0][0], paths[-1][0]
+        for part, times in (("masking + mining", mining), ("pipeline", pipeline)):
+            ratio = statistics.median(times[before]) / statistics.median(times[after])
+            print(f"{part}: this checkout x{ratio:.2f} the reference's lines/s (medians)")
+    rate = len(messages) / min(mining["this checkout"])
     verdict = "PASS" if rate >= SPEED_TARGET else "FAIL"
     print(f"masking + mining: {rate:,.0f} lines/s (target >= {SPEED_TARGET:,}): {verdict}; model calls excluded")
-    print(f"reading + format detection + parsing + masking + mining: {lines / min(pipeline):,.0f} lines/s")
+    rate = lines / min(pipeline["this checkout"])
+    print(f"reading + format detection + parsing + masking + mining: {rate:,.0f} lines/s")
 
 
 # health ---------------------------------------------------------------------------------------
@@ -443,6 +475,12 @@ def main() -> None:
         default=("ga", "robustness", "speed", "health"),
     )
     parser.add_argument("--repeat", type=int, default=3, help="mining speed: rounds (the best counts)")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="mining speed: also time another checkout (git worktree add DIR <commit>), taking turns",
+    )
     parser.add_argument("--health-runs", type=int, default=20)
     parser.add_argument("--probes", type=int, default=10)
     parser.add_argument("--model-pass", action="store_true", help="also run the model pass with the configured pool")
@@ -457,7 +495,7 @@ def main() -> None:
     if "loso" in args.only:
         run_loso(args.data)
     if "speed" in args.only:
-        run_speed(args.data, args.repeat)
+        run_speed(args.data, args.repeat, args.reference)
     if "health" in args.only:
         run_health(args.health_runs, args.probes)
 

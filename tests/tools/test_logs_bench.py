@@ -44,6 +44,16 @@ def test_ga_and_speed_on_any_folder(tmp_path: Path) -> None:
     assert speed and (int(speed.group(1).replace(",", "")) >= 25_000) == (speed.group(2) == "PASS")
 
 
+def test_speed_beside_another_checkout(tmp_path: Path) -> None:
+    data = str(make_system(tmp_path / "data"))
+    root = str(BENCH.parents[1])  # this checkout stands for the other one
+    out = run("--data", data, "--only", "speed", "--repeat", "2", "--reference", root)
+    for part in ("masking + mining", "pipeline"):
+        for label in (f"reference {root}", "this checkout"):
+            assert re.search(rf"^{re.escape(f'{part}, {label}')} +[\d,]+ +[\d,]+$", out, re.M), out
+        assert re.search(rf"^{re.escape(part)}: this checkout x\d+\.\d\d the reference's lines/s", out, re.M), out
+
+
 def test_health_figures(tmp_path: Path) -> None:
     out = run("--only", "health", "--health-runs", "3", "--probes", "10")
     p95 = re.search(r"p95 ([\d.]+) s, max [\d.]+ s \(target p95 <= 1\.5 s\): (PASS|FAIL)$", out, re.M)
