@@ -442,9 +442,84 @@ class Fits:
     pooled: KindFit
 
 
-def fit_kinds(dev: Sequence[tuple[str, Signals, bool]], kinds: Iterable[str], *, drop: str | None = None) -> Fits:
+# A kind whose dev rows come from at least this many sources has its fit's scope chosen by leaving
+# each source out in turn (below); with fewer, by the row-count rule.
+MIN_SOURCES = 3
+SCOPES = ("kind", "pooled, shifted", "pooled")
+# Sources that are several different tasks: each of their groups counts as a source of its own.
+MULTI_TASK_SOURCES = frozenset({"bbh"})
+
+
+def source_of(task: Any) -> str:
+    """The source a task counts under when sources are left out: its file, or for a source made of
+    different tasks (BIG-Bench Hard's subtasks) its group."""
+    source = str(field_of(task, "source"))
+    return str(field_of(task, "group")) if source in MULTI_TASK_SOURCES else source
+
+
+def _log_loss(probs: Sequence[float], labels: Sequence[bool]) -> float:
+    clipped = [min(1 - 1e-3, max(1e-3, p)) for p in probs]
+    return -sum(math.log(p) if y else math.log(1 - p) for p, y in zip(clipped, labels, strict=True))
+
+
+def _scope_fits(
+    kind_signals: list[Signals], kind_labels: list[bool], pooled: Calibrator | None
+) -> dict[str, Calibrator | None]:
+    """The base calibrator of each scope for one kind's rows (None where that scope cannot be fitted)."""
+    valid = sum(1 for s in kind_signals if s.valid)
+    return {
+        "kind": _fit_or_none(kind_signals, kind_labels, with_agreement=False),
+        "pooled, shifted": shift_to_kind(pooled, kind_signals, kind_labels)
+        if pooled is not None and valid >= MIN_KIND_ROWS
+        else None,
+        "pooled": pooled,
+    }
+
+
+def scope_by_leaving_sources_out(
+    dev: Sequence[tuple[str, Signals, bool]], sources: Sequence[str], kind: str
+) -> tuple[str, dict[str, float]] | None:
+    """Which scope predicts ``kind``'s dev rows best from the other sources: for each source of the
+    kind, every scope is fitted without that source's rows of the kind (the pooled fit keeps the other
+    kinds' rows) and scored by log loss on them. The scope with the lowest mean log loss over the
+    kind's rows wins; a scope that cannot be fitted for some source is out. None where the kind's dev
+    rows span fewer than :data:`MIN_SOURCES` sources. Reads dev rows only."""
+    mine = [i for i, (k, _, _) in enumerate(dev) if k == kind]
+    names = sorted({sources[i] for i in mine})
+    if len(names) < MIN_SOURCES:
+        return None
+    totals: dict[str, float | None] = dict.fromkeys(SCOPES, 0.0)
+    for name in names:
+        held = [i for i in mine if sources[i] == name]
+        rest = [i for i in range(len(dev)) if not (dev[i][0] == kind and sources[i] == name)]
+        rest_kind = [i for i in rest if dev[i][0] == kind]
+        pooled = _fit_or_none([dev[i][1] for i in rest], [dev[i][2] for i in rest], with_agreement=False)
+        fitted = _scope_fits([dev[i][1] for i in rest_kind], [dev[i][2] for i in rest_kind], pooled)
+        for scope, calibrator in fitted.items():
+            total = totals[scope]
+            if total is None or calibrator is None:
+                totals[scope] = None
+                continue
+            totals[scope] = total + _log_loss(
+                [calibrator.probability(dev[i][1]) for i in held], [dev[i][2] for i in held]
+            )
+    losses = {scope: total / len(mine) for scope, total in totals.items() if total is not None}
+    if not losses:
+        return None
+    return min(losses, key=lambda scope: (losses[scope], SCOPES.index(scope))), losses
+
+
+def fit_kinds(
+    dev: Sequence[tuple[str, Signals, bool]],
+    kinds: Iterable[str],
+    *,
+    drop: str | None = None,
+    sources: Sequence[str] | None = None,
+) -> Fits:
     """One fit per kind from its dev rows (pooled over every dev row where a kind has too few valid
-    answers or only one label); ``drop`` leaves one signal out (the ablation)."""
+    answers or only one label); ``drop`` leaves one signal out (the ablation). With ``sources`` (each
+    dev row's, see :func:`source_of`), a kind whose dev rows span several sources takes the scope that
+    predicted each of them best from the others (:func:`scope_by_leaving_sources_out`)."""
     all_signals = [without(s, drop) for _, s, _ in dev]
     all_labels = [label for _, _, label in dev]
     pooled_base = _fit_or_none(all_signals, all_labels, with_agreement=False)
@@ -456,28 +531,34 @@ def fit_kinds(dev: Sequence[tuple[str, Signals, bool]], kinds: Iterable[str], *,
     pooled = KindFit(
         "pooled", pooled_base, _fit_or_none(all_signals, all_labels, with_agreement=True), len(all_signals)
     )
+    reduced = [(k, without(s, drop), label) for k, s, label in dev]
     fits = {}
     for kind in sorted(set(kinds)):
-        rows = [(without(s, drop), label) for k, s, label in dev if k == kind]
+        rows = [(s, label) for k, s, label in reduced if k == kind]
         signals, labels = [s for s, _ in rows], [label for _, label in rows]
-        own = _fit_or_none(signals, labels, with_agreement=False)
-        if own is None:
-            # Too few rows for a fit of its own: the pooled ranking, its level moved to this kind's
-            # accuracy where there are enough rows for that one number (kinds differ most in it).
-            valid = [label for s, label in rows if s.valid]
-            if len(valid) >= MIN_KIND_ROWS:
-                shifted = shift_to_kind(pooled.base, signals, labels)
-                # the agreement fit's level moves to the kind as well: without it an answer whose
-                # samples agree would read at the pooled level, whatever this kind's accuracy
-                agree_shifted = (
-                    None if pooled.with_agreement is None else shift_to_kind(pooled.with_agreement, signals, labels)
-                )
-                fits[kind] = KindFit("pooled, shifted", shifted, agree_shifted, len(rows))
-            else:
-                fits[kind] = KindFit("pooled", pooled.base, pooled.with_agreement, len(rows))
+        candidates = _scope_fits(signals, labels, pooled.base)
+        chosen = None if sources is None else scope_by_leaving_sources_out(reduced, sources, kind)
+        if chosen is not None:
+            scope, losses = chosen
+            how = ", ".join(f"{name} {loss:.3f}" for name, loss in losses.items())
+            label = f"{scope}, by leaving each source out (log loss {how})"
         else:
-            agree = _fit_or_none(signals, labels, with_agreement=True)
-            fits[kind] = KindFit("kind", own, agree or pooled.with_agreement, len(rows))
+            # The row-count rule: a fit of its own where there are rows enough; else the pooled
+            # ranking with its level moved to this kind's accuracy where there are enough rows for
+            # that one number (kinds differ most in it); else the pooled fit as it is.
+            scope = next(name for name in SCOPES if candidates[name] is not None)
+            label = scope
+        base = candidates[scope]
+        assert base is not None  # the pooled scope always exists here
+        if scope == "kind":
+            agree = _fit_or_none(signals, labels, with_agreement=True) or pooled.with_agreement
+        elif scope == "pooled, shifted":
+            # the agreement fit's level moves to the kind as well: without it an answer whose
+            # samples agree would read at the pooled level, whatever this kind's accuracy
+            agree = None if pooled.with_agreement is None else shift_to_kind(pooled.with_agreement, signals, labels)
+        else:
+            agree = pooled.with_agreement
+        fits[kind] = KindFit(label, base, agree, len(rows))
     return Fits(fits, pooled)
 
 
@@ -507,11 +588,22 @@ def _dev_test(
     return dev, test
 
 
+def dev_sources(rows: Sequence[Mapping[str, Any]], sources: Mapping[str, str] | None) -> list[str] | None:
+    """Each dev row's source (task id -> :func:`source_of`), aligned with :func:`_dev_test`'s dev list."""
+    if sources is None:
+        return None
+    return [sources.get(str(r["id"]), str(r.get("source"))) for r in rows if r["split"] == "dev"]
+
+
 def score_test(
-    rows: Sequence[Mapping[str, Any]], agreement: Mapping[str, Mapping[str, Any]], *, drop: str | None = None
+    rows: Sequence[Mapping[str, Any]],
+    agreement: Mapping[str, Mapping[str, Any]],
+    *,
+    drop: str | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> tuple[list[Scored], Fits]:
     dev, test = _dev_test(rows, agreement)
-    fits = fit_kinds(dev, [r["kind"] for r in rows], drop=drop)
+    fits = fit_kinds(dev, [r["kind"] for r in rows], drop=drop, sources=dev_sources(rows, sources))
     scored = []
     for row, signals in test:
         reduced = without(signals, drop)
@@ -571,11 +663,12 @@ def replay(
     threshold: float = THRESHOLD,
     prompt_chars: Mapping[str, int] | None = None,
     claude_model: str = CLAUDE_MODEL,
+    sources: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Every figure of ``--replay``, as a JSON-able dict; with ``prompt_chars`` (task id → characters
     of its prompt), also the local share and the estimated Claude cost against all-Claude."""
     by_id = {a["id"]: a for a in agreement}
-    scored, fits = score_test(rows, by_id)
+    scored, fits = score_test(rows, by_id, sources=sources)
     if not scored:
         raise SystemExit("no test rows recorded yet: record some tasks of the test split first")
     kinds = sorted({s.kind for s in scored})
@@ -597,7 +690,7 @@ def replay(
         present.add("agreement")
     for name in OPTIONAL_SIGNALS:
         if name in present:
-            reduced, _ = score_test(rows, by_id, drop=name)
+            reduced, _ = score_test(rows, by_id, drop=name, sources=sources)
             ablation[f"without {name}"] = _metrics([s.final for s in reduced], labels, threshold)["auroc"]
     return {
         "model": rows[0]["model"] if rows else None,
@@ -771,13 +864,14 @@ def write_default(
     band: tuple[float, float],
     threshold: float = THRESHOLD,
     family: bool = True,
+    sources: Mapping[str, str] | None = None,
 ) -> CalibrationTable:
     """The calibration table shipped with the package, from this model's fits on dev with their
     test figures: an entry per (model, kind); with ``family``, the same per ("*", kind), the family an
     unmeasured model falls back to (capped at what it measured), and ("*", "*") pooled over every
     kind. Without it, models other than this one keep the prior."""
     by_id = {a["id"]: a for a in agreement}
-    scored, fits = score_test(rows, by_id)
+    scored, fits = score_test(rows, by_id, sources=sources)
     model = str(rows[0]["model"])
     fitted_at = now_iso()
     source = f"bench/gate.py: fitted on the dev split of recordings/{model_slug(model)}.jsonl, measured on test"
@@ -837,7 +931,8 @@ async def record_agreement(
     were appended. A row whose output was cut at 300 characters cannot be compared and is left out."""
     done = {row["id"] for row in read_jsonl(out)}
     dev, _ = _dev_test(rows, {})
-    fits = fit_kinds(dev, [r["kind"] for r in rows])
+    sources = {str(field_of(t, "id")): source_of(t) for t in tasks}
+    fits = fit_kinds(dev, [r["kind"] for r in rows], sources=dev_sources(rows, sources))
     by_id = {field_of(t, "id"): t for t in tasks}
     todo = []
     for row in interleaved(rows):
@@ -1017,7 +1112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         agreement = [] if args.no_agreement else latest(read_jsonl(agreement_file))
         started = time.perf_counter()
         tasks, _, _ = _load_gate_tasks()
-        result = replay(rows, agreement, prompt_chars=prompt_characters(tasks))
+        sources = {str(field_of(t, "id")): source_of(t) for t in tasks}
+        result = replay(rows, agreement, prompt_chars=prompt_characters(tasks), sources=sources)
         result["seconds"] = round(time.perf_counter() - started, 2)
         if args.json:
             print(json.dumps(result, indent=2, sort_keys=True))
@@ -1025,7 +1121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_replay(result)
             print(f"\nreplayed in {result['seconds']:.1f} s")
         if args.write_default:
-            write_default(rows, agreement, args.table, band=band, family=not args.no_family)
+            write_default(rows, agreement, args.table, band=band, family=not args.no_family, sources=sources)
             print(f"wrote {args.table}", file=sys.stderr)
     return 0
 

@@ -419,3 +419,40 @@ def test_the_dev_cross_validation_never_reads_the_test_split() -> None:
     assert gate.dev_cross_validation(flipped, {}) == before
     # and it measures something: token_min decides by build, so the fits beat a coin (log loss 0.693)
     assert before["log_loss"] < 0.6 and 0 < before["brier"] < 0.25
+
+
+def test_a_kind_from_several_sources_takes_the_scope_that_predicts_a_left_out_source_best() -> None:
+    # general comes from four sources and is nearly always wrong, whatever its signals say; the other kinds
+    # are right exactly when token_min is high. Left out one source at a time, the pooled fit (which
+    # reads general's sure answers as right) predicts the left-out general rows worst.
+    dev: list[tuple[str, Signals, bool]] = []
+    sources: list[str] = []
+    for i in range(80):
+        sure = i % 2 == 0
+        signals = Signals(
+            valid=True, self_reported=0.9, token_mean=0.97 if sure else 0.8, token_min=0.9 if sure else 0.2
+        )
+        if i < 40:
+            dev.append(("general", signals, i % 10 == 3))  # 4 right of 40, all unsure answers
+            sources.append(f"bbh:task{i % 4}")
+        else:
+            dev.append(("sql", signals, sure))
+            sources.append("chinook")
+    chosen = gate.scope_by_leaving_sources_out(dev, sources, "general")
+    assert chosen is not None
+    scope, losses = chosen
+    assert set(losses) == {"kind", "pooled, shifted", "pooled"}  # each can be fitted without any one source
+    assert scope != "pooled" and losses["pooled"] > losses[scope] == min(losses.values())
+    # one source only (sql here): the row-count rule decides, as before
+    assert gate.scope_by_leaving_sources_out(dev, sources, "sql") is None
+    fits = gate.fit_kinds(dev, ["general", "sql"], sources=sources)
+    assert fits.kinds["general"].scope.startswith(f"{scope}, by leaving each source out")
+    assert fits.kinds["sql"].scope == "kind"
+    # a general answer that sounds sure still reads as the wrong answer such answers always were
+    sure = Signals(valid=True, self_reported=0.9, token_mean=0.97, token_min=0.9)
+    assert fits.kinds["general"].base.probability(sure) < 0.25
+
+
+def test_source_of_splits_big_bench_hard_by_subtask_and_keeps_other_sources_whole() -> None:
+    assert gate.source_of({"source": "bbh", "group": "bbh:navigate"}) == "bbh:navigate"
+    assert gate.source_of({"source": "gsm8k", "group": "gsm8k:test:40"}) == "gsm8k"
