@@ -74,15 +74,17 @@ class PoolResult:
 class Pool:
     """Load-balanced, health-checked set of hosts, run by ``policy`` (default: the ``[pool]`` defaults).
 
-    The concerns are reachable for tests and tools: ``selection`` (ranking, the tier table as
-    ``selection.tiers``), ``slots``, ``failover`` and ``health``. ``hosts`` is the one dict they all
-    read: change it only through :meth:`add_host` and :meth:`remove_host`.
+    The concerns are reachable for tests and tools: ``selection`` (ranking), ``slots``, ``failover``
+    and ``health``; ``tiers`` is the one tier table they read (``pool.tiers.of(host, model)``).
+    ``hosts`` is the one dict they all read: change it only through :meth:`add_host` and
+    :meth:`remove_host`.
     """
 
     def __init__(self, hosts: list[Host] | None = None, policy: PoolPolicy | None = None) -> None:
         self.policy = PoolPolicy() if policy is None else policy
         self.hosts: dict[str, Host] = {}
-        self.selection = Selector(self.hosts, TierTable(self.policy.tiers), self.policy.ewma_alpha)
+        self.tiers = TierTable(self.policy.tiers)
+        self.selection = Selector(self.hosts, self.tiers, self.policy.ewma_alpha)
         self.slots = Slots(self.selection, self.policy.outlier_probe_s)
         self.health = Health(self.selection, self.slots, self.policy)
         self.failover = Failover(self.selection, self.slots, self.health, self.policy)
@@ -91,7 +93,7 @@ class Pool:
 
     @property
     def tier_overrides(self) -> Mapping[str, Tier]:
-        """The pool-wide tier table (model name -> tier), for :meth:`Host.tiers_of`."""
+        """The pool-wide overrides (model name -> tier); ``pool.tiers.of(host, model)`` applies them."""
         return self.policy.tiers
 
     # membership ------------------------------------------------------------------------------
@@ -149,7 +151,7 @@ class Pool:
     # selection (see caelum_mcp.pool_selection) ------------------------------------------------------
 
     def available_tiers(self) -> set[Tier]:
-        return self.selection.tiers.available(self.hosts.values())
+        return self.tiers.available(self.hosts.values())
 
     def select(
         self,

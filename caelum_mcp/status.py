@@ -151,7 +151,7 @@ def host_status(host: Host, pool: Pool) -> HostStatus:
         models=[
             ModelStatus(
                 name=name,
-                tiers=sorted(t.value for t in host.tiers_of(name, pool.tier_overrides)),
+                tiers=sorted(t.value for t in pool.tiers.of(host, name)),
                 parameters_b=info.parameters_b,
                 loaded=info.loaded,
                 size_bytes=info.size_bytes,

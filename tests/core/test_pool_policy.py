@@ -78,7 +78,8 @@ def test_one_tier_table_serves_selection_listing_and_the_call_probe() -> None:
     assert (sel.host, sel.model, sel.tier) == (a, "qwen3:8b", Tier.CODE)
     assert pool.available_tiers() == {Tier.CODE, Tier.EMBEDDING}
     assert [(e.host, e.model, e.code) for e in pool.eligible_models(code=True)] == [("a", "qwen3:8b", True)]
-    tiers = pool.selection.tiers
+    tiers = pool.tiers
+    assert pool.selection.tiers is tiers and pool.health.selector.tiers is tiers, "one table for all"
     assert tiers.of(b, "qwen3:8b") == {Tier.EMBEDDING}, "the host's own table wins"
     assert (tiers.first_chat_model(a), tiers.first_chat_model(b)) == ("qwen3:8b", None)
     # failover's "could another host take over" reads the same table: b serves no code model
