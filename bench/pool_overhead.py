@@ -384,11 +384,12 @@ def print_figures(fig: Figures) -> None:
     for name, values in lat.items():
         mean = sum(values) / len(values)
         print(f"  {name:<8} {percentile(values, 50):>9.3f} {percentile(values, 95):>9.3f} {mean:>9.3f}")
-    p50 = {name: percentile(values, 50) for name, values in lat.items()}
-    print(
-        f"  p50 overhead: backend-direct {p50['backend'] - p50['direct']:+.3f} ms, "
-        f"pool-backend {p50['pool'] - p50['backend']:+.3f} ms, pool-direct {p50['pool'] - p50['direct']:+.3f} ms"
-    )
+    for pct in (50, 99):
+        at = {name: percentile(values, pct) for name, values in lat.items()}
+        print(
+            f"  p{pct} overhead: backend-direct {at['backend'] - at['direct']:+.3f} ms, "
+            f"pool-backend {at['pool'] - at['backend']:+.3f} ms, pool-direct {at['pool'] - at['direct']:+.3f} ms"
+        )
     print(f"throughput, {fig.concurrency} concurrent callers, {fig.concurrent_requests} requests per path")
     print(f"  {'path':<8} {'req/s':>9} {'% direct':>9}   per round: min / median / max % of direct")
     for name, rps in fig.throughput_rps.items():
