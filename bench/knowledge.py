@@ -70,7 +70,13 @@ from caelum_mcp.config import load_config
 from caelum_mcp.embedding_service import EmbeddingService
 from caelum_mcp.server import create_server
 from caelum_mcp.tools.knowledge.indexer import sync_index
-from caelum_mcp.tools.knowledge.memory import GLOBAL_SCOPE, MEMORY_LEXICAL_WEIGHT, MemoryStore
+from caelum_mcp.tools.knowledge.memory import (
+    GLOBAL_SCOPE,
+    MEMORY_FEEDBACK_NOTES,
+    MEMORY_FEEDBACK_WEIGHT,
+    MEMORY_LEXICAL_WEIGHT,
+    MemoryStore,
+)
 from caelum_mcp.tools.knowledge.ranking import DEFAULT_LEXICAL_WEIGHT, DEFAULT_NORMALISATION, DEFAULT_RRF_K, fuse
 from caelum_mcp.tools.knowledge.retrieval import MIN_HYBRID_COVERAGE, RetrievalParams, retrieve
 from caelum_mcp.tools.knowledge.store import KnowledgeStore
@@ -614,6 +620,7 @@ async def memory(bench: Bench) -> dict[str, Any]:
         f"recall@5_hybrid_dev_w{chosen}_test": recall_at_5(1, True, chosen),
         "recall@5_semantic_test": recall_at_5(1, True, 0.0),
     }
+    out["methods"] = await memory_methods(bench, store, ids, queries, qvecs)
     store.forget([ids[q["note"]] for q in queries])
     after = 0
     for q, v in zip(queries, qvecs, strict=True):
@@ -626,6 +633,75 @@ async def memory(bench: Bench) -> dict[str, Any]:
         + ", ".join(f"{k.removeprefix('recall@5_')} {v:.2f}" for k, v in out.items() if k.startswith("recall"))
         + f" (recall@5); weight chosen on dev {chosen}; hits after forget: {after}"
     )
+    return out
+
+
+MemoryRanker = Any  # (query number) -> note ids, best first
+
+
+async def memory_methods(
+    bench: Bench, store: MemoryStore, ids: dict[str, int], queries: list[dict[str, str]], qvecs: Sequence[Any]
+) -> dict[str, dict[str, Any]]:
+    """Other ways of ranking the same notes with the same model (issue 22 item 4's route without a
+    new model), each one's parameters chosen on the dev third and scored on the test two thirds:
+    convex fusion (z-score, as the product) and min-max normalisation without feedback, reciprocal
+    rank fusion, the query's content words embedded instead of the question (query normalisation),
+    and pseudo-relevance feedback on the vectors (the product's ``candidates``: the query moved a of
+    the way towards its k nearest notes; the product's a and k are in the grid)."""
+    gold = [ids[q["note"]] for q in queries]
+    dev = [n for n in range(len(queries)) if n % 3 == 0]
+    test = [n for n in range(len(queries)) if n % 3 != 0]
+    _, content_vecs = await bench.embed([" ".join(query_terms(q["query"])) or q["query"] for q in queries])
+
+    def lists(vecs: Sequence[Any], a: float = 0.0, k: int = 0) -> list[Any]:
+        return [
+            store.candidates(q["query"], [GLOBAL_SCOPE], (MODEL, v), feedback=a, feedback_notes=k)[:2]
+            for q, v in zip(queries, vecs, strict=True)
+        ]
+
+    plain = lists(qvecs)
+    content = lists(content_vecs)
+    weights = [round(0.1 * i, 1) for i in range(11)]
+    variants: dict[str, list[tuple[str, MemoryRanker]]] = {
+        "convex z-score, no feedback": [
+            (f"w={w}", lambda n, w=w: [h.id for h in fuse(*plain[n], lexical_weight=w)]) for w in weights
+        ],
+        "convex min-max, no feedback": [
+            (f"w={w}", lambda n, w=w: [h.id for h in fuse(*plain[n], lexical_weight=w, normalisation="minmax")])
+            for w in weights
+        ],
+        "reciprocal rank fusion": [
+            (f"k={k}", lambda n, k=k: [h.id for h in fuse(*plain[n], method="rrf", rrf_k=k)]) for k in (5, 10, 20, 60)
+        ],
+        "content words embedded": [
+            (f"w={w}", lambda n, w=w: [h.id for h in fuse(*content[n], lexical_weight=w)]) for w in weights
+        ],
+        "vector feedback": [],
+    }
+    for a in (0.25, 0.5, 1.0):
+        for k in (3, 5):
+            moved = lists(qvecs, a, k)
+            variants["vector feedback"] += [
+                (f"a={a} k={k} w={w}", lambda n, m=moved, w=w: [h.id for h in fuse(*m[n], lexical_weight=w)])
+                for w in (0.0, MEMORY_LEXICAL_WEIGHT)
+            ]
+    product = lists(qvecs, MEMORY_FEEDBACK_WEIGHT, MEMORY_FEEDBACK_NOTES)
+    variants[f"product (a={MEMORY_FEEDBACK_WEIGHT} k={MEMORY_FEEDBACK_NOTES} w={MEMORY_LEXICAL_WEIGHT})"] = [
+        ("as shipped", lambda n: [h.id for h in fuse(*product[n], lexical_weight=MEMORY_LEXICAL_WEIGHT)])
+    ]
+
+    def recall(rank: MemoryRanker, which: list[int]) -> float:
+        return sum(gold[n] in rank(n)[:5] for n in which) / len(which)
+
+    out: dict[str, dict[str, Any]] = {}
+    print("  memory, rankings of the same notes and vectors (parameters chosen on dev; recall@5):")
+    for name, grid in variants.items():
+        # ties: the last in the grid (for the weights, the largest, as the product's choice)
+        best = max((recall(rank, dev), i) for i, (_, rank) in enumerate(grid))[1]
+        label, rank = grid[best]
+        row = out[name] = {"chosen": label, "dev": recall(rank, dev), "test": recall(rank, test)}
+        row["all"] = recall(rank, dev + test)
+        print(f"    {name:38s} {label:18s} dev {row['dev']:.3f}  test {row['test']:.3f}  all {row['all']:.2f}")
     return out
 
 

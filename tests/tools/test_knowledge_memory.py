@@ -54,15 +54,35 @@ def test_candidates_are_the_two_rankings_recall_fuses_within_the_scopes(store: M
     port, _ = store.remember("The staging database listens on port 5433", [], PROJECT, ("m", vec(1, 0)))
     tagged, _ = store.remember("Backups run nightly", ["staging"], PROJECT, ("m", vec(0, 1)))
     other, _ = store.remember("staging staging staging", [], "project:/elsewhere", ("m", vec(1, 0)))
-    lexical, semantic = store.candidates("staging", [PROJECT], ("m", vec(1, 0.2)))
+    lexical, semantic, _ = store.candidates("staging", [PROJECT], ("m", vec(1, 0.2)))
     # the tag weighs double: one word in the tags outranks one word in a longer text
     assert [i for i, _ in lexical] == [tagged.id, port.id] and lexical[0][1] > lexical[1][1] > 0
     assert [i for i, _ in semantic] == [port.id, tagged.id] and semantic[0][1] > 0.9 > semantic[1][1]
     assert other.id not in {i for i, _ in lexical + semantic}
-    assert store.candidates("staging", [PROJECT])[1] == []  # no query vector: no semantic ranking
+    assert store.candidates("staging", [PROJECT])[1:] == ([], {})  # no query vector: no semantic ranking
     fused = fuse(lexical, semantic, lexical_weight=0.3)
     recalled = store.recall("staging", [PROJECT], query_vector=("m", vec(1, 0.2)), lexical_weight=0.3)
     assert [r.note.id for r in recalled] == [h.id for h in fused]
+
+
+def test_feedback_ranks_by_the_query_moved_towards_its_nearest_notes(store: MemoryStore) -> None:
+    # One note close to the question's wording (0.80) and one that sits among two others on the
+    # same subject (0.78, and 0.75 and 0.70 beside it): the three nearest notes pull the query
+    # towards that subject, so the second comes first; the cosine said is still to the query.
+    near, _ = store.remember("Deploy windows are on Tuesdays", [], GLOBAL_SCOPE, ("m", vec(0.8, 0.6)))
+    among, _ = store.remember("Staging runs on port 5433", [], GLOBAL_SCOPE, ("m", vec(0.78, 0, 0.626)))
+    store.remember("Staging has its own Postgres", [], GLOBAL_SCOPE, ("m", vec(0.75, 0, 0.661)))
+    store.remember("Staging data is reset nightly", [], GLOBAL_SCOPE, ("m", vec(0.7, 0, 0.714)))
+    asked = ("m", vec(1.0))
+    _, unmoved, _ = store.candidates("zzz", [GLOBAL_SCOPE], asked, feedback=0)
+    _, moved, similarity = store.candidates("zzz", [GLOBAL_SCOPE], asked)
+    assert [i for i, _ in unmoved][:2] == [near.id, among.id]
+    assert moved[0][0] == among.id and [i for i, _ in moved].index(near.id) > 0
+    assert similarity[near.id] == pytest.approx(0.8, abs=1e-6) and similarity[among.id] == pytest.approx(0.78, abs=1e-3)
+    recalled = store.recall("zzz", [GLOBAL_SCOPE], query_vector=asked, limit=2)
+    assert recalled[0].note.id == among.id and recalled[0].similarity == pytest.approx(0.78, abs=1e-3)
+    # a query vector of another size than the stored ones: nothing to move towards, nothing ranked
+    assert store.candidates("zzz", [GLOBAL_SCOPE], ("m", [1.0, 0.0]))[1] == []
 
 
 def test_the_same_text_is_one_note_with_merged_tags(store: MemoryStore) -> None:
