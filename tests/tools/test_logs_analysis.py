@@ -103,3 +103,24 @@ def test_logs_without_times_still_rank(tmp_path: Path) -> None:
     collected = collect_logs([(log, "plain.txt")])
     report, _ = analyse(collected, *mine(collected))
     assert report.timeline is None and report.signatures[0].level == "error"
+
+
+def test_each_message_keeps_its_first_and_latest_example_and_at_most_five_sources(tmp_path: Path) -> None:
+    lines = [f"2024-05-01 09:00:0{i},000 INFO [t] app.Src{i}: job {i} done" for i in range(7)]
+    lines.insert(3, "2024-05-01 09:00:03,500 ERROR [t] app.Db: disk full")
+    (tmp_path / "a.log").write_text("\n".join(lines) + "\n")
+    (tmp_path / "b.log").write_text("2024-05-01 09:01:00,000 INFO [t] app.Src1: job 99 done\n")
+    collected = collect_logs([(tmp_path / "a.log", "a.log"), (tmp_path / "b.log", "b.log")])
+    job = collected.masked.index("job <*> done")
+    assert collected.weights[job] == 8
+    assert [(e.file, e.line, e.text) for e in collected.examples[job]] == [
+        (0, 1, "job 0 done"),
+        (1, 1, "job 99 done"),  # the latest, from the second file
+    ]
+    disk = collected.masked.index("disk full")
+    assert [(e.file, e.line) for e in collected.examples[disk]] == [(0, 4)]
+    assert dict(collected.sources[job]) == {"app.Src0": 1, "app.Src1": 2, "app.Src2": 1, "app.Src3": 1, "app.Src4": 1}
+    assert collected.files[0].first == datetime(2024, 5, 1, 9) and collected.files[0].last == datetime(
+        2024, 5, 1, 9, 0, 6
+    )
+    assert collected.files[1].first == collected.files[1].last == datetime(2024, 5, 1, 9, 1)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from caelum_mcp.tools.logs import header
 from caelum_mcp.tools.logs.diagnosis import collect_logs
-from caelum_mcp.tools.logs.formats import canonical_level, detect_format
+from caelum_mcp.tools.logs.formats import canonical_level, detect_format, inferred_format
 from caelum_mcp.tools.logs.reading import ReadLimits, ReadStats, log_files, read_entries
 from caelum_mcp.tools.safe_read import NotRegularFileError
 
@@ -326,3 +327,36 @@ def test_a_fifo_log_is_refused_at_once_and_a_folder_listing_names_it(tmp_path: P
     assert {p.name for p in log_files(tmp_path, ["."])} == {"pipe.log", "link.log"}
     collected = collect_logs([(fifo, "pipe.log")])
     assert collected.files[0].format == "unreadable" and "not a regular file" in (collected.files[0].error or "")
+
+
+def test_the_sample_read_while_detecting_is_not_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # lines that a known format (java) and the inferred header both fit: detection reads the sample
+    # with the inferred header to count its levels, and the file's first lines are that sample
+    lines = [
+        f"2024-05-01 10:00:{i:02d},{i:03d} {'WARN' if i % 3 else 'INFO'} [main] a.b.C: job {i} done" for i in range(40)
+    ]
+    later = ["2024-05-01 10:01:00,000 ERROR [pool-2] a.b.D: job 41 failed", "2024-05-01 10:01:01,000 INFO x"]
+    reads: list[str] = []
+    real_read = header.HeaderReader.read
+
+    def counted(self: header.HeaderReader, line: str) -> header.HeaderParts | None:
+        reads.append(line)
+        return real_read(self, line)
+
+    monkeypatch.setattr(header.HeaderReader, "read", counted)
+    fmt = detect_format(lines, REF)
+    assert fmt.name == "java"
+    detected_reads = len(reads)
+    got = [fmt.parse(line) for line in lines + later]
+    assert len(reads) - detected_reads == len(later)  # the sample's readings are given again
+    layout = header.infer_header(lines)
+    assert layout is not None
+    fresh = inferred_format(layout, REF, "java")
+    assert got == [fresh.parse(line) for line in lines + later]  # what a fresh format gives
+    # a line other than the sample's next one: read as a fresh format that read the lines before it
+    other = detect_format(lines, REF)
+    assert other.parse(lines[0]) == got[0]
+    fresh = inferred_format(layout, REF, "java")
+    fresh.parse(lines[0])
+    assert other.parse(later[0]) == fresh.parse(later[0]) is not None
+    assert other.parse(lines[1]) == fresh.parse(lines[1])

@@ -34,7 +34,7 @@ from . import analysis
 from .formats import LEVELS
 from .masking import mask_message
 from .mining import DEFAULT_SPLIT_THRESHOLD, cluster_masked
-from .reading import MAX_FILE_BYTES, MAX_LINE_BYTES, ReadLimits, ReadStats, read_entries
+from .reading import MAX_FILE_BYTES, MAX_LINE_BYTES, LogEntry, ReadLimits, ReadStats, read_entries
 
 _EPOCH = datetime(1970, 1, 1)
 EXAMPLE_CHARS = 160
@@ -200,6 +200,8 @@ def collect_logs(
     out = CollectedLogs()
     ids: dict[str, int] = {}
     level_index = {name: i for i, name in enumerate(LEVELS)}
+    # the latest entry of each distinct message after its first: made an example once, at the end
+    latest: list[tuple[int, LogEntry] | None] = []
 
     def should_stop() -> bool:
         return (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() > deadline)
@@ -221,43 +223,54 @@ def collect_logs(
             continue
         summary = LogFileSummary(file=shown, format=fmt, entries=0)
         first = last = None
+        # lines of one burst share their time's object (the reader reuses it): its seconds too
+        last_time: datetime | None = None
+        last_seconds = math.nan
+        masked, weights, examples, sources_of = out.masked, out.weights, out.examples, out.sources
+        add_file, add_line, add_time = out.entry_file.append, out.entry_line.append, out.entry_time.append
+        add_level, add_message = out.entry_level.append, out.entry_message.append
         try:
             for n, entry in enumerate(stream):
-                if entry.time is not None and ((since and entry.time < since) or (until and entry.time > until)):
+                when = entry.time
+                if when is not None and ((since and when < since) or (until and when > until)):
                     out.filtered_out += 1
                     continue
                 late = deadline is not None and n % 4096 == 0 and time.monotonic() > deadline
-                if out.entries >= max_entries or late:
+                if len(out.entry_message) >= max_entries or late:
                     out.truncated = True
                     break
-                key = mask_message(entry.message)
+                message = entry.message
+                key = mask_message(message)
                 uid = ids.get(key)
                 if uid is None:
-                    uid = ids[key] = len(out.masked)
-                    out.masked.append(key)
-                    out.weights.append(0)
-                    out.examples.append([])
-                    out.sources.append(Counter())
-                out.weights[uid] += 1
-                examples = out.examples[uid]
-                example = _Example(file_no, entry.line, entry.message[:EXAMPLE_CHARS], entry.detail)
-                if len(examples) < MAX_EXAMPLES:
-                    examples.append(example)
+                    uid = ids[key] = len(masked)
+                    masked.append(key)
+                    weights.append(1)
+                    examples.append([_Example(file_no, entry.line, message[:EXAMPLE_CHARS], entry.detail)])
+                    sources_of.append(Counter())
+                    latest.append(None)
                 else:
-                    examples[-1] = example  # keep the first and the latest
-                sources = out.sources[uid]
-                if entry.source and (entry.source in sources or len(sources) < 5):
-                    sources[entry.source] += 1
-                out.entry_file.append(file_no)
-                out.entry_line.append(entry.line)
-                out.entry_time.append(_seconds(entry.time) if entry.time is not None else math.nan)
-                out.entry_level.append(level_index.get(entry.level or "", -1))
-                out.entry_message.append(uid)
+                    weights[uid] += 1
+                    latest[uid] = (file_no, entry)  # the first example and the latest are kept
+                source = entry.source
+                if source:
+                    sources = sources_of[uid]
+                    if source in sources or len(sources) < 5:
+                        sources[source] += 1
+                add_file(file_no)
+                add_line(entry.line)
+                if when is None:
+                    add_time(math.nan)
+                else:
+                    if when is not last_time:
+                        last_time, last_seconds = when, _seconds(when)
+                        first = when if first is None or when < first else first
+                        last = when if last is None or when > last else last
+                    add_time(last_seconds)
+                add_level(level_index.get(entry.level or "", -1))
+                add_message(uid)
                 if keep_messages:
-                    out.raw.append(entry.message)
-                if entry.time is not None:
-                    first = entry.time if first is None or entry.time < first else first
-                    last = entry.time if last is None or entry.time > last else last
+                    out.raw.append(message)
         except (OSError, EOFError, zlib.error) as exc:
             why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
             summary.error = f"read stopped: {why}"
@@ -275,6 +288,10 @@ def collect_logs(
         if out.truncated:
             out.notes.append(f"stopped reading at {shown}: the entry cap or the time budget was reached")
             break
+    for uid, found in enumerate(latest):
+        if found is not None:
+            file_no, entry = found
+            out.examples[uid].append(_Example(file_no, entry.line, entry.message[:EXAMPLE_CHARS], entry.detail))
     return out
 
 

@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 from .header import HeaderLayout, HeaderReader, infer_header
@@ -92,6 +92,12 @@ class ParsedLine(NamedTuple):
     level: str | None
     source: str | None
     message: str
+
+
+# a ParsedLine from a tuple of its values, without NamedTuple's __new__ (one is made per line)
+_new_parsed: Callable[[tuple[datetime | None, str | None, str | None, str]], ParsedLine] = partial(
+    tuple.__new__, ParsedLine
+)
 
 
 LineParser = Callable[[str], ParsedLine | None]
@@ -329,9 +335,36 @@ def inferred_format(layout: HeaderLayout, reference: datetime, name: str = INFER
         parts = reader.read(line)
         if parts is None:
             return None
-        return ParsedLine(parts.time, canonical_level(parts.level), parts.source, parts.message)
+        when, level, source, message = parts
+        return _new_parsed((when, canonical_level(level), source, message))
 
     return LineFormat(name, parse)
+
+
+def _read_ahead(layout: HeaderLayout, reference: datetime, name: str, lines: Sequence[str]) -> tuple[LineFormat, int]:
+    """:func:`inferred_format` after reading ``lines`` (a file's first non-empty lines), and how
+    many levels it read there. Its parse gives those readings again while the same lines come, in
+    order, and reads on from where it stopped, so a file costs its sample's lines once, with what
+    a fresh format gives; a line other than the sample's next one brings a fresh format to that
+    point first."""
+    fmt = inferred_format(layout, reference, name)
+    ahead = [fmt.parse(line) for line in lines]
+    position = 0
+    live = fmt.parse
+
+    def parse(line: str) -> ParsedLine | None:
+        nonlocal position, live
+        if position < len(lines):
+            if line == lines[position]:
+                position += 1
+                return ahead[position - 1]
+            live = inferred_format(layout, reference, name).parse
+            for earlier in lines[:position]:
+                live(earlier)
+            position = len(lines)
+        return live(line)
+
+    return LineFormat(name, parse), sum(parsed is not None and parsed.level is not None for parsed in ahead)
 
 
 def detect_format(sample: Sequence[str], reference: datetime) -> LineFormat:
@@ -346,9 +379,9 @@ def detect_format(sample: Sequence[str], reference: datetime) -> LineFormat:
     candidates: list[tuple[LineFormat, float]] = [(json_format, json_share)]
     known: LineFormat | None = None
     for name, pattern in _REGEX_FORMATS:
-        shape = _common_shape(pattern, lines)
+        shape, matched = _common_shape(pattern, lines)
         fmt = _regex_format(name, pattern, shape, reference)
-        share = _share(fmt, lines)
+        share = matched / len(lines)  # what _share gives: such a format reads every line it matches
         candidates.append((fmt, share))
         if share >= DETECT_SHARE:
             # the first that fits is the known format; the others' shares only count where no
@@ -359,10 +392,12 @@ def detect_format(sample: Sequence[str], reference: datetime) -> LineFormat:
         return known
     layout = infer_header(lines)
     if layout is not None and layout.share >= DETECT_SHARE:
-        inferred = inferred_format(layout, reference, known.name if known is not None else INFERRED)
+        if known is None:
+            return inferred_format(layout, reference, INFERRED)
         # a known format stays only where it reads more levels: lines of several layouts in one
         # file, where the layout most lines share misses the others' level
-        if known is None or _levels(known, lines) <= _levels(inferred, lines) + LEVEL_MARGIN * len(lines):
+        inferred, inferred_levels = _read_ahead(layout, reference, known.name, lines)
+        if _levels(known, lines) <= inferred_levels + LEVEL_MARGIN * len(lines):
             return inferred
     if known is not None:
         return known
@@ -386,19 +421,24 @@ def _share(fmt: LineFormat, lines: Sequence[str]) -> float:
     return sum(fmt.parse(line) is not None for line in lines) / len(lines)
 
 
-def _common_shape(pattern: str, lines: Sequence[str]) -> TimestampShape | None:
-    """The timestamp shape most of the ``ts`` groups of ``pattern`` in ``lines`` have."""
+def _common_shape(pattern: str, lines: Sequence[str]) -> tuple[TimestampShape | None, int]:
+    """The timestamp shape most of the ``ts`` groups of ``pattern`` in ``lines`` have, and how
+    many of ``lines`` ``pattern`` matches."""
     compiled = re.compile(pattern)
     counts: Counter[str] = Counter()
+    matched = 0
     for line in lines:
         match = compiled.match(line)
-        ts = match.groupdict().get("ts") if match else None
+        if match is None:
+            continue
+        matched += 1
+        ts = match.groupdict().get("ts")
         if ts:
             for shape in SHAPES:
                 if shape.pattern.fullmatch(ts):
                     counts[shape.name] += 1
                     break
-    return SHAPES_BY_NAME[counts.most_common(1)[0][0]] if counts else None
+    return (SHAPES_BY_NAME[counts.most_common(1)[0][0]] if counts else None), matched
 
 
 def is_continuation(line: str) -> bool:

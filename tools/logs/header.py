@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache, partial
+from operator import call as _call
 from typing import NamedTuple, cast
 
 from .timestamps import SHAPES, from_epoch, parse_any
@@ -578,6 +579,12 @@ def _kind_of_time(text: str) -> str:
     return "T" if not text.isdigit() or _is_epoch(text) else "W"
 
 
+@lru_cache(maxsize=8192)
+def _kind_of_bracketed_text(text: str) -> str:
+    # cached by the whole text: a file's threads and components repeat on every line
+    return _kind_of_bracketed(text[1:-1].strip())
+
+
 def _kind_of_quoted(text: str) -> str:
     return _kind_of_word(text[1:-1]) if len(text) > 2 else "W"
 
@@ -590,7 +597,7 @@ def _kind_of_pair(text: str) -> str:
 # a field's kind (and key) from its text, by form: one string, the kind's letter first
 _KIND_OF_FORM: dict[str, Callable[[str], str]] = {
     "ts": _kind_of_time,
-    "br": lambda text: _kind_of_bracketed(text[1:-1].strip()),
+    "br": _kind_of_bracketed_text,
     "q": _kind_of_quoted,
     "kv": _kind_of_pair,
     "w": _kind_of_word,
@@ -722,6 +729,12 @@ class HeaderParts(NamedTuple):
     message: str
 
 
+# a HeaderParts from a tuple of its values, without NamedTuple's __new__ (one is made per line)
+_new_parts: Callable[[tuple[datetime | None, str | None, str | None, str]], HeaderParts] = partial(
+    tuple.__new__, HeaderParts
+)
+
+
 class HeaderReader:
     """Reads lines with one :class:`HeaderLayout`: the message is what follows the header fields a
     line matches; times are parsed in the shape the first one had.
@@ -754,7 +767,7 @@ class HeaderReader:
                 texts = match.group(*shape.text_groups) if shape.several else (match.group(shape.text_groups[0]),)
                 # what the header takes depends on the fields' kinds and keys only: the shape
                 # fixes their separators and how many there are
-                kinds = tuple([kind_of(text) for kind_of, text in zip(shape.kind_of, texts)])  # noqa: B905
+                kinds = tuple(map(_call, shape.kind_of, texts))
                 plan = plans.get(kinds)
                 if plan is None:
                     plan = plans[kinds] = self._plan(shape, line)
@@ -797,9 +810,9 @@ class HeaderReader:
                 break
         times = plan.times
         if not times:
-            return HeaderParts(None, level, source, message)
+            return _new_parts((None, level, source, message))
         text = texts[times[0]].strip("[]") if len(times) == 1 else " ".join([texts[i].strip("[]") for i in times])
-        return HeaderParts(self._time(text), level, source, message)
+        return _new_parts((self._time(text), level, source, message))
 
     def _cut(self, fields: list[Field]) -> int:
         """How many of ``fields`` are header (0: the line does not fit the header)."""

@@ -100,18 +100,17 @@ def mask_message(message: str) -> str:
         _MONTH_NAME.search(message) is not None and _DATE_OVER_SPACE.search(message) is not None
     ):
         return mask_whole_message(message)
-    words = _WORDS
-    masked = []
-    for word in message.split(" "):
-        found = words.get(word)
-        if found is None:
-            found = mask_whole_message(word)
-            if len(word) <= _WORD_CHARS:
-                if len(words) >= _WORDS_KEPT:
-                    words.clear()
-                words[word] = found
-        masked.append(found)
-    return " ".join(masked)
+    words = message.split(" ")
+    masked = list(map(_WORDS.get, words))
+    if None in masked:
+        for index, word in enumerate(words):
+            if masked[index] is None:
+                masked[index] = found = mask_whole_message(word)
+                if len(word) <= _WORD_CHARS:
+                    if len(_WORDS) >= _WORDS_KEPT:
+                        _WORDS.clear()
+                    _WORDS[word] = found
+    return " ".join(masked)  # type: ignore[arg-type]  # no None is left
 
 
 def mask_whole_message(message: str) -> str:

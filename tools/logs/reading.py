@@ -146,22 +146,24 @@ def bounded_lines(stream: BinaryIO, limits: ReadLimits, stats: ReadStats) -> Ite
     of a longer line is read in chunks and dropped (counted in ``stats.lines_cut``). Stops once
     ``limits.max_bytes`` have been read or ``limits.should_stop()`` says so (``stats.stopped``)."""
     checked = 0
+    should_stop, max_bytes, max_line_bytes = limits.should_stop, limits.max_bytes, limits.max_line_bytes
+    readline = stream.readline
     while stats.stopped is None:
-        if limits.should_stop is not None:
+        if should_stop is not None:
             checked += 1
-            if checked % _STOP_CHECK_LINES == 0 and limits.should_stop():
+            if checked % _STOP_CHECK_LINES == 0 and should_stop():
                 stats.stopped = "stopped"
                 return
-        room = limits.max_bytes - stats.bytes_read
+        room = max_bytes - stats.bytes_read
         if room <= 0:
             if stream.read(1):
                 stats.stopped = "byte cap"
             return
-        raw = stream.readline(min(limits.max_line_bytes, room))
+        raw = readline(max_line_bytes if max_line_bytes < room else room)
         if not raw:
             return
         stats.bytes_read += len(raw)
-        if not raw.endswith(b"\n") and len(raw) == limits.max_line_bytes and _skip_rest_of_line(stream, limits, stats):
+        if raw[-1:] != b"\n" and len(raw) == max_line_bytes and _skip_rest_of_line(stream, limits, stats):
             stats.lines_cut += 1
         yield raw
 
@@ -223,12 +225,13 @@ def read_entries(
 def _text_entries(path: Path, fmt: LineFormat, limits: ReadLimits, stats: ReadStats) -> Iterator[LogEntry]:
     current: LogEntry | None = None
     timed = fmt.name not in ("plain", "python-logging")
+    parse = fmt.parse
     with open_binary(path) as stream:
         for number, raw in enumerate(bounded_lines(stream, limits, stats), start=1):
-            line = _decoded(raw)
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")[:MAX_LINE_CHARS]  # as _decoded, without a call
             if not line or line.isspace():  # as line.strip() would be empty, without the copy
                 continue
-            parsed: ParsedLine | None = fmt.parse(line)
+            parsed: ParsedLine | None = parse(line)
             # inside a stack trace (a continuation seen already) every unparsed line continues it:
             # Python's closing "ValueError: ..." line does not start with white space
             continues = parsed is None and (

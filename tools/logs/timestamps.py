@@ -66,18 +66,17 @@ SHAPES_BY_NAME = {shape.name: shape for shape in SHAPES}
 
 
 def _to_datetime(parts: dict[str, str | None], reference: datetime, has_year: bool) -> datetime | None:
+    get = parts.get
     try:
-        if parts.get("mon"):
-            month = MONTHS[str(parts["mon"]).lower()[:3]]
+        mon = get("mon")
+        month = MONTHS[mon.lower()[:3]] if mon else int(parts["m"] or 0)
+        year_text = get("y")
+        if year_text:
+            year = int(year_text)
         else:
-            month = int(parts["m"] or 0)
-        if parts.get("y"):
-            year = int(parts["y"] or 0)
-        elif parts.get("yy"):
-            year = 2000 + int(parts["yy"] or 0)
-        else:
-            year = reference.year
-        fraction = (parts.get("f") or "0")[:6].ljust(6, "0")
+            short_year = get("yy")
+            year = 2000 + int(short_year) if short_year else reference.year
+        fraction = get("f")
         value = datetime(
             year,
             month,
@@ -85,7 +84,7 @@ def _to_datetime(parts: dict[str, str | None], reference: datetime, has_year: bo
             int(parts["H"] or 0),
             int(parts["M"] or 0),
             int(parts["S"] or 0),
-            int(fraction),
+            int(fraction[:6].ljust(6, "0")) if fraction else 0,
         )
     except (ValueError, KeyError, TypeError):
         return None
