@@ -118,12 +118,18 @@ def server_params(folder: Path, hosts: list[FaultHost]) -> StdioServerParameters
     )
     # The fake model counts as measured and calibrated, so its sure answers clear the gate (ok).
     write_calibrated_as_raw(folder / "data")
-    config = folder / "caelum.toml"
-    config.write_text(
+    return stdio_server(
+        folder,
         f'embedded = "off"\nimplicit_ollama = false\nallowed_roots = ["{folder / "work"}"]\n'
         f"[claude]\nenabled = false\n{entries}",
-        encoding="utf-8",
     )
+
+
+def stdio_server(folder: Path, config_text: str) -> StdioServerParameters:
+    """The real server over stdio with ``config_text`` as its config and ``folder/data`` as its data,
+    in a clean environment."""
+    config = folder / "caelum.toml"
+    config.write_text(config_text, encoding="utf-8")
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(folder),
