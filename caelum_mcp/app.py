@@ -306,7 +306,7 @@ async def prepare_in_background(backend: DeferredBackend, after: anyio.Event) ->
 
 def _has_healthy_chat_host(pool: Pool) -> bool:
     return any(
-        any(Tier.EMBEDDING not in h.tiers_of(m, pool.tier_overrides) for m in h.models) for h in pool.healthy_hosts()
+        any(Tier.EMBEDDING not in pool.tiers.of(h, m) for m in h.models) for h in pool.healthy_hosts()
     )
 
 

@@ -57,7 +57,7 @@ class EmbeddingService:
         return "; ".join(problems)
 
     def _embedding_models(self, host: Host) -> list[str]:
-        return [m for m in host.models if Tier.EMBEDDING in host.tiers_of(m, self.pool.tier_overrides)]
+        return [m for m in host.models if Tier.EMBEDDING in self.pool.tiers.of(host, m)]
 
     async def embed(
         self,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Collection, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Collection
 from dataclasses import dataclass
 
 from caelum_mcp.errors import BackendError, NoHostAvailableError, echo
@@ -90,11 +90,6 @@ class Pool:
         self.failover = Failover(self.selection, self.slots, self.health, self.policy)
         for host in hosts or []:
             self.add_host(host)
-
-    @property
-    def tier_overrides(self) -> Mapping[str, Tier]:
-        """The pool-wide overrides (model name -> tier); ``pool.tiers.of(host, model)`` applies them."""
-        return self.policy.tiers
 
     # membership ------------------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ async def test_the_server_builds_its_pool_from_the_pool_and_tiers_settings(tmp_p
     async with httpx2.AsyncClient() as http:
         pool = build_pool(load_config(path, environ={}), http, {})
     assert (pool.policy.max_attempts, pool.policy.first_byte_timeout_s) == (7, 9)
-    assert pool.tier_overrides == {"qwen3:8b": Tier.LARGE}
+    assert pool.policy.tiers == {"qwen3:8b": Tier.LARGE}
 
 
 @pytest.mark.parametrize(
