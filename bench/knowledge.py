@@ -23,7 +23,8 @@ MCP client) and the real index code (``caelum_mcp.tools.knowledge``).
    re-indexing after one changed file; files per second for a cold index of a ~60k-line repository;
    what a search and a recall wait while the background task embeds a fresh project
    (``--only background``; ``--compare-unpaced`` also measures them behind 64-chunk groups).
-3. Memory: recall@5 of 100 paraphrased queries over 200 notes; hits after forgetting them.
+3. Memory: recall@5 of 100 paraphrased queries over 200 notes (every third query dev), and other
+   rankings of the same notes and vectors with their parameters chosen on dev; hits after forgetting them.
 4. ``ask_knowledge``: every citation returned is checked mechanically (its chunk was retrieved,
    its quote is in the chunk), with SmolLM2 allowed to answer (``[router.tasks.qa] min_tier``).
 
