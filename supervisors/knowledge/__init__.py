@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -35,39 +34,28 @@ class KnowledgeSupervisor(Supervisor):
     description = "Search and cite a project's code and docs; keep notes across sessions."
     settings_model = KnowledgeSettings
 
-    def __init__(self) -> None:
-        self._states: dict[Path, KnowledgeState] = {}
-
-    def _state(self, ctx: ToolContext) -> KnowledgeState:
-        # Opened by the lifespan for the server's state folder; a handler run without the server
-        # (a test) opens its own on first use.
-        state = self._states.get(ctx.state_dir)
-        if state is None:
-            state = self._states[ctx.state_dir] = KnowledgeState(ctx.state_dir)
-        return state
-
     @asynccontextmanager
-    async def lifespan(self, env: SupervisorEnv) -> AsyncIterator[None]:
+    async def lifespan(self, env: SupervisorEnv) -> AsyncIterator[KnowledgeState]:
+        state = None
         try:
             async with anyio.create_task_group() as tg:  # the indexes' background embedding
-                self._states[env.state_dir] = KnowledgeState(env.state_dir, Background(tg, env.llm))
+                state = KnowledgeState(env.state_dir, Background(tg, env.llm))
                 try:
-                    yield
+                    yield state
                 finally:
                     tg.cancel_scope.cancel()
         finally:  # after the background tasks have ended: they write to the stores
-            for state in self._states.values():
+            if state is not None:
                 state.close()
-            self._states.clear()
 
     async def _search(self, args: SearchInput, ctx: ToolContext) -> SearchOutput:
-        return await search_knowledge(args, ctx, self._state(ctx))
+        return await search_knowledge(args, ctx, ctx.state_as(KnowledgeState))
 
     async def _ask(self, args: AskInput, ctx: ToolContext) -> AskOutput:
-        return await ask_knowledge(args, ctx, self._state(ctx))
+        return await ask_knowledge(args, ctx, ctx.state_as(KnowledgeState))
 
     async def _memory(self, args: MemoryInput, ctx: ToolContext) -> MemoryOutput:
-        return await memory(args, ctx, self._state(ctx))
+        return await memory(args, ctx, ctx.state_as(KnowledgeState))
 
     def external_tools(self) -> Sequence[ExternalTool[Any, Any]]:
         return (
