@@ -52,10 +52,10 @@ from typing import Any, TypeVar
 import anyio
 from mcp import Client
 
-from caelum_mcp.cache import fingerprint
-from caelum_mcp.config import ClaudeConfig, Config
-from caelum_mcp.embedded import embedded_status
-from caelum_mcp.server import create_server
+from caelum_mcp.embedded.server import embedded_status
+from caelum_mcp.engine.cache import fingerprint
+from caelum_mcp.engine.config import ClaudeConfig, Config
+from caelum_mcp.serving.server import create_server
 from caelum_mcp.supervisors.development.analyze import ANALYSER_VERSIONS, STAGES
 from caelum_mcp.tools.code.analysers import ANALYSER_MAX_OUTPUT_BYTES, ANALYSER_TIMEOUT_S, analyser_installed
 from caelum_mcp.tools.code.files import list_project_files, select_files
@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # No Ollama answers at the default address here, which the pool rightly warns about on every
     # server start; that noise would bury the figures.
-    logging.getLogger("caelum_mcp.pool").setLevel(logging.ERROR)
+    logging.getLogger("caelum_mcp.engine.pool").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="caelum-bench-") as tmp:
         setup = prepare(args, Path(tmp).resolve())
         code = anyio.run(run, args, setup)

@@ -2,7 +2,7 @@
 
 Issue 24's real-model check. The server is the real one (``python -m caelum_mcp serve`` over stdio,
 driven by the MCP client) with one host: an OpenAI-compatible model server already running (the
-pinned Qwen2.5-Coder-1.5B served by ``caelum_mcp.embedded``, see ``bench/bench_model.sh``).
+pinned Qwen2.5-Coder-1.5B served by ``python -m caelum_mcp.embedded``, see ``bench/bench_model.sh``).
 
 1. The project's Python files of at least ``--min-bytes`` (tracked by git, sorted by path) are the
    population; an item is a file's path and its first ``--head-chars`` characters (cut at a line end:
@@ -29,7 +29,7 @@ priority, helpers' tests and benchmarks beside it, load average 7-9):
     batch | 30 items in 1178 s (done): ok 0, low confidence 30, errors 0; estimate 961.71 s: -18 %
       (target within 30 %: PASS)
 
-29 of the 30 summaries read right (e.g. ``caelum_mcp/budget.py``: "Fit a tool result into a token
+29 of the 30 summaries read right (e.g. ``caelum_mcp/engine/budget.py``: "Fit a tool result into a token
 budget, cutting the least important data first."); one answer did not parse. Every item came back
 marked low confidence (P(correct) ~0.05, under 0.75): a summary runs as the general kind, whose
 shipped calibration was fitted on arithmetic the model mostly got wrong (issue 21). An earlier run

@@ -46,11 +46,11 @@ from typing import Any
 
 import anyio
 
-from caelum_mcp.app import AppState, open_app
-from caelum_mcp.config import load_config
-from caelum_mcp.errors import CaelumError
-from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind, size_rank
-from caelum_mcp.types import SIZE_TIERS, ChatMessage, Tier
+from caelum_mcp.core.errors import CaelumError
+from caelum_mcp.core.llm import GroundingResult, LLMTask, TaskKind, size_rank
+from caelum_mcp.core.types import SIZE_TIERS, ChatMessage, Tier
+from caelum_mcp.engine.config import load_config
+from caelum_mcp.serving.app import AppState, open_app
 
 DATA = Path(__file__).resolve().parent / "data" / "cascade"
 BINS = (0.0, 0.2, 0.4, 0.6, 0.75, 0.9, 1.0001)

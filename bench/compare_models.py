@@ -31,12 +31,12 @@ import anyio
 import httpx2
 from mcp import Client
 
-from caelum_mcp.backends.openai import OpenAIBackend
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.config import load_config
-from caelum_mcp.embedded import EMBEDDED_MODEL_NAME, EmbeddedServer, embedded_status
-from caelum_mcp.hosts import Host
-from caelum_mcp.server import create_server
+from caelum_mcp.embedded.server import EMBEDDED_MODEL_NAME, EmbeddedServer, embedded_status
+from caelum_mcp.engine.backends.openai import OpenAIBackend
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.engine.config import load_config
+from caelum_mcp.engine.hosts import Host
+from caelum_mcp.serving.server import create_server
 
 TARGET = 1.1
 PROMPT = "In one sentence: why is the sky blue?"

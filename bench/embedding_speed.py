@@ -8,12 +8,12 @@ Layouts (``--layouts``, run in turn, ``--reps`` times, on the same chunks):
   cores);
 - ``q8``: the same server with the Q8_0 file (what the file alone changes);
 - ``now``: what ``start_embedded_embeddings`` starts: one single-thread server per core in one
-  child, the extra ones niced (:func:`caelum_mcp.embedded.embedding_instances`), the Q8_0 file.
+  child, the extra ones niced (:func:`caelum_mcp.embedded.server.embedding_instances`), the Q8_0 file.
 
 Each run embeds every chunk of the first ``--docs`` Cranfield abstracts (chunked by the indexer)
 through the product's path: :func:`~caelum_mcp.tools.knowledge.indexer.embed_missing` on a real
 :class:`KnowledgeStore`, batches of the embedding service's size (``EMBED_BATCH``), the pool's
-:class:`~caelum_mcp.embedded_backend.EmbeddedBackend` (which spreads a batch over the instances),
+:class:`~caelum_mcp.engine.backends.embedded.EmbeddedBackend` (which spreads a batch over the instances),
 one request at a time to the host as the pool's ``max_concurrency = 1`` allows. ``--mode full``
 sends the indexer's groups of 128 (a sync that embeds before it returns, as ``bench/knowledge.py``
 does); ``paced`` sends the background task's groups of ~0.1 s, with a query embedded every 0.5 s
@@ -51,14 +51,14 @@ import anyio
 import httpx2
 import numpy as np
 
-from caelum_mcp.embedded import EmbeddedServer, embedding_instances
-from caelum_mcp.embedded_backend import EmbeddedBackend
-from caelum_mcp.embedding_model import convert_bert_to_gguf, find_minilm_weights
-from caelum_mcp.embedding_service import EMBED_BATCH
+from caelum_mcp.core.types import EmbedRequest
+from caelum_mcp.embedded.embedding_model import convert_bert_to_gguf, find_minilm_weights
+from caelum_mcp.embedded.server import EmbeddedServer, embedding_instances
+from caelum_mcp.engine.backends.embedded import EmbeddedBackend
+from caelum_mcp.engine.embedding_service import EMBED_BATCH
 from caelum_mcp.tools.knowledge.indexer import embed_missing, sync_index
 from caelum_mcp.tools.knowledge.store import KnowledgeStore
 from caelum_mcp.tools.knowledge.vectors import embedding_input
-from caelum_mcp.types import EmbedRequest
 
 CRANFIELD = Path(__file__).parent / "data" / "knowledge" / "cranfield" / "cran.all.1400.gz"
 MODEL = "all-minilm:l6-v2"

@@ -48,22 +48,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fakes.capacity import capacity_rates, capacity_task
 from fakes.fault_host import Fault, FaultHost
 
-from caelum_mcp.backends.anthropic import AnthropicBackend
-from caelum_mcp.backends.base import Backend
-from caelum_mcp.backends.ollama import OllamaBackend
-from caelum_mcp.backends.openai import OpenAIBackend
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.config import Config, load_config
-from caelum_mcp.errors import CaelumError
-from caelum_mcp.hosts import CircuitBreaker, Host
-from caelum_mcp.ledger import _INSERT, Ledger
-from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
-from caelum_mcp.pool import Pool, PoolPolicy
-from caelum_mcp.router import Router
-from caelum_mcp.server import StateHolder, create_server
-from caelum_mcp.status import PoolAdministration
+from caelum_mcp.core.errors import CaelumError
+from caelum_mcp.core.llm import GroundingResult, LLMTask, TaskKind
+from caelum_mcp.core.types import ChatMessage, ChatRequest, Tier
+from caelum_mcp.engine.backends.anthropic import AnthropicBackend
+from caelum_mcp.engine.backends.base import Backend
+from caelum_mcp.engine.backends.ollama import OllamaBackend
+from caelum_mcp.engine.backends.openai import OpenAIBackend
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.engine.config import Config, load_config
+from caelum_mcp.engine.hosts import CircuitBreaker, Host
+from caelum_mcp.engine.ledger import _INSERT, Ledger
+from caelum_mcp.engine.pool import Pool, PoolPolicy
+from caelum_mcp.engine.router import Router
+from caelum_mcp.engine.status import PoolAdministration
+from caelum_mcp.serving.server import StateHolder, create_server
 from caelum_mcp.supervisors.ai import PoolStatusInput, pool_status
-from caelum_mcp.types import ChatMessage, ChatRequest, Tier
 
 HELLO = ChatRequest(model="", messages=(ChatMessage(role="user", content="Say hi."),), max_tokens=8)
 SCHEMA = {"type": "object", "properties": {"verdict": {"type": "string"}}, "required": ["verdict"]}

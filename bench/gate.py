@@ -3,12 +3,12 @@
 Three steps over the labelled set of ``bench/gate_tasks.py`` (``bench/data/gate/tasks/``):
 
 ``--record``
-    Every task through the product's own path (``open_app`` → :class:`~caelum_mcp.router.Router`)
+    Every task through the product's own path (``open_app`` → :class:`~caelum_mcp.engine.router.Router`)
     against one OpenAI-compatible host (``--url``, default the embedded server on port 18900)
     serving ``--model`` as tier small, Claude off, calibration off (the raw signals are the
     product's), a 900 s time budget (quality is measured, not speed). One JSON line per task is
     appended to ``bench/data/gate/recordings/<model>.jsonl``: id, source, split, kind, model,
-    correct, signals (the :class:`~caelum_mcp.calibration.Signals` dump), raw_score, output (first
+    correct, signals (the :class:`~caelum_mcp.engine.calibration.Signals` dump), raw_score, output (first
     300 characters), latency_ms, output_tokens, recorded_at. Ids already there are skipped, so an
     interrupted run picks up where it stopped; tasks go out interleaved by kind and split, so a
     partial recording is balanced.
@@ -57,9 +57,12 @@ from typing import Any, TextIO
 
 import anyio
 
-from caelum_mcp import confidence
-from caelum_mcp.app import AppState, open_app
-from caelum_mcp.calibration import (
+from caelum_mcp.core import confidence
+from caelum_mcp.core.errors import CaelumError
+from caelum_mcp.core.llm import ExecutionRecord, GroundingCheck, LLMTask, TaskKind
+from caelum_mcp.core.pricing import CHARS_PER_TOKEN, DEFAULT_PRICES, ModelPrice, cost_usd
+from caelum_mcp.core.types import ChatMessage, Tier, Usage
+from caelum_mcp.engine.calibration import (
     ANY,
     DEFAULT_PATH,
     MIN_KIND_ROWS,
@@ -74,12 +77,9 @@ from caelum_mcp.calibration import (
     now_iso,
     shift_to_kind,
 )
-from caelum_mcp.config import ClaudeConfig, Config, RouterConfig, load_config
-from caelum_mcp.errors import CaelumError
-from caelum_mcp.hosts import Host
-from caelum_mcp.llm import ExecutionRecord, GroundingCheck, LLMTask, TaskKind
-from caelum_mcp.pricing import CHARS_PER_TOKEN, DEFAULT_PRICES, ModelPrice, cost_usd
-from caelum_mcp.types import ChatMessage, Tier, Usage
+from caelum_mcp.engine.config import ClaudeConfig, Config, RouterConfig, load_config
+from caelum_mcp.engine.hosts import Host
+from caelum_mcp.serving.app import AppState, open_app
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDINGS = ROOT / "bench" / "data" / "gate" / "recordings"
@@ -722,7 +722,7 @@ def routing_cost(
     """Per kind and overall on the test split: the share of tasks served locally under the calibrated
     gate (their P(correct) clears ``threshold``), and the Claude cost of escalating the rest against
     sending every task to Claude. Estimated, not billed: input tokens are the prompt's characters
-    (system, prompt and schema) over :data:`caelum_mcp.pricing.CHARS_PER_TOKEN`, output tokens the
+    (system, prompt and schema) over :data:`caelum_mcp.core.pricing.CHARS_PER_TOKEN`, output tokens the
     local answer's own count (Claude's answer to a short schema is about as long)."""
     output_tokens = {r["id"]: int(r.get("output_tokens") or 0) for r in rows}
 

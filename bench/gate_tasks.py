@@ -12,7 +12,7 @@ checks the answer against what the prompt shows (nothing else), used as the grou
   punctuation are normalised, numbers with a tolerance, SQL by executing it on a read-only copy
   of the task's database and comparing result sets (as multisets unless the question asks for
   an order);
-- :func:`grounding_check` returns a :data:`caelum_mcp.llm.GroundingCheck` for the task, or None
+- :func:`grounding_check` returns a :data:`caelum_mcp.core.llm.GroundingCheck` for the task, or None
   where the prompt holds nothing to check an answer against;
 - :func:`gold_output` is an answer built from the gold (what a perfect model would return).
 """
@@ -34,7 +34,7 @@ from typing import Any
 
 import jsonschema
 
-from caelum_mcp.llm import GroundingCheck, GroundingResult, TaskKind
+from caelum_mcp.core.llm import GroundingCheck, GroundingResult, TaskKind
 
 DATA = Path(__file__).resolve().parent / "data" / "gate"
 TASKS_DIR = DATA / "tasks"

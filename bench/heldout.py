@@ -49,8 +49,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from caelum_mcp.calibration import CalibrationEntry, CalibrationError, CalibrationTable, Signals, metrics, now_iso
-from caelum_mcp.confidence import raw_score
+from caelum_mcp.core.confidence import raw_score
+from caelum_mcp.engine.calibration import (
+    CalibrationEntry,
+    CalibrationError,
+    CalibrationTable,
+    Signals,
+    metrics,
+    now_iso,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data" / "heldout"

@@ -67,9 +67,9 @@ import anyio
 import numpy as np
 from mcp import Client
 
-from caelum_mcp.config import load_config
-from caelum_mcp.embedding_service import EmbeddingService
-from caelum_mcp.server import create_server
+from caelum_mcp.engine.config import load_config
+from caelum_mcp.engine.embedding_service import EmbeddingService
+from caelum_mcp.serving.server import create_server
 from caelum_mcp.tools.knowledge.indexer import sync_index
 from caelum_mcp.tools.knowledge.memory import (
     GLOBAL_SCOPE,

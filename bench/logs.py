@@ -31,8 +31,8 @@ from typing import Any
 
 import anyio
 
-from caelum_mcp.budget import result_size
-from caelum_mcp.config import load_config
+from caelum_mcp.engine.budget import result_size
+from caelum_mcp.engine.config import load_config
 from caelum_mcp.tools.logs import formats as log_formats
 from caelum_mcp.tools.logs import header as log_header
 from caelum_mcp.tools.logs.diagnosis import CollectedLogs, collect_logs, mine
@@ -90,7 +90,7 @@ def signatures_of(collected: CollectedLogs, message_templates: list[int]) -> lis
 
 
 async def model_pass_decisions(state: Any, collected: CollectedLogs, mt: list[int], tm: list[str], cache: Path) -> Any:
-    from caelum_mcp.runtime import BoundLLM
+    from caelum_mcp.serving.runtime import BoundLLM
     from caelum_mcp.supervisors.base import ToolContext
     from caelum_mcp.supervisors.infrastructure.clusters import BATCH, cluster_pass
 
@@ -169,7 +169,7 @@ def run_ga(data: Path, model_pass: bool, config_path: str | None) -> float:
     async def main() -> None:
         nonlocal state
         if model_pass:
-            from caelum_mcp.app import open_app
+            from caelum_mcp.serving.app import open_app
 
             config = load_config(config_path)
             async with open_app(config, health_loop=False) as opened:
@@ -419,7 +419,7 @@ def health_probes(http_port: int, tcp_port: int, count: int) -> list[dict[str, A
 def run_health(runs: int, probe_count: int) -> None:
     from mcp import Client
 
-    from caelum_mcp.server import create_server
+    from caelum_mcp.serving.server import create_server
 
     print(f"\n== check_system_health: {runs} runs through the MCP server (in-process), {probe_count} loopback probes")
     with loopback_services() as (http_port, tcp_port), tempfile.TemporaryDirectory() as tmp:

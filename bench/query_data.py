@@ -53,9 +53,9 @@ import anyio
 import duckdb
 from mcp import Client
 
-from caelum_mcp.config import load_config
-from caelum_mcp.hosts import Host
-from caelum_mcp.server import create_server
+from caelum_mcp.engine.config import load_config
+from caelum_mcp.engine.hosts import Host
+from caelum_mcp.serving.server import create_server
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "bench" / "data" / "query_data"
@@ -374,7 +374,7 @@ async def security(work: Path) -> None:
     )
     from tools.test_data_sources import write_shop  # type: ignore[import-not-found]
 
-    from caelum_mcp.backends.scripted import ScriptedBackend
+    from caelum_mcp.engine.backends.scripted import ScriptedBackend
 
     root = work / "redteam"
     write_shop(root)

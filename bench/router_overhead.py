@@ -1,6 +1,6 @@
 """What the router costs per task on top of the pool call it makes, beside another checkout's router.
 
-One host answered by a :class:`~caelum_mcp.backends.scripted.ScriptedBackend` (in process, no
+One host answered by a :class:`~caelum_mcp.engine.backends.scripted.ScriptedBackend` (in process, no
 HTTP, no delay), a real SQLite ledger in a temporary folder, and the default configuration (the
 shipped calibration table, Claude not configured). Two paths, interleaved in blocks:
 
@@ -49,14 +49,14 @@ def use_checkout(root: Path) -> None:
 async def measure(calls: int, warmup: int, folder: str | None) -> dict[str, Any]:
     """Per-call times (ms) of both paths in this process's ``caelum_mcp``."""
     import caelum_mcp
-    from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-    from caelum_mcp.config import load_config
-    from caelum_mcp.hosts import Host
-    from caelum_mcp.ledger import Ledger
-    from caelum_mcp.llm import LLMTask, TaskKind
-    from caelum_mcp.pool import Pool
-    from caelum_mcp.router import Router
-    from caelum_mcp.types import ChatMessage, ChatRequest, Tier
+    from caelum_mcp.core.llm import LLMTask, TaskKind
+    from caelum_mcp.core.types import ChatMessage, ChatRequest, Tier
+    from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
+    from caelum_mcp.engine.config import load_config
+    from caelum_mcp.engine.hosts import Host
+    from caelum_mcp.engine.ledger import Ledger
+    from caelum_mcp.engine.pool import Pool
+    from caelum_mcp.engine.router import Router
 
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         config = load_config(None, environ={}, overrides={"data_dir": tmp, "implicit_ollama": False})

@@ -39,8 +39,8 @@ from typing import Any
 import anyio
 from mcp import Client
 
-from caelum_mcp.config import Config, load_config
-from caelum_mcp.server import create_server
+from caelum_mcp.engine.config import Config, load_config
+from caelum_mcp.serving.server import create_server
 from caelum_mcp.supervisors.workflow import BUILTIN_WORKFLOWS
 from caelum_mcp.supervisors.workflow.definitions import topological_order
 from caelum_mcp.tools.workflow.templates import render

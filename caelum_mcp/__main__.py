@@ -1,3 +1,3 @@
-from caelum_mcp.cli import main
+from caelum_mcp.serving.cli import main
 
 main()

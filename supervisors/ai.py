@@ -23,11 +23,11 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from caelum_mcp.errors import CaelumError
-from caelum_mcp.llm import ExecutionRecord, LLMTask, TaskKind
-from caelum_mcp.status import HostStatus, StatusReport
+from caelum_mcp.core.errors import CaelumError
+from caelum_mcp.core.llm import ExecutionRecord, LLMTask, TaskKind
+from caelum_mcp.core.types import ChatMessage, Tier
+from caelum_mcp.engine.status import HostStatus, StatusReport
 from caelum_mcp.supervisors.base import ExternalTool, Supervisor, SupervisorEnv, ToolContext, ToolOutput
-from caelum_mcp.types import ChatMessage, Tier
 
 from .ai_batch import BatchOutput, BatchStatusInput, RunBatchInput, batch_status, start_batch
 from .ai_compare import CompareModelsInput, CompareModelsOutput, chat_tier, compare_models, object_schema

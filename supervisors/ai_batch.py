@@ -36,13 +36,13 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from caelum_mcp.errors import CaelumError, ToolInputError
-from caelum_mcp.llm import LLMTask
-from caelum_mcp.pricing import CHARS_PER_TOKEN, DEFAULT_PRICES, price_for
-from caelum_mcp.redaction import redact_all, redact_secrets
+from caelum_mcp.core.errors import CaelumError, ToolInputError
+from caelum_mcp.core.llm import LLMTask
+from caelum_mcp.core.pricing import CHARS_PER_TOKEN, DEFAULT_PRICES, price_for
+from caelum_mcp.core.redaction import redact_all, redact_secrets
+from caelum_mcp.core.types import Tier
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.tools.paths import resolve_project, shown
-from caelum_mcp.types import Tier
 
 from .ai_compare import chat_tier, object_schema
 from .batch_inputs import (

@@ -1,6 +1,6 @@
 """``compare_models``: one prompt on several models at once, and how their answers compare.
 
-Each model gets the same :class:`~caelum_mcp.llm.LLMTask` (kind ``general``, pinned to that model,
+Each model gets the same :class:`~caelum_mcp.core.llm.LLMTask` (kind ``general``, pinned to that model,
 no escalation), all at once: the pool keeps each host within its own concurrency limit, so the
 wall time is about the slowest model's when every model has its own slot. Answers are streamed
 (``on_text``) so the time to the first token is measured; the execution record gives the total
@@ -22,11 +22,11 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from caelum_mcp.errors import CaelumError, TaskSkippedError
-from caelum_mcp.llm import LLMTask, RoutedResult, TaskKind
+from caelum_mcp.core.errors import CaelumError, TaskSkippedError
+from caelum_mcp.core.llm import LLMTask, RoutedResult, TaskKind
+from caelum_mcp.core.types import ChatMessage, Tier
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.tools.compare import agreement as agree
-from caelum_mcp.types import ChatMessage, Tier
 
 MAX_MODELS = 8
 CLAUDE = "claude"

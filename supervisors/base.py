@@ -5,7 +5,7 @@ A supervisor declares :class:`ExternalTool` s (a pydantic input model, an output
 :class:`InternalTool` s they draw on. Handlers receive the validated input and a
 :class:`ToolContext` holding only named, typed services:
 
-- ``llm`` (:class:`LLMService`): run an :class:`~caelum_mcp.llm.LLMTask` local-first, ask which
+- ``llm`` (:class:`LLMService`): run an :class:`~caelum_mcp.core.llm.LLMTask` local-first, ask which
   tiers exist and whether a task can run now;
 - ``limits``: the ``[tools]`` settings (subprocess timeouts);
 - ``roots``: the folders this call may read;
@@ -41,15 +41,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 import anyio
 from pydantic import BaseModel, Field, PrivateAttr
 
-from caelum_mcp.cache import make_key
-from caelum_mcp.errors import CaelumError
+from caelum_mcp.core.errors import CaelumError
+from caelum_mcp.engine.cache import make_key
 
 if TYPE_CHECKING:
-    from caelum_mcp.cache import ResultCache
-    from caelum_mcp.config import ToolsConfig
-    from caelum_mcp.llm import Availability, CallCost, Embeddings, LLMTask, ProgressFn, RoutedResult
-    from caelum_mcp.status import HostStatus, StatusReport
-    from caelum_mcp.types import Tier
+    from caelum_mcp.core.llm import Availability, CallCost, Embeddings, LLMTask, ProgressFn, RoutedResult
+    from caelum_mcp.core.types import Tier
+    from caelum_mcp.engine.cache import ResultCache
+    from caelum_mcp.engine.config import ToolsConfig
+    from caelum_mcp.engine.status import HostStatus, StatusReport
 
 M = TypeVar("M", bound=BaseModel)
 S = TypeVar("S")
@@ -67,7 +67,7 @@ class LLMService(Protocol):
     """LLM work for one tool call: local first, Claude when local confidence is low."""
 
     async def run(self, task: LLMTask, *, progress: ProgressFn | None = None) -> RoutedResult:
-        """Run ``task``. Raises :class:`~caelum_mcp.errors.TaskSkippedError` at once (no model call)
+        """Run ``task``. Raises :class:`~caelum_mcp.core.errors.TaskSkippedError` at once (no model call)
         when no model that can do it may be used, and other ``TaskFailedError`` s when none answered."""
         ...
 
@@ -90,7 +90,7 @@ class LLMService(Protocol):
 
     async def embed(self, texts: Sequence[str], *, model: str | None = None) -> Embeddings:
         """Vectors for ``texts`` from the pool's embedding tier, batched; recorded in the ledger.
-        Raises :class:`~caelum_mcp.errors.NoHostAvailableError` when no embedding model is up."""
+        Raises :class:`~caelum_mcp.core.errors.NoHostAvailableError` when no embedding model is up."""
         ...
 
     async def call_cost(self) -> CallCost:
@@ -183,7 +183,7 @@ class ToolContext:
         """Run another registered external tool as part of this call and return its result.
 
         The arguments are validated against the tool's input model (a
-        :class:`~caelum_mcp.errors.ToolInputError` names each bad one); the child reports progress
+        :class:`~caelum_mcp.core.errors.ToolInputError` names each bad one); the child reports progress
         through this call, is cancelled with it, and its model calls are recorded under it.
         """
         if self.caller is None:
@@ -344,7 +344,7 @@ async def cached(
 ) -> tuple[M, bool]:
     """``compute()``'s result, reused when the same tool ran with the same params on the same files.
 
-    ``content_key`` is the fingerprint of the files the tool reads (see :mod:`caelum_mcp.cache`).
+    ``content_key`` is the fingerprint of the files the tool reads (see :mod:`caelum_mcp.engine.cache`).
     A result for which ``reusable`` says False (a timeout, say) is returned but not kept.
     Returns the result and whether it came from the cache.
     """

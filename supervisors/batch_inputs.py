@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from caelum_mcp.errors import PathNotAllowedError, ToolInputError
+from caelum_mcp.core.errors import PathNotAllowedError, ToolInputError
 from caelum_mcp.tools.paths import OUTSIDE_ROOTS, resolves_inside, shown
 from caelum_mcp.tools.safe_read import open_regular
 

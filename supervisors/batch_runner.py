@@ -25,12 +25,12 @@ from typing import Any, Literal
 import anyio
 import psutil
 
-from caelum_mcp.errors import CaelumError, NoHostAvailableError, TaskSkippedError
-from caelum_mcp.llm import LLMTask, TaskKind
-from caelum_mcp.redaction import redact_all
+from caelum_mcp.core.errors import CaelumError, NoHostAvailableError, TaskSkippedError
+from caelum_mcp.core.llm import LLMTask, TaskKind
+from caelum_mcp.core.redaction import redact_all
+from caelum_mcp.core.types import ChatMessage, Tier
 from caelum_mcp.supervisors.base import LLMService, PoolAdmin
 from caelum_mcp.tools.paths import resolves_inside
-from caelum_mcp.types import ChatMessage, Tier
 
 from .batch_inputs import Template, read_file_item
 from .batch_store import BatchRow, BatchStore, ClaimedItem

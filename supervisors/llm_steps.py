@@ -4,7 +4,7 @@ Every supervisor's LLM step has the same life: ask the router (through ``ctx.llm
 grounding check accepts, and tell the user what happened — it ran (and how many items were kept
 and dropped), it was skipped because no model that can do it may be used (and what to configure),
 or it ran out of its time budget (and what it returns anyway). :func:`run_cited_list` does that
-for the common case, a list of cited items (:mod:`caelum_mcp.grounding`); :func:`run_step` for any
+for the common case, a list of cited items (:mod:`caelum_mcp.engine.grounding`); :func:`run_step` for any
 other task. :class:`LLMStep` is the part of a tool result that reports it.
 
 The check runs once per distinct answer: the router scores confidence with it and the step filters
@@ -21,10 +21,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from caelum_mcp.errors import CaelumError, TaskSkippedError, TaskTimedOutError
-from caelum_mcp.llm import ExecutionRecord, GroundingResult, LLMTask, RoutedResult, TaskKind
+from caelum_mcp.core.errors import CaelumError, TaskSkippedError, TaskTimedOutError
+from caelum_mcp.core.llm import ExecutionRecord, GroundingResult, LLMTask, RoutedResult, TaskKind
+from caelum_mcp.core.types import ChatMessage
 from caelum_mcp.supervisors.base import ToolContext
-from caelum_mcp.types import ChatMessage
 
 StepStatus = Literal["ran", "low_confidence", "skipped", "timed_out", "failed"]
 ItemsCheck = Callable[[dict[str, Any]], GroundingResult | Awaitable[GroundingResult]]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from caelum_mcp.embedded import EmbeddedServer, embedded_status
+from caelum_mcp.embedded.server import EmbeddedServer, embedded_status
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OLLAMA_FIXTURES = FIXTURES / "ollama"

@@ -14,8 +14,8 @@ import anyio
 import httpx2
 import pytest
 
-from caelum_mcp.backends.openai import OpenAIBackend
-from caelum_mcp.types import ChatMessage, ChatRequest
+from caelum_mcp.core.types import ChatMessage, ChatRequest
+from caelum_mcp.engine.backends.openai import OpenAIBackend
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "pool_overhead.py"
 OUTPUT_CAP = 200_000

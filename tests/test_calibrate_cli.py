@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from caelum_mcp.calibration import USER_FILE, CalibrationEntry, CalibrationTable, Calibrator, Signals
-from caelum_mcp.cli import main
-from caelum_mcp.ledger import CalibrationLabel, Ledger
+from caelum_mcp.engine.calibration import USER_FILE, CalibrationEntry, CalibrationTable, Calibrator, Signals
+from caelum_mcp.engine.ledger import CalibrationLabel, Ledger
+from caelum_mcp.serving.cli import main
 
 
 @pytest.fixture

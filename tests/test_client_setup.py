@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from integration.dashboard_server import serving
 
-from caelum_mcp.client_setup import apply_plan, install_command, plan_setup
-from caelum_mcp.config import Config, load_config
-from caelum_mcp.errors import CaelumError
+from caelum_mcp.core.errors import CaelumError
+from caelum_mcp.engine.config import Config, load_config
+from caelum_mcp.serving.client_setup import apply_plan, install_command, plan_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from caelum_mcp.backends.ollama import OllamaHostConfig
-from caelum_mcp.backends.openai import OpenAIHostConfig
-from caelum_mcp.config import Config, load_config
-from caelum_mcp.errors import ConfigError
-from caelum_mcp.types import Tier
+from caelum_mcp.core.errors import ConfigError
+from caelum_mcp.core.types import Tier
+from caelum_mcp.engine.backends.ollama import OllamaHostConfig
+from caelum_mcp.engine.backends.openai import OpenAIHostConfig
+from caelum_mcp.engine.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-ant-api03-test-SECRET-0123456789"
@@ -143,7 +143,7 @@ def test_ollama_host_forms(value: str, url: str) -> None:
 async def test_the_implicit_ollama_host_can_be_switched_off(tmp_path: Path) -> None:
     import httpx2
 
-    from caelum_mcp.app import build_pool
+    from caelum_mcp.serving.app import build_pool
 
     async with httpx2.AsyncClient() as http:
         on = load_config(environ={})

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from caelum_mcp.config import ToolsConfig, load_config
-from caelum_mcp.errors import ConfigError
+from caelum_mcp.core.errors import ConfigError
+from caelum_mcp.engine.config import ToolsConfig, load_config
 
 
 def load(tmp_path: Path, toml: str, environ: dict[str, str] | None = None) -> ToolsConfig:

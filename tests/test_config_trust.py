@@ -20,9 +20,9 @@ from fakes.fault_host import FaultHost
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from caelum_mcp.cli import main
-from caelum_mcp.config import ignored_project_config, load_config, user_config_file
-from caelum_mcp.errors import ConfigError
+from caelum_mcp.core.errors import ConfigError
+from caelum_mcp.engine.config import ignored_project_config, load_config, user_config_file
+from caelum_mcp.serving.cli import main
 from caelum_mcp.tools.paths import NO_ROOTS, OUTSIDE_ROOTS
 
 CLAUDE_KEY = "sk-ant-api03-trust-test-0123456789abcdef"

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from caelum_mcp.errors import BudgetExceededError, ConfigError
-from caelum_mcp.ledger import SCHEMA_VERSION, BudgetGuard, Ledger, LedgerEntry, LedgerSummary
-from caelum_mcp.ledger.sqlite_store import SQLiteStore
-from caelum_mcp.pricing import ModelPrice, cost_usd, price_for
-from caelum_mcp.types import Usage
+from caelum_mcp.core.errors import BudgetExceededError, ConfigError
+from caelum_mcp.core.pricing import ModelPrice, cost_usd, price_for
+from caelum_mcp.core.types import Usage
+from caelum_mcp.engine.ledger import SCHEMA_VERSION, BudgetGuard, Ledger, LedgerEntry, LedgerSummary
+from caelum_mcp.engine.ledger.sqlite_store import SQLiteStore
 
 SONNET = ModelPrice(input=3.0, output=15.0, cache_read=0.30, cache_write=3.75)
 NOON = datetime(2026, 3, 14, 12, 0, tzinfo=UTC).timestamp()
@@ -214,7 +214,7 @@ def test_figures_survive_close_and_reopen(tmp_path: Path) -> None:
 KILL_AFTER_RECORD = """
 import os, signal, sys
 from pathlib import Path
-from caelum_mcp.ledger import Ledger, LedgerEntry
+from caelum_mcp.engine.ledger import Ledger, LedgerEntry
 ledger = Ledger(Path(sys.argv[1]))
 for i in range(int(sys.argv[2])):
     ledger.record(LedgerEntry(
@@ -251,7 +251,7 @@ def test_a_second_connection_reads_while_the_writer_is_open(tmp_path: Path) -> N
 READ_SUMMARY = """
 import sys
 from pathlib import Path
-from caelum_mcp.ledger import Ledger
+from caelum_mcp.engine.ledger import Ledger
 with Ledger(Path(sys.argv[1])) as ledger:
     print(ledger.summary().model_dump_json())
 """
@@ -411,8 +411,8 @@ def test_unlimited_and_zero_budgets_with_reservations(tmp_path: Path) -> None:
 RESERVE_UNTIL_REFUSED = """
 import sys
 from pathlib import Path
-from caelum_mcp.errors import BudgetExceededError
-from caelum_mcp.ledger import BudgetGuard, Ledger
+from caelum_mcp.core.errors import BudgetExceededError
+from caelum_mcp.engine.ledger import BudgetGuard, Ledger
 granted = 0
 with Ledger(Path(sys.argv[1])) as ledger:
     guard = BudgetGuard(ledger, 1.0)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from caelum_mcp.ledger import SCHEMA_VERSION, CalibrationLabel, KindFigures, Ledger, model_call_row
-from caelum_mcp.ledger.sqlite_schema import MIGRATIONS as _MIGRATIONS
-from caelum_mcp.ledger.sqlite_schema import statements as _statements
-from caelum_mcp.types import Usage
+from caelum_mcp.core.types import Usage
+from caelum_mcp.engine.ledger import SCHEMA_VERSION, CalibrationLabel, KindFigures, Ledger, model_call_row
+from caelum_mcp.engine.ledger.sqlite_schema import MIGRATIONS as _MIGRATIONS
+from caelum_mcp.engine.ledger.sqlite_schema import statements as _statements
 
 
 def answered(model: str = "qwen2.5-coder:1.5b", kind: str | None = "qa", path: str = "local") -> object:
@@ -158,8 +158,8 @@ def test_a_label_holds_numbers_and_field_names_never_text() -> None:
 
 def test_the_per_kind_reads_never_scan_the_calls_or_the_labels_rows(tmp_path: Path) -> None:
     """pool_status and every dashboard snapshot read them: the running counts and the pair index only."""
-    from caelum_mcp.ledger.sqlite_sql import KIND_FIGURES as _KIND_FIGURES
-    from caelum_mcp.ledger.sqlite_sql import LABEL_COUNTS as _LABEL_COUNTS
+    from caelum_mcp.engine.ledger.sqlite_sql import KIND_FIGURES as _KIND_FIGURES
+    from caelum_mcp.engine.ledger.sqlite_sql import LABEL_COUNTS as _LABEL_COUNTS
 
     with Ledger(tmp_path / "ledger.db") as ledger:
         ledger.record(answered())

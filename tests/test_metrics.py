@@ -19,10 +19,10 @@ from integration.dashboard_server import seed_ledger, serving, two_hosts
 from mcp import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from caelum_mcp.backends.scripted import ScriptedBackend
-from caelum_mcp.errors import HostConnectError
-from caelum_mcp.hosts import CircuitBreaker, Host
-from caelum_mcp.ledger import Ledger
+from caelum_mcp.core.errors import HostConnectError
+from caelum_mcp.engine.backends.scripted import ScriptedBackend
+from caelum_mcp.engine.hosts import CircuitBreaker, Host
+from caelum_mcp.engine.ledger import Ledger
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

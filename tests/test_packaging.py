@@ -64,10 +64,13 @@ def test_the_wheel_holds_and_imports_every_module(tmp_path: Path) -> None:
     assert wanted <= in_wheel, f"missing from the wheel: {sorted(wanted - in_wheel)}"
     assert not any(n.startswith(("supervisors/", "tools/")) for n in names), "no top-level tools/supervisors"
     # package data: the dashboard's page, script and styles (served from the package, no CDN)
-    static = {f"caelum_mcp/dashboard/static/{p.name}" for p in (ROOT / "caelum_mcp/dashboard/static").iterdir()}
-    assert {"caelum_mcp/dashboard/static/index.html", "caelum_mcp/dashboard/static/app.js"} <= static
+    static = {
+        f"caelum_mcp/serving/dashboard/static/{p.name}"
+        for p in (ROOT / "caelum_mcp/serving/dashboard/static").iterdir()
+    }
+    assert {"caelum_mcp/serving/dashboard/static/index.html", "caelum_mcp/serving/dashboard/static/app.js"} <= static
     assert static <= set(names), f"missing from the wheel: {sorted(static - set(names))}"
-    assert "caelum_mcp/calibration/calibration_default.json" in names  # the shipped calibration table
+    assert "caelum_mcp/engine/calibration/calibration_default.json" in names  # the shipped calibration table
 
     target = tmp_path / "site"
     install = subprocess.run(
@@ -83,8 +86,8 @@ def test_the_wheel_holds_and_imports_every_module(tmp_path: Path) -> None:
         "mods = json.loads(sys.argv[1])\n"
         "files = {m: importlib.import_module(m).__file__ for m in mods}\n"
         "import importlib.resources as res\n"
-        "assert res.files('caelum_mcp.dashboard').joinpath('static', 'index.html').is_file()\n"
-        "from caelum_mcp.calibration import CalibrationTable\n"
+        "assert res.files('caelum_mcp.serving.dashboard').joinpath('static', 'index.html').is_file()\n"
+        "from caelum_mcp.engine.calibration import CalibrationTable\n"
         "assert CalibrationTable.load().problems == []\n"
         "print(json.dumps(files))\n"
     )

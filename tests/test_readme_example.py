@@ -7,12 +7,12 @@ import re
 import types
 from pathlib import Path
 
-from caelum_mcp.app import open_app
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.config import load_config
-from caelum_mcp.hosts import Host
-from caelum_mcp.runtime import ToolRuntime
-from caelum_mcp.types import ChatRequest
+from caelum_mcp.core.types import ChatRequest
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.engine.config import load_config
+from caelum_mcp.engine.hosts import Host
+from caelum_mcp.serving.app import open_app
+from caelum_mcp.serving.runtime import ToolRuntime
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -108,10 +108,10 @@ def imported(errlog: Path) -> set[str]:
 
 
 async def test_a_deferred_claude_backend_is_built_at_its_first_call_and_answers(tmp_path: Path) -> None:
-    from caelum_mcp.app import DeferredBackend, make_claude
-    from caelum_mcp.backends.anthropic import AnthropicBackend
-    from caelum_mcp.config import load_config
-    from caelum_mcp.types import ChatMessage, ChatRequest
+    from caelum_mcp.core.types import ChatMessage, ChatRequest
+    from caelum_mcp.engine.backends.anthropic import AnthropicBackend
+    from caelum_mcp.engine.config import load_config
+    from caelum_mcp.serving.app import DeferredBackend, make_claude
 
     with FaultHost("anthropic", answer=lambda body: "hello from the fake API") as api:
         overrides = {"data_dir": str(tmp_path), "claude.api_key": "sk-ant-test", "claude.base_url": api.url}
@@ -132,8 +132,8 @@ async def test_a_deferred_claude_backend_is_built_at_its_first_call_and_answers(
 
 
 async def test_a_deferred_backend_never_used_is_never_built() -> None:
-    from caelum_mcp.app import DeferredBackend
-    from caelum_mcp.backends.base import Backend
+    from caelum_mcp.engine.backends.base import Backend
+    from caelum_mcp.serving.app import DeferredBackend
 
     def build() -> Backend:
         raise AssertionError("built without a call")

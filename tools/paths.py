@@ -1,7 +1,7 @@
 """Keeping every path an internal tool touches inside the project root.
 
 Paths are resolved (following symlinks) before the check, so ``..`` segments and links that point
-outside the root are both refused with :class:`~caelum_mcp.errors.PathNotAllowedError`.
+outside the root are both refused with :class:`~caelum_mcp.core.errors.PathNotAllowedError`.
 
 The errors are written for a caller who may be probing: a path outside the roots gets "outside
 the allowed roots" and nothing more — not whether it exists, not where a link points — and any
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from caelum_mcp.errors import PathNotAllowedError
+from caelum_mcp.core.errors import PathNotAllowedError
 
 ECHO_CHARS = 200
 

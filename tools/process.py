@@ -11,7 +11,7 @@ truncated.
 
 Commands never outlive the server. Each command running is listed in this process
 (:func:`kill_running_commands`, which the stdio server's SIGTERM handler calls,
-:mod:`caelum_mcp.shutdown`) and with a guard: a small watchdog process (started with the first
+:mod:`caelum_mcp.serving.shutdown`) and with a guard: a small watchdog process (started with the first
 command, in its own session) that reads the list over a pipe. When the server dies in any way,
 ``kill -9`` included, the pipe closes and the guard kills the groups of the commands still listed,
 and the processes carrying their run markers, then exits. The guard hears of each command's run
@@ -39,7 +39,7 @@ import anyio
 import psutil
 from anyio.abc import ByteReceiveStream, Process
 
-from caelum_mcp.types import Frozen
+from caelum_mcp.core.types import Frozen
 
 DEFAULT_MAX_OUTPUT_BYTES = 8 * 1024 * 1024
 # Every command's environment carries a token unique to the run; descendants inherit it, so the ones

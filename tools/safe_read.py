@@ -28,7 +28,7 @@ from typing import BinaryIO, TypeVar
 
 import anyio
 
-from caelum_mcp.errors import CaelumError
+from caelum_mcp.core.errors import CaelumError
 
 T = TypeVar("T")
 

@@ -17,9 +17,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from caelum_mcp.errors import CaelumError
-from caelum_mcp.grounding import check_items, cited_list_schema, output_cap
-from caelum_mcp.llm import GroundingResult, TaskKind
+from caelum_mcp.core.errors import CaelumError
+from caelum_mcp.core.llm import GroundingResult, TaskKind
+from caelum_mcp.engine.grounding import check_items, cited_list_schema, output_cap
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.supervisors.llm_steps import LLMStep, run_cited_list, summary_of
 from caelum_mcp.tools.data.models import ColumnInfo, DataSourceError

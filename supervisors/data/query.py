@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from caelum_mcp.errors import CaelumError
+from caelum_mcp.core.errors import CaelumError
 from caelum_mcp.supervisors.base import Image, ToolContext, ToolOutput
 from caelum_mcp.supervisors.llm_steps import LLMStep
 from caelum_mcp.tools.data.charts import Chart, asks_for_chart, chart_spec, render_png

@@ -1,6 +1,6 @@
 """Question → SQL through the router, grounded by running the SQL, with at most two repair rounds.
 
-One round is one ``sql`` task (:class:`~caelum_mcp.llm.TaskKind.SQL`: tier small or larger, a code
+One round is one ``sql`` task (:class:`~caelum_mcp.core.llm.TaskKind.SQL`: tier small or larger, a code
 model first) whose grounding check runs the answer's SQL in the guarded session: a query that is
 refused, fails, reads no table or gives a result that contradicts the question (five rows for "top
 three") scores low, so the router escalates as its policy says. A round whose SQL still fails is
@@ -18,14 +18,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from caelum_mcp.errors import CaelumError
-from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
+from caelum_mcp.core.errors import CaelumError
+from caelum_mcp.core.llm import GroundingResult, LLMTask, TaskKind
+from caelum_mcp.core.types import ChatMessage
 from caelum_mcp.supervisors.base import ToolContext
 from caelum_mcp.supervisors.llm_steps import LLMStep, run_step
 from caelum_mcp.tools.data.models import QueryResult
 from caelum_mcp.tools.data.session import AsyncDataSession
 from caelum_mcp.tools.data.sql_checks import EMPTY_SCORE, judge
-from caelum_mcp.types import ChatMessage
 
 SQL_SCHEMA: dict[str, Any] = {
     "type": "object",

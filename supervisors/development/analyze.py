@@ -22,9 +22,9 @@ from typing import Annotated, Any, Literal
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from caelum_mcp.cache import fingerprint
-from caelum_mcp.config import RESULT_TOKENS_CAP
-from caelum_mcp.llm import TaskKind
+from caelum_mcp.core.llm import TaskKind
+from caelum_mcp.engine.cache import fingerprint
+from caelum_mcp.engine.config import RESULT_TOKENS_CAP
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput, cached
 from caelum_mcp.supervisors.llm_steps import LLMStep, run_cited_list, summary_of
 from caelum_mcp.tools.code import review

@@ -23,8 +23,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from caelum_mcp.errors import PathNotAllowedError
-from caelum_mcp.llm import TaskKind
+from caelum_mcp.core.errors import PathNotAllowedError
+from caelum_mcp.core.llm import TaskKind
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.supervisors.llm_steps import LLMStep, run_cited_list, summary_of
 from caelum_mcp.tools.code import review

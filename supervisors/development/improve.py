@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from caelum_mcp.errors import PathNotAllowedError
-from caelum_mcp.llm import GroundingResult, TaskKind
+from caelum_mcp.core.errors import PathNotAllowedError
+from caelum_mcp.core.llm import GroundingResult, TaskKind
 from caelum_mcp.supervisors.base import ToolContext
 from caelum_mcp.supervisors.llm_steps import LLMStep, run_cited_list
 from caelum_mcp.tools.code import review

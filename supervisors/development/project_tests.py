@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from caelum_mcp.budget import result_size
-from caelum_mcp.llm import TaskKind
+from caelum_mcp.core.llm import TaskKind
+from caelum_mcp.engine.budget import result_size
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.supervisors.llm_steps import LLMStep, run_cited_list
 from caelum_mcp.tools.code import review
@@ -26,7 +26,7 @@ from caelum_mcp.tools.code.tests_runner import Outcome, TestCaseResult, TestRunR
 from caelum_mcp.tools.paths import resolve_project
 
 # Token budgets of the two lists (estimated as the runtime does); with the triage, the output tail
-# and pytest's error message the whole result stays under caelum_mcp.config.RESULT_TOKENS_CAP.
+# and pytest's error message the whole result stays under caelum_mcp.engine.config.RESULT_TOKENS_CAP.
 FAILURES_TOKENS = 6_000
 TESTS_TOKENS = 8_000
 # Failing tests first, then skipped, then passed: when a list is cut, the end goes first.

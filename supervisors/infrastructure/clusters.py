@@ -20,8 +20,8 @@ from typing import Any
 
 import anyio
 
-from caelum_mcp.grounding import check_items, cited_list_schema, output_cap
-from caelum_mcp.llm import GroundingResult, TaskKind
+from caelum_mcp.core.llm import GroundingResult, TaskKind
+from caelum_mcp.engine.grounding import check_items, cited_list_schema, output_cap
 from caelum_mcp.supervisors.base import ToolContext
 from caelum_mcp.supervisors.llm_steps import LLMStep, run_cited_list
 from caelum_mcp.tools.logs.refine import Candidate, Decision

@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from caelum_mcp.errors import PathNotAllowedError, ToolInputError
+from caelum_mcp.core.errors import PathNotAllowedError, ToolInputError
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.supervisors.llm_steps import LLMStep, summary_of
 from caelum_mcp.tools.logs import diagnosis

@@ -15,8 +15,8 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from caelum_mcp.grounding import check_items, cited_list_schema, output_cap
-from caelum_mcp.llm import TaskKind
+from caelum_mcp.core.llm import TaskKind
+from caelum_mcp.engine.grounding import check_items, cited_list_schema, output_cap
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.supervisors.llm_steps import LLMStep, run_cited_list, summary_of
 from caelum_mcp.tools.system.checks import SEVERITY, Check, Thresholds, Verdict, judge, reason, worst

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from caelum_mcp.grounding import check_items, cited_list_schema, output_cap
-from caelum_mcp.llm import TaskKind
+from caelum_mcp.core.llm import TaskKind
+from caelum_mcp.engine.grounding import check_items, cited_list_schema, output_cap
 from caelum_mcp.supervisors.base import ToolContext
 from caelum_mcp.supervisors.llm_steps import CitedList, run_cited_list
 from caelum_mcp.tools.logs.diagnosis import LogDiagnosis

@@ -13,9 +13,9 @@ any such marker inside a passage defused) and says that nothing inside one is an
 
 Grounding, checked mechanically on every answer: each citation names a passage that was retrieved,
 its quote appears in that passage (whitespace and case aside) and is long enough to carry a claim
-(:func:`~caelum_mcp.grounding.quote_problem`); and the answer as a whole is carried by what it
+(:func:`~caelum_mcp.engine.grounding.quote_problem`); and the answer as a whole is carried by what it
 cites: its commands, paths and URLs are in a quote word for word, most of its key terms in the
-cited passages (:func:`~caelum_mcp.grounding.support_problem`). Only grounded citations reach the
+cited passages (:func:`~caelum_mcp.engine.grounding.support_problem`). Only grounded citations reach the
 result; an answer left without any is withheld, never shown as if it were sourced, and scores as
 ungrounded (so the router escalates it, or reports it as low confidence).
 """
@@ -28,8 +28,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from caelum_mcp.grounding import check_items, normalised_text, quote_problem, support_problem
-from caelum_mcp.llm import GroundingResult, TaskKind
+from caelum_mcp.core.llm import GroundingResult, TaskKind
+from caelum_mcp.engine.grounding import check_items, normalised_text, quote_problem, support_problem
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.supervisors.llm_steps import LLMStep, run_cited_list
 from caelum_mcp.tools.knowledge.retrieval import Retrieved

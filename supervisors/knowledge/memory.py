@@ -19,8 +19,8 @@ from typing import Literal
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from caelum_mcp.errors import CaelumError, ToolInputError
-from caelum_mcp.redaction import redact_secrets
+from caelum_mcp.core.errors import CaelumError, ToolInputError
+from caelum_mcp.core.redaction import redact_secrets
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.tools.knowledge.memory import GLOBAL_SCOPE, MAX_NOTE_CHARS, MemoryStore, Note
 from caelum_mcp.tools.knowledge.store import is_damaged_store

@@ -18,7 +18,7 @@ from typing import Literal
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from caelum_mcp.errors import CaelumError
+from caelum_mcp.core.errors import CaelumError
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.tools.knowledge.indexer import IndexReport
 from caelum_mcp.tools.knowledge.ranking import FusedHit, Signal

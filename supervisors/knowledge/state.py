@@ -36,8 +36,8 @@ from typing import Literal, TypeVar
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from caelum_mcp.embedding_sync import embedding_sync
-from caelum_mcp.errors import CaelumError
+from caelum_mcp.core.errors import CaelumError
+from caelum_mcp.engine.embedding_sync import embedding_sync
 from caelum_mcp.supervisors.base import LLMService, ToolContext
 from caelum_mcp.tools.knowledge.indexer import IndexReport, embed_missing, sync_index
 from caelum_mcp.tools.knowledge.memory import MemoryStore

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import anyio
 from anyio.abc import TaskGroup
 
-from caelum_mcp.errors import CaelumError
+from caelum_mcp.core.errors import CaelumError
 from caelum_mcp.tools.workflow import templates
 
 from .definitions import StepSpec, WorkflowSpec

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from caelum_mcp.errors import ToolInputError
+from caelum_mcp.core.errors import ToolInputError
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.tools.paths import resolve_project
 

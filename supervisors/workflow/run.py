@@ -40,8 +40,8 @@ import psutil
 from anyio.abc import TaskGroup
 from pydantic import BaseModel, ConfigDict, Field
 
-from caelum_mcp.cache import fingerprint
-from caelum_mcp.errors import CaelumError, ToolInputError
+from caelum_mcp.core.errors import CaelumError, ToolInputError
+from caelum_mcp.engine.cache import fingerprint
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.supervisors.llm_steps import LLMStep
 from caelum_mcp.tools.code.files import list_project_files

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from caelum_mcp.damaged import move_sqlite_aside
-from caelum_mcp.types import Frozen
+from caelum_mcp.core.damaged import move_sqlite_aside
+from caelum_mcp.core.types import Frozen
 
 log = logging.getLogger(__name__)
 

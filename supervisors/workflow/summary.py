@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from caelum_mcp.grounding import check_items, cited_list_schema, output_cap
-from caelum_mcp.llm import TaskKind
+from caelum_mcp.core.llm import TaskKind
+from caelum_mcp.engine.grounding import check_items, cited_list_schema, output_cap
 from caelum_mcp.supervisors.base import ToolContext
 from caelum_mcp.supervisors.llm_steps import LLMStep, run_cited_list
 

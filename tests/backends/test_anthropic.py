@@ -11,9 +11,7 @@ import anthropic
 import httpx2
 import pytest
 
-from caelum_mcp.backends.anthropic import AnthropicBackend
-from caelum_mcp.backends.registry import backend_class
-from caelum_mcp.errors import (
+from caelum_mcp.core.errors import (
     AuthenticationError,
     BadRequestError,
     HostConnectError,
@@ -22,7 +20,9 @@ from caelum_mcp.errors import (
     ModelNotFoundError,
     StreamInterruptedError,
 )
-from caelum_mcp.types import ChatRequest, StreamChunk
+from caelum_mcp.core.types import ChatRequest, StreamChunk
+from caelum_mcp.engine.backends.anthropic import AnthropicBackend
+from caelum_mcp.engine.backends.registry import backend_class
 
 # A fake key: the tests look for it in error messages and logs, where it must never appear.
 KEY = "sk-ant-test-0123456789abcdef"

@@ -10,19 +10,19 @@ import anyio
 import httpx2
 import pytest
 
-from caelum_mcp.backends.anthropic import AnthropicBackend
-from caelum_mcp.backends.base import retry_after
-from caelum_mcp.backends.ollama import OllamaBackend
-from caelum_mcp.backends.openai import OpenAIBackend
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.errors import (
+from caelum_mcp.core.errors import (
     HostDisconnectedError,
     HostOverloadedError,
     HostServerError,
     HostTimeoutError,
     MalformedResponseError,
 )
-from caelum_mcp.types import ChatMessage, ChatRequest
+from caelum_mcp.core.types import ChatMessage, ChatRequest
+from caelum_mcp.engine.backends.anthropic import AnthropicBackend
+from caelum_mcp.engine.backends.base import retry_after
+from caelum_mcp.engine.backends.ollama import OllamaBackend
+from caelum_mcp.engine.backends.openai import OpenAIBackend
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
 
 ASK = ChatRequest(model="m", messages=(ChatMessage(role="user", content="hi"),), max_tokens=8)
 NOW = 1_800_000_000.0

@@ -13,9 +13,7 @@ import httpx2
 import pytest
 from fakes.ollama_server import DEFAULT_SENTENCE, FakeOllama
 
-from caelum_mcp.backends.ollama import TOP_LOGPROBS, OllamaBackend
-from caelum_mcp.backends.registry import backend_class
-from caelum_mcp.errors import (
+from caelum_mcp.core.errors import (
     BackendError,
     BadRequestError,
     HostConnectError,
@@ -27,7 +25,9 @@ from caelum_mcp.errors import (
     ModelNotFoundError,
     StreamInterruptedError,
 )
-from caelum_mcp.types import ChatMessage, ChatRequest, EmbedRequest, StreamChunk, TokenLogprob
+from caelum_mcp.core.types import ChatMessage, ChatRequest, EmbedRequest, StreamChunk, TokenLogprob
+from caelum_mcp.engine.backends.ollama import TOP_LOGPROBS, OllamaBackend
+from caelum_mcp.engine.backends.registry import backend_class
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ollama"
 HOST = "http://gpu-box:11434"

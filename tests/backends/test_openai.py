@@ -12,9 +12,7 @@ import httpx2
 import jsonschema
 import pytest
 
-from caelum_mcp.backends.openai import TOP_LOGPROBS, OpenAIBackend
-from caelum_mcp.backends.registry import backend_class
-from caelum_mcp.errors import (
+from caelum_mcp.core.errors import (
     HostConnectError,
     HostOverloadedError,
     HostServerError,
@@ -22,7 +20,9 @@ from caelum_mcp.errors import (
     ModelNotFoundError,
     StreamInterruptedError,
 )
-from caelum_mcp.types import ChatRequest, EmbedRequest, StreamChunk, TokenLogprob
+from caelum_mcp.core.types import ChatRequest, EmbedRequest, StreamChunk, TokenLogprob
+from caelum_mcp.engine.backends.openai import TOP_LOGPROBS, OpenAIBackend
+from caelum_mcp.engine.backends.registry import backend_class
 
 MODEL = "smollm2"  # llama.cpp serves one model and ignores the name
 

@@ -10,12 +10,12 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from caelum_mcp.backends.registry import backend_class
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.errors import AllHostsFailedError, HostConnectError, HostOverloadedError, HostTimeoutError
-from caelum_mcp.hosts import Host
-from caelum_mcp.pool import Pool
-from caelum_mcp.types import ChatMessage, ChatRequest, EmbedRequest, StreamChunk, Tier, Usage
+from caelum_mcp.core.errors import AllHostsFailedError, HostConnectError, HostOverloadedError, HostTimeoutError
+from caelum_mcp.core.types import ChatMessage, ChatRequest, EmbedRequest, StreamChunk, Tier, Usage
+from caelum_mcp.engine.backends.registry import backend_class
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.engine.hosts import Host
+from caelum_mcp.engine.pool import Pool
 
 MODELS = [("qwen3:8b", 8.0)]
 

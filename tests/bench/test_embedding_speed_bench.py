@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from caelum_mcp.embedding_model import find_minilm_weights
+from caelum_mcp.embedded.embedding_model import find_minilm_weights
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "embedding_speed.py"
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.calibration import CalibrationTable
-from caelum_mcp.confidence import Signals, raw_score
-from caelum_mcp.hosts import Host
-from caelum_mcp.llm import GroundingResult
-from caelum_mcp.types import ChatRequest
+from caelum_mcp.core.confidence import Signals, raw_score
+from caelum_mcp.core.llm import GroundingResult
+from caelum_mcp.core.types import ChatRequest
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.engine.calibration import CalibrationTable
+from caelum_mcp.engine.hosts import Host
 
 GATE = Path(__file__).resolve().parents[2] / "bench" / "gate.py"
 MODEL = "scripted-coder:1.5b"

@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from caelum_mcp.llm import GroundingResult
+from caelum_mcp.core.llm import GroundingResult
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,9 +17,9 @@ import anyio
 import pytest
 from fakes.fault_host import FaultHost
 
-from caelum_mcp.calibration import CalibrationEntry, CalibrationTable, Calibrator
-from caelum_mcp.confidence import ConfidenceParts, Signals
-from caelum_mcp.llm import ExecutionRecord
+from caelum_mcp.core.confidence import ConfidenceParts, Signals
+from caelum_mcp.core.llm import ExecutionRecord
+from caelum_mcp.engine.calibration import CalibrationEntry, CalibrationTable, Calibrator
 
 HELDOUT = Path(__file__).resolve().parents[2] / "bench" / "heldout.py"
 MODEL = "scripted-coder:1.5b"
@@ -198,7 +198,7 @@ def test_replay_scores_the_stored_signals_with_the_table_given() -> None:
 
 
 def test_replay_uses_the_agreement_calibrator_inside_the_band_only() -> None:
-    from caelum_mcp.calibration import FEATURES_WITH_AGREEMENT
+    from caelum_mcp.engine.calibration import FEATURES_WITH_AGREEMENT
 
     weights = [0.0] * len(FEATURES_WITH_AGREEMENT)
     weights[FEATURES_WITH_AGREEMENT.index("agreement")] = 10.0

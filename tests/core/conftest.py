@@ -10,13 +10,13 @@ from typing import Any
 import httpx2
 import pytest
 
-from caelum_mcp.backends.anthropic import AnthropicBackend
-from caelum_mcp.backends.openai import OpenAIBackend
-from caelum_mcp.backends.scripted import ScriptedBackend
-from caelum_mcp.config import Config, load_config
-from caelum_mcp.hosts import CircuitBreaker, Host
-from caelum_mcp.ledger import Ledger
-from caelum_mcp.pool import Pool
+from caelum_mcp.engine.backends.anthropic import AnthropicBackend
+from caelum_mcp.engine.backends.openai import OpenAIBackend
+from caelum_mcp.engine.backends.scripted import ScriptedBackend
+from caelum_mcp.engine.config import Config, load_config
+from caelum_mcp.engine.hosts import CircuitBreaker, Host
+from caelum_mcp.engine.ledger import Ledger
+from caelum_mcp.engine.pool import Pool
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:

@@ -16,15 +16,15 @@ from typing import Any
 import anyio
 import httpx2
 
-from caelum_mcp.answers import task_schema
-from caelum_mcp.audit import MAX_IN_FLIGHT, compare_answers
-from caelum_mcp.backends.anthropic import AnthropicBackend
-from caelum_mcp.backends.scripted import ScriptedReply
-from caelum_mcp.config import DEFAULT_PRICES
-from caelum_mcp.ledger import Ledger
-from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
-from caelum_mcp.router import Router, _cost_bound
-from caelum_mcp.types import ChatMessage
+from caelum_mcp.core.llm import GroundingResult, LLMTask, TaskKind
+from caelum_mcp.core.types import ChatMessage
+from caelum_mcp.engine.answers import task_schema
+from caelum_mcp.engine.audit import MAX_IN_FLIGHT, compare_answers
+from caelum_mcp.engine.backends.anthropic import AnthropicBackend
+from caelum_mcp.engine.backends.scripted import ScriptedReply
+from caelum_mcp.engine.config import DEFAULT_PRICES
+from caelum_mcp.engine.ledger import Ledger
+from caelum_mcp.engine.router import Router, _cost_bound
 
 from .conftest import make_config, scripted_host, scripted_pool
 

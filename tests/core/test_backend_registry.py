@@ -20,21 +20,8 @@ import pytest
 from pydantic import Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from caelum_mcp.app import build_pool, make_host
-from caelum_mcp.backends.base import Backend, HostConfigBase
-from caelum_mcp.backends.ollama import OllamaBackend, OllamaHostConfig
-from caelum_mcp.backends.openai import OpenAIBackend
-from caelum_mcp.backends.registry import (
-    BACKENDS,
-    BackendEntry,
-    BackendRegistry,
-    UnknownBackendError,
-    backend_class,
-    register_backend,
-)
-from caelum_mcp.config import load_config
-from caelum_mcp.errors import ConfigError, HostOverloadedError
-from caelum_mcp.types import (
+from caelum_mcp.core.errors import ConfigError, HostOverloadedError
+from caelum_mcp.core.types import (
     ChatMessage,
     ChatRequest,
     ChatResponse,
@@ -43,6 +30,19 @@ from caelum_mcp.types import (
     StreamChunk,
     Usage,
 )
+from caelum_mcp.engine.backends.base import Backend, HostConfigBase
+from caelum_mcp.engine.backends.ollama import OllamaBackend, OllamaHostConfig
+from caelum_mcp.engine.backends.openai import OpenAIBackend
+from caelum_mcp.engine.backends.registry import (
+    BACKENDS,
+    BackendEntry,
+    BackendRegistry,
+    UnknownBackendError,
+    backend_class,
+    register_backend,
+)
+from caelum_mcp.engine.config import load_config
+from caelum_mcp.serving.app import build_pool, make_host
 
 
 class EchoHostConfig(HostConfigBase):
@@ -164,9 +164,9 @@ def test_a_kind_is_registered_once() -> None:
 
 
 def test_an_entry_whose_target_is_not_a_backend_says_which() -> None:
-    registry = BackendRegistry([BackendEntry("broken", "caelum_mcp.backends.base:HostConfigBase")])
+    registry = BackendRegistry([BackendEntry("broken", "caelum_mcp.engine.backends.base:HostConfigBase")])
     with pytest.raises(
-        TypeError, match=r"backend 'broken': caelum_mcp\.backends\.base:HostConfigBase is not a Backend"
+        TypeError, match=r"backend 'broken': caelum_mcp\.engine\.backends\.base:HostConfigBase is not a Backend"
     ):
         registry.backend_class("broken")
 
@@ -199,10 +199,13 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_backend() -> types.ModuleType:
-    found = re.search(r"```python\n# caelum_mcp/backends/tgi.py\n(.*?)```", README.read_text(), re.S)
+    found = re.search(r"```python\n# caelum_mcp/engine/backends/tgi.py\n(.*?)```", README.read_text(), re.S)
     assert found, "the README lost its worked example of a backend"
     module = types.ModuleType("readme_tgi_example")
-    exec(compile(found.group(1), "README.md: caelum_mcp/backends/tgi.py", "exec", dont_inherit=True), module.__dict__)
+    exec(
+        compile(found.group(1), "README.md: caelum_mcp/engine/backends/tgi.py", "exec", dont_inherit=True),
+        module.__dict__,
+    )
     return module
 
 

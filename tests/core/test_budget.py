@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from caelum_mcp.budget import estimate_tokens, fit_to_budget, result_size, round_floats
+from caelum_mcp.engine.budget import estimate_tokens, fit_to_budget, result_size, round_floats
 
 SEVERITIES = ("critical", "high", "medium", "low")
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from caelum_mcp.calibration import (
+from caelum_mcp.core.confidence import raw_score
+from caelum_mcp.core.types import TokenLogprob
+from caelum_mcp.engine.calibration import (
     FEATURES,
     FEATURES_WITH_AGREEMENT,
     MIN_KIND_ROWS,
@@ -26,8 +28,6 @@ from caelum_mcp.calibration import (
     shift_to_kind,
     token_signals,
 )
-from caelum_mcp.confidence import raw_score
-from caelum_mcp.types import TokenLogprob
 
 
 def lp(*probs: float, top: tuple[float, ...] = ()) -> list[TokenLogprob]:
@@ -260,7 +260,7 @@ def test_a_corrupt_user_file_is_moved_aside_with_one_line_and_defaults_are_used(
     CalibrationTable([entry("m", "qa", logistic(1.0))]).save(shipped)
     user = tmp_path / "calibration.json"
     user.write_text(text)
-    with caplog.at_level(logging.WARNING, logger="caelum_mcp.calibration"):
+    with caplog.at_level(logging.WARNING, logger="caelum_mcp.engine.calibration"):
         table = CalibrationTable.load(user, default_path=shipped)
     assert not user.exists()
     aside = list(tmp_path.glob("calibration.json.corrupt-*"))

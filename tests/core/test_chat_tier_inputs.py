@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from caelum_mcp.core.types import Tier
 from caelum_mcp.supervisors.ai import DelegateTaskInput
 from caelum_mcp.supervisors.ai_batch import RunBatchInput
-from caelum_mcp.types import Tier
 
 
 @pytest.mark.parametrize(

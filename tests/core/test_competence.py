@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from caelum_mcp.backends.scripted import ScriptedReply
-from caelum_mcp.calibration import CalibrationEntry, CalibrationTable, Calibrator
-from caelum_mcp.competence import MIN_MEASURED, assess
-from caelum_mcp.errors import TaskSkippedError
-from caelum_mcp.ledger import Ledger
-from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
-from caelum_mcp.router import Router
-from caelum_mcp.types import ChatMessage, Tier
+from caelum_mcp.core.errors import TaskSkippedError
+from caelum_mcp.core.llm import GroundingResult, LLMTask, TaskKind
+from caelum_mcp.core.types import ChatMessage, Tier
+from caelum_mcp.engine.backends.scripted import ScriptedReply
+from caelum_mcp.engine.calibration import CalibrationEntry, CalibrationTable, Calibrator
+from caelum_mcp.engine.competence import MIN_MEASURED, assess
+from caelum_mcp.engine.ledger import Ledger
+from caelum_mcp.engine.router import Router
 
 from .conftest import backend_of, make_config, mock_claude, scripted_host, scripted_pool
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from caelum_mcp.embedding_service import EmbeddingService
-from caelum_mcp.errors import NoHostAvailableError
-from caelum_mcp.ledger import Ledger
-from caelum_mcp.types import EmbedRequest
+from caelum_mcp.core.errors import NoHostAvailableError
+from caelum_mcp.core.types import EmbedRequest
+from caelum_mcp.engine.embedding_service import EmbeddingService
+from caelum_mcp.engine.ledger import Ledger
 
 from .conftest import backend_of, scripted_host, scripted_pool
 

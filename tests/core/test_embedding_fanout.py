@@ -1,14 +1,14 @@
 """A batch of embeddings spread over an embedding server's single-thread instances
-(:func:`caelum_mcp.embedded_backend.embed_across`)."""
+(:func:`caelum_mcp.engine.backends.embedded.embed_across`)."""
 
 from __future__ import annotations
 
 import anyio
 import pytest
 
-from caelum_mcp.embedded_backend import embed_across
-from caelum_mcp.errors import HostUnavailableError, MalformedResponseError
-from caelum_mcp.types import EmbedRequest, EmbedResponse, Usage
+from caelum_mcp.core.errors import HostUnavailableError, MalformedResponseError
+from caelum_mcp.core.types import EmbedRequest, EmbedResponse, Usage
+from caelum_mcp.engine.backends.embedded import embed_across
 
 
 class Instance:

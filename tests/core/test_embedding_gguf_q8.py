@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from caelum_mcp.embedding_model import (
+from caelum_mcp.embedded.embedding_model import (
     GGML_F16,
     GGML_F32,
     GGML_Q8_0,

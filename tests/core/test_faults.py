@@ -21,19 +21,19 @@ import pytest
 from fakes.capacity import capacity_task
 from fakes.fault_host import Api, Fault, FaultHost
 
-from caelum_mcp.backends.anthropic import AnthropicBackend
-from caelum_mcp.backends.base import Backend
-from caelum_mcp.backends.ollama import OllamaBackend
-from caelum_mcp.backends.openai import OpenAIBackend
-from caelum_mcp.backends.scripted import ScriptedReply
-from caelum_mcp.errors import DeadlineExceededError, StreamInterruptedError
-from caelum_mcp.hosts import BreakerState, CircuitBreaker, Host
-from caelum_mcp.ledger import Ledger
-from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
-from caelum_mcp.pool import Pool, PoolPolicy
-from caelum_mcp.router import Router
-from caelum_mcp.status import host_status
-from caelum_mcp.types import ChatMessage, ChatRequest, Tier
+from caelum_mcp.core.errors import DeadlineExceededError, StreamInterruptedError
+from caelum_mcp.core.llm import GroundingResult, LLMTask, TaskKind
+from caelum_mcp.core.types import ChatMessage, ChatRequest, Tier
+from caelum_mcp.engine.backends.anthropic import AnthropicBackend
+from caelum_mcp.engine.backends.base import Backend
+from caelum_mcp.engine.backends.ollama import OllamaBackend
+from caelum_mcp.engine.backends.openai import OpenAIBackend
+from caelum_mcp.engine.backends.scripted import ScriptedReply
+from caelum_mcp.engine.hosts import BreakerState, CircuitBreaker, Host
+from caelum_mcp.engine.ledger import Ledger
+from caelum_mcp.engine.pool import Pool, PoolPolicy
+from caelum_mcp.engine.router import Router
+from caelum_mcp.engine.status import host_status
 
 from .conftest import make_config, scripted_host, scripted_pool
 

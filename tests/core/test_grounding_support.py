@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from caelum_mcp.grounding import exact_terms, key_terms, quote_problem, support_problem
+from caelum_mcp.engine.grounding import exact_terms, key_terms, quote_problem, support_problem
 
 PASSAGE = 'def backoff_seconds(attempt):\n    """Exponential backoff: 1, 2, 4, 8 seconds, never more than 30."""'
 DEPLOY = "To deploy, run: curl -fsSL https://deploy.example.invalid/x.sh | sudo sh"

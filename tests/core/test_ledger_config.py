@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from caelum_mcp.config import load_config
-from caelum_mcp.errors import ConfigError
+from caelum_mcp.core.errors import ConfigError
+from caelum_mcp.engine.config import load_config
 
 
 def test_no_url_means_the_sqlite_file_in_the_data_folder() -> None:

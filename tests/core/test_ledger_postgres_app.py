@@ -12,13 +12,13 @@ from fakes import postgres
 from fakes.cli_runs import cli_env, run_cli
 from mcp import Client
 
-from caelum_mcp.app import open_app
-from caelum_mcp.config import Config, load_config
-from caelum_mcp.dashboard.snapshot import build_snapshot
-from caelum_mcp.dashboard.telemetry import Telemetry
-from caelum_mcp.ledger import Ledger, LedgerEntry, model_call_row
-from caelum_mcp.server import create_server
-from caelum_mcp.types import Usage
+from caelum_mcp.core.types import Usage
+from caelum_mcp.engine.config import Config, load_config
+from caelum_mcp.engine.ledger import Ledger, LedgerEntry, model_call_row
+from caelum_mcp.serving.app import open_app
+from caelum_mcp.serving.dashboard.snapshot import build_snapshot
+from caelum_mcp.serving.dashboard.telemetry import Telemetry
+from caelum_mcp.serving.server import create_server
 
 # Fixtures: the session's PostgreSQL server, and a database of its own for each test.
 postgres_server = postgres.postgres_server

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from fakes import postgres
 
-from caelum_mcp.ledger import Ledger
+from caelum_mcp.engine.ledger import Ledger
 
 # Fixtures: the session's PostgreSQL server, and a database of its own for each test.
 postgres_server = postgres.postgres_server

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from fakes.postgres import postgres_server, postgres_url  # noqa: F401 - fixtures
 
-from caelum_mcp.dashboard.history import LedgerHistory
-from caelum_mcp.errors import BudgetExceededError, ConfigError
-from caelum_mcp.ledger import BudgetGuard, CalibrationLabel, Ledger, LedgerEntry, LedgerSummary
+from caelum_mcp.core.errors import BudgetExceededError, ConfigError
+from caelum_mcp.engine.ledger import BudgetGuard, CalibrationLabel, Ledger, LedgerEntry, LedgerSummary
+from caelum_mcp.serving.dashboard.history import LedgerHistory
 
 NOON = datetime(2026, 3, 14, 12, 0, tzinfo=UTC).timestamp()
 

@@ -11,12 +11,12 @@ import httpx2
 import pytest
 from fakes.ollama_server import FakeOllama
 
-from caelum_mcp.backends.ollama import OllamaBackend
-from caelum_mcp.embedded import EmbeddedServer
-from caelum_mcp.errors import AllHostsFailedError, BadRequestError, NoHostAvailableError
-from caelum_mcp.hosts import BreakerState, CircuitBreaker, Host
-from caelum_mcp.pool import Pool, PoolPolicy
-from caelum_mcp.types import ChatMessage, ChatRequest, ModelInfo, Tier
+from caelum_mcp.core.errors import AllHostsFailedError, BadRequestError, NoHostAvailableError
+from caelum_mcp.core.types import ChatMessage, ChatRequest, ModelInfo, Tier
+from caelum_mcp.embedded.server import EmbeddedServer
+from caelum_mcp.engine.backends.ollama import OllamaBackend
+from caelum_mcp.engine.hosts import BreakerState, CircuitBreaker, Host
+from caelum_mcp.engine.pool import Pool, PoolPolicy
 
 from .conftest import openai_host
 
@@ -173,7 +173,7 @@ async def test_streaming_fails_over_before_first_token_only(http: httpx2.AsyncCl
         assert {name for name, _ in chunks} == {"live"}
         assert chunks[-1][1].done and chunks[-1][1].response is not None
         live.fail = "midstream"
-        from caelum_mcp.errors import StreamInterruptedError
+        from caelum_mcp.core.errors import StreamInterruptedError
 
         with pytest.raises(StreamInterruptedError):
             async for _ in pool.stream(HELLO, model=model):
@@ -351,7 +351,7 @@ def test_fifty_hosts_fill_evenly_and_skip_the_broken() -> None:
 
 
 def _scripted(name: str, delay_s: float, *, limit: int = 1) -> Host:
-    from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
+    from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
 
     backend = ScriptedBackend([("qwen3:8b", 8.0)], ScriptedReply('{"answer": "ok"}', delay_s=delay_s), name=name)
     return Host(name=name, backend=backend, max_concurrency=limit, breaker=CircuitBreaker(failure_threshold=2))
@@ -404,7 +404,7 @@ async def test_a_waiter_cancelled_after_it_was_handed_a_slot_passes_it_on() -> N
 
 
 async def test_a_trace_names_the_host_a_cancelled_call_was_waiting_for() -> None:
-    from caelum_mcp.pool import CallTrace
+    from caelum_mcp.engine.pool import CallTrace
 
     host = _scripted("a", 1.0)
     pool = Pool([host])
@@ -421,7 +421,7 @@ async def test_a_trace_names_the_host_a_cancelled_call_was_waiting_for() -> None
 
 
 def test_pool_defaults_are_the_config_defaults() -> None:
-    from caelum_mcp.config import PoolConfig
+    from caelum_mcp.engine.config import PoolConfig
 
     pool, config = Pool(), PoolConfig()
     assert pool.policy.call_deadline_s == config.call_deadline_s

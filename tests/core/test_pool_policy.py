@@ -8,11 +8,11 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from caelum_mcp.backends.ollama import OllamaBackend
-from caelum_mcp.config import PoolConfig, load_config
-from caelum_mcp.hosts import Host
-from caelum_mcp.pool import Pool, PoolPolicy
-from caelum_mcp.types import ModelInfo, Tier
+from caelum_mcp.core.types import ModelInfo, Tier
+from caelum_mcp.engine.backends.ollama import OllamaBackend
+from caelum_mcp.engine.config import PoolConfig, load_config
+from caelum_mcp.engine.hosts import Host
+from caelum_mcp.engine.pool import Pool, PoolPolicy
 
 
 def _host(name: str, models: dict[str, float], tiers: dict[str, Tier] | None = None) -> Host:
@@ -34,7 +34,7 @@ def test_the_policy_of_the_default_settings_is_the_default_policy() -> None:
 
 
 async def test_the_server_builds_its_pool_from_the_pool_and_tiers_settings(tmp_path: Path) -> None:
-    from caelum_mcp.app import build_pool
+    from caelum_mcp.serving.app import build_pool
 
     path = tmp_path / "c.toml"
     path.write_text(

@@ -9,13 +9,13 @@ from typing import Any
 
 import httpx2
 
-from caelum_mcp.backends.anthropic import AnthropicBackend
-from caelum_mcp.config import DEFAULT_PRICES
-from caelum_mcp.ledger import Ledger, LedgerEntry
-from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
-from caelum_mcp.pricing import cost_usd
-from caelum_mcp.router import Router, _cost_bound
-from caelum_mcp.types import ChatMessage, Tier, Usage
+from caelum_mcp.core.llm import GroundingResult, LLMTask, TaskKind
+from caelum_mcp.core.pricing import cost_usd
+from caelum_mcp.core.types import ChatMessage, Tier, Usage
+from caelum_mcp.engine.backends.anthropic import AnthropicBackend
+from caelum_mcp.engine.config import DEFAULT_PRICES
+from caelum_mcp.engine.ledger import Ledger, LedgerEntry
+from caelum_mcp.engine.router import Router, _cost_bound
 
 from .conftest import claude_on_llama, make_config, mock_claude, single_host_pool
 
@@ -264,8 +264,8 @@ async def test_low_confidence_escalates_to_a_larger_local_tier_first(
     """micro (real llama.cpp) fails the grounding check; the full-tier Ollama host passes it; no Claude."""
     from fakes.ollama_server import FakeOllama
 
-    from caelum_mcp.backends.ollama import OllamaBackend
-    from caelum_mcp.hosts import CircuitBreaker, Host
+    from caelum_mcp.engine.backends.ollama import OllamaBackend
+    from caelum_mcp.engine.hosts import CircuitBreaker, Host
 
     def answer(request: dict[str, Any]) -> str:
         return json.dumps({"city": "Lutetia", "confidence": 0.9})

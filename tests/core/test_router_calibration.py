@@ -11,20 +11,20 @@ from typing import Any
 import anyio
 import pytest
 
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.calibration import (
+from caelum_mcp.core.confidence import score
+from caelum_mcp.core.errors import MalformedResponseError
+from caelum_mcp.core.llm import GroundingResult, LLMTask, RoutedResult, TaskKind
+from caelum_mcp.core.types import ChatMessage, ChatRequest
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.engine.calibration import (
     FEATURES,
     FEATURES_WITH_AGREEMENT,
     CalibrationEntry,
     CalibrationTable,
     Calibrator,
 )
-from caelum_mcp.confidence import score
-from caelum_mcp.errors import MalformedResponseError
-from caelum_mcp.ledger import Ledger, LedgerEntry
-from caelum_mcp.llm import GroundingResult, LLMTask, RoutedResult, TaskKind
-from caelum_mcp.router import Router
-from caelum_mcp.types import ChatMessage, ChatRequest
+from caelum_mcp.engine.ledger import Ledger, LedgerEntry
+from caelum_mcp.engine.router import Router
 
 from .conftest import backend_of, make_config, scripted_host, scripted_pool
 

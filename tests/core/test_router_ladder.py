@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from caelum_mcp.backends.scripted import ScriptedReply
-from caelum_mcp.embedding_service import EmbeddingService
-from caelum_mcp.ledger import Ledger
-from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
-from caelum_mcp.router import ClaudeTarget, LocalTarget, Router, Target
-from caelum_mcp.runtime import BoundLLM
-from caelum_mcp.types import ChatMessage, Tier
+from caelum_mcp.core.llm import GroundingResult, LLMTask, TaskKind
+from caelum_mcp.core.types import ChatMessage, Tier
+from caelum_mcp.engine.backends.scripted import ScriptedReply
+from caelum_mcp.engine.embedding_service import EmbeddingService
+from caelum_mcp.engine.ledger import Ledger
+from caelum_mcp.engine.router import ClaudeTarget, LocalTarget, Router, Target
+from caelum_mcp.serving.runtime import BoundLLM
 
 from .conftest import backend_of, make_config, scripted_host, scripted_pool
 

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from caelum_mcp.backends.scripted import ScriptedReply
-from caelum_mcp.errors import CaelumError, InvalidSchemaError, NoHostAvailableError, ToolInputError
-from caelum_mcp.ledger import Ledger
-from caelum_mcp.llm import LLMTask, TaskKind
-from caelum_mcp.pool import Pool
-from caelum_mcp.router import Router
-from caelum_mcp.types import ChatMessage
+from caelum_mcp.core.errors import CaelumError, InvalidSchemaError, NoHostAvailableError, ToolInputError
+from caelum_mcp.core.llm import LLMTask, TaskKind
+from caelum_mcp.core.types import ChatMessage
+from caelum_mcp.engine.backends.scripted import ScriptedReply
+from caelum_mcp.engine.ledger import Ledger
+from caelum_mcp.engine.pool import Pool
+from caelum_mcp.engine.router import Router
 
 from .conftest import backend_of, make_config, scripted_host, scripted_pool
 

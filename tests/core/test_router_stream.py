@@ -17,14 +17,14 @@ import httpx2
 import pytest
 from fakes.calibration_tables import calibrated_as_raw
 
-from caelum_mcp.backends.ollama import OllamaBackend
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.errors import HostConnectError, StreamInterruptedError, TaskFailedError, TaskSkippedError
-from caelum_mcp.hosts import CircuitBreaker, Host
-from caelum_mcp.ledger import Ledger
-from caelum_mcp.llm import LLMTask, TaskKind
-from caelum_mcp.router import Router
-from caelum_mcp.types import ChatMessage, ChatRequest, StreamChunk, Tier
+from caelum_mcp.core.errors import HostConnectError, StreamInterruptedError, TaskFailedError, TaskSkippedError
+from caelum_mcp.core.llm import LLMTask, TaskKind
+from caelum_mcp.core.types import ChatMessage, ChatRequest, StreamChunk, Tier
+from caelum_mcp.engine.backends.ollama import OllamaBackend
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.engine.hosts import CircuitBreaker, Host
+from caelum_mcp.engine.ledger import Ledger
+from caelum_mcp.engine.router import Router
 
 from .conftest import backend_of, make_config, mock_claude, scripted_host, scripted_pool
 

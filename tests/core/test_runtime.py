@@ -16,13 +16,13 @@ import anyio
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from caelum_mcp.app import open_app
-from caelum_mcp.budget import result_size
-from caelum_mcp.errors import CaelumError, ToolInputError
-from caelum_mcp.llm import LLMTask, TaskKind
-from caelum_mcp.runtime import ToolRuntime, without_optional_nulls
+from caelum_mcp.core.errors import CaelumError, ToolInputError
+from caelum_mcp.core.llm import LLMTask, TaskKind
+from caelum_mcp.core.types import ChatMessage
+from caelum_mcp.engine.budget import result_size
+from caelum_mcp.serving.app import open_app
+from caelum_mcp.serving.runtime import ToolRuntime, without_optional_nulls
 from caelum_mcp.supervisors.base import ExternalTool, InternalTool, Supervisor, SupervisorEnv, ToolContext, ToolOutput
-from caelum_mcp.types import ChatMessage
 
 from .conftest import make_config, scripted_host
 
@@ -273,8 +273,8 @@ async def test_results_are_fitted_to_the_budget_with_counts_and_a_way_to_more(tm
 
 async def test_a_supervisor_owns_its_config_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import caelum_mcp.supervisors
-    from caelum_mcp.config import load_config
-    from caelum_mcp.errors import ConfigError
+    from caelum_mcp.core.errors import ConfigError
+    from caelum_mcp.engine.config import load_config
 
     monkeypatch.setattr(caelum_mcp.supervisors, "SUPERVISORS", (Sample, Admin))
     config = load_config(environ={"CAELUM_SAMPLE__THRESHOLD": "7"}, overrides={"data_dir": str(tmp_path)})

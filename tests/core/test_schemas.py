@@ -11,7 +11,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field
 
-from caelum_mcp.schemas import CHARS_PER_TOKEN, compact_schema, lint_portability, model_visible_size
+from caelum_mcp.core.schemas import CHARS_PER_TOKEN, compact_schema, lint_portability, model_visible_size
 
 
 class Tier(StrEnum):

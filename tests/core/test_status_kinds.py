@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from caelum_mcp.backends.scripted import ScriptedReply
-from caelum_mcp.budget import fit_to_budget, result_size
-from caelum_mcp.calibration import CalibrationEntry, CalibrationTable, Calibrator
-from caelum_mcp.ledger import CalibrationLabel, Ledger, model_call_row
-from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
-from caelum_mcp.router import Router
-from caelum_mcp.status import MAX_KIND_ROWS, PoolAdministration
-from caelum_mcp.types import ChatMessage, Usage
+from caelum_mcp.core.llm import GroundingResult, LLMTask, TaskKind
+from caelum_mcp.core.types import ChatMessage, Usage
+from caelum_mcp.engine.backends.scripted import ScriptedReply
+from caelum_mcp.engine.budget import fit_to_budget, result_size
+from caelum_mcp.engine.calibration import CalibrationEntry, CalibrationTable, Calibrator
+from caelum_mcp.engine.ledger import CalibrationLabel, Ledger, model_call_row
+from caelum_mcp.engine.router import Router
+from caelum_mcp.engine.status import MAX_KIND_ROWS, PoolAdministration
 
 from .conftest import make_config, mock_claude, scripted_host, scripted_pool
 

@@ -14,13 +14,13 @@ from typing import Any
 import anyio
 import pytest
 
-from caelum_mcp.backends.anthropic import supports_structured_output
-from caelum_mcp.backends.scripted import ScriptedReply
-from caelum_mcp.errors import ConfigError, HostOverloadedError, TaskSkippedError, TaskTimedOutError
-from caelum_mcp.ledger import Ledger
-from caelum_mcp.llm import DEFAULT_NEEDS, GroundingResult, LLMTask, TaskKind
-from caelum_mcp.router import Router
-from caelum_mcp.types import ChatMessage, ChatRequest
+from caelum_mcp.core.errors import ConfigError, HostOverloadedError, TaskSkippedError, TaskTimedOutError
+from caelum_mcp.core.llm import DEFAULT_NEEDS, GroundingResult, LLMTask, TaskKind
+from caelum_mcp.core.types import ChatMessage, ChatRequest
+from caelum_mcp.engine.backends.anthropic import supports_structured_output
+from caelum_mcp.engine.backends.scripted import ScriptedReply
+from caelum_mcp.engine.ledger import Ledger
+from caelum_mcp.engine.router import Router
 
 from .conftest import backend_of, make_config, mock_claude, scripted_host, scripted_pool
 

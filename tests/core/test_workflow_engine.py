@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from caelum_mcp.errors import CaelumError
+from caelum_mcp.core.errors import CaelumError
 from caelum_mcp.supervisors.workflow.definitions import BUILTIN_WORKFLOWS, PRE_COMMIT_TESTS_S, WorkflowSpec
 from caelum_mcp.supervisors.workflow.engine import Reused, StepResult, StepRun, Work, WorkflowEngine
 

@@ -17,9 +17,9 @@ import sys
 import threading
 import time
 
-from caelum_mcp.errors import BudgetExceededError
-from caelum_mcp.ledger import BudgetGuard, Ledger, model_call_row
-from caelum_mcp.types import Usage
+from caelum_mcp.core.errors import BudgetExceededError
+from caelum_mcp.core.types import Usage
+from caelum_mcp.engine.ledger import BudgetGuard, Ledger, model_call_row
 
 _print_lock = threading.Lock()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from caelum_mcp.calibration import USER_FILE, CalibrationEntry, CalibrationTable, Calibrator
+from caelum_mcp.engine.calibration import USER_FILE, CalibrationEntry, CalibrationTable, Calibrator
 
 
 def calibrated_as_raw(threshold: float = 0.75) -> CalibrationTable:

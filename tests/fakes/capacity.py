@@ -15,10 +15,10 @@ from typing import Any
 
 import anyio
 
-from caelum_mcp.llm import GroundingResult, LLMTask, TaskKind
-from caelum_mcp.pool import Pool
-from caelum_mcp.router import Router
-from caelum_mcp.types import ChatMessage, ChatRequest, Tier
+from caelum_mcp.core.llm import GroundingResult, LLMTask, TaskKind
+from caelum_mcp.core.types import ChatMessage, ChatRequest, Tier
+from caelum_mcp.engine.pool import Pool
+from caelum_mcp.engine.router import Router
 
 Make = Callable[[], Awaitable[Any]]
 

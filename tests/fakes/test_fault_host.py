@@ -8,11 +8,11 @@ import anyio
 import httpx2
 import pytest
 
-from caelum_mcp.backends.anthropic import AnthropicBackend
-from caelum_mcp.backends.ollama import OllamaBackend
-from caelum_mcp.backends.openai import OpenAIBackend
-from caelum_mcp.errors import HostTimeoutError, MalformedResponseError
-from caelum_mcp.types import ChatMessage, ChatRequest
+from caelum_mcp.core.errors import HostTimeoutError, MalformedResponseError
+from caelum_mcp.core.types import ChatMessage, ChatRequest
+from caelum_mcp.engine.backends.anthropic import AnthropicBackend
+from caelum_mcp.engine.backends.ollama import OllamaBackend
+from caelum_mcp.engine.backends.openai import OpenAIBackend
 from fakes.fault_host import Fault, FaultHost
 
 ASK = ChatRequest(model="", messages=(ChatMessage(role="user", content="hi"),), max_tokens=16)

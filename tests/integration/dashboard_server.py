@@ -1,7 +1,7 @@
 """The HTTP server (``/mcp``, the dashboard, ``/metrics``) in this process, on an ephemeral loopback
 port, with scripted model hosts: what the dashboard, auth and metrics tests talk to over real HTTP.
 
-``serving(...)`` runs the real app (:func:`caelum_mcp.server.http_app`) under uvicorn in the test's
+``serving(...)`` runs the real app (:func:`caelum_mcp.serving.server.http_app`) under uvicorn in the test's
 event loop; ``seed_ledger`` writes past model calls into the real ledger file first, so that the
 charts have days to show.
 """
@@ -20,12 +20,12 @@ from typing import Any
 import anyio
 import uvicorn
 
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.config import Config, load_config
-from caelum_mcp.hosts import CircuitBreaker, Host
-from caelum_mcp.ledger import Ledger, LedgerEntry, model_call_row
-from caelum_mcp.server import http_app
-from caelum_mcp.types import Usage
+from caelum_mcp.core.types import Usage
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.engine.config import Config, load_config
+from caelum_mcp.engine.hosts import CircuitBreaker, Host
+from caelum_mcp.engine.ledger import Ledger, LedgerEntry, model_call_row
+from caelum_mcp.serving.server import http_app
 
 CONFIDENT = ScriptedReply(json.dumps({"answer": "4", "confidence": 0.9}), logprob=-0.05, delay_s=0.03)
 UNSURE = ScriptedReply(json.dumps({"answer": "maybe 5", "confidence": 0.2}), delay_s=0.06)

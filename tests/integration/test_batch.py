@@ -21,9 +21,9 @@ from fakes.calibration_tables import write_calibrated_as_raw
 from fakes.fault_host import FaultHost
 from mcp import Client
 
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.hosts import Host
-from caelum_mcp.types import ChatRequest
+from caelum_mcp.core.types import ChatRequest
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.engine.hosts import Host
 
 from .test_development import make_server
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from caelum_mcp.errors import ToolInputError
+from caelum_mcp.core.errors import ToolInputError
 from caelum_mcp.supervisors.batch_inputs import Template, bounded_lines, read_csv, read_jsonl
 from caelum_mcp.supervisors.batch_runner import (
     _RUNNING_HERE,

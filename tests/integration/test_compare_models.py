@@ -16,10 +16,10 @@ import pytest
 from fakes.calibration_tables import write_calibrated_as_raw
 from mcp import Client
 
-from caelum_mcp.backends.scripted import ReplyFunction, ScriptedBackend, ScriptedReply
-from caelum_mcp.errors import HostServerError
-from caelum_mcp.hosts import Host
-from caelum_mcp.types import ChatRequest
+from caelum_mcp.core.errors import HostServerError
+from caelum_mcp.core.types import ChatRequest
+from caelum_mcp.engine.backends.scripted import ReplyFunction, ScriptedBackend, ScriptedReply
+from caelum_mcp.engine.hosts import Host
 
 from .test_development import make_server
 

@@ -18,9 +18,9 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from caelum_mcp.config import load_config
-from caelum_mcp.dashboard.auth import FREE_FAILURES, SESSION_COOKIE, FailedAuthThrottle
-from caelum_mcp.errors import ConfigError
+from caelum_mcp.core.errors import ConfigError
+from caelum_mcp.engine.config import load_config
+from caelum_mcp.serving.dashboard.auth import FREE_FAILURES, SESSION_COOKIE, FailedAuthThrottle
 
 from .dashboard_server import serving, two_hosts
 

@@ -30,7 +30,7 @@ import pytest
 from fakes.calibration_tables import write_calibrated_as_raw
 from mcp import Client
 
-from caelum_mcp.ledger import Ledger
+from caelum_mcp.engine.ledger import Ledger
 
 from .chromium_cdp import find_chromium, open_page
 from .dashboard_server import seed_ledger, serving, two_hosts

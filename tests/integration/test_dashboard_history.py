@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from caelum_mcp.dashboard.history import LedgerHistory
-from caelum_mcp.ledger import Ledger, LedgerEntry, failed_call_row, model_call_row
-from caelum_mcp.types import Usage
+from caelum_mcp.core.types import Usage
+from caelum_mcp.engine.ledger import Ledger, LedgerEntry, failed_call_row, model_call_row
+from caelum_mcp.serving.dashboard.history import LedgerHistory
 
 from .dashboard_server import seed_ledger
 

@@ -9,7 +9,7 @@ import httpx2
 import pytest
 from mcp import Client
 
-from caelum_mcp.ledger import CalibrationLabel, Ledger
+from caelum_mcp.engine.ledger import CalibrationLabel, Ledger
 
 from .chromium_cdp import find_chromium, open_page
 from .dashboard_server import serving, two_hosts

@@ -21,7 +21,7 @@ from fakes.fault_host import FaultHost
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from caelum_mcp.ledger import Ledger
+from caelum_mcp.engine.ledger import Ledger
 
 pytestmark = pytest.mark.slow
 

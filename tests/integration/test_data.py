@@ -16,9 +16,9 @@ import pytest
 from mcp.types import ImageContent
 from tools.test_data_sources import digest, write_shop
 
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.hosts import Host
-from caelum_mcp.types import ChatRequest
+from caelum_mcp.core.types import ChatRequest
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.engine.hosts import Host
 
 from .test_platform import gpu_host, session
 

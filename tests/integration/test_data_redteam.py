@@ -21,8 +21,8 @@ import anyio
 import pytest
 from tools.test_data_sources import digest, write_shop
 
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.types import ChatRequest
+from caelum_mcp.core.types import ChatRequest
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
 
 from .test_platform import gpu_host, session
 

@@ -16,9 +16,9 @@ import anyio
 import pytest
 from mcp import Client
 
-from caelum_mcp.config import load_config
-from caelum_mcp.hosts import Host
-from caelum_mcp.server import create_server
+from caelum_mcp.engine.config import load_config
+from caelum_mcp.engine.hosts import Host
+from caelum_mcp.serving.server import create_server
 
 PLANTED = {
     "app/__init__.py": "",

@@ -10,8 +10,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from caelum_mcp.embedded import EmbeddedServer
-from caelum_mcp.embedding_model import find_minilm_weights
+from caelum_mcp.embedded.embedding_model import find_minilm_weights
+from caelum_mcp.embedded.server import EmbeddedServer
 
 from .test_development import write
 from .test_knowledge import PROJECT, call, search_when_embedded

@@ -13,11 +13,11 @@ import httpx2
 import numpy as np
 import pytest
 
-from caelum_mcp.backends.openai import OpenAIBackend
-from caelum_mcp.embedded import EXTRA_INSTANCE_NICE, EmbeddedServer, embedding_instances, parse_ports
-from caelum_mcp.embedded_backend import EmbeddedBackend
-from caelum_mcp.embedding_model import ensure_embedding_gguf, find_minilm_weights
-from caelum_mcp.types import EmbedRequest
+from caelum_mcp.core.types import EmbedRequest
+from caelum_mcp.embedded.embedding_model import ensure_embedding_gguf, find_minilm_weights
+from caelum_mcp.embedded.server import EXTRA_INSTANCE_NICE, EmbeddedServer, embedding_instances, parse_ports
+from caelum_mcp.engine.backends.embedded import EmbeddedBackend
+from caelum_mcp.engine.backends.openai import OpenAIBackend
 
 TEXTS = tuple(
     f"def handler_{i}(request):\n    # renew session token {i} before it expires\n    return refresh(request)"

@@ -14,10 +14,10 @@ import httpx2
 import numpy as np
 import pytest
 
-from caelum_mcp.embedded import EmbeddedServer
-from caelum_mcp.embedded_backend import EmbeddedBackend
-from caelum_mcp.embedding_model import ensure_embedding_gguf, find_minilm_weights
-from caelum_mcp.types import EmbedRequest
+from caelum_mcp.core.types import EmbedRequest
+from caelum_mcp.embedded.embedding_model import ensure_embedding_gguf, find_minilm_weights
+from caelum_mcp.embedded.server import EmbeddedServer
+from caelum_mcp.engine.backends.embedded import EmbeddedBackend
 
 REFERENCE = Path(__file__).resolve().parents[2] / "bench" / "minilm_reference.py"
 # Casing, accents, punctuation inside words, digits, identifiers, CJK, a note and a paraphrase.

@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 from mcp import Client
 from mcp.types import CallToolResult, TextContent
 
-from caelum_mcp.backends.scripted import ScriptedBackend
-from caelum_mcp.hosts import Host
+from caelum_mcp.engine.backends.scripted import ScriptedBackend
+from caelum_mcp.engine.hosts import Host
 from caelum_mcp.supervisors import SUPERVISORS
 
 from .test_development import _git, make_server, write

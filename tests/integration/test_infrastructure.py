@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.budget import result_size
-from caelum_mcp.hosts import CircuitBreaker, Host
+from caelum_mcp.core.types import ChatRequest, ModelInfo
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.engine.budget import result_size
+from caelum_mcp.engine.hosts import CircuitBreaker, Host
 from caelum_mcp.tools.system.snapshots import SnapshotStore
-from caelum_mcp.types import ChatRequest, ModelInfo
 
 from .test_development import make_server
 
@@ -200,7 +200,7 @@ async def test_trends_against_yesterday(tmp_path: Path) -> None:
 
 
 async def test_probe_settings_are_validated_when_the_config_loads(tmp_path: Path) -> None:
-    from caelum_mcp.errors import ConfigError
+    from caelum_mcp.core.errors import ConfigError
 
     bad = {"probes": [{"name": "a", "kind": "tcp", "host": "127.0.0.1", "port": 1}] * 2}
     with pytest.raises(ConfigError, match="unique"):

@@ -11,9 +11,9 @@ from typing import Any
 import anyio
 from mcp import Client
 
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.hosts import Host
-from caelum_mcp.types import ChatRequest, EmbedRequest, EmbedResponse
+from caelum_mcp.core.types import ChatRequest, EmbedRequest, EmbedResponse
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.engine.hosts import Host
 
 from .test_development import write
 from .test_platform import gpu_host, session

@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.types import ChatRequest
+from caelum_mcp.core.types import ChatRequest
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
 
 from .test_development import write
 from .test_knowledge import PROJECT, call

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from mcp import Client, StdioServerParameters
 
-from caelum_mcp.embedding_model import find_minilm_weights
+from caelum_mcp.embedded.embedding_model import find_minilm_weights
 
 from .test_development import write
 from .test_knowledge import PROJECT, search_when_embedded

@@ -15,10 +15,10 @@ import pytest
 from mcp import Client
 from mcp.types import CallToolResult, TextContent
 
-from caelum_mcp.config import Config, load_config
-from caelum_mcp.embedded import default_threads
-from caelum_mcp.schemas import lint_portability, model_visible_size
-from caelum_mcp.server import create_server
+from caelum_mcp.core.schemas import lint_portability, model_visible_size
+from caelum_mcp.embedded.server import default_threads
+from caelum_mcp.engine.config import Config, load_config
+from caelum_mcp.serving.server import create_server
 
 pytestmark = pytest.mark.model
 

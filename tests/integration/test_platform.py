@@ -18,11 +18,11 @@ import pytest
 from fakes.calibration_tables import write_calibrated_as_raw
 from mcp import Client
 
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.budget import result_size
-from caelum_mcp.config import RESULT_TOKENS_CAP
-from caelum_mcp.hosts import CircuitBreaker, Host
-from caelum_mcp.types import ChatRequest
+from caelum_mcp.core.types import ChatRequest
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.engine.budget import result_size
+from caelum_mcp.engine.config import RESULT_TOKENS_CAP
+from caelum_mcp.engine.hosts import CircuitBreaker, Host
 
 from .test_development import PLANTED, digest, make_server, write
 
@@ -221,7 +221,7 @@ async def test_an_attached_image_is_sent_as_image_content(tmp_path: Path, monkey
     from mcp.types import ImageContent
     from pydantic import BaseModel
 
-    import caelum_mcp.server
+    import caelum_mcp.serving.server
     from caelum_mcp.supervisors.base import ExternalTool, Image, Supervisor, ToolContext, ToolOutput
 
     png = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
@@ -244,7 +244,7 @@ async def test_an_attached_image_is_sent_as_image_content(tmp_path: Path, monkey
         def external_tools(self) -> Sequence[ExternalTool[Any, Any]]:
             return (ExternalTool("draw", "Draw", "Draw a chart.", Empty, Drawn, draw),)
 
-    monkeypatch.setattr(caelum_mcp.server, "SUPERVISORS", (Painter,))
+    monkeypatch.setattr(caelum_mcp.serving.server, "SUPERVISORS", (Painter,))
     async with session(tmp_path, []) as (client, _):
         res = await client.call_tool("draw", {})
     assert not res.is_error, res.content

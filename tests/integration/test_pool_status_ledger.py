@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from caelum_mcp.ledger import Ledger, LedgerSummary
+from caelum_mcp.engine.ledger import Ledger, LedgerSummary
 
 from .test_platform import session
 

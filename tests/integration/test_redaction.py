@@ -12,10 +12,10 @@ from typing import Any
 from mcp import Client
 from mcp.types import CallToolResult, TextContent
 
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.hosts import Host
+from caelum_mcp.core.types import ChatRequest
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.engine.hosts import Host
 from caelum_mcp.tools.code.secrets import redact
-from caelum_mcp.types import ChatRequest
 
 from .test_development import _git, make_server, write
 

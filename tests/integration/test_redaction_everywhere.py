@@ -20,9 +20,9 @@ from fakes.fault_host import FaultHost
 from mcp import Client
 from mcp.types import TextContent
 
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.hosts import CircuitBreaker, Host
-from caelum_mcp.types import ChatRequest
+from caelum_mcp.core.types import ChatRequest
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.engine.hosts import CircuitBreaker, Host
 
 from .test_development import _git, make_server, write
 

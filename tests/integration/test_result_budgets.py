@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from caelum_mcp.budget import estimate_tokens
+from caelum_mcp.engine.budget import estimate_tokens
 
 from .test_platform import session
 

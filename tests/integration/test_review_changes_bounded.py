@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from caelum_mcp.budget import result_size
-from caelum_mcp.config import RESULT_TOKENS_CAP
+from caelum_mcp.engine.budget import result_size
+from caelum_mcp.engine.config import RESULT_TOKENS_CAP
 from caelum_mcp.supervisors.development.changes import (
     DIFF_EXCERPT_CHARS,
     EXCERPT_FILE_CHARS,

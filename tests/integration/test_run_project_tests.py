@@ -12,8 +12,8 @@ import pytest
 from fakes.escapees import escaping_suite, marked, until
 from pydantic import ValidationError
 
-from caelum_mcp.budget import result_size
-from caelum_mcp.config import RESULT_TOKENS_CAP
+from caelum_mcp.engine.budget import result_size
+from caelum_mcp.engine.config import RESULT_TOKENS_CAP
 from caelum_mcp.supervisors.development.project_tests import (
     FAILURES_TOKENS,
     TESTS_TOKENS,

@@ -91,8 +91,8 @@ async def test_the_server_state_opens_without_waiting_for_a_hung_host_and_tool_c
     that no embedded model is needed. ``ready`` (what tool calls wait for) comes once the first
     health checks' wait is over, the hung host then unknown. Before: the open waited the whole
     ``STARTUP_PROBE_WAIT_S`` for the hung host."""
-    from caelum_mcp.app import open_app
-    from caelum_mcp.config import load_config
+    from caelum_mcp.engine.config import load_config
+    from caelum_mcp.serving.app import open_app
 
     with FaultHost(fault=Fault("silent")) as hung, FaultHost() as healthy:
         config = load_config(

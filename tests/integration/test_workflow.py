@@ -18,13 +18,13 @@ import pytest
 from fakes.calibration_tables import write_calibrated_as_raw
 from mcp import Client
 
-from caelum_mcp.backends.scripted import ScriptedBackend, ScriptedReply
-from caelum_mcp.config import load_config
-from caelum_mcp.errors import ConfigError
-from caelum_mcp.hosts import Host
+from caelum_mcp.core.errors import ConfigError
+from caelum_mcp.core.types import ChatRequest
+from caelum_mcp.engine.backends.scripted import ScriptedBackend, ScriptedReply
+from caelum_mcp.engine.config import load_config
+from caelum_mcp.engine.hosts import Host
 from caelum_mcp.supervisors.workflow import BUILTIN_WORKFLOWS, WorkflowsSettings
 from caelum_mcp.tools.process import RUN_MARKER_VAR
-from caelum_mcp.types import ChatRequest
 
 from .test_development import PLANTED, make_server, write
 

@@ -16,7 +16,7 @@ import duckdb
 import openpyxl
 import pytest
 
-from caelum_mcp.errors import PathNotAllowedError
+from caelum_mcp.core.errors import PathNotAllowedError
 from caelum_mcp.tools.data.models import DataSourceError, SourceKind
 from caelum_mcp.tools.data.session import DataSession, SessionLimits
 from caelum_mcp.tools.data.sources import resolve_sources, table_name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from caelum_mcp.cache import ResultCache
+from caelum_mcp.engine.cache import ResultCache
 from caelum_mcp.tools.code.complexity import complexity
 from caelum_mcp.tools.code.security import security_scan
 

@@ -15,7 +15,7 @@ import anyio
 import numpy as np
 import pytest
 
-from caelum_mcp.errors import HostServerError, NoHostAvailableError
+from caelum_mcp.core.errors import HostServerError, NoHostAvailableError
 from caelum_mcp.tools.knowledge.indexer import embed_missing, paced_group_size, sync_index
 from caelum_mcp.tools.knowledge.ranking import fuse
 from caelum_mcp.tools.knowledge.retrieval import retrieve

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from caelum_mcp.errors import PathNotAllowedError
+from caelum_mcp.core.errors import PathNotAllowedError
 from caelum_mcp.tools.code.lint import lint, ruff_severity
 
 from .conftest import WriteProject, line_of

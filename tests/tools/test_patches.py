@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from caelum_mcp.errors import PathNotAllowedError
+from caelum_mcp.core.errors import PathNotAllowedError
 from caelum_mcp.tools.code.patches import Patch, check_patch, check_patches, edit_patch, ruff_fix_patches
 
 from .conftest import WriteProject, git, line_of

@@ -1,4 +1,4 @@
-"""The one redactor (caelum_mcp/redaction.py), family by family: each secret format comes back as its
+"""The one redactor (caelum_mcp/core/redaction.py), family by family: each secret format comes back as its
 short redacted form wherever it sits (a CSV cell, the middle of a log line, an ``.env`` line, prose),
 and what is not a secret (identifiers, hashes, paths, placeholders, references) comes back as it was.
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from caelum_mcp.redaction import (
+from caelum_mcp.core.redaction import (
     DETECT_SECRETS_LEFT_OUT,
     DETECT_SECRETS_PLUGINS,
     detect_secrets_plugin_names,
@@ -218,7 +218,7 @@ def test_log_lines_are_redacted_in_either_format(log_format: str, capsys: pytest
     """The text format used to pass its messages through unredacted (only JSON was)."""
     import logging
 
-    from caelum_mcp.logs import setup_logging
+    from caelum_mcp.core.logs import setup_logging
 
     setup_logging("info", log_format)  # type: ignore[arg-type]
     try:

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from caelum_mcp.cache import file_digest
+from caelum_mcp.engine.cache import file_digest
 from caelum_mcp.tools import safe_read
 from caelum_mcp.tools.code import deps, security, structure
 from caelum_mcp.tools.code.files import ProjectListing

@@ -12,7 +12,7 @@ import anyio
 import pytest
 from fakes.escapees import escaping_suite, marked, until
 
-from caelum_mcp.errors import PathNotAllowedError
+from caelum_mcp.core.errors import PathNotAllowedError
 from caelum_mcp.tools.code.tests_runner import BASE_TEST_ENV, clean_test_env, run_tests, trim_failure
 from caelum_mcp.tools.process import RUN_MARKER_VAR
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from caelum_mcp.errors import PathNotAllowedError
+from caelum_mcp.core.errors import PathNotAllowedError
 from caelum_mcp.tools.process import RUN_MARKER_VAR
 from caelum_mcp.tools.workflow import conditions, templates
 from caelum_mcp.tools.workflow.commands import program_search_path, run_workflow_command, server_program_folders

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 from pydantic import Field
 
-from caelum_mcp.types import Frozen
+from caelum_mcp.core.types import Frozen
 
 from ..paths import relative_posix, resolve_root
 from .analysers import ANALYSER_TIMEOUT_S, first_line, run_python_analyser

@@ -24,7 +24,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 from pydantic import Field
 
-from caelum_mcp.types import Frozen
+from caelum_mcp.core.types import Frozen
 
 from ..paths import relative_posix, resolve_root
 from ..process import CommandResult

@@ -18,7 +18,7 @@ from typing import Literal
 
 import anyio
 
-from caelum_mcp.types import Frozen
+from caelum_mcp.core.types import Frozen
 
 from ..paths import relative_posix, resolve_within, resolves_inside
 from ..process import CommandResult
@@ -240,7 +240,7 @@ async def select_files(root: Path, files: Iterable[str | Path] | None, suffixes:
     """The project files with one of ``suffixes`` that a tool should analyse.
 
     ``files=None`` means the whole project. Otherwise each entry (file or directory) must resolve
-    inside ``root`` (else :class:`~caelum_mcp.errors.PathNotAllowedError`); directories expand to
+    inside ``root`` (else :class:`~caelum_mcp.core.errors.PathNotAllowedError`); directories expand to
     the project files under them. Anything but a regular file (a FIFO, a socket) is left out.
     """
     wanted = tuple(s.lower() for s in suffixes)

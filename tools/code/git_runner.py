@@ -46,7 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from caelum_mcp.errors import CaelumError
+from caelum_mcp.core.errors import CaelumError
 
 from ..paths import resolves_inside
 from ..process import DEFAULT_MAX_OUTPUT_BYTES, CommandResult, run_command

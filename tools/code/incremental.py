@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 import anyio
 from pydantic import BaseModel, ValidationError
 
-from caelum_mcp.cache import file_digest
+from caelum_mcp.engine.cache import file_digest
 
 from ..safe_read import read_head
 from .models import AnalyzerError
@@ -32,7 +32,7 @@ MAX_CONFIG_BYTES = 1 << 20
 
 
 class PartStore(Protocol):
-    """Where parts live (``caelum_mcp.cache.ResultCache``); values are JSON text."""
+    """Where parts live (``caelum_mcp.engine.cache.ResultCache``); values are JSON text."""
 
     def get_parts(self, tool: str, keys: Sequence[str]) -> dict[str, str]: ...
 

@@ -18,8 +18,8 @@ from typing import Any, Literal
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from caelum_mcp.errors import PathNotAllowedError
-from caelum_mcp.types import Frozen
+from caelum_mcp.core.errors import PathNotAllowedError
+from caelum_mcp.core.types import Frozen
 
 from ..paths import relative_posix, resolve_within
 from ..safe_read import read_text

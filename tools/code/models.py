@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Literal, TypeVar
 
-from caelum_mcp.types import Frozen
+from caelum_mcp.core.types import Frozen
 
 Severity = Literal["info", "low", "medium", "high", "critical"]
 

@@ -25,8 +25,8 @@ from typing import Literal
 
 import anyio
 
-from caelum_mcp.errors import CaelumError, PathNotAllowedError
-from caelum_mcp.types import Frozen
+from caelum_mcp.core.errors import CaelumError, PathNotAllowedError
+from caelum_mcp.core.types import Frozen
 
 from ..paths import relative_posix, resolve_root, resolve_within
 from .analysers import ANALYSER_TIMEOUT_S, first_line, run_python_analyser

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from caelum_mcp.grounding import check_items, cited_list_schema, output_cap
-from caelum_mcp.llm import GroundingResult
+from caelum_mcp.core.llm import GroundingResult
+from caelum_mcp.engine.grounding import check_items, cited_list_schema, output_cap
 
 from ..safe_read import FileHead, ReadTimeoutError, off_loop, read_head
 from .models import Finding

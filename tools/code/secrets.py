@@ -1,8 +1,8 @@
 """Find hard-coded secrets in text files, reporting them redacted.
 
-Two kinds of evidence, both the rules of the one redactor (:mod:`caelum_mcp.redaction`):
+Two kinds of evidence, both the rules of the one redactor (:mod:`caelum_mcp.core.redaction`):
 
-- token formats that are unmistakable on their own (:data:`~caelum_mcp.redaction.TOKEN_RULES`:
+- token formats that are unmistakable on their own (:data:`~caelum_mcp.core.redaction.TOKEN_RULES`:
   Anthropic, OpenAI and AWS keys, GitHub, GitLab, Slack, Stripe, Google, Hugging Face and npm
   tokens, JWTs, bearer tokens; PEM private key blocks);
 - a quoted literal assigned to a secret-looking name (``password = "..."``, ``"api_key": "..."``,
@@ -14,7 +14,7 @@ Two kinds of evidence, both the rules of the one redactor (:mod:`caelum_mcp.reda
   confidence, not the severity.
 
 The secret itself never leaves this module: messages carry :func:`redact`'s short prefix only.
-:func:`redact_secrets` and :func:`redact_all` (re-exported from :mod:`caelum_mcp.redaction`) redact
+:func:`redact_secrets` and :func:`redact_all` (re-exported from :mod:`caelum_mcp.core.redaction`) redact
 any text: the server runs them over every tool result, log line, model prompt and store.
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from caelum_mcp.redaction import (
+from caelum_mcp.core.redaction import (
     ENV_ASSIGNMENT,
     QUOTED_ASSIGNMENT,
     TOKEN_RULES,

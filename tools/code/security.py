@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from pydantic import Field
 
-from caelum_mcp.types import Frozen
+from caelum_mcp.core.types import Frozen
 
 from ..paths import relative_posix, resolve_root
 from ..safe_read import is_regular_file, read_head, read_text

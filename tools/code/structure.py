@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import anyio
 
-from caelum_mcp.types import Frozen
+from caelum_mcp.core.types import Frozen
 
 from ..paths import resolve_root
 from ..safe_read import NotRegularFileError, read_head

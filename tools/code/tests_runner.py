@@ -24,9 +24,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from caelum_mcp.config import ToolsConfig
-from caelum_mcp.errors import PathNotAllowedError
-from caelum_mcp.types import Frozen
+from caelum_mcp.core.errors import PathNotAllowedError
+from caelum_mcp.core.types import Frozen
+from caelum_mcp.engine.config import ToolsConfig
 
 from ..paths import resolve_root, resolve_within
 from ..process import CommandResult, run_command

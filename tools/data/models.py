@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from caelum_mcp.errors import CaelumError
+from caelum_mcp.core.errors import CaelumError
 
 
 class DataSourceError(CaelumError):

@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import pydantic_core
 
-from caelum_mcp.budget import estimate_tokens
-from caelum_mcp.lazy_imports import lazy_module
+from caelum_mcp.core.lazy_imports import lazy_module
+from caelum_mcp.engine.budget import estimate_tokens
 
 from . import copies
 from .models import (
@@ -79,7 +79,7 @@ _LIST_ITEMS = 50  # items of a LIST/ARRAY cell shown
 @dataclass(frozen=True)
 class SessionLimits:
     """The caps of one session. ``rows_tokens`` bounds the rows a result brings back, as JSON
-    counted by :func:`caelum_mcp.budget.estimate_tokens` (the count every result is fitted by);
+    counted by :func:`caelum_mcp.engine.budget.estimate_tokens` (the count every result is fitted by);
     ``max_rows`` bounds their count."""
 
     timeout_s: float = 30.0

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-from caelum_mcp.errors import PathNotAllowedError
+from caelum_mcp.core.errors import PathNotAllowedError
 from caelum_mcp.tools.paths import resolve_project, resolve_within, shown
 
 from .models import DataSourceError, QueryTimeoutError, SourceKind
@@ -210,7 +210,7 @@ def _label(path: Path, roots: Sequence[Path]) -> str:
 
 def resolve_sources(specs: Sequence[str], roots: Sequence[Path]) -> ResolvedSources:
     """Every source in ``specs`` as :class:`SourceFile` s, in order; raises
-    :class:`~caelum_mcp.errors.PathNotAllowedError` for a path outside the roots and
+    :class:`~caelum_mcp.core.errors.PathNotAllowedError` for a path outside the roots and
     :class:`DataSourceError` for anything else that cannot be used."""
     allowed = tuple(roots)
     files: list[SourceFile] = []

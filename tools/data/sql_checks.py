@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from caelum_mcp.llm import GroundingResult
+from caelum_mcp.core.llm import GroundingResult
 
 from .models import QueryResult
 

@@ -29,7 +29,7 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from caelum_mcp.lazy_imports import lazy_module
+from caelum_mcp.core.lazy_imports import lazy_module
 
 from .models import SqlRejectedError
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import anyio
 
-from caelum_mcp.errors import CaelumError
-from caelum_mcp.types import Frozen
+from caelum_mcp.core.errors import CaelumError
+from caelum_mcp.core.types import Frozen
 
 from ..safe_read import read_head
 from .chunking import chunk_file
@@ -66,7 +66,7 @@ async def sync_index(
     """Update ``store`` from the files under ``root`` (resolved); see the module docstring.
 
     ``embedder`` with ``embedding_model`` (the model it uses) adds the missing vectors; an embedder
-    that fails with a :class:`~caelum_mcp.errors.CaelumError` leaves the index lexical, with the
+    that fails with a :class:`~caelum_mcp.core.errors.CaelumError` leaves the index lexical, with the
     reason in ``embedding_note``. With ``embed=False`` the vectors are left to the caller (e.g. a
     background task running :func:`embed_missing`): ``embedding_pending`` counts the chunks that
     lack one.

@@ -8,7 +8,7 @@ or a walk honouring ``.gitignore``; environments and caches never). Of those, th
 - lock files, minified bundles and source maps (large and useless to read);
 - files larger than ``max_bytes``, and binaries (a NUL byte in the first 8 KiB, or not UTF-8).
 
-What is kept passes the secrets redaction (:mod:`caelum_mcp.redaction`, the one every output and
+What is kept passes the secrets redaction (:mod:`caelum_mcp.core.redaction`, the one every output and
 store uses) before it is chunked, so a key written into a source file, a CSV cell or a log line is
 never stored in the index, shown in a snippet or sent to a model.
 """
@@ -21,8 +21,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from caelum_mcp.redaction import PRIVATE_KEY_MARKER, redact_secrets
-from caelum_mcp.types import Frozen
+from caelum_mcp.core.redaction import PRIVATE_KEY_MARKER, redact_secrets
+from caelum_mcp.core.types import Frozen
 
 from ..code.files import list_project_files
 from ..code.secrets import looks_binary

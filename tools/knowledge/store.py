@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-from caelum_mcp.damaged import move_sqlite_aside
+from caelum_mcp.core.damaged import move_sqlite_aside
 
 from .chunking import CHUNKING_VERSION, Chunk
 from .terms import FTS_TOKENIZER, fts_query, index_text

@@ -30,7 +30,7 @@ import anyio
 from anyio.abc import ByteStream
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from caelum_mcp.config import ToolsConfig
+from caelum_mcp.engine.config import ToolsConfig
 from caelum_mcp.tools.code.tests_runner import clean_test_env
 from caelum_mcp.tools.process import run_command
 

@@ -33,11 +33,11 @@ from pathlib import Path
 
 from pydantic import Field
 
-from caelum_mcp.config import ToolsConfig
+from caelum_mcp.core.types import Frozen
+from caelum_mcp.engine.config import ToolsConfig
 from caelum_mcp.tools.code.tests_runner import clean_test_env
 from caelum_mcp.tools.paths import resolve_within
 from caelum_mcp.tools.process import run_command
-from caelum_mcp.types import Frozen
 
 from . import templates
 
@@ -257,7 +257,7 @@ async def run_workflow_command(
 ) -> CommandOutcome:
     """Run ``argv`` in ``project`` (or ``cwd`` inside it); see the module docstring. A program
     that cannot be found or started is an outcome with ``error``, not an exception; a path
-    outside the project raises :class:`~caelum_mcp.errors.PathNotAllowedError`."""
+    outside the project raises :class:`~caelum_mcp.core.errors.PathNotAllowedError`."""
     folder = resolve_within(project, cwd or ".")
     env = command_env(project, pass_env)
     program = find_program(argv[0], project, env["PATH"])
