@@ -65,6 +65,7 @@ from caelum_mcp.core.types import ChatMessage, Tier, Usage
 from caelum_mcp.engine.calibration import (
     ANY,
     DEFAULT_PATH,
+    FEATURES,
     MIN_KIND_ROWS,
     MIN_ROWS,
     CalibrationEntry,
@@ -445,7 +446,7 @@ class Fits:
 # A kind whose dev rows come from at least this many sources has its fit's scope chosen by leaving
 # each source out in turn (below); with fewer, by the row-count rule.
 MIN_SOURCES = 3
-SCOPES = ("kind", "pooled, shifted", "pooled")
+SCOPES = ("kind", "pooled, shifted", "pooled", "level only")
 # Sources that are several different tasks: each of their groups counts as a source of its own.
 MULTI_TASK_SOURCES = frozenset({"bbh"})
 
@@ -462,10 +463,23 @@ def _log_loss(probs: Sequence[float], labels: Sequence[bool]) -> float:
     return -sum(math.log(p) if y else math.log(1 - p) for p, y in zip(clipped, labels, strict=True))
 
 
+def level_only(signals: Sequence[Signals], labels: Sequence[bool]) -> Calibrator | None:
+    """The kind's accuracy and nothing else (Platt-smoothed, every signal's weight 0): what a kind
+    whose signals do not carry from one source to another can honestly say; None without rows."""
+    valid = [bool(y) for s, y in zip(signals, labels, strict=True) if s.valid]
+    if len(valid) < MIN_KIND_ROWS:
+        return None
+    rate = (sum(valid) + 1) / (len(valid) + 2)
+    return Calibrator(
+        kind="logistic", features=FEATURES, weights=(0.0,) * len(FEATURES), bias=round(math.log(rate / (1 - rate)), 8)
+    )
+
+
 def _scope_fits(
     kind_signals: list[Signals], kind_labels: list[bool], pooled: Calibrator | None
 ) -> dict[str, Calibrator | None]:
-    """The base calibrator of each scope for one kind's rows (None where that scope cannot be fitted)."""
+    """The base calibrator of each scope for one kind's rows (None where that scope cannot be fitted).
+    "level only" is a candidate only where the scope is chosen by leaving sources out."""
     valid = sum(1 for s in kind_signals if s.valid)
     return {
         "kind": _fit_or_none(kind_signals, kind_labels, with_agreement=False),
@@ -473,11 +487,12 @@ def _scope_fits(
         if pooled is not None and valid >= MIN_KIND_ROWS
         else None,
         "pooled": pooled,
+        "level only": level_only(kind_signals, kind_labels),
     }
 
 
 def scope_by_leaving_sources_out(
-    dev: Sequence[tuple[str, Signals, bool]], sources: Sequence[str], kind: str
+    dev: Sequence[tuple[str, Signals, bool]], sources: Sequence[str], kind: str, *, apart: frozenset[str] = frozenset()
 ) -> tuple[str, dict[str, float]] | None:
     """Which scope predicts ``kind``'s dev rows best from the other sources: for each source of the
     kind, every scope is fitted without that source's rows of the kind (the pooled fit keeps the other
@@ -493,7 +508,8 @@ def scope_by_leaving_sources_out(
         held = [i for i in mine if sources[i] == name]
         rest = [i for i in range(len(dev)) if not (dev[i][0] == kind and sources[i] == name)]
         rest_kind = [i for i in rest if dev[i][0] == kind]
-        pooled = _fit_or_none([dev[i][1] for i in rest], [dev[i][2] for i in rest], with_agreement=False)
+        rest_pooled = [i for i in rest if dev[i][0] not in apart]
+        pooled = _fit_or_none([dev[i][1] for i in rest_pooled], [dev[i][2] for i in rest_pooled], with_agreement=False)
         fitted = _scope_fits([dev[i][1] for i in rest_kind], [dev[i][2] for i in rest_kind], pooled)
         for scope, calibrator in fitted.items():
             total = totals[scope]
@@ -515,13 +531,15 @@ def fit_kinds(
     *,
     drop: str | None = None,
     sources: Sequence[str] | None = None,
+    apart: frozenset[str] = frozenset(),
 ) -> Fits:
     """One fit per kind from its dev rows (pooled over every dev row where a kind has too few valid
     answers or only one label); ``drop`` leaves one signal out (the ablation). With ``sources`` (each
     dev row's, see :func:`source_of`), a kind whose dev rows span several sources takes the scope that
-    predicted each of them best from the others (:func:`scope_by_leaving_sources_out`)."""
-    all_signals = [without(s, drop) for _, s, _ in dev]
-    all_labels = [label for _, _, label in dev]
+    predicted each of them best from the others (:func:`scope_by_leaving_sources_out`). Kinds in
+    ``apart`` are left out of the pooled fit (:func:`kinds_apart`)."""
+    all_signals = [without(s, drop) for k, s, _ in dev if k not in apart]
+    all_labels = [label for k, _, label in dev if k not in apart]
     pooled_base = _fit_or_none(all_signals, all_labels, with_agreement=False)
     if pooled_base is None:
         raise SystemExit(
@@ -537,7 +555,7 @@ def fit_kinds(
         rows = [(s, label) for k, s, label in reduced if k == kind]
         signals, labels = [s for s, _ in rows], [label for _, label in rows]
         candidates = _scope_fits(signals, labels, pooled.base)
-        chosen = None if sources is None else scope_by_leaving_sources_out(reduced, sources, kind)
+        chosen = None if sources is None else scope_by_leaving_sources_out(reduced, sources, kind, apart=apart)
         if chosen is not None:
             scope, losses = chosen
             how = ", ".join(f"{name} {loss:.3f}" for name, loss in losses.items())
@@ -556,8 +574,10 @@ def fit_kinds(
             # the agreement fit's level moves to the kind as well: without it an answer whose
             # samples agree would read at the pooled level, whatever this kind's accuracy
             agree = None if pooled.with_agreement is None else shift_to_kind(pooled.with_agreement, signals, labels)
-        else:
+        elif scope == "pooled":
             agree = pooled.with_agreement
+        else:  # the level only: agreement would be a signal, and this kind's signals did not carry over
+            agree = None
         fits[kind] = KindFit(label, base, agree, len(rows))
     return Fits(fits, pooled)
 
@@ -601,9 +621,10 @@ def score_test(
     *,
     drop: str | None = None,
     sources: Mapping[str, str] | None = None,
+    apart: frozenset[str] = frozenset(),
 ) -> tuple[list[Scored], Fits]:
     dev, test = _dev_test(rows, agreement)
-    fits = fit_kinds(dev, [r["kind"] for r in rows], drop=drop, sources=dev_sources(rows, sources))
+    fits = fit_kinds(dev, [r["kind"] for r in rows], drop=drop, sources=dev_sources(rows, sources), apart=apart)
     scored = []
     for row, signals in test:
         reduced = without(signals, drop)
@@ -625,7 +646,11 @@ CV_FOLDS = 8
 
 
 def dev_cross_validation(
-    rows: Sequence[Mapping[str, Any]], agreement: Mapping[str, Mapping[str, Any]], *, folds: int = CV_FOLDS
+    rows: Sequence[Mapping[str, Any]],
+    agreement: Mapping[str, Mapping[str, Any]],
+    *,
+    folds: int = CV_FOLDS,
+    apart: frozenset[str] = frozenset(),
 ) -> dict[str, float]:
     """Log loss and Brier score of the calibrated P(correct) on the dev split, each dev row scored
     by fits on the other folds (a row's fold: a hash of its id): how a signal is judged without
@@ -639,7 +664,9 @@ def dev_cross_validation(
         if not held:
             continue
         fits = fit_kinds(
-            [(r["kind"], signals_of(r, agreement), bool(r["correct"])) for r in train], [r["kind"] for r in rows]
+            [(r["kind"], signals_of(r, agreement), bool(r["correct"])) for r in train],
+            [r["kind"] for r in rows],
+            apart=apart,
         )
         for r in held:
             probs[r["id"]] = probability(fits.kinds[r["kind"]], signals_of(r, agreement))
@@ -650,6 +677,31 @@ def dev_cross_validation(
         "log_loss": -sum(y * math.log(p) + (1 - y) * math.log(1 - p) for y, p in zip(labels, clipped, strict=True)) / n,
         "brier": sum((p - y) ** 2 for y, p in zip(labels, clipped, strict=True)) / n,
     }
+
+
+# A kind is fitted apart from the pooled fit only where that lowers the dev log loss by this much.
+APART_GAIN = 0.002
+
+
+def kinds_apart(rows: Sequence[Mapping[str, Any]], agreement: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The kinds whose rows the pooled fit (the ranking other kinds borrow) is better without: for
+    each kind, the dev cross-validated log loss of every kind's fits with the pooled fit made
+    without that kind, against with it; a kind whose leaving lowers it by :data:`APART_GAIN` is
+    kept apart (its signals rank answers differently from the rest, e.g. open questions with no
+    verifier). Reads dev rows only. Returns ``{"apart": frozenset, "log_loss": {...}}``."""
+    kinds = sorted({str(r["kind"]) for r in rows if r["split"] == "dev"})
+    base = dev_cross_validation(rows, agreement)["log_loss"]
+    losses = {"none": base}
+    apart = set()
+    for kind in kinds:
+        losses[kind] = dev_cross_validation(rows, agreement, apart=frozenset({kind}))["log_loss"]
+        if losses[kind] < base - APART_GAIN:
+            apart.add(kind)
+    if len(apart) > 1:
+        losses["together"] = dev_cross_validation(rows, agreement, apart=frozenset(apart))["log_loss"]
+        if losses["together"] >= min(losses[k] for k in apart):  # apart one by one, keep only the best
+            apart = {min(apart, key=lambda k: losses[k])}
+    return {"apart": frozenset(apart), "log_loss": losses}
 
 
 def _metrics(probs: Sequence[float], labels: Sequence[bool], threshold: float) -> dict[str, Any]:
@@ -668,7 +720,9 @@ def replay(
     """Every figure of ``--replay``, as a JSON-able dict; with ``prompt_chars`` (task id → characters
     of its prompt), also the local share and the estimated Claude cost against all-Claude."""
     by_id = {a["id"]: a for a in agreement}
-    scored, fits = score_test(rows, by_id, sources=sources)
+    chosen_apart = kinds_apart(rows, by_id)
+    apart = chosen_apart["apart"]
+    scored, fits = score_test(rows, by_id, sources=sources, apart=apart)
     if not scored:
         raise SystemExit("no test rows recorded yet: record some tasks of the test split first")
     kinds = sorted({s.kind for s in scored})
@@ -690,12 +744,13 @@ def replay(
         present.add("agreement")
     for name in OPTIONAL_SIGNALS:
         if name in present:
-            reduced, _ = score_test(rows, by_id, drop=name, sources=sources)
+            reduced, _ = score_test(rows, by_id, drop=name, sources=sources, apart=apart)
             ablation[f"without {name}"] = _metrics([s.final for s in reduced], labels, threshold)["auroc"]
     return {
         "model": rows[0]["model"] if rows else None,
         "threshold": threshold,
         "rows": {"dev": sum(r["split"] == "dev" for r in rows), "test": len(scored)},
+        "apart": {"kinds": sorted(apart), "dev_log_loss": chosen_apart["log_loss"]},
         "kinds": table,
         "ablation": ablation,
         "agreement_cost": agreement_cost(rows, by_id),
@@ -787,6 +842,11 @@ def print_replay(result: Mapping[str, Any], out: TextIO | None = None) -> None:
         f"test rows; threshold {threshold:.2f}",
         file=out,
     )
+    apart = result.get("apart")
+    if apart is not None:
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in apart["dev_log_loss"].items())
+        kept = ", ".join(apart["kinds"]) or "none"
+        print(f"kinds fitted apart from the pooled fit: {kept} (dev CV log loss, pooled without: {losses})", file=out)
     head = (
         f"{'kind':<15}{'n':>4}{'acc.':>7}{'AUROC raw→cal':>16}{'ECE raw→cal':>15}"
         f"{'clears raw→cal':>16}{'acc. of those raw→cal':>23}  fit"
@@ -843,7 +903,7 @@ def print_replay(result: Mapping[str, Any], out: TextIO | None = None) -> None:
 # --write-default --------------------------------------------------------------------------------
 
 
-# The rule the shipped table gives answers with nothing measured (caelum_mcp/calibration.py), kept
+# The rule the shipped table gives answers with nothing measured (caelum_mcp/engine/calibration.py), kept
 # with its note whichever entries a recording adds.
 _SHIPPED_PRIOR = Prior(
     note="An answer of a model x kind with no entry keeps its raw score but reads at most threshold - "
@@ -871,7 +931,7 @@ def write_default(
     unmeasured model falls back to (capped at what it measured), and ("*", "*") pooled over every
     kind. Without it, models other than this one keep the prior."""
     by_id = {a["id"]: a for a in agreement}
-    scored, fits = score_test(rows, by_id, sources=sources)
+    scored, fits = score_test(rows, by_id, sources=sources, apart=kinds_apart(rows, by_id)["apart"])
     model = str(rows[0]["model"])
     fitted_at = now_iso()
     source = f"bench/gate.py: fitted on the dev split of recordings/{model_slug(model)}.jsonl, measured on test"

@@ -441,7 +441,7 @@ def test_a_kind_from_several_sources_takes_the_scope_that_predicts_a_left_out_so
     chosen = gate.scope_by_leaving_sources_out(dev, sources, "general")
     assert chosen is not None
     scope, losses = chosen
-    assert set(losses) == {"kind", "pooled, shifted", "pooled"}  # each can be fitted without any one source
+    assert set(losses) == set(gate.SCOPES)  # each can be fitted without any one source
     assert scope != "pooled" and losses["pooled"] > losses[scope] == min(losses.values())
     # one source only (sql here): the row-count rule decides, as before
     assert gate.scope_by_leaving_sources_out(dev, sources, "sql") is None
@@ -456,3 +456,12 @@ def test_a_kind_from_several_sources_takes_the_scope_that_predicts_a_left_out_so
 def test_source_of_splits_big_bench_hard_by_subtask_and_keeps_other_sources_whole() -> None:
     assert gate.source_of({"source": "bbh", "group": "bbh:navigate"}) == "bbh:navigate"
     assert gate.source_of({"source": "gsm8k", "group": "gsm8k:test:40"}) == "gsm8k"
+
+
+def test_the_level_only_scope_says_the_kinds_accuracy_whatever_the_signals() -> None:
+    sure = Signals(valid=True, self_reported=0.99, token_mean=0.99, token_min=0.95)
+    unsure = Signals(valid=True, self_reported=0.2, token_mean=0.6, token_min=0.05)
+    calibrator = gate.level_only([sure, unsure] * 5, [True] * 3 + [False] * 7)
+    assert calibrator is not None
+    assert calibrator.probability(sure) == calibrator.probability(unsure) == pytest.approx(4 / 12)
+    assert gate.level_only([sure] * 3, [True] * 3) is None  # too few rows for even a level
