@@ -28,7 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "serving": ("core", "embedded", "engine", "supervisors", "tools"),
 }
 CROSSINGS = {
-    ("caelum_mcp/engine/config.py", "caelum_mcp.supervisors"): "a supervisor's own config section is "
+    ("caelum_mcp/engine/config/loading.py", "caelum_mcp.supervisors"): "a supervisor's own config section is "
     "validated when the config loads, by the model the supervisor declares (imported when a config "
     "is loaded, not at import: the supervisors import the config)",
 }
