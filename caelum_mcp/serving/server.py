@@ -51,6 +51,7 @@ from starlette.routing import Mount, Route
 from caelum_mcp import __version__
 from caelum_mcp.core.errors import CaelumError
 from caelum_mcp.core.logs import new_request_id
+from caelum_mcp.core.redaction import redact_secrets
 from caelum_mcp.core.schemas import compact_schema
 from caelum_mcp.engine.config import Config
 from caelum_mcp.engine.hosts import Host
@@ -62,7 +63,6 @@ from caelum_mcp.serving.metrics import metrics_port
 from caelum_mcp.serving.runtime import ToolRuntime, validate_arguments
 from caelum_mcp.supervisors import SUPERVISORS
 from caelum_mcp.supervisors.base import ExternalTool, ToolOutput
-from caelum_mcp.tools.code.secrets import redact_secrets
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
