@@ -37,15 +37,11 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-import anyio
-
 from caelum_mcp.core.confidence import ConfidenceParts, Signals
 from caelum_mcp.core.errors import BackendError, BudgetExceededError
 from caelum_mcp.core.llm import LLMTask
-from caelum_mcp.core.pricing import cost_usd
-from caelum_mcp.core.types import ChatRequest
 from caelum_mcp.engine.answers import parse_answer, validator_for
-from caelum_mcp.engine.ledger import CalibrationLabel, LabelSource, LedgerEntry, failed_call_row, model_call_row
+from caelum_mcp.engine.ledger import CalibrationLabel, LabelSource
 
 if TYPE_CHECKING:
     from caelum_mcp.engine.router import Router
@@ -56,8 +52,6 @@ log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 4
 # Relative tolerance for numbers to agree: a model writing 0.333 where Claude writes 0.3333 agrees.
 NUMBER_RTOL = 1e-3
-# The reservation of an audit outlives its time limit by this much before it lapses on its own.
-_RESERVATION_GRACE_S = 60.0
 _DROPPED_FIELD = "confidence"
 
 
@@ -235,7 +229,9 @@ class Auditor:
 
     async def _audit(self, task: LLMTask, schema: dict[str, Any], call_id: str | None, local: AnswerView) -> None:
         try:
-            reply = await self._ask_claude(task, schema, call_id)
+            reply = await self.router.claude_target.second_opinion(
+                task, self.router.needs(task), schema, call_id=call_id
+            )
         except BudgetExceededError as exc:  # calls in flight took what was left: no audit
             self.skipped += 1
             log.info("audit of %s skipped: %s", task.name, exc)
@@ -257,70 +253,6 @@ class Auditor:
             )
         except Exception:  # e.g. the ledger closed at shutdown
             log.exception("recording the audit label of %s failed", task.name)
-
-    async def _ask_claude(self, task: LLMTask, schema: dict[str, Any], call_id: str | None) -> tuple[str, str]:
-        """The task sent to Claude under a budget reservation; its reply's text and model. The call
-        is a ledger row (settled against the reservation) whatever happens."""
-        from caelum_mcp.engine import router as routing  # the router imports this module
-
-        router = self.router
-        claude, price = router.claude, router.claude_price
-        if claude is None or price is None:
-            raise BackendError("Claude is not configured")
-        needs = router.needs(task)
-        request = await routing.redacted_request(
-            ChatRequest(
-                model=router.config.claude.model,
-                messages=task.messages,
-                json_schema=schema,
-                max_tokens=min(needs.max_output_tokens, router.config.claude.max_tokens),
-            )
-        )
-        limit = needs.time_budget_s
-        bound = routing._cost_bound(request.messages, request.json_schema, request.max_tokens or 0, price)
-        reservation = router.budget.reserve(bound, ttl_s=limit + _RESERVATION_GRACE_S)
-        name = f"{task.name}:audit"
-        started = time.perf_counter()
-
-        def failure(error: str) -> LedgerEntry:
-            return failed_call_row(
-                task=name,
-                error=error,
-                provider=claude.kind,
-                host="claude",
-                model=request.model,
-                latency_ms=(time.perf_counter() - started) * 1000,
-                call_id=call_id,
-            )
-
-        try:
-            with anyio.fail_after(limit):
-                response = await claude.chat(request, limit_s=limit)
-        except BackendError as exc:
-            router.ledger.settle(reservation, failure(str(exc)))
-            raise
-        except BaseException as exc:
-            stopped = "timed out" if isinstance(exc, TimeoutError) else "stopped before Claude answered"
-            router.ledger.settle(reservation, failure(f"audit {stopped}"))
-            raise
-        priced = cost_usd(response.usage, price)
-        router.ledger.settle(
-            reservation,
-            model_call_row(
-                task=name,
-                path="claude",
-                provider=claude.kind,
-                host="claude",
-                model=request.model,
-                tier=None,
-                usage=response.usage,
-                latency_ms=(time.perf_counter() - started) * 1000,
-                cost=priced,
-                counterfactual=priced,
-                call_id=call_id,
-            ),
-        )
-        return response.content, request.model
 
 
 def _label_row(

@@ -300,6 +300,13 @@ class LedgerConfig(Section):
         description="postgresql://user:password@host:5432/dbname to share one ledger (and one Claude budget) "
         "between servers; leave it out for the SQLite file in the data folder",
     )
+    reservation_grace_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="seconds a Claude budget reservation outlives its call's deadline: what a server that dies "
+        "mid-call (kill -9, power loss) keeps holding of the shared budget until then",
+    )
 
     @field_validator("url")
     @classmethod

@@ -26,7 +26,7 @@ from caelum_mcp.engine.pool import Pool
 from caelum_mcp.engine.router.gate import Gate
 from caelum_mcp.engine.router.plan import Planner
 from caelum_mcp.engine.router.run import Candidate, Run
-from caelum_mcp.engine.router.targets import LocalTarget, Services, Target
+from caelum_mcp.engine.router.targets import ClaudeTarget, LocalTarget, Services, Target
 
 # The pool's deadline is the run's; the time budget's own cancel scope is only a backstop for a
 # step that does not honour it, this much later.
@@ -64,6 +64,11 @@ class Router:
         self.planner = Planner(services, calibration)
         self.gate = Gate(ledger, calibration, config.router)
         self.audit = Auditor(self)  # calibration labels: escalations, and a sample of local answers
+
+    @property
+    def claude_target(self) -> ClaudeTarget:
+        """The ladder's last rung: Claude under the budget (the audit asks it for labels)."""
+        return self.planner.claude
 
     @property
     def claude_price(self) -> ModelPrice | None:

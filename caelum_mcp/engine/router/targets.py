@@ -20,25 +20,22 @@ from __future__ import annotations
 import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
 from caelum_mcp.core.errors import AllHostsFailedError, BackendError, MalformedResponseError, NoHostAvailableError
 from caelum_mcp.core.llm import FinalPath, LLMTask, TaskNeeds, TextFn
-from caelum_mcp.core.pricing import ModelPrice
+from caelum_mcp.core.pricing import ModelPrice, cost_usd
 from caelum_mcp.core.types import ChatRequest, ChatResponse, Tier
 from caelum_mcp.engine.answers import with_schema_instruction
 from caelum_mcp.engine.backends.base import Backend
 from caelum_mcp.engine.config import Config
-from caelum_mcp.engine.ledger import BudgetGuard, Ledger
+from caelum_mcp.engine.ledger import BudgetGuard, Ledger, LedgerEntry, failed_call_row, model_call_row
 from caelum_mcp.engine.pool import CallTrace, Pool, Selection
-from caelum_mcp.engine.router.requests import cost_bound
+from caelum_mcp.engine.router.requests import cost_bound, redacted_request
 from caelum_mcp.engine.router.rows import answer_row, claude_failure_row, record_local_failures
 from caelum_mcp.engine.router.run import Candidate, Reply, Run
-
-# A Claude reservation outlives the run's deadline by this much before it lapses on its own.
-RESERVATION_GRACE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -275,7 +272,7 @@ class ClaudeTarget:
         left = run.time_left()
         reservation = self.services.budget.reserve(
             cost_bound(request.messages, request.json_schema, request.max_tokens or 0, price),
-            ttl_s=max(left, 0.0) + RESERVATION_GRACE_S,
+            ttl_s=max(left, 0.0) + self.services.config.ledger.reservation_grace_s,
         )
         started = time.perf_counter()
         try:
@@ -293,3 +290,54 @@ class ClaudeTarget:
         latency = (time.perf_counter() - started) * 1000
         reply.row_id = ledger.settle(reservation, answer_row(run, reply, local=False, latency_ms=latency, price=price))
         return reply
+
+    async def second_opinion(
+        self, task: LLMTask, needs: TaskNeeds, schema: dict[str, Any], *, call_id: str | None
+    ) -> tuple[str, str]:
+        """``task`` (with its ``needs``) sent to Claude for a label, not an answer (the audit,
+        :mod:`caelum_mcp.engine.audit`): redacted, under a budget reservation, within the task's
+        time budget; its reply's text and model. The call is a ledger row of its own, settled
+        against the reservation whatever happens: its task name ends in ``:audit`` and it has no
+        task kind (it answered nobody). Raises BudgetExceededError when the budget cannot take it,
+        BackendError or TimeoutError when Claude gives no answer."""
+        claude, price, ledger = self.services.claude, self.services.claude_price, self.services.ledger
+        if claude is None or price is None:
+            raise BackendError("Claude is not configured")
+        config = self.services.config
+        request = await redacted_request(
+            ChatRequest(
+                model=config.claude.model,
+                messages=task.messages,
+                json_schema=schema,
+                max_tokens=self.max_tokens(needs),
+            )
+        )
+        limit = needs.time_budget_s
+        bound = cost_bound(request.messages, request.json_schema, request.max_tokens or 0, price)
+        reservation = self.services.budget.reserve(bound, ttl_s=limit + config.ledger.reservation_grace_s)
+        name, started = f"{task.name}:audit", time.perf_counter()
+
+        def failure(error: str) -> LedgerEntry:
+            return failed_call_row(
+                task=name, error=error, provider=claude.kind, host="claude", model=request.model,
+                latency_ms=(time.perf_counter() - started) * 1000, call_id=call_id,
+            )  # fmt: skip
+
+        try:
+            with anyio.fail_after(limit):
+                response = await claude.chat(request, limit_s=limit)
+        except BackendError as exc:
+            ledger.settle(reservation, failure(str(exc)))
+            raise
+        except BaseException as exc:
+            stopped = "timed out" if isinstance(exc, TimeoutError) else "stopped before Claude answered"
+            ledger.settle(reservation, failure(f"audit {stopped}"))
+            raise
+        priced = cost_usd(response.usage, price)
+        row = model_call_row(
+            task=name, path="claude", provider=claude.kind, host="claude", model=request.model, tier=None,
+            usage=response.usage, latency_ms=(time.perf_counter() - started) * 1000, cost=priced,
+            counterfactual=priced, call_id=call_id,
+        )  # fmt: skip
+        ledger.settle(reservation, row)
+        return response.content, request.model
