@@ -1,4 +1,5 @@
-"""The README's worked example of a new supervisor runs as written (so the instructions stay true)."""
+"""The worked example of a new supervisor that README "Adding a supervisor" points to runs as written
+(so the instructions stay true)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,21 @@ from caelum_mcp.serving.app import open_app
 from caelum_mcp.serving.runtime import ToolRuntime
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+EXAMPLE = Path(__file__).resolve().parent / "examples" / "logs_supervisor.py"
 
 
 def example_module() -> types.ModuleType:
-    found = re.search(r"```python\n# supervisors/logs.py\n(.*?)```", README.read_text(), re.S)
-    assert found, "the README lost its worked example"
-    module = types.ModuleType("readme_logs_example")
-    code = compile(found.group(1), "README.md: supervisors/logs.py", "exec", dont_inherit=True)
-    exec(code, module.__dict__)
+    assert EXAMPLE.is_file(), "the worked example of a supervisor is gone"
+    module = types.ModuleType("logs_supervisor_example")
+    exec(compile(EXAMPLE.read_text(), str(EXAMPLE), "exec", dont_inherit=True), module.__dict__)
     return module
+
+
+def test_the_readme_points_to_the_example_supervisor_and_fits_on_one_screen() -> None:
+    found = re.search(r"^## Adding a supervisor\n(.*?)(?=^## )", README.read_text(), re.S | re.M)
+    assert found, "README has no '## Adding a supervisor' section"
+    assert "tests/examples/logs_supervisor.py" in found.group(0)
+    assert len(found.group(0).splitlines()) <= 50, "README's 'Adding a supervisor' no longer fits on one screen"
 
 
 def answer(request: ChatRequest) -> ScriptedReply:

@@ -193,20 +193,29 @@ async def test_each_kind_builds_its_backend_with_its_own_settings() -> None:
         assert isinstance(built, OpenAIBackend) and built.base_url == "http://127.0.0.1:8080"
 
 
-# the README's worked example -------------------------------------------------------------------
+# the worked example README "Adding a backend" points to ---------------------------------------------
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tgi_backend.py"
 
 
 def readme_backend() -> types.ModuleType:
-    found = re.search(r"```python\n# caelum_mcp/engine/backends/tgi.py\n(.*?)```", README.read_text(), re.S)
-    assert found, "the README lost its worked example of a backend"
-    module = types.ModuleType("readme_tgi_example")
-    exec(
-        compile(found.group(1), "README.md: caelum_mcp/engine/backends/tgi.py", "exec", dont_inherit=True),
-        module.__dict__,
-    )
+    assert EXAMPLE.is_file(), "the worked example of a backend is gone"
+    module = types.ModuleType("tgi_backend_example")
+    exec(compile(EXAMPLE.read_text(), str(EXAMPLE), "exec", dont_inherit=True), module.__dict__)
     return module
+
+
+def test_the_readme_points_to_the_example_backend_and_fits_on_one_screen() -> None:
+    section = readme_section("Adding a backend")
+    assert "tests/examples/tgi_backend.py" in section
+    assert len(section.splitlines()) <= 50, "README's 'Adding a backend' no longer fits on one screen"
+
+
+def readme_section(title: str) -> str:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    found = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", text, re.S | re.M)
+    assert found, f"README has no '## {title}' section"
+    return found.group(0)
 
 
 @pytest.fixture
