@@ -4,10 +4,12 @@ For measuring two versions side by side with one virtual environment: put this f
 PYTHONPATH and name the checkout, e.g.
 
     git worktree add /tmp/old a942097
-    (cd /tmp/old && CAELUM_TREE=/tmp/old PYTHONPATH=$OLDPWD/bench/reference $OLDPWD/.venv/bin/python bench/pool_overhead.py --stub-only)
+    cd /tmp/old && CAELUM_TREE=/tmp/old PYTHONPATH=$OLDPWD/bench/reference \
+        $OLDPWD/.venv/bin/python bench/pool_overhead.py --stub-only
 
 ``bench/side_by_side.sh`` alternates the pool and capacity benchmarks of two checkouts this way.
 """
+
 import importlib.util
 import os
 import pathlib
@@ -16,7 +18,11 @@ import sys
 _root = os.environ.get("CAELUM_TREE")
 if _root:
     root = pathlib.Path(_root).resolve()
-    MAP = {"caelum_mcp": root / "caelum_mcp", "caelum_mcp.supervisors": root / "supervisors", "caelum_mcp.tools": root / "tools"}
+    MAP = {
+        "caelum_mcp": root / "caelum_mcp",
+        "caelum_mcp.supervisors": root / "supervisors",
+        "caelum_mcp.tools": root / "tools",
+    }
 
     class _Finder:
         @classmethod
