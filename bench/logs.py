@@ -94,7 +94,9 @@ async def model_pass_decisions(state: Any, collected: CollectedLogs, mt: list[in
     from caelum_mcp.supervisors.base import ToolContext
     from caelum_mcp.supervisors.infrastructure.clusters import BATCH, cluster_pass
 
-    ctx = ToolContext(llm=BoundLLM(state.router), limits=state.config.tools, roots=(), state_dir=cache)
+    ctx = ToolContext(
+        llm=BoundLLM(state.router, embeddings=state.embeddings), limits=state.config.tools, roots=(), state_dir=cache
+    )
     found = candidates(collected.masked, mt, tm, collected.weights)
     decisions, step = await cluster_pass(ctx, found, limit=10_000, allow_claude=False)
     calls = 0 if step is None or step.status == "skipped" else -(-len(found) // BATCH)

@@ -39,6 +39,7 @@ from caelum_mcp.engine.backends.openai import OpenAIBackend
 from caelum_mcp.engine.backends.registry import BACKENDS, build_backend
 from caelum_mcp.engine.cache import ResultCache
 from caelum_mcp.engine.config import DEFAULT_OLLAMA_URL, Config
+from caelum_mcp.engine.embedding_service import EmbeddingService
 from caelum_mcp.engine.hosts import CircuitBreaker, Host
 from caelum_mcp.engine.ledger import Ledger
 from caelum_mcp.engine.pool import Pool, PoolPolicy
@@ -67,6 +68,7 @@ class AppState:
     claude: Backend | None
     cache: ResultCache
     pool_admin: PoolAdministration
+    embeddings: EmbeddingService  # one per server: every tool call embeds through it
     embedded: EmbeddedServer | None = None
     embedded_note: str = ""
     embedded_embeddings: EmbeddedServer | None = None
@@ -363,6 +365,7 @@ async def open_app(
         claude=claude,
         cache=cache,
         pool_admin=admin,
+        embeddings=EmbeddingService(pool, ledger),
     )
     try:
         async with anyio.create_task_group() as tg:

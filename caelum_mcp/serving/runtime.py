@@ -154,7 +154,7 @@ class ToolRuntime:
                 env = SupervisorEnv(
                     state_dir=self.state_dir(state, supervisor),
                     limits=state.config.tools,
-                    llm=BoundLLM(state.router),
+                    llm=BoundLLM(state.router, embeddings=state.embeddings),
                     cache=state.cache,
                     settings=self.settings_of(state, supervisor),
                 )
@@ -221,7 +221,7 @@ class ToolRuntime:
         state = self.require_state()
         call_id = call_id or uuid.uuid4().hex[:16]
         ctx = ToolContext(
-            llm=BoundLLM(state.router, call_id),
+            llm=BoundLLM(state.router, call_id, embeddings=state.embeddings),
             limits=state.config.tools,
             roots=roots,
             state_dir=self.state_dir(state, supervisor),
