@@ -9,10 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import postgres
 
 from caelum_mcp.engine.calibration import USER_FILE, CalibrationEntry, CalibrationTable, Calibrator, Signals
 from caelum_mcp.engine.ledger import CalibrationLabel, Ledger
 from caelum_mcp.serving.cli import main
+
+# Fixtures: the session's PostgreSQL server, and a database of its own for each test.
+postgres_server = postgres.postgres_server
+postgres_url = postgres.postgres_url
 
 
 @pytest.fixture
@@ -140,6 +145,20 @@ def test_no_labels_is_one_clear_line(data_dir: Path, capsys: pytest.CaptureFixtu
     assert code == 2 and out == ""
     (line,) = err.strip().splitlines()
     assert "no labelled answers to calibrate from" in line and "audit_rate" in line and "--recordings" in line
+
+
+@pytest.mark.slow
+def test_no_labels_in_a_postgresql_ledger_names_that_ledger_without_its_password(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, postgres_url: str
+) -> None:
+    url = postgres_url.replace("://caelum_test@", "://caelum_test:s3cret-pw@")  # trust auth ignores it
+    assert "s3cret-pw" in url
+    monkeypatch.setenv("CAELUM_LEDGER__URL", url)
+    code, out, err = calibrate(capsys)
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert "no labelled answers to calibrate from: the ledger postgresql://caelum_test:***@" in line, line
+    assert "s3cret-pw" not in line and "ledger.sqlite3" not in line
 
 
 def test_too_few_labels_says_which_pairs_and_writes_nothing(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

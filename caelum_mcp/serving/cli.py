@@ -473,15 +473,17 @@ def _calibrate(config: Config, args: argparse.Namespace) -> int:
 
     ledger_path = config.data_dir / "ledger.sqlite3"
     labelled = []
+    where = str(ledger_path)
     if config.ledger.url is not None or ledger_path.is_file():
         with Ledger.from_config(config) as ledger:
             labelled += ledger_labels(ledger)
+            where = ledger.location  # the PostgreSQL URL without its password, or the SQLite file
     from_ledger = len(labelled)
     for name in args.recordings:
         labelled += recorded_labels(Path(name).expanduser())
     if not labelled:
         raise CaelumError(
-            f"no labelled answers to calibrate from: the ledger {ledger_path} holds none"
+            f"no labelled answers to calibrate from: the ledger {where} holds none"
             + (" and the recordings none" if args.recordings else "")
             + "; with Claude configured set [router] audit_rate (e.g. 0.05) so local answers get labelled, "
             "or pass --recordings FILE.jsonl (bench/gate.py --record)"
