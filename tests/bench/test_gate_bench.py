@@ -453,9 +453,36 @@ def test_a_kind_from_several_sources_takes_the_scope_that_predicts_a_left_out_so
     assert fits.kinds["general"].base.probability(sure) < 0.25
 
 
-def test_source_of_splits_big_bench_hard_by_subtask_and_keeps_other_sources_whole() -> None:
-    assert gate.source_of({"source": "bbh", "group": "bbh:navigate"}) == "bbh:navigate"
+def test_a_source_is_a_whole_file_even_one_of_several_subtasks() -> None:
+    assert gate.source_of({"source": "bbh", "group": "bbh:navigate"}) == "bbh"
     assert gate.source_of({"source": "gsm8k", "group": "gsm8k:test:40"}) == "gsm8k"
+
+
+def test_two_sources_are_enough_to_choose_a_scope_by_leaving_one_out() -> None:
+    # general from two files, bbh (unsure answers, 60 % right) and gsm8k (sure answers, 5 % right):
+    # each left out in turn is predicted from the other, and the choice says so.
+    dev: list[tuple[str, Signals, bool]] = []
+    sources: list[str] = []
+    for i in range(48):
+        family = "bbh" if i < 24 else "gsm8k"
+        mean = (0.80 if family == "bbh" else 0.97) + (i * 7 % 10) / 1000
+        right = (i % 5 < 3) if family == "bbh" else i == 30
+        dev.append(("general", Signals(valid=True, self_reported=0.9, token_mean=mean, token_min=mean - 0.3), right))
+        sources.append(family)
+    for i in range(40):  # another kind, so the pooled fit exists
+        sure = i % 2 == 0
+        dev.append(("sql", Signals(valid=True, self_reported=0.9, token_mean=0.97 if sure else 0.8), sure))
+        sources.append("chinook")
+    chosen = gate.scope_by_leaving_sources_out(dev, sources, "general")
+    assert chosen is not None
+    scope, losses = chosen
+    assert set(losses) == set(gate.SCOPES) and losses[scope] == min(losses.values())
+    assert (
+        gate.fit_kinds(dev, ["general", "sql"], sources=sources)
+        .kinds["general"]
+        .scope.startswith(f"{scope}, by leaving each source out")
+    )
+    assert gate.scope_by_leaving_sources_out(dev, sources, "sql") is None  # one source: the row-count rule
 
 
 def test_the_level_only_scope_says_the_kinds_accuracy_whatever_the_signals() -> None:
