@@ -8,7 +8,6 @@ token (embedded model off, so it costs no CPU; tools/list and pool_status still 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from fakes.served import free_port, wait_healthy
 from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
@@ -48,17 +48,6 @@ class Served:
         return f"{self.base}/mcp"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def tail(path: Path, limit: int = 4000) -> str:
-    return path.read_bytes()[-limit:].decode(errors="replace") if path.exists() else ""
-
-
 def start_server(tmp: Path, env_extra: dict[str, str], host: str = "127.0.0.1") -> Iterator[Served]:
     # HOME beside the working folder, not inside it: a folder above home is never a default root.
     home = tmp.parent / f"{tmp.name}-home"
@@ -77,19 +66,7 @@ def start_server(tmp: Path, env_extra: dict[str, str], host: str = "127.0.0.1") 
         proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, cwd=tmp)
     served = Served(f"http://{host}:{port}", proc, log)
     try:
-        deadline = time.monotonic() + 45
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{tail(log)}")
-            try:
-                # 200 once a model host is healthy, 503 while none is: either way it is serving.
-                if httpx2.get(f"{served.base}/health", timeout=2).status_code in (200, 503):
-                    break
-            except httpx2.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server did not answer /health within 45 s:\n{tail(log)}")
-            time.sleep(0.2)
+        wait_healthy(proc, served.base, log, deadline=time.monotonic() + 45)
         yield served
     finally:
         proc.terminate()

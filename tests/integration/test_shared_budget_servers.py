@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx2
 import pytest
 from fakes import postgres
 from fakes.fault_host import Fault, FaultHost
+from fakes.served import free_port, wait_healthy
 from mcp import Client
 from mcp.types import TextContent
 
@@ -60,13 +59,6 @@ class Server:
 
     def tail(self) -> str:
         return self.log.read_bytes()[-3000:].decode(errors="replace") if self.log.exists() else ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def write_config(folder: Path, *, data: Path, ledger_url: str | None, local: str, claude: str, model: str) -> Path:
@@ -125,20 +117,6 @@ def start(name: str, config: Path, home: Path) -> Server:
     return Server(name, model, proc, f"http://127.0.0.1:{port}", log)
 
 
-def wait_serving(server: Server, deadline: float) -> None:
-    while True:
-        if server.proc.poll() is not None:
-            pytest.fail(f"{server.name} exited with {server.proc.returncode}:\n{server.tail()}")
-        try:
-            if httpx2.get(f"{server.url}/health", timeout=2).status_code in (200, 503):
-                return
-        except httpx2.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"{server.name} did not answer /health within 60 s:\n{server.tail()}")
-        time.sleep(0.2)
-
-
 @pytest.fixture(params=["postgres", "sqlite"])
 def ledger_url(request: pytest.FixtureRequest) -> str | None:
     """The shared ledger: a PostgreSQL database, or None for the SQLite file in a shared data folder."""
@@ -189,7 +167,7 @@ def servers(
                 started.append(start(f"s{i}", config, home))
             deadline = time.monotonic() + 60
             for server in started:
-                wait_serving(server, deadline)
+                wait_healthy(server.proc, server.url, server.log, deadline=deadline, name=server.name)
             yield started, local
         finally:
             for server in started:
