@@ -408,8 +408,24 @@ TRIAGE_SYSTEMS: dict[str, tuple[set[str], set[str]]] = {
 }
 
 
+# Private-range IPv4 addresses in the logs (HDFS and Hadoop hosts): the project's files hold none,
+# so each is written as a loopback address, the same one for the same host within a system's log.
+_PRIVATE_IP = re.compile(r"(?<![\d.])(?:10\.\d{1,3}|172\.(?:1[6-9]|2\d|3[01])|192\.168)\.\d{1,3}\.\d{1,3}(?![\d.])")
+
+
+def _loopback_hosts(lines: list[str]) -> list[str]:
+    seen: dict[str, str] = {}
+
+    def loopback(found: re.Match[str]) -> str:
+        n = seen.setdefault(found.group(0), str(len(seen) + 1))
+        return f"127.0.{int(n) // 250}.{int(n) % 250 + 1}"
+
+    return [_PRIVATE_IP.sub(loopback, line) for line in lines]
+
+
 def _loghub(system: str) -> tuple[list[str], list[dict[str, str]]]:
-    raw = (LOGHUB / system / f"{system}_2k.log").read_text(encoding="utf-8", errors="replace").splitlines()
+    text = (LOGHUB / system / f"{system}_2k.log").read_text(encoding="utf-8", errors="replace")
+    raw = _loopback_hosts(text.splitlines())
     with (LOGHUB / system / f"{system}_2k.log_structured.csv").open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     if len(raw) != len(rows):
