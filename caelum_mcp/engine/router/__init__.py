@@ -64,7 +64,7 @@ from caelum_mcp.engine.router.plan import TIER_SIZES
 from caelum_mcp.engine.router.requests import cost_bound, redacted_request
 from caelum_mcp.engine.router.targets import ClaudeTarget, LocalTarget, Target
 
-# The name the audit and the tests have used for the Claude cost bound.
+# The name the tests use for the Claude cost bound.
 _cost_bound = cost_bound
 
 __all__ = ["TIER_SIZES", "ClaudeTarget", "LocalTarget", "Router", "Target", "redacted_request"]
