@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.served import tail
 from mcp import Client, StdioServerParameters
 
 from .test_development import PLANTED, write
-from .test_mcp_http import start_server, tail
+from .test_mcp_http import start_server
 
 pytestmark = pytest.mark.slow
 
