@@ -1,7 +1,8 @@
-"""Issue 23's done-when: four server processes on one ledger, 40 concurrent escalations against a
-$0.02 daily budget. Spent never passes the budget; a process killed with SIGKILL mid-run loses no
-row it committed, and its open reservation stops counting at its deadline. On PostgreSQL (the
-ledger servers share) and on one SQLite file."""
+"""The ledger's half of issue 23's done-when (the whole of it, with four real servers over MCP, is
+``tests/integration/test_shared_budget_servers.py``): four processes on one ledger, 40 concurrent
+escalations against a $0.02 daily budget, made straight on the Ledger API. Spent never passes the
+budget; a process killed with SIGKILL mid-run loses no row it committed, and its open reservation
+stops counting at its deadline. On PostgreSQL (the ledger servers share) and on one SQLite file."""
 
 from __future__ import annotations
 
