@@ -42,7 +42,11 @@ SAMPLE_LAYOUTS: dict[str, list[str]] = {
     ],
     "apache": [
         f"[Sun Dec 04 04:{i % 60:02d}:44 2005] [{('notice', 'error')[i % 2]}] "
-        + (f"jk2_init() Found child {6725 + i} in scoreboard slot 10" if i % 3 else "[client 127.0.0.1] Directory index")
+        + (
+            f"jk2_init() Found child {6725 + i} in scoreboard slot 10"
+            if i % 3
+            else "[client 127.0.0.1] Directory index"
+        )
         for i in range(40)
     ],
     "proxifier": [
