@@ -35,6 +35,7 @@ from typing import Any
 import jsonschema
 
 from caelum_mcp.core.llm import GroundingCheck, GroundingResult, TaskKind
+from caelum_mcp.tools.logs.formats import LEVELS, canonical_level
 
 DATA = Path(__file__).resolve().parent / "data" / "gate"
 TASKS_DIR = DATA / "tasks"
@@ -345,25 +346,86 @@ def _verify_line_in_listing(task: GateTask, output: Mapping[str, Any]) -> Ground
     return GroundingResult(score=1.0)
 
 
+# a level word standing alone (not inside a dotted name such as ``log.error`` or ``ERROR_CODE``)
+_LEVEL_WORD = re.compile(
+    r"(?<![\w.])(TRACE|DEBUG|INFO|NOTICE|WARN|WARNING|ERROR|ERR|SEVERE|CRIT|CRITICAL|FATAL)(?![\w.])"
+)
+
+
+def line_severity(line: str) -> int:
+    """How severe a log line is by its first level word: 0 for critical (FATAL), 1 error, 2 warning,
+    3 info, 4 debug, 5 when it has none (the log reader's :data:`caelum_mcp.tools.logs.formats.LEVELS` order)."""
+    match = _LEVEL_WORD.search(line)
+    level = canonical_level(match.group(1)) if match else None
+    return LEVELS.index(level) if level in LEVELS else len(LEVELS)
+
+
 def _verify_triage(task: GateTask, output: Mapping[str, Any]) -> GroundingResult:
+    """Half for naming the component that is on the blamed line, half for blaming a line at the
+    excerpt's worst severity (a failure is not an INFO line beside an ERROR one)."""
     line = as_int(output.get("line"))
     excerpt = _excerpt_lines(task.prompt)
     if line is None or line not in excerpt or line > int(task.verifier_spec["lines"]):
         return GroundingResult(score=0.0, problems=(f"line {output.get('line')!r} is not in the excerpt",))
+    problems: list[str] = []
     names = component_names(output.get("component", ""))
     if not names or not all(name in excerpt[line].casefold() for name in names):
-        return GroundingResult(score=0.5, problems=(f"component {output.get('component')!r} is not on line {line}",))
-    return GroundingResult(score=1.0)
+        problems.append(f"component {output.get('component')!r} is not on line {line}")
+    worst = min(line_severity(text) for number, text in excerpt.items() if number <= int(task.verifier_spec["lines"]))
+    if line_severity(excerpt[line]) > worst:
+        problems.append(f"line {line} is less severe than the excerpt's worst line")
+    return GroundingResult(score=1.0 - 0.5 * len(problems), problems=tuple(problems))
+
+
+# a value that stops here, or starts here, is part of a longer token: ``18:04:01`` of
+# ``18:04:01,721``, ``sshd`` of ``sshd(pam_unix)``, ``LeaseRenewer`` of ``org.apache.hadoop.hdfs.LeaseRenewer``
+_JOINERS = ",.(_$-"
+_CONTINUES = re.compile(rf"\w|[{re.escape(_JOINERS)}]\w")
+
+
+def _continued(before: str) -> bool:
+    """Whether the (up to) two characters ``before`` a value carry a token on into it."""
+    if not before:
+        return False
+    last = before[-1]
+    return (
+        last.isalnum()
+        or last == "_"
+        or (len(before) == 2 and last in _JOINERS and (before[0].isalnum() or before[0] == "_"))
+    )
+
+
+def cut_from_a_token(value: str, text: str) -> bool:
+    """True when ``value`` occurs in ``text`` (ignoring case) only as a piece of a longer token: the
+    answer was asked to copy a value exactly as written and copied part of it. False when it occurs
+    whole somewhere, or not at all as written (a value matched only after normalising punctuation,
+    ``18:01:53.885`` for ``18:01:53,885``, is judged by the containment check alone)."""
+    needle, haystack = value.casefold().strip(), text.casefold()
+    if not needle:
+        return False
+    found = False
+    start = haystack.find(needle)
+    while start >= 0:
+        found = True
+        end = start + len(needle)
+        if not _CONTINUES.match(haystack[end : end + 2]) and not _continued(haystack[max(0, start - 2) : start]):
+            return False
+        start = haystack.find(needle, start + 1)
+    return found
 
 
 def _verify_values_in_prompt(task: GateTask, output: Mapping[str, Any]) -> GroundingResult:
+    """Every field's value occurs in the prompt (after normalising case, punctuation and spaces),
+    and is not a piece cut from a longer token of it."""
     body = compact(task.prompt)
     fields = list(task.schema["properties"])
-    problems = [
-        f"{field}: {output.get(field)!r} is not in the text"
-        for field in fields
-        if not compact(output.get(field, "")) or compact(output.get(field, "")) not in body
-    ]
+    problems: list[str] = []
+    for field in fields:
+        value = output.get(field, "")
+        if not compact(value) or compact(value) not in body:
+            problems.append(f"{field}: {value!r} is not in the text")
+        elif cut_from_a_token(str(value), task.prompt):
+            problems.append(f"{field}: {value!r} is only part of a longer value in the text")
     return GroundingResult(score=(len(fields) - len(problems)) / len(fields), problems=tuple(problems))
 
 

@@ -152,24 +152,61 @@ def test_verifiers_use_only_the_prompt() -> None:
     triage = next(task for task in TASKS if task.grader == "triage_line_component")
     check = gt.grounding_check(triage)
     assert check is not None
+    excerpt = gt._excerpt_lines(triage.prompt)
     other_line = triage.gold["line"] % 6 + 1
-    # the gold component is on the gold line; a line that exists but does not name it half-grounds
+    # half for the component being on the blamed line, half for that line being as severe as the
+    # excerpt's worst (the gold line is the one failing line, so another line is less severe)
+    assert gt.line_severity(excerpt[other_line]) > gt.line_severity(excerpt[triage.gold["line"]])
     named_elsewhere = all(
-        name in gt._excerpt_lines(triage.prompt)[other_line].casefold()
-        for name in gt.component_names(triage.gold["component"])
+        name in excerpt[other_line].casefold() for name in gt.component_names(triage.gold["component"])
     )
     result = check({"line": other_line, "component": triage.gold["component"]})
-    assert result.score == (1.0 if named_elsewhere else 0.5)
+    assert result.score == (0.5 if named_elsewhere else 0.0)
+    assert any("less severe" in problem for problem in result.problems)
+    wrong_component = check({"line": triage.gold["line"], "component": "NoSuchLogger"})
+    assert wrong_component.score == 0.5 and "not on line" in wrong_component.problems[0]
     assert check({"line": 7, "component": triage.gold["component"]}).score == 0.0
     extraction = next(task for task in TASKS if task.grader == "fields" and task.kind == "extraction")
     check = gt.grounding_check(extraction)
     assert check is not None
     invented = {key: "zzqx" for key in extraction.schema["properties"]}
     assert check(invented).score == 0.0
+    # a value copied short (the time without its milliseconds, a class without its package) is in
+    # the text yet not as written: that field fails, the others pass
+    cut = {**gt.gold_output(extraction)}
+    longest = max(cut, key=lambda key: len(str(cut[key])))
+    cut[longest] = str(cut[longest])[:-2]
+    result = check(cut)
+    fields = len(extraction.schema["properties"])
+    assert result.score == (fields - 1) / fields and "part of a longer value" in result.problems[0]
     review = next(task for task in TASKS if task.grader == "line")
     check = gt.grounding_check(review)
     assert check is not None
     assert check({"line": 999}).score == 0.0
+
+
+def test_a_value_cut_from_a_longer_token_is_told_from_a_whole_one() -> None:
+    line = (
+        "2015-10-18 18:04:01,721 INFO [RMCommunicator Allocator] org.apache.hadoop.hdfs.LeaseRenewer: x\n"
+        "sshd(pam_unix)[13318]"
+    )
+    for piece in ("18:04:01", "LeaseRenewer", "sshd", "2015", "hadoop.hdfs"):
+        assert gt.cut_from_a_token(piece, line), piece
+    for whole in ("18:04:01,721", "org.apache.hadoop.hdfs.LeaseRenewer", "sshd(pam_unix)", "13318", "INFO"):
+        assert not gt.cut_from_a_token(whole, line), whole
+    assert not gt.cut_from_a_token("RMCommunicator Allocator", line)  # whole, if the wrong field: not this check's
+    assert not gt.cut_from_a_token("18:04:01.721", line)  # not as written: the containment check judges it
+    assert not gt.cut_from_a_token("info", line)  # case is not a cut
+    assert [
+        gt.line_severity(text) for text in ("a FATAL b", "x ERROR y", "WARN z", "INFO q", "DEBUG r", "log.error s")
+    ] == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
 
 
 def test_result_sets_compare_as_multisets_unless_ordered() -> None:
