@@ -66,6 +66,7 @@ from caelum_mcp.engine.calibration import (
     ANY,
     DEFAULT_PATH,
     FEATURES,
+    L2,
     MIN_KIND_ROWS,
     MIN_ROWS,
     CalibrationEntry,
@@ -425,14 +426,16 @@ class KindFit:
     dev_rows: int
 
 
-def _fit_or_none(signals: list[Signals], labels: list[bool], *, with_agreement: bool) -> Calibrator | None:
+def _fit_or_none(
+    signals: list[Signals], labels: list[bool], *, with_agreement: bool, l2: float = L2
+) -> Calibrator | None:
     """A fit, or None where too few valid answers (or only right or only wrong ones) were recorded."""
     valid = [label for s, label in zip(signals, labels, strict=True) if s.valid]
     if with_agreement:
         valid = [label for s, label in zip(signals, labels, strict=True) if s.valid and s.agreement is not None]
     if len(valid) < MIN_ROWS or len(set(valid)) < 2:
         return None
-    return fit(signals, labels, with_agreement=with_agreement)
+    return fit(signals, labels, with_agreement=with_agreement, l2=l2)
 
 
 @dataclass
@@ -475,13 +478,13 @@ def level_only(signals: Sequence[Signals], labels: Sequence[bool]) -> Calibrator
 
 
 def _scope_fits(
-    kind_signals: list[Signals], kind_labels: list[bool], pooled: Calibrator | None
+    kind_signals: list[Signals], kind_labels: list[bool], pooled: Calibrator | None, *, l2: float = L2
 ) -> dict[str, Calibrator | None]:
     """The base calibrator of each scope for one kind's rows (None where that scope cannot be fitted).
     "level only" is a candidate only where the scope is chosen by leaving sources out."""
     valid = sum(1 for s in kind_signals if s.valid)
     return {
-        "kind": _fit_or_none(kind_signals, kind_labels, with_agreement=False),
+        "kind": _fit_or_none(kind_signals, kind_labels, with_agreement=False, l2=l2),
         "pooled, shifted": shift_to_kind(pooled, kind_signals, kind_labels)
         if pooled is not None and valid >= MIN_KIND_ROWS
         else None,
@@ -491,7 +494,12 @@ def _scope_fits(
 
 
 def scope_by_leaving_sources_out(
-    dev: Sequence[tuple[str, Signals, bool]], sources: Sequence[str], kind: str, *, apart: frozenset[str] = frozenset()
+    dev: Sequence[tuple[str, Signals, bool]],
+    sources: Sequence[str],
+    kind: str,
+    *,
+    apart: frozenset[str] = frozenset(),
+    l2: float = L2,
 ) -> tuple[str, dict[str, float]] | None:
     """Which scope predicts ``kind``'s dev rows best from the other sources: for each source of the
     kind, every scope is fitted without that source's rows of the kind (the pooled fit keeps the other
@@ -508,8 +516,10 @@ def scope_by_leaving_sources_out(
         rest = [i for i in range(len(dev)) if not (dev[i][0] == kind and sources[i] == name)]
         rest_kind = [i for i in rest if dev[i][0] == kind]
         rest_pooled = [i for i in rest if dev[i][0] not in apart]
-        pooled = _fit_or_none([dev[i][1] for i in rest_pooled], [dev[i][2] for i in rest_pooled], with_agreement=False)
-        fitted = _scope_fits([dev[i][1] for i in rest_kind], [dev[i][2] for i in rest_kind], pooled)
+        pooled = _fit_or_none(
+            [dev[i][1] for i in rest_pooled], [dev[i][2] for i in rest_pooled], with_agreement=False, l2=l2
+        )
+        fitted = _scope_fits([dev[i][1] for i in rest_kind], [dev[i][2] for i in rest_kind], pooled, l2=l2)
         for scope, calibrator in fitted.items():
             total = totals[scope]
             if total is None or calibrator is None:
@@ -531,34 +541,57 @@ def fit_kinds(
     drop: str | None = None,
     sources: Sequence[str] | None = None,
     apart: frozenset[str] = frozenset(),
+    l2: float = L2,
 ) -> Fits:
     """One fit per kind from its dev rows (pooled over every dev row where a kind has too few valid
     answers or only one label); ``drop`` leaves one signal out (the ablation). With ``sources`` (each
-    dev row's, see :func:`source_of`), a kind whose dev rows span several sources takes the scope that
-    predicted each of them best from the others (:func:`scope_by_leaving_sources_out`). Kinds in
+    dev row's, see :func:`source_of`), a kind whose dev rows span several sources takes the scope and
+    the L2 penalty (of :data:`PENALTIES`; ties go to ``l2``) that predicted each of them best from the
+    others (:func:`scope_by_leaving_sources_out`). Kinds in
     ``apart`` are left out of the pooled fit (:func:`kinds_apart`)."""
     all_signals = [without(s, drop) for k, s, _ in dev if k not in apart]
     all_labels = [label for k, _, label in dev if k not in apart]
-    pooled_base = _fit_or_none(all_signals, all_labels, with_agreement=False)
+    pooled_base = _fit_or_none(all_signals, all_labels, with_agreement=False, l2=l2)
     if pooled_base is None:
         raise SystemExit(
             f"cannot fit: {len(dev)} dev rows ({sum(s.valid for s in all_signals)} valid, {sum(all_labels)} right); "
             "a fit needs at least 20 valid answers, right and wrong ones (record more tasks first)"
         )
     pooled = KindFit(
-        "pooled", pooled_base, _fit_or_none(all_signals, all_labels, with_agreement=True), len(all_signals)
+        "pooled", pooled_base, _fit_or_none(all_signals, all_labels, with_agreement=True, l2=l2), len(all_signals)
     )
     reduced = [(k, without(s, drop), label) for k, s, label in dev]
+    pooled_at: dict[float, KindFit] = {l2: pooled}
+
+    def pooled_with(penalty: float) -> KindFit:
+        if penalty not in pooled_at:
+            base = _fit_or_none(all_signals, all_labels, with_agreement=False, l2=penalty)
+            assert base is not None  # the same rows fitted at the default penalty
+            agree = _fit_or_none(all_signals, all_labels, with_agreement=True, l2=penalty)
+            pooled_at[penalty] = KindFit("pooled", base, agree, len(all_signals))
+        return pooled_at[penalty]
+
     fits = {}
     for kind in sorted(set(kinds)):
         rows = [(s, label) for k, s, label in reduced if k == kind]
         signals, labels = [s for s, _ in rows], [label for _, label in rows]
-        candidates = _scope_fits(signals, labels, pooled.base)
-        chosen = None if sources is None else scope_by_leaving_sources_out(reduced, sources, kind, apart=apart)
+        penalty = l2
+        chosen = None
+        if sources is not None:
+            # scope and penalty together: a sharper fit may rank the kind's other sources better
+            # or carry one source's quirks to the next, and only leaving sources out tells which
+            tried = {p: scope_by_leaving_sources_out(reduced, sources, kind, apart=apart, l2=p) for p in PENALTIES}
+            scored = {p: got for p, got in tried.items() if got is not None}
+            if scored:
+                penalty = min(scored, key=lambda p: (scored[p][1][scored[p][0]], p != l2, p))
+                chosen = scored[penalty]
+        kind_pooled = pooled_with(penalty)
+        candidates = _scope_fits(signals, labels, kind_pooled.base, l2=penalty)
         if chosen is not None:
             scope, losses = chosen
             how = ", ".join(f"{name} {loss:.3f}" for name, loss in losses.items())
-            label = f"{scope}, by leaving each source out (log loss {how})"
+            others = ", ".join(f"{p:g} {min(got[1].values()):.3f}" for p, got in scored.items() if p != penalty)
+            label = f"{scope} at L2 {penalty:g}, by leaving each source out (log loss {how}; best at L2 {others})"
         else:
             # The row-count rule: a fit of its own where there are rows enough; else the pooled
             # ranking with its level moved to this kind's accuracy where there are enough rows for
@@ -568,13 +601,17 @@ def fit_kinds(
         base = candidates[scope]
         assert base is not None  # the pooled scope always exists here
         if scope == "kind":
-            agree = _fit_or_none(signals, labels, with_agreement=True) or pooled.with_agreement
+            agree = _fit_or_none(signals, labels, with_agreement=True, l2=penalty) or kind_pooled.with_agreement
         elif scope == "pooled, shifted":
             # the agreement fit's level moves to the kind as well: without it an answer whose
             # samples agree would read at the pooled level, whatever this kind's accuracy
-            agree = None if pooled.with_agreement is None else shift_to_kind(pooled.with_agreement, signals, labels)
+            agree = (
+                None
+                if kind_pooled.with_agreement is None
+                else shift_to_kind(kind_pooled.with_agreement, signals, labels)
+            )
         elif scope == "pooled":
-            agree = pooled.with_agreement
+            agree = kind_pooled.with_agreement
         else:  # the level only: agreement would be a signal, and this kind's signals did not carry over
             agree = None
         fits[kind] = KindFit(label, base, agree, len(rows))
@@ -650,6 +687,7 @@ def dev_cross_validation(
     *,
     folds: int = CV_FOLDS,
     apart: frozenset[str] = frozenset(),
+    l2: float = L2,
 ) -> dict[str, float]:
     """Log loss and Brier score of the calibrated P(correct) on the dev split, each dev row scored
     by fits on the other folds (a row's fold: a hash of its id): how a signal is judged without
@@ -666,6 +704,7 @@ def dev_cross_validation(
             [(r["kind"], signals_of(r, agreement), bool(r["correct"])) for r in train],
             [r["kind"] for r in rows],
             apart=apart,
+            l2=l2,
         )
         for r in held:
             probs[r["id"]] = probability(fits.kinds[r["kind"]], signals_of(r, agreement))
@@ -676,6 +715,17 @@ def dev_cross_validation(
         "log_loss": -sum(y * math.log(p) + (1 - y) * math.log(1 - p) for y, p in zip(labels, clipped, strict=True)) / n,
         "brier": sum((p - y) ** 2 for y, p in zip(labels, clipped, strict=True)) / n,
     }
+
+
+# The penalties --replay compares on dev (the product's fit uses L2, chosen from these by this sweep).
+PENALTIES = (0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+def penalty_sweep(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The dev cross-validated log loss (no agreement) with each of :data:`PENALTIES` as the fit's
+    L2 penalty: how the product's :data:`~caelum_mcp.engine.calibration.L2` was chosen, on dev rows
+    only, so anyone can see the choice and redo it when the recordings change."""
+    return {f"{l2:g}": dev_cross_validation(rows, {}, l2=l2)["log_loss"] for l2 in PENALTIES}
 
 
 # A kind is fitted apart from the pooled fit only where that lowers the dev log loss by this much.
@@ -750,6 +800,7 @@ def replay(
         "threshold": threshold,
         "rows": {"dev": sum(r["split"] == "dev" for r in rows), "test": len(scored)},
         "apart": {"kinds": sorted(apart), "dev_log_loss": chosen_apart["log_loss"]},
+        "penalty": {"shipped": f"{L2:g}", "dev_log_loss": penalty_sweep(rows)},
         "kinds": table,
         "ablation": ablation,
         "agreement_cost": agreement_cost(rows, by_id),
@@ -846,6 +897,10 @@ def print_replay(result: Mapping[str, Any], out: TextIO | None = None) -> None:
         losses = ", ".join(f"{k} {v:.4f}" for k, v in apart["dev_log_loss"].items())
         kept = ", ".join(apart["kinds"]) or "none"
         print(f"kinds fitted apart from the pooled fit: {kept} (dev CV log loss, pooled without: {losses})", file=out)
+    penalty = result.get("penalty")
+    if penalty is not None:
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in penalty["dev_log_loss"].items())
+        print(f"L2 penalty of the fits: {penalty['shipped']} (dev CV log loss by penalty: {losses})", file=out)
     head = (
         f"{'kind':<15}{'n':>4}{'acc.':>7}{'AUROC raw→cal':>16}{'ECE raw→cal':>15}"
         f"{'clears raw→cal':>16}{'acc. of those raw→cal':>23}  fit"

@@ -86,6 +86,10 @@ def test_feature_vector_order_and_missing_indicators() -> None:
     for missing in ("self_reported_missing", "tokens_missing", "entropy_missing", "grounding_missing"):
         assert named[missing] == 1.0
     assert named["agreement_missing"] == 1.0 and named["agreement"] == 0.0
+    assert named["grounding_full"] == 0.0  # no check ran: nothing passed in full
+    # one failed check of four is its own feature, not a quarter off a slope
+    partly = dict(zip(FEATURES, feature_vector(sig(grounding=0.75), with_agreement=False), strict=True))
+    assert (partly["grounding"], partly["grounding_full"], partly["grounding_missing"]) == (0.75, 0.0, 0.0)
     full = sig(
         repaired=True,
         self_reported=0.8,
@@ -102,6 +106,7 @@ def test_feature_vector_order_and_missing_indicators() -> None:
     assert named["repaired"] == 1.0 and named["self_reported"] == 0.8 and named["self_reported_missing"] == 0.0
     assert named["token_mean_nines"] == pytest.approx(0.5)  # two nines of four
     assert (named["token_min"], named["token_tail"], named["entropy"], named["grounding"]) == (0.2, 0.3, 0.4, 1.0)
+    assert named["grounding_full"] == 1.0
     assert named["output_tokens_log"] == pytest.approx(1.0)
     assert named["agreement"] == 0.5 and named["agreement_missing"] == 0.0
     assert len(feature_vector(full, with_agreement=False)) == len(FEATURES)
@@ -332,7 +337,9 @@ def test_an_unmeasured_pair_never_reads_higher_than_the_family_it_falls_back_to(
 
 
 def test_entries_refuse_inconsistent_calibrators() -> None:
-    with_agreement = Calibrator(kind="logistic", features=FEATURES_WITH_AGREEMENT, weights=(0.0,) * 14)
+    with_agreement = Calibrator(
+        kind="logistic", features=FEATURES_WITH_AGREEMENT, weights=(0.0,) * len(FEATURES_WITH_AGREEMENT)
+    )
     with pytest.raises(ValueError, match="base must not use agreement"):
         entry("m", "qa", with_agreement)
     with pytest.raises(ValueError, match="with_agreement must be"):

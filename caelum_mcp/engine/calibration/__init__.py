@@ -44,6 +44,7 @@ from caelum_mcp.core.confidence import Signals
 from caelum_mcp.engine.calibration.fitting import (
     FEATURES,
     FEATURES_WITH_AGREEMENT,
+    L2,
     MIN_KIND_ROWS,
     MIN_ROWS,
     TAIL_SHARE,
@@ -72,6 +73,7 @@ __all__ = [
     "FEATURES",
     "FEATURES_WITH_AGREEMENT",
     "FILE_VERSION",
+    "L2",
     "MIN_KIND_ROWS",
     "MIN_ROWS",
     "TAIL_SHARE",

@@ -32,6 +32,17 @@ MIN_ROWS = 20
 # A kind's own level (one number: :func:`shift_to_kind`) over a pooled fit needs this many.
 MIN_KIND_ROWS = 8
 
+# The logistic fit's penalty on its weights (L2/2 · |w|²; the bias is free). Chosen on the gate's
+# dev split by cross-validated log loss (`bench/gate.py --replay` prints the sweep): 1.0 held every
+# signal to a slope too shallow to move an answer across the threshold.
+L2 = 0.03
+
+# Grounding at or above this is an answer whose every check passed (``grounding_full``): one failed
+# check out of four (a value cut from a longer token, a line less severe than the excerpt's worst)
+# reads 0.75, close to 1.0 on a linear scale yet as wrong as any, so the fit gets it as its own
+# feature instead of a slope it cannot afford under the L2 penalty.
+FULLY_GROUNDED = 0.99
+
 # The feature order of feature_vector (a stored logistic calibrator names them, so a file written
 # for another order is refused instead of read wrong).
 # ``valid`` is not among them: an answer that did not parse is worth 0 whatever else it shows, so
@@ -47,6 +58,7 @@ FEATURES: tuple[str, ...] = (
     "entropy",
     "entropy_missing",
     "grounding",
+    "grounding_full",
     "grounding_missing",
     "output_tokens_log",
 )
@@ -122,6 +134,7 @@ def feature_vector(s: Signals, *, with_agreement: bool) -> list[float]:
         s.entropy or 0.0,
         float(s.entropy is None),
         s.grounding or 0.0,
+        float(s.grounding is not None and s.grounding >= FULLY_GROUNDED),
         float(s.grounding is None),
         min(1.0, math.log1p(s.output_tokens) / _LENGTH_SCALE),
     ]
@@ -218,7 +231,7 @@ def fit(
     *,
     with_agreement: bool,
     method: Literal["logistic", "isotonic"] = "logistic",
-    l2: float = 1.0,
+    l2: float = L2,
 ) -> Calibrator:
     """A calibrator fitted on labelled answers (``labels[i]``: whether answer ``i`` was right).
 
