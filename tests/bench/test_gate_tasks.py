@@ -65,6 +65,12 @@ def test_the_set_is_big_and_varied_enough() -> None:
         assert splits["dev"] >= 20, (kind, splits)
 
 
+# qa gold answers whose every key term is one of the question's: the restatement check (a heuristic,
+# not a proof) flags them as it flags a model that echoes the question. 3 of 93; a change to the check
+# that flags more right answers fails below.
+GOLD_RESTATES_THE_QUESTION = frozenset({"squad/58", "squad/63", "squad/74"})
+
+
 @pytest.mark.parametrize("task_id", sorted(BY_ID))
 def test_task_is_well_formed_and_graded_fairly(task_id: str) -> None:
     task = BY_ID[task_id]
@@ -77,7 +83,10 @@ def test_task_is_well_formed_and_graded_fairly(task_id: str) -> None:
     assert not gt.grade(task, None)
     check = gt.grounding_check(task)
     if check is not None:
-        assert check(gold).score == 1.0, check(gold).problems
+        if task.grader == "span" and task.id in GOLD_RESTATES_THE_QUESTION:
+            assert check(gold).score == 0.5, check(gold).problems  # the heuristic's known false alarm
+        else:
+            assert check(gold).score == 1.0, check(gold).problems
         assert isinstance(check({}), GroundingResult)
         assert check({}).score < 1.0
 
@@ -179,6 +188,18 @@ def test_verifiers_use_only_the_prompt() -> None:
     result = check(cut)
     fields = len(extraction.schema["properties"])
     assert result.score == (fields - 1) / fields and "part of a longer value" in result.problems[0]
+    qa, echo = next(
+        (task, gt.norm_text(word))
+        for task in TASKS
+        if task.grader == "span"
+        for word in task.prompt.split("Question:", 1)[1].splitlines()[0].split()
+        if len(gt.norm_text(word)) >= 6 and gt.norm_text(word) in gt.norm_text(task.verifier["passage"]).split()
+    )
+    check = gt.grounding_check(qa)
+    assert check is not None
+    restated = check({"answer": echo})  # a span, but only the question's own word
+    assert restated.score == 0.5 and "repeats words of the question" in restated.problems[0]
+    assert check({"answer": "zzqx"}).score == 0.0
     review = next(task for task in TASKS if task.grader == "line")
     check = gt.grounding_check(review)
     assert check is not None

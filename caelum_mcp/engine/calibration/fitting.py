@@ -35,7 +35,7 @@ MIN_KIND_ROWS = 8
 # The logistic fit's penalty on its weights (L2/2 · |w|²; the bias is free). Chosen on the gate's
 # dev split by cross-validated log loss (`bench/gate.py --replay` prints the sweep): 1.0 held every
 # signal to a slope too shallow to move an answer across the threshold.
-L2 = 0.03
+L2 = 0.01
 
 # Grounding at or above this is an answer whose every check passed (``grounding_full``): one failed
 # check out of four (a value cut from a longer token, a line less severe than the excerpt's worst)
