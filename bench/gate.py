@@ -22,10 +22,11 @@ Three steps over the labelled set of ``bench/gate_tasks.py`` (``bench/data/gate/
 ``--replay``
     No model: fits a calibrator per kind on the dev split (a kind with fewer than 20 valid dev
     answers, or only right or only wrong ones, uses the fit over every dev row, its level moved
-    to the kind's accuracy where it has at least 8), scores the test
+    to the kind's accuracy where it has at least 8; a kind from several source files takes the
+    scope and L2 penalty that predict each file best from the others), scores the test
     split and prints, per kind and overall: n, accuracy, AUROC and ECE raw → calibrated, the share
-    clearing the threshold and its accuracy; then the AUROC without each signal and what the
-    agreement samples cost.
+    clearing the threshold and its accuracy; then the AUROC without each signal, what the
+    agreement samples cost, and the dev log loss at each L2 penalty (how the product's was chosen).
     ``--write-default`` also writes ``caelum_mcp/calibration_default.json`` from those fits.
 
 Run (the model served at ``--url``; ``make bench-model`` assembles and serves it)::
