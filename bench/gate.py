@@ -356,13 +356,19 @@ async def record(
 
 
 async def regrade(
-    rows: Sequence[Mapping[str, Any]], tasks: Sequence[Any], *, grade: Grader, grounding_for: GroundingFor
+    rows: Sequence[Mapping[str, Any]],
+    tasks: Sequence[Any],
+    *,
+    grade: Grader,
+    grounding_for: GroundingFor,
+    timings: dict[str, list[float]] | None = None,
 ) -> tuple[list[dict[str, Any]], int, int]:
     """The rows with label, grounding and raw score recomputed from their recorded output by the
     current graders and verifiers (the answer does not depend on them: calibration is off and one
     model answers), and split, source and kind taken from the task files. Returns (rows, how many
     changed, how many were dropped: their task is gone or its prompt changed). A valid answer cut
-    at 300 characters cannot be regraded and keeps its label."""
+    at 300 characters cannot be regraded and keeps its label. ``timings``, when given, collects the
+    seconds each grounding check took, by kind: what the verifier signal costs a task."""
     by_id = {field_of(t, "id"): t for t in tasks}
     kept: list[dict[str, Any]] = []
     changed = dropped = 0
@@ -383,14 +389,26 @@ async def regrade(
             check = grounding_for(task)
             grounding = None
             if check is not None:
+                started = time.perf_counter()
                 result = check(output)
                 grounding = (await result if inspect.isawaitable(result) else result).score
+                if timings is not None:
+                    timings.setdefault(row["kind"], []).append(time.perf_counter() - started)
             signals = signals.model_copy(update={"grounding": None if grounding is None else round(grounding, 4)})
             row["signals"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in signals.model_dump().items()}
             row["raw_score"] = confidence.raw_score(signals)
         changed += row != old
         kept.append(row)
     return kept, changed, dropped
+
+
+def verifier_cost(timings: Mapping[str, Sequence[float]]) -> str:
+    """One line per kind: how many answers were checked, and the median and slowest check in ms."""
+    lines = ["grounding check, per answer (what the verifier signal adds to a task's time):"]
+    for kind, seconds in sorted(timings.items()):
+        ms = sorted(1000 * t for t in seconds)
+        lines.append(f"  {kind:<15}{len(ms):>4} answers  median {statistics.median(ms):7.2f} ms  max {ms[-1]:7.2f} ms")
+    return "\n".join(lines)
 
 
 def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -1172,13 +1190,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error("--regrade rewrites the whole recording: run it without --source")
             tasks = [t for t in tasks if field_of(t, "source") in args.source]
         if args.regrade:
+            timings: dict[str, list[float]] = {}
             with locked(recording):
                 rows, changed, dropped = anyio.run(
-                    lambda: regrade(latest(read_jsonl(recording)), tasks, grade=grade, grounding_for=grounding_for)
+                    lambda: regrade(
+                        latest(read_jsonl(recording)), tasks, grade=grade, grounding_for=grounding_for, timings=timings
+                    )
                 )
                 write_jsonl(recording, rows)
             print(f"regraded {recording}: {changed} rows changed, {dropped} dropped (task gone or changed)",
                   file=sys.stderr)  # fmt: skip
+            print(verifier_cost(timings), file=sys.stderr)
         if args.record:
             todo = tasks
             if args.limit is not None:

@@ -168,7 +168,13 @@ async def test_regrade_relabels_from_the_recorded_output_and_drops_changed_tasks
         return lambda output: GroundingResult(score=0.0 if output["answer"] % 2 else 1.0)
 
     moved = [dict(tasks[0], split="test"), tasks[1], dict(tasks[2], prompt="Another question")]
-    kept, changed, dropped = await gate.regrade(rows, moved, grade=lenient, grounding_for=strict_grounding)
+    timings: dict[str, list[float]] = {}
+    kept, changed, dropped = await gate.regrade(
+        rows, moved, grade=lenient, grounding_for=strict_grounding, timings=timings
+    )
+    # every check that ran was timed, under its kind, and the cost line says so
+    assert list(timings) == ["qa"] and len(timings["qa"]) == 2 and all(t >= 0 for t in timings["qa"])
+    assert re.search(r"^  qa +2 answers  median +[\d.]+ ms  max +[\d.]+ ms$", gate.verifier_cost(timings), re.M)
 
     by_id = {r["id"]: r for r in kept}
     assert dropped == 1 and set(by_id) == {"hand/2", "hand/3"} and changed == 2
