@@ -47,6 +47,7 @@ import inspect
 import json
 import logging
 import math
+import random
 import statistics
 import sys
 import tempfile
@@ -822,6 +823,7 @@ def replay(
         "penalty": {"shipped": f"{L2:g}", "dev_log_loss": penalty_sweep(rows)},
         "kinds": table,
         "ablation": ablation,
+        "ece_floor": ece_noise_floor([sc.final for sc in scored]),
         "agreement_cost": agreement_cost(rows, by_id),
         "agreement_on_dev": None
         if not by_id
@@ -832,6 +834,22 @@ def replay(
             "claude_model": claude_model,
             "kinds": routing_cost(scored, rows, prompt_chars, price=DEFAULT_PRICES[claude_model], threshold=threshold),
         },
+    }
+
+
+def ece_noise_floor(probs: Sequence[float], *, draws: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The ECE of a perfectly calibrated score on this many rows: labels drawn from ``probs``
+    themselves (seeded), ECE measured as :func:`metrics` does; its median and 90th percentile over
+    ``draws``. An ECE target below the median cannot be told from noise at this size."""
+    rng = random.Random(seed)
+    eces = sorted(
+        float(metrics(list(probs), [rng.random() < p for p in probs], THRESHOLD)["ece"] or 0.0) for _ in range(draws)
+    )
+    return {
+        "n": len(probs),
+        "draws": draws,
+        "median": statistics.median(eces),
+        "p90": eces[min(len(eces) - 1, int(0.9 * len(eces)))],
     }
 
 
@@ -933,6 +951,14 @@ def print_replay(result: Mapping[str, Any], out: TextIO | None = None) -> None:
             f"{_num(raw['ece']) + ' → ' + _num(cal['ece']):>15}"
             f"{_pct(raw['clear_share']) + ' → ' + _pct(cal['clear_share']):>16}"
             f"{_pct(raw['clear_accuracy']) + ' → ' + _pct(cal['clear_accuracy']):>23}  {figures['fit']}",
+            file=out,
+        )
+    floor = result.get("ece_floor")
+    if floor is not None:
+        print(
+            f"ECE a perfectly calibrated score would show with these probabilities on {floor['n']} rows "
+            f"(labels drawn from them, {floor['draws']} draws): median {floor['median']:.3f}, "
+            f"90th percentile {floor['p90']:.3f}",
             file=out,
         )
     print("\nablation (test AUROC, calibrated, each signal left out of fit and score):", file=out)

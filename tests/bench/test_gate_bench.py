@@ -527,3 +527,13 @@ def test_the_level_only_scope_says_the_kinds_accuracy_whatever_the_signals() -> 
     assert calibrator is not None
     assert calibrator.probability(sure) == calibrator.probability(unsure) == pytest.approx(4 / 12)
     assert gate.level_only([sure] * 3, [True] * 3) is None  # too few rows for even a level
+
+
+def test_the_ece_noise_floor_is_what_a_calibrated_score_shows_at_this_size() -> None:
+    probs = [0.2, 0.5, 0.8, 0.95] * 60
+    floor = gate.ece_noise_floor(probs, draws=300)
+    assert floor == gate.ece_noise_floor(probs, draws=300)  # seeded: the same line every replay
+    assert floor["n"] == 240 and 0 < floor["median"] <= floor["p90"] < 0.15
+    bigger = gate.ece_noise_floor(probs * 20, draws=100)
+    assert bigger["median"] < floor["median"] / 2  # noise shrinks with rows: 20x the rows, ~1/4.5 the ECE
+    assert gate.ece_noise_floor([0.0, 1.0] * 50, draws=50)["p90"] == 0.0  # certain labels: no noise at all
