@@ -7,7 +7,9 @@ three") scores low, so the router escalates as its policy says. A round whose SQ
 followed by a repair round that shows the model its SQL and DuckDB's own error (at most
 ``repair_rounds``, default 2). Repair rounds stay on local models while one can do the task: Claude
 (when the call allows it) is only offered in the last round, so an error a local model can fix
-costs nothing. Each query runs once: the check keeps its result, and the tool returns that one.
+costs nothing. A local answer that runs but reads below the threshold goes to Claude alone for that
+last round, and only when Claude can take it now; otherwise it is returned as it is. Each query
+runs once: the check keeps its result, and the tool returns that one.
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ async def question_to_sql(
     best: tuple[_Tried, str, str | None] | None = None
     step = LLMStep(status="skipped", note="no round ran")
 
-    def task(allow: bool) -> LLMTask:
+    def task(allow: bool, *, claude_only: bool = False) -> LLMTask:
         failed = [r for r in rounds if r.problem]
         return LLMTask(
             name="question_to_sql",
@@ -174,15 +176,17 @@ async def question_to_sql(
             output_schema=SQL_SCHEMA,
             grounding=checker,
             allow_claude=allow,
+            claude_only=claude_only,
             temperature=0.0,
         )
 
     local_possible = ctx.llm.availability(task(False)).local
     round_index = 0
+    claude_round = False  # the last round goes to Claude alone: the local answer ran, but unsure
     while round_index <= repair_rounds:
         last = round_index == repair_rounds
         allow = allow_claude and (last or not local_possible)
-        routed, step = await run_step(ctx, task(allow))
+        routed, step = await run_step(ctx, task(allow, claude_only=claude_round))
         if routed is None:
             break  # skipped, timed out or failed: the step says why; keep what earlier rounds found
         output = routed.output or {}
@@ -195,8 +199,11 @@ async def question_to_sql(
             best = (tried, sql, explanation)
         if tried.acceptable:
             claude_held_back = allow_claude and not allow and step.status == "low_confidence"
-            if claude_held_back and not last:
-                round_index = repair_rounds  # it runs but is unsure: one last round where Claude may answer
+            # It runs but is unsure: one last round, on Claude alone, where Claude can take it now.
+            # The local model would only be asked the same prompt again (no problem to show it) and,
+            # at temperature 0, give the same SQL: model time spent for nothing.
+            if claude_held_back and not last and ctx.llm.availability(task(True, claude_only=True)).claude:
+                round_index, claude_round = repair_rounds, True
                 continue
             break
         round_index += 1

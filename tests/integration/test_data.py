@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.fault_host import FaultHost
 from mcp.types import ImageContent
 from tools.test_data_sources import digest, write_shop
 
@@ -41,7 +42,10 @@ ANSWERS: dict[str, tuple[str, str]] = {
     ),
     "Plot the amount per day": ("SELECT day, sum(amount) AS amount FROM sales GROUP BY day ORDER BY day", ""),
     "Which column is always wrong?": ("SELECT nothing FROM nowhere", "SELECT still_nothing FROM nowhere"),
+    "How many orders are there, roughly?": ("SELECT count(*) AS orders FROM sales", ""),
 }
+# questions the model answers with SQL that runs, but unsure of it (low token probabilities)
+UNSURE = {"How many orders are there, roughly?"}
 
 
 def sql_model(request: ChatRequest) -> ScriptedReply:
@@ -60,6 +64,8 @@ def sql_model(request: ChatRequest) -> ScriptedReply:
         first, repaired = ANSWERS.get(question, ("SELECT 1", ""))
         sql = repaired if "Earlier answers did not work" in user and repaired else first
         body = {"sql": sql, "explanation": f"answers: {question}"}
+        if question in UNSURE:
+            return ScriptedReply(json.dumps({**body, "confidence": 0.2}), logprob=-2.0)
     return ScriptedReply(json.dumps({**body, "confidence": 0.9}), logprob=-0.05)
 
 
@@ -126,6 +132,34 @@ async def test_a_result_that_contradicts_the_question_is_sent_back(tmp_path: Pat
         out, _ = await call(client, "query_data", {"sources": ["shop/sales.csv"], "question": "top 3 orders by amount"})
         assert "at most 3" in out["rounds"][0]["problem"]
         assert out["row_count"] == 3 and [r[0] for r in out["rows"]] == [4, 7, 1]
+
+
+async def test_an_unsure_answer_that_runs_is_not_asked_again_when_claude_cannot_take_it(tmp_path: Path) -> None:
+    # No Claude here: another round would show the local model the same prompt and, at temperature
+    # 0, get the same SQL back; the answer comes back once, marked for what it is.
+    work(tmp_path)
+    host, backend = sql_host()
+    async with session(tmp_path, [host]) as (client, _):
+        question = "How many orders are there, roughly?"
+        out, _ = await call(client, "query_data", {"sources": ["shop/sales.csv"], "question": question})
+    assert out["llm"]["status"] == "low_confidence" and out["rows"] == [[7]]
+    assert len(out["rounds"]) == 1 and len(backend.requests) == 1
+
+
+@pytest.mark.slow  # a fake Claude on loopback and a server start
+async def test_an_unsure_answer_that_runs_goes_to_claude_alone_for_the_last_round(tmp_path: Path) -> None:
+    work(tmp_path)
+    host, backend = sql_host()
+    with FaultHost("anthropic") as claude:
+        claude_on = {"api_key": "sk-test-key", "base_url": claude.url, "max_retries": 0}
+        async with session(tmp_path, [host], claude=claude_on) as (client, _):
+            question = "How many orders are there, roughly?"
+            out, _ = await call(client, "query_data", {"sources": ["shop/sales.csv"], "question": question})
+        assert claude.chats == 1  # the last round went to Claude
+    assert len(backend.requests) == 1  # and not to the local model a second time
+    assert len(out["rounds"]) == 2 and out["llm"]["execution"]["path"] == "claude"
+    # the fake Claude's SQL does not run: the local answer, which did, is the one returned
+    assert out["rows"] == [[7]] and out["rounds"][1]["problem"]
 
 
 async def test_sql_that_never_works_is_reported_with_its_error_not_rows(tmp_path: Path) -> None:
