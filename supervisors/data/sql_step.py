@@ -195,7 +195,8 @@ async def question_to_sql(
         explanation = str(output.get("explanation") or "").strip()[:500] or None
         ex = routed.execution
         rounds.append(SqlRound(sql=sql or None, problem=tried.problem, model=ex.model, confidence=ex.confidence))
-        if best is None or tried.grounding.score > best[0].grounding.score:
+        # a later round (a repair, or Claude) wins a tie: it answers what the earlier one did not
+        if best is None or tried.grounding.score >= best[0].grounding.score:
             best = (tried, sql, explanation)
         if tried.acceptable:
             claude_held_back = allow_claude and not allow and step.status == "low_confidence"

@@ -162,6 +162,26 @@ async def test_an_unsure_answer_that_runs_goes_to_claude_alone_for_the_last_roun
     assert out["rows"] == [[7]] and out["rounds"][1]["problem"]
 
 
+@pytest.mark.slow  # a fake Claude on loopback and a server start
+async def test_claudes_answer_that_runs_as_well_is_the_one_returned(tmp_path: Path) -> None:
+    work(tmp_path)
+    host, backend = sql_host()
+    claude_sql = "SELECT count(order_id) AS orders FROM sales"
+
+    def claude_answer(_: dict[str, Any]) -> str:
+        return json.dumps({"sql": claude_sql, "explanation": "counts the orders", "confidence": 0.9})
+
+    with FaultHost("anthropic", answer=claude_answer) as claude:
+        claude_on = {"api_key": "sk-test-key", "base_url": claude.url, "max_retries": 0}
+        async with session(tmp_path, [host], claude=claude_on) as (client, _):
+            question = "How many orders are there, roughly?"
+            out, _ = await call(client, "query_data", {"sources": ["shop/sales.csv"], "question": question})
+    assert claude.chats == 1 and len(backend.requests) == 1
+    # grounded as well as the unsure local answer: the answer paid for is the one returned
+    assert out["sql"] == claude_sql and out["explanation"] == "counts the orders" and out["rows"] == [[7]]
+    assert out["llm"]["execution"]["path"] == "claude"
+
+
 async def test_sql_that_never_works_is_reported_with_its_error_not_rows(tmp_path: Path) -> None:
     work(tmp_path)
     host, backend = sql_host()
