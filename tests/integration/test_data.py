@@ -134,28 +134,40 @@ async def test_a_result_that_contradicts_the_question_is_sent_back(tmp_path: Pat
         assert out["row_count"] == 3 and [r[0] for r in out["rows"]] == [4, 7, 1]
 
 
+UNSURE_QUESTION = "How many orders are there, roughly?"
+
+
+async def ask_unsure(
+    tmp_path: Path, claude_answer: Any = None, *, with_claude: bool = True
+) -> tuple[dict[str, Any], ScriptedBackend, FaultHost | None]:
+    """query_data on the question the local model answers unsure of, with a fake Claude on loopback
+    (answering ``claude_answer``, else an example of the schema) unless ``with_claude`` is False."""
+    work(tmp_path)
+    host, backend = sql_host()
+    args = {"sources": ["shop/sales.csv"], "question": UNSURE_QUESTION}
+    if not with_claude:
+        async with session(tmp_path, [host]) as (client, _):
+            out, _ = await call(client, "query_data", args)
+        return out, backend, None
+    with FaultHost("anthropic", answer=claude_answer) as claude:
+        claude_on = {"api_key": "sk-test-key", "base_url": claude.url, "max_retries": 0}
+        async with session(tmp_path, [host], claude=claude_on) as (client, _):
+            out, _ = await call(client, "query_data", args)
+    return out, backend, claude
+
+
 async def test_an_unsure_answer_that_runs_is_not_asked_again_when_claude_cannot_take_it(tmp_path: Path) -> None:
     # No Claude here: another round would show the local model the same prompt and, at temperature
     # 0, get the same SQL back; the answer comes back once, marked for what it is.
-    work(tmp_path)
-    host, backend = sql_host()
-    async with session(tmp_path, [host]) as (client, _):
-        question = "How many orders are there, roughly?"
-        out, _ = await call(client, "query_data", {"sources": ["shop/sales.csv"], "question": question})
+    out, backend, _ = await ask_unsure(tmp_path, with_claude=False)
     assert out["llm"]["status"] == "low_confidence" and out["rows"] == [[7]]
     assert len(out["rounds"]) == 1 and len(backend.requests) == 1
 
 
 @pytest.mark.slow  # a fake Claude on loopback and a server start
 async def test_an_unsure_answer_that_runs_goes_to_claude_alone_for_the_last_round(tmp_path: Path) -> None:
-    work(tmp_path)
-    host, backend = sql_host()
-    with FaultHost("anthropic") as claude:
-        claude_on = {"api_key": "sk-test-key", "base_url": claude.url, "max_retries": 0}
-        async with session(tmp_path, [host], claude=claude_on) as (client, _):
-            question = "How many orders are there, roughly?"
-            out, _ = await call(client, "query_data", {"sources": ["shop/sales.csv"], "question": question})
-        assert claude.chats == 1  # the last round went to Claude
+    out, backend, claude = await ask_unsure(tmp_path)
+    assert claude is not None and claude.chats == 1  # the last round went to Claude
     assert len(backend.requests) == 1  # and not to the local model a second time
     assert len(out["rounds"]) == 2 and out["llm"]["execution"]["path"] == "claude"
     # the fake Claude's SQL does not run: the local answer, which did, is the one returned
@@ -164,19 +176,13 @@ async def test_an_unsure_answer_that_runs_goes_to_claude_alone_for_the_last_roun
 
 @pytest.mark.slow  # a fake Claude on loopback and a server start
 async def test_claudes_answer_that_runs_as_well_is_the_one_returned(tmp_path: Path) -> None:
-    work(tmp_path)
-    host, backend = sql_host()
     claude_sql = "SELECT count(order_id) AS orders FROM sales"
 
     def claude_answer(_: dict[str, Any]) -> str:
         return json.dumps({"sql": claude_sql, "explanation": "counts the orders", "confidence": 0.9})
 
-    with FaultHost("anthropic", answer=claude_answer) as claude:
-        claude_on = {"api_key": "sk-test-key", "base_url": claude.url, "max_retries": 0}
-        async with session(tmp_path, [host], claude=claude_on) as (client, _):
-            question = "How many orders are there, roughly?"
-            out, _ = await call(client, "query_data", {"sources": ["shop/sales.csv"], "question": question})
-    assert claude.chats == 1 and len(backend.requests) == 1
+    out, backend, claude = await ask_unsure(tmp_path, claude_answer)
+    assert claude is not None and claude.chats == 1 and len(backend.requests) == 1
     # grounded as well as the unsure local answer: the answer paid for is the one returned
     assert out["sql"] == claude_sql and out["explanation"] == "counts the orders" and out["rows"] == [[7]]
     assert out["llm"]["execution"]["path"] == "claude"
