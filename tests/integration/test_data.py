@@ -43,7 +43,10 @@ ANSWERS: dict[str, tuple[str, str]] = {
     "Plot the amount per day": ("SELECT day, sum(amount) AS amount FROM sales GROUP BY day ORDER BY day", ""),
     "Which column is always wrong?": ("SELECT nothing FROM nowhere", "SELECT still_nothing FROM nowhere"),
     "How many orders are there, roughly?": ("SELECT count(*) AS orders FROM sales", ""),
+    "How many orders, after some thought?": ("SELECT count(*) AS orders FROM sales", ""),
 }
+# questions the model takes its time over (a CPU host, a long schema): longer than [data] query_timeout_s
+SLOW = {"How many orders, after some thought?": 1.5}
 # questions the model answers with SQL that runs, but unsure of it (low token probabilities)
 UNSURE = {"How many orders are there, roughly?"}
 
@@ -66,6 +69,8 @@ def sql_model(request: ChatRequest) -> ScriptedReply:
         body = {"sql": sql, "explanation": f"answers: {question}"}
         if question in UNSURE:
             return ScriptedReply(json.dumps({**body, "confidence": 0.2}), logprob=-2.0)
+        if question in SLOW:
+            return ScriptedReply(json.dumps({**body, "confidence": 0.9}), logprob=-0.05, delay_s=SLOW[question])
     return ScriptedReply(json.dumps({**body, "confidence": 0.9}), logprob=-0.05)
 
 
@@ -132,6 +137,17 @@ async def test_a_result_that_contradicts_the_question_is_sent_back(tmp_path: Pat
         out, _ = await call(client, "query_data", {"sources": ["shop/sales.csv"], "question": "top 3 orders by amount"})
         assert "at most 3" in out["rounds"][0]["problem"]
         assert out["row_count"] == 3 and [r[0] for r in out["rows"]] == [4, 7, 1]
+
+
+@pytest.mark.slow  # the model's 1.5 s
+async def test_a_model_slower_than_the_query_time_limit_still_gets_its_query_run(tmp_path: Path) -> None:
+    # [data] query_timeout_s bounds DuckDB's time; the model's time writing the query is not DuckDB's
+    work(tmp_path)
+    host, _ = sql_host()
+    async with session(tmp_path, [host], data={"query_timeout_s": 1.0}) as (client, _):
+        question = "How many orders, after some thought?"
+        out, _ = await call(client, "query_data", {"sources": ["shop/sales.csv"], "question": question})
+    assert out.get("error") is None and out["rows"] == [[7]] and out["llm"]["status"] == "ran"
 
 
 UNSURE_QUESTION = "How many orders are there, roughly?"

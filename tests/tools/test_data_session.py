@@ -454,6 +454,20 @@ async def test_a_call_cancelled_while_its_sources_open_stops_that_work(tmp_path:
     assert not any(state.iterdir())
 
 
+@pytest.mark.slow  # 1.5 s of waiting
+def test_time_between_statements_does_not_spend_the_call_budget(shop: Path) -> None:
+    """The budget is DuckDB's time: a model that takes longer than it to write the query (a CPU
+    host, a long schema) must not find its query refused as if the data had been slow."""
+    session = session_over(shop, timeout_s=1.0, call_budget_s=1.0)
+    try:
+        assert session.fetch("SELECT count(*) FROM sales") == [(7,)]
+        time.sleep(1.5)  # the model thinking
+        result = session.run("SELECT count(*) AS n FROM sales")
+        assert result.rows == [[7]]
+    finally:
+        session.close()
+
+
 @pytest.mark.slow  # about a second: the time limit
 def test_a_call_budget_is_shared_by_every_statement_of_the_session(shop: Path) -> None:
     """One runaway statement spends the call's budget; the next one is refused at once instead of

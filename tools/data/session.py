@@ -37,8 +37,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
@@ -94,7 +94,8 @@ class SessionLimits:
     load_bytes: int = 32 * 1024 * 1024  # CSV and JSON sources up to this size are loaded into memory
     max_line_bytes: int = 2 * 1024 * 1024  # a CSV line longer than this is refused (DuckDB's default)
     # The whole session's DuckDB time (opening, describing, every statement), on top of each
-    # statement's ``timeout_s``: a call that tries one slow query after another still stops. None: no cap.
+    # statement's ``timeout_s``: a call that tries one slow query after another still stops. Time
+    # between statements (a model writing the next query) does not count. None: no cap.
     call_budget_s: float | None = None
 
 
@@ -217,8 +218,9 @@ class DataSession:
         self.notes: list[str] = list(sources.notes)
         self._lock = threading.Lock()
         self._stopper = stopper or Stopper()
-        self._opening_deadline = time.monotonic() + limits.timeout_s
-        self._call_deadline = None if limits.call_budget_s is None else time.monotonic() + limits.call_budget_s
+        opening = time.monotonic()
+        self._opening_deadline = opening + limits.timeout_s
+        self._spent = 0.0  # DuckDB time so far, against limits.call_budget_s
         self._shown: dict[str, str] = {}  # a private link's path -> the source it stands for
         config: dict[str, Any] = {
             "autoinstall_known_extensions": False,
@@ -245,6 +247,7 @@ class DataSession:
         except BaseException:
             self.con.close()
             raise
+        self._spent = time.monotonic() - opening
 
     # lock-down ---------------------------------------------------------------------------------
 
@@ -596,17 +599,24 @@ class DataSession:
             except duckdb.Error as exc:
                 raise QueryFailedError(self._say(exc)) from None
 
-    def _time_limit(self) -> _Watchdog:
-        """The watchdog of one statement: ``timeout_s``, or what is left of the call's budget."""
+    @contextmanager
+    def _time_limit(self) -> Iterator[None]:
+        """One statement under its watchdog: ``timeout_s``, or what is left of the call's budget of
+        DuckDB time; the statement's time is added to what the call has spent (run under the lock)."""
         seconds = self.limits.timeout_s
-        if self._call_deadline is not None:
-            seconds = min(seconds, self._call_deadline - time.monotonic())
+        if self.limits.call_budget_s is not None:
+            seconds = min(seconds, self.limits.call_budget_s - self._spent)
             if seconds <= 0:
                 raise QueryTimeoutError(
                     f"this call's queries ran past their time limit of {self.limits.timeout_s:g} s, so this one "
                     "did not run; make the queries cheaper (filter early, avoid cross joins) or raise the limit"
                 )
-        return _Watchdog(seconds, self.con.interrupt)
+        started = time.monotonic()
+        try:
+            with _Watchdog(seconds, self.con.interrupt):
+                yield
+        finally:
+            self._spent += time.monotonic() - started
 
     def interrupt(self) -> None:
         """Stop the query running now, if any (safe from any thread)."""
