@@ -13,6 +13,12 @@ answers the calibrator was not fitted on: k-fold cross-validation (5 folds, or o
 at a time when 5 would leave a fold too few to fit), so they say how it will do on the next answer.
 The entry itself is fitted on every answer.
 
+The fit's L2 penalty is chosen per entry among :data:`~caelum_mcp.engine.calibration.PENALTIES` by
+the same cross-validation (lowest log loss; a tie goes to the larger penalty): the shipped table's
+penalty was chosen on hundreds of answers, and twenty labels fitted as sharply would read their
+noise as signal. The held-out figures choose the penalty inside each fold as well (nested), so the
+choice is not measured on the answers it was made on.
+
 The user's table (``<data dir>/calibration.json``) keeps the entries it had for pairs not refitted;
 it is written atomically, and overrides the shipped table entry by entry.
 """
@@ -27,19 +33,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from caelum_mcp.core.errors import CaelumError
 from caelum_mcp.engine.calibration import (
     ANY,
+    L2,
     MIN_ROWS,
+    PENALTIES,
     CalibrationEntry,
     CalibrationError,
     CalibrationTable,
     Calibrator,
     Prior,
     Signals,
+    feature_vector,
     fit,
+    logistic_probabilities,
     metrics,
     now_iso,
 )
@@ -74,6 +85,7 @@ class Refit:
     figures: dict[str, Any] = field(default_factory=dict)
     held_out: str = ""  # how the figures were measured
     problem: str | None = None
+    penalty: float | None = None  # the L2 penalty the entry was fitted with
 
 
 def ledger_labels(ledger: Ledger) -> list[Labelled]:
@@ -166,8 +178,9 @@ def _refit_one(
         return result
     signals = [r.signals for r in rows]
     correct = [r.correct for r in rows]
+    result.penalty, _ = choose_penalty(signals, correct)
     try:
-        base = fit(signals, correct, with_agreement=False)
+        base = fit(signals, correct, with_agreement=False, l2=result.penalty)
     except CalibrationError as exc:
         result.problem = str(exc)
         return result
@@ -176,7 +189,9 @@ def _refit_one(
     sampled = [(s, y) for s, y in zip(signals, correct, strict=True) if s.agreement is not None]
     with_agreement: Calibrator | None = None
     if sum(s.valid for s, _ in sampled) >= MIN_ROWS:
-        with_agreement = fit([s for s, _ in sampled], [y for _, y in sampled], with_agreement=True)
+        sampled_signals, sampled_correct = [s for s, _ in sampled], [y for _, y in sampled]
+        penalty, _ = choose_penalty(sampled_signals, sampled_correct, with_agreement=True)
+        with_agreement = fit(sampled_signals, sampled_correct, with_agreement=True, l2=penalty)
     elif old is not None:
         with_agreement = old.with_agreement  # nothing new to say about agreement: keep what was measured
     band = (old.band if old is not None else None) or DEFAULT_BAND
@@ -195,30 +210,85 @@ def _refit_one(
         auroc=_unit(figures["auroc"]),
         threshold=threshold,
         fitted_at=now_iso(),
-        source=f"caelum-mcp calibrate: {len(rows)} labelled answers from {', '.join(origins)} ({result.held_out})",
+        source=f"caelum-mcp calibrate: {len(rows)} labelled answers from {', '.join(origins)}, "
+        f"L2 {result.penalty:g} ({result.held_out})",
     )
     return result
 
 
-def _held_out(signals: Sequence[Signals], correct: Sequence[bool]) -> tuple[list[float], str]:
-    """Each answer's probability from a calibrator fitted without it (k-fold), and how."""
-    n = len(signals)
+def _folds(n: int) -> int:
+    """k-fold's k for ``n`` answers: :data:`FOLDS`, or ``n`` (one left out at a time) when a fold
+    of ``n / FOLDS`` would leave too few answers to fit."""
+    return n if n - math.ceil(n / FOLDS) < MIN_ROWS else FOLDS
+
+
+def _arrays(
+    signals: Sequence[Signals], correct: Sequence[bool], *, with_agreement: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The valid answers' feature vectors and labels (an invalid answer is worth 0 under every fit,
+    so it neither trains nor tells one penalty from another)."""
+    rows = [(s, y) for s, y in zip(signals, correct, strict=True) if s.valid]
+    x = np.array([feature_vector(s, with_agreement=with_agreement) for s, _ in rows]).reshape(len(rows), -1)
+    return x, np.array([1.0 if y else 0.0 for _, y in rows])
+
+
+def _cross_validated(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray | None:
+    """Each row's probability from a fit at penalty ``l2`` without its fold (:data:`FOLDS` folds:
+    this only compares penalties, so its fits may be smaller than an entry's); None for fewer
+    than :data:`FOLDS` rows."""
+    n = len(y)
     folds = FOLDS
-    if n - math.ceil(n / folds) < MIN_ROWS:
-        folds = n  # one left out at a time: every fit keeps all but one answer
-    probs = [0.0] * n
+    if n < folds:
+        return None
+    probs = np.zeros(n)
+    index = np.arange(n)
     for fold in range(folds):
-        train = [i for i in range(n) if i % folds != fold]
-        test = [i for i in range(n) if i % folds == fold]
-        try:
-            fitted = fit([signals[i] for i in train], [correct[i] for i in train], with_agreement=False)
-        except CalibrationError:  # too few valid answers left to fit: measure on what was fitted
-            fitted = fit(signals, correct, with_agreement=False)
-            return [fitted.probability(s) for s in signals], "measured on the answers it was fitted on"
-        for i in test:
-            probs[i] = fitted.probability(signals[i])
+        test = index % folds == fold
+        probs[test] = logistic_probabilities(x[~test], y[~test], x[test], l2)
+    return probs
+
+
+def _penalty(x: np.ndarray, y: np.ndarray) -> tuple[float, dict[float, float]]:
+    losses = {}
+    for penalty in PENALTIES:
+        probs = _cross_validated(x, y, penalty)
+        if probs is not None:
+            p = np.clip(probs, 1e-3, 1 - 1e-3)
+            losses[penalty] = float(-np.mean(np.where(y > 0.5, np.log(p), np.log(1 - p))))
+    if not losses:
+        return L2, losses
+    return min(losses, key=lambda p: (round(losses[p], 4), -p)), losses
+
+
+def choose_penalty(
+    signals: Sequence[Signals], correct: Sequence[bool], *, with_agreement: bool = False
+) -> tuple[float, dict[float, float]]:
+    """The penalty of :data:`PENALTIES` with the lowest cross-validated log loss on these answers'
+    valid ones (a tie to four places goes to the larger penalty, the smoother fit), and each one's
+    loss; :data:`L2` when too few answers to cross-validate."""
+    return _penalty(*_arrays(signals, correct, with_agreement=with_agreement))
+
+
+def _held_out(signals: Sequence[Signals], correct: Sequence[bool]) -> tuple[list[float], str]:
+    """Each answer's probability from a calibrator fitted without it (k-fold, the penalty chosen on
+    the fold's training answers alone), and how. An invalid answer reads 0, as it does live."""
+    x, y = _arrays(signals, correct, with_agreement=False)
+    n = len(y)
+    folds = _folds(n)
+    if n - math.ceil(n / folds) < MIN_ROWS:  # too few valid answers left to fit: measure on what was fitted
+        penalty, _ = _penalty(x, y)
+        fitted = fit(signals, correct, with_agreement=False, l2=penalty)
+        return [fitted.probability(s) for s in signals], "measured on the answers it was fitted on"
+    held = np.zeros(n)
+    index = np.arange(n)
+    for fold in range(folds):
+        test = index % folds == fold
+        penalty, _ = _penalty(x[~test], y[~test])
+        held[test] = logistic_probabilities(x[~test], y[~test], x[test], penalty)
+    values = iter(held.tolist())
+    probs = [next(values) if s.valid else 0.0 for s in signals]
     how = f"{folds}-fold cross-validation" if folds < n else "each answer left out in turn"
-    return probs, how
+    return probs, f"{how}, the penalty chosen inside each fold"
 
 
 def _unit(value: Any) -> float | None:
@@ -240,7 +310,7 @@ def format_table(refits: Sequence[Refit], threshold: float) -> str:
     """The refits as a plain-text table (one line each), with the pairs that were not refitted."""
     header = (
         f"{'model':<28} {'kind':<15} {'n':>5} {'accuracy':>8} {'ECE':>6} {'AUROC':>6} {'threshold':>9} "
-        f"{'clears':>7} {'right':>6}"
+        f"{'clears':>7} {'right':>6} {'L2':>5}"
     )
     lines = [header, "-" * len(header)]
     skipped = []
@@ -252,13 +322,14 @@ def format_table(refits: Sequence[Refit], threshold: float) -> str:
         f = r.figures
         lines.append(
             f"{r.model[:28]:<28} {r.kind[:15]:<15} {r.labels:>5} {_pct(f['accuracy']):>8} {_num(f['ece']):>6} "
-            f"{_num(f['auroc']):>6} {threshold:>9.2f} {_pct(f['clear_share']):>7} {_pct(f['clear_accuracy']):>6}"
+            f"{_num(f['auroc']):>6} {threshold:>9.2f} {_pct(f['clear_share']):>7} {_pct(f['clear_accuracy']):>6} "
+            f"{'-' if r.penalty is None else format(r.penalty, 'g'):>5}"
         )
     if len(lines) == 2:
         lines.append("(no pair has enough labels to refit)")
     lines.append(
         "figures are held out (cross-validated); 'clears' is the share that would reach the threshold, 'right' "
-        "the accuracy of those"
+        "the accuracy of those; L2 the fit's penalty, chosen by the same cross-validation"
     )
     if skipped:
         lines += ["not refitted:", *skipped]

@@ -36,6 +36,10 @@ MIN_KIND_ROWS = 8
 # dev split by cross-validated log loss (`bench/gate.py --replay` prints the sweep): 1.0 held every
 # signal to a slope too shallow to move an answer across the threshold.
 L2 = 0.01
+# The penalties ``caelum-mcp calibrate`` chooses among for each entry by cross-validated log loss on
+# the user's labels: a few dozen labels cannot carry the sharp fit the benchmark's hundreds can, and
+# labels the signals do not explain want the weights near 0 (at 100 the fit is the level alone).
+PENALTIES: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
 
 # Grounding at or above this is an answer whose every check passed (``grounding_full``): one failed
 # check out of four (a value cut from a longer token, a line less severe than the excerpt's worst)
@@ -264,6 +268,15 @@ def fit(
         weights=tuple(round(float(w), 8) for w in weights),
         bias=round(float(bias), 8),
     )
+
+
+def logistic_probabilities(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, l2: float) -> np.ndarray:
+    """P(correct) of the rows ``x_test`` (feature vectors) from a logistic fit on ``x_train`` and its
+    labels ``y_train`` (1.0 right, 0.0 wrong) made as :func:`fit` makes it: the array form that
+    cross-validation calls many times, without building a :class:`Calibrator` each time."""
+    weights, bias = _fit_logistic(x_train, _platt_targets(y_train), l2)
+    probs: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(x_test @ weights + bias, -40.0, 40.0)))
+    return probs
 
 
 def shift_to_kind(
