@@ -18,6 +18,12 @@ literal in ``{"output": "..."}``; every gold output re-checked by running the fu
     ``bench/data/heldout/recordings/<model>.jsonl``: id, correct, answer, the reported confidence,
     the execution record's confidence parts (raw score, signals, calibration label; agreement is in
     the signals when it was sampled), path, latency. Resumable: recorded ids are skipped.
+``--record-agreement``
+    For every recorded answer, the router's agreement samples (``[router] agreement_samples`` at
+    ``agreement_temperature``, the defaults) of the very task ``delegate_task`` sent, compared with
+    the recorded answer, appended to ``recordings/<model>.agreement.jsonl`` (id, agreement, samples,
+    elapsed_ms). The answers were recorded when the shipped table sampled nothing for ``general``;
+    this measures what sampling would have said without recording them again. Resumable.
 ``--replay``
     No model: P(correct) recomputed from the stored signals with the calibration table as it is
     now (``CalibrationTable.load``, the model's ``general`` entry), so the figures can be re-scored
@@ -27,6 +33,7 @@ literal in ``{"output": "..."}``; every gold output re-checked by running the fu
 Run (the model served at ``--url``)::
 
     .venv/bin/python bench/heldout.py --record [--limit N]
+    .venv/bin/python bench/heldout.py --record-agreement [--limit N]
     .venv/bin/python bench/heldout.py --replay [--json]
 """
 
@@ -506,6 +513,108 @@ async def record(
     return summary
 
 
+def delegate_llm_task(task: HeldoutTask, model: str) -> Any:
+    """The router's task for ``task`` exactly as ``delegate_task`` builds it from the recorder's
+    arguments (no system message, the JSON schema, the model pinned, no Claude)."""
+    from caelum_mcp.core.llm import LLMTask, TaskKind
+    from caelum_mcp.core.types import ChatMessage
+
+    return LLMTask(
+        name="delegate_task",
+        kind=TaskKind.GENERAL,
+        messages=(ChatMessage(role="user", content=task.prompt),),
+        output_schema=SCHEMA,
+        model=model,
+        allow_claude=False,
+        max_output_tokens=task.max_tokens,
+    )
+
+
+def agreement_path(recording: Path) -> Path:
+    return recording.with_name(recording.name.removesuffix(".jsonl") + ".agreement.jsonl")
+
+
+async def record_agreement(
+    tasks: Sequence[HeldoutTask],
+    recording: Path,
+    *,
+    url: str,
+    model: str,
+    limit: int | None = None,
+    stream: TextIO = sys.stderr,
+) -> int:
+    """Agreement samples for each recorded answer of a current task not sampled yet; returns how
+    many rows were appended. An answer that was not a string (no ``output``) has nothing to agree
+    with and is left out."""
+    from caelum_mcp.core.errors import CaelumError
+    from caelum_mcp.engine.config import load_config
+    from caelum_mcp.serving.app import open_app
+
+    out = agreement_path(recording)
+    by_id = {t.id: t for t in tasks}
+    done = {r["id"] for r in read_jsonl(out)}
+    todo = [
+        r
+        for r in read_jsonl(recording)
+        if r["id"] in by_id
+        and r.get("task_sha") == by_id[r["id"]].fingerprint()
+        and r["id"] not in done
+        and isinstance(r.get("answer"), str)
+        and r.get("model") == model
+    ][: limit if limit is not None else None]
+    print(f"agreement: {len(todo)} recorded answers to sample ({len(done)} already sampled)", file=stream, flush=True)
+    written = 0
+    with tempfile.TemporaryDirectory(prefix="caelum-heldout-") as work:
+        config = load_config(server_config(Path(work), url=url, model=model), environ={})
+        async with open_app(config, environ={}, health_loop=False) as state:
+            samples = config.router.agreement_samples
+            for row in todo:
+                task = by_id[row["id"]]
+                try:
+                    agreement, count, elapsed_ms = await state.router.sample_agreement(
+                        delegate_llm_task(task, model), {"output": row["answer"]}, samples
+                    )
+                except CaelumError as exc:
+                    print(f"  {task.id}: not sampled: {str(exc)[:200]}", file=stream, flush=True)
+                    continue
+                if agreement is None:
+                    print(f"  {task.id}: no sample answered, not recorded", file=stream, flush=True)
+                    continue
+                append_row(
+                    out,
+                    {
+                        "id": task.id,
+                        "task_sha": task.fingerprint(),
+                        "model": model,
+                        "agreement": agreement,
+                        "samples": count,
+                        "elapsed_ms": round(float(elapsed_ms), 1),
+                        "recorded_at": now_iso(),
+                    },
+                )
+                written += 1
+                verdict = "right" if row["correct"] else "WRONG"
+                line = f"[{written:>3}/{len(todo)}] {task.id:<22} agreement {agreement:.2f} {verdict}"
+                print(f"{line} {elapsed_ms / 1000:.1f} s", file=stream, flush=True)
+    return written
+
+
+def with_agreement(rows: Sequence[Mapping[str, Any]], sampled: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The recorded rows with the agreement recorded apart put into their signals (a row whose own
+    signals carry agreement, sampled live, keeps it)."""
+    by_id = {a["id"]: a for a in sampled}
+    merged = []
+    for row in rows:
+        extra = by_id.get(row["id"])
+        if extra is not None and extra.get("task_sha", row.get("task_sha")) == row.get("task_sha"):
+            signals = dict(row["signals"])
+            if signals.get("agreement") is None:
+                signals["agreement"], signals["samples"] = extra["agreement"], extra["samples"]
+            row = {**row, "signals": signals}
+        merged.append(dict(row))
+    return merged
+
+
 # --replay ---------------------------------------------------------------------------------------
 
 
@@ -615,6 +724,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--build", type=Path, metavar="CRUXEVAL_JSONL", help="write the task file from CRUXEval")
     mode.add_argument("--record", action="store_true", help="record the model's answers through delegate_task")
+    mode.add_argument("--record-agreement", action="store_true", help="sample agreement for the recorded answers")
     mode.add_argument("--replay", action="store_true", help="score the recording with the calibration as it is now")
     parser.add_argument("--url", default=DEFAULT_URL, help="the OpenAI-compatible host serving the model")
     parser.add_argument("--model", default=DEFAULT_MODEL)
@@ -626,6 +736,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--calibration", type=Path, default=None, help="a calibration.json over the shipped table (replay)"
     )
     parser.add_argument("--json", action="store_true", help="replay: print the figures as JSON")
+    parser.add_argument(
+        "--no-agreement", action="store_true", help="replay: without the agreement recorded by --record-agreement"
+    )
     args = parser.parse_args(argv)
     recording = args.recording or RECORDINGS / f"{model_slug(args.model)}.jsonl"
 
@@ -652,6 +765,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1 if summary.failed else 0
+    if args.record_agreement:
+        import anyio
+
+        tasks = load_tasks(args.tasks)
+
+        async def run_agreement() -> int:
+            return await record_agreement(tasks, recording, url=args.url, model=args.model, limit=args.limit)
+
+        written = anyio.run(run_agreement)
+        print(f"sampled agreement for {written} answers into {agreement_path(recording)}", file=sys.stderr)
+        return 0
     rows = read_jsonl(recording)
     if not rows:
         raise SystemExit(f"{recording} holds no recorded answers; run --record first")
@@ -665,6 +789,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(str(exc)) from exc
         merged = {**table.entries, **{e.key: e for e in entries}}
         table = CalibrationTable(merged.values(), prior=prior or table.prior, threshold=THRESHOLD)
+    if not args.no_agreement:
+        rows = with_agreement(rows, read_jsonl(agreement_path(recording)))
     result = replay(rows, table)
     if args.json:
         print(json.dumps(result, indent=1))

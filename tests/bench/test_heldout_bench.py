@@ -280,3 +280,80 @@ async def test_record_goes_through_delegate_task_on_the_stdio_server_and_resumes
         assert row["calibration"] and 0.0 <= row["confidence"] <= 1.0
     sent = [b for b in host.bodies if isinstance(b, dict) and "messages" in b]
     assert all(b.get("max_tokens", b.get("max_completion_tokens")) == heldout.MAX_TOKENS for b in sent)
+
+
+@pytest.mark.slow
+async def test_record_agreement_samples_the_delegate_task_prompt_and_the_replay_reads_it(tmp_path: Path) -> None:
+    def answer(body: dict[str, Any]) -> str:
+        asked = body["messages"][-1]["content"]
+        sampled = body.get("temperature") == 0.7
+        # the right answer is stable under sampling; the wrong one changes
+        output = "3" if "f(2)" in asked else ("'yes'" if sampled else "'no'")
+        return json.dumps({"output": output, "confidence": 0.9})
+
+    tasks = [
+        heldout.HeldoutTask(
+            id="t/right",
+            source_id="r",
+            code="def f(x): return x + 1",
+            input="2",
+            gold="3",
+            prompt=heldout.prompt_of("def f(x): return x + 1", "2"),
+        ),
+        heldout.HeldoutTask(
+            id="t/wrong",
+            source_id="w",
+            code="def f(x): return x",
+            input="5",
+            gold="5",
+            prompt=heldout.prompt_of("def f(x): return x", "5"),
+        ),
+        heldout.HeldoutTask(
+            id="t/none",
+            source_id="n",
+            code="def f(x): return x",
+            input="6",
+            gold="6",
+            prompt=heldout.prompt_of("def f(x): return x", "6"),
+        ),
+    ]
+    recording = tmp_path / "rec.jsonl"
+    signals = Signals(valid=True, self_reported=0.9, output_tokens=8).model_dump()
+    rows = [
+        {
+            "id": t.id,
+            "task_sha": t.fingerprint(),
+            "model": MODEL,
+            "answer": a,
+            "correct": a == t.gold,
+            "confidence": 0.1,
+            "signals": signals,
+        }
+        for t, a in zip(tasks, ["3", "'no'", None], strict=True)
+    ]
+    recording.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    log = io.StringIO()
+    with FaultHost("openai", models=[(MODEL, 1.5)], answer=answer) as host, anyio.fail_after(120):
+        written = await heldout.record_agreement(tasks, recording, url=host.url, model=MODEL, stream=log)
+        again = await heldout.record_agreement(tasks, recording, url=host.url, model=MODEL, stream=log)
+
+    assert (written, again) == (2, 0), log.getvalue()  # the answer with no string has nothing to agree with
+    sampled = {r["id"]: r for r in heldout.read_jsonl(heldout.agreement_path(recording))}
+    assert sampled["t/right"]["agreement"] == 1.0 and sampled["t/wrong"]["agreement"] == 0.0
+    assert sampled["t/right"]["samples"] == 2 and sampled["t/right"]["task_sha"] == tasks[0].fingerprint()
+    sent = [b for b in host.bodies if isinstance(b, dict) and "messages" in b]
+    assert len(sent) == 4 and all(b["temperature"] == 0.7 for b in sent)
+    assert {b["messages"][-1]["content"] for b in sent} == {tasks[0].prompt, tasks[1].prompt}
+
+    merged = {r["id"]: r for r in heldout.with_agreement(heldout.read_jsonl(recording), list(sampled.values()))}
+    assert merged["t/right"]["signals"]["agreement"] == 1.0 and merged["t/none"]["signals"].get("agreement") is None
+    stale = [{**sampled["t/wrong"], "task_sha": "another prompt"}]
+    assert heldout.with_agreement(rows, stale)[1]["signals"].get("agreement") is None
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert heldout.main(["--replay", "--recording", str(recording)]) == 0
+    assert "agreement sampled on 2 answers" in out.getvalue()
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert heldout.main(["--replay", "--recording", str(recording), "--no-agreement"]) == 0
+    assert "agreement sampled" not in out.getvalue()
