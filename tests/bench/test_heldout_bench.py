@@ -238,6 +238,18 @@ def test_replay_command_prints_raw_live_and_calibrated_with_the_verdict(tmp_path
 # the real stdio server ---------------------------------------------------------------------------
 
 
+def function_task(task_id: str, code: str, call_input: str, gold: str) -> Any:
+    """A held-out task asking what ``code``'s ``f`` returns for ``call_input``."""
+    return heldout.HeldoutTask(
+        id=task_id,
+        source_id=task_id,
+        code=code,
+        input=call_input,
+        gold=gold,
+        prompt=heldout.prompt_of(code, call_input),
+    )
+
+
 @pytest.mark.slow
 async def test_record_goes_through_delegate_task_on_the_stdio_server_and_resumes(tmp_path: Path) -> None:
     def answer(body: dict[str, Any]) -> str:
@@ -245,22 +257,8 @@ async def test_record_goes_through_delegate_task_on_the_stdio_server_and_resumes
         return json.dumps({"output": "3" if "f(2)" in asked else "'no'", "confidence": 0.9})
 
     tasks = [
-        heldout.HeldoutTask(
-            id="t/right",
-            source_id="r",
-            code="def f(x): return x + 1",
-            input="2",
-            gold="3",
-            prompt=heldout.prompt_of("def f(x): return x + 1", "2"),
-        ),
-        heldout.HeldoutTask(
-            id="t/wrong",
-            source_id="w",
-            code="def f(x): return x",
-            input="5",
-            gold="5",
-            prompt=heldout.prompt_of("def f(x): return x", "5"),
-        ),
+        function_task("t/right", "def f(x): return x + 1", "2", "3"),
+        function_task("t/wrong", "def f(x): return x", "5", "5"),
     ]
     out = tmp_path / "rec.jsonl"
     log = io.StringIO()
@@ -292,30 +290,9 @@ async def test_record_agreement_samples_the_delegate_task_prompt_and_the_replay_
         return json.dumps({"output": output, "confidence": 0.9})
 
     tasks = [
-        heldout.HeldoutTask(
-            id="t/right",
-            source_id="r",
-            code="def f(x): return x + 1",
-            input="2",
-            gold="3",
-            prompt=heldout.prompt_of("def f(x): return x + 1", "2"),
-        ),
-        heldout.HeldoutTask(
-            id="t/wrong",
-            source_id="w",
-            code="def f(x): return x",
-            input="5",
-            gold="5",
-            prompt=heldout.prompt_of("def f(x): return x", "5"),
-        ),
-        heldout.HeldoutTask(
-            id="t/none",
-            source_id="n",
-            code="def f(x): return x",
-            input="6",
-            gold="6",
-            prompt=heldout.prompt_of("def f(x): return x", "6"),
-        ),
+        function_task("t/right", "def f(x): return x + 1", "2", "3"),
+        function_task("t/wrong", "def f(x): return x", "5", "5"),
+        function_task("t/none", "def f(x): return x", "6", "6"),
     ]
     recording = tmp_path / "rec.jsonl"
     signals = Signals(valid=True, self_reported=0.9, output_tokens=8).model_dump()
