@@ -42,7 +42,7 @@ DATA = Path(__file__).resolve().parent / "data" / "gate"
 TASKS_DIR = DATA / "tasks"
 PROMPT_CHARS = 900  # system + prompt; the pinned CPU model reads ~22 tokens/s
 MAX_TOKENS = 96  # short answers; digits are one token each on Qwen, so a timestamp alone is ~12
-MAX_TOKENS_CODE = 200
+MAX_TOKENS_CODE = 200  # code edits, and SQL with its one-sentence explanation (query_data's answer shape)
 SPLITS = ("dev", "test")
 SQL_TIMEOUT_S = 5.0
 SQL_ROW_CAP = 10_000
@@ -318,7 +318,7 @@ def gold_output(task: GateTask) -> dict[str, Any]:
     if task.grader == "span":
         return {"answer": task.gold["answers"][0]}
     if task.grader == "sql":
-        return {"sql": task.gold["sql"]}
+        return {"sql": task.gold["sql"], "explanation": "the gold query"}
     if task.grader == "line":
         return {"line": task.gold["line"], "fix": ""}
     return dict(task.gold)
@@ -541,7 +541,7 @@ def parse_task(row: Any, where: str) -> GateTask:
     size = len(row["prompt"]) + len(row["system"] or "")
     if size > PROMPT_CHARS:
         raise TaskError(f"{where}: system + prompt is {size} characters; keep it under {PROMPT_CHARS}")
-    cap = MAX_TOKENS_CODE if row["kind"] == TaskKind.CODE_EDIT else MAX_TOKENS
+    cap = MAX_TOKENS_CODE if row["kind"] in (TaskKind.CODE_EDIT, TaskKind.SQL) else MAX_TOKENS
     if not isinstance(row["max_tokens"], int) or not 16 <= row["max_tokens"] <= cap:
         raise TaskError(f"{where}: max_tokens must be an integer in 16..{cap}")
     if not isinstance(row["gold"], dict) or not row["gold"]:

@@ -102,7 +102,8 @@ def test_no_group_is_in_both_splits_and_ids_are_unique() -> None:
 def test_prompts_fit_the_cpu_budget() -> None:
     for task in TASKS:
         assert len(task.prompt) + len(task.system or "") <= 900, task.id
-        assert task.max_tokens <= 96, task.id
+        # SQL carries query_data's one-sentence explanation as well
+        assert task.max_tokens <= (192 if task.kind == "sql" else 96), task.id
 
 
 def test_loader_rejects_a_malformed_row_with_what_to_fix(tmp_path: Path) -> None:

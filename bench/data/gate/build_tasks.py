@@ -876,11 +876,19 @@ def build_chinook() -> Iterator[dict[str, Any]]:
             group=f"chinook:q{n}",
             kind="sql",
             prompt=prompt,
-            schema=obj({"sql": {"type": "string", "description": "one SQLite SELECT statement"}}),
+            # the answer's shape is query_data's (supervisors/data/sql_step.py): the SQL and one
+            # sentence saying what it computes, so the length a calibrator learns here is the
+            # length the product's answers have
+            schema=obj(
+                {
+                    "sql": {"type": "string", "description": "one SQLite SELECT statement"},
+                    "explanation": {"type": "string", "description": "one sentence: what the query computes"},
+                }
+            ),
             gold={"database": CHINOOK_DB, "sql": gold_sql, "rows": rows, "ordered": ordered},
             grader="sql",
             verifier={"type": "sql_runs", "database": CHINOOK_DB},
-            max_tokens=96,
+            max_tokens=192,
         )
     connection.close()
 
