@@ -52,6 +52,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -525,9 +526,13 @@ def scope_by_leaving_sources_out(
     kind, every scope is fitted without that source's rows of the kind (the pooled fit keeps the other
     kinds' rows) and scored by log loss on them. The scope with the lowest mean log loss over the
     kind's rows wins; a scope that cannot be fitted for some source is out. None where the kind's dev
-    rows span fewer than :data:`MIN_SOURCES` sources. Reads dev rows only."""
+    rows span fewer than :data:`MIN_SOURCES` sources of :data:`MIN_KIND_ROWS` rows or more (then
+    the row-count rule decides). Reads dev rows only."""
     mine = [i for i, (k, _, _) in enumerate(dev) if k == kind]
-    names = sorted({sources[i] for i in mine})
+    counts = Counter(sources[i] for i in mine)
+    # a source with fewer rows than a kind's level needs cannot be left out and predicted from the
+    # rest, nor leave a fit of the kind's own behind: it counts as a source only with enough rows
+    names = sorted(name for name, count in counts.items() if count >= MIN_KIND_ROWS)
     if len(names) < MIN_SOURCES:
         return None
     totals: dict[str, float | None] = dict.fromkeys(SCOPES, 0.0)
