@@ -1089,14 +1089,17 @@ async def record_agreement(
     samples: int,
     grounding_for: GroundingFor,
     limit: int | None = None,
+    apart: frozenset[str] = frozenset(),
     stream: TextIO = sys.stderr,
 ) -> int:
     """k samples for each recorded task whose base probability lies in ``band``; returns how many
-    were appended. A row whose output was cut at 300 characters cannot be compared and is left out."""
+    were appended. A row whose output was cut at 300 characters cannot be compared and is left out.
+    ``apart``: the kinds the replay keeps out of the pooled fit (:func:`kinds_apart`), so the base
+    probabilities are the ones the replay and the shipped table use."""
     done = {row["id"] for row in read_jsonl(out)}
     dev, _ = _dev_test(rows, {})
     sources = {str(field_of(t, "id")): source_of(t) for t in tasks}
-    fits = fit_kinds(dev, [r["kind"] for r in rows], sources=dev_sources(rows, sources))
+    fits = fit_kinds(dev, [r["kind"] for r in rows], sources=dev_sources(rows, sources), apart=apart)
     by_id = {field_of(t, "id"): t for t in tasks}
     todo = []
     for row in interleaved(rows):
@@ -1258,6 +1261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.record_agreement:
             rows = latest(r for r in read_jsonl(recording) if r["model"] == args.model)
+            apart = kinds_apart(rows, {})["apart"]
 
             async def run_agreement(state: AppState) -> int:
                 return await record_agreement(
@@ -1269,6 +1273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     samples=args.samples,
                     grounding_for=grounding_for,
                     limit=args.limit,
+                    apart=apart,
                 )
 
             anyio.run(_with_app, args.url, args.model, run_agreement)

@@ -369,6 +369,33 @@ async def test_record_agreement_samples_only_the_band_and_appends_what_it_measur
     # run again: nothing is sampled twice
     assert await gate._with_app(None, MODEL, body, extra_hosts=[Host(name="scripted", backend=backend)]) == 0
 
+    # with a kind kept apart from the pooled fit, the band is judged on the fits the replay makes then
+    # (a kind of a few rows borrows the pooled ranking, so keeping qa out of it moves that kind's base)
+    rows = [{**r, "kind": "review"} if n < 24 else r for n, r in enumerate(rows)]
+    apart = frozenset({"qa"})
+    together = gate.fit_kinds(gate._dev_test(rows, {})[0], [r["kind"] for r in rows])
+    fits_apart = gate.fit_kinds(gate._dev_test(rows, {})[0], [r["kind"] for r in rows], apart=apart)
+    base_apart = {r["id"]: fits_apart.kinds[r["kind"]].base.probability(gate.signals_of(r)) for r in rows}
+    review = [r for r in rows if r["kind"] == "review"]
+    assert all(
+        abs(base_apart[r["id"]] - together.kinds["review"].base.probability(gate.signals_of(r))) > 1e-3 for r in review
+    )
+    out_apart = tmp_path / "apart.agreement.jsonl"
+
+    async def body_apart(state: Any) -> int:
+        return int(
+            await gate.record_agreement(
+                state, tasks, rows, out_apart, band=band, samples=2, grounding_for=small_numbers, apart=apart,
+                stream=io.StringIO(),
+            )
+        )  # fmt: skip
+
+    await gate._with_app(None, MODEL, body_apart, extra_hosts=[Host(name="scripted", backend=backend)])
+    recorded_apart = {r["id"]: r for r in gate.read_jsonl(out_apart)}
+    assert set(recorded_apart) == {i for i, p in base_apart.items() if band[0] <= p <= band[1]}
+    for task_id, row in recorded_apart.items():
+        assert row["base_probability"] == pytest.approx(base_apart[task_id], abs=1e-4)
+
 
 def test_write_default_without_family_leaves_other_models_on_the_prior(tmp_path: Path) -> None:
     folder = tmp_path / "recordings"
