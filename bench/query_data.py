@@ -53,6 +53,7 @@ import anyio
 import duckdb
 from mcp import Client
 
+from caelum_mcp.engine.calibration import USER_FILE
 from caelum_mcp.engine.config import load_config
 from caelum_mcp.engine.hosts import Host
 from caelum_mcp.serving.server import create_server
@@ -210,9 +211,19 @@ def questions(name: str) -> list[dict[str, Any]]:
 
 
 async def ask_all(
-    config_path: str | None, work: Path, sets: dict[str, tuple[Path, list[dict[str, Any]]]], min_tier: str | None
+    config_path: str | None,
+    work: Path,
+    sets: dict[str, tuple[Path, list[dict[str, Any]]]],
+    min_tier: str | None,
+    calibration: Path | None = None,
 ) -> list[Outcome]:
+    """Every question through ``query_data`` on an in-process server whose data folder is ``work``'s
+    own; ``calibration`` (a ``calibration.json``, e.g. written by ``bench/gate.py --write-default
+    --table``) is copied into it, where the server reads a user's table."""
     overrides: dict[str, Any] = {"data_dir": str(work / "data"), "allowed_roots": [str(work)]}
+    if calibration is not None:
+        (work / "data").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(calibration, work / "data" / USER_FILE)
     if min_tier:
         overrides["router.tasks.sql.min_tier"] = min_tier
     config = load_config(config_path, overrides=overrides)
@@ -440,7 +451,7 @@ async def main(args: argparse.Namespace) -> None:
             if args.set in ("all", "penguins"):
                 sets["penguins"] = (prepare_penguins(work), questions("penguins")[: args.limit])
             print(f"accuracy: {sum(len(v[1]) for v in sets.values())} questions ({', '.join(sets)})")
-            report_accuracy(await ask_all(args.config, work, sets, args.min_tier))
+            report_accuracy(await ask_all(args.config, work, sets, args.min_tier, args.calibration))
         if args.speed or everything:
             await speed(work, args.rows, args.repeat)
         if args.security or everything:
@@ -455,6 +466,12 @@ if __name__ == "__main__":
     parser.add_argument("--speed", action="store_true")
     parser.add_argument("--security", action="store_true")
     parser.add_argument("--config", help="caelum config (hosts); default: the usual discovery")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="a calibration.json the server reads as the user's table (the server's data folder is the bench's own)",
+    )
     parser.add_argument("--set", choices=("all", "tpch", "penguins"), default="all")
     parser.add_argument("--limit", type=int, default=None, help="questions per set")
     parser.add_argument("--sf", type=float, default=0.01, help="TPC-H scale factor")
@@ -462,4 +479,9 @@ if __name__ == "__main__":
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     logging.basicConfig(level=logging.WARNING)
-    anyio.run(main, parser.parse_args())
+    parsed = parser.parse_args()
+    if parsed.calibration is not None and not parsed.calibration.is_file():
+        parser.error(
+            f"--calibration {parsed.calibration}: no such file (bench/gate.py --write-default --table writes one)"
+        )
+    anyio.run(main, parsed)
