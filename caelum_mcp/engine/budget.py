@@ -87,16 +87,23 @@ def result_size(data: Any) -> int:
     return estimate_tokens(_dumps(data))
 
 
+# Significant digits a float keeps in a result: 15 is the most that every decimal survives a trip
+# through a double with (``0.1 + 0.2`` reads 0.3 again), so no data value is changed. Fewer cut real
+# digits: at 10, a DuckDB SUM of money, 1035681023.49, came back as 1035681023.0.
+FLOAT_DIGITS = 15
+
+
 def round_floats(value: Any) -> Any:
-    """JSON data ``value`` with its floats at 10 significant digits: ``0.1 + 0.2`` is 0.3 and an
-    average 33.33333333, not 17 digits of binary noise that cost tokens and say nothing. A new
-    value; ``value`` is not modified."""
+    """JSON data ``value`` with its floats at :data:`FLOAT_DIGITS` significant digits: ``0.1 + 0.2``
+    is 0.3 and an average 33.3333333333333, not 17 digits whose last ones are binary noise, while a
+    value of up to 15 digits (every DECIMAL(15, 2)) is returned as it was. A new value; ``value`` is
+    not modified."""
     if isinstance(value, dict):
         return {key: round_floats(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [round_floats(item) for item in value]
     if isinstance(value, float) and math.isfinite(value):
-        return float(f"{value:.10g}")
+        return float(f"{value:.{FLOAT_DIGITS}g}")
     return value
 
 

@@ -72,15 +72,21 @@ def test_the_estimate_adds_up_across_pieces() -> None:
     assert estimate_tokens(whole) <= sum(estimate_tokens(json.dumps(i, ensure_ascii=False)) for i in items) + 3
 
 
-def test_floats_are_rounded_to_ten_significant_digits_and_nothing_else_changes() -> None:
+def test_floats_lose_their_binary_noise_and_no_digit_of_data() -> None:
     data = {"mean": 33.333333333333336, "sum": 0.1 + 0.2, "rows": [[1, 2.0, None, "0.30000000000000004"]], "n": 7}
     assert round_floats(data) == {
-        "mean": 33.33333333,
+        "mean": 33.3333333333333,
         "sum": 0.3,
         "rows": [[1, 2.0, None, "0.30000000000000004"]],
         "n": 7,
     }
-    assert round_floats({"inf": float("inf"), "big": 1.2345678901234e20}) == {"inf": float("inf"), "big": 1.23456789e20}
+    assert round_floats({"inf": float("inf"), "big": 1.2345678901234e20}) == {
+        "inf": float("inf"),
+        "big": 1.2345678901234e20,
+    }
+    # data a query returns keeps every digit it had: a SUM of DECIMAL(15, 2) money, a 15-digit total
+    money = [1035681023.49, 9999999999999.99, 123456789012.345, -0.01, 1e-9]
+    assert round_floats(money) == money
 
 
 def test_a_result_that_fits_is_returned_unchanged() -> None:

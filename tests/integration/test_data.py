@@ -241,6 +241,22 @@ async def test_own_sql_runs_under_the_same_guards_with_no_model_call(tmp_path: P
     assert backend.requests == []
 
 
+async def test_numbers_come_back_with_every_digit_they_had(tmp_path: Path) -> None:
+    """A DuckDB SUM of money is a DECIMAL(38, 2); the result's floats lose their binary noise, never a
+    digit of the data (at 10 significant digits 1035681023.49 came back as 1035681023.0)."""
+    work(tmp_path)
+    host, _ = sql_host()
+    sql = (
+        "SELECT CAST(1035681023.49 AS DECIMAL(15, 2)) AS total, CAST(9999999999999.99 AS DECIMAL(15, 2)) AS big, "
+        "0.1 + 0.2 AS noisy, sum(amount) / 3 AS third FROM sales"
+    )
+    async with session(tmp_path, [host]) as (client, _):
+        out, _ = await call(client, "query_data", {"sources": ["shop/sales.csv"], "sql": sql})
+    total, big, noisy, third = out["rows"][0]
+    assert (total, big) == (1035681023.49, 9999999999999.99)
+    assert noisy == 0.3 and len(repr(third).replace(".", "").lstrip("0")) <= 15
+
+
 async def test_rows_are_capped_with_an_omitted_count(tmp_path: Path) -> None:
     work(tmp_path)
     async with session(tmp_path, []) as (client, _):
