@@ -94,7 +94,10 @@ DEFAULT_MODEL = "qwen2.5-coder:1.5b"
 THRESHOLD = RouterConfig().confidence_threshold
 CLAUDE_MODEL = ClaudeConfig().model  # the model escalations go to by default
 TIME_BUDGET_S = 900.0
-OUTPUT_CHARS = 300
+# The recorded output is cut here: long enough for a whole answer of the longest task (SQL with
+# query_data's explanation, 192 tokens), so a verifier changed later can regrade it offline. At
+# 300, 21 of the 44 SQL answers lost their SQL behind the explanation (keys are sorted).
+OUTPUT_CHARS = 2000
 DEFAULT_BAND = (0.4, 0.9)
 AGREEMENT_SAMPLES = 2
 # The signals an answer may lack (None); the ablation drops each in turn. valid/repaired are always there.
@@ -369,8 +372,9 @@ async def regrade(
     current graders and verifiers (the answer does not depend on them: calibration is off and one
     model answers), and split, source and kind taken from the task files. Returns (rows, how many
     changed, how many were dropped: their task is gone or its prompt changed). A valid answer cut
-    at 300 characters cannot be regraded and keeps its label. ``timings``, when given, collects the
-    seconds each grounding check took, by kind: what the verifier signal costs a task."""
+    at :data:`OUTPUT_CHARS` cannot be regraded and keeps its label and grounding. ``timings``, when
+    given, collects the seconds each grounding check took, by kind: what the verifier signal costs a
+    task."""
     by_id = {field_of(t, "id"): t for t in tasks}
     kept: list[dict[str, Any]] = []
     changed = dropped = 0

@@ -36,6 +36,8 @@ import jsonschema
 
 from caelum_mcp.core.llm import GroundingCheck, GroundingResult, TaskKind
 from caelum_mcp.engine.grounding import restatement_problem
+from caelum_mcp.tools.data.models import QueryResult
+from caelum_mcp.tools.data.sql_checks import judge
 from caelum_mcp.tools.logs.formats import LEVELS, canonical_level
 
 DATA = Path(__file__).resolve().parent / "data" / "gate"
@@ -454,17 +456,46 @@ def _verify_label_allowed(task: GateTask, output: Mapping[str, Any]) -> Groundin
     return GroundingResult(score=0.0, problems=(f"label {output.get('label')!r} is not one of the choices",))
 
 
+QUESTION_MARK = "Write one SQL query that answers: "
+
+
+def tables_read(database: str, sql: str) -> frozenset[str]:
+    """The tables ``sql`` reads, as SQLite's authorizer sees them when it prepares the statement
+    (DuckDB's binder tells ``query_data`` the same). Raises :class:`sqlite3.Error` as :func:`run_sql`."""
+    uri = f"file:{database_path(database)}?mode=ro&immutable=1"
+    connection = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    read: set[str] = set()
+
+    def authorizer(action: int, table: str | None, *_: Any) -> int:
+        if action == sqlite3.SQLITE_READ and table and not table.startswith("sqlite_"):
+            read.add(table)
+        return sqlite3.SQLITE_OK
+
+    try:
+        connection.set_authorizer(authorizer)
+        connection.execute(f"EXPLAIN {sql}").fetchall()  # compiled on a read-only copy, not run
+    finally:
+        connection.close()
+    return frozenset(read)
+
+
 def _verify_sql_runs(task: GateTask, output: Mapping[str, Any]) -> GroundingResult:
+    """``query_data``'s grounding of its own SQL (``tools/data/sql_checks.judge``): the query must
+    run, read a table, return rows and fit the shape the question implies ("the top five" at most
+    five rows, "how many" one), with the same scores, so the calibrator learns the signal the
+    product gives (before 2026-12-07 evening: 1.0 for any rows, 0.5 for none)."""
     sql = answer_sql(output)
     if sql is None:
         return GroundingResult(score=0.0, problems=("no SQL",))
+    database = task.verifier_spec["database"]
     try:
-        rows = run_sql(task.verifier_spec["database"], sql)
+        rows = run_sql(database, sql)
+        read = tables_read(database, sql)
     except (sqlite3.Error, sqlite3.Warning) as exc:
         return GroundingResult(score=0.0, problems=(f"the SQL fails: {exc}",))
-    if not rows:
-        return GroundingResult(score=0.5, problems=("the SQL returns no rows",))
-    return GroundingResult(score=1.0)
+    question = task.prompt.rsplit(QUESTION_MARK, 1)[-1].strip()
+    result = QueryResult(sql=sql, columns=[], rows=[list(r) for r in rows[:1]], row_count=len(rows))
+    return judge(question, result, read)
 
 
 VERIFIERS: dict[str, Callable[[GateTask, Mapping[str, Any]], GroundingResult]] = {
@@ -473,7 +504,7 @@ VERIFIERS: dict[str, Callable[[GateTask, Mapping[str, Any]], GroundingResult]] =
     "values_in_prompt": _verify_values_in_prompt,  # every field's value occurs in the prompt
     "span_in_passage": _verify_span_in_passage,  # {"passage": str}: the answer is a span of the passage
     "label_allowed": _verify_label_allowed,  # {"labels": [...]}: the label is one of the choices shown
-    "sql_runs": _verify_sql_runs,  # {"database": file}: runs on the schema shown and returns rows
+    "sql_runs": _verify_sql_runs,  # {"database": file}: query_data's check (runs, reads a table, rows, shape)
 }
 
 

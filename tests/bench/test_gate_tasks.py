@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 
 from caelum_mcp.core.llm import GroundingResult
+from caelum_mcp.tools.data import sql_checks
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -251,11 +252,30 @@ def test_sql_is_graded_by_its_result_on_a_read_only_database(monkeypatch: pytest
     assert database.read_bytes() == before
     check = gt.grounding_check(count)
     assert check is not None
-    assert check({"sql": "SELECT 1 FROM Track WHERE 0"}).score == 0.5
+    assert check({"sql": "SELECT COUNT(*) FROM Track"}).score == 1.0
     assert check({"sql": "DROP TABLE Track"}).score == 0.0
     monkeypatch.setattr(gt, "SQL_TIMEOUT_S", 0.2)
     endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT COUNT(*) FROM n"
     assert not gt.grade(count, {"sql": endless})
+
+
+def test_sql_is_grounded_as_query_data_grounds_it() -> None:
+    """The verifier gives query_data's grounding (``sql_checks.judge``): the calibrator learns the
+    signal the product gives, with the product's scores."""
+    count = gt.grounding_check(BY_ID["chinook/0"])  # How many tracks are there?
+    top = gt.grounding_check(BY_ID["chinook/34"])  # List the 3 shortest tracks' names, shortest first.
+    assert count is not None and top is not None
+    # a result the question's shape rules out: many rows for "how many", more than 3 for "the 3 shortest"
+    assert count({"sql": "SELECT TrackId FROM Track"}).score == sql_checks.SHAPE_SCORE
+    assert top({"sql": "SELECT Name FROM Track ORDER BY Milliseconds"}).score == sql_checks.SHAPE_SCORE
+    assert top({"sql": "SELECT Name FROM Track ORDER BY Milliseconds LIMIT 3"}).score == 1.0
+    # no rows, and a query that reads no table at all (SQLite's authorizer names what it reads)
+    assert top({"sql": "SELECT Name FROM Track WHERE Milliseconds < 0"}).score == sql_checks.EMPTY_SCORE
+    assert count({"sql": "SELECT 3503"}).score == sql_checks.NO_TABLE_SCORE
+    assert gt.tables_read("chinook.sqlite", "SELECT a.Title FROM Album a JOIN Artist r ON r.ArtistId = a.ArtistId") == {
+        "Album",
+        "Artist",
+    }
 
 
 def test_big_bench_hard_answers_grade_by_their_own_shape() -> None:
