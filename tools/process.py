@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
@@ -47,7 +48,9 @@ DEFAULT_MAX_OUTPUT_BYTES = 8 * 1024 * 1024
 RUN_MARKER_VAR = "CAELUM_RUN_MARKER"
 POLL_INTERVAL_S = 0.1  # how often the process tree is walked; commands shorter than this pay nothing
 PIPE_GRACE_S = 1.0  # after the child exits, how long its output pipes may stay open (held by leftovers)
-_KILL_SWEEPS = 3  # a process forking while we kill is caught by the next sweep
+# Sweeps of freezing what the tree and the marker show before the kill: each catches what the
+# processes stopped by the last one had forked just before they stopped (a generation a sweep).
+_KILL_SWEEPS = 8
 
 
 class CommandWatcher(Protocol):
@@ -273,9 +276,13 @@ class _Descendants:
     - The run marker in the environment, searched when it is time to kill: catches descendants that
       left the tree (a double fork reparents them to init) before a walk saw them.
 
-    A process that both leaves the tree between two walks and drops the marker from its environment
-    is not found. Processes are kept as ``psutil.Process`` objects, which refuse to signal a process
-    whose pid was reused (they compare its creation time), so a stale entry never kills a stranger.
+    When it is time to kill, every process found is frozen (SIGSTOP) before any is killed: a stopped
+    process cannot fork, and what it forked just before stays its child, so walking below the frozen
+    ones again finds it, however quickly it left the session and dropped the marker. A process that
+    leaves the tree between two walks while the command runs (its parent exits) and drops the marker
+    from its environment is still not found. Processes are kept as ``psutil.Process`` objects,
+    which refuse to signal a process whose pid was reused (they compare its creation time), so a
+    stale entry never kills a stranger.
     """
 
     def __init__(self, pid: int, marker: str) -> None:
@@ -301,6 +308,31 @@ class _Descendants:
             for child in children:
                 self._remember(child)
 
+    def _walk_below_all(self) -> None:
+        """Remember what lives below the command and below every descendant remembered (one may
+        have been orphaned with children of its own): one read of the process table."""
+        by_parent: dict[int, list[psutil.Process]] = defaultdict(list)
+        for proc in psutil.process_iter(["ppid", "create_time"]):
+            by_parent[proc.info["ppid"]].append(proc)
+        stack = ([self._root] if self._root is not None else []) + list(self._seen.values())
+        visited: set[int] = set()
+        while stack:
+            parent = stack.pop()
+            if parent.pid in visited:
+                continue
+            visited.add(parent.pid)
+            try:
+                if not parent.is_running():  # its pid now belongs to another process
+                    continue
+                born = parent.create_time()
+            except psutil.Error:
+                continue
+            for child in by_parent.get(parent.pid, ()):
+                created = child.info.get("create_time")
+                if created is not None and created >= born:  # an older one had the pid before
+                    self._remember(child)
+                    stack.append(child)
+
     async def watch(self) -> None:
         """Walk the tree every :data:`POLL_INTERVAL_S` until cancelled."""
         while True:
@@ -313,20 +345,25 @@ class _Descendants:
         return len(self._killed)
 
     def kill_all(self) -> None:
-        """SIGKILL every remembered or marked descendant still alive (blocking: reads the process table)."""
+        """Freeze every remembered or marked descendant still alive, sweep after sweep until a sweep
+        finds none it had not frozen, then SIGKILL them all (blocking: reads the process table)."""
         with self._lock:
+            frozen: set[tuple[int, float]] = set()
             for _ in range(_KILL_SWEEPS):
-                self.walk()
+                self._walk_below_all()
                 for proc in self._marked():
                     self._remember(proc)
-                fresh = {key: proc for key, proc in self._seen.items() if key not in self._killed}
+                fresh = {k: p for k, p in self._seen.items() if k not in self._killed and k not in frozen}
                 if not fresh:
-                    return
+                    break
                 for key, proc in fresh.items():
-                    if _kill(proc):
-                        self._killed.add(key)
+                    if _signal(proc, signal.SIGSTOP):
+                        frozen.add(key)
                     else:
                         del self._seen[key]  # already gone: nothing to do next sweep
+            for key in frozen:
+                if _signal(self._seen[key], signal.SIGKILL):
+                    self._killed.add(key)
 
     def _remember(self, proc: psutil.Process) -> None:
         try:
@@ -348,14 +385,25 @@ class _Descendants:
         return found
 
 
-def _kill(proc: psutil.Process) -> bool:
+def _signal(proc: psutil.Process, signum: int) -> bool:
+    """Send ``signum`` to ``proc`` (psutil refuses a pid reused by another process); False when it
+    is gone or a zombie already."""
     try:
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False  # already dead; only its parent (or init) can reap it
-        proc.kill()
+        proc.send_signal(signum)
     except psutil.Error:
         return False
     return True
+
+
+def _stop_group(process: Process) -> None:
+    """SIGSTOP the child's whole process group: nothing in it forks while its tree is walked."""
+    if sys.platform != "win32":
+        try:
+            os.killpg(process.pid, signal.SIGSTOP)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _kill_group(process: Process) -> None:
@@ -433,9 +481,12 @@ async def run_command(
         # Shielded: a cancelled caller must still not leave the child (or its descendants) running.
         with anyio.CancelScope(shield=True):
             if not finished:
-                descendants.walk()  # the tree is still whole: see what is in it before the group dies
-                _kill_group(process)
+                # Frozen, the group cannot fork and the tree stays whole while it is walked: a child
+                # forked at this instant, gone to its own session with no marker, is still below it.
+                _stop_group(process)
                 await anyio.to_thread.run_sync(descendants.kill_all)
+                _kill_group(process)
+                await anyio.to_thread.run_sync(descendants.kill_all)  # anything the marker shows now
             with anyio.move_on_after(10):
                 await process.aclose()
             _ended(process.pid, marker, create_time)
