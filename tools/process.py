@@ -30,7 +30,6 @@ import sys
 import threading
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
@@ -297,41 +296,21 @@ class _Descendants:
             self._root = None
 
     def walk(self) -> None:
-        """Remember the command's current descendants (blocking: a read of the process table)."""
-        if self._root is None:
-            return
-        try:
-            children: list[psutil.Process] = self._root.children(recursive=True)
-        except psutil.Error:
-            return
+        """Remember what lives below the command, and below each remembered descendant that is no
+        longer below it (orphaned, reparented to init, with children of its own); blocking: reads
+        the process table once, and once more for each such orphan."""
         with self._lock:
-            for child in children:
-                self._remember(child)
-
-    def _walk_below_all(self) -> None:
-        """Remember what lives below the command and below every descendant remembered (one may
-        have been orphaned with children of its own): one read of the process table."""
-        by_parent: dict[int, list[psutil.Process]] = defaultdict(list)
-        for proc in psutil.process_iter(["ppid", "create_time"]):
-            by_parent[proc.info["ppid"]].append(proc)
-        stack = ([self._root] if self._root is not None else []) + list(self._seen.values())
-        visited: set[int] = set()
-        while stack:
-            parent = stack.pop()
-            if parent.pid in visited:
-                continue
-            visited.add(parent.pid)
+            tops = [self._root] if self._root is not None else []
+            known = {proc.pid for proc in (*tops, *self._seen.values())}
+            tops += [proc for proc in self._seen.values() if _parent_pid(proc) not in known]
+        for top in tops:
             try:
-                if not parent.is_running():  # its pid now belongs to another process
-                    continue
-                born = parent.create_time()
+                children: list[psutil.Process] = top.children(recursive=True)
             except psutil.Error:
                 continue
-            for child in by_parent.get(parent.pid, ()):
-                created = child.info.get("create_time")
-                if created is not None and created >= born:  # an older one had the pid before
+            with self._lock:
+                for child in children:
                     self._remember(child)
-                    stack.append(child)
 
     async def watch(self) -> None:
         """Walk the tree every :data:`POLL_INTERVAL_S` until cancelled."""
@@ -350,7 +329,7 @@ class _Descendants:
         with self._lock:
             frozen: set[tuple[int, float]] = set()
             for _ in range(_KILL_SWEEPS):
-                self._walk_below_all()
+                self.walk()
                 for proc in self._marked():
                     self._remember(proc)
                 fresh = {k: p for k, p in self._seen.items() if k not in self._killed and k not in frozen}
@@ -385,6 +364,13 @@ class _Descendants:
         return found
 
 
+def _parent_pid(proc: psutil.Process) -> int | None:
+    try:
+        return int(proc.ppid())
+    except psutil.Error:
+        return None
+
+
 def _signal(proc: psutil.Process, signum: int) -> bool:
     """Send ``signum`` to ``proc`` (psutil refuses a pid reused by another process); False when it
     is gone or a zombie already."""
@@ -397,22 +383,18 @@ def _signal(proc: psutil.Process, signum: int) -> bool:
     return True
 
 
-def _stop_group(process: Process) -> None:
-    """SIGSTOP the child's whole process group: nothing in it forks while its tree is walked."""
+def _signal_group(process: Process, signum: int) -> None:
+    """Send ``signum`` to the child's whole process group (it leads its own session)."""
     if sys.platform != "win32":
         try:
-            os.killpg(process.pid, signal.SIGSTOP)
+            os.killpg(process.pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
 
 
 def _kill_group(process: Process) -> None:
-    """SIGKILL the child's whole process group (it leads its own session), then the child itself."""
-    if sys.platform != "win32":
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    """SIGKILL the child's whole process group, then the child itself."""
+    _signal_group(process, signal.SIGKILL)
     if process.returncode is None:
         try:
             process.kill()
@@ -483,7 +465,7 @@ async def run_command(
             if not finished:
                 # Frozen, the group cannot fork and the tree stays whole while it is walked: a child
                 # forked at this instant, gone to its own session with no marker, is still below it.
-                _stop_group(process)
+                _signal_group(process, signal.SIGSTOP)
                 await anyio.to_thread.run_sync(descendants.kill_all)
                 _kill_group(process)
                 await anyio.to_thread.run_sync(descendants.kill_all)  # anything the marker shows now
