@@ -803,6 +803,7 @@ def replay(
     prompt_chars: Mapping[str, int] | None = None,
     claude_model: str = CLAUDE_MODEL,
     sources: Mapping[str, str] | None = None,
+    groups: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Every figure of ``--replay``, as a JSON-able dict; with ``prompt_chars`` (task id → characters
     of its prompt), also the local share and the estimated Claude cost against all-Claude."""
@@ -842,6 +843,7 @@ def replay(
         "kinds": table,
         "ablation": ablation,
         "ece_floor": ece_noise_floor([sc.final for sc in scored]),
+        "intervals": bootstrap_intervals(scored, groups or {}, threshold),
         "agreement_cost": agreement_cost(rows, by_id),
         "agreement_on_dev": None
         if not by_id
@@ -869,6 +871,44 @@ def ece_noise_floor(probs: Sequence[float], *, draws: int = 1000, seed: int = 0)
         "median": statistics.median(eces),
         "p90": eces[min(len(eces) - 1, int(0.9 * len(eces)))],
     }
+
+
+BOOTSTRAP_FIGURES = ("auroc", "ece", "clear_share", "clear_accuracy")
+
+
+def bootstrap_intervals(
+    scored: Sequence[Scored],
+    groups: Mapping[str, str],
+    threshold: float,
+    *,
+    draws: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """95 % intervals of the overall calibrated figures: the test split's groups (a SQuAD passage, a
+    log segment, a Chinook question: what the split draws whole; a row without one is its own)
+    resampled with replacement, as many as there are, ``draws`` times (seeded). How far the test
+    figures would move on another draw of tasks like these, with the calibrators held fixed."""
+    members: dict[str, list[Scored]] = {}
+    for row in scored:
+        members.setdefault(groups.get(row.id, row.id), []).append(row)
+    names = sorted(members)
+    rng = random.Random(seed)
+    values: dict[str, list[float]] = {name: [] for name in BOOTSTRAP_FIGURES}
+    for _ in range(draws):
+        sample = [row for _ in names for row in members[rng.choice(names)]]
+        figures = metrics([row.final for row in sample], [row.correct for row in sample], threshold)
+        for name in BOOTSTRAP_FIGURES:
+            value = figures[name]
+            if value is not None:
+                values[name].append(float(value))
+
+    def interval(got: list[float]) -> list[float] | None:
+        if not got:
+            return None
+        got.sort()
+        return [got[int(0.025 * (len(got) - 1))], got[int(0.975 * (len(got) - 1))]]
+
+    return {"groups": len(names), "draws": draws, **{name: interval(values[name]) for name in BOOTSTRAP_FIGURES}}
 
 
 def routing_cost(
@@ -977,6 +1017,20 @@ def print_replay(result: Mapping[str, Any], out: TextIO | None = None) -> None:
             f"ECE a perfectly calibrated score would show with these probabilities on {floor['n']} rows "
             f"(labels drawn from them, {floor['draws']} draws): median {floor['median']:.3f}, "
             f"90th percentile {floor['p90']:.3f}",
+            file=out,
+        )
+    spans = result.get("intervals")
+    if spans is not None:
+
+        def span(name: str, show: Callable[[float | None], str]) -> str:
+            got = spans[name]
+            return "n/a" if got is None else f"{show(got[0])}-{show(got[1])}"
+
+        print(
+            f"95 % intervals, the test split's {spans['groups']} groups resampled ({spans['draws']} draws): "
+            f"AUROC {span('auroc', _num)}, ECE {span('ece', _num)} (a resample's ECE reads high: its bins "
+            f"hold fewer distinct answers), clearing {span('clear_share', _pct)}, "
+            f"right of those {span('clear_accuracy', _pct)}",
             file=out,
         )
     print("\nablation (test AUROC, calibrated, each signal left out of fit and score):", file=out)
@@ -1299,7 +1353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.perf_counter()
         tasks, _, _ = _load_gate_tasks()
         sources = {str(field_of(t, "id")): source_of(t) for t in tasks}
-        result = replay(rows, agreement, prompt_chars=prompt_characters(tasks), sources=sources)
+        groups = {str(field_of(t, "id")): str(field_of(t, "group")) for t in tasks}
+        result = replay(rows, agreement, prompt_chars=prompt_characters(tasks), sources=sources, groups=groups)
         result["seconds"] = round(time.perf_counter() - started, 2)
         if args.json:
             print(json.dumps(result, indent=2, sort_keys=True))

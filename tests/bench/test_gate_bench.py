@@ -589,6 +589,25 @@ def test_the_level_only_scope_says_the_kinds_accuracy_whatever_the_signals() -> 
     assert gate.level_only([sure] * 3, [True] * 3) is None  # too few rows for even a level
 
 
+def test_bootstrap_intervals_resample_whole_groups() -> None:
+    rng = random.Random(3)
+    scored = []
+    for i in range(200):
+        right = rng.random() < 0.6
+        final = min(1.0, max(0.0, (0.7 if right else 0.4) + rng.uniform(-0.3, 0.3)))
+        scored.append(gate.Scored(id=f"t/{i}", kind="qa", correct=right, raw=final, base=final, final=final))
+    point = gate.metrics([s.final for s in scored], [s.correct for s in scored], 0.75)
+    by_row = gate.bootstrap_intervals(scored, {}, 0.75, draws=200)
+    assert by_row == gate.bootstrap_intervals(scored, {}, 0.75, draws=200)  # seeded
+    assert by_row["groups"] == 200
+    for name in ("auroc", "clear_share", "clear_accuracy"):
+        low, high = by_row[name]
+        assert low <= point[name] <= high and high - low < 0.3, name
+    # one group holding every row: each resample is the whole split, so nothing can move
+    whole = gate.bootstrap_intervals(scored, {s.id: "one passage" for s in scored}, 0.75, draws=50)
+    assert whole["groups"] == 1 and whole["auroc"] == [point["auroc"], point["auroc"]]
+
+
 def test_the_ece_noise_floor_is_what_a_calibrated_score_shows_at_this_size() -> None:
     probs = [0.2, 0.5, 0.8, 0.95] * 60
     floor = gate.ece_noise_floor(probs, draws=300)
