@@ -86,18 +86,42 @@ for line in sys.stdin.buffer:
     else:
         live.pop(int(parts[1]), None)
         pending.discard(marker)
+try:
+    import psutil
+except ImportError:
+    psutil = None
+# Frozen first, a command's group cannot fork, and what left its session (an empty environment
+# drops the marker too) is still below it: walk each tree, freeze what it holds, then kill it all.
+for pid in live:
+    try:
+        os.killpg(pid, signal.SIGSTOP)
+    except OSError:
+        pass
+below = []
+if psutil is not None:
+    for pid in live:
+        try:
+            below += psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            pass
+    for proc in below:
+        try:
+            proc.suspend()
+        except psutil.Error:
+            pass
 for pid in live:
     try:
         os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
 markers = set(live.values()) | pending
-if markers:
-    try:
-        import psutil
-    except ImportError:
-        sys.exit(0)
-    for proc in psutil.process_iter():
+if psutil is not None:
+    for proc in below:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    for proc in psutil.process_iter() if markers else ():
         try:
             if proc.environ().get({RUN_MARKER_VAR!r}) in markers:
                 proc.kill()

@@ -285,6 +285,36 @@ async def test_running_commands_are_killed_by_the_shutdown_hook_and_a_guard_watc
     assert getattr(outcome, "returncode", None) == -9 and kill_running_commands() == 0
 
 
+def test_the_guard_kills_what_a_command_started_in_a_session_of_its_own_without_our_environment(mark: str) -> None:
+    """The server is gone (its pipe to the guard closed) while a command runs that started a daemon
+    in its own session with an empty environment: outside the group, no run marker. The guard
+    freezes the group and kills what is below it too; it used to kill the group alone."""
+    marker = uuid.uuid4().hex
+    command = subprocess.Popen(
+        [sys.executable, "-c", NEW_SESSION_BARE_ENV, mark, "120"],
+        env={**os.environ, RUN_MARKER_VAR: marker},
+        start_new_session=True,
+    )
+    guard = subprocess.Popen([sys.executable, "-c", _GUARD_CODE], stdin=subprocess.PIPE, cwd="/")
+    try:
+        deadline = time.monotonic() + 30
+        while len(marked(mark)) < 2 and time.monotonic() < deadline:  # the command and its daemon
+            time.sleep(0.05)
+        assert len(marked(mark)) >= 2, "the daemon never started"
+        assert guard.stdin is not None
+        guard.stdin.write(f"+ {command.pid} {marker}\n".encode("ascii"))
+        guard.stdin.close()
+        assert guard.wait(timeout=60) == 0
+        assert command.wait(timeout=30) == -9
+        deadline = time.monotonic() + 10
+        while marked(mark) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not marked(mark), "the daemon outlived the server"
+    finally:
+        command.kill()
+        guard.kill()
+
+
 @pytest.mark.slow
 def test_the_guard_kills_a_command_whose_start_it_heard_of_but_not_its_pid(tmp_path: Path) -> None:
     """The server died between starting a command and telling the guard its pid (under load that
