@@ -65,8 +65,10 @@ class CommandWatcher(Protocol):
 # or in tasks it starts, is reported. A contextvar, so parallel steps each see their own.
 COMMAND_WATCH: ContextVar[CommandWatcher | None] = ContextVar("caelum_command_watch", default=None)
 
-# The commands running now, pid (= process group id: each leads its own session) -> run marker.
+# The commands running now, pid (= process group id: each leads its own session) -> run marker,
+# and -> what was seen below it (the shutdown hook kills that too).
 _running: dict[int, str] = {}
+_trees: dict[int, _Descendants] = {}
 _running_lock = threading.Lock()
 
 # The guard's program: it outlives the server only as long as it takes to clean up after it.
@@ -198,16 +200,27 @@ def guard_pid() -> int | None:
 
 
 def kill_running_commands() -> int:
-    """SIGKILL the process group of every command running now; returns how many groups were
-    signalled. Safe in a signal handler (no locks of the event loop, no waiting)."""
-    killed = 0
+    """Kill every command running now with all it started, as a cancellation does: the groups
+    frozen, each tree walked and its processes frozen, then all of it killed. Returns how many
+    groups were stopped. For a signal handler: no locks of the event loop, no waiting on a
+    process (it reads the process table)."""
+    stopped = []
     for pid in list(_running):
         try:
-            os.killpg(pid, signal.SIGKILL)
-            killed += 1
+            os.killpg(pid, signal.SIGSTOP)
+            stopped.append(pid)
         except (ProcessLookupError, PermissionError):
             pass
-    return killed
+    for pid in stopped:
+        tree = _trees.get(pid)
+        if tree is not None:
+            tree.kill_all()  # the command itself carries its marker: it goes here as well
+    for pid in stopped:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return len(stopped)
 
 
 def _started(pid: int, marker: str) -> float | None:
@@ -228,6 +241,7 @@ def _started(pid: int, marker: str) -> float | None:
 def _ended(pid: int, marker: str, create_time: float | None) -> None:
     with _running_lock:
         _running.pop(pid, None)
+    _trees.pop(pid, None)
     _guard.tell(f"- {pid} {marker}")
     watcher = COMMAND_WATCH.get()
     if watcher is not None and create_time is not None:
@@ -473,6 +487,7 @@ async def run_command(
         _guard.tell(f"- 0 {marker}")
         raise
     descendants = _Descendants(process.pid, marker)
+    _trees[process.pid] = descendants
     finished = False
     timed_out = False
     create_time: float | None = None

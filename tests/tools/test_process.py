@@ -315,6 +315,24 @@ def test_the_guard_kills_what_a_command_started_in_a_session_of_its_own_without_
         guard.kill()
 
 
+async def test_the_shutdown_hook_kills_what_a_command_started_outside_its_group(tmp_path: Path, mark: str) -> None:
+    # SIGTERM's hook used to kill each command's process group only: a daemon in its own session
+    # with an empty environment (no run marker, so the guard cannot find it either) outlived it.
+    result: list[object] = []
+
+    async def spawner() -> None:
+        argv = [sys.executable, "-c", NEW_SESSION_BARE_ENV, mark, "120"]
+        result.append(await run_command(argv, cwd=tmp_path, timeout_s=60))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(spawner)
+        assert await wait_daemon(mark), "the daemon never started"
+        assert kill_running_commands() == 1
+    assert await wait_marked(mark, alive=False, within_s=10), "a daemon outlived the shutdown hook"
+    (outcome,) = result
+    assert getattr(outcome, "returncode", None) == -9
+
+
 @pytest.mark.slow
 def test_the_guard_kills_a_command_whose_start_it_heard_of_but_not_its_pid(tmp_path: Path) -> None:
     """The server died between starting a command and telling the guard its pid (under load that
