@@ -13,11 +13,11 @@ Commands never outlive the server. Each command running is listed in this proces
 (:func:`kill_running_commands`, which the stdio server's SIGTERM handler calls,
 :mod:`caelum_mcp.serving.shutdown`) and with a guard: a small watchdog process (started with the first
 command, in its own session) that reads the list over a pipe. When the server dies in any way,
-``kill -9`` included, the pipe closes and the guard kills the groups of the commands still listed,
-and the processes carrying their run markers, then exits. The guard hears of each command's run
-marker before the command starts, so one whose pid it was never told (the server died in between)
-is still found by its marker. A caller may also be told each command's
-pid as it starts and ends (:data:`COMMAND_WATCH`): a workflow step records them, so that a resumed
+``kill -9`` included, the pipe closes and the guard kills the groups of the commands still listed
+(frozen first, and what is below them), and the processes carrying their run markers, then exits.
+The guard hears of each command's run marker before the command starts, so one whose pid it was
+never told (the server died in between) is still found by its marker. A caller may also be told
+each command's pid as it starts and ends (:data:`COMMAND_WATCH`): a workflow step records them, so that a resumed
 run can stop a copy that is still alive.
 """
 
