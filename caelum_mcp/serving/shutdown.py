@@ -2,8 +2,8 @@
 
 The stdio server is stopped by its client with SIGTERM (or SIGHUP when the terminal goes). Python's
 default for those ends the process at once, and the commands it runs, each in a session of its
-own, would keep running. :func:`install_signal_handlers` makes both kill every running command's
-process group (:func:`~caelum_mcp.tools.process.kill_running_commands`) and then end the process
+own, would keep running. :func:`install_signal_handlers` makes both kill every running command with
+what it started (:func:`~caelum_mcp.tools.process.kill_running_commands`) and then end the process
 by the same signal, so that its exit status still says how it ended. ``kill -9`` cannot be
 caught: the guard process of :mod:`caelum_mcp.tools.process` covers it.
 """
