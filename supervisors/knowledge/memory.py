@@ -26,7 +26,7 @@ from caelum_mcp.tools.knowledge.memory import GLOBAL_SCOPE, MAX_NOTE_CHARS, Memo
 from caelum_mcp.tools.knowledge.store import is_damaged_store
 from caelum_mcp.tools.paths import resolve_project
 
-from .state import KnowledgeSettings, KnowledgeState, embedding_model, no_embedding_model
+from .state import KnowledgeSettings, KnowledgeState, embedding_failed, embedding_model, no_embedding_model
 
 Action = Literal["remember", "recall", "forget", "list"]
 Scope = Literal["project", "global"]
@@ -194,7 +194,7 @@ async def _recall(
                 await anyio.to_thread.run_sync(store.put_vectors, model, pairs)
             vector = (model, (await ctx.llm.embed([query], model=model)).vectors[0])
         except CaelumError as exc:
-            said = f"recalled by words only: embedding failed: {exc}"
+            said = f"recalled by words only: embedding failed: {embedding_failed(ctx.llm, exc)}"
     else:
         said = f"recalled by words only: {no_embedding_model(ctx.llm)}"
     recalled = await anyio.to_thread.run_sync(

@@ -32,6 +32,7 @@ from .state import (
     KnowledgeSettings,
     KnowledgeState,
     ProjectIndex,
+    embedding_failed,
     embedding_model,
     ensure_synced,
     no_embedding_model,
@@ -139,7 +140,7 @@ async def run_retrieval(
             try:
                 vector = unit((await ctx.llm.embed([query], model=model)).vectors[0])
             except CaelumError as exc:
-                note, model = f"lexical search only: embedding the query failed: {exc}", None
+                note, model = f"lexical search only: embedding the query failed: {embedding_failed(ctx.llm, exc)}", None
     if mode == "semantic" and vector is None:
         raise CaelumError(f"semantic search is not possible now ({note}); use mode=hybrid or lexical")
     signals: tuple[Signal, ...] = ("semantic",) if mode == "semantic" else ("lexical", "semantic")

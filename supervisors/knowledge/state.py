@@ -90,6 +90,14 @@ def no_embedding_model(llm: LLMService) -> str:
     )
 
 
+def embedding_failed(llm: LLMService, exc: Exception) -> str:
+    """What an embedding call that just failed said, and which embedding host is down and why: the
+    pool refuses a host whose circuit is open without its last error (a restart of the embedded
+    model that failed, in llama.cpp's words), so the note would not say what to fix."""
+    problem = llm.embedding_problem()
+    return f"{exc}; {problem}" if problem and problem not in str(exc) else str(exc)
+
+
 class Background:
     """Embedding that outlives a tool call: the lifespan's task group and the server's LLM service
     (its model calls are in the ledger without a tool call)."""

@@ -268,3 +268,24 @@ async def test_a_secret_in_a_note_is_never_stored(tmp_path: Path) -> None:
 
 def files_holding(root: Path, needle: bytes) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_a_failed_embedding_says_which_host_is_down_and_why() -> None:
+    # The pool refuses a host whose circuit is open with its name and state only; the note must
+    # also carry the host's last error (here a restart of the embedded model that failed).
+    from caelum_mcp.core.errors import NoHostAvailableError
+    from caelum_mcp.supervisors.knowledge.state import embedding_failed
+
+    class Pool:
+        def __init__(self, problem: str) -> None:
+            self.problem = problem
+
+        def embedding_problem(self) -> str:
+            return self.problem
+
+    refused = NoHostAvailableError("no enabled, healthy host serves model 'all-minilm:l6-v2'")
+    down = "all-minilm:l6-v2 on host embedded-embeddings is down (circuit open): could not be restarted: bad file"
+    said = embedding_failed(Pool(down), refused)  # type: ignore[arg-type]
+    assert said.startswith("no enabled, healthy host") and "could not be restarted: bad file" in said
+    assert embedding_failed(Pool(""), refused) == str(refused)  # nothing known: the error as it was
+    assert embedding_failed(Pool("bad file"), NoHostAvailableError("bad file")).count("bad file") == 1
