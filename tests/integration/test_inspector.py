@@ -38,8 +38,16 @@ def run_inspector(inspector: Path, args: list[str], home: Path) -> dict[str, obj
 
 def run_inspector_with_stderr(inspector: Path, args: list[str], home: Path) -> tuple[dict[str, object], str]:
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home)}
+    # The Inspector gives a server 15 s to answer `initialize`; the embedded model starts first (5 s
+    # here alone), and under the suite's parallel load that once took longer: this tests behaviour,
+    # the start-up time is not its business.
     proc = subprocess.run(
-        [str(inspector), "--cli", *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        [str(inspector), "--cli", "--connect-timeout", "100000", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     data: dict[str, object] = json.loads(proc.stdout)
