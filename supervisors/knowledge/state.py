@@ -90,12 +90,17 @@ def no_embedding_model(llm: LLMService) -> str:
     )
 
 
+FAILURE_NOTE_CHARS = 1000
+
+
 def embedding_failed(llm: LLMService, exc: Exception) -> str:
     """What an embedding call that just failed said, and which embedding host is down and why: the
     pool refuses a host whose circuit is open without its last error (a restart of the embedded
     model that failed, in llama.cpp's words), so the note would not say what to fix."""
     problem = llm.embedding_problem()
-    return f"{exc}; {problem}" if problem and problem not in str(exc) else str(exc)
+    said = f"{exc}; {problem}" if problem and problem not in str(exc) else str(exc)
+    # a host's last error is whatever its server said: the note keeps the start, where the cause is
+    return said if len(said) <= FAILURE_NOTE_CHARS else said[: FAILURE_NOTE_CHARS - 1] + "…"
 
 
 class Background:

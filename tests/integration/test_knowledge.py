@@ -289,3 +289,5 @@ def test_a_failed_embedding_says_which_host_is_down_and_why() -> None:
     assert said.startswith("no enabled, healthy host") and "could not be restarted: bad file" in said
     assert embedding_failed(Pool(""), refused) == str(refused)  # nothing known: the error as it was
     assert embedding_failed(Pool("bad file"), NoHostAvailableError("bad file")).count("bad file") == 1
+    long = embedding_failed(Pool("x" * 50_000), refused)  # a server's error text does not grow the note
+    assert len(long) == 1000 and long.startswith("no enabled, healthy host") and long.endswith("…")
