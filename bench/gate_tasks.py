@@ -29,6 +29,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from caelum_mcp.core.llm import GroundingCheck, GroundingResult, TaskKind
 from caelum_mcp.engine.grounding import restatement_problem
 from caelum_mcp.tools.data.models import QueryResult
 from caelum_mcp.tools.data.sql_checks import judge
-from caelum_mcp.tools.logs.formats import LEVELS, canonical_level
+from caelum_mcp.tools.logs.formats import LEVELS, canonical_level, detect_format
 
 DATA = Path(__file__).resolve().parent / "data" / "gate"
 TASKS_DIR = DATA / "tasks"
@@ -363,16 +364,43 @@ def line_severity(line: str) -> int:
     return LEVELS.index(level) if level in LEVELS else len(LEVELS)
 
 
+_FORMAT_REFERENCE = datetime(2026, 1, 1)  # the year a timestamp without one is read in; unused here
+
+
+def logged_by(excerpt: Mapping[int, str], line: int) -> str | None:
+    """The logger of ``excerpt[line]`` as the log reader parses it, the format read from the excerpt's
+    own lines (``org.apache...RMContainerAllocator`` of a Hadoop line, not the ``[RMCommunicator
+    Allocator]`` thread beside it); None where the reader finds no component on that line."""
+    fmt = detect_format([excerpt[number] for number in sorted(excerpt)], _FORMAT_REFERENCE)
+    parsed = fmt.parse(excerpt[line])
+    return parsed.source if parsed is not None and parsed.source else None
+
+
+def _names_on_line(names: set[str], line: str) -> bool:
+    """Every class name stands whole on the line: ``NIOServerCnxn`` in ``[...:NIOServerCnxn@1001]``,
+    not ``Allocator`` inside ``RMContainerAllocator``."""
+    return bool(names) and all(
+        re.search(rf"(?<![a-z0-9_]){re.escape(name)}(?![a-z0-9_])", line.casefold()) for name in names
+    )
+
+
 def _verify_triage(task: GateTask, output: Mapping[str, Any]) -> GroundingResult:
-    """Half for naming the component that is on the blamed line, half for blaming a line at the
-    excerpt's worst severity (a failure is not an INFO line beside an ERROR one)."""
+    """Half for naming the blamed line's logger, half for blaming a line at the excerpt's worst
+    severity (a failure is not an INFO line beside an ERROR one). The logger is what the log reader
+    parses from the line (since 2026-12-08; before, any class name found inside the line passed, so the
+    thread ``RMCommunicator Allocator`` passed for ``RMContainerAllocator``), else a class name standing
+    whole on the line."""
     line = as_int(output.get("line"))
     excerpt = _excerpt_lines(task.prompt)
     if line is None or line not in excerpt or line > int(task.verifier_spec["lines"]):
         return GroundingResult(score=0.0, problems=(f"line {output.get('line')!r} is not in the excerpt",))
     problems: list[str] = []
-    names = component_names(output.get("component", ""))
-    if not names or not all(name in excerpt[line].casefold() for name in names):
+    shown = {number: text for number, text in excerpt.items() if number <= int(task.verifier_spec["lines"])}
+    logger = logged_by(shown, line)
+    if logger is not None:
+        if not same_component(output.get("component", ""), logger):
+            problems.append(f"component {output.get('component')!r} is not {logger!r}, the logger of line {line}")
+    elif not _names_on_line(component_names(output.get("component", "")), excerpt[line]):
         problems.append(f"component {output.get('component')!r} is not on line {line}")
     worst = min(line_severity(text) for number, text in excerpt.items() if number <= int(task.verifier_spec["lines"]))
     if line_severity(excerpt[line]) > worst:

@@ -616,3 +616,15 @@ def test_the_ece_noise_floor_is_what_a_calibrated_score_shows_at_this_size() -> 
     bigger = gate.ece_noise_floor(probs * 20, draws=100)
     assert bigger["median"] < floor["median"] / 2  # noise shrinks with rows: 20x the rows, ~1/4.5 the ECE
     assert gate.ece_noise_floor([0.0, 1.0] * 50, draws=50)["p90"] == 0.0  # certain labels: no noise at all
+
+
+def test_the_targets_line_decides_at_full_precision() -> None:
+    """A table that rounds 88 of 98 (89.8 %) to "90 %" must not read as meeting the 90 % target."""
+    overall = {"n": 251, "auroc": 0.8718, "ece": 0.0952, "clear_share": 98 / 251, "clear_accuracy": 88 / 98}
+    lines = gate.target_lines(overall)
+    assert lines[0] == "AUROC 0.872, target ≥ 0.85: met"
+    assert lines[1] == "ECE 0.095, target ≤ 0.05: NOT met"
+    assert lines[2] == "clearing 39.0 % (98 of 251), target ≥ 40 %: NOT met"
+    assert lines[3] == "right of those 89.8 % (88 of 98), target ≥ 90 %: NOT met"
+    met = gate.target_lines({"n": 100, "auroc": 0.85, "ece": 0.05, "clear_share": 0.4, "clear_accuracy": 0.9})
+    assert all(line.endswith(": met") for line in met), met

@@ -159,6 +159,30 @@ def test_graders_are_fair_to_json_answers() -> None:
     assert gt.grade(sql, {"sql": "```sql\nSELECT COUNT(*) FROM Track;\n```"})
 
 
+def test_a_triage_answer_must_name_the_lines_logger_not_its_thread() -> None:
+    """``[RMCommunicator Allocator] org.apache...RMContainerAllocator: ...``: the thread's last word
+    sits inside the logger's name, and a check that looked for it anywhere on the line passed it
+    (two dev answers, both wrong, read as fully verified)."""
+    hadoop = [t for t in TASKS if t.grader == "triage_line_component" and "RMContainerAllocator" in t.gold["component"]]
+    task = next(t for t in hadoop if "[RMCommunicator Allocator]" in gt._excerpt_lines(t.prompt)[t.gold["line"]])
+    check = gt.grounding_check(task)
+    assert check is not None
+    line = task.gold["line"]
+    thread = check({"line": line, "component": "RMCommunicator Allocator"})
+    assert thread.score == 0.5 and "the logger of line" in thread.problems[0]
+    for named in (task.gold["component"], "RMContainerAllocator", "rm.RMContainerAllocator"):
+        assert check({"line": line, "component": named}).score == 1.0, named
+    # where the log reader finds no logger (ZooKeeper's ``[thread:Class@line]``), a class name
+    # must stand whole on the line
+    zookeeper = next(t for t in TASKS if t.grader == "triage_line_component" and "NIOServerCnxn" in t.gold["component"])
+    shown = gt._excerpt_lines(zookeeper.prompt)
+    assert gt.logged_by(shown, zookeeper.gold["line"]) is None
+    zk = gt.grounding_check(zookeeper)
+    assert zk is not None
+    assert zk({"line": zookeeper.gold["line"], "component": "NIOServerCnxn"}).score == 1.0
+    assert zk({"line": zookeeper.gold["line"], "component": "ServerCnxn"}).score == 0.5  # inside a longer name
+
+
 def test_verifiers_use_only_the_prompt() -> None:
     triage = next(task for task in TASKS if task.grader == "triage_line_component")
     check = gt.grounding_check(triage)
@@ -168,14 +192,14 @@ def test_verifiers_use_only_the_prompt() -> None:
     # half for the component being on the blamed line, half for that line being as severe as the
     # excerpt's worst (the gold line is the one failing line, so another line is less severe)
     assert gt.line_severity(excerpt[other_line]) > gt.line_severity(excerpt[triage.gold["line"]])
-    named_elsewhere = all(
-        name in excerpt[other_line].casefold() for name in gt.component_names(triage.gold["component"])
-    )
+    logger_elsewhere = gt.logged_by(excerpt, other_line)
+    assert logger_elsewhere is not None  # a Hadoop line: the log reader parses its logger
+    named_elsewhere = gt.same_component(triage.gold["component"], logger_elsewhere)
     result = check({"line": other_line, "component": triage.gold["component"]})
     assert result.score == (0.5 if named_elsewhere else 0.0)
     assert any("less severe" in problem for problem in result.problems)
     wrong_component = check({"line": triage.gold["line"], "component": "NoSuchLogger"})
-    assert wrong_component.score == 0.5 and "not on line" in wrong_component.problems[0]
+    assert wrong_component.score == 0.5 and "the logger of line" in wrong_component.problems[0]
     assert check({"line": 7, "component": triage.gold["component"]}).score == 0.0
     extraction = next(task for task in TASKS if task.grader == "fields" and task.kind == "extraction")
     check = gt.grounding_check(extraction)
