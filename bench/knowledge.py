@@ -218,9 +218,11 @@ class Bench:
         self.config = load_config(config, environ={}, overrides=overrides)
         self.server, self.holder = create_server(self.config)
 
-    def missing_model(self) -> str | None:
-        """Why the embedding model cannot be measured (no host serves it), or None."""
+    async def missing_model(self) -> str | None:
+        """Why the embedding model cannot be measured (no host serves it), or None; once the server
+        is ready (its embedded models load after it opens)."""
         state = self.holder.require()
+        await state.ready.wait()
         served = sorted(EmbeddingService(state.pool, state.ledger).models())  # model@host
         if MODEL in {name.rsplit("@", 1)[0] for name in served}:
             return None
@@ -836,7 +838,7 @@ async def main(args: argparse.Namespace) -> int:
     bench = Bench(cache, qa_micro=not args.no_ask, config=args.config)
     results: dict[str, Any] = {}
     async with Client(bench.server) as client:
-        missing = None if args.lexical_only else bench.missing_model()
+        missing = None if args.lexical_only else await bench.missing_model()
         if missing is not None:
             print(f"knowledge bench: {missing}", file=sys.stderr)
             return 2

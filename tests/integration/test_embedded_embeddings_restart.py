@@ -40,6 +40,8 @@ async def test_a_killed_embedding_server_is_restarted_by_the_next_search(tmp_pat
     # no word in common with the code: only the embedding model can find it
     search = {"query": "renew an expired login credential", "project": str(project)}
     async with session(tmp_path, [], embedded="on") as (client, holder):
+        with anyio.fail_after(120):
+            await holder.require().ready.wait()  # the embedded models load after initialize
         server = holder.require().embedded_embeddings
         assert server is not None
         first = await search_when_embedded(client, search)

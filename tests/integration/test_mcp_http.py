@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from fakes.served import free_port, wait_healthy
@@ -91,7 +92,11 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 
 async def test_streamable_http_lists_and_calls(open_server: Served) -> None:
-    health = httpx2.get(f"{open_server.base}/health", timeout=5)
+    # /health says 503 while the embedded model, the only host, loads behind the tool calls' gate
+    deadline = time.monotonic() + 60
+    while (health := httpx2.get(f"{open_server.base}/health", timeout=5)).status_code == 503:
+        assert health.json()["ok"] is False and time.monotonic() < deadline, health.text
+        await anyio.sleep(0.2)
     assert health.status_code == 200 and health.json()["ok"] is True
     async with Client(open_server.mcp) as client:
         tools = {t.name for t in (await client.list_tools()).tools}

@@ -228,6 +228,8 @@ async def test_a_crash_of_the_embedded_model_does_not_take_the_server_down(tmp_p
     server, holder = create_server(make_config(tmp_path))
     async with Client(server) as client:
         state = holder.require()
+        with anyio.fail_after(120):
+            await state.ready.wait()  # the model loads after initialize, and tool calls wait for it
         assert state.embedded is not None and state.embedded.running
         proc = state.embedded._proc
         assert proc is not None

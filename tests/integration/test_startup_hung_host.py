@@ -87,9 +87,9 @@ async def test_the_server_state_opens_without_waiting_for_a_hung_host_and_tool_c
 ) -> None:
     """In process: ``open_app(start_in_background=True)`` (what the MCP server's lifespan enters
     before it answers ``initialize``) returns while the hung host's first health check is still
-    running; with ``embedded = "auto"`` it waits only for the healthy host's answer, which settles
-    that no embedded model is needed. ``ready`` (what tool calls wait for) comes once the first
-    health checks' wait is over, the hung host then unknown. Before: the open waited the whole
+    running; with ``embedded = "auto"`` the healthy host's answer settles, behind the tool calls'
+    gate, that no embedded model is needed. ``ready`` (what tool calls wait for) comes once the
+    first health checks' wait is over, the hung host then unknown. Before: the open waited the whole
     ``STARTUP_PROBE_WAIT_S`` for the hung host."""
     from caelum_mcp.engine.config import load_config
     from caelum_mcp.serving.app import open_app
@@ -102,13 +102,61 @@ async def test_the_server_state_opens_without_waiting_for_a_hung_host_and_tool_c
         )
         async with open_app(config, start_in_background=True) as state:
             assert not state.ready.is_set(), "open_app waited for the hung host's health check"
-            assert [h.name for h in state.pool.healthy_hosts()] == ["works"]
-            assert state.embedded is None and state.embedded_note == "not needed: another local host is healthy"
             with anyio.fail_after(30):
                 await state.ready.wait()
             assert [h.name for h in state.pool.healthy_hosts()] == ["works"]
+            assert state.embedded is None and state.embedded_note == "not needed: another local host is healthy"
             assert hung.by_path["/health"] >= 1 and state.pool.hosts["hung"].last_health is None  # still unknown
 
         # without it (tests, bench): ready when open_app returns, as before
         async with open_app(config) as state:
             assert state.ready.is_set()
+
+
+async def test_initialize_does_not_wait_for_the_embedded_model_and_tool_calls_do(tmp_path: Path) -> None:
+    """``open_app(start_in_background=True)`` returns before the embedded model has started (1.7 s
+    of a 4 s start here, and far longer on a loaded machine, once past a client's 15 s ``initialize``
+    limit); ``ready``, which every tool call waits for, comes only once it serves. Before: the open
+    waited for both embedded models."""
+    from caelum_mcp.engine.config import load_config
+    from caelum_mcp.serving.app import open_app
+
+    config = load_config(
+        environ={"CAELUM_IMPLICIT_OLLAMA": "false"}, overrides={"data_dir": str(tmp_path / "data"), "embedded": "on"}
+    )
+    async with open_app(config, start_in_background=True) as state:
+        assert state.embedded is None and "embedded" not in state.pool.hosts, "open_app waited for the model"
+        assert not state.ready.is_set()
+        with anyio.fail_after(120):
+            await state.ready.wait()
+        assert state.embedded is not None and state.embedded.running, state.embedded_note
+        assert state.embedded_note.startswith("running at"), state.embedded_note
+        assert [h.name for h in state.pool.healthy_hosts() if h.name == "embedded"] == ["embedded"]
+    assert not state.embedded.running  # and the exit stops it
+
+
+async def test_an_embedded_model_that_fails_to_start_leaves_the_server_up_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start that fails in the background, for a reason the embedded server does not foresee
+    (here a full disk, injected), must not take the running server down with it: tool calls go
+    on to the other hosts, and ``pool_status`` says what happened."""
+    import caelum_mcp.serving.app as app
+    from caelum_mcp.engine.config import load_config
+
+    async def full_disk(state: app.AppState) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(app, "start_embedded", full_disk)
+    config = load_config(
+        environ={"CAELUM_IMPLICIT_OLLAMA": "false"}, overrides={"data_dir": str(tmp_path / "data"), "embedded": "on"}
+    )
+    async with app.open_app(config, start_in_background=True) as state:
+        with anyio.fail_after(30):
+            await state.ready.wait()
+        assert state.embedded is None
+        assert state.embedded_note == "could not start: OSError: [Errno 28] No space left on device"
+        report = state.pool_admin.status()  # what pool_status shows
+        assert report.embedded == state.embedded_note
+        await anyio.sleep(0.5)  # still up: a failed background task would end open_app with its error
+        assert state.pool_admin.status().embedded.startswith("could not start")
