@@ -160,3 +160,25 @@ async def test_an_embedded_model_that_fails_to_start_leaves_the_server_up_and_sa
         assert report.embedded == state.embedded_note
         await anyio.sleep(0.5)  # still up: a failed background task would end open_app with its error
         assert state.pool_admin.status().embedded.startswith("could not start")
+
+
+async def test_a_call_made_while_the_model_loads_says_so_in_its_progress(tmp_path: Path) -> None:
+    """The first tool call waits for the embedded model; its progress names that wait, not only
+    the tool, so that a person watching knows what the seconds are spent on."""
+    from caelum_mcp.engine.config import load_config
+    from caelum_mcp.serving.server import create_server
+
+    config = load_config(
+        environ={"CAELUM_IMPLICIT_OLLAMA": "false"}, overrides={"data_dir": str(tmp_path / "data"), "embedded": "on"}
+    )
+    server, holder = create_server(config)
+    messages: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    async with Client(server) as client:
+        assert not holder.require().ready.is_set()
+        result = await client.call_tool("pool_status", {}, progress_callback=on_progress)
+        assert not result.is_error
+    assert messages and messages[0] == "waiting for the embedded model to load", messages
