@@ -73,7 +73,9 @@ for bench in $BENCHES; do
     gate)
       "$PY" bench/gate.py --record --url "$URL" --model "$ALIAS"
       "$PY" bench/gate.py --replay --model "$ALIAS" ;;
-    cascade) "$PY" bench/cascade.py --config "$CONFIG" --time-budget 900 ;;
+    cascade)
+      "$PY" bench/cascade.py --config "$CONFIG" --time-budget 900 \
+        --record "bench/data/cascade/recordings/${ALIAS//:/-}.jsonl" ;;
     query_data) "$PY" bench/query_data.py --accuracy --config "$CONFIG" ;;
     logs) "$PY" bench/logs.py --only ga --model-pass --config "$CONFIG" ;;
     knowledge) "$PY" bench/knowledge.py --only ask --config "$CONFIG" ;;

@@ -46,9 +46,11 @@ from typing import Any
 
 import anyio
 
+from caelum_mcp.core.confidence import raw_score
 from caelum_mcp.core.errors import CaelumError
 from caelum_mcp.core.llm import GroundingResult, LLMTask, TaskKind, size_rank
 from caelum_mcp.core.types import SIZE_TIERS, ChatMessage, Tier
+from caelum_mcp.engine.calibration import CalibrationTable, Signals, metrics
 from caelum_mcp.engine.config import load_config
 from caelum_mcp.serving.app import AppState, open_app
 
@@ -57,7 +59,9 @@ BINS = (0.0, 0.2, 0.4, 0.6, 0.75, 0.9, 1.0001)
 TARGET_LOCAL_SHARE = 0.80
 TARGET_QUALITY_GAP = 0.05
 TARGET_AUROC = 0.85
+THRESHOLD = 0.75  # the router's default confidence threshold, what --replay scores at
 TIME_BUDGET_S = 90.0  # per task; --time-budget raises it for a host that answers in minutes (a CPU)
+OUTPUT_CHARS = 2000  # of a recorded answer
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,8 @@ class Outcome:
     counterfactual: float = 0.0
     seconds: float = 0.0
     error: str | None = None
+    signals: dict[str, Any] | None = None  # the answer's raw signals, what a calibration table reads
+    output: str = ""
 
     @property
     def local(self) -> bool:
@@ -227,6 +233,8 @@ async def run_item(state: AppState, item: Item, **task_args: Any) -> Outcome:
         cost=ex.cost_usd,
         counterfactual=ex.counterfactual_cost_usd,
         seconds=time.perf_counter() - started,
+        signals=None if ex.confidence_parts.signals is None else ex.confidence_parts.signals.model_dump(mode="json"),
+        output=json.dumps(routed.output, sort_keys=True)[:OUTPUT_CHARS] if routed.output is not None else "",
     )
 
 
@@ -350,6 +358,71 @@ def print_cascade(cascade: Pass, claude: Pass | None, threshold: float) -> None:
         print(f"  no answer for {len(failed)} task(s), e.g. {failed[0].item.id}: {(failed[0].error or '')[:200]}")
 
 
+# --record / --replay -----------------------------------------------------------------------------
+
+
+def record_rows(passed: Pass) -> list[dict[str, Any]]:
+    """One JSON-able row per local answer of ``passed``: its label, the confidence it was given and
+    its raw signals, so that a later calibration table can be scored on it without a model."""
+    return [
+        {
+            "id": o.item.id,
+            "category": o.item.category,
+            "kind": o.item.kind.value,
+            "model": o.model,
+            "path": o.path,
+            "correct": o.correct,
+            "confidence": round(o.confidence, 4),
+            "signals": o.signals,
+            "output": o.output,
+            "seconds": round(o.seconds, 1),
+        }
+        for o in passed.outcomes
+        if o.local and o.signals is not None
+    ]
+
+
+def replay(rows: Sequence[dict[str, Any]], table: CalibrationTable, threshold: float) -> dict[str, Any]:
+    """A recording's figures: the confidence the answers were given when recorded, and P(correct)
+    from ``table`` (the router's computation, agreement aside: none is recorded here), overall and
+    per kind."""
+
+    def figures(members: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        labels = [bool(r["correct"]) for r in members]
+        signals = [Signals.model_validate(r["signals"]) for r in members]
+        now = [
+            table.lookup(str(r["model"]), str(r["kind"]))[0].base.probability(s)
+            for r, s in zip(members, signals, strict=True)
+        ]
+        return {
+            "raw": metrics([raw_score(s) for s in signals], labels, threshold),
+            "recorded": metrics([float(r["confidence"]) for r in members], labels, threshold),
+            "now": metrics(now, labels, threshold),
+        }
+
+    kinds = sorted({str(r["kind"]) for r in rows})
+    return {
+        "threshold": threshold,
+        "tables": sorted({table.lookup(str(r["model"]), str(r["kind"]))[1] for r in rows}),
+        "kinds": {k: figures([r for r in rows if r["kind"] == k]) for k in kinds},
+        "overall": figures(rows),
+    }
+
+
+def print_replay(result: dict[str, Any]) -> None:
+    print(f"calibration entries: {'; '.join(result['tables'])}")
+    head = f"{'kind':<12}{'score':<11}{'n':>4}{'acc.':>7}{'AUROC':>7}{'ECE':>6}{'clears':>8}{'right of those':>16}"
+    print(head)
+    for name, figures in [*result["kinds"].items(), ("overall", result["overall"])]:
+        for score in ("raw", "recorded", "now"):
+            f = figures[score]
+            print(
+                f"{name if score == 'raw' else '':<12}{score:<11}{f['n']:>4}{pct(f['accuracy']):>7}{num(f['auroc']):>7}"
+                f"{num(f['ece']):>6}{pct(f['clear_share']):>8}{pct(f['clear_accuracy']):>16}"
+            )
+    print(f"threshold {result['threshold']:.2f}; recorded: the confidence given live; now: this checkout's table")
+
+
 async def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--config", help="caelum.toml (default: the usual places)")
@@ -358,7 +431,18 @@ async def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--respect-needs", action="store_true", help="keep each kind's own minimum tier")
     parser.add_argument("--no-tiers", action="store_true", help="skip the per-tier pass")
     parser.add_argument("--time-budget", type=float, default=TIME_BUDGET_S, help="seconds per task (%(default)s)")
+    parser.add_argument("--record", type=Path, help="write the cascade pass's local answers here (JSONL)")
+    parser.add_argument(
+        "--replay", type=Path, help="score a recording with the current calibration table; runs no model"
+    )
     args = parser.parse_args(argv)
+    if args.replay is not None:
+        table = CalibrationTable.load(None, threshold=THRESHOLD)  # the table this checkout ships
+        rows = [json.loads(line) for line in args.replay.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not rows:
+            raise SystemExit(f"{args.replay} holds no recorded answers: run with --record first")
+        print_replay(replay(rows, table, THRESHOLD))
+        return 0
     budget = {"time_budget_s": args.time_budget}
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     items = load_items(args.limit)
@@ -390,6 +474,11 @@ async def main(argv: Sequence[str] | None = None) -> int:
     if tier_passes:
         print_tiers(tier_passes, threshold)
     print_cascade(cascade, claude, threshold)
+    if args.record is not None:
+        rows = record_rows(cascade)
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
+        print(f"\nrecorded {len(rows)} local answers to {args.record}")
     local = [o for p in [*tier_passes, cascade] for o in p.outcomes if o.local]
     print_calibration(local)
     if smallest is not None and smallest not in SIZE_TIERS[2:]:

@@ -73,9 +73,21 @@ def test_workflow_bench_prints_every_figure_and_verdict(tmp_path: Path) -> None:
 
 @pytest.mark.model
 def test_cascade_bench_prints_its_tables(tmp_path: Path) -> None:
-    out = run("cascade.py", "--limit", "1", "--concurrency", "1", timeout=600, cwd=tmp_path)
+    recording = tmp_path / "recorded.jsonl"
+    out = run("cascade.py", "--limit", "1", "--concurrency", "1", "--record", str(recording), timeout=600, cwd=tmp_path)
     assert "task set: 3 tasks" in out
     assert re.search(r"^  micro +smollm2:135m +3 ", out, re.M), out
     assert re.search(r"served locally \(cleared the gate\): (\d+ %|n/a)", out), out
     assert "calibration (every local answer of every pass):" in out
     assert "all-Claude accuracy: not measured" in out
+    # every local answer recorded with its label and raw signals, and scored again without a model
+    import json
+
+    rows = [json.loads(line) for line in recording.read_text().splitlines()]
+    assert re.search(rf"recorded {len(rows)} local answers", out), out
+    assert rows and {r["kind"] for r in rows} <= {"qa", "extraction", "review"}
+    assert all(isinstance(r["correct"], bool) and r["signals"]["valid"] in (True, False) for r in rows)
+    replayed = run("cascade.py", "--replay", str(recording), timeout=120, cwd=tmp_path)
+    assert "hosts:" not in replayed  # no server, no model
+    assert re.search(rf"^overall +raw +{len(rows)} ", replayed, re.M), replayed
+    assert re.search(r"^ +now +\d+ ", replayed, re.M) and "smollm2:135m" in replayed, replayed
