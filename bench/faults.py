@@ -41,7 +41,7 @@ from typing import Any
 import anyio
 import httpx2
 import psutil
-from mcp import Client
+from mcp import Client, StdioServerParameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -358,9 +358,19 @@ def server_config(folder: Path, *urls: str) -> Path:
 STARTUP_ROUNDS = 3  # single starts on the shared 2-core machine vary by a second or more: medians
 
 
-async def startup(http: httpx2.AsyncClient, folder: Path) -> Row:
-    from mcp import Client, StdioServerParameters
+def stdio_server(folder: Path, config: Path, data_dir: Path) -> StdioServerParameters:
+    """``python -m caelum_mcp serve`` over stdio with ``config``, as a client starts it."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(folder),
+        "CAELUM_CONFIG": str(config),
+        "CAELUM_DATA_DIR": str(data_dir),
+        "CAELUM_LOG_LEVEL": "error",  # the server's stderr is this table's
+    }
+    return StdioServerParameters(command=sys.executable, args=["-m", "caelum_mcp", "serve"], env=env, cwd=str(ROOT))
 
+
+async def startup(http: httpx2.AsyncClient, folder: Path) -> Row:
     row = Row(
         f"MCP initialize over stdio, a host that never answers in the config; then delegate_task (x{STARTUP_ROUNDS})"
     )
@@ -370,15 +380,8 @@ async def startup(http: httpx2.AsyncClient, folder: Path) -> Row:
     for round_ in range(STARTUP_ROUNDS):  # alternating, so that the machine's load lands on both alike
         for label, fault in (("healthy", None), ("hung", Fault("silent"))):
             with running(FaultHost(fault=fault), FaultHost()) as live:
-                env = {
-                    "PATH": os.environ.get("PATH", ""),
-                    "HOME": str(folder),
-                    "CAELUM_CONFIG": str(server_config(folder, *(f.url for f in live))),
-                    "CAELUM_DATA_DIR": str(folder / f"data-{label}-{round_}"),
-                    "CAELUM_LOG_LEVEL": "error",  # the server's stderr is this table's
-                }
-                params = StdioServerParameters(
-                    command=sys.executable, args=["-m", "caelum_mcp", "serve"], env=env, cwd=str(ROOT)
+                params = stdio_server(
+                    folder, server_config(folder, *(f.url for f in live)), folder / f"data-{label}-{round_}"
                 )
 
                 async def session(label: str = label, params: StdioServerParameters = params) -> None:
@@ -415,8 +418,6 @@ async def startup(http: httpx2.AsyncClient, folder: Path) -> Row:
 async def startup_embedded(http: httpx2.AsyncClient, folder: Path) -> Row:
     """``initialize`` with the embedded model on against off, side by side, and how long the first
     tool call then waits: the model loads behind the tool calls' gate, not before ``initialize``."""
-    from mcp import Client, StdioServerParameters
-
     row = Row(f"MCP initialize over stdio, embedded model on vs off; then pool_status (x{STARTUP_ROUNDS})")
     seconds: dict[str, list[float]] = {"on": [], "off": []}
     first: dict[str, list[float]] = {"on": [], "off": []}
@@ -428,16 +429,7 @@ async def startup_embedded(http: httpx2.AsyncClient, folder: Path) -> Row:
                     config.read_text(encoding="utf-8").replace('embedded = "off"', f'embedded = "{label}"'),
                     encoding="utf-8",
                 )
-                env = {
-                    "PATH": os.environ.get("PATH", ""),
-                    "HOME": str(folder),
-                    "CAELUM_CONFIG": str(config),
-                    "CAELUM_DATA_DIR": str(folder / f"data-{label}-{round_}"),
-                    "CAELUM_LOG_LEVEL": "error",
-                }
-                params = StdioServerParameters(
-                    command=sys.executable, args=["-m", "caelum_mcp", "serve"], env=env, cwd=str(ROOT)
-                )
+                params = stdio_server(folder, config, folder / f"data-{label}-{round_}")
 
                 async def session(label: str = label, params: StdioServerParameters = params) -> None:
                     started = time.monotonic()
@@ -752,8 +744,6 @@ def stop_workflow_server(folder: Path, how: str) -> tuple[bool, float, bool]:
 
 async def resume_held_run(project: Path, box: Path, env: dict[str, str]) -> str:
     """Resume the killed run; the gate opens once the resumed copy holds the lock (or could not)."""
-    from mcp import StdioServerParameters
-
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "caelum_mcp", "serve"], env=env, cwd=str(REPOSITORY)
     )
