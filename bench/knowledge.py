@@ -212,7 +212,7 @@ class Bench:
         }
         if config is None:  # the embedded models only; with a config, its hosts too
             overrides |= {"hosts": [], "implicit_ollama": False}
-        if qa_micro:  # let SmolLM2-135M answer, to check what it cites (it is below qa's tier)
+        if qa_micro and config is None:  # let SmolLM2-135M answer, to check what it cites (it is below qa's tier)
             overrides["router"] = {"tasks": {"qa": {"min_tier": "micro"}}}
         (cache / "work").mkdir(parents=True, exist_ok=True)
         self.config = load_config(config, environ={}, overrides=overrides)
@@ -714,6 +714,8 @@ async def memory_methods(
 async def ask(bench: Bench, client: Client, questions: list[Query], project: str) -> dict[str, Any]:
     counts = {"asked": 0, "answered": 0, "abstained": 0, "citations": 0, "valid": 0, "dropped": 0, "skipped": 0}
     seconds = []
+    models: set[str] = set()
+    answers: list[dict[str, Any]] = []  # each question's outcome, printed: what to judge the answers by
     state_store: KnowledgeStore | None = None
     for q in questions:
         t0 = time.perf_counter()
@@ -722,6 +724,21 @@ async def ask(bench: Bench, client: Client, questions: list[Query], project: str
         out = res.structured_content or {}
         counts["asked"] += 1
         step = out.get("llm") or {}
+        execution = step.get("execution") or {}
+        if execution.get("model"):
+            models.add(str(execution["model"]))
+        answers.append(
+            {
+                "id": q.id,
+                "found": out.get("found"),
+                "confidence": execution.get("confidence"),
+                "grounding": ((execution.get("confidence_parts") or {}).get("signals") or {}).get("grounding"),
+                "path": execution.get("path"),
+                "citations": len(out.get("citations", [])),
+                "dropped": int(step.get("dropped", 0)),
+                "answer": str(out.get("answer", ""))[:300],
+            }
+        )
         counts["dropped"] += int(step.get("dropped", 0))
         counts["skipped"] += step.get("status") == "skipped"
         counts["answered"] += out.get("found") is True
@@ -748,11 +765,13 @@ async def ask(bench: Bench, client: Client, questions: list[Query], project: str
         state_store.close()
     validity = counts["valid"] / counts["citations"] if counts["citations"] else None
     print(
-        f"\n  ask_knowledge with SmolLM2-135M on {counts['asked']} questions: {counts}; "
+        f"\n  ask_knowledge ({', '.join(sorted(models)) or 'no model'}) on {counts['asked']} questions: {counts}; "
         f"citation validity {validity if validity is None else f'{validity:.0%}'}; "
         f"median {statistics.median(seconds):.1f} s a question"
     )
-    return {**counts, "validity": validity, "median_s": statistics.median(seconds)}
+    for a in answers:
+        print(f"    {a}")
+    return {**counts, "validity": validity, "median_s": statistics.median(seconds), "answers": answers}
 
 
 async def mcp_latency(client: Client, project: str, queries: list[str]) -> dict[str, float]:
