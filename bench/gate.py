@@ -653,7 +653,31 @@ def fit_kinds(
         else:  # the level only: agreement would be a signal, and this kind's signals did not carry over
             agree = None
         fits[kind] = KindFit(label, base, agree, len(rows))
+    cap = failed_check_cap(reduced)
+    if cap is not None:
+        for fitted in (*fits.values(), pooled):
+            fitted.base = fitted.base.model_copy(update={"failed_check_cap": cap})
+            if fitted.with_agreement is not None:
+                fitted.with_agreement = fitted.with_agreement.model_copy(update={"failed_check_cap": cap})
     return Fits(fits, pooled)
+
+
+def _failed_check_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    dev, _ = _dev_test(rows, {})
+    failed = [label for _, s, label in dev if s.valid and s.grounding is not None and s.grounding <= 0.0]
+    return {"cap": failed_check_cap(dev), "right": sum(failed), "n": len(failed)}
+
+
+def failed_check_cap(dev: Sequence[tuple[str, Signals, bool]]) -> float | None:
+    """The most an answer whose grounding check kept nothing may read, for every kind: the share of
+    such dev answers that were right, every kind pooled, smoothed as Platt's targets are ((right + 1)
+    / (n + 2)). A kind's own fit sees too few of them: `qa`'s 46 dev rows held one, and it was
+    right, so its fit read such answers at 0.8 and more (`ask_knowledge` served two whose every
+    citation was dropped). None without any."""
+    failed = [label for _, s, label in dev if s.valid and s.grounding is not None and s.grounding <= 0.0]
+    if not failed:
+        return None
+    return round((sum(failed) + 1) / (len(failed) + 2), 4)
 
 
 def probability(fitted: KindFit, signals: Signals) -> float:
@@ -840,6 +864,7 @@ def replay(
         "rows": {"dev": sum(r["split"] == "dev" for r in rows), "test": len(scored)},
         "apart": {"kinds": sorted(apart), "dev_log_loss": chosen_apart["log_loss"]},
         "penalty": {"shipped": f"{L2:g}", "dev_log_loss": penalty_sweep(rows)},
+        "failed_check": _failed_check_counts(rows),
         "kinds": table,
         "ablation": ablation,
         "ece_floor": ece_noise_floor([sc.final for sc in scored]),
@@ -1031,6 +1056,13 @@ def print_replay(result: Mapping[str, Any], out: TextIO | None = None) -> None:
     if penalty is not None:
         losses = ", ".join(f"{k} {v:.4f}" for k, v in penalty["dev_log_loss"].items())
         print(f"L2 penalty of the fits: {penalty['shipped']} (dev CV log loss by penalty: {losses})", file=out)
+    failed = result.get("failed_check")
+    if failed is not None and failed["cap"] is not None:
+        print(
+            f"an answer whose check kept nothing reads at most {failed['cap']:.4f} ({failed['right']} of "
+            f"{failed['n']} such dev answers, every kind, were right; (right + 1) / (n + 2))",
+            file=out,
+        )
     head = (
         f"{'kind':<15}{'n':>4}{'acc.':>7}{'AUROC raw→cal':>16}{'ECE raw→cal':>15}"
         f"{'clears raw→cal':>16}{'acc. of those raw→cal':>23}  fit"

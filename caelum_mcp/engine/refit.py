@@ -195,6 +195,11 @@ def _refit_one(
     elif old is not None:
         with_agreement = old.with_agreement  # nothing new to say about agreement: keep what was measured
     band = (old.band if old is not None else None) or DEFAULT_BAND
+    if old is not None and old.base.failed_check_cap is not None:
+        # measured over every kind's answers, which one model and kind's labels cannot redo: kept
+        cap = {"failed_check_cap": old.base.failed_check_cap}
+        base = base.model_copy(update=cap)
+        with_agreement = None if with_agreement is None else with_agreement.model_copy(update=cap)
     origins = sorted({r.origin for r in rows})
     result.figures = dict(figures)
     result.entry = CalibrationEntry(

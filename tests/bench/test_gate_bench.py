@@ -628,3 +628,15 @@ def test_the_targets_line_decides_at_full_precision() -> None:
     assert lines[3] == "right of those 89.8 % (88 of 98), target ≥ 90 %: NOT met"
     met = gate.target_lines({"n": 100, "auroc": 0.85, "ece": 0.05, "clear_share": 0.4, "clear_accuracy": 0.9})
     assert all(line.endswith(": met") for line in met), met
+
+
+def test_the_failed_check_cap_is_measured_over_every_kinds_dev_answers() -> None:
+    from caelum_mcp.engine.calibration import Signals
+
+    def s(grounding: float | None, valid: bool = True) -> Signals:
+        return Signals(valid=valid, self_reported=0.9, token_mean=0.95, token_min=0.5, grounding=grounding)
+
+    dev = [("qa", s(0.0), True), ("sql", s(0.0), False), ("triage", s(0.0), False), ("sql", s(1.0), True)]
+    dev += [("general", s(None), True), ("triage", s(0.0, valid=False), True)]  # no check; not an answer
+    assert gate.failed_check_cap(dev) == round((1 + 1) / (3 + 2), 4)
+    assert gate.failed_check_cap([("sql", s(1.0), True)]) is None

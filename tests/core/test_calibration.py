@@ -371,3 +371,96 @@ def test_a_kind_shift_moves_the_level_to_the_kind_and_keeps_the_ranking() -> Non
         shift_to_kind(pooled, weak[: MIN_KIND_ROWS - 1], weak_labels[: MIN_KIND_ROWS - 1])
     with pytest.raises(CalibrationError, match="logistic"):
         shift_to_kind(fit(signals, labels, with_agreement=False, method="isotonic"), weak, weak_labels)
+
+
+def _rows_where_a_failed_check_looks_right() -> tuple[list[Signals], list[bool]]:
+    """What `qa`'s dev rows looked like: nearly every answer passed its check; the one that failed
+    it was right, the few that half passed were mostly wrong."""
+    signals: list[Signals] = []
+    labels: list[bool] = []
+    rng = np.random.default_rng(7)
+    for i in range(40):
+        token = float(rng.uniform(0.2, 0.6))
+        grounding = 0.0 if i < 2 else 0.5 if i < 8 else 1.0
+        signals.append(Signals(valid=True, self_reported=0.9, token_mean=0.9, token_min=token, grounding=grounding))
+        labels.append(True if grounding == 0.0 else (i == 3) if grounding == 0.5 else (i % 4 != 0))
+    return signals, labels
+
+
+def test_a_failed_grounding_check_never_raises_the_probability() -> None:
+    """Everything else equal, an answer whose check failed reads no higher than one whose check half
+    passed, and that one no higher than one that passed: the fit holds the grounding weights at 0 or
+    above (before, two right answers with failed checks gave `grounding` a negative weight, and an
+    answer whose every citation was dropped read higher than one half grounded)."""
+    signals, labels = _rows_where_a_failed_check_looks_right()
+    calibrator = fit(signals, labels, with_agreement=False)
+    named = dict(zip(FEATURES, calibrator.weights, strict=True))
+    assert named["grounding"] >= 0 and named["grounding_full"] >= 0, named
+    probe = {"valid": True, "self_reported": 0.9, "token_mean": 0.9, "token_min": 0.4}
+    failed, half, passed = (calibrator.probability(Signals(**probe, grounding=g)) for g in (0.0, 0.5, 1.0))
+    assert failed <= half <= passed, (failed, half, passed)
+    # the held weight sits at its bound and the rest is the best fit given it: freeing it again
+    # would lower the loss only by turning the weight negative
+    assert named["grounding"] == 0.0
+    with_agreement = fit(
+        [s.model_copy(update={"agreement": 0.5}) for s in signals], labels, with_agreement=True
+    )  # the same rule with agreement's two extra features
+    weights = dict(zip(FEATURES_WITH_AGREEMENT, with_agreement.weights, strict=True))
+    assert weights["grounding"] >= 0 and weights["grounding_full"] >= 0
+
+
+def test_the_bound_changes_nothing_where_the_data_already_agree_with_it() -> None:
+    """Where every grounding weight comes out positive anyway, the bounded fit is the plain one."""
+    from caelum_mcp.engine.calibration import fitting
+
+    signals, labels, _ = synthetic(1500, seed=4)  # grounding's true weight is +2.5
+    calibrator = fit(signals, labels, with_agreement=False)
+    named = dict(zip(FEATURES, calibrator.weights, strict=True))
+    assert named["grounding"] > 0 and named["grounding_full"] > 0
+    x = np.array([feature_vector(s, with_agreement=False) for s in signals])
+    design = np.hstack([x, np.ones((len(signals), 1))])
+    penalty = np.full(len(FEATURES) + 1, fitting.L2)
+    penalty[-1] = 0.0
+    targets = fitting._platt_targets(np.array([1.0 if y else 0.0 for y in labels]))
+    plain = fitting._newton(design, targets, penalty)
+    assert np.allclose(plain[:-1], calibrator.weights, atol=1e-6) and plain[-1] == pytest.approx(calibrator.bias)
+
+
+def test_every_shipped_entry_reads_a_passed_check_at_least_as_high_as_a_failed_one() -> None:
+    table = CalibrationTable.load(None)
+    probes = [
+        {"valid": True, "self_reported": s, "token_mean": m, "token_min": t, "output_tokens": n}
+        for s in (0.5, 0.95)
+        for m, t in ((0.8, 0.1), (0.99, 0.6))
+        for n in (10, 200)
+    ]
+    for (model, kind), entry in table.entries.items():
+        for calibrator in (entry.base, entry.with_agreement):
+            if calibrator is None:
+                continue
+            for probe in probes:
+                extra = {"agreement": 0.5} if calibrator.uses_agreement else {}
+                got = [calibrator.probability(Signals(**probe, **extra, grounding=g)) for g in (0.0, 0.5, 0.99, 1.0)]
+                assert got == sorted(got), (model, kind, probe, got)
+
+
+def test_an_answer_whose_check_kept_nothing_reads_at_most_the_measured_cap() -> None:
+    signals, labels, _ = synthetic(1500, seed=5)
+    capped = fit(signals, labels, with_agreement=False).model_copy(update={"failed_check_cap": 0.06})
+    sure = {"valid": True, "self_reported": 0.95, "token_mean": 0.999, "token_min": 0.99, "token_tail": 0.99}
+    assert capped.probability(Signals(**sure, grounding=0.0)) == 0.06  # the fit alone reads it higher
+    assert capped.model_copy(update={"failed_check_cap": None}).probability(Signals(**sure, grounding=0.0)) > 0.06
+    # a check that kept something, or no check at all, is left to the fit
+    assert capped.probability(Signals(**sure, grounding=0.5)) > 0.06
+    assert capped.probability(Signals(**sure)) > 0.06
+    # it survives a fallback's cap and the file
+    assert capped.capped(0.5).failed_check_cap == 0.06
+    assert Calibrator.model_validate_json(capped.model_dump_json()) == capped
+
+
+def test_every_shipped_entry_keeps_an_answer_whose_check_kept_nothing_below_the_threshold() -> None:
+    table = CalibrationTable.load(None)
+    for (model, kind), entry in table.entries.items():
+        if entry.base.kind != "logistic":
+            continue
+        assert entry.base.failed_check_cap is not None and entry.base.failed_check_cap < 0.75, (model, kind)

@@ -87,3 +87,20 @@ def test_too_few_answers_to_compare_penalties_falls_back_to_the_default() -> Non
     rows = noise(4)
     penalty, losses = choose_penalty([r.signals for r in rows], [r.correct for r in rows])
     assert losses == {} and penalty == min(PENALTIES)
+
+
+def test_a_refit_keeps_the_measured_cap_on_an_answer_whose_check_kept_nothing() -> None:
+    """The cap is measured over every kind's answers (the benchmark's table); a user's labels for
+    one model and kind cannot redo it, so ``calibrate`` carries it over to the new fit."""
+    from caelum_mcp.engine.calibration import CalibrationEntry
+
+    rows = separable(200)
+    signals, correct = [r.signals for r in rows], [r.correct for r in rows]
+    old_base = fit(signals, correct, with_agreement=False).model_copy(update={"failed_check_cap": 0.06})
+    old = CalibrationEntry(model="m", kind="sql", base=old_base, threshold=0.75, source="shipped")
+    [refit] = [r for r in refit_all(rows, threshold=0.75, existing={("m", "sql"): old}) if r.model == "m"]
+    assert refit.entry is not None and refit.entry.base.failed_check_cap == 0.06
+    failed = Signals(valid=True, self_reported=0.9, token_mean=0.999, token_min=0.9, token_tail=0.95, grounding=0.0)
+    assert refit.entry.base.probability(failed) <= 0.06
+    [fresh] = [r for r in refit_all(rows, threshold=0.75, existing={}) if r.model == "m"]
+    assert fresh.entry is not None and fresh.entry.base.failed_check_cap is None  # nothing measured to keep
