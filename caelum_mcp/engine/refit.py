@@ -40,6 +40,7 @@ from caelum_mcp.core.errors import CaelumError
 from caelum_mcp.engine.calibration import (
     ANY,
     L2,
+    MIN_KIND_ROWS,
     MIN_ROWS,
     PENALTIES,
     CalibrationEntry,
@@ -156,6 +157,7 @@ def refit_all(
 ) -> list[Refit]:
     """A refit for each (model, kind), each kind pooled over models, and everything pooled; pairs
     with fewer than :data:`MIN_ROWS` labels are reported with the reason and get no entry."""
+    cap = failed_check_cap(labelled, existing)
     groups: dict[tuple[str, str], list[Labelled]] = defaultdict(list)
     for row in labelled:
         groups[(row.model, row.kind)].append(row)
@@ -164,12 +166,32 @@ def refit_all(
     results = []
     for (model, kind), rows in sorted(groups.items(), key=lambda item: (item[0][0] == ANY, item[0])):
         old = existing.get((model, kind))
-        results.append(_refit_one(model, kind, rows, threshold, old))
+        results.append(_refit_one(model, kind, rows, threshold, old, cap))
     return results
 
 
+def failed_check_cap(
+    labelled: Sequence[Labelled], existing: Mapping[tuple[str, str], CalibrationEntry]
+) -> float | None:
+    """The most an answer whose grounding check kept nothing may read, for every entry refitted: the
+    share of such labelled answers that were right, every model and kind pooled ((right + 1) /
+    (n + 2)), where at least :data:`MIN_KIND_ROWS` of them were labelled; else the cap the existing
+    tables measured (the shipped one: over every kind of the benchmark's dev answers); else None."""
+    failed = [
+        r.correct for r in labelled if r.signals.valid and r.signals.grounding is not None and r.signals.grounding <= 0
+    ]
+    if len(failed) >= MIN_KIND_ROWS:
+        return round((sum(failed) + 1) / (len(failed) + 2), 4)
+    return next((e.base.failed_check_cap for e in existing.values() if e.base.failed_check_cap is not None), None)
+
+
 def _refit_one(
-    model: str, kind: str, rows: Sequence[Labelled], threshold: float, old: CalibrationEntry | None
+    model: str,
+    kind: str,
+    rows: Sequence[Labelled],
+    threshold: float,
+    old: CalibrationEntry | None,
+    failed_cap: float | None = None,
 ) -> Refit:
     result = Refit(model, kind, labels=len(rows))
     valid = sum(r.signals.valid for r in rows)
@@ -195,9 +217,8 @@ def _refit_one(
     elif old is not None:
         with_agreement = old.with_agreement  # nothing new to say about agreement: keep what was measured
     band = (old.band if old is not None else None) or DEFAULT_BAND
-    if old is not None and old.base.failed_check_cap is not None:
-        # measured over every kind's answers, which one model and kind's labels cannot redo: kept
-        cap = {"failed_check_cap": old.base.failed_check_cap}
+    if failed_cap is not None:  # measured over every kind's answers (failed_check_cap)
+        cap = {"failed_check_cap": failed_cap}
         base = base.model_copy(update=cap)
         with_agreement = None if with_agreement is None else with_agreement.model_copy(update=cap)
     origins = sorted({r.origin for r in rows})

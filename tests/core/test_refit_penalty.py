@@ -89,18 +89,30 @@ def test_too_few_answers_to_compare_penalties_falls_back_to_the_default() -> Non
     assert losses == {} and penalty == min(PENALTIES)
 
 
-def test_a_refit_keeps_the_measured_cap_on_an_answer_whose_check_kept_nothing() -> None:
-    """The cap is measured over every kind's answers (the benchmark's table); a user's labels for
-    one model and kind cannot redo it, so ``calibrate`` carries it over to the new fit."""
-    from caelum_mcp.engine.calibration import CalibrationEntry
+def test_a_refit_caps_an_answer_whose_check_kept_nothing_from_every_kinds_labels() -> None:
+    """The cap is measured over every model and kind's labels pooled: from the user's own where
+    they hold enough answers whose check kept nothing, else the cap the shipped table measured over
+    the benchmark's every kind, so a model the shipped table never saw gets it too."""
+    from caelum_mcp.engine.calibration import MIN_KIND_ROWS, CalibrationEntry
 
     rows = separable(200)
     signals, correct = [r.signals for r in rows], [r.correct for r in rows]
-    old_base = fit(signals, correct, with_agreement=False).model_copy(update={"failed_check_cap": 0.06})
-    old = CalibrationEntry(model="m", kind="sql", base=old_base, threshold=0.75, source="shipped")
-    [refit] = [r for r in refit_all(rows, threshold=0.75, existing={("m", "sql"): old}) if r.model == "m"]
-    assert refit.entry is not None and refit.entry.base.failed_check_cap == 0.06
+    shipped_base = fit(signals, correct, with_agreement=False).model_copy(update={"failed_check_cap": 0.06})
+    shipped = CalibrationEntry(model="other", kind="qa", base=shipped_base, threshold=0.75, source="shipped")
     failed = Signals(valid=True, self_reported=0.9, token_mean=0.999, token_min=0.9, token_tail=0.95, grounding=0.0)
-    assert refit.entry.base.probability(failed) <= 0.06
-    [fresh] = [r for r in refit_all(rows, threshold=0.75, existing={}) if r.model == "m"]
-    assert fresh.entry is not None and fresh.entry.base.failed_check_cap is None  # nothing measured to keep
+
+    # separable() holds ~100 answers whose check kept nothing, ~10 % of them right: the user's own
+    own = [r for r in rows if r.signals.grounding == 0.0]
+    assert len(own) >= MIN_KIND_ROWS
+    expected = round((sum(r.correct for r in own) + 1) / (len(own) + 2), 4)
+    [refit] = [r for r in refit_all(rows, threshold=0.75, existing={("other", "qa"): shipped}) if r.model == "m"]
+    assert refit.entry is not None and refit.entry.base.failed_check_cap == expected
+    assert refit.entry.base.probability(failed) <= expected < 0.2
+
+    # too few of the user's own: the shipped table's cap, for a model it never measured ("m")
+    few = [r for r in rows if r.signals.grounding != 0.0] + own[: MIN_KIND_ROWS - 1]
+    [refit] = [r for r in refit_all(few, threshold=0.75, existing={("other", "qa"): shipped}) if r.model == "m"]
+    assert refit.entry is not None and refit.entry.base.failed_check_cap == 0.06
+    # and none at all: nothing measured, no cap
+    [fresh] = [r for r in refit_all(few, threshold=0.75, existing={}) if r.model == "m"]
+    assert fresh.entry is not None and fresh.entry.base.failed_check_cap is None
