@@ -72,6 +72,7 @@ class AppState:
     embedded: EmbeddedServer | None = None
     embedded_note: str = ""
     embedded_embeddings: EmbeddedServer | None = None
+    loading_models: bool = False  # the embedded models are being started (open_app)
     started_at: float = field(default_factory=time.time)
     # Set once the first health checks have answered (or STARTUP_PROBE_WAIT_S passed) and the
     # embedded model, where one is needed, has started: tool calls wait for it (see open_app).
@@ -399,11 +400,14 @@ async def open_app(
                     with anyio.move_on_after(probe_wait_ends - anyio.current_time()):
                         await decidable.wait()
                 if config.embedded == "on" or (config.embedded == "auto" and not _has_healthy_chat_host(pool)):
-                    state.embedded_note = "starting"
-                    await start_embedded(state)
-                    if state.embedded is not None:
-                        await start_embedded_embeddings(state)
-                        tg.start_soon(watch_embedded, state)
+                    state.embedded_note, state.loading_models = "starting", True
+                    try:
+                        await start_embedded(state)
+                        if state.embedded is not None:
+                            await start_embedded_embeddings(state)
+                            tg.start_soon(watch_embedded, state)
+                    finally:
+                        state.loading_models = False
                 elif config.embedded == "off":
                     state.embedded_note = "off by configuration"
                 else:
@@ -428,6 +432,8 @@ async def open_app(
                         await all_probed.wait()
                     state.ready.set()
 
+                if config.embedded == "on":  # known at once: a call made before the task runs says so too
+                    state.embedded_note, state.loading_models = "starting", True
                 tg.start_soon(start_then_ready)
             if health_loop:
                 tg.start_soon(pool.run_health_checks, config.pool.health_interval_s)

@@ -245,8 +245,7 @@ def build_tool(tool: ExternalTool[Any, Any], runtime: ToolRuntime, telemetry: Te
 
             async def work() -> ToolOutput:
                 if not state.ready.is_set():  # the first health checks (STARTUP_PROBE_WAIT_S at most), the model
-                    loading = state.embedded_note == "starting"
-                    waiting = "the embedded model to load" if loading else "the hosts' first health checks"
+                    waiting = "the embedded model to load" if state.loading_models else "the hosts' first health checks"
                     await progress.report(0, None, f"waiting for {waiting}")
                     await state.ready.wait()
                 return await runtime.invoke(tool.name, args, roots=roots, progress=progress.report, call_id=call_id)
