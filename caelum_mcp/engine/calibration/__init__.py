@@ -8,7 +8,10 @@ labelled outcomes, so the threshold means "this share of what clears is right".
 - :func:`token_signals`: the token signals a host's logprobs give (mean, minimum, tail, top-k entropy).
 - :func:`feature_vector` / :func:`fit`: an L2-regularised logistic regression over the signals
   (Newton's method in numpy, deterministic, Platt's smoothed targets so a small set cannot claim
-  certainty), or isotonic regression over the raw score (pool-adjacent-violators, smoothed blocks).
+  certainty; the grounding weights held at 0 or above, so a failed check never raises the
+  probability), or isotonic regression over the raw score (pool-adjacent-violators, smoothed blocks).
+  An entry's calibrators carry ``failed_check_cap``: an answer whose grounding check kept nothing
+  (grounding 0) reads at most what such answers were worth over every kind's labels.
 - :func:`metrics`: AUROC, ECE (10 equal-width bins), Brier score, and the share that clears a
   threshold with its accuracy.
 - :class:`CalibrationTable`: the entries per (model, kind) in JSON, looked up with conservative
