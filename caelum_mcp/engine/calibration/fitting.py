@@ -352,7 +352,8 @@ def _fit_logistic(x: np.ndarray, targets: np.ndarray, l2: float) -> tuple[np.nda
     penalty = np.full(d + 1, l2)
     penalty[-1] = 0.0
     held: set[int] = set()
-    for _ in range(2 * len(bounded) + 1):
+    theta = np.zeros(d + 1)
+    for _ in range(4 * len(bounded) + 2):
         free = np.array([i for i in range(d + 1) if i not in held])
         theta = np.zeros(d + 1)
         theta[free] = _newton(design[:, free], targets, penalty[free])
@@ -366,6 +367,7 @@ def _fit_logistic(x: np.ndarray, targets: np.ndarray, l2: float) -> tuple[np.nda
         if not freed:
             break
         held.discard(min(freed, key=lambda i: gradient[i]))
+    theta[bounded] = np.maximum(theta[bounded], 0.0)  # the bound holds even if the set never settled
     return theta[:-1], float(theta[-1])
 
 
