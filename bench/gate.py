@@ -77,11 +77,13 @@ from caelum_mcp.engine.calibration import (
     Calibrator,
     Prior,
     Signals,
+    failed_check_counts,
     fit,
     metrics,
     now_iso,
     shift_to_kind,
 )
+from caelum_mcp.engine.calibration import failed_check_cap as calibration_cap
 from caelum_mcp.engine.config import ClaudeConfig, Config, RouterConfig, load_config
 from caelum_mcp.engine.hosts import Host
 from caelum_mcp.serving.app import AppState, open_app
@@ -664,20 +666,16 @@ def fit_kinds(
 
 def _failed_check_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     dev, _ = _dev_test(rows, {})
-    failed = [label for _, s, label in dev if s.valid and s.grounding is not None and s.grounding <= 0.0]
-    return {"cap": failed_check_cap(dev), "right": sum(failed), "n": len(failed)}
+    right, n = failed_check_counts((s, label) for _, s, label in dev)
+    return {"cap": failed_check_cap(dev), "right": right, "n": n}
 
 
 def failed_check_cap(dev: Sequence[tuple[str, Signals, bool]]) -> float | None:
-    """The most an answer whose grounding check kept nothing may read, for every kind: the share of
-    such dev answers that were right, every kind pooled, smoothed as Platt's targets are ((right + 1)
-    / (n + 2)). A kind's own fit sees too few of them: `qa`'s 46 dev rows held one, and it was
-    right, so its fit read such answers at 0.8 and more (`ask_knowledge` served two whose every
-    citation was dropped). None without any."""
-    failed = [label for _, s, label in dev if s.valid and s.grounding is not None and s.grounding <= 0.0]
-    if not failed:
-        return None
-    return round((sum(failed) + 1) / (len(failed) + 2), 4)
+    """The most an answer whose grounding check kept nothing may read, for every kind: the product's
+    :func:`~caelum_mcp.engine.calibration.failed_check_cap` over every kind's dev answers pooled. A
+    kind's own fit sees too few of them: `qa`'s 46 dev rows held one, and it was right, so its fit
+    read such answers at 0.8 and more (`ask_knowledge` served two whose every citation was dropped)."""
+    return calibration_cap((s, label) for _, s, label in dev)
 
 
 def probability(fitted: KindFit, signals: Signals) -> float:

@@ -49,6 +49,7 @@ from caelum_mcp.engine.calibration import (
     Calibrator,
     Prior,
     Signals,
+    failed_check_cap,
     feature_vector,
     fit,
     logistic_probabilities,
@@ -157,7 +158,7 @@ def refit_all(
 ) -> list[Refit]:
     """A refit for each (model, kind), each kind pooled over models, and everything pooled; pairs
     with fewer than :data:`MIN_ROWS` labels are reported with the reason and get no entry."""
-    cap = failed_check_cap(labelled, existing)
+    cap = pooled_failed_check_cap(labelled, existing)
     groups: dict[tuple[str, str], list[Labelled]] = defaultdict(list)
     for row in labelled:
         groups[(row.model, row.kind)].append(row)
@@ -170,18 +171,16 @@ def refit_all(
     return results
 
 
-def failed_check_cap(
+def pooled_failed_check_cap(
     labelled: Sequence[Labelled], existing: Mapping[tuple[str, str], CalibrationEntry]
 ) -> float | None:
-    """The most an answer whose grounding check kept nothing may read, for every entry refitted: the
-    share of such labelled answers that were right, every model and kind pooled ((right + 1) /
-    (n + 2)), where at least :data:`MIN_KIND_ROWS` of them were labelled; else the cap the existing
-    tables measured (the shipped one: over every kind of the benchmark's dev answers); else None."""
-    failed = [
-        r.correct for r in labelled if r.signals.valid and r.signals.grounding is not None and r.signals.grounding <= 0
-    ]
-    if len(failed) >= MIN_KIND_ROWS:
-        return round((sum(failed) + 1) / (len(failed) + 2), 4)
+    """The cap on an answer whose grounding check kept nothing, for every entry refitted: measured
+    over all the user's labels, every model and kind pooled (:func:`failed_check_cap`), where at
+    least :data:`MIN_KIND_ROWS` such answers were labelled; else the cap the existing tables measured
+    (the shipped one: over every kind of the benchmark's dev answers); else None."""
+    own = failed_check_cap(((r.signals, r.correct) for r in labelled), min_answers=MIN_KIND_ROWS)
+    if own is not None:
+        return own
     return next((e.base.failed_check_cap for e in existing.values() if e.base.failed_check_cap is not None), None)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
@@ -219,13 +219,32 @@ class Calibrator(Frozen):
         else:
             p = float(np.interp(raw_score(s), self.xs, self.ys))
         p = min(1.0, max(0.0, p))
-        if self.failed_check_cap is not None and s.grounding is not None and s.grounding <= 0.0:
+        if self.failed_check_cap is not None and check_kept_nothing(s):
             p = min(p, self.failed_check_cap)
         return p if self.cap is None else min(p, self.cap)
 
     def capped(self, cap: float) -> Calibrator:
         """This calibrator, never reading above ``cap``."""
         return self.model_copy(update={"cap": cap if self.cap is None else min(self.cap, cap)})
+
+
+def check_kept_nothing(s: Signals) -> bool:
+    """A valid answer whose grounding check ran and kept nothing (grounding 0)."""
+    return s.valid and s.grounding is not None and s.grounding <= 0.0
+
+
+def failed_check_counts(answers: Iterable[tuple[Signals, bool]]) -> tuple[int, int]:
+    """(right, n) over the labelled answers whose check kept nothing."""
+    labels = [bool(right) for s, right in answers if check_kept_nothing(s)]
+    return sum(labels), len(labels)
+
+
+def failed_check_cap(answers: Iterable[tuple[Signals, bool]], *, min_answers: int = 1) -> float | None:
+    """The most an answer whose check kept nothing may read: the share of such labelled answers that
+    were right, smoothed as Platt's targets are ((right + 1) / (n + 2)); None with fewer than
+    ``min_answers`` of them. Meant over every kind pooled: one kind rarely holds enough."""
+    right, n = failed_check_counts(answers)
+    return round((right + 1) / (n + 2), 4) if n >= max(1, min_answers) else None
 
 
 def _sigmoid(z: float) -> float:
